@@ -1,0 +1,275 @@
+//! The `airlock` command line: argument definitions ([`Cli`]) and dispatch ([`main`]).
+//!
+//! Each command group lives in its own module and returns [`CliError`]; [`main`] prints one line
+//! `airlock: <reason>` on failure and picks the exit code (78 for config errors, 2 for usage, 1
+//! otherwise). Commands that print a token print it alone on the last line of stdout. Nothing here
+//! reads a credential back.
+
+mod agent;
+mod ctx;
+mod init;
+mod output;
+mod service;
+mod vault;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+pub use self::ctx::Ctx;
+use crate::config::{ConfigError, EX_CONFIG, FileConfig};
+use crate::vault::{UnmatchedPolicy, VaultError};
+
+/// airlock: a credential-brokering proxy for AI agents.
+#[derive(Debug, Parser)]
+#[command(name = "airlock", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Args, Clone, Debug, Default)]
+pub struct GlobalArgs {
+    /// Data directory [default: $AIRLOCK_DATA_DIR, the config's data_dir, else ./airlock-data]
+    #[arg(long, global = true, env = "AIRLOCK_DATA_DIR", value_name = "D")]
+    pub data_dir: Option<PathBuf>,
+    /// TOML config file [default: $AIRLOCK_CONFIG, else none]
+    #[arg(long, global = true, env = "AIRLOCK_CONFIG", value_name = "F")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the data dir, root key, CA and the vault `default` (idempotent)
+    Init(InitArgs),
+    /// Manage vaults
+    #[command(subcommand)]
+    Vault(VaultCmd),
+    /// Manage a vault's services
+    #[command(subcommand)]
+    Service(ServiceCmd),
+    /// Manage sealed credentials (values are write-only)
+    #[command(subcommand)]
+    Credential(CredentialCmd),
+    /// Manage agents and their long-lived tokens
+    #[command(subcommand)]
+    Agent(AgentCmd),
+    /// Mint scoped tokens
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// The certificate authority agents must trust
+    #[command(subcommand)]
+    Ca(CaCmd),
+    /// Check a config file
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// Show the audit log of management writes
+    #[command(subcommand)]
+    Audit(AuditCmd),
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Derive the root key from the passphrase in this file (Argon2id); no master.key is written
+    #[arg(long, value_name = "F", conflicts_with = "master_key_file")]
+    pub passphrase_file: Option<PathBuf>,
+    /// Use the 32-byte root key in this file (raw or 64 hex digits)
+    #[arg(long, value_name = "F")]
+    pub master_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VaultCmd {
+    /// Create a vault
+    Create { name: String },
+    /// List vaults
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set what happens to hosts no service matches
+    Policy {
+        name: String,
+        policy: UnmatchedPolicy,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCmd {
+    /// Upsert the services of a YAML file by name
+    Set {
+        #[arg(long, default_value = "default")]
+        vault: String,
+        /// The service file (`-` for stdin)
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+        /// Make the file the vault's whole list (services not in it are removed)
+        #[arg(long)]
+        replace: bool,
+    },
+    /// List a vault's services
+    List {
+        #[arg(long, default_value = "default")]
+        vault: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a service
+    Remove {
+        #[arg(long, default_value = "default")]
+        vault: String,
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CredentialCmd {
+    /// Seal a credential; the value is read from stdin (one trailing newline is stripped)
+    Set {
+        #[arg(long, default_value = "default")]
+        vault: String,
+        key: String,
+    },
+    /// List credential names and dates (never values)
+    List {
+        #[arg(long, default_value = "default")]
+        vault: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a credential no service uses
+    Delete {
+        #[arg(long, default_value = "default")]
+        vault: String,
+        key: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCmd {
+    /// Create an agent granted one or more vaults; prints its token once
+    Create {
+        name: String,
+        #[arg(long = "vault", required = true, value_name = "V")]
+        vaults: Vec<String>,
+    },
+    /// List agents
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke an agent's token and its scoped tokens
+    Revoke { name: String },
+    /// Replace an agent's token; prints the new token once
+    Rotate { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Mint a short-lived token bound to one vault; prints it once
+    Mint {
+        #[arg(long, default_value = "default")]
+        vault: String,
+        /// Lifetime, e.g. 30m, 1h, 7d (1m to 30d)
+        #[arg(long, default_value = "1h", value_parser = crate::config::parse_duration)]
+        ttl: std::time::Duration,
+        /// Mint on behalf of this agent (it must be granted the vault)
+        #[arg(long)]
+        agent: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCmd {
+    /// Print the CA certificate (PEM)
+    Export,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCmd {
+    /// Validate a config file (exit 78 naming the bad key and line)
+    Check { file: Option<PathBuf> },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// List the newest audit records
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A command's failure: printed as one line.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Config(_) => EX_CONFIG,
+            Self::Usage(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+impl From<crate::vault::StoreError> for CliError {
+    fn from(e: crate::vault::StoreError) -> Self {
+        Self::Vault(e.into())
+    }
+}
+
+/// Parses the arguments, runs the command and returns the exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let line = e.to_string().replace('\n', " ");
+            eprintln!("airlock: {line}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    if let Command::Config(ConfigCmd::Check { file }) = &cli.command {
+        let path = file.clone().or(cli.global.config.clone()).ok_or_else(|| {
+            CliError::Usage("config check needs a FILE (or --config / $AIRLOCK_CONFIG)".into())
+        })?;
+        FileConfig::load(&path)?;
+        println!("{}: ok", path.display());
+        return Ok(());
+    }
+    let ctx = Ctx::new(&cli.global)?;
+    match cli.command {
+        Command::Init(args) => init::run(&ctx, args),
+        Command::Vault(cmd) => vault::run(&ctx, cmd),
+        Command::Service(cmd) => service::run(&ctx, cmd),
+        Command::Credential(cmd) => service::credential(&ctx, cmd),
+        Command::Agent(cmd) => agent::run(&ctx, cmd),
+        Command::Token(cmd) => agent::token(&ctx, cmd),
+        Command::Ca(CaCmd::Export) => init::ca_export(&ctx),
+        Command::Audit(cmd) => vault::audit(&ctx, cmd),
+        Command::Config(_) => Ok(()),
+    }
+}

@@ -1,0 +1,44 @@
+//! `airlock init` and `airlock ca export`.
+
+use super::{CliError, Ctx, InitArgs};
+use crate::vault::records::KeyMode;
+use crate::vault::setup::{self, CA_CERT_FILE, InitOutcome};
+
+pub fn run(ctx: &Ctx, args: InitArgs) -> Result<(), CliError> {
+    let sources = ctx.key_sources(args.master_key_file, args.passphrase_file)?;
+    let dir = ctx.data_dir.display();
+    match setup::init(&ctx.data_dir, &sources, ctx.store_options(), &ctx.actor)? {
+        InitOutcome::Existing => {
+            println!("airlock is already initialised in {dir}; nothing changed")
+        }
+        InitOutcome::Created { mode, key_file } => {
+            println!("initialised airlock in {dir} with the vault `default`");
+            match (mode, key_file) {
+                (_, Some(path)) => println!(
+                    "root key: {} (0600; back it up, it opens the vault)",
+                    path.display()
+                ),
+                (KeyMode::Passphrase, None) => {
+                    println!("root key: derived from your passphrase (Argon2id)")
+                }
+                (KeyMode::File, None) => println!("root key: the key file you supplied"),
+            }
+            println!(
+                "CA certificate: {}",
+                ctx.data_dir.join(CA_CERT_FILE).display()
+            );
+        }
+    }
+    Ok(())
+}
+
+pub fn ca_export(ctx: &Ctx) -> Result<(), CliError> {
+    ctx.open_store()?;
+    let path = ctx.data_dir.join(CA_CERT_FILE);
+    let pem = std::fs::read_to_string(&path).map_err(|source| CliError::Io {
+        what: path.display().to_string(),
+        source,
+    })?;
+    print!("{pem}");
+    Ok(())
+}

@@ -1,0 +1,60 @@
+//! Output helpers: aligned tables for people, JSON for scripts, RFC 3339 times.
+
+use std::io::Write;
+
+use super::CliError;
+
+/// RFC 3339 (UTC, seconds) for a Unix time.
+pub fn rfc3339(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+        .to_string()
+}
+
+/// Prints `value` as one line of JSON.
+pub fn json(value: &serde_json::Value) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, value).map_err(|e| CliError::Io {
+        what: "stdout".into(),
+        source: e.into(),
+    })?;
+    writeln!(out).map_err(|source| CliError::Io {
+        what: "stdout".into(),
+        source,
+    })
+}
+
+/// Prints rows under a header, columns padded to their widest cell.
+pub fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(cell);
+            } else {
+                s.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+/// Prints a freshly minted token alone on the last line of stdout.
+pub fn token_last_line(token: &crate::secret::Secret) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(token.expose())
+        .and_then(|()| out.write_all(b"\n"))
+        .map_err(|source| CliError::Io {
+            what: "stdout".into(),
+            source,
+        })
+}

@@ -1,0 +1,281 @@
+//! The TOML config file and the typed values it holds.
+//!
+//! [`FileConfig`] mirrors every `airlock serve` flag (plus storage settings) with
+//! `deny_unknown_fields`; its fields are typed ([`ResolveRule`], [`Cidr`], [`AdminListen`], ...),
+//! so a bad value is reported by toml with its key and line. Lookup order: `--config`, else
+//! `$AIRLOCK_CONFIG`, else none. Flags override the file; merging happens where the flags are
+//! parsed. This module does no I/O beyond reading the named file.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer};
+
+/// Exit code for a bad config file (EX_CONFIG).
+pub const EX_CONFIG: u8 = 78;
+
+/// The config file. Every field is optional; unset means the flag or built-in default.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Data directory (vault, CA, keys). Default `./airlock-data`.
+    pub data_dir: Option<PathBuf>,
+    /// Proxy listen address. Default `127.0.0.1:7480`.
+    pub listen: Option<SocketAddr>,
+    /// Worker threads. Default: one per core.
+    pub workers: Option<NonZeroUsize>,
+    /// I/O driver: `auto`, `io-uring` or `epoll`.
+    pub driver: Option<Driver>,
+    /// Start the admin process (`false` is `--no-admin`).
+    pub admin: Option<bool>,
+    /// Admin HTTP listener: an address, or `none`.
+    pub admin_listen: Option<AdminListen>,
+    /// `HOST:PORT:ADDR` overrides for upstream connections.
+    #[serde(default)]
+    pub resolve: Vec<ResolveRule>,
+    /// Extra PEM file of upstream CAs, added to the system roots.
+    pub upstream_ca_file: Option<PathBuf>,
+    /// Allow upstream addresses in private ranges (metadata addresses stay blocked).
+    pub allow_private_ranges: Option<bool>,
+    /// CIDRs allowed as upstream addresses even when private.
+    #[serde(default)]
+    pub network_allow: Vec<Cidr>,
+    /// Prometheus metrics listener: an address, or `none`.
+    pub metrics_listen: Option<AdminListen>,
+    /// LMDB map size in MiB (address space; the file grows as needed). Default 1024.
+    pub map_size_mib: Option<u64>,
+}
+
+/// A config file that could not be read or parsed. The message names the key and line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+impl FileConfig {
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            let message = match line {
+                Some(l) => format!("line {l}: {}", e.message()),
+                None => e.message().to_owned(),
+            };
+            ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            }
+        })
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+}
+
+/// Which io backend the workers use.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Driver {
+    /// io_uring when the kernel allows it, else epoll.
+    #[default]
+    Auto,
+    IoUring,
+    Epoll,
+}
+
+/// An optional listener: an address or `none`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdminListen {
+    None,
+    Addr(SocketAddr),
+}
+
+impl FromStr for AdminListen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "none" {
+            return Ok(Self::None);
+        }
+        s.parse()
+            .map(Self::Addr)
+            .map_err(|_| format!("{s:?} is not an address (IP:PORT) or `none`"))
+    }
+}
+
+impl fmt::Display for AdminListen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::None => f.write_str("none"),
+            Self::Addr(a) => write!(f, "{a}"),
+        }
+    }
+}
+
+/// `--resolve HOST:PORT:ADDR`: connections for HOST:PORT go to ADDR (an IP, or IP:PORT with
+/// IPv6 in brackets). The upstream certificate is still verified for HOST.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolveRule {
+    pub host: String,
+    pub port: u16,
+    pub addr: SocketAddr,
+}
+
+impl FromStr for ResolveRule {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad =
+            || format!("{s:?} is not HOST:PORT:ADDR (e.g. api.example.com:443:127.0.0.1:8443)");
+        let mut parts = s.splitn(3, ':');
+        let (host, port, addr) = match (parts.next(), parts.next(), parts.next()) {
+            (Some(h), Some(p), Some(a)) => (h, p, a),
+            _ => return Err(bad()),
+        };
+        let host = host.to_ascii_lowercase();
+        crate::spec::host::check_dns_name(&host).map_err(|e| format!("{s:?}: {e}"))?;
+        let port: u16 = port.parse().ok().filter(|&p| p != 0).ok_or_else(bad)?;
+        let addr = match addr.parse::<SocketAddr>() {
+            Ok(a) => a,
+            Err(_) => {
+                let ip = addr.trim_start_matches('[').trim_end_matches(']');
+                SocketAddr::new(ip.parse::<IpAddr>().map_err(|_| bad())?, port)
+            }
+        };
+        Ok(Self { host, port, addr })
+    }
+}
+
+/// An IP network in CIDR notation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{s:?} is not a CIDR (e.g. 10.0.0.0/8 or 127.0.0.1/32)");
+        let (addr, prefix) = s.split_once('/').ok_or_else(bad)?;
+        let addr: IpAddr = addr.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix: u8 = prefix.parse().ok().filter(|&p| p <= max).ok_or_else(bad)?;
+        Ok(Self { addr, prefix })
+    }
+}
+
+/// Deserialises any `FromStr` type from a TOML string, keeping toml's span for errors.
+macro_rules! deserialize_from_str {
+    ($($t:ty),*) => {$(
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    )*};
+}
+deserialize_from_str!(AdminListen, ResolveRule, Cidr);
+
+/// Parses a duration such as `90s`, `15m`, `1h` or `7d`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration like 1h or 30m ({e})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_file_parses() {
+        let text = r#"
+data_dir = "/var/lib/airlock"
+listen = "127.0.0.1:7480"
+workers = 2
+driver = "epoll"
+admin = true
+admin_listen = "none"
+resolve = ["api.example.com:443:127.0.0.1:8443", "b.example.com:443:[::1]"]
+upstream_ca_file = "/etc/airlock/upstream.pem"
+allow_private_ranges = false
+network_allow = ["127.0.0.1/32", "fd00::/8"]
+metrics_listen = "127.0.0.1:9090"
+map_size_mib = 64
+"#;
+        let c = FileConfig::parse(Path::new("t.toml"), text).unwrap();
+        assert_eq!(c.driver, Some(Driver::Epoll));
+        assert_eq!(c.admin_listen, Some(AdminListen::None));
+        assert_eq!(c.resolve[0].addr, "127.0.0.1:8443".parse().unwrap());
+        assert_eq!(c.resolve[1].addr, "[::1]:443".parse().unwrap());
+        assert!(c.network_allow[0].contains("127.0.0.1".parse().unwrap()));
+        assert!(!c.network_allow[0].contains("127.0.0.2".parse().unwrap()));
+    }
+
+    #[test]
+    fn errors_name_key_and_line() {
+        let e = FileConfig::parse(
+            Path::new("t.toml"),
+            "listen = \"127.0.0.1:1\"\ncolour = 1\n",
+        )
+        .unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("line 2") && msg.contains("colour"), "{msg}");
+        let e = FileConfig::parse(
+            Path::new("t.toml"),
+            "\n\nnetwork_allow = [\"10.0.0.0/33\"]\n",
+        )
+        .unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("line 3") && msg.contains("10.0.0.0/33"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn resolve_rule_forms() {
+        let r: ResolveRule = "API.example.com:443:10.0.0.1".parse().unwrap();
+        assert_eq!(
+            (r.host.as_str(), r.port, r.addr),
+            ("api.example.com", 443, "10.0.0.1:443".parse().unwrap())
+        );
+        for bad in ["x", "h:0:1.2.3.4", "h:443:nothost", "bad_host:443:1.2.3.4"] {
+            assert!(bad.parse::<ResolveRule>().is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! airlock: a credential-brokering proxy for AI agents.
+//!
+//! The library holds everything the `airlock` binary and the admin process share:
+//! [`vault`] (sealed LMDB store and keys), [`spec`] (service definitions), [`config`] (the TOML
+//! file and `serve` settings), [`names`], [`secret`] and the [`cli`].
+
+#![deny(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod fsutil;
+pub mod names;
+pub mod secret;
+pub mod spec;
+pub mod vault;

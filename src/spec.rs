@@ -1,0 +1,436 @@
+//! Service definitions: the YAML service file of product.md ("Service files"), its validation,
+//! and the record form stored in the vault.
+//!
+//! [`ServiceFile::from_yaml`] rejects unknown fields; [`ServiceSpec::validate`] checks every
+//! grammar (names, host matcher, header names, templates, placeholders) and returns
+//! [`SpecError`]s that name the service and field. Whether referenced credentials exist is the
+//! store's check, since it needs the vault. This module does no matching or injection.
+
+pub mod host;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+pub use self::host::{HostName, HostPattern, PathPattern, Scheme};
+use crate::names;
+
+/// A service file: `services: [...]`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceFile {
+    pub services: Vec<ServiceSpec>,
+}
+
+/// One service, as written in a file and as stored.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub host: String,
+    pub auth: AuthSpec,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub substitutions: Vec<Substitution>,
+    #[serde(default = "enabled_default")]
+    pub enabled: bool,
+}
+
+fn enabled_default() -> bool {
+    true
+}
+
+/// How a service authenticates upstream. Fields name credential keys, never values.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum AuthSpec {
+    Bearer {
+        token: String,
+    },
+    Basic {
+        username: String,
+        password: String,
+    },
+    ApiKey {
+        key: String,
+        header: String,
+        #[serde(default)]
+        prefix: String,
+    },
+    Custom {
+        headers: BTreeMap<String, String>,
+    },
+    Passthrough,
+}
+
+/// A placeholder replaced by a credential in the named request surfaces only (R6).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Substitution {
+    pub key: String,
+    pub placeholder: String,
+    #[serde(rename = "in")]
+    pub surfaces: Vec<Surface>,
+}
+
+/// Where a placeholder may be substituted.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Surface {
+    Path,
+    Query,
+    Header,
+}
+
+/// A service definition that breaks a rule. The message names the service and field.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    #[error("service file: {0}")]
+    Yaml(String),
+    #[error("service {service:?}: {field}: {reason}")]
+    Field {
+        service: String,
+        field: &'static str,
+        reason: String,
+    },
+    #[error("services {first:?} and {second:?} both match {pattern}")]
+    DuplicateMatcher {
+        first: String,
+        second: String,
+        pattern: String,
+    },
+    #[error("service {0:?} appears twice in the file")]
+    DuplicateName(String),
+}
+
+/// Headers airlock owns: a service may not inject them.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "proxy-connection",
+    "expect",
+];
+
+impl ServiceFile {
+    pub fn from_yaml(text: &str) -> Result<Self, SpecError> {
+        let file: Self =
+            serde_saphyr::from_str(text).map_err(|e| SpecError::Yaml(e.to_string()))?;
+        let mut seen = BTreeSet::new();
+        for s in &file.services {
+            if !seen.insert(s.name.as_str()) {
+                return Err(SpecError::DuplicateName(s.name.clone()));
+            }
+        }
+        Ok(file)
+    }
+}
+
+impl ServiceSpec {
+    /// Checks every grammar and returns the parsed host pattern.
+    pub fn validate(&self) -> Result<HostPattern, SpecError> {
+        let field = |field: &'static str, reason: String| SpecError::Field {
+            service: self.name.clone(),
+            field,
+            reason,
+        };
+        names::service(&self.name).map_err(|e| field("name", e.rule.to_owned()))?;
+        let host = HostPattern::parse(&self.host).map_err(|e| field("host", e.reason))?;
+        let key = |f: &'static str, k: &str| {
+            names::credential_key(k).map_err(|e| field(f, e.to_string()))
+        };
+        match &self.auth {
+            AuthSpec::Bearer { token } => key("auth.token", token)?,
+            AuthSpec::Basic { username, password } => {
+                key("auth.username", username)?;
+                key("auth.password", password)?;
+            }
+            AuthSpec::ApiKey {
+                key: k,
+                header,
+                prefix,
+            } => {
+                key("auth.key", k)?;
+                check_header_name(header).map_err(|r| field("auth.header", r))?;
+                if !prefix.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+                    return Err(field("auth.prefix", "must be printable ASCII".into()));
+                }
+            }
+            AuthSpec::Custom { headers } => {
+                if headers.is_empty() {
+                    return Err(field(
+                        "auth.headers",
+                        "at least one header is needed".into(),
+                    ));
+                }
+                let mut lower = BTreeSet::new();
+                for (name, template) in headers {
+                    check_header_name(name).map_err(|r| field("auth.headers", r))?;
+                    if !lower.insert(name.to_ascii_lowercase()) {
+                        return Err(field(
+                            "auth.headers",
+                            format!("header {name:?} appears twice"),
+                        ));
+                    }
+                    for k in template_keys(template)
+                        .map_err(|r| field("auth.headers", format!("{name}: {r}")))?
+                    {
+                        key("auth.headers", k)?;
+                    }
+                }
+            }
+            AuthSpec::Passthrough => {
+                if !self.substitutions.is_empty() {
+                    return Err(field(
+                        "substitutions",
+                        "a passthrough service injects nothing".into(),
+                    ));
+                }
+            }
+        }
+        let mut placeholders = BTreeSet::new();
+        for sub in &self.substitutions {
+            key("substitutions.key", &sub.key)?;
+            let ok_len = (6..=64).contains(&sub.placeholder.len());
+            if !ok_len
+                || !sub
+                    .placeholder
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                return Err(field(
+                    "substitutions.placeholder",
+                    format!("{:?} must be 6-64 of [A-Za-z0-9_-]", sub.placeholder),
+                ));
+            }
+            if !placeholders.insert(sub.placeholder.as_str()) {
+                return Err(field(
+                    "substitutions.placeholder",
+                    format!("{:?} is used twice", sub.placeholder),
+                ));
+            }
+            let surfaces: BTreeSet<_> = sub.surfaces.iter().collect();
+            if surfaces.is_empty() || surfaces.len() != sub.surfaces.len() {
+                return Err(field(
+                    "substitutions.in",
+                    "name each of path, query, header at most once, and at least one".into(),
+                ));
+            }
+        }
+        Ok(host)
+    }
+
+    /// Every credential key this service needs, in a stable order.
+    pub fn credential_keys(&self) -> BTreeSet<&str> {
+        let mut keys = BTreeSet::new();
+        match &self.auth {
+            AuthSpec::Bearer { token } => {
+                keys.insert(token.as_str());
+            }
+            AuthSpec::Basic { username, password } => {
+                keys.extend([username.as_str(), password.as_str()]);
+            }
+            AuthSpec::ApiKey { key, .. } => {
+                keys.insert(key.as_str());
+            }
+            AuthSpec::Custom { headers } => {
+                for t in headers.values() {
+                    keys.extend(template_keys(t).unwrap_or_default());
+                }
+            }
+            AuthSpec::Passthrough => {}
+        }
+        keys.extend(self.substitutions.iter().map(|s| s.key.as_str()));
+        keys
+    }
+
+    /// The auth type as product.md names it.
+    pub fn auth_type(&self) -> &'static str {
+        match self.auth {
+            AuthSpec::Bearer { .. } => "bearer",
+            AuthSpec::Basic { .. } => "basic",
+            AuthSpec::ApiKey { .. } => "api-key",
+            AuthSpec::Custom { .. } => "custom",
+            AuthSpec::Passthrough => "passthrough",
+        }
+    }
+}
+
+/// Checks a set of services as one vault's list: each valid, and no two with the same matcher.
+pub fn check_unique_matchers(specs: &[ServiceSpec]) -> Result<(), SpecError> {
+    let mut seen: BTreeMap<HostPattern, &str> = BTreeMap::new();
+    for s in specs {
+        let pattern = s.validate()?;
+        if let Some(first) = seen.get(&pattern) {
+            return Err(SpecError::DuplicateMatcher {
+                first: (*first).to_owned(),
+                second: s.name.clone(),
+                pattern: pattern.to_string(),
+            });
+        }
+        seen.insert(pattern, &s.name);
+    }
+    Ok(())
+}
+
+/// An RFC 9110 token that airlock does not reserve for itself.
+fn check_header_name(name: &str) -> Result<(), String> {
+    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if name.is_empty() || !name.bytes().all(tchar) {
+        return Err(format!("{name:?} is not a valid header name"));
+    }
+    let lower = name.to_ascii_lowercase();
+    if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("x-airlock-") {
+        return Err(format!("{name:?} is set by airlock and cannot be injected"));
+    }
+    Ok(())
+}
+
+/// The credential keys named in a `{{ KEY }}` template; literal parts must be printable ASCII.
+pub fn template_keys(template: &str) -> Result<Vec<&str>, String> {
+    let mut keys = Vec::new();
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        check_literal(&rest[..start])?;
+        let after = &rest[start + 2..];
+        let end = after.find("}}").ok_or("unclosed {{")?;
+        let k = after[..end].trim();
+        names::credential_key(k).map_err(|e| e.to_string())?;
+        keys.push(k);
+        rest = &after[end + 2..];
+    }
+    check_literal(rest)?;
+    if keys.is_empty() {
+        return Err("the template names no credential ({{ KEY }})".into());
+    }
+    Ok(keys)
+}
+
+fn check_literal(s: &str) -> Result<(), String> {
+    if s.contains("}}") || !s.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+        return Err("literal text must be printable ASCII without stray braces".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PRODUCT_EXAMPLE: &str = r#"
+services:
+  - name: stripe                  # [a-z0-9][a-z0-9-]{2,63}, unique in the vault
+    host: api.stripe.com          # see "Host matchers"
+    auth: {type: bearer, token: STRIPE_KEY}
+  - name: jira
+    host: "*.atlassian.net"
+    auth: {type: basic, username: JIRA_EMAIL, password: JIRA_TOKEN}
+  - name: anthropic
+    host: api.anthropic.com
+    auth: {type: api-key, key: ANTHROPIC_API_KEY, header: x-api-key, prefix: ""}
+  - name: acme
+    host: api.acme.internal:8443/v2/*
+    auth: {type: custom, headers: {X-Api-Key: "{{ ACME_KEY }}", X-Tenant: "{{ ACME_TENANT }}"}}
+    substitutions:
+      - {key: ACME_ACCOUNT, placeholder: __acme_account__, in: [path, query]}
+  - name: telemetry
+    host: http://metrics.example.internal:8080
+    auth: {type: passthrough}
+    enabled: false
+"#;
+
+    #[test]
+    fn product_example_parses_and_validates() {
+        let file = ServiceFile::from_yaml(PRODUCT_EXAMPLE).unwrap();
+        assert_eq!(file.services.len(), 5);
+        check_unique_matchers(&file.services).unwrap();
+        assert!(!file.services[4].enabled);
+        assert!(file.services[0].enabled);
+        let acme: Vec<_> = file.services[3].credential_keys().into_iter().collect();
+        assert_eq!(acme, ["ACME_ACCOUNT", "ACME_KEY", "ACME_TENANT"]);
+    }
+
+    #[test]
+    fn unknown_fields_rejected() {
+        let y = "services:\n  - name: abc\n    host: a.example.com\n    auth: {type: bearer, token: K}\n    colour: red\n";
+        let e = ServiceFile::from_yaml(y).unwrap_err().to_string();
+        assert!(e.contains("colour"), "{e}");
+        let y = "services:\n  - name: abc\n    host: a.example.com\n    auth: {type: bearer, token: K, extra: 1}\n";
+        assert!(ServiceFile::from_yaml(y).is_err());
+        let y = "services:\n  - name: abc\n    host: a.example.com\n    auth: {type: magic}\n";
+        assert!(ServiceFile::from_yaml(y).is_err());
+    }
+
+    fn spec(auth: AuthSpec) -> ServiceSpec {
+        ServiceSpec {
+            name: "svc".into(),
+            host: "a.example.com".into(),
+            auth,
+            substitutions: vec![],
+            enabled: true,
+        }
+    }
+
+    #[test]
+    fn field_errors_name_the_field() {
+        let e = spec(AuthSpec::Bearer {
+            token: "lower".into(),
+        })
+        .validate()
+        .unwrap_err();
+        assert!(
+            e.to_string().starts_with("service \"svc\": auth.token:"),
+            "{e}"
+        );
+        let e = spec(AuthSpec::ApiKey {
+            key: "K".into(),
+            header: "Host".into(),
+            prefix: String::new(),
+        })
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().contains("auth.header"), "{e}");
+        let e = spec(AuthSpec::Custom {
+            headers: [("X-A".into(), "no template".into())].into(),
+        })
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().contains("names no credential"), "{e}");
+        let mut s = spec(AuthSpec::Passthrough);
+        s.substitutions.push(Substitution {
+            key: "K".into(),
+            placeholder: "__k_k__".into(),
+            surfaces: vec![Surface::Path],
+        });
+        assert!(s.validate().is_err());
+    }
+
+    #[test]
+    fn duplicate_matchers_refused() {
+        let mut a = spec(AuthSpec::Bearer { token: "K".into() });
+        let mut b = a.clone();
+        b.name = "other".into();
+        b.host = "A.example.com:443".into();
+        let e = check_unique_matchers(&[a.clone(), b.clone()]).unwrap_err();
+        assert!(matches!(e, SpecError::DuplicateMatcher { .. }), "{e}");
+        a.host = "a.example.com/v1/*".into();
+        check_unique_matchers(&[a, b]).unwrap();
+    }
+
+    #[test]
+    fn templates() {
+        assert_eq!(
+            template_keys("Bearer {{ A }} and {{B_2}}").unwrap(),
+            ["A", "B_2"]
+        );
+        assert!(template_keys("{{ A ").is_err());
+        assert!(template_keys("{{ a }}").is_err());
+        assert!(template_keys("x\r\n{{ A }}").is_err());
+    }
+}

@@ -1,0 +1,91 @@
+//! The vault: an LMDB store of vaults, services, sealed credentials, agents, tokens, proposals,
+//! audit records and meta, plus the key hierarchy that seals credentials.
+//!
+//! - [`store`]: the environment, transactions, format and generation counter.
+//! - [`records`]: versioned record types.
+//! - [`keys`], [`seal`], [`tokens`]: root key, credential sealing, bearer tokens.
+//! - [`ops`]: management writes, each one transaction with an audit record.
+//! - [`setup`]: `init` and `unlock` (the only code that needs the root key).
+//!
+//! This module must not depend on the data plane's runtime (monoio), so the CLI and the admin
+//! process can use it; and nothing here returns a credential's plaintext except
+//! [`seal::Opener::open`], which only `unlock`'s caller (the data plane) holds.
+
+pub mod keys;
+pub mod ops;
+pub mod records;
+pub mod seal;
+pub mod setup;
+pub mod store;
+pub mod tokens;
+
+use std::path::PathBuf;
+
+pub use self::records::UnmatchedPolicy;
+pub use self::store::{Store, StoreError, StoreOptions};
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Errors at the vault's boundary, each with a stable code ([`VaultError::code`]).
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Key(#[from] keys::KeyError),
+    #[error(transparent)]
+    Spec(#[from] crate::spec::SpecError),
+    #[error(transparent)]
+    Name(#[from] crate::names::NameError),
+    #[error(transparent)]
+    Integrity(#[from] seal::OpenError),
+    #[error("{kind} {name:?} not found")]
+    NotFound { kind: &'static str, name: String },
+    #[error("{kind} {name:?} already exists")]
+    Exists { kind: &'static str, name: String },
+    #[error(
+        "service {service:?} needs credential {key:?}, which vault {vault:?} does not have (set it first)"
+    )]
+    MissingCredential {
+        vault: String,
+        service: String,
+        key: String,
+    },
+    #[error(
+        "credential {key:?} is used by service {service:?}; remove or change the service first"
+    )]
+    InUse { key: String, service: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("certificate authority: {0}")]
+    Ca(#[from] certs_cache::CertError),
+}
+
+impl VaultError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Store(e) => e.code(),
+            Self::Key(keys::KeyError::WrongKey) => "wrong_key",
+            Self::Key(keys::KeyError::NoRootKey { .. }) => "no_root_key",
+            Self::Key(keys::KeyError::KdfOutOfBounds(_)) => "vault_header_invalid",
+            Self::Key(_) => "key_error",
+            Self::Spec(_) | Self::Name(_) | Self::Invalid(_) => "bad_request",
+            Self::Integrity(_) => "credential_integrity",
+            Self::NotFound { .. } => "not_found",
+            Self::Exists { .. } | Self::InUse { .. } => "conflict",
+            Self::MissingCredential { .. } => "credential_missing",
+            Self::Io { .. } => "storage_io",
+            Self::Ca(_) => "ca_error",
+        }
+    }
+}

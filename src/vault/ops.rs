@@ -1,0 +1,571 @@
+//! Management operations on the store. Each public method is one transaction: it validates,
+//! writes, appends an audit record naming the actor (never a value) and bumps the generation, or
+//! changes nothing at all.
+//!
+//! This module seals with the public key only; it cannot open credentials.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use lmdb::Transaction;
+
+use super::records::{
+    AgentRecord, AuditRecord, CredentialRecord, KeyHeader, ServiceRecord, TokenRecord,
+    UnmatchedPolicy, VaultRecord,
+};
+use super::seal::{self, Opener, SealContext};
+use super::store::{Store, StoreError, Txn};
+use super::tokens::{self, Minted, TokenHash, TokenKind};
+use super::{VaultError, now};
+use crate::names;
+use crate::secret::Secret;
+use crate::spec::{self, ServiceSpec};
+
+/// Meta key of the [`KeyHeader`].
+pub const META_KEYS: &[u8] = b"keys";
+/// Record kind bound into a credential's associated data.
+pub const CREDENTIAL_KIND: &str = "credential";
+/// Scoped-token lifetimes accepted by [`Store::mint_token`].
+pub const TOKEN_TTL_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(60)..=Duration::from_secs(30 * 24 * 3600);
+
+/// Key of a per-vault record: vault id (8 bytes, big endian) then the name.
+pub fn vault_key(vault_id: u64, name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + name.len());
+    k.extend_from_slice(&vault_id.to_be_bytes());
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+fn name_from_key(key: &[u8]) -> String {
+    String::from_utf8_lossy(key.get(8..).unwrap_or_default()).into_owned()
+}
+
+fn find_vault<T: Transaction>(t: &Txn<T>, name: &str) -> Result<VaultRecord, VaultError> {
+    t.get(t.dbs().vaults, "vaults", name.as_bytes())?
+        .ok_or_else(|| VaultError::NotFound {
+            kind: "vault",
+            name: name.to_owned(),
+        })
+}
+
+fn vault_services<T: Transaction>(
+    t: &Txn<T>,
+    vault: &VaultRecord,
+) -> Result<Vec<ServiceRecord>, StoreError> {
+    Ok(
+        t.scan(t.dbs().services, "services", &vault.id.to_be_bytes())?
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect(),
+    )
+}
+
+/// What [`Store::set_services`] changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ServiceChange {
+    pub added: Vec<String>,
+    pub updated: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+/// A listed agent: its record, without the token hash.
+#[derive(Debug)]
+pub struct AgentInfo {
+    pub name: String,
+    pub vaults: Vec<String>,
+    pub created_at: u64,
+    pub revoked: bool,
+}
+
+impl Store {
+    pub fn key_header(&self) -> Result<KeyHeader, VaultError> {
+        self.read(|t| t.get(t.dbs().meta, "meta", META_KEYS))?
+            .ok_or_else(|| {
+                VaultError::Invalid("vault_header_invalid: the key header is missing".into())
+            })
+    }
+
+    pub fn vault(&self, name: &str) -> Result<VaultRecord, VaultError> {
+        self.read(|t| Ok(find_vault(t, name)))?
+    }
+
+    pub fn vaults(&self) -> Result<Vec<VaultRecord>, VaultError> {
+        Ok(self
+            .read(|t| t.scan(t.dbs().vaults, "vaults", b""))?
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect())
+    }
+
+    pub fn create_vault(&self, actor: &str, name: &str) -> Result<VaultRecord, VaultError> {
+        names::vault(name)?;
+        self.write(|t| {
+            if t.get_raw(t.dbs().vaults, name.as_bytes())?.is_some() {
+                return Err(VaultError::Exists {
+                    kind: "vault",
+                    name: name.to_owned(),
+                });
+            }
+            let record = VaultRecord {
+                id: t.next_id()?,
+                name: name.to_owned(),
+                policy: UnmatchedPolicy::Deny,
+                created_at: now(),
+            };
+            t.put(t.dbs().vaults, name.as_bytes(), &record)?;
+            t.audit(actor, "vault.create", &format!("vault {name}"), "")?;
+            Ok(record)
+        })
+    }
+
+    pub fn set_policy(
+        &self,
+        actor: &str,
+        name: &str,
+        policy: UnmatchedPolicy,
+    ) -> Result<(), VaultError> {
+        self.write(|t| {
+            let mut v = find_vault(t, name)?;
+            v.policy = policy;
+            t.put(t.dbs().vaults, name.as_bytes(), &v)?;
+            t.audit(
+                actor,
+                "vault.policy",
+                &format!("vault {name}"),
+                &format!("policy={policy:?}").to_lowercase(),
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn services(&self, vault: &str) -> Result<Vec<ServiceRecord>, VaultError> {
+        self.read(|t| Ok(find_vault(t, vault).and_then(|v| Ok(vault_services(t, &v)?))))?
+    }
+
+    /// Upserts `specs` by name; with `replace`, they become the vault's whole list. Every spec is
+    /// validated, the resulting list must have unique matchers, and every referenced credential
+    /// must exist.
+    pub fn set_services(
+        &self,
+        actor: &str,
+        vault: &str,
+        specs: Vec<ServiceSpec>,
+        replace: bool,
+    ) -> Result<ServiceChange, VaultError> {
+        for s in &specs {
+            s.validate()?;
+        }
+        self.write(|t| {
+            let v = find_vault(t, vault)?;
+            let existing: BTreeMap<String, ServiceRecord> = vault_services(t, &v)?
+                .into_iter()
+                .map(|r| (r.spec.name.clone(), r))
+                .collect();
+            let mut merged: BTreeMap<String, ServiceSpec> = if replace {
+                BTreeMap::new()
+            } else {
+                existing
+                    .iter()
+                    .map(|(k, r)| (k.clone(), r.spec.clone()))
+                    .collect()
+            };
+            for s in &specs {
+                merged.insert(s.name.clone(), s.clone());
+            }
+            let list: Vec<ServiceSpec> = merged.values().cloned().collect();
+            spec::check_unique_matchers(&list)?;
+            for s in &specs {
+                for key in s.credential_keys() {
+                    if t.get_raw(t.dbs().credentials, &vault_key(v.id, key))?
+                        .is_none()
+                    {
+                        return Err(VaultError::MissingCredential {
+                            vault: vault.to_owned(),
+                            service: s.name.clone(),
+                            key: key.to_owned(),
+                        });
+                    }
+                }
+            }
+            let mut change = ServiceChange::default();
+            let at = now();
+            for s in specs {
+                let created_at = match existing.get(&s.name) {
+                    Some(old) if old.spec == s => continue,
+                    Some(old) => {
+                        change.updated.push(s.name.clone());
+                        old.created_at
+                    }
+                    None => {
+                        change.added.push(s.name.clone());
+                        at
+                    }
+                };
+                let key = vault_key(v.id, &s.name);
+                t.put(
+                    t.dbs().services,
+                    &key,
+                    &ServiceRecord {
+                        spec: s,
+                        created_at,
+                        updated_at: at,
+                    },
+                )?;
+            }
+            if replace {
+                for name in existing.keys().filter(|n| !merged.contains_key(*n)) {
+                    t.delete(t.dbs().services, &vault_key(v.id, name))?;
+                    change.removed.push(name.clone());
+                }
+            }
+            let detail = format!(
+                "added={:?} updated={:?} removed={:?}",
+                change.added, change.updated, change.removed
+            );
+            t.audit(actor, "service.set", &format!("vault {vault}"), &detail)?;
+            Ok(change)
+        })
+    }
+
+    pub fn remove_service(&self, actor: &str, vault: &str, name: &str) -> Result<(), VaultError> {
+        self.write(|t| {
+            let v = find_vault(t, vault)?;
+            if !t.delete(t.dbs().services, &vault_key(v.id, name))? {
+                return Err(VaultError::NotFound {
+                    kind: "service",
+                    name: name.to_owned(),
+                });
+            }
+            t.audit(
+                actor,
+                "service.remove",
+                &format!("service {vault}/{name}"),
+                "",
+            )
+            .map_err(VaultError::from)
+        })
+    }
+
+    /// Seals `value` to the vault's public key and stores it. Returns whether it was new.
+    pub fn set_credential(
+        &self,
+        actor: &str,
+        vault: &str,
+        key: &str,
+        value: &Secret,
+    ) -> Result<bool, VaultError> {
+        names::credential_key(key)?;
+        crate::secret::check_value(value.expose())
+            .map_err(|e| VaultError::Invalid(format!("invalid_credential: {e}")))?;
+        let public = public_key(&self.key_header()?)?;
+        self.write(|t| {
+            let v = find_vault(t, vault)?;
+            let sealed = seal::seal(
+                &public,
+                SealContext {
+                    vault_id: v.id,
+                    kind: CREDENTIAL_KIND,
+                    name: key,
+                },
+                value.expose(),
+            )?;
+            let rkey = vault_key(v.id, key);
+            let old: Option<CredentialRecord> = t.get(t.dbs().credentials, "credentials", &rkey)?;
+            let at = now();
+            let created_at = old.as_ref().map_or(at, |o| o.created_at);
+            t.put(
+                t.dbs().credentials,
+                &rkey,
+                &CredentialRecord {
+                    sealed,
+                    created_at,
+                    updated_at: at,
+                },
+            )?;
+            let action = if old.is_some() {
+                "credential.replace"
+            } else {
+                "credential.set"
+            };
+            t.audit(actor, action, &format!("credential {vault}/{key}"), "")?;
+            Ok(old.is_none())
+        })
+    }
+
+    /// Credential names and dates (never values).
+    pub fn credentials(&self, vault: &str) -> Result<Vec<(String, CredentialRecord)>, VaultError> {
+        self.read(|t| {
+            Ok(find_vault(t, vault).and_then(|v| {
+                Ok(t.scan::<CredentialRecord>(
+                    t.dbs().credentials,
+                    "credentials",
+                    &v.id.to_be_bytes(),
+                )?
+                .into_iter()
+                .map(|(k, r)| (name_from_key(&k), r))
+                .collect())
+            }))
+        })?
+    }
+
+    pub fn delete_credential(&self, actor: &str, vault: &str, key: &str) -> Result<(), VaultError> {
+        self.write(|t| {
+            let v = find_vault(t, vault)?;
+            if let Some(s) = vault_services(t, &v)?
+                .into_iter()
+                .find(|s| s.spec.credential_keys().contains(key))
+            {
+                return Err(VaultError::InUse {
+                    key: key.to_owned(),
+                    service: s.spec.name,
+                });
+            }
+            if !t.delete(t.dbs().credentials, &vault_key(v.id, key))? {
+                return Err(VaultError::NotFound {
+                    kind: "credential",
+                    name: key.to_owned(),
+                });
+            }
+            t.audit(
+                actor,
+                "credential.delete",
+                &format!("credential {vault}/{key}"),
+                "",
+            )
+            .map_err(VaultError::from)
+        })
+    }
+
+    /// Opens one credential. Needs the data plane's [`Opener`].
+    pub fn open_credential(
+        &self,
+        opener: &Opener,
+        vault: &str,
+        key: &str,
+    ) -> Result<Secret, VaultError> {
+        let (v, record) = self.read(|t| {
+            Ok(find_vault(t, vault).and_then(|v| {
+                let r: Option<CredentialRecord> =
+                    t.get(t.dbs().credentials, "credentials", &vault_key(v.id, key))?;
+                r.map(|r| (v, r)).ok_or_else(|| VaultError::NotFound {
+                    kind: "credential",
+                    name: key.to_owned(),
+                })
+            }))
+        })??;
+        Ok(opener.open(
+            SealContext {
+                vault_id: v.id,
+                kind: CREDENTIAL_KIND,
+                name: key,
+            },
+            &record.sealed,
+        )?)
+    }
+
+    pub fn create_agent(
+        &self,
+        actor: &str,
+        name: &str,
+        vaults: &[String],
+    ) -> Result<Minted, VaultError> {
+        names::agent(name)?;
+        if vaults.is_empty() {
+            return Err(VaultError::Invalid(
+                "an agent needs at least one --vault".into(),
+            ));
+        }
+        let minted = tokens::mint(TokenKind::Agent)?;
+        self.write(|t| {
+            if t.get_raw(t.dbs().agents, name.as_bytes())?.is_some() {
+                return Err(VaultError::Exists {
+                    kind: "agent",
+                    name: name.to_owned(),
+                });
+            }
+            let mut granted: Vec<String> = Vec::new();
+            for v in vaults {
+                find_vault(t, v)?;
+                if !granted.contains(v) {
+                    granted.push(v.clone());
+                }
+            }
+            let record = AgentRecord {
+                name: name.to_owned(),
+                vaults: granted.clone(),
+                token_hash: minted.hash.to_hex(),
+                created_at: now(),
+                rotated_at: None,
+                revoked_at: None,
+            };
+            t.put(t.dbs().agents, name.as_bytes(), &record)?;
+            put_agent_token(t, name, minted.hash)?;
+            t.audit(
+                actor,
+                "agent.create",
+                &format!("agent {name}"),
+                &format!("vaults={granted:?}"),
+            )?;
+            Ok(())
+        })?;
+        Ok(minted)
+    }
+
+    pub fn agents(&self) -> Result<Vec<AgentInfo>, VaultError> {
+        let records = self.read(|t| t.scan::<AgentRecord>(t.dbs().agents, "agents", b""))?;
+        Ok(records
+            .into_iter()
+            .map(|(_, a)| AgentInfo {
+                name: a.name,
+                vaults: a.vaults,
+                created_at: a.created_at,
+                revoked: a.revoked_at.is_some(),
+            })
+            .collect())
+    }
+
+    /// Revokes the agent's token and every scoped token minted for it.
+    pub fn revoke_agent(&self, actor: &str, name: &str) -> Result<(), VaultError> {
+        self.write(|t| {
+            let mut a = find_agent(t, name)?;
+            if a.revoked_at.is_some() {
+                return Err(VaultError::Invalid(format!(
+                    "agent {name:?} is already revoked"
+                )));
+            }
+            delete_agent_tokens(t, name)?;
+            a.revoked_at = Some(now());
+            t.put(t.dbs().agents, name.as_bytes(), &a)?;
+            t.audit(actor, "agent.revoke", &format!("agent {name}"), "")
+                .map_err(VaultError::from)
+        })
+    }
+
+    /// Replaces the agent's token; the old one stops working at once.
+    pub fn rotate_agent(&self, actor: &str, name: &str) -> Result<Minted, VaultError> {
+        let minted = tokens::mint(TokenKind::Agent)?;
+        self.write(|t| {
+            let mut a = find_agent(t, name)?;
+            if a.revoked_at.is_some() {
+                return Err(VaultError::Invalid(format!(
+                    "agent {name:?} is revoked; create a new agent"
+                )));
+            }
+            if let Some(old) = TokenHash::from_hex(&a.token_hash) {
+                t.delete(t.dbs().tokens, &old.0)?;
+            }
+            a.token_hash = minted.hash.to_hex();
+            a.rotated_at = Some(now());
+            t.put(t.dbs().agents, name.as_bytes(), &a)?;
+            put_agent_token(t, name, minted.hash)?;
+            t.audit(actor, "agent.rotate", &format!("agent {name}"), "")
+                .map_err(VaultError::from)
+        })?;
+        Ok(minted)
+    }
+
+    /// Mints a scoped token bound to `vault`, optionally on behalf of `agent`.
+    pub fn mint_token(
+        &self,
+        actor: &str,
+        vault: &str,
+        ttl: Duration,
+        agent: Option<&str>,
+    ) -> Result<(Minted, u64), VaultError> {
+        if !TOKEN_TTL_RANGE.contains(&ttl) {
+            return Err(VaultError::Invalid(
+                "--ttl must be between 1m and 30d".into(),
+            ));
+        }
+        let minted = tokens::mint(TokenKind::Scoped)?;
+        let expires_at = now() + ttl.as_secs();
+        self.write(|t| {
+            find_vault(t, vault)?;
+            if let Some(a) = agent {
+                let rec = find_agent(t, a)?;
+                if !rec.vaults.iter().any(|v| v == vault) {
+                    return Err(VaultError::Invalid(format!(
+                        "agent {a:?} is not granted vault {vault:?}"
+                    )));
+                }
+            }
+            let record = TokenRecord {
+                kind: TokenKind::Scoped,
+                agent: agent.map(str::to_owned),
+                vault: Some(vault.to_owned()),
+                created_at: now(),
+                expires_at: Some(expires_at),
+            };
+            t.put(t.dbs().tokens, &minted.hash.0, &record)?;
+            t.audit(
+                actor,
+                "token.mint",
+                &format!("vault {vault}"),
+                &format!("ttl={}s", ttl.as_secs()),
+            )?;
+            Ok(())
+        })?;
+        Ok((minted, expires_at))
+    }
+
+    /// Looks a presented token up by its hash. Expiry is the caller's check.
+    pub fn token(&self, token: &[u8]) -> Result<Option<TokenRecord>, VaultError> {
+        let hash = TokenHash::of(token);
+        Ok(self.read(|t| t.get(t.dbs().tokens, "tokens", &hash.0))?)
+    }
+
+    /// The newest `limit` audit records, oldest first.
+    pub fn audit_log(&self, limit: usize) -> Result<Vec<AuditRecord>, VaultError> {
+        let all = self.read(|t| t.scan::<AuditRecord>(t.dbs().audit, "audit", b""))?;
+        let skip = all.len().saturating_sub(limit);
+        Ok(all.into_iter().skip(skip).map(|(_, r)| r).collect())
+    }
+}
+
+/// The vault's X25519 public key from its header.
+pub fn public_key(header: &KeyHeader) -> Result<[u8; 32], VaultError> {
+    data_encoding::HEXLOWER
+        .decode(header.public_key.as_bytes())
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .ok_or_else(|| {
+            VaultError::Invalid("vault_header_invalid: the public key is malformed".into())
+        })
+}
+
+fn find_agent<T: Transaction>(t: &Txn<T>, name: &str) -> Result<AgentRecord, VaultError> {
+    t.get(t.dbs().agents, "agents", name.as_bytes())?
+        .ok_or_else(|| VaultError::NotFound {
+            kind: "agent",
+            name: name.to_owned(),
+        })
+}
+
+fn put_agent_token(
+    t: &mut Txn<lmdb::RwTransaction<'_>>,
+    agent: &str,
+    hash: TokenHash,
+) -> Result<(), StoreError> {
+    let record = TokenRecord {
+        kind: TokenKind::Agent,
+        agent: Some(agent.to_owned()),
+        vault: None,
+        created_at: now(),
+        expires_at: None,
+    };
+    t.put(t.dbs().tokens, &hash.0, &record)
+}
+
+fn delete_agent_tokens(
+    t: &mut Txn<lmdb::RwTransaction<'_>>,
+    agent: &str,
+) -> Result<(), StoreError> {
+    let all = t.scan::<TokenRecord>(t.dbs().tokens, "tokens", b"")?;
+    for (k, r) in all {
+        if r.agent.as_deref() == Some(agent) {
+            t.delete(t.dbs().tokens, &k)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,184 @@
+//! Stored record types and their versioned encoding: `[RECORD_VERSION][JSON]`.
+//!
+//! Every value in the vault's LMDB databases is one of these records (meta counters excepted).
+//! Decoding checks the version byte first, so a record written by a newer airlock is reported,
+//! not misread. Credential records hold only sealed bytes. This module has no I/O.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::keys::KdfParams;
+use super::tokens::TokenKind;
+use crate::spec::ServiceSpec;
+
+/// Version byte in front of every record.
+pub const RECORD_VERSION: u8 = 1;
+
+/// A record that could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("record has version {0}, this airlock reads version {RECORD_VERSION}")]
+    Version(u8),
+    #[error("record is empty")]
+    Empty,
+    #[error("record does not decode: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+pub fn encode<T: Serialize>(record: &T) -> Vec<u8> {
+    let mut out = vec![RECORD_VERSION];
+    // Serialising these plain structs into a Vec cannot fail: no maps with non-string keys,
+    // no custom serialisers that error.
+    if serde_json::to_writer(&mut out, record).is_err() {
+        out.truncate(1);
+    }
+    out
+}
+
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, RecordError> {
+    match bytes.split_first() {
+        None => Err(RecordError::Empty),
+        Some((&RECORD_VERSION, json)) => Ok(serde_json::from_slice(json)?),
+        Some((&v, _)) => Err(RecordError::Version(v)),
+    }
+}
+
+/// What the data plane does with a host no service matches.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum UnmatchedPolicy {
+    /// 403 `no_service` at CONNECT (the default).
+    #[default]
+    Deny,
+    /// Splice bytes opaquely after the SSRF check; never inject.
+    Tunnel,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct VaultRecord {
+    pub id: u64,
+    pub name: String,
+    pub policy: UnmatchedPolicy,
+    pub created_at: u64,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct ServiceRecord {
+    pub spec: ServiceSpec,
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct CredentialRecord {
+    /// The sealed value (see `vault::seal`), base64.
+    #[serde(with = "base64_bytes")]
+    pub sealed: Vec<u8>,
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct AgentRecord {
+    pub name: String,
+    /// Granted vaults in grant order; the first is the default for Bearer auth.
+    pub vaults: Vec<String>,
+    /// SHA-256 of the current agent token, hex.
+    pub token_hash: String,
+    pub created_at: u64,
+    pub rotated_at: Option<u64>,
+    pub revoked_at: Option<u64>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct TokenRecord {
+    pub kind: TokenKind,
+    pub agent: Option<String>,
+    /// Scoped tokens are bound to one vault.
+    pub vault: Option<String>,
+    pub created_at: u64,
+    pub expires_at: Option<u64>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct AuditRecord {
+    pub id: u64,
+    pub at: u64,
+    /// Who: `cli uid=1000(alice)`, `operator:alice`, ...
+    pub actor: String,
+    /// What: `vault.create`, `credential.set`, ...
+    pub action: String,
+    /// On what: `vault default`, `credential default/STRIPE_KEY`, ...
+    pub target: String,
+    /// Extra facts, never a value.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+/// How the root key is obtained for this vault.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyMode {
+    /// 32 bytes from a key file or systemd credential.
+    File,
+    /// Argon2id over a passphrase with the stored parameters.
+    Passphrase,
+}
+
+/// The vault's key header, stored in `meta`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct KeyHeader {
+    pub mode: KeyMode,
+    pub kdf: Option<KdfParams>,
+    /// X25519 public key that credentials are sealed to, hex.
+    pub public_key: String,
+    /// X25519 secret key wrapped by the root key, base64.
+    #[serde(with = "base64_bytes")]
+    pub wrapped_secret: Vec<u8>,
+    /// The CA's subject common name (the CA is rebuilt from it and its key).
+    pub ca_name: String,
+}
+
+mod base64_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&data_encoding::BASE64.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        data_encoding::BASE64
+            .decode(text.as_bytes())
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_byte_is_checked() {
+        let r = VaultRecord {
+            id: 1,
+            name: "a".into(),
+            policy: UnmatchedPolicy::Deny,
+            created_at: 0,
+        };
+        let bytes = encode(&r);
+        assert_eq!(bytes[0], RECORD_VERSION);
+        assert_eq!(decode::<VaultRecord>(&bytes).unwrap().name, "a");
+        let mut newer = bytes.clone();
+        newer[0] = 9;
+        assert!(matches!(
+            decode::<VaultRecord>(&newer),
+            Err(RecordError::Version(9))
+        ));
+        assert!(matches!(
+            decode::<VaultRecord>(&[]),
+            Err(RecordError::Empty)
+        ));
+        assert!(decode::<VaultRecord>(&bytes[..5]).is_err());
+    }
+}

@@ -1,0 +1,348 @@
+//! The LMDB environment: opening, named databases, transactions, format and generation.
+//!
+//! [`Store::read`] hands out a [`Txn`] over a read transaction; [`Store::write`] hands out one
+//! over a write transaction and, when the closure succeeds, bumps the generation counter and
+//! commits. A failed closure or commit leaves the store as it was (R12). The environment is opened
+//! with `NO_TLS` so several read transactions may live on one thread; callers must never keep a
+//! transaction across an `.await`. This module knows bytes and records, not management rules
+//! (see `vault::ops`).
+
+use std::path::{Path, PathBuf};
+
+use lmdb::{
+    Cursor, Database, DatabaseFlags, Environment, EnvironmentFlags, RoTransaction, RwTransaction,
+    Transaction, WriteFlags,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::records::{self, AuditRecord, RecordError};
+
+/// The on-disk format this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// Directory of the LMDB environment inside the data dir.
+pub const ENV_DIR: &str = "vault";
+/// Default map size: address space, not disk; LMDB files grow as data is written.
+pub const DEFAULT_MAP_SIZE_MIB: u64 = 1024;
+
+const META_FORMAT: &[u8] = b"format";
+const META_GENERATION: &[u8] = b"generation";
+const META_NEXT_ID: &[u8] = b"next_id";
+
+/// Storage failures, each with a stable code ([`StoreError::code`]).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage_full: the vault's LMDB map is full; nothing was written (raise map_size_mib)")]
+    Full,
+    #[error("storage_io: LMDB {op}: {source}")]
+    Lmdb {
+        op: &'static str,
+        source: lmdb::Error,
+    },
+    #[error("storage_io: {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("not_initialised: no vault at {0} (run `airlock init`)")]
+    NotInitialised(PathBuf),
+    #[error(
+        "newer_format: the vault at {path} has format {found}; this airlock reads format {FORMAT_VERSION}. Upgrade airlock"
+    )]
+    NewerFormat { path: PathBuf, found: u32 },
+    #[error("record_corrupt: {db}/{key}: {source}")]
+    Corrupt {
+        db: &'static str,
+        key: String,
+        source: RecordError,
+    },
+}
+
+impl StoreError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Full => "storage_full",
+            Self::Lmdb { .. } | Self::Io { .. } => "storage_io",
+            Self::NotInitialised(_) => "not_initialised",
+            Self::NewerFormat { .. } => "newer_format",
+            Self::Corrupt { .. } => "record_corrupt",
+        }
+    }
+}
+
+fn lmdb_err(op: &'static str) -> impl FnOnce(lmdb::Error) -> StoreError {
+    move |source| match source {
+        lmdb::Error::MapFull => StoreError::Full,
+        source => StoreError::Lmdb { op, source },
+    }
+}
+
+/// Options for opening the environment.
+#[derive(Clone, Copy, Debug)]
+pub struct StoreOptions {
+    pub map_size_mib: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            map_size_mib: DEFAULT_MAP_SIZE_MIB,
+        }
+    }
+}
+
+/// The named databases, one per record kind.
+#[derive(Clone, Copy, Debug)]
+pub struct Dbs {
+    pub vaults: Database,
+    pub services: Database,
+    pub credentials: Database,
+    pub agents: Database,
+    pub tokens: Database,
+    pub proposals: Database,
+    pub audit: Database,
+    pub meta: Database,
+}
+
+/// An open vault store.
+#[derive(Debug)]
+pub struct Store {
+    env: Environment,
+    dbs: Dbs,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens an initialised store under `data_dir`; never creates one.
+    pub fn open(data_dir: &Path, opts: StoreOptions) -> Result<Self, StoreError> {
+        let dir = data_dir.join(ENV_DIR);
+        if !dir.join("data.mdb").exists() {
+            return Err(StoreError::NotInitialised(data_dir.to_owned()));
+        }
+        let store = Self::open_env(&dir, opts)?;
+        match store.read(|t| t.meta_u64(META_FORMAT))? {
+            None => Err(StoreError::NotInitialised(data_dir.to_owned())),
+            Some(found) if found > u64::from(FORMAT_VERSION) => Err(StoreError::NewerFormat {
+                path: data_dir.to_owned(),
+                found: found as u32,
+            }),
+            Some(_) => Ok(store),
+        }
+    }
+
+    /// Opens or creates the environment for `init`. The store counts as initialised only once
+    /// `init`'s transaction (which writes the format) commits.
+    pub(crate) fn create(data_dir: &Path, opts: StoreOptions) -> Result<Self, StoreError> {
+        let dir = data_dir.join(ENV_DIR);
+        std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        Self::open_env(&dir, opts)
+    }
+
+    fn open_env(dir: &Path, opts: StoreOptions) -> Result<Self, StoreError> {
+        let map_size =
+            usize::try_from(opts.map_size_mib.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX);
+        let env = Environment::new()
+            .set_flags(EnvironmentFlags::NO_TLS)
+            .set_max_dbs(16)
+            .set_max_readers(512)
+            .set_map_size(map_size)
+            .open_with_permissions(dir, 0o600)
+            .map_err(lmdb_err("open"))?;
+        let db = |name: &str| {
+            env.create_db(Some(name), DatabaseFlags::empty())
+                .map_err(lmdb_err("open database"))
+        };
+        let dbs = Dbs {
+            vaults: db("vaults")?,
+            services: db("services")?,
+            credentials: db("credentials")?,
+            agents: db("agents")?,
+            tokens: db("tokens")?,
+            proposals: db("proposals")?,
+            audit: db("audit")?,
+            meta: db("meta")?,
+        };
+        Ok(Self {
+            env,
+            dbs,
+            path: dir.to_owned(),
+        })
+    }
+
+    /// The environment directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` in a read transaction.
+    pub fn read<R>(
+        &self,
+        f: impl FnOnce(&Txn<RoTransaction<'_>>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let txn = self.env.begin_ro_txn().map_err(lmdb_err("begin read"))?;
+        let t = Txn { txn, dbs: self.dbs };
+        f(&t)
+    }
+
+    /// Runs `f` in a write transaction; on success bumps the generation and commits. `E` lets callers use their own error type (it must absorb [`StoreError`]).
+    pub fn write<R, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&mut Txn<RwTransaction<'_>>) -> Result<R, E>,
+    ) -> Result<R, E> {
+        let txn = self.env.begin_rw_txn().map_err(lmdb_err("begin write"))?;
+        let mut t = Txn { txn, dbs: self.dbs };
+        let out = f(&mut t)?;
+        let generation = t.meta_u64(META_GENERATION)?.unwrap_or(0) + 1;
+        t.put_meta_u64(META_GENERATION, generation)?;
+        t.txn.commit().map_err(lmdb_err("commit"))?;
+        Ok(out)
+    }
+
+    /// The current generation (bumped by every write).
+    pub fn generation(&self) -> Result<u64, StoreError> {
+        self.read(|t| t.meta_u64(META_GENERATION))
+            .map(|g| g.unwrap_or(0))
+    }
+}
+
+/// A transaction with typed access to the named databases.
+#[derive(Debug)]
+pub struct Txn<T> {
+    txn: T,
+    dbs: Dbs,
+}
+
+impl<T: Transaction> Txn<T> {
+    pub fn dbs(&self) -> Dbs {
+        self.dbs
+    }
+
+    /// Raw bytes at `key`, if any.
+    pub fn get_raw(&self, db: Database, key: &[u8]) -> Result<Option<&[u8]>, StoreError> {
+        match self.txn.get(db, &key) {
+            Ok(v) => Ok(Some(v)),
+            Err(lmdb::Error::NotFound) => Ok(None),
+            Err(e) => Err(lmdb_err("get")(e)),
+        }
+    }
+
+    /// The decoded record at `key`, if any.
+    pub fn get<R: DeserializeOwned>(
+        &self,
+        db: Database,
+        name: &'static str,
+        key: &[u8],
+    ) -> Result<Option<R>, StoreError> {
+        match self.get_raw(db, key)? {
+            None => Ok(None),
+            Some(bytes) => records::decode(bytes)
+                .map(Some)
+                .map_err(|source| corrupt(name, key, source)),
+        }
+    }
+
+    /// Every record whose key starts with `prefix`, in key order.
+    pub fn scan<R: DeserializeOwned>(
+        &self,
+        db: Database,
+        name: &'static str,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, R)>, StoreError> {
+        let mut cursor = self.txn.open_ro_cursor(db).map_err(lmdb_err("cursor"))?;
+        let mut out = Vec::new();
+        let iter = if prefix.is_empty() {
+            cursor.iter_start()
+        } else {
+            cursor.iter_from(prefix)
+        };
+        for item in iter {
+            let (k, v) = item.map_err(lmdb_err("iterate"))?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            let r = records::decode(v).map_err(|source| corrupt(name, k, source))?;
+            out.push((k.to_vec(), r));
+        }
+        Ok(out)
+    }
+
+    pub fn meta_u64(&self, key: &[u8]) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .get_raw(self.dbs.meta, key)?
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_be_bytes))
+    }
+}
+
+impl Txn<RwTransaction<'_>> {
+    pub fn put<R: Serialize>(
+        &mut self,
+        db: Database,
+        key: &[u8],
+        record: &R,
+    ) -> Result<(), StoreError> {
+        self.put_raw(db, key, &records::encode(record))
+    }
+
+    pub fn put_raw(&mut self, db: Database, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.txn
+            .put(db, &key, &value, WriteFlags::empty())
+            .map_err(lmdb_err("put"))
+    }
+
+    /// Deletes `key`; returns whether it existed.
+    pub fn delete(&mut self, db: Database, key: &[u8]) -> Result<bool, StoreError> {
+        match self.txn.del(db, &key, None) {
+            Ok(()) => Ok(true),
+            Err(lmdb::Error::NotFound) => Ok(false),
+            Err(e) => Err(lmdb_err("delete")(e)),
+        }
+    }
+
+    pub fn put_meta_u64(&mut self, key: &[u8], value: u64) -> Result<(), StoreError> {
+        self.put_raw(self.dbs.meta, key, &value.to_be_bytes())
+    }
+
+    /// Marks the store as initialised with this build's format.
+    pub(crate) fn put_format(&mut self) -> Result<(), StoreError> {
+        self.put_meta_u64(META_FORMAT, u64::from(FORMAT_VERSION))
+    }
+
+    /// A fresh id from the store-wide counter (vault ids, audit ids, proposal ids).
+    pub fn next_id(&mut self) -> Result<u64, StoreError> {
+        let id = self.meta_u64(META_NEXT_ID)?.unwrap_or(0) + 1;
+        self.put_meta_u64(META_NEXT_ID, id)?;
+        Ok(id)
+    }
+
+    /// Appends an audit record in this transaction. `detail` must never hold a value.
+    pub fn audit(
+        &mut self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        let id = self.next_id()?;
+        let record = AuditRecord {
+            id,
+            at: super::now(),
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            target: target.to_owned(),
+            detail: detail.to_owned(),
+        };
+        self.put(self.dbs.audit, &id.to_be_bytes(), &record)
+    }
+}
+
+fn corrupt(db: &'static str, key: &[u8], source: RecordError) -> StoreError {
+    StoreError::Corrupt {
+        db,
+        key: String::from_utf8_lossy(key).into_owned(),
+        source,
+    }
+}

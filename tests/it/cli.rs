@@ -1,0 +1,407 @@
+//! The CLI end to end: init, vaults, services, credentials, agents, tokens, config, CA.
+
+use std::os::unix::fs::PermissionsExt;
+
+use crate::harness::{Env, canary, command, contains, files, output, snapshot};
+
+fn mode(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path)
+        .expect("metadata")
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[test]
+fn init_creates_private_dir_and_key_and_is_idempotent() {
+    let env = Env::init();
+    assert_eq!(mode(&env.data_dir), 0o700);
+    assert_eq!(mode(&env.data_dir.join("master.key")), 0o600);
+    assert_eq!(
+        std::fs::metadata(env.data_dir.join("master.key"))
+            .unwrap()
+            .len(),
+        32
+    );
+    assert_eq!(mode(&env.data_dir.join("ca-key.wrapped")), 0o600);
+    let before = snapshot(&env.data_dir);
+    let again = env.run(&["init"]).ok();
+    assert!(again.stdout.contains("already initialised"), "{again:?}");
+    assert_eq!(
+        before,
+        snapshot(&env.data_dir),
+        "a second init changed files"
+    );
+    let vaults = env.run(&["vault", "list", "--json"]).ok();
+    let v: serde_json::Value = serde_json::from_str(&vaults.stdout).unwrap();
+    assert_eq!(v[0]["name"], "default");
+    assert_eq!(v[0]["policy"], "deny");
+}
+
+/// security.md row 58: a wrong passphrase is refused in one line and nothing is written.
+#[test]
+fn row58_passphrase_vault_has_no_key_file_and_refuses_wrong_passphrase() {
+    let env = Env::empty();
+    let good = env.write("pass", "correct horse battery staple\n");
+    let bad = env.write("wrong", "not the passphrase\n");
+    env.run(&["init", "--passphrase-file", good.to_str().unwrap()])
+        .ok();
+    assert!(!env.data_dir.join("master.key").exists());
+    let before = snapshot(&env.data_dir);
+    let r = env.run(&["init", "--passphrase-file", bad.to_str().unwrap()]);
+    assert!(r.fails().contains("wrong root key or passphrase"), "{r:?}");
+    assert_eq!(
+        before,
+        snapshot(&env.data_dir),
+        "a refused init wrote something"
+    );
+    env.run(&["init", "--passphrase-file", good.to_str().unwrap()])
+        .ok();
+    let mut c = env.command(&["init"]);
+    c.env("AIRLOCK_PASSPHRASE", "correct horse battery staple");
+    output(c, None).ok();
+    let r = env.run(&["init"]);
+    assert!(r.fails().contains("no root key"), "{r:?}");
+}
+
+#[test]
+fn master_key_file_and_systemd_credential_sources() {
+    let env = Env::empty();
+    let key = env.write("key.hex", &format!("{}\n", "5a".repeat(32)));
+    env.run(&["init", "--master-key-file", key.to_str().unwrap()])
+        .ok();
+    assert!(!env.data_dir.join("master.key").exists());
+    // The same key as a systemd credential opens the vault.
+    let creds = env.path("creds");
+    std::fs::create_dir(&creds).unwrap();
+    std::fs::write(creds.join("master-key"), [0x5a; 32]).unwrap();
+    let mut c = env.command(&["init"]);
+    c.env("CREDENTIALS_DIRECTORY", &creds);
+    assert!(output(c, None).ok().stdout.contains("already initialised"));
+    // A different credential is refused.
+    std::fs::write(creds.join("master-key"), [0x11; 32]).unwrap();
+    let mut c = env.command(&["init"]);
+    c.env("CREDENTIALS_DIRECTORY", &creds);
+    assert!(output(c, None).fails().contains("wrong root key"));
+    let r = env.run(&["init", "--master-key-file", "/nonexistent/key"]);
+    assert!(r.fails().contains("/nonexistent/key"));
+}
+
+const SERVICES: &str = r#"
+services:
+  - name: openai
+    host: api.openai.com
+    auth: {type: bearer, token: OPENAI_KEY}
+  - name: acme
+    host: api.acme.internal:8443/v2/*
+    auth: {type: custom, headers: {X-Api-Key: "{{ OPENAI_KEY }}"}}
+    substitutions:
+      - {key: OPENAI_KEY, placeholder: __acme_account__, in: [path, query]}
+"#;
+
+#[test]
+fn services_and_credentials_flow_with_canary_nowhere() {
+    let env = Env::init();
+    env.run(&["vault", "create", "demo"]).ok();
+    let canary = canary();
+    let set = env
+        .run_stdin(
+            &["credential", "set", "--vault", "demo", "OPENAI_KEY"],
+            format!("{canary}\n").as_bytes(),
+        )
+        .ok();
+    let file = env.write("services.yaml", SERVICES);
+    let mut outputs = vec![set];
+    outputs.push(
+        env.run(&[
+            "service",
+            "set",
+            "--vault",
+            "demo",
+            "-f",
+            file.to_str().unwrap(),
+        ])
+        .ok(),
+    );
+    assert!(outputs.last().unwrap().stdout.contains("2 added"));
+    outputs.push(
+        env.run(&[
+            "service",
+            "set",
+            "--vault",
+            "demo",
+            "-f",
+            file.to_str().unwrap(),
+        ])
+        .ok(),
+    );
+    assert!(
+        outputs
+            .last()
+            .unwrap()
+            .stdout
+            .contains("0 added, 0 updated")
+    );
+    outputs.push(env.run(&["service", "list", "--vault", "demo"]).ok());
+    outputs.push(
+        env.run(&["service", "list", "--vault", "demo", "--json"])
+            .ok(),
+    );
+    let list: serde_json::Value = serde_json::from_str(&outputs.last().unwrap().stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    assert_eq!(list[0]["name"], "acme");
+    outputs.push(
+        env.run(&["credential", "list", "--vault", "demo", "--json"])
+            .ok(),
+    );
+    let creds: serde_json::Value = serde_json::from_str(&outputs.last().unwrap().stdout).unwrap();
+    assert_eq!(creds[0]["key"], "OPENAI_KEY");
+    outputs.push(env.run(&["audit", "list", "--json"]).ok());
+    let audit = &outputs.last().unwrap().stdout;
+    assert!(
+        audit.contains("credential.set") && audit.contains("service.set"),
+        "{audit}"
+    );
+    assert!(audit.contains("cli uid="), "{audit}");
+    // Replacing the list removes what is not in the file.
+    let one = env.write("one.yaml", "services:\n  - name: openai\n    host: api.openai.com\n    auth: {type: bearer, token: OPENAI_KEY}\n");
+    outputs.push(
+        env.run(&[
+            "service",
+            "set",
+            "--vault",
+            "demo",
+            "-f",
+            one.to_str().unwrap(),
+            "--replace",
+        ])
+        .ok(),
+    );
+    assert!(outputs.last().unwrap().stdout.contains("1 removed"));
+    // The credential is in use, so it cannot be deleted; after removing the service it can.
+    let r = env.run(&["credential", "delete", "--vault", "demo", "OPENAI_KEY"]);
+    assert!(r.fails().contains("used by service \"openai\""));
+    outputs.push(r);
+    outputs.push(
+        env.run(&["service", "remove", "--vault", "demo", "openai"])
+            .ok(),
+    );
+    outputs.push(env.run(&["credential", "set", "--vault", "demo", "OTHER"]));
+    // Issue 2: the canary is nowhere under the data dir and in no command's output.
+    for (path, bytes) in files(&env.data_dir) {
+        assert!(
+            !contains(&bytes, canary.as_bytes()),
+            "canary found in {}",
+            path.display()
+        );
+    }
+    for o in &outputs {
+        assert!(
+            !o.stdout.contains(&canary) && !o.stderr.contains(&canary),
+            "canary in output {o:?}"
+        );
+    }
+}
+
+#[test]
+fn agents_and_tokens() {
+    let env = Env::init();
+    let created = env
+        .run(&["agent", "create", "bot", "--vault", "default"])
+        .ok();
+    let token = created.last_line().to_owned();
+    assert!(
+        token.starts_with("alk_agt_") && token.len() == 8 + 52,
+        "{token}"
+    );
+    let store = env.store();
+    let rec = store
+        .token(token.as_bytes())
+        .unwrap()
+        .expect("token stored by hash");
+    assert_eq!(rec.agent.as_deref(), Some("bot"));
+    // The token text is stored nowhere, only its hash.
+    for (path, bytes) in files(&env.data_dir) {
+        assert!(
+            !contains(&bytes, token.as_bytes()),
+            "token found in {}",
+            path.display()
+        );
+    }
+    drop(store);
+    let rotated = env
+        .run(&["agent", "rotate", "bot"])
+        .ok()
+        .last_line()
+        .to_owned();
+    assert_ne!(rotated, token);
+    assert!(
+        env.store().token(token.as_bytes()).unwrap().is_none(),
+        "old token still valid"
+    );
+    let scoped = env
+        .run(&[
+            "token", "mint", "--vault", "default", "--ttl", "30m", "--agent", "bot",
+        ])
+        .ok();
+    let scoped = scoped.last_line().to_owned();
+    assert!(scoped.starts_with("alk_tok_"));
+    let rec = env.store().token(scoped.as_bytes()).unwrap().unwrap();
+    assert_eq!(rec.vault.as_deref(), Some("default"));
+    let ttl = rec.expires_at.unwrap() - rec.created_at;
+    assert!((1790..=1810).contains(&ttl), "{ttl}");
+    env.run(&["agent", "revoke", "bot"]).ok();
+    assert!(env.store().token(rotated.as_bytes()).unwrap().is_none());
+    assert!(
+        env.store().token(scoped.as_bytes()).unwrap().is_none(),
+        "scoped token survived revoke"
+    );
+    let list = env.run(&["agent", "list", "--json"]).ok();
+    let v: serde_json::Value = serde_json::from_str(&list.stdout).unwrap();
+    assert_eq!(v[0]["revoked"], true);
+}
+
+/// Issue 2: every bad-input path exits non-zero with one line naming the problem and leaves the
+/// store as it was (the generation counter did not move).
+#[test]
+fn bad_inputs_fail_in_one_line_and_change_nothing() {
+    let env = Env::init();
+    env.run_stdin(&["credential", "set", "K"], b"v").ok();
+    let bad_yaml = [
+        (
+            "unknown field",
+            "services:\n  - name: abc\n    host: a.example.com\n    auth: {type: bearer, token: K}\n    colour: red\n",
+            "colour",
+        ),
+        (
+            "bad host",
+            "services:\n  - name: abc\n    host: \"*.com\"\n    auth: {type: bearer, token: K}\n",
+            "host",
+        ),
+        (
+            "missing credential",
+            "services:\n  - name: abc\n    host: a.example.com\n    auth: {type: bearer, token: NOPE}\n",
+            "NOPE",
+        ),
+        (
+            "bad key",
+            "services:\n  - name: abc\n    host: a.example.com\n    auth: {type: bearer, token: lower}\n",
+            "auth.token",
+        ),
+        (
+            "bad name",
+            "services:\n  - name: A\n    host: a.example.com\n    auth: {type: bearer, token: K}\n",
+            "name",
+        ),
+        (
+            "duplicate matcher",
+            "services:\n  - name: abc\n    host: a.example.com\n    auth: {type: bearer, token: K}\n  - name: abd\n    host: A.example.com:443\n    auth: {type: bearer, token: K}\n",
+            "both match",
+        ),
+        ("not yaml", "services: [", "service file"),
+    ];
+    let gen0 = env.generation();
+    for (what, yaml, needle) in bad_yaml {
+        let f = env.write("bad.yaml", yaml);
+        let r = env.run(&["service", "set", "-f", f.to_str().unwrap()]);
+        assert!(r.fails().contains(needle), "{what}: {r:?}");
+    }
+    // (arguments, stdin, what the one-line error must mention)
+    type Case<'a> = (&'a [&'a str], Option<&'a [u8]>, &'a str);
+    let cases: &[Case] = &[
+        (&["vault", "create", "Bad_Name"], None, "invalid vault name"),
+        (&["vault", "create", "default"], None, "already exists"),
+        (&["vault", "policy", "nope", "tunnel"], None, "not found"),
+        (
+            &["credential", "set", "lower"],
+            Some(b"v"),
+            "invalid credential key",
+        ),
+        (&["credential", "set", "K2"], Some(b"a\nb"), "LF"),
+        (&["credential", "set", "K2"], Some(b"a\0b"), "NUL"),
+        (&["credential", "set", "K2"], Some(b""), "empty"),
+        (
+            &["credential", "set", "--vault", "nope", "K2"],
+            Some(b"v"),
+            "not found",
+        ),
+        (&["credential", "delete", "NOPE"], None, "not found"),
+        (&["service", "remove", "nope"], None, "not found"),
+        (
+            &["agent", "create", "bot", "--vault", "nope"],
+            None,
+            "not found",
+        ),
+        (
+            &["agent", "create", "Bot", "--vault", "default"],
+            None,
+            "invalid agent name",
+        ),
+        (&["agent", "revoke", "nope"], None, "not found"),
+        (&["token", "mint", "--ttl", "5s"], None, "--ttl"),
+        (&["token", "mint", "--vault", "nope"], None, "not found"),
+    ];
+    for (args, stdin, needle) in cases {
+        let r = match stdin {
+            Some(s) => env.run_stdin(args, s),
+            None => env.run(args),
+        };
+        assert!(r.fails().contains(needle), "{args:?}: {r:?}");
+    }
+    assert_eq!(
+        env.generation(),
+        gen0,
+        "a refused command wrote to the store"
+    );
+    // Commands on a data dir that was never initialised say so.
+    let empty = Env::empty();
+    let r = empty.run(&["vault", "list"]);
+    assert!(r.fails().contains("airlock init"), "{r:?}");
+    assert!(
+        !empty.data_dir.exists(),
+        "a refused command created the data dir"
+    );
+}
+
+#[test]
+fn config_check_names_key_and_line_and_exits_78() {
+    let env = Env::empty();
+    let good = env.write(
+        "good.toml",
+        "listen = \"127.0.0.1:0\"\nnetwork_allow = [\"127.0.0.1/32\"]\n",
+    );
+    let r = output(command(&["config", "check", good.to_str().unwrap()]), None).ok();
+    assert!(r.stdout.contains("ok"));
+    let bad = env.write("bad.toml", "listen = \"127.0.0.1:0\"\n\nworkers = 0\n");
+    let r = output(command(&["config", "check", bad.to_str().unwrap()]), None);
+    assert_eq!(r.code, 78);
+    assert!(r.fails().contains("line 3"), "{r:?}");
+    let unknown = env.write("unknown.toml", "lisen = \"127.0.0.1:0\"\n");
+    let r = output(
+        command(&["config", "check", unknown.to_str().unwrap()]),
+        None,
+    );
+    assert_eq!(r.code, 78);
+    assert!(r.fails().contains("lisen"));
+    let mut c = command(&["config", "check"]);
+    c.env("AIRLOCK_CONFIG", &unknown);
+    assert_eq!(output(c, None).code, 78);
+    // The config file's data_dir is used by other commands.
+    let cfg = env.write(
+        "dd.toml",
+        &format!("data_dir = {:?}\n", env.data_dir.to_str().unwrap()),
+    );
+    output(command(&["init", "--config", cfg.to_str().unwrap()]), None).ok();
+    assert!(env.data_dir.join("master.key").exists());
+}
+
+#[test]
+fn ca_export_prints_the_ca() {
+    let env = Env::init();
+    let r = env.run(&["ca", "export"]).ok();
+    assert!(r.stdout.starts_with("-----BEGIN CERTIFICATE-----"), "{r:?}");
+    assert_eq!(
+        r.stdout,
+        std::fs::read_to_string(env.data_dir.join("ca.pem")).unwrap()
+    );
+}

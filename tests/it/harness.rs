@@ -1,0 +1,180 @@
+//! Runs the real `airlock` binary against a private data dir.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// A data dir in a temp dir plus helpers to run commands against it.
+pub struct Env {
+    pub tmp: tempfile::TempDir,
+    pub data_dir: PathBuf,
+}
+
+/// What one command did.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    #[track_caller]
+    pub fn ok(self) -> Self {
+        assert_eq!(self.code, 0, "command failed: {self:?}");
+        self
+    }
+
+    /// Asserts failure with exactly one line of reason on stderr, and returns that line.
+    #[track_caller]
+    pub fn fails(&self) -> &str {
+        assert_ne!(self.code, 0, "command unexpectedly succeeded: {self:?}");
+        let lines: Vec<_> = self.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "expected one line on stderr: {self:?}");
+        assert!(lines[0].starts_with("airlock: "), "{self:?}");
+        lines[0]
+    }
+
+    pub fn last_line(&self) -> &str {
+        self.stdout.lines().last().unwrap_or_default()
+    }
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_airlock")
+}
+
+/// A `Command` for airlock with a clean environment (no inherited AIRLOCK_* variables).
+pub fn command(args: &[&str]) -> Command {
+    let mut c = Command::new(bin());
+    c.args(args);
+    for var in [
+        "AIRLOCK_DATA_DIR",
+        "AIRLOCK_CONFIG",
+        "AIRLOCK_PASSPHRASE",
+        "CREDENTIALS_DIRECTORY",
+    ] {
+        c.env_remove(var);
+    }
+    c
+}
+
+pub fn output(mut c: Command, stdin: Option<&[u8]>) -> Run {
+    c.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().expect("spawn airlock");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin");
+        pipe.write_all(input).expect("write stdin");
+    }
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = child.wait_with_output().expect("wait");
+    Run {
+        code: status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+impl Env {
+    /// A temp dir with no data dir in it yet.
+    pub fn empty() -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data_dir = tmp.path().join("data");
+        Self { tmp, data_dir }
+    }
+
+    /// A temp dir with `airlock init` done.
+    pub fn init() -> Self {
+        let env = Self::empty();
+        env.run(&["init"]).ok();
+        env
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = command(args);
+        c.arg("--data-dir").arg(&self.data_dir);
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        output(self.command(args), None)
+    }
+
+    pub fn run_stdin(&self, args: &[&str], stdin: &[u8]) -> Run {
+        output(self.command(args), Some(stdin))
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, text).expect("write");
+        p
+    }
+
+    pub fn store(&self) -> airlock::vault::Store {
+        airlock::vault::Store::open(&self.data_dir, Default::default()).expect("open store")
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.store().generation().expect("generation")
+    }
+}
+
+/// Every file under `dir` with the SHA-256 of its bytes, for before/after comparisons. LMDB's
+/// `lock.mdb` (the reader table, rewritten by every open, holding no data) is left out.
+pub fn snapshot(dir: &Path) -> Vec<(PathBuf, String)> {
+    files(dir)
+        .into_iter()
+        .filter(|(p, _)| !p.ends_with("lock.mdb"))
+        .map(|(p, bytes)| {
+            (
+                p,
+                data_encoding::HEXLOWER
+                    .encode(ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref()),
+            )
+        })
+        .collect()
+}
+
+/// Every file under `dir` with its bytes (LMDB files included).
+pub fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read_dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let bytes = std::fs::read(&path).expect("read");
+                out.push((path, bytes));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Whether `needle` occurs anywhere in `hay`.
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A per-run random canary value (security.md J-01).
+pub fn canary() -> String {
+    let n: u128 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(7, |d| d.as_nanos());
+    format!("sk-canary-{:x}{:x}", n, std::process::id())
+}

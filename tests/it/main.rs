@@ -1,0 +1,10 @@
+//! airlock's integration tests: one binary (ripgrep-style), real processes, real LMDB in temp
+//! dirs. Test names cite security.md rows where they cover one.
+
+// Test helpers outside #[test] functions unwrap too: a panic is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod cli;
+mod harness;
+mod storage;
+mod vault_keys;
