@@ -46,6 +46,8 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Create the data dir, root key, CA and the vault `default` (idempotent)
     Init(InitArgs),
+    /// Run the proxy (initialises the data dir on first run)
+    Serve(crate::serve::ServeArgs),
     /// Manage vaults
     #[command(subcommand)]
     Vault(VaultCmd),
@@ -220,6 +222,8 @@ pub enum CliError {
         what: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Serve(#[from] crate::serve::ServeError),
 }
 
 impl CliError {
@@ -263,6 +267,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     let ctx = Ctx::new(&cli.global)?;
     match cli.command {
         Command::Init(args) => init::run(&ctx, args),
+        Command::Serve(args) => init::serve(&ctx, args),
         Command::Vault(cmd) => vault::run(&ctx, cmd),
         Command::Service(cmd) => service::run(&ctx, cmd),
         Command::Credential(cmd) => service::credential(&ctx, cmd),

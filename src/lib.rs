@@ -2,14 +2,21 @@
 //!
 //! The library holds everything the `airlock` binary and the admin process share:
 //! [`vault`] (sealed LMDB store and keys), [`spec`] (service definitions), [`config`] (the TOML
-//! file and `serve` settings), [`names`], [`secret`] and the [`cli`].
+//! file and `serve` settings), [`names`], [`secret`] and the [`cli`]; and the data plane:
+//! [`serve`] (workers), [`proxy`], [`http`], [`policy`] and [`netguard`].
 
 #![deny(unsafe_code)]
 
 pub mod cli;
 pub mod config;
 pub mod fsutil;
+pub mod http;
 pub mod names;
+pub mod netguard;
+pub mod policy;
+pub mod proxy;
+pub mod scrub;
 pub mod secret;
+pub mod serve;
 pub mod spec;
 pub mod vault;

@@ -4,9 +4,13 @@
 //! key and stores it (this crate never writes files). [`Ca::load`] rebuilds the issuer from the
 //! stored certificate, subject name and key; [`Ca::mint_leaf`] signs short-lived leaves carrying
 //! the authority key identifier that strict clients require. The shared, pre-warmed leaf cache
-//! comes with the data plane.
+//! is [`cache::LeafCache`].
 
 #![deny(unsafe_code)]
+
+pub mod cache;
+
+pub use cache::LeafCache;
 
 use std::time::Duration;
 
@@ -28,6 +32,10 @@ pub enum CertError {
     Rcgen(#[from] rcgen::Error),
     #[error("invalid host name for a certificate: {0:?}")]
     BadHost(String),
+    #[error("rustls: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("the leaf cache lock is poisoned")]
+    Poisoned,
 }
 
 /// A new CA: its certificate and its PKCS#8 key (wrap it before storing).

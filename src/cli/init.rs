@@ -1,4 +1,4 @@
-//! `airlock init` and `airlock ca export`.
+//! `airlock init`, `airlock serve` and `airlock ca export`.
 
 use super::{CliError, Ctx, InitArgs};
 use crate::vault::records::KeyMode;
@@ -41,4 +41,20 @@ pub fn ca_export(ctx: &Ctx) -> Result<(), CliError> {
     })?;
     print!("{pem}");
     Ok(())
+}
+
+pub fn serve(ctx: &Ctx, args: crate::serve::ServeArgs) -> Result<(), CliError> {
+    let level = std::env::var("AIRLOCK_LOG")
+        .ok()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(tracing::Level::INFO);
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+    let sources = ctx.key_sources(args.master_key_file.clone(), args.passphrase_file.clone())?;
+    let settings = crate::serve::Settings::resolve(ctx.data_dir.clone(), &ctx.file, &args);
+    Ok(crate::serve::run(settings, &sources, &ctx.actor)?)
 }

@@ -511,8 +511,15 @@ impl Store {
 
     /// Looks a presented token up by its hash. Expiry is the caller's check.
     pub fn token(&self, token: &[u8]) -> Result<Option<TokenRecord>, VaultError> {
-        let hash = TokenHash::of(token);
+        self.token_by_hash(TokenHash::of(token))
+    }
+
+    pub fn token_by_hash(&self, hash: TokenHash) -> Result<Option<TokenRecord>, VaultError> {
         Ok(self.read(|t| t.get(t.dbs().tokens, "tokens", &hash.0))?)
+    }
+
+    pub fn agent(&self, name: &str) -> Result<AgentRecord, VaultError> {
+        self.read(|t| Ok(find_agent(t, name)))?
     }
 
     /// The newest `limit` audit records, oldest first.

@@ -24,6 +24,8 @@ fn init_creates_private_dir_and_key_and_is_idempotent() {
         32
     );
     assert_eq!(mode(&env.data_dir.join("ca-key.wrapped")), 0o600);
+    assert_eq!(mode(&env.data_dir.join("vault")), 0o700);
+    assert_eq!(mode(&env.data_dir.join("vault/data.mdb")), 0o600);
     let before = snapshot(&env.data_dir);
     let again = env.run(&["init"]).ok();
     assert!(again.stdout.contains("already initialised"), "{again:?}");

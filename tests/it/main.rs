@@ -6,5 +6,8 @@
 
 mod cli;
 mod harness;
+mod origin;
+mod proxy;
+mod proxy_harness;
 mod storage;
 mod vault_keys;

@@ -1,0 +1,112 @@
+//! [`BufConn`]: a connection with a read buffer, over monoio's owned-buffer traits.
+//!
+//! Reads append to one growable buffer (monoio reads fill from the slice start, so reads go into
+//! `slice_mut(len..)`); parsers borrow [`BufConn::buffered`] and [`BufConn::consume`] what they
+//! used. Forwarding buffered bytes moves a slice of the buffer to the writer without copying.
+
+use std::io;
+
+use monoio::buf::{IoBuf, IoBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+
+const READ_CHUNK: usize = 16 * 1024;
+
+/// A stream plus the bytes read from it and not yet consumed.
+#[derive(Debug)]
+pub struct BufConn<S> {
+    pub io: S,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl<S> BufConn<S> {
+    pub fn new(io: S) -> Self {
+        Self {
+            io,
+            buf: Vec::new(),
+            pos: 0,
+        }
+    }
+
+    /// A connection whose first bytes were already read elsewhere.
+    pub fn with_buffered(io: S, bytes: Vec<u8>) -> Self {
+        Self {
+            io,
+            buf: bytes,
+            pos: 0,
+        }
+    }
+
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf[self.pos..]
+    }
+
+    pub fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.buf.len());
+        if self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        }
+    }
+
+    /// Takes whatever is buffered.
+    pub fn take_buffered(&mut self) -> Vec<u8> {
+        let out = self.buf.split_off(self.pos);
+        self.buf.clear();
+        self.pos = 0;
+        out
+    }
+
+    pub fn into_parts(self) -> (S, Vec<u8>) {
+        let Self { io, mut buf, pos } = self;
+        buf.drain(..pos);
+        (io, buf)
+    }
+}
+
+impl<S: AsyncReadRent> BufConn<S> {
+    /// Reads more bytes onto the buffer; `Ok(0)` at end of stream.
+    pub async fn fill(&mut self) -> io::Result<usize> {
+        if self.pos > 0 && self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        let buf = std::mem::take(&mut self.buf);
+        let len = buf.len();
+        let (res, slice) = self.io.read(buf.slice_mut(len..)).await;
+        self.buf = slice.into_inner();
+        res
+    }
+}
+
+impl<S: AsyncWriteRent> BufConn<S> {
+    pub async fn write_all<T: IoBuf + 'static>(&mut self, data: T) -> io::Result<()> {
+        let (res, _) = self.io.write_all(data).await;
+        res.map(|_| ())
+    }
+
+    pub async fn flush(&mut self) -> io::Result<()> {
+        self.io.flush().await
+    }
+}
+
+/// Moves `n` buffered bytes of `src` to `dst` without copying them.
+pub async fn forward_buffered<R, W: AsyncWriteRent>(
+    src: &mut BufConn<R>,
+    dst: &mut BufConn<W>,
+    n: usize,
+) -> io::Result<()> {
+    let n = n.min(src.buffered().len());
+    if n == 0 {
+        return Ok(());
+    }
+    let buf = std::mem::take(&mut src.buf);
+    let (res, slice) = dst.io.write_all(buf.slice(src.pos..src.pos + n)).await;
+    src.buf = slice.into_inner();
+    res?;
+    src.consume(n);
+    Ok(())
+}

@@ -1,0 +1,292 @@
+//! The compiled policy: every vault's services, sorted by priority, with their credentials opened
+//! and their injected headers prepared. Built once per vault generation ([`Policy::compile`]),
+//! shared read-only by all workers behind an `Arc`; never decoded per request.
+//!
+//! Matching follows product.md's "Host matchers": scheme and port must agree (a portless service
+//! is TLS on 443 only, R5), exact host beats wildcard, then the longer literal path. A service
+//! whose credentials are missing or fail to open is kept with an error code, so its requests get
+//! 502 while other services keep working (row 57). This module does no I/O besides the store read
+//! at compile time, and never logs a value.
+
+use std::collections::HashMap;
+
+use crate::secret::Secret;
+use crate::spec::{AuthSpec, HostName, HostPattern, PathPattern, Scheme, Surface, template_keys};
+use crate::vault::seal::Opener;
+use crate::vault::{Store, UnmatchedPolicy, VaultError};
+
+/// All vaults' compiled services at one generation.
+#[derive(Debug, Default)]
+pub struct Policy {
+    pub generation: u64,
+    vaults: HashMap<String, VaultPolicy>,
+}
+
+#[derive(Debug)]
+pub struct VaultPolicy {
+    pub id: u64,
+    pub name: String,
+    pub unmatched: UnmatchedPolicy,
+    /// Most specific first.
+    services: Vec<Service>,
+}
+
+/// One compiled service.
+#[derive(Debug)]
+pub struct Service {
+    pub name: String,
+    pub pattern: HostPattern,
+    pub enabled: bool,
+    /// Headers to set, lowercase names; replace any the client sent.
+    pub inject: Vec<(String, Secret)>,
+    /// Whether the client's own `Authorization` is dropped (every credentialed service).
+    pub drop_authorization: bool,
+    pub substitutions: Vec<Substitution>,
+    /// Set when the service cannot be served: `credential_missing` or `credential_integrity`.
+    pub error: Option<&'static str>,
+    /// Values masked in responses (row 25): every opened credential and injected value.
+    pub scrub: Vec<Secret>,
+}
+
+#[derive(Debug)]
+pub struct Substitution {
+    pub placeholder: String,
+    pub value: Secret,
+    pub surfaces: Vec<Surface>,
+}
+
+impl Policy {
+    /// Reads every vault and service and opens the credentials they use.
+    pub fn compile(store: &Store, opener: &Opener) -> Result<Self, VaultError> {
+        let generation = store.generation()?;
+        let mut vaults = HashMap::new();
+        for v in store.vaults()? {
+            let mut services = Vec::new();
+            for record in store.services(&v.name)? {
+                let spec = record.spec;
+                let Ok(pattern) = HostPattern::parse(&spec.host) else {
+                    continue;
+                };
+                let mut error = None;
+                let mut scrub = Vec::new();
+                let mut open = |key: &str| match store.open_credential(opener, &v.name, key) {
+                    Ok(s) => {
+                        scrub.push(s.clone());
+                        s
+                    }
+                    Err(e) => {
+                        error = Some(if matches!(e, VaultError::Integrity(_)) {
+                            "credential_integrity"
+                        } else {
+                            "credential_missing"
+                        });
+                        Secret::default()
+                    }
+                };
+                let inject = injected_headers(&spec.auth, &mut open);
+                let substitutions = spec
+                    .substitutions
+                    .iter()
+                    .map(|s| Substitution {
+                        placeholder: s.placeholder.clone(),
+                        value: open(&s.key),
+                        surfaces: s.surfaces.clone(),
+                    })
+                    .collect();
+                scrub.extend(inject.iter().map(|(_, v)| v.clone()));
+                scrub.retain(|s| s.len() >= crate::scrub::MIN_LEN);
+                scrub.sort_by_key(|s| std::cmp::Reverse(s.len()));
+                services.push(Service {
+                    name: spec.name.clone(),
+                    pattern,
+                    enabled: spec.enabled,
+                    drop_authorization: !matches!(spec.auth, AuthSpec::Passthrough),
+                    inject,
+                    substitutions,
+                    error,
+                    scrub,
+                });
+            }
+            services.sort_by_key(|s| std::cmp::Reverse(s.pattern.specificity()));
+            vaults.insert(
+                v.name.clone(),
+                VaultPolicy {
+                    id: v.id,
+                    name: v.name,
+                    unmatched: v.policy,
+                    services,
+                },
+            );
+        }
+        Ok(Self { generation, vaults })
+    }
+
+    pub fn vault(&self, name: &str) -> Option<&VaultPolicy> {
+        self.vaults.get(name)
+    }
+
+    /// Every exact (non-wildcard) TLS host, for pre-warming leaves.
+    pub fn tls_hosts(&self) -> impl Iterator<Item = &str> {
+        self.vaults
+            .values()
+            .flat_map(|v| v.services.iter())
+            .filter_map(|s| match (&s.pattern.host, s.pattern.scheme) {
+                (HostName::Exact(h), Scheme::Https) => Some(h.as_str()),
+                _ => None,
+            })
+    }
+}
+
+fn injected_headers(
+    auth: &AuthSpec,
+    open: &mut impl FnMut(&str) -> Secret,
+) -> Vec<(String, Secret)> {
+    let join = |parts: &[&[u8]]| Secret::new(parts.concat());
+    match auth {
+        AuthSpec::Bearer { token } => vec![(
+            "authorization".into(),
+            join(&[b"Bearer ", open(token).expose()]),
+        )],
+        AuthSpec::Basic { username, password } => {
+            let user = open(username);
+            let pass = open(password);
+            let pair = join(&[user.expose(), b":", pass.expose()]);
+            let encoded = data_encoding::BASE64.encode(pair.expose());
+            vec![(
+                "authorization".into(),
+                Secret::new(format!("Basic {encoded}").into_bytes()),
+            )]
+        }
+        AuthSpec::ApiKey {
+            key,
+            header,
+            prefix,
+        } => {
+            vec![(
+                header.to_ascii_lowercase(),
+                join(&[prefix.as_bytes(), open(key).expose()]),
+            )]
+        }
+        AuthSpec::Custom { headers } => headers
+            .iter()
+            .map(|(name, template)| (name.to_ascii_lowercase(), expand(template, open)))
+            .collect(),
+        AuthSpec::Passthrough => Vec::new(),
+    }
+}
+
+/// Replaces each `{{ KEY }}` in a validated template with the opened credential.
+fn expand(template: &str, open: &mut impl FnMut(&str) -> Secret) -> Secret {
+    let keys = template_keys(template).unwrap_or_default();
+    let mut out = Vec::with_capacity(template.len() + 64);
+    let mut rest = template;
+    for key in keys {
+        let (Some(start), Some(end)) = (rest.find("{{"), rest.find("}}")) else {
+            break;
+        };
+        out.extend_from_slice(&rest.as_bytes()[..start]);
+        out.extend_from_slice(open(key).expose());
+        rest = &rest[end + 2..];
+    }
+    out.extend_from_slice(rest.as_bytes());
+    Secret::new(out)
+}
+
+impl VaultPolicy {
+    /// Whether any service (enabled or not) is for this scheme, host and port; decides
+    /// intercept versus unmatched at CONNECT.
+    pub fn has_host(&self, scheme: Scheme, host: &str, port: u16) -> bool {
+        self.services.iter().any(|s| {
+            s.pattern.scheme == scheme
+                && s.pattern.port == port
+                && host_matches(&s.pattern.host, host)
+        })
+    }
+
+    /// The most specific service for a request. `path` is the normalised path without query.
+    pub fn find(&self, scheme: Scheme, host: &str, port: u16, path: &str) -> Option<&Service> {
+        self.services.iter().find(|s| {
+            s.pattern.scheme == scheme
+                && s.pattern.port == port
+                && host_matches(&s.pattern.host, host)
+                && match &s.pattern.path {
+                    PathPattern::Any => true,
+                    PathPattern::Prefix(p) => path.starts_with(p.as_str()),
+                    PathPattern::Exact(p) => path == p,
+                }
+        })
+    }
+
+    pub fn services(&self) -> &[Service] {
+        &self.services
+    }
+}
+
+/// `*.example.com` matches exactly one extra label.
+fn host_matches(pattern: &HostName, host: &str) -> bool {
+    match pattern {
+        HostName::Exact(h) => h == host,
+        HostName::Wildcard(suffix) => host
+            .strip_suffix(suffix.as_str())
+            .and_then(|l| l.strip_suffix('.'))
+            .is_some_and(|label| !label.is_empty() && !label.contains('.')),
+    }
+}
+
+/// Rejects paths whose meaning changes under normalisation: dot segments (also `%2e`-encoded)
+/// and empty segments. What is matched is exactly what is forwarded (row 7).
+pub fn check_path(path: &str) -> Result<(), &'static str> {
+    if !path.starts_with('/') {
+        return Err("the path must start with /");
+    }
+    for seg in path.split('/').skip(1) {
+        let lower = seg.to_ascii_lowercase().replace("%2e", ".");
+        if lower == "." || lower == ".." {
+            return Err("dot segments are not allowed");
+        }
+    }
+    if path.contains("//") {
+        return Err("empty path segments are not allowed");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_matches_one_label() {
+        let w = HostName::Wildcard("github.com".into());
+        assert!(host_matches(&w, "api.github.com"));
+        assert!(!host_matches(&w, "github.com"));
+        assert!(!host_matches(&w, "a.b.github.com"));
+        assert!(!host_matches(&w, "evilgithub.com"));
+    }
+
+    /// security.md row 7.
+    #[test]
+    fn row7_dot_segments_refused() {
+        for bad in [
+            "/v2/../admin",
+            "/v2/%2e%2e/admin",
+            "/v2/%2E./x",
+            "/./x",
+            "//x",
+            "x",
+        ] {
+            assert!(check_path(bad).is_err(), "{bad}");
+        }
+        assert!(check_path("/v2/a%2Fb/c").is_ok());
+        assert!(check_path("/").is_ok());
+    }
+
+    #[test]
+    fn expand_templates() {
+        let mut open = |k: &str| Secret::new(format!("<{k}>").into_bytes());
+        assert_eq!(
+            expand("Token {{ A }}-{{B}}!", &mut open).expose(),
+            b"Token <A>-<B>!"
+        );
+    }
+}

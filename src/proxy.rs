@@ -1,0 +1,78 @@
+//! The data plane: per-connection handling ([`conn`]), the exchange through a matched service
+//! ([`forward`]), upstream dialing and pooling ([`upstream`]), proxy authentication ([`auth`]),
+//! error responses ([`error`]) and the agent API ([`agent_api`]).
+//!
+//! [`Shared`] is what every worker reads: the store (token checks), the compiled [`Policy`]
+//! (swapped whole when the vault generation changes), the leaf cache and the upstream TLS config.
+//! Nothing here blocks a worker thread on a lock held across an `.await`.
+
+pub mod agent_api;
+pub mod auth;
+pub mod conn;
+pub mod error;
+pub mod forward;
+pub mod upstream;
+
+use std::sync::{Arc, RwLock};
+
+use certs_cache::LeafCache;
+
+use crate::config::ResolveRule;
+use crate::netguard::Guard;
+use crate::policy::Policy;
+use crate::vault::Store;
+use crate::vault::seal::Opener;
+
+pub use self::upstream::Limits;
+
+/// State shared by all workers.
+#[derive(Debug)]
+pub struct Shared {
+    pub store: Store,
+    pub opener: Opener,
+    pub certs: LeafCache,
+    pub policy: RwLock<Arc<Policy>>,
+    pub guard: Guard,
+    pub resolve: Vec<ResolveRule>,
+    pub upstream_tls: Arc<rustls::ClientConfig>,
+    pub limits: Limits,
+    /// `http://127.0.0.1:7480`: where agents reach the agent API (for hints).
+    pub api_base: String,
+    pub ca_pem: String,
+}
+
+impl Shared {
+    /// The current compiled policy (a cheap `Arc` clone).
+    pub fn policy(&self) -> Arc<Policy> {
+        match self.policy.read() {
+            Ok(p) => p.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Recompiles the policy if the vault changed, pre-warming leaves for new hosts first.
+    pub fn refresh(&self) -> Result<bool, crate::vault::VaultError> {
+        let generation = self.store.generation()?;
+        if generation == self.policy().generation {
+            return Ok(false);
+        }
+        let policy = Policy::compile(&self.store, &self.opener)?;
+        self.prewarm(&policy);
+        if let Ok(mut p) = self.policy.write() {
+            *p = Arc::new(policy);
+        }
+        Ok(true)
+    }
+
+    /// Mints leaves for every configured exact host not cached yet.
+    pub fn prewarm(&self, policy: &Policy) {
+        for host in policy.tls_hosts() {
+            if !self.certs.contains(host) {
+                match self.certs.server_config(host) {
+                    Ok(_) => tracing::info!(host, "pre-warmed leaf certificate"),
+                    Err(e) => tracing::warn!(host, "pre-warming a leaf failed: {e}"),
+                }
+            }
+        }
+    }
+}

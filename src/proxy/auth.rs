@@ -1,0 +1,138 @@
+//! Proxy authentication: `Proxy-Authorization: Basic base64(token:vault)` or `Bearer token`
+//! (also `Authorization: Bearer` on the agent API). Tokens are checked against the store on every
+//! request, by their SHA-256, so a revoked or expired token fails at once, also inside an open
+//! tunnel (row 52). The token text is never kept or logged; only its hash is.
+
+use super::error::ProxyError;
+use crate::vault::tokens::{self, TokenHash, TokenKind};
+use crate::vault::{Store, now};
+
+/// Who is making requests on a connection.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub token: TokenHash,
+    pub agent: Option<String>,
+    pub vault: String,
+}
+
+fn required(message: &str) -> ProxyError {
+    ProxyError::new(407, "proxy_auth_required", message).hint(
+        "set HTTPS_PROXY=http://<token>:<vault>@host:port, or run the agent with `airlock run`",
+    )
+}
+
+/// Parses an authorization header value into (token, requested vault).
+fn credentials(value: &[u8]) -> Result<(Vec<u8>, String), ProxyError> {
+    let text = std::str::from_utf8(value).map_err(|_| required("malformed Proxy-Authorization"))?;
+    let (scheme, rest) = text
+        .trim()
+        .split_once(' ')
+        .ok_or_else(|| required("malformed Proxy-Authorization"))?;
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Ok((rest.trim().as_bytes().to_vec(), String::new()));
+    }
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(required("use Basic or Bearer proxy authentication"));
+    }
+    let decoded = data_encoding::BASE64
+        .decode(rest.trim().as_bytes())
+        .map_err(|_| required("malformed Basic credentials"))?;
+    let decoded = crate::secret::Secret::new(decoded);
+    let text = std::str::from_utf8(decoded.expose())
+        .map_err(|_| required("malformed Basic credentials"))?;
+    let (token, vault) = text.split_once(':').unwrap_or((text, ""));
+    Ok((token.as_bytes().to_vec(), vault.to_owned()))
+}
+
+/// Authenticates the first request of a connection.
+pub fn authenticate(store: &Store, header: Option<&[u8]>) -> Result<Identity, ProxyError> {
+    let value = header.ok_or_else(|| required("proxy authentication is required"))?;
+    let (token, requested) = credentials(value)?;
+    let token = crate::secret::Secret::new(token);
+    if tokens::parse(token.expose()).is_none() {
+        return Err(ProxyError::new(
+            407,
+            "invalid_token",
+            "the token is not an airlock token",
+        ));
+    }
+    let hash = TokenHash::of(token.expose());
+    let vault = resolve_vault(store, hash, &requested, "invalid_token")?;
+    let agent = store
+        .token_by_hash(hash)
+        .ok()
+        .flatten()
+        .and_then(|r| r.agent);
+    Ok(Identity {
+        token: hash,
+        agent,
+        vault,
+    })
+}
+
+/// Re-checks a connection's token before each request (revocation and expiry).
+pub fn recheck(store: &Store, id: &Identity) -> Result<(), ProxyError> {
+    resolve_vault(store, id.token, &id.vault, "token_revoked").map(|_| ())
+}
+
+fn resolve_vault(
+    store: &Store,
+    hash: TokenHash,
+    requested: &str,
+    missing_code: &'static str,
+) -> Result<String, ProxyError> {
+    let internal = |_| ProxyError::new(503, "storage_unavailable", "the vault could not be read");
+    let record = store
+        .token_by_hash(hash)
+        .map_err(internal)?
+        .ok_or_else(|| ProxyError::new(407, missing_code, "the token is unknown or was revoked"))?;
+    if record.expires_at.is_some_and(|e| e <= now()) {
+        return Err(ProxyError::new(
+            407,
+            "token_expired",
+            "the token has expired; mint a new one",
+        ));
+    }
+    match record.kind {
+        TokenKind::Scoped => {
+            let vault = record.vault.unwrap_or_default();
+            if !requested.is_empty() && requested != vault {
+                return Err(ProxyError::new(
+                    407,
+                    "vault_mismatch",
+                    format!("this token is bound to vault {vault:?}"),
+                ));
+            }
+            Ok(vault)
+        }
+        TokenKind::Agent => {
+            let name = record.agent.unwrap_or_default();
+            let agent = store
+                .agent(&name)
+                .map_err(|_| ProxyError::new(407, missing_code, "the agent no longer exists"))?;
+            if agent.revoked_at.is_some() {
+                return Err(ProxyError::new(
+                    407,
+                    "token_revoked",
+                    "the agent was revoked",
+                ));
+            }
+            match requested {
+                "" => agent.vaults.first().cloned().ok_or_else(|| {
+                    ProxyError::new(407, "vault_mismatch", "the agent has no vault")
+                }),
+                v if agent.vaults.iter().any(|g| g == v) => Ok(v.to_owned()),
+                v => Err(ProxyError::new(
+                    407,
+                    "vault_mismatch",
+                    format!("the agent is not granted vault {v:?}"),
+                )),
+            }
+        }
+        TokenKind::Approval => Err(ProxyError::new(
+            407,
+            "invalid_token",
+            "approval tokens cannot be used for proxying",
+        )),
+    }
+}

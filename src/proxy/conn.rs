@@ -1,0 +1,376 @@
+//! One client connection from accept to close.
+//!
+//! The first head decides: `CONNECT` (authenticate, then intercept, tunnel or deny before any
+//! TLS), absolute-form `http://` (plain proxying, authenticated per request), or origin-form (the
+//! agent API). Inside an intercepted tunnel every request is re-authorised (row 52) and matched on
+//! its own (row 17). Errors are answered with a stable code and the connection is closed after
+//! any parse error.
+
+use std::io::Cursor;
+use std::sync::Arc;
+use std::time::Duration;
+
+use monoio::io::{AsyncReadRent, AsyncWriteRent, PrefixedReadIo, Splitable};
+use monoio::net::TcpStream;
+use monoio_rustls::TlsAcceptor;
+
+use super::auth::{self, Identity};
+use super::error::{ProxyError, no_service};
+use super::forward::{self, ExchangeError, Outcome};
+use super::upstream::{self, Target};
+use super::{Shared, agent_api};
+use crate::http::head::{self, MAX_HEAD};
+use crate::http::io::BufConn;
+use crate::spec::Scheme;
+use crate::vault::UnmatchedPolicy;
+
+/// Serves one accepted TCP connection.
+pub async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
+    let _ = tcp.set_nodelay(true);
+    let mut client = BufConn::new(tcp);
+    loop {
+        let n = match read_head(&shared, &mut client, shared.limits.idle_timeout).await {
+            Ok(Some(n)) => n,
+            Ok(None) => return,
+            Err(e) => return reply_and_close(&mut client, &e).await,
+        };
+        let (method, target) = match head::parse_request(&client.buffered()[..n]) {
+            Ok(req) => (req.method.to_owned(), req.target.to_owned()),
+            Err(e) => return reply_and_close(&mut client, &e.into()).await,
+        };
+        let result = if method == "CONNECT" {
+            return connect(shared, client, n, &target).await;
+        } else if target.starts_with("http://") || target.starts_with("https://") {
+            plain(&shared, &mut client, n, &target).await
+        } else {
+            agent_api::handle(&shared, &mut client, n).await
+        };
+        match result {
+            Ok(Outcome::KeepAlive) => continue,
+            Ok(Outcome::Close) | Err(ExchangeError::Abort) => return,
+            Err(ExchangeError::Respond(e)) => return reply_and_close(&mut client, &e).await,
+        }
+    }
+}
+
+/// Waits for a complete head: `Ok(None)` on a clean close or a timeout (slowloris, row 35).
+pub async fn read_head<S: AsyncReadRent>(
+    shared: &Shared,
+    conn: &mut BufConn<S>,
+    idle: Duration,
+) -> Result<Option<usize>, ProxyError> {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(n) = head::find_end(conn.buffered()) {
+            if n > MAX_HEAD {
+                return Err(crate::http::HttpError::HeadersTooLarge(MAX_HEAD).into());
+            }
+            return Ok(Some(n));
+        }
+        if conn.buffered().len() > MAX_HEAD {
+            return Err(crate::http::HttpError::HeadersTooLarge(MAX_HEAD).into());
+        }
+        let limit = if conn.buffered().is_empty() {
+            idle
+        } else {
+            shared.limits.header_timeout
+        };
+        let left = limit.saturating_sub(started.elapsed());
+        match monoio::time::timeout(left, conn.fill()).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Ok(None),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+async fn reply_and_close<S: AsyncWriteRent>(conn: &mut BufConn<S>, e: &ProxyError) {
+    let _ = conn.write_all(e.response(true)).await;
+    let _ = conn.flush().await;
+    let _ = conn.io.shutdown().await;
+}
+
+/// Parses a CONNECT authority strictly: `host:port`, a DNS name or IP literal, port 1-65535
+/// without sign (row 5). Returns the lowercase host without a trailing dot.
+pub fn parse_authority(authority: &str) -> Result<(String, u16), ProxyError> {
+    let bad = |m: &str| ProxyError::new(400, "bad_authority", m.to_owned());
+    let (host, port) = authority
+        .rsplit_once(':')
+        .ok_or_else(|| bad("the CONNECT target must be host:port"))?;
+    if port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad("the port must be 1-65535"));
+    }
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|&p| p != 0)
+        .ok_or_else(|| bad("the port must be 1-65535"))?;
+    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        let ip: std::net::Ipv6Addr = v6.parse().map_err(|_| bad("invalid IPv6 literal"))?;
+        return Ok((ip.to_string(), port));
+    }
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    if host.parse::<std::net::Ipv4Addr>().is_ok() {
+        return Ok((host, port));
+    }
+    crate::spec::host::check_dns_name(&host).map_err(|e| bad(&e))?;
+    Ok((host, port))
+}
+
+async fn connect(shared: Arc<Shared>, mut client: BufConn<TcpStream>, n: usize, target: &str) {
+    let auth_header = match head::parse_request(&client.buffered()[..n])
+        .and_then(|r| r.one("proxy-authorization"))
+    {
+        Ok(h) => h.map(<[u8]>::to_vec),
+        Err(e) => return reply_and_close(&mut client, &e.into()).await,
+    };
+    client.consume(n);
+    // Row 5: a bad authority is refused before any lookup.
+    let (host, port) = match parse_authority(target) {
+        Ok(a) => a,
+        Err(e) => return reply_and_close(&mut client, &e).await,
+    };
+    let id = match auth::authenticate(&shared.store, auth_header.as_deref()) {
+        Ok(id) => id,
+        Err(e) => return reply_and_close(&mut client, &e).await,
+    };
+    let policy = shared.policy();
+    let Some(vault) = policy.vault(&id.vault) else {
+        return reply_and_close(
+            &mut client,
+            &ProxyError::new(407, "vault_mismatch", "the vault no longer exists"),
+        )
+        .await;
+    };
+    let target = Target {
+        scheme: Scheme::Https,
+        host,
+        port,
+    };
+    if vault.has_host(Scheme::Https, &target.host, port) {
+        drop(policy);
+        return intercept(shared, client, target, id).await;
+    }
+    match vault.unmatched {
+        // Row 28: denied at CONNECT, before any TLS or DNS.
+        UnmatchedPolicy::Deny => {
+            reply_and_close(
+                &mut client,
+                &no_service(&target.host, port, &shared.api_base),
+            )
+            .await
+        }
+        UnmatchedPolicy::Tunnel => {
+            drop(policy);
+            tunnel(shared, client, target, id).await;
+        }
+    }
+}
+
+async fn intercept(
+    shared: Arc<Shared>,
+    mut client: BufConn<TcpStream>,
+    target: Target,
+    id: Identity,
+) {
+    let mints = shared.certs.mints();
+    let config = match shared.certs.server_config(&target.host) {
+        Ok(c) => {
+            if shared.certs.mints() != mints {
+                tracing::info!(host = %target.host, "minted a leaf on demand");
+            }
+            c
+        }
+        Err(e) => {
+            tracing::warn!(host = %target.host, "leaf minting failed: {e}");
+            return reply_and_close(
+                &mut client,
+                &ProxyError::new(503, "overloaded", "no certificate for this host"),
+            )
+            .await;
+        }
+    };
+    if client
+        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n".to_vec())
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let (tcp, early) = client.into_parts();
+    let io = PrefixedReadIo::new(tcp, Cursor::new(early));
+    let tls = match monoio::time::timeout(
+        shared.limits.header_timeout,
+        TlsAcceptor::from(config).accept(io),
+    )
+    .await
+    {
+        Ok(Ok(tls)) => tls,
+        _ => return, // includes an SNI that names another host (row 3)
+    };
+    let mut conn = BufConn::new(tls);
+    loop {
+        let n = match read_head(&shared, &mut conn, shared.limits.idle_timeout).await {
+            Ok(Some(n)) => n,
+            Ok(None) => return,
+            Err(e) => return reply_and_close(&mut conn, &e).await,
+        };
+        // Row 52: the token is checked again for every request inside the tunnel.
+        if let Err(e) = auth::recheck(&shared.store, &id) {
+            return reply_and_close(&mut conn, &e).await;
+        }
+        let policy = shared.policy();
+        let Some(vault) = policy.vault(&id.vault) else {
+            return;
+        };
+        match forward::exchange(&shared, &mut conn, n, &target, vault, false).await {
+            Ok(Outcome::KeepAlive) => {}
+            Ok(Outcome::Close) | Err(ExchangeError::Abort) => return,
+            Err(ExchangeError::Respond(mut e)) => {
+                if e.code == "no_service" {
+                    e = no_service(&target.host, target.port, &shared.api_base);
+                }
+                return reply_and_close(&mut conn, &e).await;
+            }
+        }
+    }
+}
+
+/// Plain-HTTP proxying: authenticated per request; injection only for `http://` services (R5).
+async fn plain(
+    shared: &Shared,
+    client: &mut BufConn<TcpStream>,
+    n: usize,
+    target: &str,
+) -> Result<Outcome, ExchangeError> {
+    let auth_header = head::parse_request(&client.buffered()[..n])?
+        .one("proxy-authorization")?
+        .map(<[u8]>::to_vec);
+    let id = auth::authenticate(&shared.store, auth_header.as_deref())?;
+    let rest = target
+        .strip_prefix("http://")
+        .ok_or_else(|| ProxyError::new(400, "bad_request", "use CONNECT for https:// targets"))?;
+    let authority = rest.find('/').map_or(rest, |i| &rest[..i]);
+    let authority = if authority.contains(':') {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    };
+    let (host, port) = parse_authority(&authority)?;
+    let target = Target {
+        scheme: Scheme::Http,
+        host,
+        port,
+    };
+    let policy = shared.policy();
+    let vault = policy
+        .vault(&id.vault)
+        .ok_or_else(|| ProxyError::new(407, "vault_mismatch", "the vault no longer exists"))?;
+    if !vault.has_host(Scheme::Http, &target.host, port) {
+        let refused = if vault.has_host(Scheme::Https, &target.host, 443) {
+            ProxyError::new(
+                403,
+                "plaintext_refused",
+                "this service is only served over TLS",
+            )
+            .hint("use https://")
+        } else {
+            no_service(&target.host, port, &shared.api_base)
+        };
+        return Err(refused.into());
+    }
+    forward::exchange(shared, client, n, &target, vault, true).await
+}
+
+/// Opaque tunnel for unmatched hosts when the vault allows it: vetted address, no TLS
+/// interception, never any injection; closed within a second of the token's revocation.
+async fn tunnel(shared: Arc<Shared>, mut client: BufConn<TcpStream>, target: Target, id: Identity) {
+    let addrs = match upstream::resolve(&shared, &target).await {
+        Ok(a) => a,
+        Err(e) => return reply_and_close(&mut client, &e).await,
+    };
+    let mut up = None;
+    for addr in addrs {
+        if let Ok(Ok(s)) =
+            monoio::time::timeout(shared.limits.connect_timeout, TcpStream::connect_addr(addr))
+                .await
+        {
+            up = Some(s);
+            break;
+        }
+    }
+    let Some(mut up) = up else {
+        return reply_and_close(
+            &mut client,
+            &ProxyError::new(502, "upstream_unreachable", "could not connect"),
+        )
+        .await;
+    };
+    if client
+        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n".to_vec())
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let (tcp, early) = client.into_parts();
+    if !early.is_empty() {
+        let (res, _) = monoio::io::AsyncWriteRentExt::write_all(&mut up, early).await;
+        if res.is_err() {
+            return;
+        }
+    }
+    let (mut cr, mut cw) = tcp.into_split();
+    let (mut ur, mut uw) = up.into_split();
+    let store = &shared.store;
+    let revoked = async {
+        loop {
+            monoio::time::sleep(Duration::from_millis(500)).await;
+            if auth::recheck(store, &id).is_err() {
+                return;
+            }
+        }
+    };
+    monoio::select! {
+        _ = monoio::io::copy(&mut cr, &mut uw) => {},
+        _ = monoio::io::copy(&mut ur, &mut cw) => {},
+        _ = revoked => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// security.md row 5.
+    #[test]
+    fn row5_bad_authorities_refused() {
+        for bad in [
+            "api.x.com",
+            "api.x.com:0",
+            "api.x.com:65536",
+            "api.x.com:+443",
+            "user@api.x.com:443",
+            "api.x.com#:443",
+            "api\\x.com:443",
+            "api%2ex.com:443",
+            "api x.com:443",
+            ":443",
+            "[::1:443",
+        ] {
+            assert_eq!(
+                parse_authority(bad).unwrap_err().code,
+                "bad_authority",
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            parse_authority("API.X.com.:443").unwrap(),
+            ("api.x.com".into(), 443)
+        );
+        assert_eq!(parse_authority("[::1]:8443").unwrap(), ("::1".into(), 8443));
+        assert_eq!(
+            parse_authority("10.0.0.1:443").unwrap(),
+            ("10.0.0.1".into(), 443)
+        );
+    }
+}

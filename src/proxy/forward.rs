@@ -1,0 +1,487 @@
+//! One request/response exchange through a matched service.
+//!
+//! The request head is parsed in place, checked (Host and absolute-form against the one
+//! authority, R1; path normalisation, row 7; framing, R2; substitution surfaces, row 26), then
+//! re-serialised for the upstream: hop-by-hop, proxy and `Connection`-named headers dropped, the
+//! agent's `Authorization` and injected header names dropped on credentialed services, injected
+//! values added last. Bodies stream both ways with the proxy's own framing; echoed secrets are
+//! masked in the response (row 25). Redirects are returned as they are (R3). The buffer holding injected values is zeroized after the write.
+
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use zeroize::{Zeroize, Zeroizing};
+
+use super::Shared;
+use super::error::ProxyError;
+use super::upstream::{self, Target};
+use crate::http::body::{self, Output, RelayError};
+use crate::http::head::{self, Framing, MAX_HEAD, RequestHead};
+use crate::http::io::BufConn;
+use crate::policy::{Service, VaultPolicy, check_path};
+use crate::scrub::Scrubber;
+use crate::spec::Surface;
+
+/// How an exchange ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The client connection may carry another request.
+    KeepAlive,
+    /// Close the client connection (after a response that said so).
+    Close,
+}
+
+/// A failure: answer with an error response, or (once response bytes went out) just close.
+#[derive(Debug)]
+pub enum ExchangeError {
+    Respond(ProxyError),
+    Abort,
+}
+
+impl From<ProxyError> for ExchangeError {
+    fn from(e: ProxyError) -> Self {
+        Self::Respond(e)
+    }
+}
+
+impl From<crate::http::HttpError> for ExchangeError {
+    fn from(e: crate::http::HttpError) -> Self {
+        Self::Respond(e.into())
+    }
+}
+
+/// What the request line and headers decided, detached from the client's buffer.
+struct Prepared<'v> {
+    service: &'v Service,
+    method: String,
+    head: Zeroizing<Vec<u8>>,
+    framing: Framing,
+    client_close: bool,
+    expect_continue: bool,
+}
+
+/// The `Host` value for an authority: the port only when it is not the scheme's default.
+pub fn host_header(t: &Target) -> String {
+    if t.port == t.scheme.default_port() {
+        t.host.clone()
+    } else {
+        format!("{}:{}", t.host, t.port)
+    }
+}
+
+/// Checks the request against the tunnel's authority and builds the upstream head.
+fn prepare<'v>(
+    req: &RequestHead<'_>,
+    target: &Target,
+    vault: &'v VaultPolicy,
+    absolute_ok: bool,
+) -> Result<Prepared<'v>, ProxyError> {
+    // R1: Host must be present once and name the authority (row 1, 4).
+    let host = req
+        .one("host")
+        .map_err(|_| ProxyError::new(400, "bad_host", "duplicate Host header"))?;
+    let host = host.ok_or_else(|| ProxyError::new(400, "bad_host", "missing Host header"))?;
+    let host = std::str::from_utf8(host)
+        .map_err(|_| ProxyError::new(400, "bad_host", "Host is not ASCII"))?;
+    let expected = host_header(target);
+    let with_port = format!("{}:{}", target.host, target.port);
+    let host_norm = host.trim_end_matches('.').to_ascii_lowercase();
+    if host_norm != expected && host_norm != with_port {
+        return Err(ProxyError::new(
+            421,
+            "host_mismatch",
+            "the Host header does not match the CONNECT authority",
+        ));
+    }
+    // Row 2: an absolute-form target must name the same authority.
+    let path_and_query = if req.target.starts_with('/') {
+        req.target
+    } else if let Some(rest) = req
+        .target
+        .strip_prefix("https://")
+        .or_else(|| req.target.strip_prefix("http://"))
+    {
+        let (auth, path) = rest
+            .find('/')
+            .map_or((rest, "/"), |i| (&rest[..i], &rest[i..]));
+        let auth = auth.to_ascii_lowercase();
+        if !absolute_ok && auth != expected && auth != with_port {
+            return Err(ProxyError::new(
+                421,
+                "host_mismatch",
+                "the request target names another host",
+            ));
+        }
+        path
+    } else {
+        return Err(ProxyError::new(
+            400,
+            "bad_request",
+            "unsupported request target",
+        ));
+    };
+    let (path, query) = path_and_query
+        .split_once('?')
+        .map_or((path_and_query, None), |(p, q)| (p, Some(q)));
+    check_path(path).map_err(|m| ProxyError::new(400, "bad_path", m))?;
+    let framing = head::request_framing(req)?;
+    let service = vault
+        .find(target.scheme, &target.host, target.port, path)
+        .ok_or_else(|| super::error::no_service(&target.host, target.port, ""))?;
+    if !service.enabled {
+        return Err(ProxyError::new(
+            403,
+            "service_disabled",
+            format!("service {} is disabled", service.name),
+        ));
+    }
+    if let Some(code) = service.error {
+        return Err(ProxyError::new(
+            502,
+            code,
+            format!("service {} cannot open its credential", service.name),
+        ));
+    }
+    let connection: Vec<&[u8]> = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .map(|h| h.value)
+        .collect();
+    let mut out = Zeroizing::new(Vec::with_capacity(512));
+    out.extend_from_slice(req.method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(&substitute(service, Surface::Path, path.as_bytes())?);
+    if let Some(q) = query {
+        out.push(b'?');
+        out.extend_from_slice(&substitute(service, Surface::Query, q.as_bytes())?);
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    out.extend_from_slice(expected.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let mut expect_continue = false;
+    for h in &req.headers {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("expect") {
+            expect_continue = h.value.eq_ignore_ascii_case(b"100-continue");
+            continue;
+        }
+        if name.eq_ignore_ascii_case("host")
+            || head::is_hop_by_hop(name, &connection)
+            || (service.drop_authorization && name.eq_ignore_ascii_case("authorization"))
+            || service
+                .inject
+                .iter()
+                .any(|(n, _)| name.eq_ignore_ascii_case(n))
+            || name.len() >= 6 && name[..6].eq_ignore_ascii_case("proxy-")
+            || name.contains('_')
+        {
+            continue;
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(&substitute(service, Surface::Header, h.value)?);
+        out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in &service.inject {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.expose());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        Framing::Length(n) => out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes()),
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::Empty | Framing::Close => {}
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(Prepared {
+        service,
+        method: req.method.to_owned(),
+        head: out,
+        framing,
+        client_close: head::wants_close(req.version, &req.headers),
+        expect_continue,
+    })
+}
+
+/// Replaces placeholders allowed on `surface`; a placeholder on a surface not declared for it is
+/// refused (row 26).
+fn substitute(service: &Service, surface: Surface, input: &[u8]) -> Result<Vec<u8>, ProxyError> {
+    let mut out = input.to_vec();
+    for sub in &service.substitutions {
+        let needle = sub.placeholder.as_bytes();
+        if !out.windows(needle.len()).any(|w| w == needle) {
+            continue;
+        }
+        if !sub.surfaces.contains(&surface) {
+            return Err(ProxyError::new(
+                403,
+                "substitution_field_denied",
+                format!(
+                    "placeholder {} is not allowed in the {surface:?}",
+                    sub.placeholder
+                )
+                .to_lowercase(),
+            ));
+        }
+        let mut replaced = Vec::with_capacity(out.len() + sub.value.len());
+        let mut i = 0;
+        while i < out.len() {
+            if out[i..].starts_with(needle) {
+                replaced.extend_from_slice(sub.value.expose());
+                i += needle.len();
+            } else {
+                replaced.push(out[i]);
+                i += 1;
+            }
+        }
+        out = replaced;
+    }
+    Ok(out)
+}
+
+/// Runs one exchange for the request whose head is the first `head_len` buffered bytes of
+/// `client`. `absolute_ok` is set for plain-HTTP proxying, where the target is absolute-form.
+pub async fn exchange<C: AsyncReadRent + AsyncWriteRent>(
+    shared: &Shared,
+    client: &mut BufConn<C>,
+    head_len: usize,
+    target: &Target,
+    vault: &VaultPolicy,
+    absolute_ok: bool,
+) -> Result<Outcome, ExchangeError> {
+    let prepared = {
+        let req = head::parse_request(&client.buffered()[..head_len])?;
+        prepare(&req, target, vault, absolute_ok)?
+    };
+    client.consume(head_len);
+    let mut up = upstream::get(shared, target).await?;
+    if up.reused && prepared.framing == Framing::Empty {
+        // A pooled connection may have been closed by the upstream meanwhile: on failure before
+        // any response byte, a bodiless request is retried once on a fresh connection.
+        match attempt(shared, client, up, &prepared, target).await {
+            Err(ExchangeError::Respond(e))
+                if e.code == "upstream_protocol_error" || e.code == "upstream_unreachable" =>
+            {
+                up = upstream::dial_new(shared, target).await?;
+            }
+            other => return other,
+        }
+    }
+    attempt(shared, client, up, &prepared, target).await
+}
+
+/// Writes a head that may hold injected values, then zeroizes the buffer.
+async fn write_secret<S: AsyncWriteRent>(
+    conn: &mut BufConn<S>,
+    head: &Zeroizing<Vec<u8>>,
+) -> std::io::Result<()> {
+    let (res, mut buf) = conn.io.write_all(head.to_vec()).await;
+    buf.zeroize();
+    res.map(|_| ())
+}
+
+async fn attempt<C: AsyncReadRent + AsyncWriteRent>(
+    shared: &Shared,
+    client: &mut BufConn<C>,
+    mut up: upstream::Upstream,
+    prepared: &Prepared<'_>,
+    target: &Target,
+) -> Result<Outcome, ExchangeError> {
+    let Prepared {
+        service,
+        method,
+        head,
+        framing,
+        client_close,
+        expect_continue,
+    } = prepared;
+    let (framing, client_close) = (*framing, *client_close);
+    write_secret(&mut up.conn, head).await.map_err(|e| {
+        ProxyError::new(
+            502,
+            "upstream_unreachable",
+            format!("writing to the upstream: {e}"),
+        )
+    })?;
+    if *expect_continue && framing != Framing::Empty {
+        client
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
+            .await
+            .map_err(|_| ExchangeError::Abort)?;
+        client.flush().await.map_err(|_| ExchangeError::Abort)?;
+    }
+    match body::relay(
+        client,
+        &mut up.conn,
+        framing,
+        body::output_for(framing),
+        shared.limits.body_cap,
+        None,
+    )
+    .await
+    {
+        Ok(_) => {}
+        Err(RelayError::Framing(e)) => return Err(ExchangeError::Respond(e.into())),
+        Err(RelayError::Write(e)) => {
+            return Err(ProxyError::new(
+                502,
+                "upstream_unreachable",
+                format!("sending the body: {e}"),
+            )
+            .into());
+        }
+        Err(RelayError::Read(_) | RelayError::Truncated) => return Err(ExchangeError::Abort),
+    }
+    up.conn
+        .flush()
+        .await
+        .map_err(|e| ProxyError::new(502, "upstream_unreachable", e.to_string()))?;
+
+    // Read the response head, skipping interim 1xx responses.
+    let upstream_error = |m: &str| ProxyError::new(502, "upstream_protocol_error", m.to_owned());
+    let (head_len, resp_framing, upstream_close, out_head) = loop {
+        let n = read_response_head(shared, &mut up.conn).await?;
+        let resp = head::parse_response(&up.conn.buffered()[..n])
+            .map_err(|e| upstream_error(&e.to_string()))?;
+        if resp.status == 101 {
+            return Err(upstream_error(
+                "the upstream switched protocols without an upgrade request",
+            )
+            .into());
+        }
+        if (100..200).contains(&resp.status) {
+            drop(resp);
+            up.conn.consume(n);
+            continue;
+        }
+        let f =
+            head::response_framing(method, &resp).map_err(|e| upstream_error(&e.to_string()))?;
+        break (
+            n,
+            f,
+            head::wants_close(resp.version, &resp.headers),
+            response_head(&resp, method, f, client_close, &service.scrub),
+        );
+    };
+    up.conn.consume(head_len);
+    client
+        .write_all(out_head)
+        .await
+        .map_err(|_| ExchangeError::Abort)?;
+    let mut scrubber = Scrubber::new(&service.scrub);
+    let scrub = scrubber.is_active().then_some(&mut scrubber);
+    let relayed = body::relay(
+        &mut up.conn,
+        client,
+        resp_framing,
+        body::output_for(resp_framing),
+        None,
+        scrub,
+    )
+    .await;
+    match relayed {
+        Ok(_) => {
+            if resp_framing != Framing::Close && !upstream_close {
+                upstream::put(target, up.conn);
+            }
+            Ok(if client_close {
+                Outcome::Close
+            } else {
+                Outcome::KeepAlive
+            })
+        }
+        Err(_) => Err(ExchangeError::Abort),
+    }
+}
+
+async fn read_response_head<S: AsyncReadRent>(
+    shared: &Shared,
+    conn: &mut BufConn<S>,
+) -> Result<usize, ProxyError> {
+    loop {
+        if let Some(n) = head::find_end(conn.buffered()) {
+            return Ok(n);
+        }
+        if conn.buffered().len() > MAX_HEAD {
+            return Err(ProxyError::new(
+                502,
+                "upstream_protocol_error",
+                "the upstream response head is too large",
+            ));
+        }
+        match monoio::time::timeout(shared.limits.response_timeout, conn.fill()).await {
+            Err(_) => {
+                return Err(ProxyError::new(
+                    504,
+                    "upstream_timeout",
+                    "the upstream did not answer in time",
+                ));
+            }
+            Ok(Ok(0)) => {
+                return Err(ProxyError::new(
+                    502,
+                    "upstream_protocol_error",
+                    "the upstream closed before answering",
+                ));
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                return Err(ProxyError::new(
+                    502,
+                    "upstream_unreachable",
+                    format!("reading the response: {e}"),
+                ));
+            }
+        }
+    }
+}
+
+/// The response head for the agent: the upstream's status and end-to-end headers with the
+/// proxy's own framing.
+fn response_head(
+    resp: &head::ResponseHead<'_>,
+    method: &str,
+    framing: Framing,
+    close: bool,
+    scrub: &[crate::secret::Secret],
+) -> Vec<u8> {
+    let connection: Vec<&[u8]> = resp
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .map(|h| h.value)
+        .collect();
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(format!("HTTP/1.1 {} {}\r\n", resp.status, resp.reason).as_bytes());
+    let keep_length = method == "HEAD" || resp.status == 304;
+    for h in &resp.headers {
+        let is_length = h.name.eq_ignore_ascii_case("content-length");
+        if (is_length && keep_length)
+            || (!head::is_hop_by_hop(h.name, &connection) && !h.name.contains('_'))
+        {
+            out.extend_from_slice(h.name.as_bytes());
+            out.extend_from_slice(b": ");
+            let start = out.len();
+            out.extend_from_slice(h.value);
+            crate::scrub::mask(scrub, &mut out[start..]);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    match (framing, body::output_for(framing)) {
+        (Framing::Length(n), _) => {
+            out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes())
+        }
+        (Framing::Empty, _)
+            if !keep_length && resp.status != 204 && !(100..200).contains(&resp.status) =>
+        {
+            out.extend_from_slice(b"content-length: 0\r\n")
+        }
+        (_, Output::Chunked) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        _ => {}
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}

@@ -1,0 +1,361 @@
+//! `airlock serve`: settings, start-up and the worker threads.
+//!
+//! Start-up: resolve settings (flags over the config file over defaults), initialise the data
+//! dir if needed, unlock the vault, compile the policy and pre-warm leaves, refuse a port some
+//! other process listens on, bind one SO_REUSEPORT listener per worker on the one resolved port,
+//! start each worker's monoio runtime (io_uring, or epoll when io_uring is unavailable or
+//! `--driver epoll`), then print the `ready ...` line. A watcher thread polls the vault
+//! generation every 100 ms and swaps in a recompiled policy.
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock, mpsc};
+use std::time::Duration;
+
+use certs_cache::{Ca, LeafCache};
+
+use crate::config::{AdminListen, Cidr, Driver, FileConfig, ResolveRule};
+use crate::netguard::Guard;
+use crate::policy::Policy;
+use crate::proxy::{Limits, Shared, conn};
+use crate::vault::keys::KeySources;
+use crate::vault::setup::{self, CA_CERT_FILE};
+use crate::vault::{Store, StoreOptions, VaultError};
+
+/// Resolved settings for the data plane.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub workers: NonZeroUsize,
+    pub driver: Driver,
+    pub resolve: Vec<ResolveRule>,
+    pub upstream_ca_file: Option<PathBuf>,
+    pub guard: Guard,
+    pub admin_listen: AdminListen,
+    pub metrics_listen: AdminListen,
+    pub store: StoreOptions,
+}
+
+/// `serve` flags, each overriding the config file.
+#[derive(clap::Args, Debug, Default)]
+pub struct ServeArgs {
+    /// Proxy listen address [default: 127.0.0.1:7480]
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Worker threads [default: one per core]
+    #[arg(long, value_name = "N")]
+    pub workers: Option<NonZeroUsize>,
+    /// I/O driver [default: auto]
+    #[arg(long, value_enum)]
+    pub driver: Option<Driver>,
+    /// Do not start the admin process
+    #[arg(long)]
+    pub no_admin: bool,
+    /// Admin HTTP listener, or `none` [default: 127.0.0.1:7481]
+    #[arg(long, value_name = "ADDR|none")]
+    pub admin_listen: Option<AdminListen>,
+    /// Send connections for HOST:PORT to ADDR (the name is still verified)
+    #[arg(long, value_name = "HOST:PORT:ADDR")]
+    pub resolve: Vec<ResolveRule>,
+    /// Extra upstream CA certificates (PEM), added to the system roots
+    #[arg(long, value_name = "F")]
+    pub upstream_ca_file: Option<PathBuf>,
+    /// DANGEROUS: allow upstream addresses in private ranges (metadata stays blocked)
+    #[arg(long)]
+    pub allow_private_ranges: bool,
+    /// Allow upstream addresses in this CIDR even when private
+    #[arg(long, value_name = "CIDR")]
+    pub network_allow: Vec<Cidr>,
+    /// Prometheus metrics listener, or `none` [default: none]
+    #[arg(long, value_name = "ADDR|none")]
+    pub metrics_listen: Option<AdminListen>,
+    /// Root key file (32 raw bytes or 64 hex digits)
+    #[arg(long, value_name = "F")]
+    pub master_key_file: Option<PathBuf>,
+    /// Passphrase file for a passphrase vault
+    #[arg(long, value_name = "F")]
+    pub passphrase_file: Option<PathBuf>,
+}
+
+impl Settings {
+    pub fn resolve(data_dir: PathBuf, file: &FileConfig, args: &ServeArgs) -> Self {
+        let cores = std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN);
+        let mut resolve = file.resolve.clone();
+        resolve.extend(args.resolve.iter().cloned());
+        let mut allow = file.network_allow.clone();
+        allow.extend(args.network_allow.iter().copied());
+        let admin_default = AdminListen::Addr(SocketAddr::from(([127, 0, 0, 1], 7481)));
+        Self {
+            data_dir,
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7480))),
+            workers: args.workers.or(file.workers).unwrap_or(cores),
+            driver: args.driver.or(file.driver).unwrap_or_default(),
+            resolve,
+            upstream_ca_file: args
+                .upstream_ca_file
+                .clone()
+                .or(file.upstream_ca_file.clone()),
+            guard: Guard {
+                allow_private_ranges: args.allow_private_ranges
+                    || file.allow_private_ranges.unwrap_or(false),
+                allow,
+            },
+            admin_listen: if args.no_admin || file.admin == Some(false) {
+                AdminListen::None
+            } else {
+                args.admin_listen
+                    .or(file.admin_listen)
+                    .unwrap_or(admin_default)
+            },
+            metrics_listen: args
+                .metrics_listen
+                .or(file.metrics_listen)
+                .unwrap_or(AdminListen::None),
+            store: StoreOptions {
+                map_size_mib: file
+                    .map_size_mib
+                    .unwrap_or(crate::vault::store::DEFAULT_MAP_SIZE_MIB),
+            },
+        }
+    }
+}
+
+/// Why `serve` could not start. One line each.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error("{listen}: {source}")]
+    Bind {
+        listen: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0} is already in use by another process; pick another --listen")]
+    InUse(SocketAddr),
+    #[error("upstream TLS: {0}")]
+    Tls(String),
+    #[error("certificate authority: {0}")]
+    Ca(#[from] certs_cache::CertError),
+    #[error("starting worker {worker}: {source}")]
+    Worker {
+        worker: usize,
+        source: std::io::Error,
+    },
+}
+
+/// Starts the data plane and serves until the process ends.
+pub fn run(settings: Settings, sources: &KeySources, actor: &str) -> Result<(), ServeError> {
+    if let setup::InitOutcome::Created { .. } =
+        setup::init(&settings.data_dir, sources, settings.store, actor)?
+    {
+        eprintln!(
+            "airlock: initialised a new data dir at {}",
+            settings.data_dir.display()
+        );
+    }
+    let store = Store::open(&settings.data_dir, settings.store).map_err(VaultError::from)?;
+    let unlocked = setup::unlock(&store, &settings.data_dir, sources)?;
+    let ca_path = settings.data_dir.join(CA_CERT_FILE);
+    let ca_pem = std::fs::read_to_string(&ca_path).map_err(|source| VaultError::Io {
+        path: ca_path,
+        source,
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let ca = Ca::load(
+        &unlocked.ca_name,
+        &ca_pem,
+        unlocked.ca_key_pkcs8_der.expose(),
+    )?;
+    let upstream_tls = crate::proxy::upstream::client_config(
+        provider.clone(),
+        settings.upstream_ca_file.as_deref(),
+    )
+    .map_err(ServeError::Tls)?;
+    if settings.guard.allow_private_ranges {
+        tracing::warn!(
+            "--allow-private-ranges: upstream addresses in private ranges are allowed (metadata stays blocked)"
+        );
+    }
+
+    let listeners = bind(settings.listen, settings.workers.get())?;
+    let local = listeners[0]
+        .local_addr()
+        .map_err(|source| ServeError::Bind {
+            listen: settings.listen,
+            source,
+        })?;
+    let policy = Policy::compile(&store, &unlocked.opener)?;
+    let shared = Arc::new(Shared {
+        store,
+        opener: unlocked.opener,
+        certs: LeafCache::new(ca, provider, 10_000),
+        policy: RwLock::new(Arc::new(Policy::default())),
+        guard: settings.guard.clone(),
+        resolve: settings.resolve.clone(),
+        upstream_tls: Arc::new(upstream_tls),
+        limits: Limits::default(),
+        api_base: format!("http://{local}"),
+        ca_pem,
+    });
+    shared.prewarm(&policy);
+    if let Ok(mut p) = shared.policy.write() {
+        *p = Arc::new(policy);
+    }
+
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let mut handles = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let shared = shared.clone();
+        let ready = ready_tx.clone();
+        let driver = settings.driver;
+        let handle = std::thread::Builder::new()
+            .name(format!("airlock-worker-{i}"))
+            .spawn(move || worker(i, driver, listener, shared, ready))
+            .map_err(|source| ServeError::Worker { worker: i, source })?;
+        handles.push(handle);
+    }
+    drop(ready_tx);
+    let mut driver_name = "";
+    for _ in 0..handles.len() {
+        match ready_rx.recv() {
+            Ok(Ok(name)) => driver_name = name,
+            Ok(Err((worker, source))) => return Err(ServeError::Worker { worker, source }),
+            Err(_) => {
+                return Err(ServeError::Worker {
+                    worker: 0,
+                    source: std::io::Error::other("a worker exited during start-up"),
+                });
+            }
+        }
+    }
+    let watcher = shared.clone();
+    std::thread::Builder::new()
+        .name("airlock-watcher".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_millis(100));
+                if let Err(e) = watcher.refresh() {
+                    tracing::warn!("reloading the vault failed: {e}");
+                }
+            }
+        })
+        .map_err(|source| ServeError::Worker {
+            worker: usize::MAX,
+            source,
+        })?;
+    tracing::info!(
+        workers = handles.len(),
+        driver = driver_name,
+        "data plane listening on {local}"
+    );
+    if settings.admin_listen != AdminListen::None {
+        tracing::warn!(
+            "the admin process is not part of this build yet; serving without the admin UI"
+        );
+    }
+    println!("ready proxy={local} admin=none admin_http=none metrics=none");
+    for h in handles {
+        let _ = h.join();
+    }
+    Ok(())
+}
+
+/// Binds `workers` SO_REUSEPORT listeners on one port, after checking that no other process
+/// holds it (a plain bind would otherwise silently share traffic with it).
+fn bind(listen: SocketAddr, workers: usize) -> Result<Vec<StdListener>, ServeError> {
+    let err = |source| ServeError::Bind { listen, source };
+    let probe = StdListener::bind(listen).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            ServeError::InUse(listen)
+        } else {
+            err(e)
+        }
+    })?;
+    let addr = probe.local_addr().map_err(err)?;
+    drop(probe);
+    (0..workers)
+        .map(|_| {
+            use socket2::{Domain, Socket, Type};
+            let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(err)?;
+            socket.set_reuse_port(true).map_err(err)?;
+            socket.set_reuse_address(true).map_err(err)?;
+            socket.set_nonblocking(true).map_err(err)?;
+            socket.bind(&addr.into()).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AddrInUse {
+                    ServeError::InUse(addr)
+                } else {
+                    err(e)
+                }
+            })?;
+            socket.listen(1024).map_err(err)?;
+            Ok(socket.into())
+        })
+        .collect()
+}
+
+type Ready = mpsc::Sender<Result<&'static str, (usize, std::io::Error)>>;
+
+fn worker(i: usize, driver: Driver, listener: StdListener, shared: Arc<Shared>, ready: Ready) {
+    let use_uring = match driver {
+        Driver::IoUring => true,
+        Driver::Epoll => false,
+        Driver::Auto => monoio::utils::detect_uring(),
+    };
+    let pool = Box::new(monoio::blocking::DefaultThreadPool::new(2));
+    let fut = accept_loop(
+        i,
+        listener,
+        shared,
+        ready.clone(),
+        if use_uring { "io-uring" } else { "epoll" },
+    );
+    let built = if use_uring {
+        monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .enable_timer()
+            .attach_thread_pool(pool)
+            .build()
+            .map(|mut rt| rt.block_on(fut))
+    } else {
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .attach_thread_pool(pool)
+            .build()
+            .map(|mut rt| rt.block_on(fut))
+    };
+    if let Err(e) = built {
+        let _ = ready.send(Err((i, e)));
+    }
+}
+
+async fn accept_loop(
+    i: usize,
+    listener: StdListener,
+    shared: Arc<Shared>,
+    ready: Ready,
+    driver: &'static str,
+) {
+    let listener = match monoio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err((i, e)));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(driver));
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                monoio::spawn(conn::serve(shared.clone(), stream));
+            }
+            Err(e) => {
+                tracing::warn!(worker = i, "accept failed: {e}");
+                monoio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! EchoOrigin: a loopback HTTPS (or plain HTTP) server with its own test CA. It records every
+//! request's raw head, body and TLS SNI, and answers by path:
+//! - `/sse?n=N&ms=M`: N server-sent events, M ms apart (chunked);
+//! - `/redirect`: 302 to another host;
+//! - `/bytes?n=N`: N bytes (Content-Length);
+//! - `/chunked?n=N`: N bytes in chunks of 1000;
+//! - anything else: 200 with a JSON echo of the request line and headers.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+
+/// One request as the origin received it.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub head: String,
+    pub body: Vec<u8>,
+    pub sni: Option<String>,
+    pub conn: usize,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Vec<String> {
+        self.head
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_owned())
+            .collect()
+    }
+
+    pub fn request_line(&self) -> &str {
+        self.head.lines().next().unwrap_or_default()
+    }
+}
+
+pub struct Origin {
+    pub addr: SocketAddr,
+    /// PEM of the CA that signed the origin's certificate.
+    pub ca_file: PathBuf,
+    pub requests: Arc<Mutex<Vec<Recorded>>>,
+    pub connections: Arc<AtomicUsize>,
+}
+
+impl Origin {
+    /// An HTTPS origin whose certificate names `hosts`.
+    pub fn https(dir: &std::path::Path, hosts: &[&str]) -> Self {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::default();
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "EchoOrigin test CA");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let ca_file = dir.join("origin-ca.pem");
+        std::fs::write(&ca_file, ca_cert.pem()).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let leaf_key = KeyPair::generate().unwrap();
+        let mut leaf =
+            CertificateParams::new(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        leaf.use_authority_key_identifier_extension = true;
+        let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![leaf_cert.der().clone()],
+                rustls_pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+            )
+            .unwrap();
+        Self::start(Some(Arc::new(config)), ca_file)
+    }
+
+    /// A plain-HTTP origin.
+    pub fn http(dir: &std::path::Path) -> Self {
+        Self::start(None, dir.join("none.pem"))
+    }
+
+    fn start(tls: Option<Arc<rustls::ServerConfig>>, ca_file: PathBuf) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (reqs, conns) = (requests.clone(), connections.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let id = conns.fetch_add(1, Ordering::SeqCst);
+                let (tls, reqs) = (tls.clone(), reqs.clone());
+                std::thread::spawn(move || {
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+                    match tls {
+                        Some(config) => {
+                            let conn = rustls::ServerConnection::new(config).unwrap();
+                            let mut tls = rustls::StreamOwned::new(conn, stream);
+                            // Finish the handshake to learn the SNI.
+                            while tls.conn.is_handshaking() {
+                                if tls.conn.complete_io(&mut tls.sock).is_err() {
+                                    return;
+                                }
+                            }
+                            let sni = tls.conn.server_name().map(str::to_owned);
+                            serve(tls, sni, id, &reqs);
+                        }
+                        None => serve(stream, None, id, &reqs),
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            ca_file,
+            requests,
+            connections,
+        }
+    }
+
+    pub fn recorded(&self) -> Vec<Recorded> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+fn serve<S: Read + Write>(
+    stream: S,
+    sni: Option<String>,
+    conn: usize,
+    reqs: &Mutex<Vec<Recorded>>,
+) {
+    let mut r = BufReader::new(stream);
+    loop {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            match r.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            head.push_str(&line);
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let rec = Recorded {
+            head: head.clone(),
+            body: Vec::new(),
+            sni: sni.clone(),
+            conn,
+        };
+        let mut body = Vec::new();
+        if let Some(n) = rec
+            .header("content-length")
+            .first()
+            .and_then(|v| v.parse::<usize>().ok())
+        {
+            body.resize(n, 0);
+            if r.read_exact(&mut body).is_err() {
+                return;
+            }
+        } else if rec
+            .header("transfer-encoding")
+            .first()
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+        {
+            loop {
+                let mut size = String::new();
+                if r.read_line(&mut size).is_err() {
+                    return;
+                }
+                let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+                let mut chunk = vec![0; n + 2];
+                if r.read_exact(&mut chunk).is_err() {
+                    return;
+                }
+                if n == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+        }
+        let recorded = Recorded { body, ..rec };
+        reqs.lock().unwrap().push(recorded.clone());
+        let target = recorded
+            .request_line()
+            .split(' ')
+            .nth(1)
+            .unwrap_or("/")
+            .to_owned();
+        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+        let param = |k: &str| {
+            query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+                .and_then(|v| v.parse::<usize>().ok())
+        };
+        let w = r.get_mut();
+        let ok = match path {
+            "/sse" => {
+                let n = param("n").unwrap_or(3);
+                let ms = param("ms").unwrap_or(100);
+                let mut ok = w.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n").is_ok();
+                for i in 0..n {
+                    std::thread::sleep(Duration::from_millis(ms as u64));
+                    let ev = format!("data: event {i} at {}\n\n", now_ms());
+                    ok &= w.write_all(format!("{:x}\r\n{ev}\r\n", ev.len()).as_bytes()).is_ok() && w.flush().is_ok();
+                }
+                ok && w.write_all(b"0\r\n\r\n").is_ok()
+            }
+            "/redirect" => w.write_all(b"HTTP/1.1 302 Found\r\nlocation: https://elsewhere.example.net/steal\r\ncontent-length: 0\r\n\r\n").is_ok(),
+            "/bytes" => {
+                let n = param("n").unwrap_or(0);
+                let body = vec![b'x'; n];
+                w.write_all(format!("HTTP/1.1 200 OK\r\ncontent-length: {n}\r\n\r\n").as_bytes()).is_ok() && w.write_all(&body).is_ok()
+            }
+            "/chunked" => {
+                let n = param("n").unwrap_or(0);
+                let mut ok = w.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n").is_ok();
+                let mut left = n;
+                while left > 0 && ok {
+                    let c = left.min(1000);
+                    ok &= w.write_all(format!("{c:x}\r\n{}\r\n", "y".repeat(c)).as_bytes()).is_ok();
+                    left -= c;
+                }
+                ok && w.write_all(b"0\r\n\r\n").is_ok()
+            }
+            _ => {
+                let body = serde_json::json!({
+                    "request_line": recorded.request_line(),
+                    "body_len": recorded.body.len(),
+                    "conn": conn,
+                })
+                .to_string();
+                w.write_all(format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len()).as_bytes()).is_ok()
+            }
+        };
+        if !ok || w.flush().is_err() {
+            return;
+        }
+    }
+}
+
+pub fn now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
