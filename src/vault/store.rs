@@ -134,7 +134,7 @@ impl Store {
     /// `init`'s transaction (which writes the format) commits.
     pub(crate) fn create(data_dir: &Path, opts: StoreOptions) -> Result<Self, StoreError> {
         let dir = data_dir.join(ENV_DIR);
-        std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
+        crate::fsutil::private_dir(&dir, 0o700).map_err(|source| StoreError::Io {
             path: dir.clone(),
             source,
         })?;
