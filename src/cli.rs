@@ -8,6 +8,7 @@
 mod agent;
 mod ctx;
 mod init;
+mod logs;
 mod output;
 mod service;
 mod vault;
@@ -72,6 +73,17 @@ pub enum Command {
     /// Show the audit log of management writes
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Show the request log of a vault (never secrets or query strings)
+    Logs {
+        #[arg(long, default_value = "default")]
+        vault: String,
+        /// Keep printing new requests as they are logged
+        #[arg(long)]
+        follow: bool,
+        /// One JSON object per line
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -275,6 +287,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Token(cmd) => agent::token(&ctx, cmd),
         Command::Ca(CaCmd::Export) => init::ca_export(&ctx),
         Command::Audit(cmd) => vault::audit(&ctx, cmd),
+        Command::Logs {
+            vault,
+            follow,
+            json,
+        } => logs::run(&ctx, &vault, follow, json),
         Command::Config(_) => Ok(()),
     }
 }

@@ -15,6 +15,7 @@ pub mod names;
 pub mod netguard;
 pub mod policy;
 pub mod proxy;
+pub mod requestlog;
 pub mod scrub;
 pub mod secret;
 pub mod serve;

@@ -39,6 +39,7 @@ pub struct Shared {
     /// `http://127.0.0.1:7480`: where agents reach the agent API (for hints).
     pub api_base: String,
     pub ca_pem: String,
+    pub log: crate::requestlog::Sink,
 }
 
 impl Shared {

@@ -139,6 +139,8 @@ pub enum ServeError {
     InUse(SocketAddr),
     #[error("upstream TLS: {0}")]
     Tls(String),
+    #[error(transparent)]
+    RequestLog(#[from] crate::requestlog::LogError),
     #[error("certificate authority: {0}")]
     Ca(#[from] certs_cache::CertError),
     #[error("starting worker {worker}: {source}")]
@@ -201,6 +203,7 @@ pub fn run(settings: Settings, sources: &KeySources, actor: &str) -> Result<(), 
         limits: Limits::default(),
         api_base: format!("http://{local}"),
         ca_pem,
+        log: crate::requestlog::start(&settings.data_dir)?,
     });
     shared.prewarm(&policy);
     if let Ok(mut p) = shared.policy.write() {

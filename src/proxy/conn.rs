@@ -21,6 +21,7 @@ use super::upstream::{self, Target};
 use super::{Shared, agent_api};
 use crate::http::head::{self, MAX_HEAD};
 use crate::http::io::BufConn;
+use crate::requestlog::Row;
 use crate::spec::Scheme;
 use crate::vault::UnmatchedPolicy;
 
@@ -153,11 +154,12 @@ async fn connect(shared: Arc<Shared>, mut client: BufConn<TcpStream>, n: usize, 
     match vault.unmatched {
         // Row 28: denied at CONNECT, before any TLS or DNS.
         UnmatchedPolicy::Deny => {
-            reply_and_close(
-                &mut client,
-                &no_service(&target.host, port, &shared.api_base),
-            )
-            .await
+            let refused = no_service(&target.host, port, &shared.api_base);
+            let mut row = new_row(&id, &target.host);
+            row.method = "CONNECT".into();
+            let denied = Err(ExchangeError::Respond(refused.clone()));
+            record(&shared, row, std::time::Instant::now(), &denied);
+            reply_and_close(&mut client, &refused).await
         }
         UnmatchedPolicy::Tunnel => {
             drop(policy);
@@ -222,7 +224,11 @@ async fn intercept(
         let Some(vault) = policy.vault(&id.vault) else {
             return;
         };
-        match forward::exchange(&shared, &mut conn, n, &target, vault, false).await {
+        let (mut row, started) = (new_row(&id, &target.host), std::time::Instant::now());
+        let result =
+            forward::exchange(&shared, &mut conn, n, &target, vault, false, &mut row).await;
+        record(&shared, row, started, &result);
+        match result {
             Ok(Outcome::KeepAlive) => {}
             Ok(Outcome::Close) | Err(ExchangeError::Abort) => return,
             Err(ExchangeError::Respond(mut e)) => {
@@ -276,9 +282,20 @@ async fn plain(
         } else {
             no_service(&target.host, port, &shared.api_base)
         };
+        let mut row = new_row(&id, &target.host);
+        row.method = "GET".into();
+        record(
+            shared,
+            row,
+            std::time::Instant::now(),
+            &Err(ExchangeError::Respond(refused.clone())),
+        );
         return Err(refused.into());
     }
-    forward::exchange(shared, client, n, &target, vault, true).await
+    let (mut row, started) = (new_row(&id, &target.host), std::time::Instant::now());
+    let result = forward::exchange(shared, client, n, &target, vault, true, &mut row).await;
+    record(shared, row, started, &result);
+    result
 }
 
 /// Opaque tunnel for unmatched hosts when the vault allows it: vetted address, no TLS
@@ -335,6 +352,39 @@ async fn tunnel(shared: Arc<Shared>, mut client: BufConn<TcpStream>, target: Tar
         _ = monoio::io::copy(&mut ur, &mut cw) => {},
         _ = revoked => {},
     }
+}
+
+/// A request-log row for an authenticated request to `host`.
+fn new_row(id: &Identity, host: &str) -> Row {
+    let at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    Row {
+        at_ms,
+        agent: id.agent.clone(),
+        vault: id.vault.clone(),
+        host: host.to_owned(),
+        ..Row::default()
+    }
+}
+
+/// Completes a row with the outcome and hands it to the request log.
+fn record(
+    shared: &Shared,
+    mut row: Row,
+    started: std::time::Instant,
+    result: &Result<Outcome, ExchangeError>,
+) {
+    row.latency_us = started.elapsed().as_micros() as u64;
+    match result {
+        Err(ExchangeError::Respond(e)) => {
+            row.status = e.status;
+            row.error = Some(e.code.to_owned());
+        }
+        Err(ExchangeError::Abort) => row.error = Some("aborted".to_owned()),
+        Ok(_) => {}
+    }
+    shared.log.record(row);
 }
 
 #[cfg(test)]

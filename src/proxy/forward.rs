@@ -17,6 +17,7 @@ use crate::http::body::{self, Output, RelayError};
 use crate::http::head::{self, Framing, MAX_HEAD, RequestHead};
 use crate::http::io::BufConn;
 use crate::policy::{Service, VaultPolicy, check_path};
+use crate::requestlog::Row;
 use crate::scrub::Scrubber;
 use crate::spec::Surface;
 
@@ -248,17 +249,30 @@ pub async fn exchange<C: AsyncReadRent + AsyncWriteRent>(
     target: &Target,
     vault: &VaultPolicy,
     absolute_ok: bool,
+    row: &mut Row,
 ) -> Result<Outcome, ExchangeError> {
     let prepared = {
         let req = head::parse_request(&client.buffered()[..head_len])?;
+        row.method = req.method.to_owned();
+        row.path = req.target.split('?').next().unwrap_or_default().to_owned();
         prepare(&req, target, vault, absolute_ok)?
     };
     client.consume(head_len);
+    row.service = Some(prepared.service.name.clone());
+    // Row 60: no injection goes unrecorded for longer than one batch interval.
+    if !prepared.service.inject.is_empty() && !shared.log.healthy() {
+        let e = ProxyError::new(
+            503,
+            "audit_unavailable",
+            "the request log cannot be written",
+        );
+        return Err(e.into());
+    }
     let mut up = upstream::get(shared, target).await?;
     if up.reused && prepared.framing == Framing::Empty {
         // A pooled connection may have been closed by the upstream meanwhile: on failure before
         // any response byte, a bodiless request is retried once on a fresh connection.
-        match attempt(shared, client, up, &prepared, target).await {
+        match attempt(shared, client, up, &prepared, target, row).await {
             Err(ExchangeError::Respond(e))
                 if e.code == "upstream_protocol_error" || e.code == "upstream_unreachable" =>
             {
@@ -267,7 +281,7 @@ pub async fn exchange<C: AsyncReadRent + AsyncWriteRent>(
             other => return other,
         }
     }
-    attempt(shared, client, up, &prepared, target).await
+    attempt(shared, client, up, &prepared, target, row).await
 }
 
 /// Writes a head that may hold injected values, then zeroizes the buffer.
@@ -286,6 +300,7 @@ async fn attempt<C: AsyncReadRent + AsyncWriteRent>(
     mut up: upstream::Upstream,
     prepared: &Prepared<'_>,
     target: &Target,
+    row: &mut Row,
 ) -> Result<Outcome, ExchangeError> {
     let Prepared {
         service,
@@ -339,7 +354,7 @@ async fn attempt<C: AsyncReadRent + AsyncWriteRent>(
 
     // Read the response head, skipping interim 1xx responses.
     let upstream_error = |m: &str| ProxyError::new(502, "upstream_protocol_error", m.to_owned());
-    let (head_len, resp_framing, upstream_close, out_head) = loop {
+    let (head_len, resp_framing, upstream_close, out_head, status) = loop {
         let n = read_response_head(shared, &mut up.conn).await?;
         let resp = head::parse_response(&up.conn.buffered()[..n])
             .map_err(|e| upstream_error(&e.to_string()))?;
@@ -361,9 +376,11 @@ async fn attempt<C: AsyncReadRent + AsyncWriteRent>(
             f,
             head::wants_close(resp.version, &resp.headers),
             response_head(&resp, method, f, client_close, &service.scrub),
+            resp.status,
         );
     };
     up.conn.consume(head_len);
+    row.status = status;
     client
         .write_all(out_head)
         .await
@@ -380,7 +397,8 @@ async fn attempt<C: AsyncReadRent + AsyncWriteRent>(
     )
     .await;
     match relayed {
-        Ok(_) => {
+        Ok(bytes) => {
+            row.bytes = bytes;
             if resp_framing != Framing::Close && !upstream_close {
                 upstream::put(target, up.conn);
             }

@@ -306,6 +306,55 @@ fn row52_revoked_token_fails_inside_open_tunnel() {
     assert_eq!(s.origin.recorded().len(), 1);
 }
 
+/// The request log records each request (path without query, status, service, agent) and
+/// never a secret (J-01).
+#[test]
+fn request_log_records_requests_without_secrets() {
+    let s = Setup::new("auto");
+    s.curl(&[
+        "https://api.acme.dev/v2/__acme_account__/items?acct=__acme_account__&q=private-query",
+    ])
+    .ok();
+    s.curl(&["https://api.unknown-vendor.com/"]);
+    std::thread::sleep(Duration::from_millis(600));
+    let r = s.env.run(&["logs", "--vault", "default", "--json"]).ok();
+    let rows: Vec<serde_json::Value> = r
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ok = rows
+        .iter()
+        .find(|r| r["host"] == "api.acme.dev")
+        .expect("logged");
+    assert_eq!(ok["status"], 200);
+    assert_eq!(ok["service"], "acme");
+    assert_eq!(ok["agent"], "bot");
+    assert_eq!(ok["path"], "/v2/__acme_account__/items");
+    let denied = rows
+        .iter()
+        .find(|r| r["host"] == "api.unknown-vendor.com")
+        .expect("denial logged");
+    assert_eq!(denied["error"], "no_service");
+    assert_eq!(denied["status"], 403);
+    assert!(!r.stdout.contains("private-query"));
+    s.assert_no_secret(&r.stdout);
+    for (path, bytes) in crate::harness::files(&s.env.data_dir) {
+        for (k, v) in &s.secrets {
+            assert!(
+                !crate::harness::contains(&bytes, v.as_bytes()),
+                "{k} found in {}",
+                path.display()
+            );
+        }
+    }
+    let table = s.env.run(&["logs"]).ok();
+    assert!(
+        table.stdout.contains("api.acme.dev") && table.stdout.contains("acme"),
+        "{table:?}"
+    );
+}
+
 /// Rows 1, 2 and 4: one authority; the origin receives nothing.
 #[test]
 fn row1_row2_row4_host_binding() {
