@@ -13,6 +13,7 @@ pub mod error;
 pub mod forward;
 pub mod upstream;
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use certs_cache::LeafCache;
@@ -40,9 +41,34 @@ pub struct Shared {
     pub api_base: String,
     pub ca_pem: String,
     pub log: crate::requestlog::Sink,
+    /// Set on SIGTERM/SIGINT: finish in-flight requests, take no new ones.
+    pub shutdown: AtomicBool,
+    /// Requests between head and end of response.
+    pub in_flight: AtomicUsize,
+}
+
+/// Counts a request as in flight while alive.
+#[derive(Debug)]
+pub struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    pub fn new(shared: &'a Shared) -> Self {
+        shared.in_flight.fetch_add(1, Ordering::SeqCst);
+        Self(&shared.in_flight)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Shared {
+    pub fn shutting_down(&self) -> bool {
+        self.shutdown.load(Ordering::Relaxed)
+    }
+
     /// The current compiled policy (a cheap `Arc` clone).
     pub fn policy(&self) -> Arc<Policy> {
         match self.policy.read() {

@@ -5,15 +5,19 @@
 //! other process listens on, bind one SO_REUSEPORT listener per worker on the one resolved port,
 //! start each worker's monoio runtime (io_uring, or epoll when io_uring is unavailable or
 //! `--driver epoll`), then print the `ready ...` line. A watcher thread polls the vault
-//! generation every 100 ms and swaps in a recompiled policy.
+//! generation every 100 ms and swaps in a recompiled policy. On SIGTERM or SIGINT, workers take
+//! no new requests and in-flight ones get [`SHUTDOWN_GRACE`] to finish before the process exits.
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, mpsc};
 use std::time::Duration;
 
 use certs_cache::{Ca, LeafCache};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 
 use crate::config::{AdminListen, Cidr, Driver, FileConfig, ResolveRule};
 use crate::netguard::Guard;
@@ -204,6 +208,8 @@ pub fn run(settings: Settings, sources: &KeySources, actor: &str) -> Result<(), 
         api_base: format!("http://{local}"),
         ca_pem,
         log: crate::requestlog::start(&settings.data_dir)?,
+        shutdown: AtomicBool::new(false),
+        in_flight: AtomicUsize::new(0),
     });
     shared.prewarm(&policy);
     if let Ok(mut p) = shared.policy.write() {
@@ -261,12 +267,30 @@ pub fn run(settings: Settings, sources: &KeySources, actor: &str) -> Result<(), 
             "the admin process is not part of this build yet; serving without the admin UI"
         );
     }
+    let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(|source| ServeError::Worker {
+        worker: usize::MAX,
+        source,
+    })?;
     println!("ready proxy={local} admin=none admin_http=none metrics=none");
-    for h in handles {
-        let _ = h.join();
+    if let Some(signal) = signals.forever().next() {
+        tracing::info!(
+            signal,
+            "shutting down: no new requests; waiting for in-flight ones"
+        );
+        shared.shutdown.store(true, Ordering::SeqCst);
+        let deadline = std::time::Instant::now() + SHUTDOWN_GRACE;
+        while shared.in_flight.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Let the request-log writer commit its last batch.
+        std::thread::sleep(Duration::from_millis(300));
     }
+    drop(handles);
     Ok(())
 }
+
+/// How long in-flight requests may take to finish after SIGTERM.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Binds `workers` SO_REUSEPORT listeners on one port, after checking that no other process
 /// holds it (a plain bind would otherwise silently share traffic with it).

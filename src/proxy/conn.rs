@@ -35,17 +35,23 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
             Ok(None) => return,
             Err(e) => return reply_and_close(&mut client, &e).await,
         };
+        if shared.shutting_down() {
+            return;
+        }
         let (method, target) = match head::parse_request(&client.buffered()[..n]) {
             Ok(req) => (req.method.to_owned(), req.target.to_owned()),
             Err(e) => return reply_and_close(&mut client, &e.into()).await,
         };
-        let result = if method == "CONNECT" {
+        if method == "CONNECT" {
             return connect(shared, client, n, &target).await;
-        } else if target.starts_with("http://") || target.starts_with("https://") {
+        }
+        let in_flight = super::InFlight::new(&shared);
+        let result = if target.starts_with("http://") || target.starts_with("https://") {
             plain(&shared, &mut client, n, &target).await
         } else {
             agent_api::handle(&shared, &mut client, n).await
         };
+        drop(in_flight);
         match result {
             Ok(Outcome::KeepAlive) => continue,
             Ok(Outcome::Close) | Err(ExchangeError::Abort) => return,
@@ -216,6 +222,10 @@ async fn intercept(
             Ok(None) => return,
             Err(e) => return reply_and_close(&mut conn, &e).await,
         };
+        if shared.shutting_down() {
+            return;
+        }
+        let _in_flight = super::InFlight::new(&shared);
         // Row 52: the token is checked again for every request inside the tunnel.
         if let Err(e) = auth::recheck(&shared.store, &id) {
             return reply_and_close(&mut conn, &e).await;

@@ -512,6 +512,42 @@ fn sse_events_arrive_as_they_are_produced() {
     );
 }
 
+/// SIGTERM: the in-flight stream finishes, new requests are not taken, the process exits 0.
+#[test]
+fn sigterm_finishes_in_flight_requests_then_exits() {
+    let mut s = Setup::new("auto");
+    let mut c = s.raw("api.openai.com");
+    c.tls
+        .write_all(b"GET /sse?n=5&ms=300 HTTP/1.1\r\nHost: api.openai.com\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &s.proxy.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while !seen.contains("0\r\n\r\n") {
+        match c.tls.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+        }
+    }
+    assert_eq!(
+        seen.matches("data: event").count(),
+        5,
+        "the stream was cut: {seen}"
+    );
+    assert_eq!(
+        s.proxy.wait_exit(Duration::from_secs(5)),
+        Some(0),
+        "{}",
+        s.proxy.stderr()
+    );
+    assert!(s.proxy.stderr().contains("shutting down"));
+}
+
 /// Keep-alive on both legs: two requests in one curl run share one upstream connection.
 #[test]
 fn keepalive_reuses_the_upstream_connection() {
