@@ -7,7 +7,7 @@
 use std::io;
 
 use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Split, Splitable};
 
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -109,4 +109,27 @@ pub async fn forward_buffered<R, W: AsyncWriteRent>(
     res?;
     src.consume(n);
     Ok(())
+}
+
+/// Pipes bytes both ways until either side closes (upgraded connections, opaque tunnels).
+/// Buffered bytes are delivered first.
+pub async fn pipe<A, B>(a: BufConn<A>, b: BufConn<B>)
+where
+    A: Split + AsyncReadRent + AsyncWriteRent,
+    B: Split + AsyncReadRent + AsyncWriteRent,
+{
+    let (a_io, a_early) = a.into_parts();
+    let (b_io, b_early) = b.into_parts();
+    let (mut ar, mut aw) = a_io.into_split();
+    let (mut br, mut bw) = b_io.into_split();
+    if !a_early.is_empty() && bw.write_all(a_early).await.0.is_err() {
+        return;
+    }
+    if !b_early.is_empty() && aw.write_all(b_early).await.0.is_err() {
+        return;
+    }
+    monoio::select! {
+        _ = monoio::io::copy(&mut ar, &mut bw) => {},
+        _ = monoio::io::copy(&mut br, &mut aw) => {},
+    }
 }

@@ -10,17 +10,17 @@ use std::io::Cursor;
 use std::sync::Arc;
 use std::time::Duration;
 
-use monoio::io::{AsyncReadRent, AsyncWriteRent, PrefixedReadIo, Splitable};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, PrefixedReadIo, Split, Splitable};
 use monoio::net::TcpStream;
 use monoio_rustls::TlsAcceptor;
 
 use super::auth::{self, Identity};
 use super::error::{ProxyError, no_service};
 use super::forward::{self, ExchangeError, Outcome};
-use super::upstream::{self, Target};
+use super::upstream::{self, Target, UpIo};
 use super::{Shared, agent_api};
 use crate::http::head::{self, MAX_HEAD};
-use crate::http::io::BufConn;
+use crate::http::io::{BufConn, pipe};
 use crate::requestlog::Row;
 use crate::spec::Scheme;
 use crate::vault::UnmatchedPolicy;
@@ -54,6 +54,7 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
         drop(in_flight);
         match result {
             Ok(Outcome::KeepAlive) => continue,
+            Ok(Outcome::Upgraded(up)) => return upgraded(client, up).await,
             Ok(Outcome::Close) | Err(ExchangeError::Abort) => return,
             Err(ExchangeError::Respond(e)) => return reply_and_close(&mut client, &e).await,
         }
@@ -240,6 +241,10 @@ async fn intercept(
         record(&shared, row, started, &result);
         match result {
             Ok(Outcome::KeepAlive) => {}
+            Ok(Outcome::Upgraded(up)) => {
+                drop(_in_flight);
+                return upgraded(conn, up).await;
+            }
             Ok(Outcome::Close) | Err(ExchangeError::Abort) => return,
             Err(ExchangeError::Respond(mut e)) => {
                 if e.code == "no_service" {
@@ -325,7 +330,7 @@ async fn tunnel(shared: Arc<Shared>, mut client: BufConn<TcpStream>, target: Tar
             break;
         }
     }
-    let Some(mut up) = up else {
+    let Some(up) = up else {
         return reply_and_close(
             &mut client,
             &ProxyError::new(502, "upstream_unreachable", "could not connect"),
@@ -339,15 +344,6 @@ async fn tunnel(shared: Arc<Shared>, mut client: BufConn<TcpStream>, target: Tar
     {
         return;
     }
-    let (tcp, early) = client.into_parts();
-    if !early.is_empty() {
-        let (res, _) = monoio::io::AsyncWriteRentExt::write_all(&mut up, early).await;
-        if res.is_err() {
-            return;
-        }
-    }
-    let (mut cr, mut cw) = tcp.into_split();
-    let (mut ur, mut uw) = up.into_split();
     let store = &shared.store;
     let revoked = async {
         loop {
@@ -358,9 +354,20 @@ async fn tunnel(shared: Arc<Shared>, mut client: BufConn<TcpStream>, target: Tar
         }
     };
     monoio::select! {
-        _ = monoio::io::copy(&mut cr, &mut uw) => {},
-        _ = monoio::io::copy(&mut ur, &mut cw) => {},
+        _ = pipe(client, BufConn::new(up)) => {},
         _ = revoked => {},
+    }
+}
+
+/// Pipes an upgraded (WebSocket) connection to its upstream.
+async fn upgraded<C: Split + AsyncReadRent + AsyncWriteRent>(
+    client: BufConn<C>,
+    up: BufConn<UpIo>,
+) {
+    let (io, early) = up.into_parts();
+    match io {
+        UpIo::Tls(tls) => pipe(client, BufConn::with_buffered(*tls, early)).await,
+        UpIo::Plain(tcp) => pipe(client, BufConn::with_buffered(tcp, early)).await,
     }
 }
 

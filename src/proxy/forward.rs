@@ -28,6 +28,8 @@ pub enum Outcome {
     KeepAlive,
     /// Close the client connection (after a response that said so).
     Close,
+    /// The upstream accepted a WebSocket upgrade (101): pipe bytes both ways from here.
+    Upgraded(BufConn<upstream::UpIo>),
 }
 
 /// A failure: answer with an error response, or (once response bytes went out) just close.
@@ -57,6 +59,8 @@ struct Prepared<'v> {
     framing: Framing,
     client_close: bool,
     expect_continue: bool,
+    /// A WebSocket handshake: `Upgrade: websocket` is forwarded (other upgrades are dropped).
+    websocket: bool,
 }
 
 /// The `Host` value for an authority: the port only when it is not the scheme's default.
@@ -159,6 +163,17 @@ fn prepare<'v>(
     out.extend_from_slice(expected.as_bytes());
     out.extend_from_slice(b"\r\n");
     let mut expect_continue = false;
+    let websocket = req.method == "GET"
+        && connection.iter().any(|v| {
+            v.split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
+        })
+        && req.headers.iter().any(|h| {
+            h.name.eq_ignore_ascii_case("upgrade") && h.value.eq_ignore_ascii_case(b"websocket")
+        });
+    if websocket {
+        out.extend_from_slice(b"connection: upgrade\r\nupgrade: websocket\r\n");
+    }
     for h in &req.headers {
         let name = h.name;
         if name.eq_ignore_ascii_case("expect") {
@@ -201,6 +216,7 @@ fn prepare<'v>(
         framing,
         client_close: head::wants_close(req.version, &req.headers),
         expect_continue,
+        websocket,
     })
 }
 
@@ -309,6 +325,7 @@ async fn attempt<C: AsyncReadRent + AsyncWriteRent>(
         framing,
         client_close,
         expect_continue,
+        websocket,
     } = prepared;
     let (framing, client_close) = (*framing, *client_close);
     write_secret(&mut up.conn, head).await.map_err(|e| {
@@ -358,6 +375,21 @@ async fn attempt<C: AsyncReadRent + AsyncWriteRent>(
         let n = read_response_head(shared, &mut up.conn).await?;
         let resp = head::parse_response(&up.conn.buffered()[..n])
             .map_err(|e| upstream_error(&e.to_string()))?;
+        if resp.status == 101 && *websocket && one_value(&resp.headers, "upgrade", b"websocket") {
+            // Row 23: only a real 101 to a WebSocket handshake turns the connection into a pipe.
+            let mut out = response_head(&resp, method, Framing::Empty, false, &service.scrub);
+            out.truncate(out.len() - 2);
+            out.extend_from_slice(b"connection: upgrade\r\nupgrade: websocket\r\n\r\n");
+            drop(resp);
+            up.conn.consume(n);
+            row.status = 101;
+            client
+                .write_all(out)
+                .await
+                .map_err(|_| ExchangeError::Abort)?;
+            client.flush().await.map_err(|_| ExchangeError::Abort)?;
+            return Ok(Outcome::Upgraded(up.conn));
+        }
         if resp.status == 101 {
             return Err(upstream_error(
                 "the upstream switched protocols without an upgrade request",
@@ -410,6 +442,13 @@ async fn attempt<C: AsyncReadRent + AsyncWriteRent>(
         }
         Err(_) => Err(ExchangeError::Abort),
     }
+}
+
+/// Whether `name` appears and its value is `value` (case-insensitive).
+fn one_value(headers: &[httparse::Header<'_>], name: &str, value: &[u8]) -> bool {
+    headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case(name) && h.value.trim_ascii().eq_ignore_ascii_case(value)
+    })
 }
 
 async fn read_response_head<S: AsyncReadRent>(

@@ -205,6 +205,32 @@ fn serve<S: Read + Write>(
                 .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
                 .and_then(|v| v.parse::<usize>().ok())
         };
+        if path == "/ws" && rec_is_websocket(&recorded) {
+            let key = recorded
+                .header("sec-websocket-key")
+                .pop()
+                .unwrap_or_default();
+            let head = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+                ws_accept(&key)
+            );
+            if r.get_mut().write_all(head.as_bytes()).is_err() || r.get_mut().flush().is_err() {
+                return;
+            }
+            // Echo raw bytes until the client closes.
+            let mut buf = [0u8; 4096];
+            loop {
+                match r.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        let w = r.get_mut();
+                        if w.write_all(&buf[..n]).is_err() || w.flush().is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
         let w = r.get_mut();
         let ok = match path {
             "/sse" => {
@@ -249,6 +275,21 @@ fn serve<S: Read + Write>(
             return;
         }
     }
+}
+
+fn rec_is_websocket(r: &Recorded) -> bool {
+    r.header("upgrade")
+        .iter()
+        .any(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// RFC 6455 Sec-WebSocket-Accept for a key.
+pub fn ws_accept(key: &str) -> String {
+    let d = ring::digest::digest(
+        &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+        format!("{key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11").as_bytes(),
+    );
+    data_encoding::BASE64.encode(d.as_ref())
 }
 
 pub fn now_ms() -> u128 {

@@ -484,6 +484,57 @@ fn row24_redirect_returned_unchanged() {
     assert_eq!(s.origin.recorded().len(), 1);
 }
 
+/// WebSocket: the handshake gets the credential injected, then bytes flow both ways.
+#[test]
+fn websocket_upgrade_with_injected_handshake() {
+    let s = Setup::new("auto");
+    let mut c = s.raw("api.openai.com");
+    let key = "dGhlIHNhbXBsZSBub25jZQ==";
+    let head = c.send(format!("GET /ws HTTP/1.1\r\nHost: api.openai.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer placeholder\r\n\r\n").as_bytes());
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("upgrade: websocket"),
+        "{head}"
+    );
+    assert!(head.contains(&crate::origin::ws_accept(key)), "{head}");
+    let rec = s.last();
+    assert_eq!(
+        rec.header("authorization"),
+        [format!("Bearer {}", s.secret("OPENAI_KEY"))]
+    );
+    assert_eq!(rec.header("upgrade"), ["websocket"]);
+    for msg in [&b"frame-one"[..], b"frame-two"] {
+        c.tls.write_all(msg).unwrap();
+        c.tls.flush().unwrap();
+        let mut buf = vec![0u8; msg.len()];
+        c.tls.read_exact(&mut buf).unwrap();
+        assert_eq!(buf, msg);
+    }
+}
+
+/// Rows 22-23 (C-04, C-05): `Upgrade: h2c` is dropped, and an upgrade answered without 101
+/// stays HTTP (the next bytes are parsed as a request, not piped).
+#[test]
+fn row22_row23_other_upgrades_and_refused_upgrades_stay_http() {
+    let s = Setup::new("auto");
+    let mut c = s.raw("api.openai.com");
+    let r = c.send(b"GET /h2c HTTP/1.1\r\nHost: api.openai.com\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n");
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let rec = s.last();
+    assert!(
+        rec.header("upgrade").is_empty() && rec.header("http2-settings").is_empty(),
+        "{}",
+        rec.head
+    );
+    let r = c.send(b"GET /not-ws HTTP/1.1\r\nHost: api.openai.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: x\r\n\r\n");
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let next = c.send(b"GET /after HTTP/1.1\r\nHost: api.openai.com\r\n\r\n");
+    assert!(
+        next.starts_with("HTTP/1.1 200") && next.contains("GET /after"),
+        "{next}"
+    );
+}
+
 /// Server-sent events reach the client one by one, with the origin's spacing (no batching).
 #[test]
 fn sse_events_arrive_as_they_are_produced() {
