@@ -10,7 +10,7 @@ use std::io::Cursor;
 use std::sync::Arc;
 use std::time::Duration;
 
-use monoio::io::{AsyncReadRent, AsyncWriteRent, PrefixedReadIo, Split, Splitable};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, PrefixedReadIo, Split};
 use monoio::net::TcpStream;
 use monoio_rustls::TlsAcceptor;
 
