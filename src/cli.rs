@@ -48,7 +48,7 @@ pub enum Command {
     /// Create the data dir, root key, CA and the vault `default` (idempotent)
     Init(InitArgs),
     /// Run the proxy (initialises the data dir on first run)
-    Serve(crate::serve::ServeArgs),
+    Serve(Box<crate::serve::ServeArgs>),
     /// Manage vaults
     #[command(subcommand)]
     Vault(VaultCmd),

@@ -47,6 +47,25 @@ pub struct FileConfig {
     pub metrics_listen: Option<AdminListen>,
     /// LMDB map size in MiB (address space; the file grows as needed). Default 1024.
     pub map_size_mib: Option<u64>,
+    /// Longest time to receive a request head once it has started (slowloris). Default 30s.
+    pub header_timeout: Option<HumanDuration>,
+    /// Longest idle wait between requests on a connection, and between body reads. Default 120s.
+    pub idle_timeout: Option<HumanDuration>,
+    /// Largest request body accepted, in bytes. Default: no cap (bodies stream).
+    pub max_body_bytes: Option<u64>,
+    /// Most client connections open at once per process; more get 503 `overloaded`. Default 10000.
+    pub max_connections: Option<NonZeroUsize>,
+}
+
+/// A duration written like `30s`, `2m` or `1h` in the config file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HumanDuration(pub std::time::Duration);
+
+impl FromStr for HumanDuration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_duration(s).map(Self)
+    }
 }
 
 /// A config file that could not be read or parsed. The message names the key and line.
@@ -209,7 +228,7 @@ macro_rules! deserialize_from_str {
         }
     )*};
 }
-deserialize_from_str!(AdminListen, ResolveRule, Cidr);
+deserialize_from_str!(AdminListen, ResolveRule, Cidr, HumanDuration);
 
 /// Parses a duration such as `90s`, `15m`, `1h` or `7d`.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -236,9 +255,17 @@ allow_private_ranges = false
 network_allow = ["127.0.0.1/32", "fd00::/8"]
 metrics_listen = "127.0.0.1:9090"
 map_size_mib = 64
+header_timeout = "10s"
+idle_timeout = "2m"
+max_body_bytes = 1048576
+max_connections = 500
 "#;
         let c = FileConfig::parse(Path::new("t.toml"), text).unwrap();
         assert_eq!(c.driver, Some(Driver::Epoll));
+        assert_eq!(
+            c.idle_timeout,
+            Some(HumanDuration(std::time::Duration::from_secs(120)))
+        );
         assert_eq!(c.admin_listen, Some(AdminListen::None));
         assert_eq!(c.resolve[0].addr, "127.0.0.1:8443".parse().unwrap());
         assert_eq!(c.resolve[1].addr, "[::1]:443".parse().unwrap());

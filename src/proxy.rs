@@ -45,6 +45,45 @@ pub struct Shared {
     pub shutdown: AtomicBool,
     /// Requests between head and end of response.
     pub in_flight: AtomicUsize,
+    /// Client connections open now, and the cap (row 37).
+    pub connections: AtomicUsize,
+    pub max_connections: usize,
+    /// Bounds on-demand leaf minting (row 39).
+    pub mint_limiter: std::sync::Mutex<MintLimiter>,
+}
+
+/// A token bucket for leaf minting: `burst` at once, then `rate` per second.
+#[derive(Debug)]
+pub struct MintLimiter {
+    tokens: f64,
+    burst: f64,
+    rate: f64,
+    last: std::time::Instant,
+}
+
+impl MintLimiter {
+    pub fn new(burst: f64, rate: f64) -> Self {
+        Self {
+            tokens: burst,
+            burst,
+            rate,
+            last: std::time::Instant::now(),
+        }
+    }
+
+    /// Takes one token if there is one.
+    pub fn try_take(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// Counts a request as in flight while alive.

@@ -19,7 +19,7 @@ use certs_cache::{Ca, LeafCache};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::config::{AdminListen, Cidr, Driver, FileConfig, ResolveRule};
+use crate::config::{AdminListen, Cidr, Driver, FileConfig, HumanDuration, ResolveRule};
 use crate::netguard::Guard;
 use crate::policy::Policy;
 use crate::proxy::{Limits, Shared, conn};
@@ -40,6 +40,8 @@ pub struct Settings {
     pub admin_listen: AdminListen,
     pub metrics_listen: AdminListen,
     pub store: StoreOptions,
+    pub limits: Limits,
+    pub max_connections: usize,
 }
 
 /// `serve` flags, each overriding the config file.
@@ -75,6 +77,18 @@ pub struct ServeArgs {
     /// Prometheus metrics listener, or `none` [default: none]
     #[arg(long, value_name = "ADDR|none")]
     pub metrics_listen: Option<AdminListen>,
+    /// Longest time to receive a request head once started [default: 30s]
+    #[arg(long, value_name = "DURATION")]
+    pub header_timeout: Option<HumanDuration>,
+    /// Longest idle wait between requests and between body reads [default: 120s]
+    #[arg(long, value_name = "DURATION")]
+    pub idle_timeout: Option<HumanDuration>,
+    /// Largest request body in bytes [default: no cap]
+    #[arg(long, value_name = "BYTES")]
+    pub max_body_bytes: Option<u64>,
+    /// Most client connections at once; more get 503 overloaded [default: 10000]
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<NonZeroUsize>,
     /// Root key file (32 raw bytes or 64 hex digits)
     #[arg(long, value_name = "F")]
     pub master_key_file: Option<PathBuf>,
@@ -125,7 +139,26 @@ impl Settings {
                     .map_size_mib
                     .unwrap_or(crate::vault::store::DEFAULT_MAP_SIZE_MIB),
             },
+            limits: limits(file, args),
+            max_connections: args
+                .max_connections
+                .or(file.max_connections)
+                .map_or(10_000, NonZeroUsize::get),
         }
+    }
+}
+
+/// Timeouts and caps: flag, else config file, else [`Limits::default`].
+fn limits(file: &FileConfig, args: &ServeArgs) -> Limits {
+    let d = Limits::default();
+    let pick = |flag: Option<HumanDuration>, file: Option<HumanDuration>, default| {
+        flag.or(file).map_or(default, |h| h.0)
+    };
+    Limits {
+        header_timeout: pick(args.header_timeout, file.header_timeout, d.header_timeout),
+        idle_timeout: pick(args.idle_timeout, file.idle_timeout, d.idle_timeout),
+        body_cap: args.max_body_bytes.or(file.max_body_bytes),
+        ..d
     }
 }
 
@@ -204,12 +237,18 @@ pub fn run(settings: Settings, sources: &KeySources, actor: &str) -> Result<(), 
         guard: settings.guard.clone(),
         resolve: settings.resolve.clone(),
         upstream_tls: Arc::new(upstream_tls),
-        limits: Limits::default(),
+        limits: settings.limits,
         api_base: format!("http://{local}"),
         ca_pem,
         log: crate::requestlog::start(&settings.data_dir)?,
         shutdown: AtomicBool::new(false),
         in_flight: AtomicUsize::new(0),
+        connections: AtomicUsize::new(0),
+        max_connections: settings.max_connections,
+        mint_limiter: std::sync::Mutex::new(crate::proxy::MintLimiter::new(
+            MINT_BURST,
+            MINT_PER_SECOND,
+        )),
     });
     shared.prewarm(&policy);
     if let Ok(mut p) = shared.policy.write() {
@@ -288,6 +327,10 @@ pub fn run(settings: Settings, sources: &KeySources, actor: &str) -> Result<(), 
     drop(handles);
     Ok(())
 }
+
+/// Leaves minted on demand (wildcard hosts): a burst, then this many per second (row 39).
+pub const MINT_BURST: f64 = 64.0;
+pub const MINT_PER_SECOND: f64 = 16.0;
 
 /// How long in-flight requests may take to finish after SIGTERM.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -377,7 +420,7 @@ async fn accept_loop(
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                monoio::spawn(conn::serve(shared.clone(), stream));
+                monoio::spawn(conn::accepted(shared.clone(), stream));
             }
             Err(e) => {
                 tracing::warn!(worker = i, "accept failed: {e}");

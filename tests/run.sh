@@ -27,3 +27,7 @@ if ! python3 -c 'import requests, httpx' 2>/dev/null; then
 fi
 
 cargo test --locked --workspace "$@"
+# The data-plane tests again on the epoll driver (the first run used io_uring where available).
+if [ "$#" -eq 0 ]; then
+    AIRLOCK_TEST_DRIVER=epoll cargo test --locked --test it -- proxy:: rows::
+fi

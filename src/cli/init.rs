@@ -43,7 +43,7 @@ pub fn ca_export(ctx: &Ctx) -> Result<(), CliError> {
     Ok(())
 }
 
-pub fn serve(ctx: &Ctx, args: crate::serve::ServeArgs) -> Result<(), CliError> {
+pub fn serve(ctx: &Ctx, args: Box<crate::serve::ServeArgs>) -> Result<(), CliError> {
     let level = std::env::var("AIRLOCK_LOG")
         .ok()
         .and_then(|l| l.parse().ok())

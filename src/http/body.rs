@@ -41,6 +41,30 @@ pub enum Output {
     Chunked,
 }
 
+/// How one relay runs.
+#[derive(Clone, Copy, Debug)]
+pub struct Opts {
+    pub output: Output,
+    /// Largest decoded body accepted.
+    pub cap: Option<u64>,
+    /// Longest wait for the next bytes (a slow or stalled sender is cut off, row 36).
+    pub read_timeout: std::time::Duration,
+}
+
+/// Reads more bytes within `limit`.
+async fn fill<R: AsyncReadRent>(
+    src: &mut BufConn<R>,
+    limit: std::time::Duration,
+) -> Result<usize, RelayError> {
+    match monoio::time::timeout(limit, src.fill()).await {
+        Ok(r) => r.map_err(RelayError::Read),
+        Err(_) => Err(RelayError::Read(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "no bytes within the read timeout",
+        ))),
+    }
+}
+
 /// The output framing the proxy uses for a body received with `framing`.
 pub fn output_for(framing: Framing) -> Output {
     match framing {
@@ -54,10 +78,10 @@ pub async fn relay<R: AsyncReadRent, W: AsyncWriteRent>(
     src: &mut BufConn<R>,
     dst: &mut BufConn<W>,
     framing: Framing,
-    output: Output,
-    cap: Option<u64>,
+    opts: Opts,
     mut scrub: Option<&mut Scrubber<'_>>,
 ) -> Result<u64, RelayError> {
+    let Opts { output, cap, .. } = opts;
     let mut total = 0u64;
     let check_cap = |total: u64| match cap {
         Some(c) if total > c => Err(HttpError::BodyTooLarge(c)),
@@ -69,7 +93,7 @@ pub async fn relay<R: AsyncReadRent, W: AsyncWriteRent>(
             check_cap(n)?;
             let mut left = n;
             while left > 0 {
-                if src.buffered().is_empty() && src.fill().await.map_err(RelayError::Read)? == 0 {
+                if src.buffered().is_empty() && fill(src, opts.read_timeout).await? == 0 {
                     return Err(RelayError::Truncated);
                 }
                 let take = (src.buffered().len() as u64).min(left) as usize;
@@ -79,7 +103,7 @@ pub async fn relay<R: AsyncReadRent, W: AsyncWriteRent>(
             }
         }
         Framing::Close => loop {
-            if src.buffered().is_empty() && src.fill().await.map_err(RelayError::Read)? == 0 {
+            if src.buffered().is_empty() && fill(src, opts.read_timeout).await? == 0 {
                 break;
             }
             let take = src.buffered().len();
@@ -88,23 +112,23 @@ pub async fn relay<R: AsyncReadRent, W: AsyncWriteRent>(
             write_piece(src, dst, take, output, scrub.as_deref_mut()).await?;
         },
         Framing::Chunked => loop {
-            let size = read_chunk_size(src).await?;
+            let size = read_chunk_size(src, opts).await?;
             if size == 0 {
-                skip_trailers(src).await?;
+                skip_trailers(src, opts).await?;
                 break;
             }
             total = total.saturating_add(size);
             check_cap(total)?;
             let mut left = size;
             while left > 0 {
-                if src.buffered().is_empty() && src.fill().await.map_err(RelayError::Read)? == 0 {
+                if src.buffered().is_empty() && fill(src, opts.read_timeout).await? == 0 {
                     return Err(RelayError::Truncated);
                 }
                 let take = (src.buffered().len() as u64).min(left) as usize;
                 write_piece(src, dst, take, output, scrub.as_deref_mut()).await?;
                 left -= take as u64;
             }
-            expect_crlf(src).await?;
+            expect_crlf(src, opts).await?;
         },
     }
     if let Some(sc) = scrub {
@@ -175,7 +199,11 @@ fn chunk(data: &[u8]) -> Vec<u8> {
 
 /// Reads until `src` buffers a CRLF-terminated line of at most `max` bytes; returns its length
 /// including the CRLF.
-async fn line<R: AsyncReadRent>(src: &mut BufConn<R>, max: usize) -> Result<usize, RelayError> {
+async fn line<R: AsyncReadRent>(
+    src: &mut BufConn<R>,
+    max: usize,
+    opts: Opts,
+) -> Result<usize, RelayError> {
     loop {
         if let Some(p) = src.buffered().windows(2).position(|w| w == b"\r\n") {
             return Ok(p + 2);
@@ -183,7 +211,7 @@ async fn line<R: AsyncReadRent>(src: &mut BufConn<R>, max: usize) -> Result<usiz
         if src.buffered().len() > max {
             return Err(HttpError::BadFraming("chunk-size line too long").into());
         }
-        if src.fill().await.map_err(RelayError::Read)? == 0 {
+        if fill(src, opts.read_timeout).await? == 0 {
             return Err(RelayError::Truncated);
         }
     }
@@ -204,16 +232,19 @@ pub fn parse_chunk_size(line: &[u8]) -> Result<u64, HttpError> {
     u64::from_str_radix(text, 16).map_err(|_| bad)
 }
 
-async fn read_chunk_size<R: AsyncReadRent>(src: &mut BufConn<R>) -> Result<u64, RelayError> {
-    let n = line(src, MAX_CHUNK_LINE).await?;
+async fn read_chunk_size<R: AsyncReadRent>(
+    src: &mut BufConn<R>,
+    opts: Opts,
+) -> Result<u64, RelayError> {
+    let n = line(src, MAX_CHUNK_LINE, opts).await?;
     let size = parse_chunk_size(&src.buffered()[..n])?;
     src.consume(n);
     Ok(size)
 }
 
-async fn expect_crlf<R: AsyncReadRent>(src: &mut BufConn<R>) -> Result<(), RelayError> {
+async fn expect_crlf<R: AsyncReadRent>(src: &mut BufConn<R>, opts: Opts) -> Result<(), RelayError> {
     while src.buffered().len() < 2 {
-        if src.fill().await.map_err(RelayError::Read)? == 0 {
+        if fill(src, opts.read_timeout).await? == 0 {
             return Err(RelayError::Truncated);
         }
     }
@@ -225,10 +256,13 @@ async fn expect_crlf<R: AsyncReadRent>(src: &mut BufConn<R>) -> Result<(), Relay
 }
 
 /// Reads and drops the trailer section (row 15: trailers are never forwarded).
-async fn skip_trailers<R: AsyncReadRent>(src: &mut BufConn<R>) -> Result<(), RelayError> {
+async fn skip_trailers<R: AsyncReadRent>(
+    src: &mut BufConn<R>,
+    opts: Opts,
+) -> Result<(), RelayError> {
     let mut seen = 0;
     loop {
-        let n = line(src, MAX_TRAILERS).await?;
+        let n = line(src, MAX_TRAILERS, opts).await?;
         src.consume(n);
         if n == 2 {
             return Ok(());

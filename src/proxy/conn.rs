@@ -25,6 +25,24 @@ use crate::requestlog::Row;
 use crate::spec::Scheme;
 use crate::vault::UnmatchedPolicy;
 
+/// Admits an accepted connection under the connection cap (row 37): over it, the new connection
+/// gets 503 `overloaded` and open ones are unaffected.
+pub async fn accepted(shared: Arc<Shared>, tcp: TcpStream) {
+    let open = shared
+        .connections
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    if open >= shared.max_connections {
+        let mut conn = BufConn::new(tcp);
+        let e = ProxyError::new(503, "overloaded", "too many connections; retry shortly");
+        reply_and_close(&mut conn, &e).await;
+    } else {
+        serve(shared.clone(), tcp).await;
+    }
+    shared
+        .connections
+        .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+}
+
 /// Serves one accepted TCP connection.
 pub async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
     let _ = tcp.set_nodelay(true);
@@ -181,6 +199,12 @@ async fn intercept(
     target: Target,
     id: Identity,
 ) {
+    if !shared.certs.contains(&target.host)
+        && !shared.mint_limiter.lock().is_ok_and(|mut l| l.try_take())
+    {
+        let e = ProxyError::new(429, "rate_limited", "too many new hosts; retry shortly");
+        return reply_and_close(&mut client, &e).await;
+    }
     let mints = shared.certs.mints();
     let config = match shared.certs.server_config(&target.host) {
         Ok(c) => {

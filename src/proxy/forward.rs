@@ -275,6 +275,12 @@ pub async fn exchange<C: AsyncReadRent + AsyncWriteRent>(
     };
     client.consume(head_len);
     row.service = Some(prepared.service.name.clone());
+    // Row 16: a declared length over the cap is refused before anything goes upstream.
+    if let (Framing::Length(n), Some(cap)) = (prepared.framing, shared.limits.body_cap)
+        && n > cap
+    {
+        return Err(crate::http::HttpError::BodyTooLarge(cap).into());
+    }
     // Row 60: no injection goes unrecorded for longer than one batch interval.
     if !prepared.service.inject.is_empty() && !shared.log.healthy() {
         let e = ProxyError::new(
@@ -342,16 +348,12 @@ async fn attempt<C: AsyncReadRent + AsyncWriteRent>(
             .map_err(|_| ExchangeError::Abort)?;
         client.flush().await.map_err(|_| ExchangeError::Abort)?;
     }
-    match body::relay(
-        client,
-        &mut up.conn,
-        framing,
-        body::output_for(framing),
-        shared.limits.body_cap,
-        None,
-    )
-    .await
-    {
+    let opts = body::Opts {
+        output: body::output_for(framing),
+        cap: shared.limits.body_cap,
+        read_timeout: shared.limits.idle_timeout,
+    };
+    match body::relay(client, &mut up.conn, framing, opts, None).await {
         Ok(_) => {}
         Err(RelayError::Framing(e)) => return Err(ExchangeError::Respond(e.into())),
         Err(RelayError::Write(e)) => {
@@ -419,15 +421,12 @@ async fn attempt<C: AsyncReadRent + AsyncWriteRent>(
         .map_err(|_| ExchangeError::Abort)?;
     let mut scrubber = Scrubber::new(&service.scrub);
     let scrub = scrubber.is_active().then_some(&mut scrubber);
-    let relayed = body::relay(
-        &mut up.conn,
-        client,
-        resp_framing,
-        body::output_for(resp_framing),
-        None,
-        scrub,
-    )
-    .await;
+    let opts = body::Opts {
+        output: body::output_for(resp_framing),
+        cap: None,
+        read_timeout: shared.limits.response_timeout,
+    };
+    let relayed = body::relay(&mut up.conn, client, resp_framing, opts, scrub).await;
     match relayed {
         Ok(bytes) => {
             row.bytes = bytes;

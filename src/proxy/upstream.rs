@@ -152,14 +152,20 @@ pub async fn resolve(shared: &Shared, target: &Target) -> Result<Vec<SocketAddr>
             }
         }
     };
-    // Row 31: one blocked address blocks the whole answer.
-    for a in &addrs {
-        shared.guard.check(a.ip()).map_err(|b| {
-            ProxyError::new(403, "destination_blocked", b.to_string())
-                .hint("private and metadata addresses are refused; see --allow-private-ranges and --network-allow")
+    vet(&shared.guard, &addrs)?;
+    Ok(addrs)
+}
+
+/// Row 31: one blocked address blocks the whole answer (no "try the next one").
+pub fn vet(guard: &crate::netguard::Guard, addrs: &[SocketAddr]) -> Result<(), ProxyError> {
+    for a in addrs {
+        guard.check(a.ip()).map_err(|b| {
+            ProxyError::new(403, "destination_blocked", b.to_string()).hint(
+                "private and metadata addresses are refused; see --allow-private-ranges and --network-allow",
+            )
         })?;
     }
-    Ok(addrs)
+    Ok(())
 }
 
 async fn dial(shared: &Shared, target: &Target) -> Result<UpIo, ProxyError> {
@@ -270,5 +276,30 @@ impl Default for Limits {
             response_timeout: Duration::from_secs(300),
             body_cap: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netguard::Guard;
+
+    /// security.md row 31 (E-02): a DNS answer mixing public and private addresses is refused.
+    #[test]
+    fn row31_mixed_answers_refused() {
+        let g = Guard::default();
+        let public: SocketAddr = "93.184.216.34:443".parse().unwrap();
+        let private: SocketAddr = "10.0.0.5:443".parse().unwrap();
+        assert!(vet(&g, &[public]).is_ok());
+        assert_eq!(
+            vet(&g, &[public, private]).unwrap_err().code,
+            "destination_blocked"
+        );
+        assert_eq!(
+            vet(&g, &["[::ffff:169.254.169.254]:80".parse().unwrap()])
+                .unwrap_err()
+                .code,
+            "destination_blocked"
+        );
     }
 }

@@ -9,5 +9,6 @@ mod harness;
 mod origin;
 mod proxy;
 mod proxy_harness;
+mod rows;
 mod storage;
 mod vault_keys;

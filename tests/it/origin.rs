@@ -51,6 +51,11 @@ pub struct Origin {
 impl Origin {
     /// An HTTPS origin whose certificate names `hosts`.
     pub fn https(dir: &std::path::Path, hosts: &[&str]) -> Self {
+        Self::https_with(dir, hosts, false)
+    }
+
+    /// As [`Origin::https`]; with `expired`, the certificate's validity ended yesterday.
+    pub fn https_with(dir: &std::path::Path, hosts: &[&str], expired: bool) -> Self {
         let ca_key = KeyPair::generate().unwrap();
         let mut ca_params = CertificateParams::default();
         ca_params
@@ -70,6 +75,10 @@ impl Origin {
             CertificateParams::new(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>())
                 .unwrap();
         leaf.use_authority_key_identifier_extension = true;
+        if expired {
+            leaf.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            leaf.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
         let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ServerConfig::builder_with_provider(provider)
@@ -244,6 +253,8 @@ fn serve<S: Read + Write>(
                 }
                 ok && w.write_all(b"0\r\n\r\n").is_ok()
             }
+            "/hostile/clte" => w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n").is_ok(),
+            "/hostile/overlong" => w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhelloEXTRA-BYTES").is_ok(),
             "/redirect" => w.write_all(b"HTTP/1.1 302 Found\r\nlocation: https://elsewhere.example.net/steal\r\ncontent-length: 0\r\n\r\n").is_ok(),
             "/bytes" => {
                 let n = param("n").unwrap_or(0);

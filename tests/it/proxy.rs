@@ -9,7 +9,7 @@ use crate::harness::{Env, Run, canary, output};
 use crate::origin::Origin;
 use crate::proxy_harness::{Proxy, RawClient, connect};
 
-const SERVICES: &str = r#"
+pub const SERVICES: &str = r#"
 services:
   - name: openai
     host: api.openai.com
@@ -33,7 +33,7 @@ services:
     auth: {type: passthrough}
 "#;
 
-const HOSTS: &[&str] = &[
+pub const HOSTS: &[&str] = &[
     "api.openai.com",
     "api.anthropic.com",
     "team.atlassian.net",
@@ -43,17 +43,27 @@ const HOSTS: &[&str] = &[
 ];
 
 /// A vault with the services above, an agent, an origin for every host and a running proxy.
-struct Setup {
-    env: Env,
-    origin: Origin,
-    proxy: Proxy,
-    token: String,
+pub struct Setup {
+    pub env: Env,
+    pub origin: Origin,
+    pub proxy: Proxy,
+    pub token: String,
     /// Credential key -> its canary value.
-    secrets: Vec<(&'static str, String)>,
+    pub secrets: Vec<(&'static str, String)>,
 }
 
 impl Setup {
-    fn new(driver: &str) -> Self {
+    pub fn new(driver: &str) -> Self {
+        Self::with(driver, &[], true, true)
+    }
+
+    /// `extra` flags for serve; see [`Proxy::for_origin`] for `trusted` and `loopback_allowed`.
+    /// Driver `auto` means `$AIRLOCK_TEST_DRIVER` when set (tests/run.sh reruns with `epoll`).
+    pub fn with(driver: &str, extra: &[&str], trusted: bool, loopback_allowed: bool) -> Self {
+        let chosen = std::env::var("AIRLOCK_TEST_DRIVER")
+            .ok()
+            .filter(|_| driver == "auto");
+        let driver = chosen.as_deref().unwrap_or(driver);
         let env = Env::init();
         let base = canary();
         let secrets: Vec<(&'static str, String)> = [
@@ -80,7 +90,15 @@ impl Setup {
             .last_line()
             .to_owned();
         let origin = Origin::https(env.tmp.path(), HOSTS);
-        let proxy = Proxy::for_origin(&env, &origin, HOSTS, driver);
+        let proxy = Proxy::for_origin(
+            &env,
+            &origin,
+            HOSTS,
+            driver,
+            extra,
+            trusted,
+            loopback_allowed,
+        );
         Self {
             env,
             origin,
@@ -90,15 +108,15 @@ impl Setup {
         }
     }
 
-    fn secret(&self, key: &str) -> &str {
+    pub fn secret(&self, key: &str) -> &str {
         &self.secrets.iter().find(|(k, _)| *k == key).unwrap().1
     }
 
-    fn ca(&self) -> std::path::PathBuf {
+    pub fn ca(&self) -> std::path::PathBuf {
         self.env.data_dir.join("ca.pem")
     }
 
-    fn curl(&self, args: &[&str]) -> Run {
+    pub fn curl(&self, args: &[&str]) -> Run {
         let mut c = std::process::Command::new("curl");
         c.args([
             "-sS",
@@ -116,7 +134,7 @@ impl Setup {
         run
     }
 
-    fn raw(&self, host: &str) -> RawClient {
+    pub fn raw(&self, host: &str) -> RawClient {
         let ca = std::fs::read(self.ca()).unwrap();
         RawClient::open(
             self.proxy.addr,
@@ -129,13 +147,13 @@ impl Setup {
     }
 
     #[track_caller]
-    fn assert_no_secret(&self, text: &str) {
+    pub fn assert_no_secret(&self, text: &str) {
         for (k, v) in &self.secrets {
             assert!(!text.contains(v.as_str()), "{k} reached the client: {text}");
         }
     }
 
-    fn last(&self) -> crate::origin::Recorded {
+    pub fn last(&self) -> crate::origin::Recorded {
         self.origin
             .recorded()
             .last()

@@ -66,23 +66,30 @@ impl Proxy {
         }
     }
 
-    /// Serve with an origin standing in for `hosts` through `--resolve`.
-    pub fn for_origin(env: &Env, origin: &Origin, hosts: &[&str], driver: &str) -> Self {
-        let mut args: Vec<String> = vec![
-            "--driver".into(),
-            driver.into(),
-            "--network-allow".into(),
-            "127.0.0.1/32".into(),
-        ];
-        if origin.ca_file.exists() {
+    /// Serve with an origin standing in for `hosts` through `--resolve`. `trusted`: the origin's
+    /// CA is given as `--upstream-ca-file`; `loopback_allowed`: `--network-allow 127.0.0.1/32`.
+    pub fn for_origin(
+        env: &Env,
+        origin: &Origin,
+        hosts: &[&str],
+        driver: &str,
+        extra: &[&str],
+        trusted: bool,
+        loopback_allowed: bool,
+    ) -> Self {
+        let mut args: Vec<String> = vec!["--driver".into(), driver.into()];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        if loopback_allowed {
+            args.extend(["--network-allow".into(), "127.0.0.1/32".into()]);
+        }
+        if trusted {
             args.extend([
                 "--upstream-ca-file".into(),
                 origin.ca_file.display().to_string(),
             ]);
         }
         for h in hosts {
-            let port = if origin.ca_file.exists() { 443 } else { 80 };
-            args.extend(["--resolve".into(), format!("{h}:{port}:{}", origin.addr)]);
+            args.extend(["--resolve".into(), format!("{h}:443:{}", origin.addr)]);
         }
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         Self::start(env, &refs)

@@ -1,0 +1,458 @@
+//! security.md's bad-input rows that concern the data plane and are not covered in `proxy.rs`:
+//! each test names its row. See `tests/SECURITY-TESTS.md` for the whole map.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use crate::harness::{Env, output};
+use crate::origin::Origin;
+use crate::proxy::{SERVICES, Setup};
+use crate::proxy_harness::{Proxy, RawClient, connect};
+
+fn auth(s: &Setup) -> String {
+    format!("{}:default", s.token)
+}
+
+/// Row 6: hosts are ASCII; a non-ASCII CONNECT host is refused before any lookup, and the
+/// punycode form is what services name.
+#[test]
+fn row6_non_ascii_connect_host_refused() {
+    let s = Setup::new("auto");
+    let (_, head) = connect(s.proxy.addr, "bücher.example:443", Some(&auth(&s)));
+    assert!(
+        head.starts_with("HTTP/1.1 400") && head.contains("bad_authority"),
+        "{head}"
+    );
+}
+
+/// Row 8 (A-07, D-05): a portless service is TLS on 443 only; another port is unmatched.
+#[test]
+fn row8_portless_service_not_served_on_other_ports() {
+    let s = Setup::new("auto");
+    for port in [80, 8443] {
+        let (_, head) = connect(
+            s.proxy.addr,
+            &format!("api.openai.com:{port}"),
+            Some(&auth(&s)),
+        );
+        assert!(
+            head.starts_with("HTTP/1.1 403") && head.contains("no_service"),
+            "{port}: {head}"
+        );
+    }
+    assert!(s.origin.recorded().is_empty());
+}
+
+/// Row 15 (B-06): trailers are dropped; the next request on the connection is intact.
+#[test]
+fn row15_trailers_dropped() {
+    let s = Setup::new("auto");
+    let mut c = s.raw("api.openai.com");
+    let r = c.send(b"POST /t HTTP/1.1\r\nHost: api.openai.com\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nAuthorization: Bearer trailer\r\nContent-Length: 99\r\n\r\n");
+    assert!(
+        r.starts_with("HTTP/1.1 200") && r.contains("\"body_len\":3"),
+        "{r}"
+    );
+    let r = c.send(b"GET /next HTTP/1.1\r\nHost: api.openai.com\r\n\r\n");
+    assert!(r.contains("GET /next HTTP/1.1"), "{r}");
+    let recs = s.origin.recorded();
+    assert_eq!(recs.len(), 2);
+    assert!(!recs.iter().any(|r| r.head.contains("trailer")));
+}
+
+/// Row 16 (B-08): over the body cap, a declared length gets 413 before anything goes upstream;
+/// a chunked body that passes the cap mid-stream aborts both connections.
+#[test]
+fn row16_body_cap() {
+    let s = Setup::with("auto", &["--max-body-bytes", "1000"], true, true);
+    let body = "x".repeat(2000);
+    let r = s.raw("api.openai.com").send(
+        format!("POST /cl HTTP/1.1\r\nHost: api.openai.com\r\nContent-Length: 2000\r\n\r\n{body}")
+            .as_bytes(),
+    );
+    assert!(
+        r.starts_with("HTTP/1.1 413") && r.contains("body_too_large"),
+        "{r}"
+    );
+    assert!(s.origin.recorded().is_empty());
+    let mut c = s.raw("api.openai.com");
+    c.tls.write_all(format!("POST /chunked HTTP/1.1\r\nHost: api.openai.com\r\nTransfer-Encoding: chunked\r\n\r\n7d0\r\n{body}\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: api.openai.com\r\n\r\n").as_bytes()).unwrap();
+    let r = c.response();
+    assert!(!r.starts_with("HTTP/1.1 200"), "{r}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        !s.origin
+            .recorded()
+            .iter()
+            .any(|r| r.head.contains("/smuggled") || r.body.len() == 2000)
+    );
+    let ok = s
+        .raw("api.openai.com")
+        .send(b"POST /small HTTP/1.1\r\nHost: api.openai.com\r\nContent-Length: 3\r\n\r\nabc");
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+}
+
+/// Row 17 (B-07): pipelined requests are each authorised and injected.
+#[test]
+fn row17_pipelined_requests_each_injected() {
+    let s = Setup::new("auto");
+    let mut c = s.raw("api.openai.com");
+    c.tls.write_all(b"GET /p1 HTTP/1.1\r\nHost: api.openai.com\r\n\r\nGET /p2 HTTP/1.1\r\nHost: api.openai.com\r\nAuthorization: Bearer mine\r\n\r\n").unwrap();
+    let (a, b) = (c.response(), c.response());
+    assert!(a.contains("GET /p1") && b.contains("GET /p2"), "{a}\n{b}");
+    let want = format!("Bearer {}", s.secret("OPENAI_KEY"));
+    for r in s.origin.recorded() {
+        assert_eq!(r.header("authorization"), [want.clone()], "{}", r.head);
+    }
+}
+
+/// Row 18 (B-11): an upstream response with CL and TE is a 502; an over-long body never leaks
+/// into the next exchange (the connection is not reused).
+#[test]
+fn row18_hostile_upstream_framing() {
+    let s = Setup::new("auto");
+    let r = s
+        .raw("api.openai.com")
+        .send(b"GET /hostile/clte HTTP/1.1\r\nHost: api.openai.com\r\n\r\n");
+    assert!(
+        r.starts_with("HTTP/1.1 502") && r.contains("upstream_protocol_error"),
+        "{r}"
+    );
+    let mut c = s.raw("api.openai.com");
+    let r = c.send(b"GET /hostile/overlong HTTP/1.1\r\nHost: api.openai.com\r\n\r\n");
+    assert!(r.starts_with("HTTP/1.1 200") && r.ends_with("hello"), "{r}");
+    let r = c.send(b"GET /after HTTP/1.1\r\nHost: api.openai.com\r\n\r\n");
+    assert!(
+        r.starts_with("HTTP/1.1 200") && r.contains("GET /after") && !r.contains("EXTRA"),
+        "{r}"
+    );
+    let recs = s.origin.recorded();
+    let over = recs
+        .iter()
+        .find(|r| r.request_line().contains("overlong"))
+        .unwrap();
+    let after = recs
+        .iter()
+        .find(|r| r.request_line().contains("/after"))
+        .unwrap();
+    assert_ne!(
+        over.conn, after.conn,
+        "a connection with leftover bytes was reused"
+    );
+}
+
+/// Row 27 (D-06): a request smuggled inside a CL+TE body is never executed.
+#[test]
+fn row27_smuggled_request_never_reaches_origin() {
+    let s = Setup::new("auto");
+    let smuggle = "GET /capture?c=CANARY HTTP/1.1\r\nHost: api.openai.com\r\n\r\n";
+    let raw = format!(
+        "POST / HTTP/1.1\r\nHost: api.openai.com\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggle}"
+    );
+    let r = s.raw("api.openai.com").send(raw.as_bytes());
+    assert!(r.contains("bad_framing"), "{r}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        !s.origin
+            .recorded()
+            .iter()
+            .any(|r| r.head.contains("capture"))
+    );
+}
+
+/// Rows 29-30 and 33 (E-01, E-04): loopback, mapped and unspecified destinations are refused
+/// with `destination_blocked` and no connection; odd numeric spellings are not host names.
+#[test]
+fn row29_row30_row33_blocked_destinations() {
+    let s = Setup::with("auto", &["--allow-private-ranges"], true, false);
+    s.env.run(&["vault", "policy", "default", "tunnel"]).ok();
+    std::thread::sleep(Duration::from_millis(300));
+    for target in [
+        "169.254.169.254:443",
+        "[::ffff:169.254.169.254]:443",
+        "[::ffff:a9fe:a9fe]:80",
+    ] {
+        let (_, head) = connect(s.proxy.addr, target, Some(&auth(&s)));
+        assert!(
+            head.starts_with("HTTP/1.1 403") && head.contains("destination_blocked"),
+            "{target}: {head}"
+        );
+    }
+    for target in ["127.1:443", "2130706433:443", "0:443"] {
+        let (_, head) = connect(s.proxy.addr, target, Some(&auth(&s)));
+        assert!(
+            head.starts_with("HTTP/1.1 400") && head.contains("bad_authority"),
+            "{target}: {head}"
+        );
+    }
+    let strict = Setup::with("auto", &[], true, false);
+    strict
+        .env
+        .run(&["vault", "policy", "default", "tunnel"])
+        .ok();
+    std::thread::sleep(Duration::from_millis(300));
+    for target in [
+        "127.0.0.1:443",
+        "[::1]:443",
+        "[::]:443",
+        "[::ffff:127.0.0.1]:443",
+        "10.1.2.3:443",
+    ] {
+        let (_, head) = connect(strict.proxy.addr, target, Some(&auth(&strict)));
+        assert!(
+            head.starts_with("HTTP/1.1 403") && head.contains("destination_blocked"),
+            "{target}: {head}"
+        );
+    }
+    // A service whose name resolves (through --resolve) to loopback is blocked without an allow.
+    let r = strict.curl(&["-i", "https://api.openai.com/"]);
+    assert!(r.stdout.contains("destination_blocked"), "{r:?}");
+    assert_eq!(
+        strict
+            .origin
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+}
+
+/// Row 35 (F-01): a slow head is cut at the header timeout; other clients are unaffected.
+#[test]
+fn row35_slowloris_cut_at_header_timeout() {
+    let s = Setup::with("auto", &["--header-timeout", "1s"], true, true);
+    let mut slow = TcpStream::connect(s.proxy.addr).unwrap();
+    slow.write_all(b"CONNECT api.openai.com:443 HTTP/1.1\r\nHost: a")
+        .unwrap();
+    let start = Instant::now();
+    s.curl(&["https://api.openai.com/meanwhile"]).ok();
+    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 64];
+    let n = slow.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "the slow connection got an answer instead of a close");
+    assert!(start.elapsed() < Duration::from_secs(4));
+}
+
+/// Row 36 (F-02): a stalled request body is cut by the idle timeout.
+#[test]
+fn row36_stalled_body_cut() {
+    let s = Setup::with("auto", &["--idle-timeout", "1s"], true, true);
+    let mut c = s.raw("api.openai.com");
+    c.tls
+        .write_all(b"POST /stall HTTP/1.1\r\nHost: api.openai.com\r\nContent-Length: 10\r\n\r\nabc")
+        .unwrap();
+    c.tls.flush().unwrap();
+    let start = Instant::now();
+    let mut buf = [0u8; 256];
+    let _ = c.tls.read(&mut buf);
+    assert!(start.elapsed() < Duration::from_secs(5), "not cut");
+    assert!(!s.origin.recorded().iter().any(|r| r.body.len() == 10));
+}
+
+/// Row 37 (F-03): past the connection cap new connections get 503 `overloaded`; an open tunnel
+/// keeps working, and new connections work again once others close.
+#[test]
+fn row37_connection_cap() {
+    let s = Setup::with("auto", &["--max-connections", "3"], true, true);
+    let mut tunnel = s.raw("api.openai.com");
+    let idle: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(s.proxy.addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let (_, head) = connect(s.proxy.addr, "api.openai.com:443", Some(&auth(&s)));
+    assert!(
+        head.starts_with("HTTP/1.1 503") && head.contains("overloaded"),
+        "{head}"
+    );
+    let r = tunnel.send(b"GET /still-open HTTP/1.1\r\nHost: api.openai.com\r\n\r\n");
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, head) = connect(s.proxy.addr, "api.openai.com:443", Some(&auth(&s)));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}
+
+/// Row 38 (F-04): a 64 KiB header or 200 headers get 431.
+#[test]
+fn row38_oversized_heads_get_431() {
+    let s = Setup::new("auto");
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: api.openai.com\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    let mut c = s.raw("api.openai.com");
+    c.tls.write_all(big.as_bytes()).unwrap();
+    let r = c.response();
+    assert!(
+        r.starts_with("HTTP/1.1 431") && r.contains("headers_too_large"),
+        "{r}"
+    );
+    let mut many = String::from("GET / HTTP/1.1\r\nHost: api.openai.com\r\n");
+    for i in 0..200 {
+        many.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    let r = s.raw("api.openai.com").send(many.as_bytes());
+    assert!(r.starts_with("HTTP/1.1 431"), "{r}");
+    assert!(s.origin.recorded().is_empty());
+}
+
+/// Row 39 (F-05): minting leaves for many distinct hosts (wildcard service) is rate limited.
+#[test]
+fn row39_mint_flood_rate_limited() {
+    let s = Setup::new("auto");
+    let mut limited = 0;
+    for i in 0..120 {
+        let (_, head) = connect(
+            s.proxy.addr,
+            &format!("t{i}.atlassian.net:443"),
+            Some(&auth(&s)),
+        );
+        if head.contains("rate_limited") {
+            assert!(
+                head.starts_with("HTTP/1.1 429") && head.contains("retry-after"),
+                "{head}"
+            );
+            limited += 1;
+        } else {
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        }
+    }
+    assert!(limited > 0, "120 distinct hosts were all minted");
+    // Configured (pre-warmed) hosts are never limited.
+    let (_, head) = connect(s.proxy.addr, "api.openai.com:443", Some(&auth(&s)));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}
+
+/// Row 42 (G-03): upstream certificates that do not verify give 502 `upstream_tls_error` and
+/// no credential is sent: untrusted CA, wrong name, expired, or signed by airlock's own CA.
+#[test]
+fn row42_upstream_certificate_failures() {
+    // Untrusted: the origin's CA is not given to airlock.
+    let s = Setup::with("auto", &[], false, true);
+    let r = s
+        .raw("api.openai.com")
+        .send(b"GET / HTTP/1.1\r\nHost: api.openai.com\r\n\r\n");
+    assert!(
+        r.starts_with("HTTP/1.1 502") && r.contains("upstream_tls_error"),
+        "{r}"
+    );
+    assert!(s.origin.recorded().is_empty());
+    // Signed by airlock's own MITM CA: still not trusted upstream.
+    let s2 = Setup::new("auto");
+    let own_ca = s2.env.data_dir.join("ca.pem");
+    let env = Env::init();
+    let (origin, proxy, token) = custom_origin(
+        &env,
+        false,
+        &[("--upstream-ca-file", own_ca.to_str().unwrap())],
+        &["api.openai.com"],
+    );
+    let r = raw_get(&env, &proxy, &token);
+    assert!(r.contains("upstream_tls_error"), "{r}");
+    assert!(origin.recorded().is_empty());
+    // Wrong name: the origin's certificate is for another host.
+    let env = Env::init();
+    let (origin, proxy, token) = custom_origin(&env, false, &[], &["not-openai.example.com"]);
+    let r = raw_get(&env, &proxy, &token);
+    assert!(r.contains("upstream_tls_error"), "{r}");
+    assert!(origin.recorded().is_empty());
+    // Expired.
+    let env = Env::init();
+    let (origin, proxy, token) = custom_origin(&env, true, &[], &["api.openai.com"]);
+    let r = raw_get(&env, &proxy, &token);
+    assert!(r.contains("upstream_tls_error"), "{r}");
+    assert!(origin.recorded().is_empty());
+}
+
+/// An origin for api.openai.com with its own certificate options, and a proxy for it. Unless
+/// `extra` names another, the origin's CA is trusted.
+fn custom_origin(
+    env: &Env,
+    expired: bool,
+    extra: &[(&str, &str)],
+    cert_hosts: &[&str],
+) -> (Origin, Proxy, String) {
+    env.run_stdin(
+        &["credential", "set", "OPENAI_KEY"],
+        b"sk-must-not-leak-000",
+    )
+    .ok();
+    let file = env.write(
+        "s.yaml",
+        SERVICES.split("  - name: anthropic").next().unwrap(),
+    );
+    env.run(&["service", "set", "-f", file.to_str().unwrap()])
+        .ok();
+    let token = env
+        .run(&["agent", "create", "bot", "--vault", "default"])
+        .ok()
+        .last_line()
+        .to_owned();
+    let origin = Origin::https_with(env.tmp.path(), cert_hosts, expired);
+    let mut args: Vec<String> = vec![
+        "--network-allow".into(),
+        "127.0.0.1/32".into(),
+        "--resolve".into(),
+        format!("api.openai.com:443:{}", origin.addr),
+    ];
+    if extra.is_empty() {
+        args.extend([
+            "--upstream-ca-file".into(),
+            origin.ca_file.display().to_string(),
+        ]);
+    }
+    for (k, v) in extra {
+        args.extend([k.to_string(), v.to_string()]);
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let proxy = Proxy::start(env, &refs);
+    (origin, proxy, token)
+}
+
+fn raw_get(env: &Env, proxy: &Proxy, token: &str) -> String {
+    let ca = std::fs::read(env.data_dir.join("ca.pem")).unwrap();
+    let mut c = RawClient::open(
+        proxy.addr,
+        "api.openai.com",
+        "api.openai.com",
+        &format!("{token}:default"),
+        &ca,
+    )
+    .unwrap();
+    c.send(b"GET / HTTP/1.1\r\nHost: api.openai.com\r\n\r\n")
+}
+
+/// Policy `tunnel`: a revoked token closes the opaque tunnel within a second.
+#[test]
+fn tunnel_closes_within_a_second_of_revocation() {
+    let s = Setup::new("auto");
+    s.env.run(&["vault", "policy", "default", "tunnel"]).ok();
+    std::thread::sleep(Duration::from_millis(300));
+    let (mut sock, head) = connect(s.proxy.addr, "other.example.net:443", Some(&auth(&s)));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s.env.run(&["agent", "revoke", "bot"]).ok();
+    let start = Instant::now();
+    sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut buf = [0u8; 16];
+    let n = sock.read(&mut buf).unwrap_or(99);
+    assert_eq!(n, 0, "the tunnel was not closed");
+    assert!(
+        start.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+/// `serve` refuses a port another process listens on.
+#[test]
+fn serve_refuses_a_port_in_use() {
+    let env = Env::init();
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().to_string();
+    let r = output(
+        env.command(&["serve", "--listen", &port, "--no-admin"]),
+        None,
+    );
+    assert!(r.fails().contains("already in use"), "{r:?}");
+}
