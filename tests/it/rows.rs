@@ -103,7 +103,12 @@ fn row17_pipelined_requests_each_injected() {
     assert!(a.contains("GET /p1") && b.contains("GET /p2"), "{a}\n{b}");
     let want = format!("Bearer {}", s.secret("OPENAI_KEY"));
     for r in s.origin.recorded() {
-        assert_eq!(r.header("authorization"), [want.clone()], "{}", r.head);
+        assert_eq!(
+            r.header("authorization"),
+            std::slice::from_ref(&want),
+            "{}",
+            r.head
+        );
     }
 }
 
