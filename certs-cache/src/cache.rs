@@ -60,18 +60,16 @@ impl LeafCache {
             .unwrap_or(false)
     }
 
-    /// The server config for `host`, minting its leaf on first use.
+    /// The server config for `host`, minting its leaf on first use. A miss mints while holding
+    /// the lock, so concurrent first requests for one host mint exactly one leaf; hits only
+    /// clone an `Arc`.
     pub fn server_config(&self, host: &str) -> Result<Arc<ServerConfig>, CertError> {
         let host = normalise(host);
-        if let Some(c) = self.map.lock().ok().and_then(|m| m.get(&host).cloned()) {
-            return Ok(c);
+        let mut map = self.map.lock().map_err(|_| CertError::Poisoned)?;
+        if let Some(c) = map.get(&host) {
+            return Ok(c.clone());
         }
         let config = self.mint(&host)?;
-        let mut map = self.map.lock().map_err(|_| CertError::Poisoned)?;
-        if let Some(existing) = map.get(&host) {
-            // Another worker minted it meanwhile; keep one.
-            return Ok(existing.clone());
-        }
         if map.len() >= self.capacity
             && let Some(victim) = map.keys().next().cloned()
         {
@@ -116,5 +114,49 @@ impl ResolvesServerCert for HostResolver {
             Some(sni) if normalise(sni) != self.host => None,
             _ => Some(self.key.clone()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache(capacity: usize) -> LeafCache {
+        let m = crate::generate_ca("test CA").unwrap();
+        let ca = Ca::load("test CA", &m.cert_pem, &m.key_pkcs8_der).unwrap();
+        LeafCache::new(
+            ca,
+            Arc::new(rustls::crypto::ring::default_provider()),
+            capacity,
+        )
+    }
+
+    /// security.md row 45 (G-06): `API.x.` and `api.x` are one entry.
+    #[test]
+    fn row45_normalised_single_entry() {
+        let c = cache(10);
+        let a = c.server_config("API.Example.com.").unwrap();
+        let b = c.server_config("api.example.com").unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(c.mints(), 1);
+    }
+
+    #[test]
+    fn concurrent_first_requests_mint_once_and_cache_is_bounded() {
+        let c = Arc::new(cache(3));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let c = c.clone();
+                std::thread::spawn(move || c.server_config("same.example.com").unwrap())
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(c.mints(), 1);
+        for i in 0..10 {
+            c.server_config(&format!("h{i}.example.com")).unwrap();
+        }
+        assert!(c.map.lock().unwrap().len() <= 3);
     }
 }

@@ -25,6 +25,7 @@ services:
     auth: {type: custom, headers: {X-Tenant: "tenant-{{ ACME_KEY }}"}}
     substitutions:
       - {key: ACME_ACCOUNT, placeholder: __acme_account__, in: [path, query]}
+      - {key: ACME_KEY, placeholder: __acme_key__, in: [header]}
   - name: acme-admin
     host: api.acme.dev/v2/admin/*
     auth: {type: bearer, token: ACME_ADMIN}
@@ -234,6 +235,17 @@ fn injects_every_auth_type(driver: &str) {
     assert_eq!(
         rec.header("x-tenant"),
         [format!("tenant-{}", s.secret("ACME_KEY"))]
+    );
+    // substitution in a header, where declared.
+    s.curl(&[
+        "-H",
+        "X-Signed: key=__acme_key__;v=1",
+        "https://api.acme.dev/v2/h",
+    ])
+    .ok();
+    assert_eq!(
+        s.last().header("x-signed"),
+        [format!("key={};v=1", s.secret("ACME_KEY"))]
     );
     // priority: the longer path prefix wins.
     s.curl(&["https://api.acme.dev/v2/admin/users"]).ok();

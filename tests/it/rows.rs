@@ -461,3 +461,60 @@ fn serve_refuses_a_port_in_use() {
     );
     assert!(r.fails().contains("already in use"), "{r:?}");
 }
+
+/// Scoped tokens: bound to their vault, and refused once expired (407 `token_expired`).
+#[test]
+fn scoped_tokens_expire_and_stay_in_their_vault() {
+    use airlock::vault::StoreError;
+    use airlock::vault::tokens::TokenHash;
+    let s = Setup::new("auto");
+    s.env.run(&["vault", "create", "other"]).ok();
+    let scoped = s
+        .env
+        .run(&["token", "mint", "--vault", "default", "--ttl", "5m"])
+        .ok()
+        .last_line()
+        .to_owned();
+    let (_, head) = connect(
+        s.proxy.addr,
+        "api.openai.com:443",
+        Some(&format!("{scoped}:")),
+    );
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let (_, head) = connect(
+        s.proxy.addr,
+        "api.openai.com:443",
+        Some(&format!("{scoped}:other")),
+    );
+    assert!(head.contains("vault_mismatch"), "{head}");
+    let store = s.env.store();
+    let hash = TokenHash::of(scoped.as_bytes());
+    let mut rec = store.token_by_hash(hash).unwrap().unwrap();
+    rec.expires_at = Some(airlock::vault::now() - 1);
+    store
+        .write::<_, StoreError>(|t| t.put(t.dbs().tokens, &hash.0, &rec))
+        .unwrap();
+    let (_, head) = connect(
+        s.proxy.addr,
+        "api.openai.com:443",
+        Some(&format!("{scoped}:")),
+    );
+    assert!(
+        head.starts_with("HTTP/1.1 407") && head.contains("token_expired"),
+        "{head}"
+    );
+}
+
+/// Row 21 (C-03): `Connection: Authorization, Host` cannot remove the injected header or Host.
+#[test]
+fn row21_connection_cannot_strip_injected_headers() {
+    let s = Setup::new("auto");
+    let r = s.raw("api.openai.com").send(b"GET /c HTTP/1.1\r\nHost: api.openai.com\r\nConnection: Authorization, Host\r\nAuthorization: Bearer mine\r\n\r\n");
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let rec = s.last();
+    assert_eq!(
+        rec.header("authorization"),
+        [format!("Bearer {}", s.secret("OPENAI_KEY"))]
+    );
+    assert_eq!(rec.header("host"), ["api.openai.com"]);
+}
