@@ -3,16 +3,17 @@
 //!
 //! Rows go to a separate LMDB environment (`<data-dir>/requests/`), so the high-volume log never
 //! touches the vault's generation. Workers hand rows to [`Sink::record`] (a channel send, no I/O on
-//! the hot path); one writer thread commits them in batches every 250 ms or 256 rows and keeps
+//! the hot path); one writer thread commits them in one batch every 250 ms and keeps
 //! the newest [`RETENTION`] rows. While the last batch write failed, [`Sink::healthy`] is false
 //! and the data plane refuses requests that would inject a credential (row 60), so injection never
-//! goes unrecorded for longer than one batch interval.
+//! goes unrecorded for longer than one batch interval. The writer sleeps and drains the channel,
+//! so sending a row never wakes a thread.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, Sender, channel};
-use std::time::{Duration, Instant};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
+use std::time::Duration;
 
 use lmdb::{
     Cursor, Database, DatabaseFlags, Environment, EnvironmentFlags, Transaction, WriteFlags,
@@ -23,8 +24,10 @@ use serde::{Deserialize, Serialize};
 pub const DIR: &str = "requests";
 /// Rows kept; older ones are deleted by the writer.
 pub const RETENTION: u64 = 200_000;
-const BATCH_ROWS: usize = 256;
+/// How often the writer commits what workers sent.
 const BATCH_INTERVAL: Duration = Duration::from_millis(250);
+/// Rows kept in memory while writes fail.
+const MAX_PENDING: usize = 65_536;
 
 /// One proxied request.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq, Serialize)]
@@ -125,14 +128,19 @@ pub fn start(data_dir: &Path) -> Result<Sink, LogError> {
 
 fn writer(env: Environment, db: Database, rx: Receiver<Row>, healthy: Arc<AtomicBool>) {
     let mut next = last_seq(&env, db).map_or(1, |s| s + 1);
-    let mut batch = Vec::with_capacity(BATCH_ROWS);
+    let mut batch = Vec::new();
     loop {
-        let deadline = Instant::now() + BATCH_INTERVAL;
-        while batch.len() < BATCH_ROWS {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        // Sleep, then drain: senders never wake this thread (a wake-up per request would cost
+        // every request a futex call and a context switch).
+        std::thread::sleep(BATCH_INTERVAL);
+        loop {
+            match rx.try_recv() {
                 Ok(row) => batch.push(row),
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break,
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    let _ = write_batch(&env, db, next, &batch);
+                    return;
+                }
             }
         }
         if batch.is_empty() {
@@ -145,12 +153,13 @@ fn writer(env: Environment, db: Database, rx: Receiver<Row>, healthy: Arc<Atomic
                 healthy.store(true, Ordering::Relaxed);
             }
             Err(e) => {
-                // Keep the rows and retry next interval; refuse injection meanwhile.
+                // Keep the newest rows and retry next interval; refuse injection meanwhile.
                 healthy.store(false, Ordering::Relaxed);
                 tracing::error!(
                     "request log write failed: {e}; injecting requests are refused until it recovers"
                 );
-                batch.truncate(BATCH_ROWS * 16);
+                let excess = batch.len().saturating_sub(MAX_PENDING);
+                batch.drain(..excess);
             }
         }
     }

@@ -60,21 +60,19 @@ impl<'a> Scrubber<'a> {
     }
 }
 
-/// Masks every occurrence of every secret in `data`, in place.
+/// Masks every occurrence of every secret in `data`, in place (SIMD substring search).
 pub fn mask(secrets: &[Secret], data: &mut [u8]) {
     for s in secrets {
         let s = s.expose();
         if s.is_empty() || s.len() > data.len() {
             continue;
         }
-        let mut i = 0;
-        while i + s.len() <= data.len() {
-            if &data[i..i + s.len()] == s {
-                data[i..i + s.len()].fill(MASK);
-                i += s.len();
-            } else {
-                i += 1;
-            }
+        let finder = memchr::memmem::Finder::new(s);
+        let mut from = 0;
+        while let Some(at) = finder.find(&data[from..]) {
+            let start = from + at;
+            data[start..start + s.len()].fill(MASK);
+            from = start + s.len();
         }
     }
 }

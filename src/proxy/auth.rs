@@ -4,6 +4,7 @@
 //! tunnel (row 52). The token text is never kept or logged; only its hash is.
 
 use super::error::ProxyError;
+use crate::vault::records::TokenRecord;
 use crate::vault::tokens::{self, TokenHash, TokenKind};
 use crate::vault::{Store, now};
 
@@ -13,6 +14,7 @@ pub struct Identity {
     pub token: TokenHash,
     pub agent: Option<String>,
     pub vault: String,
+    pub expires_at: Option<u64>,
 }
 
 fn required(message: &str) -> ProxyError {
@@ -57,16 +59,12 @@ pub fn authenticate(store: &Store, header: Option<&[u8]>) -> Result<Identity, Pr
         ));
     }
     let hash = TokenHash::of(token.expose());
-    let vault = resolve_vault(store, hash, &requested, "invalid_token")?;
-    let agent = store
-        .token_by_hash(hash)
-        .ok()
-        .flatten()
-        .and_then(|r| r.agent);
+    let (vault, record) = resolve_vault(store, hash, &requested, "invalid_token")?;
     Ok(Identity {
         token: hash,
-        agent,
+        agent: record.agent,
         vault,
+        expires_at: record.expires_at,
     })
 }
 
@@ -75,12 +73,31 @@ pub fn recheck(store: &Store, id: &Identity) -> Result<(), ProxyError> {
     resolve_vault(store, id.token, &id.vault, "token_revoked").map(|_| ())
 }
 
+/// Per-connection memo of the last successful check: a full re-check runs only when the vault
+/// generation moved (every revocation bumps it) or the token's expiry passed, so revocation is
+/// still seen on the very next request while an unchanged vault costs one counter read.
+#[derive(Debug, Default)]
+pub struct Checked(Option<u64>);
+
+impl Checked {
+    pub fn recheck(&mut self, store: &Store, id: &Identity) -> Result<(), ProxyError> {
+        let generation = store.generation().ok();
+        let expired = id.expires_at.is_some_and(|e| e <= now());
+        if generation.is_none() || generation != self.0 || expired {
+            self.0 = None;
+            recheck(store, id)?;
+            self.0 = generation;
+        }
+        Ok(())
+    }
+}
+
 fn resolve_vault(
     store: &Store,
     hash: TokenHash,
     requested: &str,
     missing_code: &'static str,
-) -> Result<String, ProxyError> {
+) -> Result<(String, TokenRecord), ProxyError> {
     let internal = |_| ProxyError::new(503, "storage_unavailable", "the vault could not be read");
     let record = store
         .token_by_hash(hash)
@@ -93,20 +110,17 @@ fn resolve_vault(
             "the token has expired; mint a new one",
         ));
     }
-    match record.kind {
+    let vault = match record.kind {
         TokenKind::Scoped => {
-            let vault = record.vault.unwrap_or_default();
+            let vault = record.vault.clone().unwrap_or_default();
             if !requested.is_empty() && requested != vault {
-                return Err(ProxyError::new(
-                    407,
-                    "vault_mismatch",
-                    format!("this token is bound to vault {vault:?}"),
-                ));
+                let m = format!("this token is bound to vault {vault:?}");
+                return Err(ProxyError::new(407, "vault_mismatch", m));
             }
-            Ok(vault)
+            vault
         }
         TokenKind::Agent => {
-            let name = record.agent.unwrap_or_default();
+            let name = record.agent.clone().unwrap_or_default();
             let agent = store
                 .agent(&name)
                 .map_err(|_| ProxyError::new(407, missing_code, "the agent no longer exists"))?;
@@ -120,19 +134,18 @@ fn resolve_vault(
             match requested {
                 "" => agent.vaults.first().cloned().ok_or_else(|| {
                     ProxyError::new(407, "vault_mismatch", "the agent has no vault")
-                }),
-                v if agent.vaults.iter().any(|g| g == v) => Ok(v.to_owned()),
-                v => Err(ProxyError::new(
-                    407,
-                    "vault_mismatch",
-                    format!("the agent is not granted vault {v:?}"),
-                )),
+                })?,
+                v if agent.vaults.iter().any(|g| g == v) => v.to_owned(),
+                v => {
+                    let m = format!("the agent is not granted vault {v:?}");
+                    return Err(ProxyError::new(407, "vault_mismatch", m));
+                }
             }
         }
-        TokenKind::Approval => Err(ProxyError::new(
-            407,
-            "invalid_token",
-            "approval tokens cannot be used for proxying",
-        )),
-    }
+        TokenKind::Approval => {
+            let m = "approval tokens cannot be used for proxying";
+            return Err(ProxyError::new(407, "invalid_token", m));
+        }
+    };
+    Ok((vault, record))
 }

@@ -241,6 +241,7 @@ async fn intercept(
         _ => return, // includes an SNI that names another host (row 3)
     };
     let mut conn = BufConn::new(tls);
+    let mut checked = auth::Checked::default();
     loop {
         let n = match read_head(&shared, &mut conn, shared.limits.idle_timeout).await {
             Ok(Some(n)) => n,
@@ -252,7 +253,7 @@ async fn intercept(
         }
         let _in_flight = super::InFlight::new(&shared);
         // Row 52: the token is checked again for every request inside the tunnel.
-        if let Err(e) = auth::recheck(&shared.store, &id) {
+        if let Err(e) = checked.recheck(&shared.store, &id) {
             return reply_and_close(&mut conn, &e).await;
         }
         let policy = shared.policy();

@@ -306,6 +306,9 @@ pub async fn exchange<C: AsyncReadRent + AsyncWriteRent>(
     attempt(shared, client, up, &prepared, target, row).await
 }
 
+/// Bodies up to this size that arrived with their head are written together with it.
+const COALESCE_MAX: u64 = 16 * 1024;
+
 /// Writes a head that may hold injected values, then zeroizes the buffer.
 async fn write_secret<S: AsyncWriteRent>(
     conn: &mut BufConn<S>,
@@ -333,8 +336,18 @@ async fn attempt<C: AsyncReadRent + AsyncWriteRent>(
         expect_continue,
         websocket,
     } = prepared;
-    let (framing, client_close) = (*framing, *client_close);
-    write_secret(&mut up.conn, head).await.map_err(|e| {
+    let (mut framing, client_close) = (*framing, *client_close);
+    // A small body that arrived with the head goes upstream in the same write.
+    let mut first = head.clone();
+    if let Framing::Length(n) = framing
+        && n <= COALESCE_MAX
+        && n as usize <= client.buffered().len()
+    {
+        first.extend_from_slice(&client.buffered()[..n as usize]);
+        client.consume(n as usize);
+        framing = Framing::Empty;
+    }
+    write_secret(&mut up.conn, &first).await.map_err(|e| {
         ProxyError::new(
             502,
             "upstream_unreachable",
@@ -415,6 +428,32 @@ async fn attempt<C: AsyncReadRent + AsyncWriteRent>(
     };
     up.conn.consume(head_len);
     row.status = status;
+    // A small body already read with the head goes out with it: one write, one TLS record.
+    if let Framing::Length(n) = resp_framing
+        && n <= COALESCE_MAX
+        && n as usize <= up.conn.buffered().len()
+    {
+        let n = n as usize;
+        let mut out = out_head;
+        let start = out.len();
+        out.extend_from_slice(&up.conn.buffered()[..n]);
+        crate::scrub::mask(&service.scrub, &mut out[start..]);
+        up.conn.consume(n);
+        client
+            .write_all(out)
+            .await
+            .map_err(|_| ExchangeError::Abort)?;
+        client.flush().await.map_err(|_| ExchangeError::Abort)?;
+        row.bytes = n as u64;
+        if !upstream_close {
+            upstream::put(target, up.conn);
+        }
+        return Ok(if client_close {
+            Outcome::Close
+        } else {
+            Outcome::KeepAlive
+        });
+    }
     client
         .write_all(out_head)
         .await
