@@ -9,6 +9,9 @@
 //! a new tunnel per request, SSE, bulk download and upload, and idle tunnels for memory. It
 //! prints a table and, last, one line of JSON with every figure. No timing is asserted anywhere.
 
+// A benchmark tool: any setup failure should stop it loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod client;
 mod upstream;
 
