@@ -29,6 +29,10 @@ pub struct VaultPolicy {
     pub unmatched: UnmatchedPolicy,
     /// Most specific first.
     services: Vec<Service>,
+    /// Indices into `services` by host: exact names, and wildcard suffixes (`*.x.com` under
+    /// `x.com`). Each list keeps the priority order, so lookups do not scan the whole vault.
+    by_host: HashMap<String, Vec<usize>>,
+    by_suffix: HashMap<String, Vec<usize>>,
 }
 
 /// One compiled service.
@@ -107,15 +111,9 @@ impl Policy {
                     scrub,
                 });
             }
-            services.sort_by_key(|s| std::cmp::Reverse(s.pattern.specificity()));
             vaults.insert(
                 v.name.clone(),
-                VaultPolicy {
-                    id: v.id,
-                    name: v.name,
-                    unmatched: v.policy,
-                    services,
-                },
+                VaultPolicy::new(v.id, v.name, v.policy, services),
             );
         }
         Ok(Self { generation, vaults })
@@ -193,22 +191,61 @@ fn expand(template: &str, open: &mut impl FnMut(&str) -> Secret) -> Secret {
 }
 
 impl VaultPolicy {
+    /// Orders `services` by priority and indexes them by host.
+    pub fn new(
+        id: u64,
+        name: String,
+        unmatched: UnmatchedPolicy,
+        mut services: Vec<Service>,
+    ) -> Self {
+        services.sort_by_key(|s| std::cmp::Reverse(s.pattern.specificity()));
+        let mut by_host: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut by_suffix: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, s) in services.iter().enumerate() {
+            match &s.pattern.host {
+                HostName::Exact(h) => by_host.entry(h.clone()).or_default().push(i),
+                HostName::Wildcard(suffix) => by_suffix.entry(suffix.clone()).or_default().push(i),
+            }
+        }
+        Self {
+            id,
+            name,
+            unmatched,
+            services,
+            by_host,
+            by_suffix,
+        }
+    }
+
+    /// Services that could match `host`, most specific first: exact-host services, then
+    /// wildcard services for its parent domain (exact always beats wildcard).
+    fn candidates<'a>(&'a self, host: &str) -> impl Iterator<Item = &'a Service> + 'a {
+        let exact = self.by_host.get(host);
+        // `*.x.com` covers exactly one label more than `x.com`.
+        let wild = host.split_once('.').and_then(|(label, parent)| {
+            (!label.is_empty())
+                .then(|| self.by_suffix.get(parent))
+                .flatten()
+        });
+        exact
+            .into_iter()
+            .chain(wild)
+            .flatten()
+            .map(|&i| &self.services[i])
+    }
+
     /// Whether any service (enabled or not) is for this scheme, host and port; decides
     /// intercept versus unmatched at CONNECT.
     pub fn has_host(&self, scheme: Scheme, host: &str, port: u16) -> bool {
-        self.services.iter().any(|s| {
-            s.pattern.scheme == scheme
-                && s.pattern.port == port
-                && host_matches(&s.pattern.host, host)
-        })
+        self.candidates(host)
+            .any(|s| s.pattern.scheme == scheme && s.pattern.port == port)
     }
 
     /// The most specific service for a request. `path` is the normalised path without query.
     pub fn find(&self, scheme: Scheme, host: &str, port: u16, path: &str) -> Option<&Service> {
-        self.services.iter().find(|s| {
+        self.candidates(host).find(|s| {
             s.pattern.scheme == scheme
                 && s.pattern.port == port
-                && host_matches(&s.pattern.host, host)
                 && match &s.pattern.path {
                     PathPattern::Any => true,
                     PathPattern::Prefix(p) => path.starts_with(p.as_str()),
@@ -219,17 +256,6 @@ impl VaultPolicy {
 
     pub fn services(&self) -> &[Service] {
         &self.services
-    }
-}
-
-/// `*.example.com` matches exactly one extra label.
-fn host_matches(pattern: &HostName, host: &str) -> bool {
-    match pattern {
-        HostName::Exact(h) => h == host,
-        HostName::Wildcard(suffix) => host
-            .strip_suffix(suffix.as_str())
-            .and_then(|l| l.strip_suffix('.'))
-            .is_some_and(|label| !label.is_empty() && !label.contains('.')),
     }
 }
 
@@ -255,13 +281,67 @@ pub fn check_path(path: &str) -> Result<(), &'static str> {
 mod tests {
     use super::*;
 
+    fn service(name: &str, host: &str) -> Service {
+        Service {
+            name: name.into(),
+            pattern: HostPattern::parse(host).unwrap(),
+            enabled: true,
+            inject: vec![],
+            drop_authorization: true,
+            substitutions: vec![],
+            error: None,
+            scrub: vec![],
+        }
+    }
+
+    fn vault() -> VaultPolicy {
+        let services = vec![
+            service("wild", "*.github.com"),
+            service("api", "api.github.com"),
+            service("v2", "api.github.com/v2/*"),
+            service("plain", "http://api.github.com"),
+        ];
+        VaultPolicy::new(1, "v".into(), UnmatchedPolicy::Deny, services)
+    }
+
     #[test]
     fn wildcard_matches_one_label() {
-        let w = HostName::Wildcard("github.com".into());
-        assert!(host_matches(&w, "api.github.com"));
-        assert!(!host_matches(&w, "github.com"));
-        assert!(!host_matches(&w, "a.b.github.com"));
-        assert!(!host_matches(&w, "evilgithub.com"));
+        let v = vault();
+        let find = |host: &str| {
+            v.find(Scheme::Https, host, 443, "/")
+                .map(|s| s.name.as_str())
+        };
+        assert_eq!(find("uploads.github.com"), Some("wild"));
+        assert_eq!(find("github.com"), None);
+        assert_eq!(find("a.b.github.com"), None);
+        assert_eq!(find("evilgithub.com"), None);
+        assert_eq!(find(".github.com"), None);
+    }
+
+    #[test]
+    fn priority_exact_then_longer_path_then_scheme_and_port() {
+        let v = vault();
+        assert_eq!(
+            v.find(Scheme::Https, "api.github.com", 443, "/v2/repos")
+                .unwrap()
+                .name,
+            "v2"
+        );
+        assert_eq!(
+            v.find(Scheme::Https, "api.github.com", 443, "/v1/repos")
+                .unwrap()
+                .name,
+            "api"
+        );
+        assert_eq!(
+            v.find(Scheme::Http, "api.github.com", 80, "/x")
+                .unwrap()
+                .name,
+            "plain"
+        );
+        assert!(v.find(Scheme::Https, "api.github.com", 8443, "/").is_none());
+        assert!(v.has_host(Scheme::Https, "x.github.com", 443));
+        assert!(!v.has_host(Scheme::Http, "x.github.com", 80));
     }
 
     /// security.md row 7 (A-08).

@@ -1,7 +1,8 @@
 //! The load harness (performance.md): airlock against direct, side by side, in one run.
 //!
 //! `cargo bench --bench load -- [--duration SECS] [--connections N] [--rate REQ_PER_S]
-//! [--workers N] [--driver auto|io-uring|epoll] [--idle N] [--bulk-mib N] [--quick]`
+//! [--workers N] [--driver auto|io-uring|epoll] [--idle N] [--bulk-mib N] [--sse-events N]
+//! [--sse-ms MS] [--quick]`
 //!
 //! It starts a loopback HTTPS upstream with its own CA and `airlock serve` (the real binary) with
 //! a vault whose service points at that upstream through `--resolve`, then runs each scenario
@@ -60,6 +61,8 @@ fn opts() -> Opts {
             "--driver" => o.driver = next(),
             "--idle" => o.idle = next().parse().unwrap_or(2000),
             "--bulk-mib" => o.bulk_mib = next().parse().unwrap_or(64),
+            "--sse-events" => o.sse_events = next().parse().unwrap_or(50),
+            "--sse-ms" => o.sse_ms = next().parse().unwrap_or(20),
             "--quick" => {
                 (
                     o.duration,

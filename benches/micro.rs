@@ -1,0 +1,142 @@
+//! Micro benchmarks of the per-request hot pieces (criterion): head parse, matching over 1,000
+//! services, building the upstream head with injection, leaf minting, opening a credential and
+//! looking up a token. `cargo bench --bench micro`; CI runs it with `-- --test` (once each).
+
+// A benchmark: setup failures should stop it loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::hint::black_box;
+
+use airlock::policy::Policy;
+use airlock::proxy::upstream::Target;
+use airlock::secret::Secret;
+use airlock::spec::{AuthSpec, Scheme, ServiceSpec};
+use airlock::vault::keys::KeySources;
+use airlock::vault::setup;
+use airlock::vault::tokens::TokenHash;
+use airlock::vault::{Store, StoreOptions};
+use criterion::{Criterion, criterion_group, criterion_main};
+
+const HEAD: &[u8] = b"POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.com\r\nUser-Agent: OpenAI/Python 1.54.0\r\nAccept: application/json\r\nContent-Type: application/json\r\nAuthorization: Bearer placeholder\r\nX-Stainless-Lang: python\r\nX-Stainless-Package-Version: 1.54.0\r\nContent-Length: 120\r\n\r\n";
+
+fn benches(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let actor = "bench";
+    setup::init(
+        dir.path(),
+        &KeySources::default(),
+        StoreOptions::default(),
+        actor,
+    )
+    .unwrap();
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    store
+        .set_credential(
+            actor,
+            "default",
+            "OPENAI_KEY",
+            &Secret::new(b"sk-bench-0123456789abcdef".to_vec()),
+        )
+        .unwrap();
+    let mut specs: Vec<ServiceSpec> = (0..999)
+        .map(|i| ServiceSpec {
+            name: format!("svc-{i:04}"),
+            host: format!("api{i}.vendor{}.com", i % 37),
+            auth: AuthSpec::Bearer {
+                token: "OPENAI_KEY".into(),
+            },
+            substitutions: vec![],
+            enabled: true,
+        })
+        .collect();
+    specs.push(ServiceSpec {
+        name: "openai".into(),
+        host: "api.openai.com".into(),
+        auth: AuthSpec::Bearer {
+            token: "OPENAI_KEY".into(),
+        },
+        substitutions: vec![],
+        enabled: true,
+    });
+    store.set_services(actor, "default", specs, false).unwrap();
+    let token = store
+        .create_agent(actor, "bench", &["default".to_owned()])
+        .unwrap();
+    let unlocked = setup::unlock(&store, dir.path(), &KeySources::default()).unwrap();
+    let policy = Policy::compile(&store, &unlocked.opener).unwrap();
+    let vault = policy.vault("default").unwrap();
+    let target = Target {
+        scheme: Scheme::Https,
+        host: "api.openai.com".into(),
+        port: 443,
+    };
+
+    c.bench_function("head_parse", |b| {
+        b.iter(|| {
+            airlock::http::head::parse_request(black_box(HEAD))
+                .unwrap()
+                .headers
+                .len()
+        })
+    });
+    c.bench_function("match_1000_services", |b| {
+        b.iter(|| {
+            vault
+                .find(
+                    Scheme::Https,
+                    black_box("api.openai.com"),
+                    443,
+                    "/v1/chat/completions",
+                )
+                .is_some()
+        })
+    });
+    c.bench_function("match_1000_services_miss", |b| {
+        b.iter(|| {
+            vault
+                .find(
+                    Scheme::Https,
+                    black_box("api.unknown-vendor.com"),
+                    443,
+                    "/v1",
+                )
+                .is_none()
+        })
+    });
+    c.bench_function("inject_and_rebuild_head", |b| {
+        b.iter(|| airlock::proxy::forward::upstream_head(black_box(HEAD), &target, vault).unwrap())
+    });
+    let ca_pem = std::fs::read_to_string(dir.path().join("ca.pem")).unwrap();
+    let ca = certs_cache::Ca::load(
+        &unlocked.ca_name,
+        &ca_pem,
+        unlocked.ca_key_pkcs8_der.expose(),
+    )
+    .unwrap();
+    c.bench_function("leaf_mint", |b| {
+        b.iter(|| {
+            ca.mint_leaf(black_box("api.openai.com"))
+                .unwrap()
+                .cert_der
+                .len()
+        })
+    });
+    c.bench_function("credential_open", |b| {
+        b.iter(|| {
+            store
+                .open_credential(&unlocked.opener, "default", black_box("OPENAI_KEY"))
+                .unwrap()
+                .len()
+        })
+    });
+    let hash = TokenHash::of(token.token.expose());
+    c.bench_function("token_lookup", |b| {
+        b.iter(|| store.token_by_hash(black_box(hash)).unwrap().is_some())
+    });
+    c.bench_function("vault_generation_read", |b| {
+        b.iter(|| store.generation().unwrap())
+    });
+}
+
+criterion_group!(micro, benches);
+criterion_main!(micro);
