@@ -10,6 +10,7 @@ mod ctx;
 mod init;
 mod logs;
 mod output;
+mod proposal;
 mod service;
 mod vault;
 
@@ -19,6 +20,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 pub use self::ctx::Ctx;
+pub use self::output::rfc3339;
 use crate::config::{ConfigError, EX_CONFIG, FileConfig};
 use crate::vault::{UnmatchedPolicy, VaultError};
 
@@ -70,6 +72,9 @@ pub enum Command {
     /// Check a config file
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Review agents' proposals: list, show, approve (values on stdin), reject
+    #[command(subcommand)]
+    Proposal(ProposalCmd),
     /// Show the audit log of management writes
     #[command(subcommand)]
     Audit(AuditCmd),
@@ -198,6 +203,42 @@ pub enum TokenCmd {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum ProposalCmd {
+    /// List proposals, newest first
+    List {
+        #[arg(long)]
+        vault: Option<String>,
+        #[arg(long)]
+        status: Option<crate::vault::records::ProposalStatus>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what a proposal asks for and why
+    Show {
+        id: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply a proposal; values for --credential keys are read from stdin, one per line, in order
+    Approve {
+        id: u64,
+        #[arg(long = "credential", value_name = "KEY")]
+        credentials: Vec<String>,
+        /// Refuse if the proposal's content no longer has this digest (from `show`)
+        #[arg(long)]
+        digest: Option<String>,
+    },
+    /// Reject a proposal
+    Reject {
+        id: u64,
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long)]
+        digest: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum CaCmd {
     /// Print the CA certificate (PEM)
     Export,
@@ -287,6 +328,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Token(cmd) => agent::token(&ctx, cmd),
         Command::Ca(CaCmd::Export) => init::ca_export(&ctx),
         Command::Audit(cmd) => vault::audit(&ctx, cmd),
+        Command::Proposal(cmd) => proposal::run(&ctx, cmd),
         Command::Logs {
             vault,
             follow,

@@ -39,6 +39,8 @@ pub struct Shared {
     pub limits: Limits,
     /// `http://127.0.0.1:7480`: where agents reach the agent API (for hints).
     pub api_base: String,
+    /// `http://host:port` of the admin UI, for `approval_url`s (none when it has no HTTP listener).
+    pub admin_base: Option<String>,
     pub ca_pem: String,
     pub log: crate::requestlog::Sink,
     /// Set on SIGTERM/SIGINT: finish in-flight requests, take no new ones.
@@ -104,6 +106,13 @@ impl Drop for InFlight<'_> {
 }
 
 impl Shared {
+    /// Where an operator approves proposal `id`.
+    pub fn approval_url(&self, id: u64) -> Option<String> {
+        self.admin_base
+            .as_ref()
+            .map(|b| format!("{b}/proposals/{id}"))
+    }
+
     pub fn shutting_down(&self) -> bool {
         self.shutdown.load(Ordering::Relaxed)
     }

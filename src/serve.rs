@@ -239,6 +239,9 @@ pub fn run(settings: Settings, sources: &KeySources, actor: &str) -> Result<(), 
         upstream_tls: Arc::new(upstream_tls),
         limits: settings.limits,
         api_base: format!("http://{local}"),
+        // No admin process serves approvals in this build yet: proposals carry `approve_with`
+        // (the CLI command) instead of a URL that would lead nowhere.
+        admin_base: None,
         ca_pem,
         log: crate::requestlog::start(&settings.data_dir)?,
         shutdown: AtomicBool::new(false),

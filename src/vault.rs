@@ -5,6 +5,7 @@
 //! - [`records`]: versioned record types.
 //! - [`keys`], [`seal`], [`tokens`]: root key, credential sealing, bearer tokens.
 //! - [`ops`]: management writes, each one transaction with an audit record.
+//! - [`proposals`]: agents' requests for access, and their approval.
 //! - [`setup`]: `init` and `unlock` (the only code that needs the root key).
 //!
 //! This module must not depend on the data plane's runtime (monoio), so the CLI and the admin
@@ -13,6 +14,7 @@
 
 pub mod keys;
 pub mod ops;
+pub mod proposals;
 pub mod records;
 pub mod seal;
 pub mod setup;
@@ -69,9 +71,30 @@ pub enum VaultError {
     },
     #[error("certificate authority: {0}")]
     Ca(#[from] certs_cache::CertError),
+    #[error("vault {vault:?} already has {max} pending proposals; wait for the operator")]
+    TooManyPending { vault: String, max: usize },
+    #[error("proposal {0} was already decided")]
+    AlreadyDecided(u64),
+    #[error("proposal {0} has expired")]
+    ProposalExpired(u64),
+    #[error("proposal {0} changed since it was shown; review it again")]
+    ProposalChanged(u64),
 }
 
 impl VaultError {
+    /// The HTTP status the agent API and admin process answer with.
+    pub fn status(&self) -> u16 {
+        match self.code() {
+            "bad_request" | "credential_missing" => 400,
+            "not_found" => 404,
+            "conflict" | "already_decided" | "proposal_changed" => 409,
+            "proposal_expired" => 410,
+            "too_many_pending" => 429,
+            "storage_full" => 507,
+            _ => 500,
+        }
+    }
+
     pub fn code(&self) -> &'static str {
         match self {
             Self::Store(e) => e.code(),
@@ -86,6 +109,10 @@ impl VaultError {
             Self::MissingCredential { .. } => "credential_missing",
             Self::Io { .. } => "storage_io",
             Self::Ca(_) => "ca_error",
+            Self::TooManyPending { .. } => "too_many_pending",
+            Self::AlreadyDecided(_) => "already_decided",
+            Self::ProposalExpired(_) => "proposal_expired",
+            Self::ProposalChanged(_) => "proposal_changed",
         }
     }
 }

@@ -1,53 +1,90 @@
-//! The agent API on the proxy port (origin-form requests): `/healthz` and `/v1/ca.pem` need no
-//! token; the proposal endpoints come with the proposals work. Unknown paths get a JSON 404.
+//! The agent API on the proxy port (origin-form requests), in the wire format of product.md:
+//! `/healthz`, `/v1/ca.pem` and `/v1/guide` need no token; `/v1/discover`, `/v1/proposals` and
+//! `/v1/tokens` take `Authorization: Bearer <token>` (or `Proxy-Authorization`), with
+//! `x-airlock-vault` naming the vault for agents granted several. Bodies are JSON with a
+//! Content-Length of at most [`MAX_BODY`]. Nothing here ever returns a credential value.
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
+use serde_json::{Value, json};
 
 use super::Shared;
+use super::auth::{self, Identity};
 use super::error::ProxyError;
 use super::forward::{ExchangeError, Outcome};
 use crate::http::head::{self, Framing};
 use crate::http::io::BufConn;
+use crate::vault::records::{ProposalRecord, ProposalStatus, ServiceChange};
+use crate::vault::tokens::TokenKind;
+use crate::vault::{VaultError, now};
+
+/// Largest request body accepted on the agent API.
+pub const MAX_BODY: u64 = 64 * 1024;
+/// The agent guide served at `/v1/guide`.
+pub const GUIDE: &str = include_str!("guide.md");
+
+/// A parsed agent API request, detached from the read buffer.
+struct ApiRequest {
+    method: String,
+    path: String,
+    auth: Option<Vec<u8>>,
+    vault_hint: Option<String>,
+    close: bool,
+    body: Vec<u8>,
+}
 
 pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
     shared: &Shared,
     client: &mut BufConn<C>,
     n: usize,
 ) -> Result<Outcome, ExchangeError> {
-    let (method, path, framing, close) = {
-        let req = head::parse_request(&client.buffered()[..n])?;
-        let path = req.target.split('?').next().unwrap_or_default().to_owned();
-        (
-            req.method.to_owned(),
-            path,
-            head::request_framing(&req)?,
-            head::wants_close(req.version, &req.headers),
-        )
+    let (mut req, framing) = {
+        let r = head::parse_request(&client.buffered()[..n])?;
+        let auth = r
+            .one("authorization")?
+            .or(r.one("proxy-authorization")?)
+            .map(<[u8]>::to_vec);
+        let hint = r
+            .one("x-airlock-vault")?
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .map(str::to_owned);
+        let req = ApiRequest {
+            method: r.method.to_owned(),
+            path: r.target.split('?').next().unwrap_or_default().to_owned(),
+            auth,
+            vault_hint: hint,
+            close: head::wants_close(r.version, &r.headers),
+            body: Vec::new(),
+        };
+        (req, head::request_framing(&r)?)
     };
     client.consume(n);
-    if framing != Framing::Empty {
-        return Err(
-            ProxyError::new(404, "not_found", "no agent API endpoint takes a body yet").into(),
-        );
-    }
-    let (content_type, body) = match (method.as_str(), path.as_str()) {
-        ("GET", "/healthz") => ("application/json", br#"{"status":"ok"}"#.to_vec()),
-        ("GET", "/v1/ca.pem") => ("application/x-pem-file", shared.ca_pem.as_bytes().to_vec()),
-        _ => {
-            return Err(ProxyError::new(
-                404,
-                "not_found",
-                format!("no agent API endpoint {method} {path}"),
-            )
-            .into());
+    match framing {
+        Framing::Empty => {}
+        Framing::Length(len) if len <= MAX_BODY => {
+            while (client.buffered().len() as u64) < len {
+                let read = monoio::time::timeout(shared.limits.header_timeout, client.fill()).await;
+                if !matches!(read, Ok(Ok(k)) if k > 0) {
+                    return Err(ExchangeError::Abort);
+                }
+            }
+            req.body = client.buffered()[..len as usize].to_vec();
+            client.consume(len as usize);
         }
-    };
+        Framing::Length(_) => return Err(crate::http::HttpError::BodyTooLarge(MAX_BODY).into()),
+        _ => {
+            return Err(
+                ProxyError::new(411, "bad_request", "send the body with a Content-Length").into(),
+            );
+        }
+    }
+    let (status, content_type, body) = route(shared, &req)?;
     let mut out = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n",
+        "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n",
+        super::error::reason_phrase(status),
         body.len()
     )
     .into_bytes();
-    if close {
+    if req.close {
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
@@ -57,9 +94,191 @@ pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
         .await
         .map_err(|_| ExchangeError::Abort)?;
     client.flush().await.map_err(|_| ExchangeError::Abort)?;
-    Ok(if close {
+    Ok(if req.close {
         Outcome::Close
     } else {
         Outcome::KeepAlive
     })
+}
+
+type Reply = (u16, &'static str, Vec<u8>);
+
+fn json_reply(status: u16, v: Value) -> Result<Reply, ProxyError> {
+    Ok((status, "application/json", v.to_string().into_bytes()))
+}
+
+fn vault_error(e: VaultError) -> ProxyError {
+    ProxyError::new(e.status(), e.code(), e.to_string())
+}
+
+fn route(shared: &Shared, req: &ApiRequest) -> Result<Reply, ProxyError> {
+    match (req.method.as_str(), req.path.as_str()) {
+        ("GET", "/healthz") => return json_reply(200, json!({"status": "ok"})),
+        ("GET", "/v1/ca.pem") => {
+            return Ok((
+                200,
+                "application/x-pem-file",
+                shared.ca_pem.as_bytes().to_vec(),
+            ));
+        }
+        ("GET", "/v1/guide") => {
+            return Ok((
+                200,
+                "text/markdown; charset=utf-8",
+                GUIDE.as_bytes().to_vec(),
+            ));
+        }
+        _ => {}
+    }
+    let id = authenticate(shared, req)?;
+    match (req.method.as_str(), req.path.as_str()) {
+        ("GET", "/v1/discover") => discover(shared, &id),
+        ("POST", "/v1/proposals") => propose(shared, &id, &req.body),
+        ("GET", p) if p.starts_with("/v1/proposals/") => {
+            proposal_status(shared, &id, &p["/v1/proposals/".len()..])
+        }
+        ("POST", "/v1/tokens") => mint(shared, &id, &req.body),
+        ("DELETE", "/v1/tokens/self") => {
+            shared
+                .store
+                .revoke_token(&actor(&id), id.token)
+                .map_err(vault_error)?;
+            Ok((204, "application/json", Vec::new()))
+        }
+        (m, p) => Err(
+            ProxyError::new(404, "not_found", format!("no agent API endpoint {m} {p}"))
+                .hint("see GET /v1/guide"),
+        ),
+    }
+}
+
+fn authenticate(shared: &Shared, req: &ApiRequest) -> Result<Identity, ProxyError> {
+    auth::authenticate(
+        &shared.store,
+        req.auth.as_deref(),
+        req.vault_hint.as_deref(),
+    )
+    .map_err(|mut e| {
+        // On the agent API this is plain HTTP authentication, not proxy authentication.
+        if e.code == "proxy_auth_required" {
+            e = ProxyError::new(401, "unauthorized", "send Authorization: Bearer <token>");
+        }
+        e
+    })
+}
+
+fn actor(id: &Identity) -> String {
+    id.agent
+        .as_ref()
+        .map_or_else(|| "agent".to_owned(), |a| format!("agent:{a}"))
+}
+
+fn discover(shared: &Shared, id: &Identity) -> Result<Reply, ProxyError> {
+    let services: Vec<Value> = shared
+        .store
+        .services(&id.vault)
+        .map_err(vault_error)?
+        .into_iter()
+        .filter(|s| s.spec.enabled)
+        .map(|s| json!({"name": s.spec.name, "host": s.spec.host, "auth": s.spec.auth_type()}))
+        .collect();
+    let credentials: Vec<String> = shared
+        .store
+        .credentials(&id.vault)
+        .map_err(vault_error)?
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    json_reply(
+        200,
+        json!({"vault": id.vault, "services": services, "credentials": credentials}),
+    )
+}
+
+fn propose(shared: &Shared, id: &Identity, body: &[u8]) -> Result<Reply, ProxyError> {
+    let new = serde_json::from_slice(body)
+        .map_err(|e| ProxyError::new(400, "bad_request", format!("proposal: {e}")))?;
+    let p = shared
+        .store
+        .create_proposal(&id.vault, id.agent.as_deref(), new)
+        .map_err(vault_error)?;
+    json_reply(201, proposal_json(shared, &p))
+}
+
+fn proposal_status(shared: &Shared, id: &Identity, raw: &str) -> Result<Reply, ProxyError> {
+    let not_found =
+        || ProxyError::new(404, "not_found", format!("no proposal {raw} in this vault"));
+    let pid: u64 = raw.parse().map_err(|_| not_found())?;
+    let p = shared.store.proposal(pid).map_err(|_| not_found())?;
+    if p.vault != id.vault {
+        return Err(not_found());
+    }
+    json_reply(200, proposal_json(shared, &p))
+}
+
+/// The wire form of a proposal. `applied` is reported only once this process serves the change.
+fn proposal_json(shared: &Shared, p: &ProposalRecord) -> Value {
+    let mut status = p.status_at(now());
+    if status == ProposalStatus::Applied
+        && p.applied_generation
+            .is_some_and(|g| g > shared.policy().generation)
+    {
+        status = ProposalStatus::Pending;
+    }
+    let services: Vec<Value> = p
+        .services
+        .iter()
+        .map(|c| match c {
+            ServiceChange::Set(s) => json!({"action": "set", "name": s.name, "host": s.host}),
+            ServiceChange::Delete { name } => json!({"action": "delete", "name": name}),
+        })
+        .collect();
+    let credentials: Vec<&str> = p.credentials.iter().map(|c| c.key.as_str()).collect();
+    json!({
+        "id": p.id,
+        "status": status,
+        "vault": p.vault,
+        "reason": p.reason,
+        "services": services,
+        "credentials": credentials,
+        "created_at": crate::cli::rfc3339(p.created_at),
+        "expires_at": crate::cli::rfc3339(p.expires_at),
+        "approval_url": shared.approval_url(p.id),
+        "approve_with": format!("airlock proposal approve {}", p.id),
+    })
+}
+
+fn mint(shared: &Shared, id: &Identity, body: &[u8]) -> Result<Reply, ProxyError> {
+    if id.kind != TokenKind::Agent {
+        return Err(ProxyError::new(
+            403,
+            "forbidden",
+            "only an agent token can mint scoped tokens",
+        ));
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Mint {
+        #[serde(default = "hour")]
+        ttl_seconds: u64,
+    }
+    fn hour() -> u64 {
+        3600
+    }
+    let m: Mint = if body.is_empty() {
+        Mint { ttl_seconds: 3600 }
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|e| ProxyError::new(400, "bad_request", e.to_string()))?
+    };
+    let ttl = std::time::Duration::from_secs(m.ttl_seconds);
+    let (minted, expires_at) = shared
+        .store
+        .mint_token(&actor(id), &id.vault, ttl, id.agent.as_deref())
+        .map_err(vault_error)?;
+    let token = String::from_utf8_lossy(minted.token.expose()).into_owned();
+    json_reply(
+        201,
+        json!({"token": token, "vault": id.vault, "expires_at": crate::cli::rfc3339(expires_at)}),
+    )
 }

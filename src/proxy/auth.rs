@@ -15,6 +15,7 @@ pub struct Identity {
     pub agent: Option<String>,
     pub vault: String,
     pub expires_at: Option<u64>,
+    pub kind: TokenKind,
 }
 
 fn required(message: &str) -> ProxyError {
@@ -46,10 +47,18 @@ fn credentials(value: &[u8]) -> Result<(Vec<u8>, String), ProxyError> {
     Ok((token.as_bytes().to_vec(), vault.to_owned()))
 }
 
-/// Authenticates the first request of a connection.
-pub fn authenticate(store: &Store, header: Option<&[u8]>) -> Result<Identity, ProxyError> {
+/// Authenticates the first request of a connection. `vault_hint` (`x-airlock-vault` on the
+/// agent API) names the vault when the header does not.
+pub fn authenticate(
+    store: &Store,
+    header: Option<&[u8]>,
+    vault_hint: Option<&str>,
+) -> Result<Identity, ProxyError> {
     let value = header.ok_or_else(|| required("proxy authentication is required"))?;
-    let (token, requested) = credentials(value)?;
+    let (token, mut requested) = credentials(value)?;
+    if requested.is_empty() {
+        requested = vault_hint.unwrap_or_default().to_owned();
+    }
     let token = crate::secret::Secret::new(token);
     if tokens::parse(token.expose()).is_none() {
         return Err(ProxyError::new(
@@ -65,6 +74,7 @@ pub fn authenticate(store: &Store, header: Option<&[u8]>) -> Result<Identity, Pr
         agent: record.agent,
         vault,
         expires_at: record.expires_at,
+        kind: record.kind,
     })
 }
 

@@ -155,7 +155,7 @@ async fn connect(shared: Arc<Shared>, mut client: BufConn<TcpStream>, n: usize, 
         Ok(a) => a,
         Err(e) => return reply_and_close(&mut client, &e).await,
     };
-    let id = match auth::authenticate(&shared.store, auth_header.as_deref()) {
+    let id = match auth::authenticate(&shared.store, auth_header.as_deref(), None) {
         Ok(id) => id,
         Err(e) => return reply_and_close(&mut client, &e).await,
     };
@@ -291,7 +291,7 @@ async fn plain(
     let auth_header = head::parse_request(&client.buffered()[..n])?
         .one("proxy-authorization")?
         .map(<[u8]>::to_vec);
-    let id = auth::authenticate(&shared.store, auth_header.as_deref())?;
+    let id = auth::authenticate(&shared.store, auth_header.as_deref(), None)?;
     let rest = target
         .strip_prefix("http://")
         .ok_or_else(|| ProxyError::new(400, "bad_request", "use CONNECT for https:// targets"))?;

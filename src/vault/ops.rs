@@ -61,6 +61,86 @@ fn vault_services<T: Transaction>(
     )
 }
 
+/// Upserts `sets` and removes `deletes` (or, with `replace`, everything not in `sets`) in one
+/// transaction: the resulting list must have unique matchers and every credential a written
+/// service uses must exist (credentials written earlier in the same transaction count).
+pub(crate) fn apply_services(
+    t: &mut Txn<lmdb::RwTransaction<'_>>,
+    v: &VaultRecord,
+    sets: Vec<ServiceSpec>,
+    deletes: &[String],
+    replace: bool,
+) -> Result<ServiceChange, VaultError> {
+    let existing: BTreeMap<String, ServiceRecord> = vault_services(t, v)?
+        .into_iter()
+        .map(|r| (r.spec.name.clone(), r))
+        .collect();
+    let mut merged: BTreeMap<String, ServiceSpec> = if replace {
+        BTreeMap::new()
+    } else {
+        existing
+            .iter()
+            .map(|(k, r)| (k.clone(), r.spec.clone()))
+            .collect()
+    };
+    for name in deletes {
+        if merged.remove(name).is_none() {
+            return Err(VaultError::NotFound {
+                kind: "service",
+                name: name.clone(),
+            });
+        }
+    }
+    for s in &sets {
+        merged.insert(s.name.clone(), s.clone());
+    }
+    let list: Vec<ServiceSpec> = merged.values().cloned().collect();
+    spec::check_unique_matchers(&list)?;
+    for s in &list {
+        for key in s.credential_keys() {
+            if t.get_raw(t.dbs().credentials, &vault_key(v.id, key))?
+                .is_none()
+            {
+                return Err(VaultError::MissingCredential {
+                    vault: v.name.clone(),
+                    service: s.name.clone(),
+                    key: key.to_owned(),
+                });
+            }
+        }
+    }
+    let mut change = ServiceChange::default();
+    let at = now();
+    for s in sets {
+        let created_at = match existing.get(&s.name) {
+            Some(old) if old.spec == s => continue,
+            Some(old) => {
+                change.updated.push(s.name.clone());
+                old.created_at
+            }
+            None => {
+                change.added.push(s.name.clone());
+                at
+            }
+        };
+        let key = vault_key(v.id, &s.name);
+        t.put(
+            t.dbs().services,
+            &key,
+            &ServiceRecord {
+                spec: s,
+                created_at,
+                updated_at: at,
+            },
+        )?;
+    }
+    for name in existing.keys().filter(|n| !merged.contains_key(*n)) {
+        t.delete(t.dbs().services, &vault_key(v.id, name))?;
+        change.removed.push(name.clone());
+    }
+    Ok(change)
+}
+
 /// What [`Store::set_services`] changed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ServiceChange {
@@ -158,67 +238,7 @@ impl Store {
         }
         self.write(|t| {
             let v = find_vault(t, vault)?;
-            let existing: BTreeMap<String, ServiceRecord> = vault_services(t, &v)?
-                .into_iter()
-                .map(|r| (r.spec.name.clone(), r))
-                .collect();
-            let mut merged: BTreeMap<String, ServiceSpec> = if replace {
-                BTreeMap::new()
-            } else {
-                existing
-                    .iter()
-                    .map(|(k, r)| (k.clone(), r.spec.clone()))
-                    .collect()
-            };
-            for s in &specs {
-                merged.insert(s.name.clone(), s.clone());
-            }
-            let list: Vec<ServiceSpec> = merged.values().cloned().collect();
-            spec::check_unique_matchers(&list)?;
-            for s in &specs {
-                for key in s.credential_keys() {
-                    if t.get_raw(t.dbs().credentials, &vault_key(v.id, key))?
-                        .is_none()
-                    {
-                        return Err(VaultError::MissingCredential {
-                            vault: vault.to_owned(),
-                            service: s.name.clone(),
-                            key: key.to_owned(),
-                        });
-                    }
-                }
-            }
-            let mut change = ServiceChange::default();
-            let at = now();
-            for s in specs {
-                let created_at = match existing.get(&s.name) {
-                    Some(old) if old.spec == s => continue,
-                    Some(old) => {
-                        change.updated.push(s.name.clone());
-                        old.created_at
-                    }
-                    None => {
-                        change.added.push(s.name.clone());
-                        at
-                    }
-                };
-                let key = vault_key(v.id, &s.name);
-                t.put(
-                    t.dbs().services,
-                    &key,
-                    &ServiceRecord {
-                        spec: s,
-                        created_at,
-                        updated_at: at,
-                    },
-                )?;
-            }
-            if replace {
-                for name in existing.keys().filter(|n| !merged.contains_key(*n)) {
-                    t.delete(t.dbs().services, &vault_key(v.id, name))?;
-                    change.removed.push(name.clone());
-                }
-            }
+            let change = apply_services(t, &v, specs, &[], replace)?;
             let detail = format!(
                 "added={:?} updated={:?} removed={:?}",
                 change.added, change.updated, change.removed
@@ -516,6 +536,24 @@ impl Store {
 
     pub fn token_by_hash(&self, hash: TokenHash) -> Result<Option<TokenRecord>, VaultError> {
         Ok(self.read(|t| t.get(t.dbs().tokens, "tokens", &hash.0))?)
+    }
+
+    /// Revokes one scoped token (`DELETE /v1/tokens/self`).
+    pub fn revoke_token(&self, actor: &str, hash: TokenHash) -> Result<(), VaultError> {
+        self.write(|t| {
+            let rec: Option<TokenRecord> = t.get(t.dbs().tokens, "tokens", &hash.0)?;
+            match rec {
+                Some(r) if r.kind == TokenKind::Scoped => {
+                    t.delete(t.dbs().tokens, &hash.0)?;
+                    let vault = r.vault.unwrap_or_default();
+                    t.audit(actor, "token.revoke", &format!("vault {vault}"), "")
+                        .map_err(VaultError::from)
+                }
+                _ => Err(VaultError::Invalid(
+                    "only scoped tokens can be revoked this way".into(),
+                )),
+            }
+        })
     }
 
     pub fn agent(&self, name: &str) -> Result<AgentRecord, VaultError> {

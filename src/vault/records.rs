@@ -115,6 +115,90 @@ pub struct AuditRecord {
     pub detail: String,
 }
 
+/// Where a proposal stands. `expired` is derived from `expires_at` when read.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ProposalStatus {
+    Pending,
+    Applied,
+    Rejected,
+    Expired,
+}
+
+/// A proposed change to one service.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", rename_all = "lowercase")]
+pub enum ServiceChange {
+    Set(ServiceSpec),
+    Delete { name: String },
+}
+
+/// A credential slot: what the operator is asked to paste (or what the agent supplied).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialSlot {
+    #[serde(default = "set_action")]
+    pub action: SlotAction,
+    pub key: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub obtain: String,
+    #[serde(default)]
+    pub obtain_instructions: String,
+    /// An agent-supplied value, sealed at submission as the final credential (never stored
+    /// in clear); base64 of the sealed bytes.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "opt_base64_bytes"
+    )]
+    pub sealed: Option<Vec<u8>>,
+}
+
+fn set_action() -> SlotAction {
+    SlotAction::Set
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlotAction {
+    Set,
+    Delete,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct ProposalRecord {
+    pub id: u64,
+    pub vault: String,
+    pub agent: Option<String>,
+    pub status: ProposalStatus,
+    pub services: Vec<ServiceChange>,
+    pub credentials: Vec<CredentialSlot>,
+    pub message: String,
+    pub user_message: String,
+    /// SHA-256 (hex) of the content an approval is bound to.
+    pub digest: String,
+    pub created_at: u64,
+    pub expires_at: u64,
+    pub decided_at: Option<u64>,
+    pub decided_by: Option<String>,
+    pub reason: Option<String>,
+    /// The vault generation that carries the applied change.
+    pub applied_generation: Option<u64>,
+}
+
+impl ProposalRecord {
+    /// The status as of `now` (pending proposals past their expiry read as expired).
+    pub fn status_at(&self, now: u64) -> ProposalStatus {
+        if self.status == ProposalStatus::Pending && self.expires_at <= now {
+            ProposalStatus::Expired
+        } else {
+            self.status
+        }
+    }
+}
+
 /// How the root key is obtained for this vault.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -137,6 +221,27 @@ pub struct KeyHeader {
     pub wrapped_secret: Vec<u8>,
     /// The CA's subject common name (the CA is rebuilt from it and its key).
     pub ca_name: String,
+}
+
+mod opt_base64_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match bytes {
+            Some(b) => s.serialize_str(&data_encoding::BASE64.encode(b)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        let text = <Option<std::borrow::Cow<'de, str>>>::deserialize(d)?;
+        text.map(|t| {
+            data_encoding::BASE64
+                .decode(t.as_bytes())
+                .map_err(serde::de::Error::custom)
+        })
+        .transpose()
+    }
 }
 
 mod base64_bytes {

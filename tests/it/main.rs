@@ -7,6 +7,7 @@
 mod cli;
 mod harness;
 mod origin;
+mod proposals;
 mod proxy;
 mod proxy_harness;
 mod rows;

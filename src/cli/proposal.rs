@@ -1,0 +1,234 @@
+//! `airlock proposal list|show|approve|reject`: the operator's side of proposals on the CLI.
+//! Agent-written text is printed with control and bidirectional-override characters escaped
+//! (row 50), and credential values are read from stdin, never from arguments.
+
+use std::io::Read;
+
+use serde_json::json;
+
+use super::output::{self, rfc3339};
+use super::{CliError, Ctx, ProposalCmd};
+use crate::secret::{self, Secret};
+use crate::vault::records::{ProposalRecord, ServiceChange, SlotAction};
+
+pub fn run(ctx: &Ctx, cmd: ProposalCmd) -> Result<(), CliError> {
+    let store = ctx.open_store()?;
+    match cmd {
+        ProposalCmd::List {
+            vault,
+            status,
+            json,
+        } => {
+            let list = store.proposals(vault.as_deref(), status)?;
+            let now = crate::vault::now();
+            if json {
+                let v: Vec<_> = list.iter().map(|p| summary(p, now)).collect();
+                output::json(&json!(v))?;
+            } else {
+                let rows: Vec<_> = list
+                    .iter()
+                    .map(|p| {
+                        vec![
+                            p.id.to_string(),
+                            format!("{:?}", p.status_at(now)).to_lowercase(),
+                            p.vault.clone(),
+                            p.agent.clone().unwrap_or_else(|| "-".into()),
+                            hosts(p),
+                            rfc3339(p.created_at),
+                        ]
+                    })
+                    .collect();
+                output::table(
+                    &["ID", "STATUS", "VAULT", "AGENT", "HOSTS", "CREATED"],
+                    &rows,
+                );
+            }
+        }
+        ProposalCmd::Show { id, json } => {
+            let p = store.proposal(id)?;
+            if json {
+                output::json(&summary(&p, crate::vault::now()))?;
+            } else {
+                show(&p);
+            }
+        }
+        ProposalCmd::Approve {
+            id,
+            credentials,
+            digest,
+        } => {
+            let values = read_values(&credentials)?;
+            let p = store.approve_proposal(&ctx.actor, id, digest.as_deref(), values)?;
+            println!(
+                "approved proposal {id}: vault {} now has {}",
+                p.vault,
+                hosts(&p)
+            );
+        }
+        ProposalCmd::Reject { id, reason, digest } => {
+            store.reject_proposal(
+                &ctx.actor,
+                id,
+                reason.as_deref().unwrap_or(""),
+                digest.as_deref(),
+            )?;
+            println!("rejected proposal {id}");
+        }
+    }
+    Ok(())
+}
+
+/// One value per line on stdin, in the order of the `--credential` flags.
+fn read_values(keys: &[String]) -> Result<Vec<(String, Secret)>, CliError> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut raw = Vec::new();
+    std::io::stdin()
+        .take(1 << 20)
+        .read_to_end(&mut raw)
+        .map_err(|source| CliError::Io {
+            what: "stdin".into(),
+            source,
+        })?;
+    let raw = Secret::new(raw);
+    let text = raw.expose().strip_suffix(b"\n").unwrap_or(raw.expose());
+    let lines: Vec<&[u8]> = text
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .collect();
+    if lines.len() != keys.len() {
+        return Err(CliError::Usage(format!(
+            "expected {} value(s) on stdin, one per line, for {}; got {}",
+            keys.len(),
+            keys.join(", "),
+            lines.len()
+        )));
+    }
+    keys.iter()
+        .zip(lines)
+        .map(|(k, v)| {
+            secret::check_value(v).map_err(|e| CliError::Usage(format!("{k}: {e}")))?;
+            Ok((k.clone(), Secret::new(v.to_vec())))
+        })
+        .collect()
+}
+
+fn hosts(p: &ProposalRecord) -> String {
+    let list: Vec<&str> = p
+        .services
+        .iter()
+        .map(|c| match c {
+            ServiceChange::Set(s) => s.host.as_str(),
+            ServiceChange::Delete { name } => name.as_str(),
+        })
+        .collect();
+    if list.is_empty() {
+        "-".into()
+    } else {
+        list.join(",")
+    }
+}
+
+fn summary(p: &ProposalRecord, now: u64) -> serde_json::Value {
+    json!({
+        "id": p.id, "status": p.status_at(now), "vault": p.vault, "agent": p.agent,
+        "services": p.services,
+        "credentials": p.credentials.iter().map(|c| json!({
+            "action": c.action, "key": c.key, "description": c.description, "obtain": c.obtain,
+            "obtain_instructions": c.obtain_instructions, "value_supplied": c.sealed.is_some(),
+        })).collect::<Vec<_>>(),
+        "message": p.message, "user_message": p.user_message, "digest": p.digest,
+        "created_at": rfc3339(p.created_at), "expires_at": rfc3339(p.expires_at),
+        "decided_by": p.decided_by, "reason": p.reason,
+    })
+}
+
+/// Escapes what could fool a terminal: control characters and bidi overrides.
+pub fn inert(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            let bidi = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+            if (c.is_control() && c != '\n') || bidi { c.escape_unicode().to_string() } else { c.to_string() }
+        })
+        .collect()
+}
+
+fn show(p: &ProposalRecord) {
+    println!(
+        "proposal {} ({:?}) for vault {} from {}",
+        p.id,
+        p.status_at(crate::vault::now()),
+        p.vault,
+        p.agent.as_deref().unwrap_or("an agent")
+    );
+    println!(
+        "created {}, expires {}; digest {}",
+        rfc3339(p.created_at),
+        rfc3339(p.expires_at),
+        p.digest
+    );
+    if !p.user_message.is_empty() {
+        println!(
+            "\nThe agent says:\n  {}",
+            inert(&p.user_message).replace('\n', "\n  ")
+        );
+    }
+    for c in &p.services {
+        match c {
+            ServiceChange::Set(s) => println!(
+                "\nservice {} -> {} ({}), credentials: {}",
+                s.name,
+                s.host,
+                s.auth_type(),
+                s.credential_keys()
+                    .into_iter()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            ServiceChange::Delete { name } => println!("\ndelete service {name}"),
+        }
+    }
+    for c in &p.credentials {
+        match (c.action, c.sealed.is_some()) {
+            (SlotAction::Delete, _) => println!("\ndelete credential {}", c.key),
+            (SlotAction::Set, true) => println!(
+                "\ncredential {}: value supplied by the agent (sealed)",
+                c.key
+            ),
+            (SlotAction::Set, false) => {
+                println!(
+                    "\ncredential {}: you provide it (--credential {})",
+                    c.key, c.key
+                );
+                if !c.description.is_empty() {
+                    println!("  {}", inert(&c.description));
+                }
+                if !c.obtain.is_empty() {
+                    println!("  get it at {}", inert(&c.obtain));
+                }
+                if !c.obtain_instructions.is_empty() {
+                    println!("  {}", inert(&c.obtain_instructions));
+                }
+            }
+        }
+    }
+    if !p.message.is_empty() {
+        println!("\nNote for developers: {}", inert(&p.message));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Row 50 (H-06): hostile agent text is printed inert.
+    #[test]
+    fn row50_control_and_bidi_escaped() {
+        assert_eq!(
+            inert("ok\u{202e}txt.exe\u{1b}[31m"),
+            "ok\\u{202e}txt.exe\\u{1b}[31m"
+        );
+        assert_eq!(inert("line\nnext"), "line\nnext");
+    }
+}

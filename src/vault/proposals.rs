@@ -1,0 +1,429 @@
+//! Proposals: an agent asks for services and credential slots; an operator approves (pasting
+//! values) or rejects. Approval applies everything in one transaction and bumps the generation.
+//!
+//! Validation happens at submission ([`Store::create_proposal`]): at most [`MAX_SERVICES`]
+//! services and [`MAX_SLOTS`] slots, every grammar, referenced keys existing or proposed, text
+//! capped and free of control characters, at most [`MAX_PENDING`] pending per vault. An
+//! agent-supplied value is sealed at once, bound to the credential it will become, so nothing
+//! ever needs to open it before the data plane does. Approvals are bound to the proposal's
+//! digest and are one-time; a pending proposal expires after [`TTL`].
+
+use std::collections::BTreeSet;
+
+use serde::Deserialize;
+
+use super::ops::{CREDENTIAL_KIND, apply_services, public_key, vault_key};
+use super::records::{
+    CredentialRecord, CredentialSlot, ProposalRecord, ProposalStatus, ServiceChange, SlotAction,
+    VaultRecord,
+};
+use super::seal::{self, SealContext};
+use super::store::Store;
+use super::{VaultError, now};
+use crate::names;
+use crate::secret::Secret;
+
+pub const MAX_SERVICES: usize = 10;
+pub const MAX_SLOTS: usize = 10;
+pub const MAX_PENDING: usize = 20;
+/// Longest `message` / `user_message`, in characters.
+pub const MESSAGE_CAP: usize = 2000;
+/// Longest description, obtain URL or instructions, and rejection reason.
+pub const FIELD_CAP: usize = 500;
+/// How long a proposal stays pending.
+pub const TTL: u64 = 7 * 24 * 3600;
+
+/// The body of `POST /v1/proposals`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewProposal {
+    #[serde(default)]
+    pub services: Vec<ServiceChange>,
+    #[serde(default)]
+    pub credentials: Vec<NewSlot>,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default)]
+    pub user_message: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewSlot {
+    #[serde(default = "default_action")]
+    pub action: SlotAction,
+    pub key: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub obtain: String,
+    #[serde(default)]
+    pub obtain_instructions: String,
+    /// Optional value the agent already has (e.g. one it generated); sealed at once.
+    #[serde(default)]
+    pub value: Option<String>,
+}
+
+fn default_action() -> SlotAction {
+    SlotAction::Set
+}
+
+fn invalid(m: impl Into<String>) -> VaultError {
+    VaultError::Invalid(m.into())
+}
+
+/// Text an agent wrote: capped, and no control characters but newline and tab (row 50).
+fn check_text(field: &str, text: &str, cap: usize) -> Result<(), VaultError> {
+    if text.chars().count() > cap {
+        return Err(invalid(format!("{field} is longer than {cap} characters")));
+    }
+    if text
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        return Err(invalid(format!("{field} contains control characters")));
+    }
+    Ok(())
+}
+
+fn digest(
+    vault: &str,
+    services: &[ServiceChange],
+    slots: &[CredentialSlot],
+    message: &str,
+    user_message: &str,
+) -> String {
+    let content = serde_json::json!({
+        "vault": vault, "services": services, "credentials": slots,
+        "message": message, "user_message": user_message,
+    });
+    let d = ring::digest::digest(&ring::digest::SHA256, content.to_string().as_bytes());
+    data_encoding::HEXLOWER.encode(d.as_ref())
+}
+
+impl Store {
+    /// Validates and stores a proposal from `agent` for `vault`.
+    pub fn create_proposal(
+        &self,
+        vault: &str,
+        agent: Option<&str>,
+        new: NewProposal,
+    ) -> Result<ProposalRecord, VaultError> {
+        if new.services.is_empty() && new.credentials.is_empty() {
+            return Err(invalid(
+                "a proposal needs at least one service or credential",
+            ));
+        }
+        if new.services.len() > MAX_SERVICES || new.credentials.len() > MAX_SLOTS {
+            return Err(invalid(format!(
+                "at most {MAX_SERVICES} services and {MAX_SLOTS} credentials per proposal"
+            )));
+        }
+        check_text("message", &new.message, MESSAGE_CAP)?;
+        check_text("user_message", &new.user_message, MESSAGE_CAP)?;
+        let mut names_seen = BTreeSet::new();
+        for change in &new.services {
+            let name = match change {
+                ServiceChange::Set(spec) => {
+                    spec.validate()?;
+                    &spec.name
+                }
+                ServiceChange::Delete { name } => {
+                    names::service(name)?;
+                    name
+                }
+            };
+            if !names_seen.insert(name.clone()) {
+                return Err(invalid(format!("service {name:?} appears twice")));
+            }
+        }
+        let public = public_key(&self.key_header()?)?;
+        let v = self.vault(vault)?;
+        let mut keys_seen = BTreeSet::new();
+        let mut slots = Vec::with_capacity(new.credentials.len());
+        for slot in new.credentials {
+            names::credential_key(&slot.key)?;
+            if !keys_seen.insert(slot.key.clone()) {
+                return Err(invalid(format!("credential {:?} appears twice", slot.key)));
+            }
+            check_text("description", &slot.description, FIELD_CAP)?;
+            check_text("obtain_instructions", &slot.obtain_instructions, FIELD_CAP)?;
+            check_text("obtain", &slot.obtain, FIELD_CAP)?;
+            if !slot.obtain.is_empty()
+                && !slot.obtain.starts_with("https://")
+                && !slot.obtain.starts_with("http://")
+            {
+                return Err(invalid("obtain must be an http(s) URL"));
+            }
+            let sealed = match (&slot.value, slot.action) {
+                (Some(_), SlotAction::Delete) => {
+                    return Err(invalid("a delete slot takes no value"));
+                }
+                (Some(value), SlotAction::Set) => {
+                    let value = Secret::new(value.clone().into_bytes());
+                    crate::secret::check_value(value.expose())
+                        .map_err(|e| invalid(format!("invalid_credential: {e}")))?;
+                    let ctx = SealContext {
+                        vault_id: v.id,
+                        kind: CREDENTIAL_KIND,
+                        name: &slot.key,
+                    };
+                    Some(seal::seal(&public, ctx, value.expose())?)
+                }
+                (None, _) => None,
+            };
+            slots.push(CredentialSlot {
+                action: slot.action,
+                key: slot.key,
+                description: slot.description,
+                obtain: slot.obtain,
+                obtain_instructions: slot.obtain_instructions,
+                sealed,
+            });
+        }
+        let proposed: BTreeSet<&str> = slots
+            .iter()
+            .filter(|s| s.action == SlotAction::Set)
+            .map(|s| s.key.as_str())
+            .collect();
+        let existing: BTreeSet<String> = self
+            .credentials(vault)?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        for change in &new.services {
+            if let ServiceChange::Set(spec) = change {
+                for key in spec.credential_keys() {
+                    if !proposed.contains(key) && !existing.contains(key) {
+                        return Err(VaultError::MissingCredential {
+                            vault: vault.to_owned(),
+                            service: spec.name.clone(),
+                            key: key.to_owned(),
+                        });
+                    }
+                }
+            }
+        }
+        let digest = digest(
+            vault,
+            &new.services,
+            &slots,
+            &new.message,
+            &new.user_message,
+        );
+        self.write(|t| {
+            let at = now();
+            let pending = t
+                .scan::<ProposalRecord>(t.dbs().proposals, "proposals", b"")?
+                .iter()
+                .filter(|(_, p)| p.vault == vault && p.status_at(at) == ProposalStatus::Pending)
+                .count();
+            if pending >= MAX_PENDING {
+                return Err(VaultError::TooManyPending {
+                    vault: vault.to_owned(),
+                    max: MAX_PENDING,
+                });
+            }
+            let record = ProposalRecord {
+                id: t.next_id()?,
+                vault: vault.to_owned(),
+                agent: agent.map(str::to_owned),
+                status: ProposalStatus::Pending,
+                services: new.services,
+                credentials: slots,
+                message: new.message,
+                user_message: new.user_message,
+                digest,
+                created_at: at,
+                expires_at: at + TTL,
+                decided_at: None,
+                decided_by: None,
+                reason: None,
+                applied_generation: None,
+            };
+            t.put(t.dbs().proposals, &record.id.to_be_bytes(), &record)?;
+            let who = agent.map_or_else(|| "agent".to_owned(), |a| format!("agent:{a}"));
+            t.audit(
+                &who,
+                "proposal.create",
+                &format!("proposal {}", record.id),
+                &format!("vault={vault}"),
+            )?;
+            Ok(record)
+        })
+    }
+
+    pub fn proposal(&self, id: u64) -> Result<ProposalRecord, VaultError> {
+        self.read(|t| t.get(t.dbs().proposals, "proposals", &id.to_be_bytes()))?
+            .ok_or_else(|| VaultError::NotFound {
+                kind: "proposal",
+                name: id.to_string(),
+            })
+    }
+
+    /// Proposals, newest first, filtered by vault and status (as of now).
+    pub fn proposals(
+        &self,
+        vault: Option<&str>,
+        status: Option<ProposalStatus>,
+    ) -> Result<Vec<ProposalRecord>, VaultError> {
+        let at = now();
+        let mut all: Vec<ProposalRecord> = self
+            .read(|t| t.scan::<ProposalRecord>(t.dbs().proposals, "proposals", b""))?
+            .into_iter()
+            .map(|(_, p)| p)
+            .filter(|p| {
+                vault.is_none_or(|v| p.vault == v) && status.is_none_or(|s| p.status_at(at) == s)
+            })
+            .collect();
+        all.reverse();
+        Ok(all)
+    }
+
+    /// Applies a pending proposal: `values` fill the slots the agent left empty (every such
+    /// slot must be given). With `digest`, the proposal must still have that content.
+    pub fn approve_proposal(
+        &self,
+        actor: &str,
+        id: u64,
+        digest: Option<&str>,
+        values: Vec<(String, Secret)>,
+    ) -> Result<ProposalRecord, VaultError> {
+        let public = public_key(&self.key_header()?)?;
+        self.write(|t| {
+            let mut p = decidable(
+                t.get(t.dbs().proposals, "proposals", &id.to_be_bytes())?,
+                id,
+                digest,
+            )?;
+            let v: VaultRecord = t
+                .get(t.dbs().vaults, "vaults", p.vault.as_bytes())?
+                .ok_or_else(|| VaultError::NotFound {
+                    kind: "vault",
+                    name: p.vault.clone(),
+                })?;
+            for (key, _) in &values {
+                if !p
+                    .credentials
+                    .iter()
+                    .any(|s| &s.key == key && s.action == SlotAction::Set && s.sealed.is_none())
+                {
+                    return Err(invalid(format!("proposal {id} has no empty slot {key:?}")));
+                }
+            }
+            let at = now();
+            for slot in &p.credentials {
+                let rkey = vault_key(v.id, &slot.key);
+                match slot.action {
+                    SlotAction::Delete => {
+                        t.delete(t.dbs().credentials, &rkey)?;
+                    }
+                    SlotAction::Set => {
+                        let sealed =
+                            match (&slot.sealed, values.iter().find(|(k, _)| k == &slot.key)) {
+                                (Some(sealed), _) => sealed.clone(),
+                                (None, Some((_, value))) => {
+                                    crate::secret::check_value(value.expose())
+                                        .map_err(|e| invalid(format!("invalid_credential: {e}")))?;
+                                    let ctx = SealContext {
+                                        vault_id: v.id,
+                                        kind: CREDENTIAL_KIND,
+                                        name: &slot.key,
+                                    };
+                                    seal::seal(&public, ctx, value.expose())?
+                                }
+                                (None, None) => {
+                                    return Err(invalid(format!(
+                                        "a value for {} is required",
+                                        slot.key
+                                    )));
+                                }
+                            };
+                        let old: Option<CredentialRecord> =
+                            t.get(t.dbs().credentials, "credentials", &rkey)?;
+                        let created_at = old.map_or(at, |o| o.created_at);
+                        t.put(
+                            t.dbs().credentials,
+                            &rkey,
+                            &CredentialRecord {
+                                sealed,
+                                created_at,
+                                updated_at: at,
+                            },
+                        )?;
+                    }
+                }
+            }
+            let (mut sets, mut deletes) = (Vec::new(), Vec::new());
+            for change in &p.services {
+                match change {
+                    ServiceChange::Set(spec) => sets.push(spec.clone()),
+                    ServiceChange::Delete { name } => deletes.push(name.clone()),
+                }
+            }
+            apply_services(t, &v, sets, &deletes, false)?;
+            p.status = ProposalStatus::Applied;
+            p.decided_at = Some(at);
+            p.decided_by = Some(actor.to_owned());
+            p.applied_generation = Some(t.meta_u64(b"generation")?.unwrap_or(0) + 1);
+            t.put(t.dbs().proposals, &id.to_be_bytes(), &p)?;
+            t.audit(
+                actor,
+                "proposal.approve",
+                &format!("proposal {id}"),
+                &format!("vault={}", p.vault),
+            )?;
+            Ok(p)
+        })
+    }
+
+    pub fn reject_proposal(
+        &self,
+        actor: &str,
+        id: u64,
+        reason: &str,
+        digest: Option<&str>,
+    ) -> Result<ProposalRecord, VaultError> {
+        check_text("reason", reason, FIELD_CAP)?;
+        self.write(|t| {
+            let mut p = decidable(
+                t.get(t.dbs().proposals, "proposals", &id.to_be_bytes())?,
+                id,
+                digest,
+            )?;
+            p.status = ProposalStatus::Rejected;
+            p.decided_at = Some(now());
+            p.decided_by = Some(actor.to_owned());
+            p.reason = (!reason.is_empty()).then(|| reason.to_owned());
+            t.put(t.dbs().proposals, &id.to_be_bytes(), &p)?;
+            t.audit(
+                actor,
+                "proposal.reject",
+                &format!("proposal {id}"),
+                &format!("vault={}", p.vault),
+            )?;
+            Ok(p)
+        })
+    }
+}
+
+/// A proposal that can still be decided (row 49): pending, not expired, unchanged.
+fn decidable(
+    p: Option<ProposalRecord>,
+    id: u64,
+    digest: Option<&str>,
+) -> Result<ProposalRecord, VaultError> {
+    let p = p.ok_or_else(|| VaultError::NotFound {
+        kind: "proposal",
+        name: id.to_string(),
+    })?;
+    match p.status_at(now()) {
+        ProposalStatus::Pending => {}
+        ProposalStatus::Expired => return Err(VaultError::ProposalExpired(id)),
+        _ => return Err(VaultError::AlreadyDecided(id)),
+    }
+    if digest.is_some_and(|d| d != p.digest) {
+        return Err(VaultError::ProposalChanged(id));
+    }
+    Ok(p)
+}
