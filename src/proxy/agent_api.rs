@@ -153,17 +153,13 @@ fn route(shared: &Shared, req: &ApiRequest) -> Result<Reply, ProxyError> {
 }
 
 fn authenticate(shared: &Shared, req: &ApiRequest) -> Result<Identity, ProxyError> {
-    auth::authenticate(
-        &shared.store,
-        req.auth.as_deref(),
-        req.vault_hint.as_deref(),
-    )
-    .map_err(|mut e| {
-        // On the agent API this is plain HTTP authentication, not proxy authentication.
-        if e.code == "proxy_auth_required" {
-            e = ProxyError::new(401, "unauthorized", "send Authorization: Bearer <token>");
+    let hint = req.vault_hint.as_deref();
+    auth::authenticate(&shared.store, req.auth.as_deref(), hint).map_err(|e| match e.code {
+        // On the agent API this is plain HTTP authentication: 401, keeping the specific code.
+        "proxy_auth_required" => {
+            ProxyError::new(401, "unauthorized", "send Authorization: Bearer <token>")
         }
-        e
+        code => ProxyError::new(401, code, e.message),
     })
 }
 
