@@ -11,6 +11,7 @@ mod init;
 mod logs;
 mod output;
 mod proposal;
+mod run;
 mod service;
 mod vault;
 
@@ -72,6 +73,8 @@ pub enum Command {
     /// Check a config file
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Run an agent with its traffic through airlock (scoped token, proxy and CA variables)
+    Run(run::RunArgs),
     /// Review agents' proposals: list, show, approve (values on stdin), reject
     #[command(subcommand)]
     Proposal(ProposalCmd),
@@ -299,7 +302,7 @@ impl From<crate::vault::StoreError> for CliError {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             let line = e.to_string().replace('\n', " ");
             eprintln!("airlock: {line}");
@@ -308,7 +311,15 @@ pub fn main() -> ExitCode {
     }
 }
 
-pub fn run(cli: Cli) -> Result<(), CliError> {
+pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    if let Command::Run(args) = cli.command {
+        let ctx = Ctx::new(&cli.global)?;
+        return run::run(&ctx, args);
+    }
+    dispatch(cli).map(|()| ExitCode::SUCCESS)
+}
+
+fn dispatch(cli: Cli) -> Result<(), CliError> {
     if let Command::Config(ConfigCmd::Check { file }) = &cli.command {
         let path = file.clone().or(cli.global.config.clone()).ok_or_else(|| {
             CliError::Usage("config check needs a FILE (or --config / $AIRLOCK_CONFIG)".into())
@@ -334,6 +345,6 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             follow,
             json,
         } => logs::run(&ctx, &vault, follow, json),
-        Command::Config(_) => Ok(()),
+        Command::Config(_) | Command::Run(_) => Ok(()),
     }
 }

@@ -98,9 +98,10 @@ impl Env {
         env
     }
 
+    /// `airlock --data-dir D ARGS` (the global flag first, so it never lands after a `--`).
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = command(args);
-        c.arg("--data-dir").arg(&self.data_dir);
+        let mut c = command(&[]);
+        c.arg("--data-dir").arg(&self.data_dir).args(args);
         c
     }
 

@@ -11,5 +11,6 @@ mod proposals;
 mod proxy;
 mod proxy_harness;
 mod rows;
+mod run;
 mod storage;
 mod vault_keys;

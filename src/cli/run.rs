@@ -1,0 +1,397 @@
+//! `airlock run [--vault V] [--ttl D] [--print-guide] -- CMD ARGS`: starts an agent with its
+//! traffic going through airlock.
+//!
+//! A scoped token is minted for the run (from the data dir, or through the agent API when only
+//! `AIRLOCK_URL` and `AIRLOCK_TOKEN` are given) and revoked when the command exits. The child gets
+//! the proxy variables, a CA bundle it can read (combined with the bundle it already trusted, or
+//! the system bundle, so hosts tunnelled without interception still verify), `NO_PROXY`
+//! extended with the loopback names, and the agent API in `AIRLOCK_URL`. Only the child's
+//! environment changes; airlock never touches the system trust store. Signals are forwarded and
+//! the exit code is passed through.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+
+use super::{CliError, Ctx};
+use crate::vault::setup::CA_CERT_FILE;
+use crate::vault::tokens::TokenHash;
+
+/// CA variables pointing at a bundle file.
+const BUNDLE_VARS: &[&str] = &[
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "GIT_SSL_CAINFO",
+    "DENO_CERT",
+];
+/// System bundles, first found is combined with airlock's CA.
+const SYSTEM_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+];
+const LOOPBACK: &[&str] = &["localhost", "127.0.0.1", "::1"];
+
+/// `airlock run` arguments.
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Vault for the run [default: the token's or `default`]
+    #[arg(long)]
+    pub vault: Option<String>,
+    /// Lifetime of the scoped token
+    #[arg(long, default_value = "8h", value_parser = crate::config::parse_duration)]
+    pub ttl: std::time::Duration,
+    /// Proxy address [default: $AIRLOCK_URL, else the config's listen, else 127.0.0.1:7480]
+    #[arg(long, value_name = "URL")]
+    pub proxy: Option<String>,
+    /// Print the agent guide (for an agent's instructions) and exit
+    #[arg(long)]
+    pub print_guide: bool,
+    /// The command to run
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// A scoped token for the run and how to revoke it.
+struct RunToken {
+    token: String,
+    vault: String,
+    ca_pem: String,
+    /// The store, when minted from the data dir.
+    local: bool,
+}
+
+pub fn run(ctx: &Ctx, args: RunArgs) -> Result<std::process::ExitCode, CliError> {
+    if args.print_guide {
+        print!("{}", crate::proxy::agent_api::GUIDE);
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    let Some((program, program_args)) = args.command.split_first() else {
+        return Err(CliError::Usage(
+            "give the command to run after --, e.g. airlock run -- claude".into(),
+        ));
+    };
+    let proxy = proxy_url(ctx, args.proxy.as_deref())?;
+    let agent_token = std::env::var("AIRLOCK_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    let token = match (&agent_token, ctx.data_dir.join("vault").exists()) {
+        (Some(agent), _) => mint_remote(&proxy, agent, args.vault.as_deref(), args.ttl)?,
+        (None, true) => mint_local(ctx, args.vault.as_deref().unwrap_or("default"), args.ttl)?,
+        (None, false) => {
+            return Err(CliError::Usage(format!(
+                "no data dir at {} and no AIRLOCK_TOKEN: give an agent token in AIRLOCK_TOKEN (with AIRLOCK_URL)",
+                ctx.data_dir.display()
+            )));
+        }
+    };
+    if token.local {
+        warn_same_user(&ctx.data_dir);
+    }
+    let dir = run_dir()?;
+    let bundle = write_bundle(&dir, &token.ca_pem)?;
+    let ca_only = dir.join("airlock-ca.pem");
+    crate::fsutil::write_atomic(&ca_only, token.ca_pem.as_bytes(), 0o644).map_err(|source| {
+        CliError::Io {
+            what: ca_only.display().to_string(),
+            source,
+        }
+    })?;
+    let (host_port, proxy_with_auth) = proxy_parts(&proxy, &token.token, &token.vault)?;
+    let mut child = Command::new(program);
+    child.args(program_args);
+    for var in ["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"] {
+        child.env(var, &proxy_with_auth);
+    }
+    let no_proxy = extended_no_proxy(
+        std::env::var("NO_PROXY")
+            .ok()
+            .or_else(|| std::env::var("no_proxy").ok()),
+    );
+    child.env("NO_PROXY", &no_proxy).env("no_proxy", &no_proxy);
+    child.env("NODE_USE_ENV_PROXY", "1");
+    for var in BUNDLE_VARS {
+        child.env(var, &bundle);
+    }
+    child.env("NODE_EXTRA_CA_CERTS", &ca_only);
+    child
+        .env("AIRLOCK_URL", format!("http://{host_port}"))
+        .env("AIRLOCK_TOKEN", &token.token)
+        .env("AIRLOCK_VAULT", &token.vault);
+    let status = spawn_and_wait(&mut child, program);
+    revoke(ctx, &proxy, &token);
+    let _ = std::fs::remove_dir_all(&dir);
+    let status = status?;
+    Ok(std::process::ExitCode::from(exit_code(status)))
+}
+
+fn proxy_url(ctx: &Ctx, flag: Option<&str>) -> Result<String, CliError> {
+    let url = flag
+        .map(str::to_owned)
+        .or_else(|| std::env::var("AIRLOCK_URL").ok().filter(|u| !u.is_empty()))
+        .unwrap_or_else(|| {
+            format!(
+                "http://{}",
+                ctx.file
+                    .listen
+                    .map_or("127.0.0.1:7480".into(), |l| l.to_string())
+            )
+        });
+    if !url.starts_with("http://") {
+        return Err(CliError::Usage(format!(
+            "the proxy URL must be http://host:port, not {url:?}"
+        )));
+    }
+    Ok(url.trim_end_matches('/').to_owned())
+}
+
+/// `host:port` and `http://token:vault@host:port`.
+fn proxy_parts(proxy: &str, token: &str, vault: &str) -> Result<(String, String), CliError> {
+    let host_port = proxy.trim_start_matches("http://").to_owned();
+    if host_port.is_empty() || host_port.contains('/') || host_port.contains('@') {
+        return Err(CliError::Usage(format!("bad proxy URL {proxy:?}")));
+    }
+    Ok((
+        host_port.clone(),
+        format!("http://{token}:{vault}@{host_port}"),
+    ))
+}
+
+fn mint_local(ctx: &Ctx, vault: &str, ttl: std::time::Duration) -> Result<RunToken, CliError> {
+    let store = ctx.open_store()?;
+    let (minted, _) = store.mint_token(&ctx.actor, vault, ttl, None)?;
+    let ca_path = ctx.data_dir.join(CA_CERT_FILE);
+    let ca_pem = std::fs::read_to_string(&ca_path).map_err(|source| CliError::Io {
+        what: ca_path.display().to_string(),
+        source,
+    })?;
+    Ok(RunToken {
+        token: String::from_utf8_lossy(minted.token.expose()).into_owned(),
+        vault: vault.to_owned(),
+        ca_pem,
+        local: true,
+    })
+}
+
+fn mint_remote(
+    proxy: &str,
+    agent_token: &str,
+    vault: Option<&str>,
+    ttl: std::time::Duration,
+) -> Result<RunToken, CliError> {
+    let mut headers = vec![format!("Authorization: Bearer {agent_token}")];
+    if let Some(v) = vault {
+        headers.push(format!("x-airlock-vault: {v}"));
+    }
+    let body = serde_json::json!({"ttl_seconds": ttl.as_secs()}).to_string();
+    let (status, reply) = http(proxy, "POST", "/v1/tokens", &headers, &body)?;
+    let v: serde_json::Value = serde_json::from_str(&reply).unwrap_or_default();
+    if status != 201 {
+        return Err(CliError::Usage(format!(
+            "minting a scoped token at {proxy}: {status} {}",
+            v["message"].as_str().unwrap_or(&reply)
+        )));
+    }
+    let (status, ca_pem) = http(proxy, "GET", "/v1/ca.pem", &[], "")?;
+    if status != 200 {
+        return Err(CliError::Usage(format!(
+            "fetching the CA from {proxy}: status {status}"
+        )));
+    }
+    Ok(RunToken {
+        token: v["token"].as_str().unwrap_or_default().to_owned(),
+        vault: v["vault"].as_str().unwrap_or_default().to_owned(),
+        ca_pem,
+        local: false,
+    })
+}
+
+fn revoke(ctx: &Ctx, proxy: &str, token: &RunToken) {
+    let result = if token.local {
+        ctx.open_store()
+            .and_then(|s| Ok(s.revoke_token(&ctx.actor, TokenHash::of(token.token.as_bytes()))?))
+    } else {
+        http(
+            proxy,
+            "DELETE",
+            "/v1/tokens/self",
+            &[format!("Authorization: Bearer {}", token.token)],
+            "",
+        )
+        .map(|_| ())
+    };
+    if let Err(e) = result {
+        eprintln!(
+            "airlock: warning: could not revoke the run's token ({e}); it expires on its own"
+        );
+    }
+}
+
+/// A minimal HTTP/1.1 exchange with the agent API (plain HTTP on the proxy port).
+fn http(
+    base: &str,
+    method: &str,
+    path: &str,
+    headers: &[String],
+    body: &str,
+) -> Result<(u16, String), CliError> {
+    let host = base.trim_start_matches("http://");
+    let io = |source| CliError::Io {
+        what: format!("airlock at {base}"),
+        source,
+    };
+    let mut s = TcpStream::connect(host).map_err(io)?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .map_err(io)?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    if !body.is_empty() {
+        req.push_str("content-type: application/json\r\n");
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).map_err(io)?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).map_err(io)?;
+    let (head, rest) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((status, rest.to_owned()))
+}
+
+/// The user's NO_PROXY, extended (not replaced) with the loopback names.
+pub fn extended_no_proxy(existing: Option<String>) -> String {
+    let mut entries: Vec<String> = existing
+        .unwrap_or_default()
+        .split(',')
+        .map(|e| e.trim().to_owned())
+        .filter(|e| !e.is_empty())
+        .collect();
+    for l in LOOPBACK {
+        if !entries.iter().any(|e| e == l) {
+            entries.push((*l).to_owned());
+        }
+    }
+    entries.join(",")
+}
+
+fn run_dir() -> Result<PathBuf, CliError> {
+    let dir = std::env::temp_dir().join(format!("airlock-run-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|source| CliError::Io {
+        what: dir.display().to_string(),
+        source,
+    })?;
+    Ok(dir)
+}
+
+/// airlock's CA plus the bundle the child would otherwise have trusted.
+fn write_bundle(dir: &Path, ca_pem: &str) -> Result<PathBuf, CliError> {
+    let existing = BUNDLE_VARS
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|p| Path::new(p).is_file()))
+        .or_else(|| {
+            SYSTEM_BUNDLES
+                .iter()
+                .find(|p| Path::new(p).is_file())
+                .map(|p| (*p).to_owned())
+        });
+    let mut bundle = String::new();
+    if let Some(path) = existing {
+        bundle.push_str(&std::fs::read_to_string(&path).unwrap_or_default());
+        if !bundle.ends_with('\n') {
+            bundle.push('\n');
+        }
+    }
+    bundle.push_str(ca_pem);
+    let path = dir.join("ca-bundle.pem");
+    crate::fsutil::write_atomic(&path, bundle.as_bytes(), 0o644).map_err(|source| {
+        CliError::Io {
+            what: path.display().to_string(),
+            source,
+        }
+    })?;
+    Ok(path)
+}
+
+/// product.md's deployment model: warn when the agent could read the vault files.
+fn warn_same_user(data_dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(data_dir).map(|m| m.uid()).ok();
+    if owner == Some(rustix::process::getuid().as_raw()) {
+        eprintln!(
+            "airlock: warning: the agent runs as the user who owns {}; it could read the vault's files. For real isolation run agents as another user or in a sandbox.",
+            data_dir.display()
+        );
+    }
+}
+
+/// Runs the child, forwarding SIGINT, SIGTERM and SIGHUP to it.
+fn spawn_and_wait(cmd: &mut Command, program: &str) -> Result<ExitStatus, CliError> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut child = cmd.spawn().map_err(|source| CliError::Io {
+        what: format!("starting {program}"),
+        source,
+    })?;
+    let pid = rustix::process::Pid::from_raw(child.id() as i32);
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(|source| {
+            CliError::Io {
+                what: "signals".into(),
+                source,
+            }
+        })?;
+    let handle = signals.handle();
+    std::thread::spawn(move || {
+        for sig in signals.forever() {
+            let signal = match sig {
+                SIGINT => rustix::process::Signal::INT,
+                SIGHUP => rustix::process::Signal::HUP,
+                _ => rustix::process::Signal::TERM,
+            };
+            if let Some(pid) = pid {
+                let _ = rustix::process::kill_process(pid, signal);
+            }
+        }
+    });
+    let status = child.wait().map_err(|source| CliError::Io {
+        what: format!("waiting for {program}"),
+        source,
+    });
+    handle.close();
+    status
+}
+
+/// The child's exit code, or 128 + the signal that ended it (as shells report it).
+fn exit_code(status: ExitStatus) -> u8 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => u8::try_from(c).unwrap_or(1),
+        (None, Some(sig)) => u8::try_from(128 + sig).unwrap_or(1),
+        _ => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_proxy_is_extended_not_replaced() {
+        assert_eq!(extended_no_proxy(None), "localhost,127.0.0.1,::1");
+        assert_eq!(
+            extended_no_proxy(Some("internal.example, localhost".into())),
+            "internal.example,localhost,127.0.0.1,::1"
+        );
+    }
+}

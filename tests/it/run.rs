@@ -1,0 +1,183 @@
+//! `airlock run`: real clients started through it reach the origin with the real key; the
+//! client never sees it; the run's token dies with the run.
+
+use std::time::Duration;
+
+use crate::harness::{Run, output};
+use crate::proxy::Setup;
+use crate::proxy_harness::connect;
+
+fn run_through(s: &Setup, cmd: &[&str], env: &[(&str, &str)]) -> Run {
+    let proxy = format!("http://{}", s.proxy.addr);
+    let mut args = vec!["run", "--proxy", proxy.as_str(), "--"];
+    args.extend_from_slice(cmd);
+    let mut c = s.env.command(&args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    for var in [
+        "HTTPS_PROXY",
+        "HTTP_PROXY",
+        "https_proxy",
+        "http_proxy",
+        "NO_PROXY",
+        "no_proxy",
+        "SSL_CERT_FILE",
+        "AIRLOCK_TOKEN",
+        "AIRLOCK_URL",
+    ] {
+        if !env.iter().any(|(k, _)| *k == var) {
+            c.env_remove(var);
+        }
+    }
+    output(c, None)
+}
+
+#[test]
+fn curl_and_python_clients_through_airlock_run() {
+    let s = Setup::new("auto");
+    let r = run_through(
+        &s,
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "20",
+            "-H",
+            "Authorization: Bearer placeholder",
+            "https://api.openai.com/v1/run-curl",
+        ],
+        &[],
+    )
+    .ok();
+    assert!(r.stdout.contains("GET /v1/run-curl HTTP/1.1"), "{r:?}");
+    assert!(
+        r.stderr
+            .contains("warning: the agent runs as the user who owns"),
+        "{r:?}"
+    );
+    s.assert_no_secret(&r.stdout);
+    assert_eq!(
+        s.last().header("authorization"),
+        [format!("Bearer {}", s.secret("OPENAI_KEY"))]
+    );
+    let script = "import requests, httpx\nr = requests.get('https://api.openai.com/v1/run-requests')\nassert r.status_code == 200, r.text\nwith httpx.Client() as c:\n    r2 = c.get('https://api.anthropic.com/v1/run-httpx')\nassert r2.status_code == 200, r2.text\nprint(r.text, r2.text)\n";
+    let r = run_through(&s, &["python3", "-c", script], &[]).ok();
+    s.assert_no_secret(&r.stdout);
+    let recs = s.origin.recorded();
+    let req = recs
+        .iter()
+        .find(|r| r.request_line().contains("run-requests"))
+        .expect("requests reached the origin");
+    assert_eq!(
+        req.header("authorization"),
+        [format!("Bearer {}", s.secret("OPENAI_KEY"))]
+    );
+    let hx = recs
+        .iter()
+        .find(|r| r.request_line().contains("run-httpx"))
+        .expect("httpx reached the origin");
+    assert_eq!(hx.header("x-api-key"), [s.secret("ANTHROPIC_KEY")]);
+}
+
+/// NO_PROXY is extended, the environment is the child's, the token dies with the run, and the
+/// exit code is passed through.
+#[test]
+fn environment_token_lifetime_and_exit_code() {
+    let s = Setup::new("auto");
+    let bundle = s.origin.ca_file.display().to_string();
+    let r = run_through(
+        &s,
+        &[
+            "sh",
+            "-c",
+            "echo \"$NO_PROXY\"; echo \"$AIRLOCK_TOKEN\"; echo \"$NODE_USE_ENV_PROXY\"; cat \"$SSL_CERT_FILE\" | grep -c BEGIN; exit 7",
+        ],
+        &[("NO_PROXY", "internal.example"), ("SSL_CERT_FILE", &bundle)],
+    );
+    assert_eq!(r.code, 7, "{r:?}");
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines[0], "internal.example,localhost,127.0.0.1,::1");
+    let token = lines[1];
+    assert!(token.starts_with("alk_tok_"), "{r:?}");
+    assert_eq!(lines[2], "1");
+    assert_eq!(
+        lines[3], "2",
+        "the bundle should hold the user's CA and airlock's: {r:?}"
+    );
+    let (_, head) = connect(
+        s.proxy.addr,
+        "api.openai.com:443",
+        Some(&format!("{token}:")),
+    );
+    assert!(
+        head.starts_with("HTTP/1.1 407"),
+        "the run's token outlived the run: {head}"
+    );
+    let guide = s.env.run(&["run", "--print-guide"]).ok();
+    assert!(guide.stdout.contains("/v1/proposals"));
+}
+
+/// An agent given only AIRLOCK_URL and an agent token (no data dir) works the same way.
+#[test]
+fn token_only_mode_through_the_agent_api() {
+    let s = Setup::new("auto");
+    let url = format!("http://{}", s.proxy.addr);
+    let mut c = crate::harness::command(&[
+        "--data-dir",
+        "/nonexistent/airlock",
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "curl -sS --max-time 20 https://api.openai.com/v1/token-only && echo && echo \"$AIRLOCK_TOKEN\"",
+    ]);
+    c.env("AIRLOCK_URL", &url).env("AIRLOCK_TOKEN", &s.token);
+    for var in [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "SSL_CERT_FILE",
+        "CURL_CA_BUNDLE",
+    ] {
+        c.env_remove(var);
+    }
+    let r = output(c, None).ok();
+    assert!(r.stdout.contains("GET /v1/token-only HTTP/1.1"), "{r:?}");
+    assert!(!r.stderr.contains("warning"), "{r:?}");
+    s.assert_no_secret(&r.stdout);
+    let scoped = r.stdout.lines().last().unwrap();
+    assert!(scoped.starts_with("alk_tok_"));
+    std::thread::sleep(Duration::from_millis(100));
+    let (_, head) = connect(
+        s.proxy.addr,
+        "api.openai.com:443",
+        Some(&format!("{scoped}:")),
+    );
+    assert!(head.starts_with("HTTP/1.1 407"), "{head}");
+}
+
+/// SIGTERM to `airlock run` reaches the child; its exit code comes back.
+#[test]
+fn signals_are_forwarded() {
+    let s = Setup::new("auto");
+    let proxy = format!("http://{}", s.proxy.addr);
+    let mut c = s.env.command(&[
+        "run",
+        "--proxy",
+        &proxy,
+        "--",
+        "sh",
+        "-c",
+        "trap 'exit 42' TERM; sleep 20 & wait",
+    ]);
+    c.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = c.spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(42));
+}
