@@ -9,6 +9,7 @@ mod agent;
 mod ctx;
 mod init;
 mod logs;
+mod operator;
 mod output;
 mod proposal;
 mod run;
@@ -75,6 +76,9 @@ pub enum Command {
     Config(ConfigCmd),
     /// Run an agent with its traffic through airlock (scoped token, proxy and CA variables)
     Run(run::RunArgs),
+    /// Manage the operators who log in to the admin UI (password on stdin or a prompt)
+    #[command(subcommand)]
+    Operator(OperatorCmd),
     /// Review agents' proposals: list, show, approve (values on stdin), reject
     #[command(subcommand)]
     Proposal(ProposalCmd),
@@ -242,6 +246,21 @@ pub enum ProposalCmd {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum OperatorCmd {
+    /// Add an operator
+    Add { name: String },
+    /// List operators
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an operator
+    Remove { name: String },
+    /// Change an operator's password
+    Passwd { name: String },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum CaCmd {
     /// Print the CA certificate (PEM)
     Export,
@@ -340,6 +359,7 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Ca(CaCmd::Export) => init::ca_export(&ctx),
         Command::Audit(cmd) => vault::audit(&ctx, cmd),
         Command::Proposal(cmd) => proposal::run(&ctx, cmd),
+        Command::Operator(cmd) => operator::run(&ctx, cmd),
         Command::Logs {
             vault,
             follow,

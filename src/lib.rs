@@ -20,4 +20,5 @@ pub mod scrub;
 pub mod secret;
 pub mod serve;
 pub mod spec;
+pub mod supervise;
 pub mod vault;

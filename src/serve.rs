@@ -42,6 +42,9 @@ pub struct Settings {
     pub store: StoreOptions,
     pub limits: Limits,
     pub max_connections: usize,
+    /// Start the admin process (`--no-admin` or `admin = false` turn it off).
+    pub start_admin: bool,
+    pub config_file: Option<PathBuf>,
 }
 
 /// `serve` flags, each overriding the config file.
@@ -140,6 +143,8 @@ impl Settings {
                     .unwrap_or(crate::vault::store::DEFAULT_MAP_SIZE_MIB),
             },
             limits: limits(file, args),
+            start_admin: !args.no_admin && file.admin != Some(false),
+            config_file: None,
             max_connections: args
                 .max_connections
                 .or(file.max_connections)
@@ -229,6 +234,24 @@ pub fn run(settings: Settings, sources: &KeySources, actor: &str) -> Result<(), 
             source,
         })?;
     let policy = Policy::compile(&store, &unlocked.opener)?;
+    let admin = if settings.start_admin {
+        crate::supervise::Admin::start(
+            &settings.data_dir,
+            settings.config_file.as_deref(),
+            settings.admin_listen,
+        )
+    } else {
+        None
+    };
+    let admin_addrs = admin.as_ref().map(|(_, a)| a.clone()).unwrap_or_default();
+    if let Some(http) = &admin_addrs.http
+        && let Ok(Some(token)) = store.mint_setup_token()
+    {
+        eprintln!(
+            "airlock: no operator yet; create the first one at http://{http}/setup?token={} (or run `airlock operator add NAME`)",
+            String::from_utf8_lossy(token.expose())
+        );
+    }
     let shared = Arc::new(Shared {
         store,
         opener: unlocked.opener,
@@ -239,9 +262,7 @@ pub fn run(settings: Settings, sources: &KeySources, actor: &str) -> Result<(), 
         upstream_tls: Arc::new(upstream_tls),
         limits: settings.limits,
         api_base: format!("http://{local}"),
-        // No admin process serves approvals in this build yet: proposals carry `approve_with`
-        // (the CLI command) instead of a URL that would lead nowhere.
-        admin_base: None,
+        admin_base: admin_addrs.http.as_ref().map(|h| format!("http://{h}")),
         ca_pem,
         log: crate::requestlog::start(&settings.data_dir)?,
         shutdown: AtomicBool::new(false),
@@ -304,16 +325,16 @@ pub fn run(settings: Settings, sources: &KeySources, actor: &str) -> Result<(), 
         driver = driver_name,
         "data plane listening on {local}"
     );
-    if settings.admin_listen != AdminListen::None {
-        tracing::warn!(
-            "the admin process is not part of this build yet; serving without the admin UI"
-        );
-    }
     let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(|source| ServeError::Worker {
         worker: usize::MAX,
         source,
     })?;
-    println!("ready proxy={local} admin=none admin_http=none metrics=none");
+    let admin_socket = admin_addrs
+        .socket
+        .as_ref()
+        .map_or("none".to_owned(), |p| format!("unix:{}", p.display()));
+    let admin_http = admin_addrs.http.as_deref().unwrap_or("none");
+    println!("ready proxy={local} admin={admin_socket} admin_http={admin_http} metrics=none");
     if let Some(signal) = signals.forever().next() {
         tracing::info!(
             signal,
@@ -326,6 +347,9 @@ pub fn run(settings: Settings, sources: &KeySources, actor: &str) -> Result<(), 
         }
         // Let the request-log writer commit its last batch.
         std::thread::sleep(Duration::from_millis(300));
+    }
+    if let Some((admin, _)) = &admin {
+        admin.stop();
     }
     drop(handles);
     Ok(())

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 # System packages the tests use (real clients and tools). Installed only when missing.
 need_apt=()
-for pair in curl:curl python3:python3; do
+for pair in curl:curl python3:python3 chromium:chromium setpriv:util-linux; do
     cmd=${pair%%:*}; pkg=${pair#*:}
     command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
@@ -19,11 +19,15 @@ if ((${#need_apt[@]})); then
     fi
 fi
 
-# Real clients driven by the integration tests: curl (above), Node (on the machine image),
-# Python requests and httpx.
+# Real clients driven by the integration tests: curl and Chromium (above), Node (on the machine
+# image), Python requests and httpx.
 command -v node >/dev/null 2>&1 || { echo "tests/run.sh: node is required" >&2; exit 1; }
 if ! python3 -c 'import requests, httpx' 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check requests httpx
+fi
+# The admin UI's browser test: playwright-core (no browser download; it drives Debian's chromium).
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+    (cd tests/browser && npm ci --no-audit --no-fund --silent)
 fi
 
 cargo test --locked --workspace "$@"

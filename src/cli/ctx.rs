@@ -18,6 +18,8 @@ const MAX_STDIN: u64 = 64 * 1024;
 pub struct Ctx {
     pub data_dir: PathBuf,
     pub file: FileConfig,
+    /// The config file in use, if any (passed on to the admin process).
+    pub config_path: Option<PathBuf>,
     pub actor: String,
 }
 
@@ -35,6 +37,7 @@ impl Ctx {
         Ok(Self {
             data_dir,
             file,
+            config_path: global.config.clone(),
             actor: cli_actor(),
         })
     }

@@ -55,6 +55,7 @@ pub fn serve(ctx: &Ctx, args: Box<crate::serve::ServeArgs>) -> Result<(), CliErr
         .with_target(false)
         .try_init();
     let sources = ctx.key_sources(args.master_key_file.clone(), args.passphrase_file.clone())?;
-    let settings = crate::serve::Settings::resolve(ctx.data_dir.clone(), &ctx.file, &args);
+    let mut settings = crate::serve::Settings::resolve(ctx.data_dir.clone(), &ctx.file, &args);
+    settings.config_file.clone_from(&ctx.config_path);
     Ok(crate::serve::run(settings, &sources, &ctx.actor)?)
 }

@@ -102,6 +102,7 @@ pub struct Dbs {
     pub proposals: Database,
     pub audit: Database,
     pub meta: Database,
+    pub operators: Database,
 }
 
 /// An open vault store.
@@ -164,6 +165,7 @@ impl Store {
             proposals: db("proposals")?,
             audit: db("audit")?,
             meta: db("meta")?,
+            operators: db("operators")?,
         };
         Ok(Self {
             env,

@@ -15,19 +15,18 @@ pub struct Proxy {
     child: Child,
     pub addr: SocketAddr,
     pub stderr: Arc<Mutex<String>>,
+    /// From the ready line: the admin socket and HTTP address, when the admin process runs.
+    pub admin_socket: Option<String>,
+    pub admin_http: Option<String>,
 }
 
 impl Proxy {
     /// Starts serve on 127.0.0.1:0 with 2 workers and `extra` flags; waits for `ready`.
     pub fn start(env: &Env, extra: &[&str]) -> Self {
-        let mut c = env.command(&[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--workers",
-            "2",
-            "--no-admin",
-        ]);
+        let mut c = env.command(&["serve", "--listen", "127.0.0.1:0", "--workers", "2"]);
+        if !extra.contains(&"--admin-listen") {
+            c.arg("--no-admin");
+        }
         c.args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -58,11 +57,20 @@ impl Proxy {
             line.contains(" admin=") && line.contains(" admin_http=") && line.contains(" metrics="),
             "{line}"
         );
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .filter(|v| *v != "none")
+                .map(str::to_owned)
+        };
+        let (admin_socket, admin_http) = (field("admin=unix:"), field("admin_http="));
         std::thread::spawn(move || for _ in out.lines() {});
         Self {
             child,
             addr,
             stderr,
+            admin_socket,
+            admin_http,
         }
     }
 

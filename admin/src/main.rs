@@ -1,0 +1,142 @@
+//! `airlock-admin`: the admin process. It serves the approval web UI on a Unix socket
+//! (`--socket`, checked with SO_PEERCRED) and optionally on a loopback HTTP listener
+//! (`--listen`). It shares durable state with the data plane only through the LMDB vault, can
+//! seal credentials but never open them (it has no root key), and exits when the `airlock
+//! serve` that started it goes away.
+
+#![deny(unsafe_code)]
+
+mod pages;
+mod security;
+mod socket;
+mod views;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use airlock::config::{AdminListen, FileConfig};
+use airlock::vault::{Store, StoreOptions};
+use anyhow::Context;
+use clap::Parser;
+
+/// airlock-admin: the approval web UI.
+#[derive(Debug, Parser)]
+#[command(name = "airlock-admin", version)]
+struct Args {
+    /// Data directory [default: $AIRLOCK_DATA_DIR, the config's data_dir, else ./airlock-data]
+    #[arg(long, env = "AIRLOCK_DATA_DIR", value_name = "D")]
+    data_dir: Option<PathBuf>,
+    /// TOML config file
+    #[arg(long, env = "AIRLOCK_CONFIG", value_name = "F")]
+    config: Option<PathBuf>,
+    /// Unix socket [default: <data-dir>/admin/admin.sock]
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Also listen for HTTP on this loopback address, or `none`
+    #[arg(long, value_name = "ADDR|none", default_value = "none")]
+    listen: AdminListen,
+}
+
+/// What every handler reads.
+#[derive(Debug)]
+pub struct AppState {
+    pub store: Store,
+    pub sessions: security::Sessions,
+    pub data_dir: PathBuf,
+}
+
+fn main() -> anyhow::Result<()> {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+    let args = Args::parse();
+    let file = match &args.config {
+        Some(p) => FileConfig::load(p)?,
+        None => FileConfig::default(),
+    };
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or(file.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from("./airlock-data"));
+    let store = Store::open(
+        &data_dir,
+        StoreOptions {
+            map_size_mib: file.map_size_mib.unwrap_or(1024),
+        },
+    )?;
+    let socket_path = args
+        .socket
+        .clone()
+        .unwrap_or_else(|| data_dir.join("admin").join("admin.sock"));
+    let state = Arc::new(AppState {
+        store,
+        sessions: security::Sessions::default(),
+        data_dir,
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve(state, socket_path, args.listen))
+}
+
+async fn serve(
+    state: Arc<AppState>,
+    socket_path: PathBuf,
+    listen: AdminListen,
+) -> anyhow::Result<()> {
+    let app = pages::router(state);
+    let unix =
+        socket::bind(&socket_path).with_context(|| format!("binding {}", socket_path.display()))?;
+    let socket_path = std::fs::canonicalize(&socket_path).unwrap_or(socket_path);
+    let gid = std::fs::metadata(socket_path.parent().unwrap_or(&socket_path))
+        .map(|m| std::os::unix::fs::MetadataExt::gid(&m))
+        .unwrap_or(0);
+    let tcp = match listen {
+        AdminListen::Addr(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr}"))?,
+        ),
+        AdminListen::None => None,
+    };
+    let http: Option<SocketAddr> = tcp.as_ref().and_then(|l| l.local_addr().ok());
+    println!(
+        "ready admin=unix:{} admin_http={}",
+        socket_path.display(),
+        http.map_or("none".into(), |a| a.to_string())
+    );
+    let unix_server = axum::serve(
+        socket::PeerChecked {
+            listener: unix,
+            gid,
+        },
+        app.clone(),
+    );
+    let tcp_server = async move {
+        match tcp {
+            Some(tcp) => axum::serve(tcp, app).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        r = unix_server => r?,
+        r = tcp_server => r?,
+        () = parent_gone() => tracing::info!("airlock serve is gone; exiting"),
+    }
+    Ok(())
+}
+
+/// Resolves once the process that started us is gone (we were re-parented).
+async fn parent_gone() {
+    let parent = rustix::process::getppid();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        if rustix::process::getppid() != parent {
+            return;
+        }
+    }
+}

@@ -1,0 +1,504 @@
+//! The admin UI's pages and form handlers. Every state-changing form carries the session's
+//! CSRF token; approvals also carry the proposal digest the operator saw (409 if it changed).
+//! Agent-written text is rendered escaped (maud) and capped at submission. No page ever shows a
+//! credential value: credentials appear by name and date only.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use airlock::secret::Secret;
+use airlock::vault::records::{ProposalRecord, ProposalStatus, ServiceChange, SlotAction};
+use airlock::vault::{VaultError, now};
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use maud::{Markup, html};
+
+use crate::AppState;
+use crate::security::{self, Session, csrf_ok};
+use crate::views::{CSS, flash, page};
+
+type St = State<Arc<AppState>>;
+type Fields = Form<HashMap<String, String>>;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/", get(|| async { Redirect::to("/proposals") }))
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/static/app.css",
+            get(|| async { ([(header::CONTENT_TYPE, "text/css")], CSS) }),
+        )
+        .route("/login", get(login_form).post(login))
+        .route("/logout", post(logout))
+        .route("/setup", get(setup_form).post(setup))
+        .route("/proposals", get(proposals))
+        .route("/proposals/{id}", get(proposal))
+        .route("/proposals/{id}/approve", post(approve))
+        .route("/proposals/{id}/reject", post(reject))
+        .route("/vaults", get(vaults))
+        .route("/agents", get(agents))
+        .route("/requests", get(requests))
+        .route("/audit", get(audit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            security::guard,
+        ))
+        .with_state(state)
+}
+
+fn pending(state: &AppState) -> usize {
+    state
+        .store
+        .proposals(None, Some(ProposalStatus::Pending))
+        .map_or(0, |p| p.len())
+}
+
+fn render(state: &AppState, session: &Session, title: &str, body: Markup) -> Response {
+    let html = page(title, session, pending(state), body).into_string();
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
+}
+
+/// Where pages send a visitor who is not logged in.
+fn login_redirect() -> Response {
+    Redirect::to("/login").into_response()
+}
+
+fn forbidden() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        "the form is stale or was not sent by this site; reload and try again",
+    )
+        .into_response()
+}
+
+fn vault_error(state: &AppState, session: &Session, e: &VaultError) -> Response {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut r = render(
+        state,
+        session,
+        "Could not do that",
+        html! { (flash(false, &e.to_string())) p { a href="/proposals" { "Back to proposals" } } },
+    );
+    *r.status_mut() = status;
+    r
+}
+
+async fn login_form(State(state): St, Extension(session): Extension<Session>) -> Response {
+    render(&state, &session, "Log in", login_body(&session, None))
+}
+
+fn login_body(session: &Session, error: Option<&str>) -> Markup {
+    html! {
+        @if let Some(e) = error { (flash(false, e)) }
+        form.card method="post" action="/login" {
+            input type="hidden" name="csrf" value=(session.csrf);
+            label for="name" { "Operator" }
+            input id="name" type="text" name="name" autocomplete="username" required;
+            label for="password" { "Password" }
+            input id="password" type="password" name="password" autocomplete="current-password" required;
+            button type="submit" { "Log in" }
+        }
+    }
+}
+
+async fn login(
+    State(state): St,
+    Extension(session): Extension<Session>,
+    Form(f): Fields,
+) -> Response {
+    if !csrf_ok(&session, f.get("csrf")) {
+        return forbidden();
+    }
+    let name = f.get("name").cloned().unwrap_or_default();
+    if !state.sessions.login_allowed(&name) {
+        let mut r = render(
+            &state,
+            &session,
+            "Log in",
+            login_body(&session, Some("Too many failed attempts; wait a minute.")),
+        );
+        *r.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+        return r;
+    }
+    let password = Secret::new(f.get("password").cloned().unwrap_or_default().into_bytes());
+    let st = state.clone();
+    let who = name.clone();
+    let ok = tokio::task::spawn_blocking(move || {
+        st.store.verify_operator(&who, &password).unwrap_or(false)
+    })
+    .await
+    .unwrap_or(false);
+    if !ok {
+        state.sessions.login_failed(&name);
+        let mut r = render(
+            &state,
+            &session,
+            "Log in",
+            login_body(&session, Some("Wrong operator or password.")),
+        );
+        *r.status_mut() = StatusCode::UNAUTHORIZED;
+        return r;
+    }
+    let fresh = state.sessions.login(&session.id, &name);
+    let mut r = Redirect::to("/proposals").into_response();
+    r.headers_mut()
+        .insert(header::SET_COOKIE, security::set_cookie(&fresh));
+    r
+}
+
+async fn logout(
+    State(state): St,
+    Extension(session): Extension<Session>,
+    Form(f): Fields,
+) -> Response {
+    if !csrf_ok(&session, f.get("csrf")) {
+        return forbidden();
+    }
+    state.sessions.logout(&session.id);
+    Redirect::to("/login").into_response()
+}
+
+async fn setup_form(
+    State(state): St,
+    Extension(session): Extension<Session>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let token = q.get("token").cloned().unwrap_or_default();
+    render(
+        &state,
+        &session,
+        "Create the first operator",
+        html! {
+            form.card method="post" action="/setup" {
+                input type="hidden" name="csrf" value=(session.csrf);
+                input type="hidden" name="token" value=(token);
+                label for="name" { "Operator name" }
+                input id="name" type="text" name="name" required;
+                label for="password" { "Password (at least 10 characters)" }
+                input id="password" type="password" name="password" autocomplete="new-password" required;
+                button type="submit" { "Create operator" }
+            }
+        },
+    )
+}
+
+async fn setup(
+    State(state): St,
+    Extension(session): Extension<Session>,
+    Form(f): Fields,
+) -> Response {
+    if !csrf_ok(&session, f.get("csrf")) {
+        return forbidden();
+    }
+    let (token, name) = (
+        f.get("token").cloned().unwrap_or_default(),
+        f.get("name").cloned().unwrap_or_default(),
+    );
+    let password = Secret::new(f.get("password").cloned().unwrap_or_default().into_bytes());
+    let st = state.clone();
+    let n = name.clone();
+    let result =
+        tokio::task::spawn_blocking(move || st.store.setup_first_operator(&token, &n, &password))
+            .await;
+    match result {
+        Ok(Ok(())) => render(
+            &state,
+            &session,
+            "Operator created",
+            html! { (flash(true, &format!("Operator {name} created."))) p { a href="/login" { "Log in" } } },
+        ),
+        Ok(Err(e)) => vault_error(&state, &session, &e),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+fn status_cell(s: ProposalStatus) -> Markup {
+    let word = format!("{s:?}").to_lowercase();
+    html! { span class={ "status " (word) } { (word) } }
+}
+
+fn hosts(p: &ProposalRecord) -> String {
+    let v: Vec<&str> = p
+        .services
+        .iter()
+        .map(|c| match c {
+            ServiceChange::Set(s) => s.host.as_str(),
+            ServiceChange::Delete { name } => name.as_str(),
+        })
+        .collect();
+    v.join(", ")
+}
+
+async fn proposals(State(state): St, Extension(session): Extension<Session>) -> Response {
+    if session.operator.is_none() {
+        return login_redirect();
+    }
+    let list = match state.store.proposals(None, None) {
+        Ok(l) => l,
+        Err(e) => return vault_error(&state, &session, &e),
+    };
+    let t = now();
+    render(
+        &state,
+        &session,
+        "Proposals",
+        html! {
+            @if list.is_empty() { p.muted { "No proposals yet. Agents raise them when they need access to a new host." } }
+            @else {
+                table {
+                    thead { tr { th { "#" } th { "Status" } th { "Hosts" } th { "Vault" } th { "Agent" } th { "Asked" } } }
+                    tbody { @for p in &list { tr {
+                        td { a href={ "/proposals/" (p.id) } { (p.id) } }
+                        td { (status_cell(p.status_at(t))) }
+                        td { a href={ "/proposals/" (p.id) } { (hosts(p)) } }
+                        td { (p.vault) }
+                        td { (p.agent.as_deref().unwrap_or("-")) }
+                        td.muted { (airlock::cli::rfc3339(p.created_at)) }
+                    } } }
+                }
+            }
+        },
+    )
+}
+
+async fn proposal(
+    State(state): St,
+    Extension(session): Extension<Session>,
+    Path(id): Path<u64>,
+) -> Response {
+    if session.operator.is_none() {
+        return login_redirect();
+    }
+    match state.store.proposal(id) {
+        Ok(p) => render(
+            &state,
+            &session,
+            &format!("Proposal {id}"),
+            proposal_body(&session, &p, None),
+        ),
+        Err(e) => vault_error(&state, &session, &e),
+    }
+}
+
+fn proposal_body(session: &Session, p: &ProposalRecord, note: Option<Markup>) -> Markup {
+    let status = p.status_at(now());
+    html! {
+        @if let Some(n) = note { (n) }
+        div.card {
+            p { (status_cell(status)) " · vault " strong { (p.vault) } " · from " (p.agent.as_deref().unwrap_or("an agent")) }
+            @if !p.user_message.is_empty() { h2 { "The agent says" } p.message { (p.user_message) } }
+            @if let Some(r) = &p.reason { p { "Reason: " (r) } }
+        }
+        @for c in &p.services {
+            div.card { @match c {
+                ServiceChange::Set(s) => {
+                    h2 { "Service " code { (s.name) } }
+                    p { "Host " code { (s.host) } " · auth " code { (s.auth_type()) } }
+                    p.muted { "Uses: " (s.credential_keys().into_iter().collect::<Vec<_>>().join(", ")) }
+                }
+                ServiceChange::Delete { name } => { h2 { "Remove service " code { (name) } } }
+            } }
+        }
+        @if status == ProposalStatus::Pending {
+            form.card method="post" action={ "/proposals/" (p.id) "/approve" } {
+                input type="hidden" name="csrf" value=(session.csrf);
+                input type="hidden" name="digest" value=(p.digest);
+                @for c in &p.credentials { @match (c.action, c.sealed.is_some()) {
+                    (SlotAction::Delete, _) => { p { "Delete credential " code { (c.key) } } }
+                    (SlotAction::Set, true) => { p { "Credential " code { (c.key) } ": supplied by the agent (sealed, never shown)." } }
+                    (SlotAction::Set, false) => {
+                        label for={ "value-" (c.key) } { (c.key) @if !c.description.is_empty() { " — " (c.description) } }
+                        @if c.obtain.starts_with("https://") || c.obtain.starts_with("http://") {
+                            p.muted { "Get it at " a href=(c.obtain) rel="noopener noreferrer" target="_blank" { (c.obtain) } }
+                        }
+                        @if !c.obtain_instructions.is_empty() { p.muted { (c.obtain_instructions) } }
+                        input id={ "value-" (c.key) } type="password" name={ "value:" (c.key) } autocomplete="off" required;
+                    }
+                } }
+                button type="submit" { "Approve" }
+            }
+            form.card method="post" action={ "/proposals/" (p.id) "/reject" } {
+                input type="hidden" name="csrf" value=(session.csrf);
+                input type="hidden" name="digest" value=(p.digest);
+                label for="reason" { "Reason (shown to the agent)" }
+                input id="reason" type="text" name="reason" maxlength="500";
+                button.secondary type="submit" { "Reject" }
+            }
+        }
+        @if !p.message.is_empty() { div.card { h2 { "Note for developers" } p.message { (p.message) } } }
+        p.muted { "Digest " code { (p.digest) } }
+    }
+}
+
+async fn approve(
+    State(state): St,
+    Extension(session): Extension<Session>,
+    Path(id): Path<u64>,
+    Form(f): Fields,
+) -> Response {
+    let Some(who) = session.operator.as_deref().map(|o| format!("operator:{o}")) else {
+        return login_redirect();
+    };
+    if !csrf_ok(&session, f.get("csrf")) {
+        return forbidden();
+    }
+    let values: Vec<(String, Secret)> = f
+        .iter()
+        .filter_map(|(k, v)| {
+            k.strip_prefix("value:").map(|key| {
+                (
+                    key.to_owned(),
+                    Secret::new(v.trim_end_matches(['\r', '\n']).as_bytes().to_vec()),
+                )
+            })
+        })
+        .collect();
+    match state
+        .store
+        .approve_proposal(&who, id, f.get("digest").map(String::as_str), values)
+    {
+        Ok(p) => render(
+            &state,
+            &session,
+            &format!("Proposal {id}"),
+            proposal_body(
+                &session,
+                &p,
+                Some(flash(
+                    true,
+                    "Approved. The agent's next request will use it.",
+                )),
+            ),
+        ),
+        Err(e) => vault_error(&state, &session, &e),
+    }
+}
+
+async fn reject(
+    State(state): St,
+    Extension(session): Extension<Session>,
+    Path(id): Path<u64>,
+    Form(f): Fields,
+) -> Response {
+    let Some(who) = session.operator.as_deref().map(|o| format!("operator:{o}")) else {
+        return login_redirect();
+    };
+    if !csrf_ok(&session, f.get("csrf")) {
+        return forbidden();
+    }
+    let reason = f.get("reason").cloned().unwrap_or_default();
+    match state
+        .store
+        .reject_proposal(&who, id, &reason, f.get("digest").map(String::as_str))
+    {
+        Ok(p) => render(
+            &state,
+            &session,
+            &format!("Proposal {id}"),
+            proposal_body(&session, &p, Some(flash(true, "Rejected."))),
+        ),
+        Err(e) => vault_error(&state, &session, &e),
+    }
+}
+
+async fn vaults(State(state): St, Extension(session): Extension<Session>) -> Response {
+    if session.operator.is_none() {
+        return login_redirect();
+    }
+    let vaults = state.store.vaults().unwrap_or_default();
+    render(
+        &state,
+        &session,
+        "Vaults",
+        html! {
+            @for v in &vaults {
+                div.card {
+                    h2 { (v.name) " " span.muted { "(unmatched hosts: " (format!("{:?}", v.policy).to_lowercase()) ")" } }
+                    table {
+                        thead { tr { th { "Service" } th { "Host" } th { "Auth" } th { "Enabled" } } }
+                        tbody { @for s in state.store.services(&v.name).unwrap_or_default() { tr {
+                            td { (s.spec.name) } td { code { (s.spec.host) } } td { (s.spec.auth_type()) } td { (if s.spec.enabled { "yes" } else { "no" }) }
+                        } } }
+                    }
+                    p.muted { "Credentials (names only): "
+                        (state.store.credentials(&v.name).unwrap_or_default().into_iter().map(|(k, _)| k).collect::<Vec<_>>().join(", ")) }
+                }
+            }
+        },
+    )
+}
+
+async fn agents(State(state): St, Extension(session): Extension<Session>) -> Response {
+    if session.operator.is_none() {
+        return login_redirect();
+    }
+    let list = state.store.agents().unwrap_or_default();
+    render(
+        &state,
+        &session,
+        "Agents",
+        html! {
+            table {
+                thead { tr { th { "Agent" } th { "Vaults" } th { "Status" } th { "Created" } } }
+                tbody { @for a in &list { tr {
+                    td { (a.name) } td { (a.vaults.join(", ")) } td { (if a.revoked { "revoked" } else { "active" }) } td.muted { (airlock::cli::rfc3339(a.created_at)) }
+                } } }
+            }
+        },
+    )
+}
+
+async fn requests(
+    State(state): St,
+    Extension(session): Extension<Session>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if session.operator.is_none() {
+        return login_redirect();
+    }
+    let vault = q.get("vault").filter(|v| !v.is_empty()).map(String::as_str);
+    let mut rows = airlock::requestlog::read(&state.data_dir, vault, 0).unwrap_or_default();
+    let skip = rows.len().saturating_sub(200);
+    rows.drain(..skip);
+    rows.reverse();
+    render(
+        &state,
+        &session,
+        "Requests",
+        html! {
+            form method="get" action="/requests" { label for="vault" { "Vault" } input id="vault" type="text" name="vault" value=(vault.unwrap_or("")); button { "Filter" } }
+            table {
+                thead { tr { th { "Time" } th { "Request" } th { "Status" } th { "Service" } th { "Agent" } th { "Error" } } }
+                tbody { @for (_, r) in &rows { tr {
+                    td.muted { (airlock::cli::rfc3339(r.at_ms / 1000)) }
+                    td { (r.method) " " code { (r.host) (r.path) } }
+                    td { (r.status) } td { (r.service.as_deref().unwrap_or("-")) } td { (r.agent.as_deref().unwrap_or("-")) } td { (r.error.as_deref().unwrap_or("")) }
+                } } }
+            }
+        },
+    )
+}
+
+async fn audit(State(state): St, Extension(session): Extension<Session>) -> Response {
+    if session.operator.is_none() {
+        return login_redirect();
+    }
+    let mut list = state.store.audit_log(200).unwrap_or_default();
+    list.reverse();
+    render(
+        &state,
+        &session,
+        "Audit log",
+        html! {
+            table {
+                thead { tr { th { "Time" } th { "Who" } th { "Action" } th { "Target" } th { "Detail" } } }
+                tbody { @for r in &list { tr {
+                    td.muted { (airlock::cli::rfc3339(r.at)) } td { (r.actor) } td { (r.action) } td { (r.target) } td.muted { (r.detail) }
+                } } }
+            }
+        },
+    )
+}

@@ -1,0 +1,59 @@
+//! The admin Unix socket: created 0660 inside a 0750 directory, and every connection's
+//! SO_PEERCRED checked (security.md row 46): only the admin process's own uid, root, and
+//! members of the socket's group may talk to it. Other connections are closed unanswered.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use tokio::net::{UnixListener, UnixStream};
+
+/// Binds the socket (replacing a stale one) with the modes above.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))?;
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    Ok(listener)
+}
+
+/// Whether the peer may use the admin socket.
+pub fn allowed(stream: &UnixStream, socket_gid: u32) -> bool {
+    let Ok(cred) = stream.peer_cred() else {
+        return false;
+    };
+    let own = rustix::process::getuid().as_raw();
+    cred.uid() == own || cred.uid() == 0 || cred.gid() == socket_gid
+}
+
+/// The axum listener over the socket, dropping connections from peers not [`allowed`].
+pub struct PeerChecked {
+    pub listener: UnixListener,
+    pub gid: u32,
+}
+
+impl axum::serve::Listener for PeerChecked {
+    type Io = UnixStream;
+    type Addr = tokio::net::unix::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.listener.accept().await {
+                Ok((stream, addr)) if allowed(&stream, self.gid) => return (stream, addr),
+                Ok((_, _)) => {
+                    tracing::warn!("refused an admin socket connection from a disallowed uid")
+                }
+                Err(e) => {
+                    tracing::warn!("admin socket accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.listener.local_addr()
+    }
+}

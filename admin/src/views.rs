@@ -1,0 +1,73 @@
+//! HTML views (maud: every interpolated value is escaped) and the stylesheet. Layout only; the
+//! handlers in `pages` decide what to show.
+
+use maud::{DOCTYPE, Markup, html};
+
+use crate::security::Session;
+
+pub const CSS: &str = r#"
+:root { --fg:#1d2330; --muted:#5b6475; --line:#dfe3ea; --bg:#f6f7f9; --card:#fff; --accent:#2f5bea; --ok:#1f7a4d; --bad:#b42318; }
+* { box-sizing: border-box; }
+body { margin:0; font: 16px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; color:var(--fg); background:var(--bg); }
+header { background:var(--card); border-bottom:1px solid var(--line); }
+nav { max-width:960px; margin:0 auto; padding:.6rem 1rem; display:flex; flex-wrap:wrap; gap:.4rem 1.1rem; align-items:center; }
+nav a { color:var(--fg); text-decoration:none; }
+nav a.brand { font-weight:700; margin-right:auto; }
+.badge { background:var(--accent); color:#fff; border-radius:999px; padding:0 .5rem; margin-left:.3rem; font-size:.8rem; }
+main { max-width:960px; margin:0 auto; padding:1rem; }
+h1 { font-size:1.4rem; margin:.5rem 0 1rem; }
+h2 { font-size:1.1rem; margin:1.5rem 0 .5rem; }
+.card { background:var(--card); border:1px solid var(--line); border-radius:10px; padding:1rem; margin-bottom:1rem; }
+table { width:100%; border-collapse:collapse; background:var(--card); border:1px solid var(--line); border-radius:10px; overflow:hidden; }
+th, td { text-align:left; padding:.5rem .6rem; border-bottom:1px solid var(--line); vertical-align:top; overflow-wrap:anywhere; }
+th { font-size:.85rem; color:var(--muted); font-weight:600; }
+.muted { color:var(--muted); }
+.status { font-weight:600; }
+.status.pending { color:var(--accent); } .status.applied { color:var(--ok); } .status.rejected, .status.expired { color:var(--bad); }
+label { display:block; font-weight:600; margin:.8rem 0 .2rem; }
+input[type=text], input[type=password], textarea { width:100%; padding:.55rem; border:1px solid var(--line); border-radius:8px; font:inherit; }
+button { font:inherit; padding:.55rem 1rem; border-radius:8px; border:1px solid var(--accent); background:var(--accent); color:#fff; cursor:pointer; margin-top:.8rem; }
+button.secondary { background:#fff; color:var(--bad); border-color:var(--bad); }
+form.inline { display:inline; } form.inline button { margin:0; padding:.2rem .6rem; background:none; color:var(--muted); border-color:var(--line); }
+.message { white-space:pre-wrap; background:var(--bg); border-left:3px solid var(--line); padding:.5rem .8rem; }
+.flash { padding:.7rem 1rem; border-radius:8px; margin-bottom:1rem; }
+.flash.ok { background:#e7f6ee; color:var(--ok); } .flash.bad { background:#fdecea; color:var(--bad); }
+code { font-size:.9em; overflow-wrap:anywhere; }
+@media (max-width: 600px) { th:nth-child(n+4), td:nth-child(n+4) { display:none; } }
+"#;
+
+/// The page frame: navigation (with the pending count) for a logged-in operator.
+pub fn page(title: &str, session: &Session, pending: usize, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · airlock" }
+                link rel="stylesheet" href="/static/app.css";
+            }
+            body {
+                header { nav {
+                    a.brand href="/" { "airlock" }
+                    @if session.operator.is_some() {
+                        a href="/proposals" { "Proposals" @if pending > 0 { span.badge { (pending) } } }
+                        a href="/vaults" { "Vaults" }
+                        a href="/agents" { "Agents" }
+                        a href="/requests" { "Requests" }
+                        a href="/audit" { "Audit" }
+                        form.inline method="post" action="/logout" {
+                            input type="hidden" name="csrf" value=(session.csrf);
+                            button { "Log out " (session.operator.as_deref().unwrap_or("")) }
+                        }
+                    }
+                } }
+                main { h1 { (title) } (body) }
+            }
+        }
+    }
+}
+
+pub fn flash(ok: bool, text: &str) -> Markup {
+    html! { div class={ "flash " (if ok { "ok" } else { "bad" }) } { (text) } }
+}

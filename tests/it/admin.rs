@@ -1,0 +1,396 @@
+//! The admin process: the approval flow in a real headless Chromium, and its security checks
+//! (security.md rows 46, 48, 49, 50) with curl over TCP and the Unix socket.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::harness::{Run, output};
+use crate::proxy::Setup;
+
+const PASSWORD: &str = "correct-horse-battery";
+
+fn with_admin() -> Setup {
+    let s = Setup::with("auto", &["--admin-listen", "127.0.0.1:0"], true, true);
+    s.env
+        .run_stdin(
+            &["operator", "add", "alice"],
+            format!("{PASSWORD}\n").as_bytes(),
+        )
+        .ok();
+    s
+}
+
+fn admin_url(s: &Setup) -> String {
+    format!(
+        "http://{}",
+        s.proxy
+            .admin_http
+            .as_deref()
+            .expect("admin_http in the ready line")
+    )
+}
+
+/// Posts a proposal through the agent API; returns its JSON.
+fn propose(s: &Setup, user_message: &str) -> serde_json::Value {
+    let body = json!({
+        "services": [{"action": "set", "name": "other", "host": "other.example.net", "auth": {"type": "bearer", "token": "OTHER_KEY"}}],
+        "credentials": [{"key": "OTHER_KEY", "description": "Other API key", "obtain": "https://other.example.net/keys"}],
+        "user_message": user_message,
+    });
+    let mut c = std::process::Command::new("curl");
+    c.args([
+        "-sS",
+        "--noproxy",
+        "*",
+        "-H",
+        &format!("Authorization: Bearer {}", s.token),
+        "-H",
+        "content-type: application/json",
+    ]);
+    c.args([
+        "--data-binary",
+        &body.to_string(),
+        &format!("http://{}/v1/proposals", s.proxy.addr),
+    ]);
+    serde_json::from_str(&output(c, None).ok().stdout).unwrap()
+}
+
+fn artifacts() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Issue 4's acceptance: refused, proposed, approved by an operator in a real browser, served.
+#[test]
+fn browser_approves_a_proposal_end_to_end() {
+    let s = with_admin();
+    let refused = s.curl(&["-v", "https://other.example.net/widgets"]);
+    assert!(
+        refused.stderr.contains("403 no_service: propose access at"),
+        "{refused:?}"
+    );
+    let p = propose(&s, "<script>alert(1)</script> May I list your widgets?");
+    let id = p["id"].as_u64().unwrap();
+    assert_eq!(
+        p["approval_url"],
+        format!("{}/proposals/{id}", admin_url(&s))
+    );
+    let key = "sk-browser-approved-key-77";
+    let dir = artifacts();
+    let mut c = std::process::Command::new("node");
+    c.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser"));
+    c.args([
+        "approve.mjs",
+        &admin_url(&s),
+        "alice",
+        PASSWORD,
+        &id.to_string(),
+        "OTHER_KEY",
+        key,
+    ])
+    .arg(&dir);
+    let r = output(c, None);
+    assert_eq!(r.code, 0, "browser run failed: {r:?}");
+    assert!(r.stdout.contains("\"ok\":true"));
+    for shot in [
+        "1-login",
+        "2-proposals",
+        "3-proposal",
+        "4-approved",
+        "5-audit",
+    ] {
+        assert!(
+            dir.join(format!("{shot}.png")).metadata().unwrap().len() > 1000,
+            "{shot}"
+        );
+    }
+    let start = Instant::now();
+    loop {
+        let r = s.curl(&["https://other.example.net/widgets"]);
+        if r.code == 0 && r.stdout.contains("GET /widgets") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the approved service is not served: {r:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(s.last().header("authorization"), [format!("Bearer {key}")]);
+    let audit = s.env.run(&["audit", "list", "--json"]).ok();
+    assert!(
+        audit.stdout.contains("operator:alice") && audit.stdout.contains("proposal.approve"),
+        "{audit:?}"
+    );
+}
+
+/// A curl session against the admin UI (cookie jar in a temp file).
+struct Browser {
+    base: String,
+    jar: PathBuf,
+}
+
+impl Browser {
+    fn new(s: &Setup) -> Self {
+        Self {
+            base: admin_url(s),
+            jar: s.env.path("cookies.txt"),
+        }
+    }
+
+    fn req(
+        &self,
+        method: &str,
+        path: &str,
+        form: &[(&str, &str)],
+        headers: &[&str],
+    ) -> (u16, String) {
+        let mut c = std::process::Command::new("curl");
+        c.args([
+            "-sS",
+            "--noproxy",
+            "*",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            method,
+            "-b",
+        ])
+        .arg(&self.jar)
+        .arg("-c")
+        .arg(&self.jar);
+        for h in headers {
+            c.args(["-H", h]);
+        }
+        for (k, v) in form {
+            c.args(["--data-urlencode", &format!("{k}={v}")]);
+        }
+        c.arg(format!("{}{path}", self.base));
+        let r: Run = output(c, None).ok();
+        let (body, code) = r.stdout.rsplit_once('\n').unwrap();
+        (code.parse().unwrap(), body.to_owned())
+    }
+
+    fn origin(&self) -> String {
+        format!("Origin: {}", self.base)
+    }
+
+    fn csrf(&self, path: &str) -> String {
+        let (_, html) = self.req("GET", path, &[], &[]);
+        let at = html.find("name=\"csrf\" value=\"").expect("csrf field") + 19;
+        html[at..].split('"').next().unwrap().to_owned()
+    }
+
+    fn login(&self, password: &str) -> u16 {
+        let csrf = self.csrf("/login");
+        self.req(
+            "POST",
+            "/login",
+            &[("csrf", &csrf), ("name", "alice"), ("password", password)],
+            &[&self.origin()],
+        )
+        .0
+    }
+}
+
+/// Row 48 (H-03, H-04): cross-site and wrong-Host requests, missing CSRF, framing headers,
+/// login throttling; rows 49-50 through the UI.
+#[test]
+fn row48_row49_row50_admin_request_security() {
+    let s = with_admin();
+    let b = Browser::new(&s);
+    assert_eq!(
+        b.req("GET", "/proposals", &[], &[]).0,
+        303,
+        "pages need a login"
+    );
+    assert_eq!(b.req("GET", "/login", &[], &["Host: evil.example"]).0, 421);
+    assert_eq!(b.login("wrong password!"), 401);
+    assert_eq!(b.login(PASSWORD), 303);
+    let p = propose(&s, "<img src=x onerror=alert(1)>\u{202e}gnp.exe");
+    let id = p["id"].as_u64().unwrap();
+    let (code, html) = b.req("GET", &format!("/proposals/{id}"), &[], &[]);
+    assert_eq!(code, 200);
+    assert!(
+        html.contains("&lt;img src=x onerror=alert(1)&gt;") && !html.contains("<img src=x"),
+        "row 50: not escaped"
+    );
+    let csrf = b.csrf(&format!("/proposals/{id}"));
+    let digest = html
+        .split("name=\"digest\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    let approve = format!("/proposals/{id}/approve");
+    let form = [
+        ("csrf", csrf.as_str()),
+        ("digest", digest.as_str()),
+        ("value:OTHER_KEY", "sk-ui-key-1234"),
+    ];
+    // Cross-site: another Origin, and no Origin at all.
+    assert_eq!(
+        b.req("POST", &approve, &form, &["Origin: http://evil.example"])
+            .0,
+        403
+    );
+    assert_eq!(b.req("POST", &approve, &form, &[]).0, 403);
+    // Same origin but no or wrong CSRF token.
+    assert_eq!(
+        b.req(
+            "POST",
+            &approve,
+            &[("digest", &digest), ("value:OTHER_KEY", "k")],
+            &[&b.origin()]
+        )
+        .0,
+        403
+    );
+    // A changed digest is 409; the real one applies; a replay is 409.
+    assert_eq!(
+        b.req(
+            "POST",
+            &approve,
+            &[("csrf", &csrf), ("digest", "00"), ("value:OTHER_KEY", "k")],
+            &[&b.origin()]
+        )
+        .0,
+        409
+    );
+    let (code, html) = b.req("POST", &approve, &form, &[&b.origin()]);
+    assert_eq!(code, 200, "{html}");
+    assert!(html.contains("Approved") && !html.contains("sk-ui-key-1234"));
+    assert_eq!(b.req("POST", &approve, &form, &[&b.origin()]).0, 409);
+    // Every page forbids framing.
+    let mut c = std::process::Command::new("curl");
+    c.args(["-sSI", "--noproxy", "*", &format!("{}/login", b.base)]);
+    let headers = output(c, None).ok().stdout.to_ascii_lowercase();
+    assert!(
+        headers.contains("frame-ancestors 'none'") && headers.contains("x-frame-options: deny"),
+        "{headers}"
+    );
+    assert!(
+        headers.contains("samesite=strict") && headers.contains("httponly"),
+        "{headers}"
+    );
+    // Login throttling, per operator name: the wrong password above was the first failure;
+    // four more make five, and then even the right password gets 429.
+    let other = Browser {
+        base: b.base.clone(),
+        jar: s.env.path("jar2.txt"),
+    };
+    for _ in 0..4 {
+        assert_eq!(other.login("nope-nope-nope"), 401);
+    }
+    assert_eq!(other.login(PASSWORD), 429);
+}
+
+/// Row 46 (H-01): the socket is 0660 in a 0750 directory, and a connection from another uid is
+/// refused even when the file modes would let it through (SO_PEERCRED).
+#[test]
+fn row46_admin_socket_refuses_other_uids() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = with_admin();
+    let socket = PathBuf::from(s.proxy.admin_socket.as_deref().unwrap());
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&socket), 0o660);
+    assert_eq!(mode(socket.parent().unwrap()), 0o750);
+    let ok = output(curl_socket(&socket, None), None).ok();
+    assert_eq!(ok.stdout, "ok");
+    let denied = output(curl_socket(&socket, Some(65534)), None);
+    assert_ne!(denied.code, 0, "another uid reached the socket: {denied:?}");
+    // Open the modes up: the peer-credential check still refuses.
+    for p in [s.env.data_dir.as_path(), socket.parent().unwrap()] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let refused = output(curl_socket(&socket, Some(65534)), None);
+    assert_ne!(refused.code, 0, "{refused:?}");
+    assert!(!refused.stdout.contains("ok"));
+    assert!(
+        s.proxy
+            .stderr()
+            .contains("refused an admin socket connection"),
+        "{}",
+        s.proxy.stderr()
+    );
+}
+
+fn curl_socket(socket: &std::path::Path, uid: Option<u32>) -> std::process::Command {
+    let url = "http://localhost/healthz";
+    match uid {
+        None => {
+            let mut c = std::process::Command::new("curl");
+            c.args(["-sS", "--unix-socket"]).arg(socket).arg(url);
+            c
+        }
+        Some(uid) => {
+            let mut c = std::process::Command::new("setpriv");
+            c.args([
+                &format!("--reuid={uid}"),
+                &format!("--regid={uid}"),
+                "--clear-groups",
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+                "--unix-socket",
+            ]);
+            c.arg(socket).arg(url);
+            c
+        }
+    }
+}
+
+/// The admin process dies: the proxy keeps serving, and serve restarts it.
+#[test]
+fn admin_crash_leaves_the_proxy_serving_and_is_restarted() {
+    let s = with_admin();
+    let socket = PathBuf::from(s.proxy.admin_socket.as_deref().unwrap());
+    let pid = admin_pid(&s);
+    std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    s.curl(&["https://api.openai.com/during-admin-outage"]).ok();
+    let start = Instant::now();
+    loop {
+        let r = output(curl_socket(&socket, None), None);
+        if r.code == 0 && r.stdout == "ok" && admin_pid(&s) != pid {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "admin not restarted: {}",
+            s.proxy.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        s.proxy.stderr().contains("airlock-admin exited"),
+        "{}",
+        s.proxy.stderr()
+    );
+}
+
+fn admin_pid(s: &Setup) -> u32 {
+    let dir = s.env.data_dir.display().to_string();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmd.contains("airlock-admin") && cmd.contains(&dir) {
+            return pid;
+        }
+    }
+    0
+}
