@@ -6,6 +6,7 @@
 
 #![deny(unsafe_code)]
 
+mod manage;
 mod pages;
 mod security;
 mod socket;

@@ -20,8 +20,8 @@ use crate::AppState;
 use crate::security::{self, Session, csrf_ok};
 use crate::views::{CSS, flash, page};
 
-type St = State<Arc<AppState>>;
-type Fields = Form<HashMap<String, String>>;
+pub(crate) type St = State<Arc<AppState>>;
+pub(crate) type Fields = Form<HashMap<String, String>>;
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
@@ -38,8 +38,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/proposals/{id}", get(proposal))
         .route("/proposals/{id}/approve", post(approve))
         .route("/proposals/{id}/reject", post(reject))
-        .route("/vaults", get(vaults))
-        .route("/agents", get(agents))
+        .merge(crate::manage::routes())
         .route("/requests", get(requests))
         .route("/audit", get(audit))
         .layer(axum::middleware::from_fn_with_state(
@@ -56,17 +55,17 @@ fn pending(state: &AppState) -> usize {
         .map_or(0, |p| p.len())
 }
 
-fn render(state: &AppState, session: &Session, title: &str, body: Markup) -> Response {
+pub(crate) fn render(state: &AppState, session: &Session, title: &str, body: Markup) -> Response {
     let html = page(title, session, pending(state), body).into_string();
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
 }
 
 /// Where pages send a visitor who is not logged in.
-fn login_redirect() -> Response {
+pub(crate) fn login_redirect() -> Response {
     Redirect::to("/login").into_response()
 }
 
-fn forbidden() -> Response {
+pub(crate) fn forbidden() -> Response {
     (
         StatusCode::FORBIDDEN,
         "the form is stale or was not sent by this site; reload and try again",
@@ -74,7 +73,7 @@ fn forbidden() -> Response {
         .into_response()
 }
 
-fn vault_error(state: &AppState, session: &Session, e: &VaultError) -> Response {
+pub(crate) fn vault_error(state: &AppState, session: &Session, e: &VaultError) -> Response {
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut r = render(
         state,
@@ -402,53 +401,6 @@ async fn reject(
         ),
         Err(e) => vault_error(&state, &session, &e),
     }
-}
-
-async fn vaults(State(state): St, Extension(session): Extension<Session>) -> Response {
-    if session.operator.is_none() {
-        return login_redirect();
-    }
-    let vaults = state.store.vaults().unwrap_or_default();
-    render(
-        &state,
-        &session,
-        "Vaults",
-        html! {
-            @for v in &vaults {
-                div.card {
-                    h2 { (v.name) " " span.muted { "(unmatched hosts: " (format!("{:?}", v.policy).to_lowercase()) ")" } }
-                    table {
-                        thead { tr { th { "Service" } th { "Host" } th { "Auth" } th { "Enabled" } } }
-                        tbody { @for s in state.store.services(&v.name).unwrap_or_default() { tr {
-                            td { (s.spec.name) } td { code { (s.spec.host) } } td { (s.spec.auth_type()) } td { (if s.spec.enabled { "yes" } else { "no" }) }
-                        } } }
-                    }
-                    p.muted { "Credentials (names only): "
-                        (state.store.credentials(&v.name).unwrap_or_default().into_iter().map(|(k, _)| k).collect::<Vec<_>>().join(", ")) }
-                }
-            }
-        },
-    )
-}
-
-async fn agents(State(state): St, Extension(session): Extension<Session>) -> Response {
-    if session.operator.is_none() {
-        return login_redirect();
-    }
-    let list = state.store.agents().unwrap_or_default();
-    render(
-        &state,
-        &session,
-        "Agents",
-        html! {
-            table {
-                thead { tr { th { "Agent" } th { "Vaults" } th { "Status" } th { "Created" } } }
-                tbody { @for a in &list { tr {
-                    td { (a.name) } td { (a.vaults.join(", ")) } td { (if a.revoked { "revoked" } else { "active" }) } td.muted { (airlock::cli::rfc3339(a.created_at)) }
-                } } }
-            }
-        },
-    )
 }
 
 async fn requests(

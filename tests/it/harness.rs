@@ -157,7 +157,8 @@ pub fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
             let path = entry.expect("entry").path();
             if path.is_dir() {
                 stack.push(path);
-            } else {
+            } else if path.is_file() {
+                // Regular files only (the admin socket lives in the data dir too).
                 let bytes = std::fs::read(&path).expect("read");
                 out.push((path, bytes));
             }

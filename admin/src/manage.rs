@@ -1,0 +1,427 @@
+//! Management pages: vaults (create, unmatched-host policy), services (add or replace from
+//! YAML, enable/disable, remove), credentials (set and replace, delete; names and dates only,
+//! never a value), agents (create and rotate show the token once; revoke) and scoped tokens.
+//! Each form posts the session's CSRF token and acts through the same store operations as the
+//! CLI, so the same validation and audit records apply.
+
+use std::sync::Arc;
+
+use airlock::secret::Secret;
+use airlock::spec::ServiceFile;
+use airlock::vault::{UnmatchedPolicy, VaultError};
+use axum::extract::{Extension, Path};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use maud::{Markup, html};
+
+use crate::AppState;
+use crate::pages::{Fields, St, forbidden, login_redirect, render};
+use crate::security::{Session, csrf_ok};
+use crate::views::flash;
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/vaults", get(vaults).post(create_vault))
+        .route("/vaults/{vault}/policy", post(set_policy))
+        .route("/vaults/{vault}/services", post(set_services))
+        .route(
+            "/vaults/{vault}/services/{name}/toggle",
+            post(toggle_service),
+        )
+        .route(
+            "/vaults/{vault}/services/{name}/remove",
+            post(remove_service),
+        )
+        .route("/vaults/{vault}/credentials", post(set_credential))
+        .route(
+            "/vaults/{vault}/credentials/{key}/delete",
+            post(delete_credential),
+        )
+        .route("/agents", get(agents).post(create_agent))
+        .route("/agents/{name}/revoke", post(revoke_agent))
+        .route("/agents/{name}/rotate", post(rotate_agent))
+        .route("/tokens", post(mint_token))
+}
+
+/// The acting operator for a form post: logged in and carrying the right CSRF token.
+fn actor(
+    session: &Session,
+    f: &Form<std::collections::HashMap<String, String>>,
+) -> Result<String, Box<Response>> {
+    let Some(op) = session.operator.as_deref() else {
+        return Err(Box::new(login_redirect()));
+    };
+    if !csrf_ok(session, f.get("csrf")) {
+        return Err(Box::new(forbidden()));
+    }
+    Ok(format!("operator:{op}"))
+}
+
+fn result(r: Result<String, VaultError>) -> Markup {
+    match r {
+        Ok(m) => flash(true, &m),
+        Err(e) => flash(false, &e.to_string()),
+    }
+}
+
+fn field<'a>(f: &'a Fields, name: &str) -> &'a str {
+    f.get(name).map_or("", String::as_str)
+}
+
+fn button(session: &Session, action: &str, label: &str) -> Markup {
+    html! { form.inline method="post" action=(action) { input type="hidden" name="csrf" value=(session.csrf); button { (label) } } }
+}
+
+async fn vaults(state: St, Extension(session): Extension<Session>) -> Response {
+    if session.operator.is_none() {
+        return login_redirect();
+    }
+    vaults_page(&state, &session, None)
+}
+
+fn vaults_page(state: &AppState, session: &Session, note: Option<Markup>) -> Response {
+    let vaults = state.store.vaults().unwrap_or_default();
+    render(
+        state,
+        session,
+        "Vaults",
+        html! {
+            @if let Some(n) = note { (n) }
+            @for v in &vaults {
+                div.card {
+                    h2 { (v.name) }
+                    p {
+                        "Hosts without a service: " strong { (format!("{:?}", v.policy).to_lowercase()) } " "
+                        (button(session, &format!("/vaults/{}/policy", v.name), if v.policy == UnmatchedPolicy::Deny { "allow opaque tunnels" } else { "deny them" }))
+                    }
+                    table {
+                        thead { tr { th { "Service" } th { "Host" } th { "Auth" } th { "Enabled" } th { "" } } }
+                        tbody { @for s in state.store.services(&v.name).unwrap_or_default() { tr {
+                            td { (s.spec.name) } td { code { (s.spec.host) } } td { (s.spec.auth_type()) }
+                            td { (if s.spec.enabled { "yes" } else { "no" }) }
+                            td {
+                                (button(session, &format!("/vaults/{}/services/{}/toggle", v.name, s.spec.name), if s.spec.enabled { "disable" } else { "enable" }))
+                                " " (button(session, &format!("/vaults/{}/services/{}/remove", v.name, s.spec.name), "remove"))
+                            }
+                        } } }
+                    }
+                    form method="post" action={ "/vaults/" (v.name) "/services" } {
+                        input type="hidden" name="csrf" value=(session.csrf);
+                        label for={ "yaml-" (v.name) } { "Add or replace services (YAML, as for " code { "airlock service set" } ")" }
+                        textarea id={ "yaml-" (v.name) } name="yaml" rows="5" placeholder="services:\n  - name: stripe\n    host: api.stripe.com\n    auth: {type: bearer, token: STRIPE_KEY}" {}
+                        button { "Save services" }
+                    }
+                    h2 { "Credentials" }
+                    table {
+                        thead { tr { th { "Key" } th { "Created" } th { "Updated" } th { "" } } }
+                        tbody { @for (k, c) in state.store.credentials(&v.name).unwrap_or_default() { tr {
+                            td { code { (k) } } td.muted { (airlock::cli::rfc3339(c.created_at)) } td.muted { (airlock::cli::rfc3339(c.updated_at)) }
+                            td { (button(session, &format!("/vaults/{}/credentials/{k}/delete", v.name), "delete")) }
+                        } } }
+                    }
+                    form method="post" action={ "/vaults/" (v.name) "/credentials" } {
+                        input type="hidden" name="csrf" value=(session.csrf);
+                        label for={ "key-" (v.name) } { "Set or replace a credential (values are never shown again)" }
+                        input id={ "key-" (v.name) } type="text" name="key" placeholder="STRIPE_KEY" required;
+                        input type="password" name="value" placeholder="value" autocomplete="off" required;
+                        button { "Seal credential" }
+                    }
+                }
+            }
+            form.card method="post" action="/vaults" {
+                input type="hidden" name="csrf" value=(session.csrf);
+                label for="new-vault" { "New vault" }
+                input id="new-vault" type="text" name="name" placeholder="team-a" required;
+                button { "Create vault" }
+            }
+        },
+    )
+}
+
+async fn create_vault(state: St, Extension(session): Extension<Session>, f: Fields) -> Response {
+    let who = match actor(&session, &f) {
+        Ok(w) => w,
+        Err(r) => return *r,
+    };
+    let name = field(&f, "name");
+    let note = result(
+        state
+            .store
+            .create_vault(&who, name)
+            .map(|_| format!("Created vault {name}.")),
+    );
+    vaults_page(&state, &session, Some(note))
+}
+
+async fn set_policy(
+    state: St,
+    Extension(session): Extension<Session>,
+    Path(vault): Path<String>,
+    f: Fields,
+) -> Response {
+    let who = match actor(&session, &f) {
+        Ok(w) => w,
+        Err(r) => return *r,
+    };
+    let r = state.store.vault(&vault).and_then(|v| {
+        let next = if v.policy == UnmatchedPolicy::Deny {
+            UnmatchedPolicy::Tunnel
+        } else {
+            UnmatchedPolicy::Deny
+        };
+        state.store.set_policy(&who, &vault, next).map(|()| {
+            format!("Vault {vault}: hosts without a service are now {next:?}.").to_lowercase()
+        })
+    });
+    vaults_page(&state, &session, Some(result(r)))
+}
+
+async fn set_services(
+    state: St,
+    Extension(session): Extension<Session>,
+    Path(vault): Path<String>,
+    f: Fields,
+) -> Response {
+    let who = match actor(&session, &f) {
+        Ok(w) => w,
+        Err(r) => return *r,
+    };
+    let r = ServiceFile::from_yaml(field(&f, "yaml"))
+        .map_err(VaultError::from)
+        .and_then(|file| {
+            let c = state
+                .store
+                .set_services(&who, &vault, file.services, false)?;
+            Ok(format!(
+                "Vault {vault}: {} added, {} updated.",
+                c.added.len(),
+                c.updated.len()
+            ))
+        });
+    vaults_page(&state, &session, Some(result(r)))
+}
+
+async fn toggle_service(
+    state: St,
+    Extension(session): Extension<Session>,
+    Path((vault, name)): Path<(String, String)>,
+    f: Fields,
+) -> Response {
+    let who = match actor(&session, &f) {
+        Ok(w) => w,
+        Err(r) => return *r,
+    };
+    let r = state.store.services(&vault).and_then(|list| {
+        let mut spec = list
+            .into_iter()
+            .find(|s| s.spec.name == name)
+            .ok_or_else(|| VaultError::NotFound {
+                kind: "service",
+                name: name.clone(),
+            })?
+            .spec;
+        spec.enabled = !spec.enabled;
+        let word = if spec.enabled { "enabled" } else { "disabled" };
+        state.store.set_services(&who, &vault, vec![spec], false)?;
+        Ok(format!("Service {name} {word}."))
+    });
+    vaults_page(&state, &session, Some(result(r)))
+}
+
+async fn remove_service(
+    state: St,
+    Extension(session): Extension<Session>,
+    Path((vault, name)): Path<(String, String)>,
+    f: Fields,
+) -> Response {
+    let who = match actor(&session, &f) {
+        Ok(w) => w,
+        Err(r) => return *r,
+    };
+    let note = result(
+        state
+            .store
+            .remove_service(&who, &vault, &name)
+            .map(|()| format!("Removed service {name}.")),
+    );
+    vaults_page(&state, &session, Some(note))
+}
+
+async fn set_credential(
+    state: St,
+    Extension(session): Extension<Session>,
+    Path(vault): Path<String>,
+    f: Fields,
+) -> Response {
+    let who = match actor(&session, &f) {
+        Ok(w) => w,
+        Err(r) => return *r,
+    };
+    let key = field(&f, "key").to_owned();
+    let value = Secret::new(
+        field(&f, "value")
+            .trim_end_matches(['\r', '\n'])
+            .as_bytes()
+            .to_vec(),
+    );
+    let r = state
+        .store
+        .set_credential(&who, &vault, &key, &value)
+        .map(|new| {
+            format!(
+                "{} credential {key}.",
+                if new { "Sealed" } else { "Replaced" }
+            )
+        });
+    vaults_page(&state, &session, Some(result(r)))
+}
+
+async fn delete_credential(
+    state: St,
+    Extension(session): Extension<Session>,
+    Path((vault, key)): Path<(String, String)>,
+    f: Fields,
+) -> Response {
+    let who = match actor(&session, &f) {
+        Ok(w) => w,
+        Err(r) => return *r,
+    };
+    let note = result(
+        state
+            .store
+            .delete_credential(&who, &vault, &key)
+            .map(|()| format!("Deleted credential {key}.")),
+    );
+    vaults_page(&state, &session, Some(note))
+}
+
+async fn agents(state: St, Extension(session): Extension<Session>) -> Response {
+    if session.operator.is_none() {
+        return login_redirect();
+    }
+    agents_page(&state, &session, None)
+}
+
+/// A token shown once, with the reminder that it will not be shown again.
+fn token_note(what: &str, token: &Secret) -> Markup {
+    html! { div.flash.ok { (what) " Copy it now; it is not shown again:" br; code { (String::from_utf8_lossy(token.expose())) } } }
+}
+
+fn agents_page(state: &AppState, session: &Session, note: Option<Markup>) -> Response {
+    let list = state.store.agents().unwrap_or_default();
+    render(
+        state,
+        session,
+        "Agents",
+        html! {
+            @if let Some(n) = note { (n) }
+            table {
+                thead { tr { th { "Agent" } th { "Vaults" } th { "Status" } th { "Created" } th { "" } } }
+                tbody { @for a in &list { tr {
+                    td { (a.name) } td { (a.vaults.join(", ")) } td { (if a.revoked { "revoked" } else { "active" }) }
+                    td.muted { (airlock::cli::rfc3339(a.created_at)) }
+                    td { @if !a.revoked {
+                        (button(session, &format!("/agents/{}/rotate", a.name), "rotate token")) " "
+                        (button(session, &format!("/agents/{}/revoke", a.name), "revoke"))
+                    } }
+                } } }
+            }
+            form.card method="post" action="/agents" {
+                input type="hidden" name="csrf" value=(session.csrf);
+                label for="agent-name" { "New agent" }
+                input id="agent-name" type="text" name="name" placeholder="ci-bot" required;
+                label for="agent-vaults" { "Vaults (comma separated; the first is its default)" }
+                input id="agent-vaults" type="text" name="vaults" value="default" required;
+                button { "Create agent" }
+            }
+            form.card method="post" action="/tokens" {
+                input type="hidden" name="csrf" value=(session.csrf);
+                label for="token-vault" { "Scoped token for one vault" }
+                input id="token-vault" type="text" name="vault" value="default" required;
+                label for="token-ttl" { "Lifetime (e.g. 1h, 8h, 7d)" }
+                input id="token-ttl" type="text" name="ttl" value="1h" required;
+                button { "Mint scoped token" }
+            }
+        },
+    )
+}
+
+async fn create_agent(state: St, Extension(session): Extension<Session>, f: Fields) -> Response {
+    let who = match actor(&session, &f) {
+        Ok(w) => w,
+        Err(r) => return *r,
+    };
+    let name = field(&f, "name");
+    let vaults: Vec<String> = field(&f, "vaults")
+        .split(',')
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .collect();
+    let note = match state.store.create_agent(&who, name, &vaults) {
+        Ok(m) => token_note(&format!("Created agent {name}."), &m.token),
+        Err(e) => flash(false, &e.to_string()),
+    };
+    agents_page(&state, &session, Some(note))
+}
+
+async fn revoke_agent(
+    state: St,
+    Extension(session): Extension<Session>,
+    Path(name): Path<String>,
+    f: Fields,
+) -> Response {
+    let who = match actor(&session, &f) {
+        Ok(w) => w,
+        Err(r) => return *r,
+    };
+    let note = result(
+        state
+            .store
+            .revoke_agent(&who, &name)
+            .map(|()| format!("Revoked agent {name} and its scoped tokens.")),
+    );
+    agents_page(&state, &session, Some(note))
+}
+
+async fn rotate_agent(
+    state: St,
+    Extension(session): Extension<Session>,
+    Path(name): Path<String>,
+    f: Fields,
+) -> Response {
+    let who = match actor(&session, &f) {
+        Ok(w) => w,
+        Err(r) => return *r,
+    };
+    let note = match state.store.rotate_agent(&who, &name) {
+        Ok(m) => token_note(
+            &format!("Rotated the token of {name}; the old one stopped working."),
+            &m.token,
+        ),
+        Err(e) => flash(false, &e.to_string()),
+    };
+    agents_page(&state, &session, Some(note))
+}
+
+async fn mint_token(state: St, Extension(session): Extension<Session>, f: Fields) -> Response {
+    let who = match actor(&session, &f) {
+        Ok(w) => w,
+        Err(r) => return *r,
+    };
+    let vault = field(&f, "vault");
+    let note = match airlock::config::parse_duration(field(&f, "ttl")) {
+        Err(e) => flash(false, &e),
+        Ok(ttl) => match state.store.mint_token(&who, vault, ttl, None) {
+            Ok((m, expires)) => token_note(
+                &format!(
+                    "Scoped token for {vault}, expires {}.",
+                    airlock::cli::rfc3339(expires)
+                ),
+                &m.token,
+            ),
+            Err(e) => flash(false, &e.to_string()),
+        },
+    };
+    agents_page(&state, &session, Some(note))
+}
