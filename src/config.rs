@@ -55,6 +55,9 @@ pub struct FileConfig {
     pub max_body_bytes: Option<u64>,
     /// Most client connections open at once per process; more get 503 `overloaded`. Default 10000.
     pub max_connections: Option<NonZeroUsize>,
+    /// Slack-compatible webhook the admin process notifies of new proposals (https, or http to
+    /// loopback). The message holds hosts, key names and the approval link; never a secret.
+    pub webhook_url: Option<String>,
 }
 
 /// A duration written like `30s`, `2m` or `1h` in the config file.

@@ -11,6 +11,7 @@ mod pages;
 mod security;
 mod socket;
 mod views;
+mod webhook;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -73,6 +74,12 @@ fn main() -> anyhow::Result<()> {
         .socket
         .clone()
         .unwrap_or_else(|| data_dir.join("admin").join("admin.sock"));
+    let hook = file
+        .webhook_url
+        .as_deref()
+        .map(webhook::Webhook::parse)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     let state = Arc::new(AppState {
         store,
         sessions: security::Sessions::default(),
@@ -81,15 +88,16 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(serve(state, socket_path, args.listen))
+    runtime.block_on(serve(state, socket_path, args.listen, hook))
 }
 
 async fn serve(
     state: Arc<AppState>,
     socket_path: PathBuf,
     listen: AdminListen,
+    hook: Option<webhook::Webhook>,
 ) -> anyhow::Result<()> {
-    let app = pages::router(state);
+    let app = pages::router(state.clone());
     let unix =
         socket::bind(&socket_path).with_context(|| format!("binding {}", socket_path.display()))?;
     let socket_path = std::fs::canonicalize(&socket_path).unwrap_or(socket_path);
@@ -110,6 +118,12 @@ async fn serve(
         socket_path.display(),
         http.map_or("none".into(), |a| a.to_string())
     );
+    if let Some(hook) = hook {
+        let base = http.map(|a| format!("http://{a}"));
+        std::thread::Builder::new()
+            .name("webhook".into())
+            .spawn(move || webhook::watch(state, hook, base))?;
+    }
     let unix_server = axum::serve(
         socket::PeerChecked {
             listener: unix,

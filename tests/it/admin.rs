@@ -501,3 +501,95 @@ fn management_pages_act_through_the_store() {
         );
     }
 }
+
+/// The webhook: one Slack-compatible message per new proposal, with the approval link and no
+/// secret (an agent-supplied value stays sealed).
+#[test]
+fn webhook_notifies_new_proposals_without_secrets() {
+    use std::io::{Read, Write};
+    let hook = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hook_addr = hook.local_addr().unwrap();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = got.clone();
+    std::thread::spawn(move || {
+        for mut conn in hook.incoming().flatten() {
+            let mut buf = vec![0u8; 65536];
+            let mut req = Vec::new();
+            while let Ok(n) = conn.read(&mut buf) {
+                req.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&req).to_string();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        sink.lock().unwrap().push(body.to_owned());
+                        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+                        break;
+                    }
+                }
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+    });
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let cfg = cfg_dir.path().join("airlock.toml");
+    std::fs::write(&cfg, format!("webhook_url = \"http://{hook_addr}/hook\"\n")).unwrap();
+    let s = Setup::with(
+        "auto",
+        &[
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+        true,
+        true,
+    );
+    let value = "agent-supplied-webhook-canary-5150";
+    let body = json!({
+        "services": [{"action": "set", "name": "other", "host": "other.example.net", "auth": {"type": "bearer", "token": "OTHER_KEY"}}],
+        "credentials": [{"key": "OTHER_KEY", "value": value}],
+        "user_message": "Need the Other API",
+    });
+    let mut c = std::process::Command::new("curl");
+    c.args([
+        "-sS",
+        "--noproxy",
+        "*",
+        "-H",
+        &format!("Authorization: Bearer {}", s.token),
+        "--data-binary",
+        &body.to_string(),
+    ]);
+    c.arg(format!("http://{}/v1/proposals", s.proxy.addr));
+    let p: serde_json::Value = serde_json::from_str(&output(c, None).ok().stdout).unwrap();
+    let start = Instant::now();
+    while got.lock().unwrap().is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no webhook: {}",
+            s.proxy.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let msgs = got.lock().unwrap().clone();
+    assert_eq!(msgs.len(), 1);
+    let v: serde_json::Value = serde_json::from_str(&msgs[0]).unwrap();
+    let text = v["text"].as_str().unwrap();
+    assert!(
+        text.contains("other.example.net")
+            && text.contains("OTHER_KEY")
+            && text.contains("Need the Other API"),
+        "{text}"
+    );
+    assert!(text.contains(p["approval_url"].as_str().unwrap()), "{text}");
+    assert!(!msgs[0].contains(value));
+}
