@@ -6,6 +6,7 @@
 
 #![deny(unsafe_code)]
 
+mod api;
 mod manage;
 mod pages;
 mod security;
@@ -98,6 +99,8 @@ async fn serve(
     hook: Option<webhook::Webhook>,
 ) -> anyhow::Result<()> {
     let app = pages::router(state.clone());
+    // The JSON API is for local automation: on the peer-checked socket only.
+    let socket_app = app.clone().merge(api::router(state.clone()));
     let unix =
         socket::bind(&socket_path).with_context(|| format!("binding {}", socket_path.display()))?;
     let socket_path = std::fs::canonicalize(&socket_path).unwrap_or(socket_path);
@@ -129,7 +132,7 @@ async fn serve(
             listener: unix,
             gid,
         },
-        app.clone(),
+        socket_app,
     );
     let tcp_server = async move {
         match tcp {

@@ -593,3 +593,73 @@ fn webhook_notifies_new_proposals_without_secrets() {
     assert!(text.contains(p["approval_url"].as_str().unwrap()), "{text}");
     assert!(!msgs[0].contains(value));
 }
+
+/// The JSON API answers on the Unix socket only; approvals there are bound to the digest too.
+#[test]
+fn json_api_on_the_socket_only() {
+    let s = with_admin();
+    let socket = s.proxy.admin_socket.clone().unwrap();
+    let p = propose(&s, "via the API");
+    let id = p["id"].as_u64().unwrap();
+    let api = |method: &str, path: &str, body: Option<serde_json::Value>| {
+        let mut c = std::process::Command::new("curl");
+        c.args([
+            "-sS",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            method,
+            "--unix-socket",
+            &socket,
+        ]);
+        if let Some(b) = body {
+            c.args([
+                "-H",
+                "content-type: application/json",
+                "--data-binary",
+                &b.to_string(),
+            ]);
+        }
+        c.arg(format!("http://localhost{path}"));
+        let r = output(c, None).ok();
+        let (body, code) = r.stdout.rsplit_once('\n').unwrap();
+        (
+            code.parse::<u16>().unwrap(),
+            serde_json::from_str::<serde_json::Value>(body).unwrap_or_default(),
+        )
+    };
+    let (code, list) = api("GET", "/api/proposals?status=pending", None);
+    assert_eq!(code, 200);
+    let digest = list[0]["digest"].as_str().unwrap().to_owned();
+    assert_eq!(list[0]["credentials"][0]["key"], "OTHER_KEY");
+    let (code, v) = api(
+        "POST",
+        &format!("/api/proposals/{id}/approve"),
+        Some(json!({"digest": "bad", "values": {"OTHER_KEY": "k"}})),
+    );
+    assert_eq!((code, v["error"].as_str()), (409, Some("proposal_changed")));
+    let (code, v) = api(
+        "POST",
+        &format!("/api/proposals/{id}/approve"),
+        Some(json!({"digest": digest, "values": {"OTHER_KEY": "sk-api-approved"}})),
+    );
+    assert_eq!((code, v["status"].as_str()), (200, Some("applied")), "{v}");
+    let mut c = std::process::Command::new("curl");
+    c.args([
+        "-sS",
+        "--noproxy",
+        "*",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("{}/api/proposals", admin_url(&s)),
+    ]);
+    assert_eq!(
+        output(c, None).ok().stdout,
+        "404",
+        "the JSON API must not be on the TCP listener"
+    );
+}

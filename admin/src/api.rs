@@ -1,0 +1,158 @@
+//! The admin JSON API, served on the Unix socket only (its peer-credential check is the
+//! authentication; the TCP listener never routes here, so browsers cannot reach it).
+//!
+//! `GET /api/proposals[?status=S]`, `GET /api/proposals/{id}`,
+//! `POST /api/proposals/{id}/approve {"digest", "values": {"KEY": "value"}}`,
+//! `POST /api/proposals/{id}/reject {"digest", "reason"}`, `GET /api/vaults`, `GET /api/audit`.
+//! Errors are `{"error": code, "message"}` with the vault's stable codes. Values are write-only.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use airlock::secret::Secret;
+use airlock::vault::VaultError;
+use airlock::vault::records::{ProposalRecord, ProposalStatus};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::AppState;
+
+const ACTOR: &str = "admin-socket";
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/api/proposals", get(list))
+        .route("/api/proposals/{id}", get(show))
+        .route("/api/proposals/{id}/approve", post(approve))
+        .route("/api/proposals/{id}/reject", post(reject))
+        .route("/api/vaults", get(vaults))
+        .route("/api/audit", get(audit))
+        .with_state(state)
+}
+
+fn error(e: &VaultError) -> Response {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        status,
+        Json(json!({"error": e.code(), "message": e.to_string()})),
+    )
+        .into_response()
+}
+
+fn proposal_json(p: &ProposalRecord) -> Value {
+    json!({
+        "id": p.id, "status": p.status_at(airlock::vault::now()), "vault": p.vault, "agent": p.agent,
+        "services": p.services,
+        "credentials": p.credentials.iter().map(|c| json!({
+            "action": c.action, "key": c.key, "description": c.description, "obtain": c.obtain,
+            "obtain_instructions": c.obtain_instructions, "value_supplied": c.sealed.is_some(),
+        })).collect::<Vec<_>>(),
+        "message": p.message, "user_message": p.user_message, "digest": p.digest,
+        "created_at": airlock::cli::rfc3339(p.created_at), "expires_at": airlock::cli::rfc3339(p.expires_at),
+        "decided_by": p.decided_by, "reason": p.reason,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    status: Option<String>,
+}
+
+async fn list(State(state): State<Arc<AppState>>, Query(q): Query<ListQuery>) -> Response {
+    let status = match q
+        .status
+        .as_deref()
+        .map(|s| serde_json::from_value::<ProposalStatus>(json!(s)))
+    {
+        Some(Err(_)) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": "bad_request", "message": "unknown status"})),
+            )
+                .into_response();
+        }
+        Some(Ok(s)) => Some(s),
+        None => None,
+    };
+    match state.store.proposals(None, status) {
+        Ok(l) => Json(l.iter().map(proposal_json).collect::<Vec<_>>()).into_response(),
+        Err(e) => error(&e),
+    }
+}
+
+async fn show(State(state): State<Arc<AppState>>, Path(id): Path<u64>) -> Response {
+    match state.store.proposal(id) {
+        Ok(p) => Json(proposal_json(&p)).into_response(),
+        Err(e) => error(&e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Decision {
+    digest: Option<String>,
+    #[serde(default)]
+    values: BTreeMap<String, String>,
+    #[serde(default)]
+    reason: String,
+}
+
+async fn approve(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<u64>,
+    Json(d): Json<Decision>,
+) -> Response {
+    let values = d
+        .values
+        .into_iter()
+        .map(|(k, v)| (k, Secret::new(v.into_bytes())))
+        .collect();
+    match state
+        .store
+        .approve_proposal(ACTOR, id, d.digest.as_deref(), values)
+    {
+        Ok(p) => Json(proposal_json(&p)).into_response(),
+        Err(e) => error(&e),
+    }
+}
+
+async fn reject(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<u64>,
+    Json(d): Json<Decision>,
+) -> Response {
+    match state
+        .store
+        .reject_proposal(ACTOR, id, &d.reason, d.digest.as_deref())
+    {
+        Ok(p) => Json(proposal_json(&p)).into_response(),
+        Err(e) => error(&e),
+    }
+}
+
+async fn vaults(State(state): State<Arc<AppState>>) -> Response {
+    let Ok(list) = state.store.vaults() else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let out: Vec<Value> = list
+        .iter()
+        .map(|v| {
+            let services: Vec<Value> = state.store.services(&v.name).unwrap_or_default().iter().map(|s| json!({"name": s.spec.name, "host": s.spec.host, "auth": s.spec.auth_type(), "enabled": s.spec.enabled})).collect();
+            let credentials: Vec<String> = state.store.credentials(&v.name).unwrap_or_default().into_iter().map(|(k, _)| k).collect();
+            json!({"name": v.name, "policy": v.policy, "services": services, "credentials": credentials})
+        })
+        .collect();
+    Json(out).into_response()
+}
+
+async fn audit(State(state): State<Arc<AppState>>) -> Response {
+    match state.store.audit_log(500) {
+        Ok(l) => Json(l.iter().map(|r| json!({"at": airlock::cli::rfc3339(r.at), "actor": r.actor, "action": r.action, "target": r.target, "detail": r.detail})).collect::<Vec<_>>()).into_response(),
+        Err(e) => error(&e),
+    }
+}
