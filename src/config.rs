@@ -58,6 +58,9 @@ pub struct FileConfig {
     /// Slack-compatible webhook the admin process notifies of new proposals (https, or http to
     /// loopback). The message holds hosts, key names and the approval link; never a secret.
     pub webhook_url: Option<String>,
+    /// Public base URL of the admin UI for `approval_url` (e.g. behind a reverse proxy).
+    /// Default: the admin HTTP listener.
+    pub admin_url: Option<String>,
 }
 
 /// A duration written like `30s`, `2m` or `1h` in the config file.

@@ -45,6 +45,8 @@ pub struct Settings {
     /// Start the admin process (`--no-admin` or `admin = false` turn it off).
     pub start_admin: bool,
     pub config_file: Option<PathBuf>,
+    /// Base URL for `approval_url`s, when the admin UI is published elsewhere.
+    pub admin_url: Option<String>,
 }
 
 /// `serve` flags, each overriding the config file.
@@ -145,6 +147,10 @@ impl Settings {
             limits: limits(file, args),
             start_admin: !args.no_admin && file.admin != Some(false),
             config_file: None,
+            admin_url: file
+                .admin_url
+                .as_ref()
+                .map(|u| u.trim_end_matches('/').to_owned()),
             max_connections: args
                 .max_connections
                 .or(file.max_connections)
@@ -262,7 +268,10 @@ pub fn run(settings: Settings, sources: &KeySources, actor: &str) -> Result<(), 
         upstream_tls: Arc::new(upstream_tls),
         limits: settings.limits,
         api_base: format!("http://{local}"),
-        admin_base: admin_addrs.http.as_ref().map(|h| format!("http://{h}")),
+        admin_base: settings
+            .admin_url
+            .clone()
+            .or_else(|| admin_addrs.http.as_ref().map(|h| format!("http://{h}"))),
         ca_pem,
         log: crate::requestlog::start(&settings.data_dir)?,
         shutdown: AtomicBool::new(false),

@@ -89,7 +89,11 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(serve(state, socket_path, args.listen, hook))
+    let admin_url = file
+        .admin_url
+        .as_ref()
+        .map(|u| u.trim_end_matches('/').to_owned());
+    runtime.block_on(serve(state, socket_path, args.listen, hook, admin_url))
 }
 
 async fn serve(
@@ -97,6 +101,7 @@ async fn serve(
     socket_path: PathBuf,
     listen: AdminListen,
     hook: Option<webhook::Webhook>,
+    admin_url: Option<String>,
 ) -> anyhow::Result<()> {
     let app = pages::router(state.clone());
     // The JSON API is for local automation: on the peer-checked socket only.
@@ -122,7 +127,7 @@ async fn serve(
         http.map_or("none".into(), |a| a.to_string())
     );
     if let Some(hook) = hook {
-        let base = http.map(|a| format!("http://{a}"));
+        let base = admin_url.or_else(|| http.map(|a| format!("http://{a}")));
         std::thread::Builder::new()
             .name("webhook".into())
             .spawn(move || webhook::watch(state, hook, base))?;

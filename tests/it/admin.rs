@@ -541,7 +541,7 @@ fn webhook_notifies_new_proposals_without_secrets() {
     });
     let cfg_dir = tempfile::tempdir().unwrap();
     let cfg = cfg_dir.path().join("airlock.toml");
-    std::fs::write(&cfg, format!("webhook_url = \"http://{hook_addr}/hook\"\n")).unwrap();
+    std::fs::write(&cfg, format!("webhook_url = \"http://{hook_addr}/hook\"\nadmin_url = \"https://airlock.example.com/\"\n")).unwrap();
     let s = Setup::with(
         "auto",
         &[
@@ -589,6 +589,10 @@ fn webhook_notifies_new_proposals_without_secrets() {
             && text.contains("OTHER_KEY")
             && text.contains("Need the Other API"),
         "{text}"
+    );
+    assert_eq!(
+        p["approval_url"],
+        format!("https://airlock.example.com/proposals/{}", p["id"])
     );
     assert!(text.contains(p["approval_url"].as_str().unwrap()), "{text}");
     assert!(!msgs[0].contains(value));
