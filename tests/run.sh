@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 # System packages the tests use (real clients and tools). Installed only when missing.
 need_apt=()
-for pair in curl:curl python3:python3 chromium:chromium setpriv:util-linux; do
+for pair in curl:curl python3:python3 chromium:chromium setpriv:util-linux git:git; do
     cmd=${pair%%:*}; pkg=${pair#*:}
     command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
@@ -20,10 +20,10 @@ if ((${#need_apt[@]})); then
 fi
 
 # Real clients driven by the integration tests: curl and Chromium (above), Node (on the machine
-# image), Python requests and httpx.
+# image), Python requests, httpx and the official openai and anthropic SDKs, git.
 command -v node >/dev/null 2>&1 || { echo "tests/run.sh: node is required" >&2; exit 1; }
-if ! python3 -c 'import requests, httpx' 2>/dev/null; then
-    python3 -m pip install --quiet --disable-pip-version-check requests httpx
+if ! python3 -c 'import requests, httpx, openai, anthropic' 2>/dev/null; then
+    python3 -m pip install --quiet --disable-pip-version-check requests httpx openai anthropic
 fi
 # The admin UI's browser test: playwright-core (no browser download; it drives Debian's chromium).
 if [ ! -d tests/browser/node_modules/playwright-core ]; then

@@ -41,6 +41,8 @@ impl Recorded {
 }
 
 pub struct Origin {
+    /// Where `/repo.git/...` is served from with `git http-backend`, once set.
+    pub git_root: Arc<Mutex<Option<PathBuf>>>,
     pub addr: SocketAddr,
     /// PEM of the CA that signed the origin's certificate.
     pub ca_file: PathBuf,
@@ -103,12 +105,13 @@ impl Origin {
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
-        let (reqs, conns) = (requests.clone(), connections.clone());
+        let git_root: Arc<Mutex<Option<PathBuf>>> = Arc::new(Mutex::new(None));
+        let (reqs, conns, git) = (requests.clone(), connections.clone(), git_root.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
                 let id = conns.fetch_add(1, Ordering::SeqCst);
-                let (tls, reqs) = (tls.clone(), reqs.clone());
+                let (tls, reqs, git) = (tls.clone(), reqs.clone(), git.clone());
                 std::thread::spawn(move || {
                     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
                     match tls {
@@ -122,14 +125,15 @@ impl Origin {
                                 }
                             }
                             let sni = tls.conn.server_name().map(str::to_owned);
-                            serve(tls, sni, id, &reqs);
+                            serve(tls, sni, id, &reqs, &git);
                         }
-                        None => serve(stream, None, id, &reqs),
+                        None => serve(stream, None, id, &reqs, &git),
                     }
                 });
             }
         });
         Self {
+            git_root,
             addr,
             ca_file,
             requests,
@@ -147,6 +151,7 @@ fn serve<S: Read + Write>(
     sni: Option<String>,
     conn: usize,
     reqs: &Mutex<Vec<Recorded>>,
+    git: &Mutex<Option<PathBuf>>,
 ) {
     let mut r = BufReader::new(stream);
     loop {
@@ -214,6 +219,41 @@ fn serve<S: Read + Write>(
                 .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
                 .and_then(|v| v.parse::<usize>().ok())
         };
+        if let Some(root) = git
+            .lock()
+            .unwrap()
+            .clone()
+            .filter(|_| path.starts_with("/repo.git/"))
+        {
+            let out = git_cgi(&root, &recorded, path, query);
+            let w = r.get_mut();
+            if w.write_all(&out).is_err() || w.flush().is_err() {
+                return;
+            }
+            continue;
+        }
+        let body_text = String::from_utf8_lossy(&recorded.body).replace(' ', "");
+        let streaming = body_text.contains("\"stream\":true");
+        if (path == "/v1/chat/completions" || path == "/v1/messages") && streaming {
+            let events = if path == "/v1/messages" {
+                anthropic_events()
+            } else {
+                openai_events()
+            };
+            let w = r.get_mut();
+            let mut ok = w.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n").is_ok();
+            for ev in events {
+                std::thread::sleep(Duration::from_millis(20));
+                ok &= w
+                    .write_all(format!("{:x}\r\n{ev}\r\n", ev.len()).as_bytes())
+                    .is_ok()
+                    && w.flush().is_ok();
+            }
+            if !ok || w.write_all(b"0\r\n\r\n").is_err() || w.flush().is_err() {
+                return;
+            }
+            continue;
+        }
         if path == "/ws" && rec_is_websocket(&recorded) {
             let key = recorded
                 .header("sec-websocket-key")
@@ -286,6 +326,111 @@ fn serve<S: Read + Write>(
             return;
         }
     }
+}
+
+/// The streamed chat completion "Hello from the origin" in OpenAI's SSE format.
+fn openai_events() -> Vec<String> {
+    let chunk = |delta: &str, finish: &str| {
+        format!(
+            "data: {{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-test\",\"choices\":[{{\"index\":0,\"delta\":{delta},\"finish_reason\":{finish}}}]}}\n\n"
+        )
+    };
+    vec![
+        chunk("{\"role\":\"assistant\",\"content\":\"Hello\"}", "null"),
+        chunk("{\"content\":\" from the origin\"}", "null"),
+        chunk("{}", "\"stop\""),
+        "data: [DONE]\n\n".to_owned(),
+    ]
+}
+
+/// The streamed message "Hello from the origin" in Anthropic's SSE format.
+fn anthropic_events() -> Vec<String> {
+    let ev = |name: &str, data: &str| format!("event: {name}\ndata: {data}\n\n");
+    vec![
+        ev(
+            "message_start",
+            r#"{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","content":[],"model":"claude-test","stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":3,"output_tokens":1}}}"#,
+        ),
+        ev(
+            "content_block_start",
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+        ),
+        ev(
+            "content_block_delta",
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello"}}"#,
+        ),
+        ev(
+            "content_block_delta",
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":" from the origin"}}"#,
+        ),
+        ev(
+            "content_block_stop",
+            r#"{"type":"content_block_stop","index":0}"#,
+        ),
+        ev(
+            "message_delta",
+            r#"{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":4}}"#,
+        ),
+        ev("message_stop", r#"{"type":"message_stop"}"#),
+    ]
+}
+
+/// Runs `git http-backend` (CGI) for a smart-HTTP request; returns the whole HTTP response.
+fn git_cgi(root: &std::path::Path, rec: &Recorded, path: &str, query: &str) -> Vec<u8> {
+    use std::process::{Command, Stdio};
+    let method = rec
+        .request_line()
+        .split(' ')
+        .next()
+        .unwrap_or("GET")
+        .to_owned();
+    let header = |n: &str| rec.header(n).pop().unwrap_or_default();
+    let mut child = Command::new("git")
+        .arg("http-backend")
+        .env("GIT_PROJECT_ROOT", root)
+        .env("GIT_HTTP_EXPORT_ALL", "1")
+        .env("PATH_INFO", path)
+        .env("QUERY_STRING", query)
+        .env("REQUEST_METHOD", &method)
+        .env("CONTENT_TYPE", header("content-type"))
+        .env("CONTENT_LENGTH", rec.body.len().to_string())
+        .env("HTTP_CONTENT_ENCODING", header("content-encoding"))
+        .env("GIT_PROTOCOL", header("git-protocol"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&rec.body).unwrap();
+    let out = child.wait_with_output().unwrap().stdout;
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| (p, 4))
+        .or_else(|| out.windows(2).position(|w| w == b"\n\n").map(|p| (p, 2)))
+        .unwrap();
+    let (head, body) = (
+        String::from_utf8_lossy(&out[..split.0]).to_string(),
+        &out[split.0 + split.1..],
+    );
+    let mut status = "200 OK".to_owned();
+    let mut resp = Vec::new();
+    let mut headers = String::new();
+    for line in head.lines() {
+        match line.split_once(':') {
+            Some((n, v)) if n.eq_ignore_ascii_case("status") => status = v.trim().to_owned(),
+            Some((n, v)) => headers.push_str(&format!("{n}: {}\r\n", v.trim())),
+            None => {}
+        }
+    }
+    resp.extend_from_slice(
+        format!(
+            "HTTP/1.1 {status}\r\n{headers}content-length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    resp.extend_from_slice(body);
+    resp
 }
 
 fn rec_is_websocket(r: &Recorded) -> bool {

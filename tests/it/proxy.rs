@@ -32,6 +32,9 @@ services:
   - name: open
     host: public.example.org
     auth: {type: passthrough}
+  - name: git
+    host: git.example.net
+    auth: {type: basic, username: GIT_USER, password: GIT_TOKEN}
 "#;
 
 pub const HOSTS: &[&str] = &[
@@ -41,6 +44,7 @@ pub const HOSTS: &[&str] = &[
     "api.acme.dev",
     "public.example.org",
     "other.example.net",
+    "git.example.net",
 ];
 
 /// A vault with the services above, an agent, an origin for every host and a running proxy.
@@ -75,6 +79,8 @@ impl Setup {
             "ACME_KEY",
             "ACME_ACCOUNT",
             "ACME_ADMIN",
+            "GIT_USER",
+            "GIT_TOKEN",
         ]
         .into_iter()
         .map(|k| (k, format!("{base}-{}", k.to_ascii_lowercase())))

@@ -181,3 +181,161 @@ fn signals_are_forwarded() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(42));
 }
+
+/// The official OpenAI and Anthropic Python SDKs, started with placeholder keys, stream
+/// through `airlock run`; the origin gets the real keys.
+#[test]
+fn official_python_sdks_stream_through_airlock_run() {
+    let s = Setup::new("auto");
+    let script = r#"
+import anthropic, openai
+o = openai.OpenAI()
+stream = o.chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": "hi"}], stream=True)
+text = "".join((c.choices[0].delta.content or "") for c in stream if c.choices)
+assert text == "Hello from the origin", text
+a = anthropic.Anthropic()
+with a.messages.stream(model="claude-test", max_tokens=16, messages=[{"role": "user", "content": "hi"}]) as st:
+    text2 = "".join(st.text_stream)
+assert text2 == "Hello from the origin", text2
+print("streamed:", text, "|", text2)
+"#;
+    let env = [
+        ("OPENAI_API_KEY", "__openai_placeholder__"),
+        ("ANTHROPIC_API_KEY", "__anthropic_placeholder__"),
+    ];
+    let r = run_through(&s, &["python3", "-c", script], &env).ok();
+    assert!(
+        r.stdout
+            .contains("streamed: Hello from the origin | Hello from the origin"),
+        "{r:?}"
+    );
+    s.assert_no_secret(&r.stdout);
+    let recs = s.origin.recorded();
+    let chat = recs
+        .iter()
+        .find(|r| r.request_line().starts_with("POST /v1/chat/completions"))
+        .expect("openai request");
+    assert_eq!(
+        chat.header("authorization"),
+        [format!("Bearer {}", s.secret("OPENAI_KEY"))]
+    );
+    let msg = recs
+        .iter()
+        .find(|r| r.request_line().starts_with("POST /v1/messages"))
+        .expect("anthropic request");
+    assert_eq!(msg.header("x-api-key"), [s.secret("ANTHROPIC_KEY")]);
+    assert!(msg.header("authorization").is_empty());
+}
+
+/// Node 20's `https` through a CONNECT agent built from HTTPS_PROXY, trusting only what
+/// `airlock run` put in NODE_EXTRA_CA_CERTS. (Node 20's `fetch` ignores proxy variables; runtimes
+/// that honour NODE_USE_ENV_PROXY get it set.)
+#[test]
+fn node_https_through_airlock_run() {
+    let s = Setup::new("auto");
+    let script = r#"
+const http = require('http'), https = require('https'), tls = require('tls');
+const u = new URL(process.env.HTTPS_PROXY);
+const auth = decodeURIComponent(u.username) + ':' + decodeURIComponent(u.password);
+const req = http.request({host: u.hostname, port: +u.port, method: 'CONNECT', path: 'api.openai.com:443',
+  headers: {'Proxy-Authorization': 'Basic ' + Buffer.from(auth).toString('base64')}});
+req.on('connect', (res, socket) => {
+  if (res.statusCode !== 200) { console.error('CONNECT', res.statusCode); process.exit(1); }
+  const r = https.request({host: 'api.openai.com', port: 443, path: '/v1/node-run',
+    createConnection: () => tls.connect({socket, servername: 'api.openai.com'})}, (resp) => {
+    let b = ''; resp.on('data', (d) => b += d); resp.on('end', () => { console.log(resp.statusCode, b); process.exit(0); });
+  });
+  r.end();
+});
+req.end();
+"#;
+    let r = run_through(&s, &["node", "-e", script], &[]).ok();
+    assert!(
+        r.stdout.starts_with("200") && r.stdout.contains("/v1/node-run"),
+        "{r:?}"
+    );
+    s.assert_no_secret(&r.stdout);
+    let rec = s
+        .origin
+        .recorded()
+        .into_iter()
+        .find(|r| r.request_line().contains("/v1/node-run"))
+        .unwrap();
+    assert_eq!(
+        rec.header("authorization"),
+        [format!("Bearer {}", s.secret("OPENAI_KEY"))]
+    );
+}
+
+/// `git clone` over HTTPS (smart HTTP, git http-backend) through `airlock run`, with basic auth
+/// injected the way a forge expects it.
+#[test]
+fn git_clone_through_airlock_run() {
+    let s = Setup::new("auto");
+    let root = s.env.path("git-root");
+    let work = s.env.path("git-work");
+    std::fs::create_dir_all(&root).unwrap();
+    let git = |args: &[&str], dir: &std::path::Path| {
+        let st = std::process::Command::new("git")
+            .args([
+                "-c",
+                "user.email=t@example.net",
+                "-c",
+                "user.name=t",
+                "-c",
+                "init.defaultBranch=main",
+            ])
+            .args(args)
+            .current_dir(dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "git {args:?}");
+    };
+    git(&["init", "--bare", "repo.git"], &root);
+    std::fs::create_dir_all(&work).unwrap();
+    git(&["init"], &work);
+    std::fs::write(work.join("README"), "cloned through airlock\n").unwrap();
+    git(&["add", "README"], &work);
+    git(&["commit", "-m", "first"], &work);
+    git(
+        &["push", root.join("repo.git").to_str().unwrap(), "HEAD:main"],
+        &work,
+    );
+    *s.origin.git_root.lock().unwrap() = Some(root.clone());
+    let dest = s.env.path("clone");
+    let r = run_through(
+        &s,
+        &[
+            "git",
+            "clone",
+            "https://git.example.net/repo.git",
+            dest.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .ok();
+    assert_eq!(
+        std::fs::read_to_string(dest.join("README")).unwrap(),
+        "cloned through airlock\n",
+        "{r:?}"
+    );
+    s.assert_no_secret(&r.stdout);
+    s.assert_no_secret(&r.stderr);
+    let recs = s.origin.recorded();
+    let refs = recs
+        .iter()
+        .find(|r| r.request_line().contains("/repo.git/info/refs"))
+        .expect("smart HTTP discovery");
+    let pair = format!("{}:{}", s.secret("GIT_USER"), s.secret("GIT_TOKEN"));
+    assert_eq!(
+        refs.header("authorization"),
+        [format!(
+            "Basic {}",
+            data_encoding::BASE64.encode(pair.as_bytes())
+        )]
+    );
+    assert!(recs.iter().any(|r| {
+        r.request_line()
+            .starts_with("POST /repo.git/git-upload-pack")
+    }));
+}
