@@ -61,6 +61,10 @@ pub struct FileConfig {
     /// Public base URL of the admin UI for `approval_url` (e.g. behind a reverse proxy).
     /// Default: the admin HTTP listener.
     pub admin_url: Option<String>,
+    /// Requests per second per agent token (burst twice that); 0 = unlimited. Default 200.
+    pub agent_requests_per_second: Option<u32>,
+    /// Requests in flight per agent token; 0 = unlimited. Default 64.
+    pub agent_max_in_flight: Option<u32>,
 }
 
 /// A duration written like `30s`, `2m` or `1h` in the config file.

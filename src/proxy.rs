@@ -11,6 +11,7 @@ pub mod auth;
 pub mod conn;
 pub mod error;
 pub mod forward;
+pub mod limits;
 pub mod upstream;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -52,6 +53,10 @@ pub struct Shared {
     pub max_connections: usize,
     /// Bounds on-demand leaf minting (row 39).
     pub mint_limiter: std::sync::Mutex<MintLimiter>,
+    /// Per agent token: request rate and in-flight cap.
+    pub agent_limits: limits::AgentLimits,
+    /// Failed authentications per client address (row 51).
+    pub auth_failures: limits::AuthFailures,
 }
 
 /// A token bucket for leaf minting: `burst` at once, then `rate` per second.

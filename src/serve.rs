@@ -47,6 +47,10 @@ pub struct Settings {
     pub config_file: Option<PathBuf>,
     /// Base URL for `approval_url`s, when the admin UI is published elsewhere.
     pub admin_url: Option<String>,
+    /// Requests per second per agent token (burst twice that); 0 turns it off.
+    pub agent_rate: u32,
+    /// Requests in flight per agent token; 0 turns it off.
+    pub agent_max_in_flight: u32,
 }
 
 /// `serve` flags, each overriding the config file.
@@ -94,6 +98,12 @@ pub struct ServeArgs {
     /// Most client connections at once; more get 503 overloaded [default: 10000]
     #[arg(long, value_name = "N")]
     pub max_connections: Option<NonZeroUsize>,
+    /// Requests per second per agent token, burst twice that; 0 = unlimited [default: 200]
+    #[arg(long, value_name = "N")]
+    pub agent_requests_per_second: Option<u32>,
+    /// Requests in flight per agent token; 0 = unlimited [default: 64]
+    #[arg(long, value_name = "N")]
+    pub agent_max_in_flight: Option<u32>,
     /// Root key file (32 raw bytes or 64 hex digits)
     #[arg(long, value_name = "F")]
     pub master_key_file: Option<PathBuf>,
@@ -147,6 +157,14 @@ impl Settings {
             limits: limits(file, args),
             start_admin: !args.no_admin && file.admin != Some(false),
             config_file: None,
+            agent_rate: args
+                .agent_requests_per_second
+                .or(file.agent_requests_per_second)
+                .unwrap_or(DEFAULT_AGENT_RATE),
+            agent_max_in_flight: args
+                .agent_max_in_flight
+                .or(file.agent_max_in_flight)
+                .unwrap_or(DEFAULT_AGENT_IN_FLIGHT),
             admin_url: file
                 .admin_url
                 .as_ref()
@@ -200,6 +218,7 @@ pub enum ServeError {
 
 /// Starts the data plane and serves until the process ends.
 pub fn run(settings: Settings, sources: &KeySources, actor: &str) -> Result<(), ServeError> {
+    harden();
     if let setup::InitOutcome::Created { .. } =
         setup::init(&settings.data_dir, sources, settings.store, actor)?
     {
@@ -282,6 +301,11 @@ pub fn run(settings: Settings, sources: &KeySources, actor: &str) -> Result<(), 
             MINT_BURST,
             MINT_PER_SECOND,
         )),
+        agent_limits: crate::proxy::limits::AgentLimits::new(
+            settings.agent_rate,
+            settings.agent_max_in_flight,
+        ),
+        auth_failures: crate::proxy::limits::AuthFailures::default(),
     });
     shared.prewarm(&policy);
     if let Ok(mut p) = shared.policy.write() {
@@ -364,12 +388,34 @@ pub fn run(settings: Settings, sources: &KeySources, actor: &str) -> Result<(), 
     Ok(())
 }
 
+/// Per agent token defaults: 200 requests per second (burst 400) and 64 in flight.
+pub const DEFAULT_AGENT_RATE: u32 = 200;
+pub const DEFAULT_AGENT_IN_FLIGHT: u32 = 64;
+
 /// Leaves minted on demand (wildcard hosts): a burst, then this many per second (row 39).
 pub const MINT_BURST: f64 = 64.0;
 pub const MINT_PER_SECOND: f64 = 16.0;
 
 /// How long in-flight requests may take to finish after SIGTERM.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Row 63: no core dumps (they would hold opened credentials), and not dumpable, which also
+/// keeps other processes of this user from ptrace or /proc/<pid>/mem.
+fn harden() {
+    use rustix::process::{DumpableBehavior, Resource, Rlimit, set_dumpable_behavior, setrlimit};
+    if let Err(e) = setrlimit(
+        Resource::Core,
+        Rlimit {
+            current: Some(0),
+            maximum: Some(0),
+        },
+    ) {
+        tracing::warn!("could not disable core dumps: {e}");
+    }
+    if let Err(e) = set_dumpable_behavior(DumpableBehavior::NotDumpable) {
+        tracing::warn!("could not mark the process non-dumpable: {e}");
+    }
+}
 
 /// Binds `workers` SO_REUSEPORT listeners on one port, after checking that no other process
 /// holds it (a plain bind would otherwise silently share traffic with it).

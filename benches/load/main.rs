@@ -150,6 +150,7 @@ fn start_airlock(o: &Opts, dir: &std::path::Path, up: &upstream::Upstream) -> (A
     let workers = o.workers.to_string();
     let mut c = Command::new(env!("CARGO_BIN_EXE_airlock"));
     c.arg("--data-dir").arg(dir.join("data"));
+    // One token drives the whole load: the per-agent limits are off here.
     c.args([
         "serve",
         "--listen",
@@ -163,6 +164,12 @@ fn start_airlock(o: &Opts, dir: &std::path::Path, up: &upstream::Upstream) -> (A
         &resolve,
         "--network-allow",
         "127.0.0.1/32",
+    ]);
+    c.args([
+        "--agent-requests-per-second",
+        "0",
+        "--agent-max-in-flight",
+        "0",
     ]);
     c.arg("--upstream-ca-file")
         .arg(&up.ca_file)

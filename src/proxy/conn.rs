@@ -46,6 +46,9 @@ pub async fn accepted(shared: Arc<Shared>, tcp: TcpStream) {
 /// Serves one accepted TCP connection.
 pub async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
     let _ = tcp.set_nodelay(true);
+    let peer = tcp
+        .peer_addr()
+        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip());
     let mut client = BufConn::new(tcp);
     loop {
         let n = match read_head(&shared, &mut client, shared.limits.idle_timeout).await {
@@ -61,11 +64,11 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
             Err(e) => return reply_and_close(&mut client, &e.into()).await,
         };
         if method == "CONNECT" {
-            return connect(shared, client, n, &target).await;
+            return connect(shared, client, n, &target, peer).await;
         }
         let in_flight = super::InFlight::new(&shared);
         let result = if target.starts_with("http://") || target.starts_with("https://") {
-            plain(&shared, &mut client, n, &target).await
+            plain(&shared, &mut client, n, &target, peer).await
         } else {
             agent_api::handle(&shared, &mut client, n).await
         };
@@ -142,7 +145,13 @@ pub fn parse_authority(authority: &str) -> Result<(String, u16), ProxyError> {
     Ok((host, port))
 }
 
-async fn connect(shared: Arc<Shared>, mut client: BufConn<TcpStream>, n: usize, target: &str) {
+async fn connect(
+    shared: Arc<Shared>,
+    mut client: BufConn<TcpStream>,
+    n: usize,
+    target: &str,
+    peer: std::net::IpAddr,
+) {
     let auth_header = match head::parse_request(&client.buffered()[..n])
         .and_then(|r| r.one("proxy-authorization"))
     {
@@ -157,7 +166,7 @@ async fn connect(shared: Arc<Shared>, mut client: BufConn<TcpStream>, n: usize, 
     };
     let id = match auth::authenticate(&shared.store, auth_header.as_deref(), None) {
         Ok(id) => id,
-        Err(e) => return reply_and_close(&mut client, &e).await,
+        Err(e) => return reply_and_close(&mut client, &auth_failed(&shared, peer, e)).await,
     };
     let policy = shared.policy();
     let Some(vault) = policy.vault(&id.vault) else {
@@ -260,9 +269,14 @@ async fn intercept(
         let Some(vault) = policy.vault(&id.vault) else {
             return;
         };
+        let permit = match shared.agent_limits.admit(id.token) {
+            Ok(p) => p,
+            Err(e) => return reply_and_close(&mut conn, &e).await,
+        };
         let (mut row, started) = (new_row(&id, &target.host), std::time::Instant::now());
         let result =
             forward::exchange(&shared, &mut conn, n, &target, vault, false, &mut row).await;
+        drop(permit);
         record(&shared, row, started, &result);
         match result {
             Ok(Outcome::KeepAlive) => {}
@@ -287,11 +301,13 @@ async fn plain(
     client: &mut BufConn<TcpStream>,
     n: usize,
     target: &str,
+    peer: std::net::IpAddr,
 ) -> Result<Outcome, ExchangeError> {
     let auth_header = head::parse_request(&client.buffered()[..n])?
         .one("proxy-authorization")?
         .map(<[u8]>::to_vec);
-    let id = auth::authenticate(&shared.store, auth_header.as_deref(), None)?;
+    let id = auth::authenticate(&shared.store, auth_header.as_deref(), None)
+        .map_err(|e| auth_failed(shared, peer, e))?;
     let rest = target
         .strip_prefix("http://")
         .ok_or_else(|| ProxyError::new(400, "bad_request", "use CONNECT for https:// targets"))?;
@@ -332,6 +348,7 @@ async fn plain(
         );
         return Err(refused.into());
     }
+    let _permit = shared.agent_limits.admit(id.token)?;
     let (mut row, started) = (new_row(&id, &target.host), std::time::Instant::now());
     let result = forward::exchange(shared, client, n, &target, vault, true, &mut row).await;
     record(shared, row, started, &result);
@@ -393,6 +410,20 @@ async fn upgraded<C: Split + AsyncReadRent + AsyncWriteRent>(
     match io {
         UpIo::Tls(tls) => pipe(client, BufConn::with_buffered(*tls, early)).await,
         UpIo::Plain(tcp) => pipe(client, BufConn::with_buffered(tcp, early)).await,
+    }
+}
+
+/// Row 51: past the limit, a failed authentication from `peer` is answered 429 (a valid token
+/// never reaches this function, so it is never refused by the limiter).
+fn auth_failed(shared: &Shared, peer: std::net::IpAddr, e: ProxyError) -> ProxyError {
+    if shared.auth_failures.failed(peer) {
+        ProxyError::new(
+            429,
+            "rate_limited",
+            "too many failed authentications from this address",
+        )
+    } else {
+        e
     }
 }
 

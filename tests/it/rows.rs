@@ -518,3 +518,178 @@ fn row21_connection_cannot_strip_injected_headers() {
     );
     assert_eq!(rec.header("host"), ["api.openai.com"]);
 }
+
+/// Row 51 (H-07): failed authentications from one address turn into 429 past the limit; a
+/// request with a valid token from the same address still goes through.
+#[test]
+fn row51_auth_failures_limited_but_valid_tokens_pass() {
+    let s = Setup::new("auto");
+    let bogus = format!("alk_agt_{}:default", "b".repeat(52));
+    let mut limited = 0;
+    for _ in 0..30 {
+        let (_, head) = connect(s.proxy.addr, "api.openai.com:443", Some(&bogus));
+        if head.starts_with("HTTP/1.1 429") {
+            assert!(
+                head.contains("retry-after") && head.contains("rate_limited"),
+                "{head}"
+            );
+            limited += 1;
+        } else {
+            assert!(head.starts_with("HTTP/1.1 407"), "{head}");
+        }
+    }
+    assert_eq!(limited, 10, "the first 20 failures are 407, the rest 429");
+    let (_, head) = connect(s.proxy.addr, "api.openai.com:443", Some(&auth(&s)));
+    assert!(
+        head.starts_with("HTTP/1.1 200"),
+        "a valid token was refused: {head}"
+    );
+}
+
+/// Per agent token: a request rate with a burst (429 `rate_limited` past it).
+#[test]
+fn per_agent_rate_limit() {
+    let s = Setup::with(
+        "auto",
+        &[
+            "--agent-requests-per-second",
+            "2",
+            "--agent-max-in-flight",
+            "0",
+        ],
+        true,
+        true,
+    );
+    let mut c = s.raw("api.openai.com");
+    let mut answers = Vec::new();
+    for i in 0..6 {
+        let r = c.send(format!("GET /r{i} HTTP/1.1\r\nHost: api.openai.com\r\n\r\n").as_bytes());
+        let limited = r.starts_with("HTTP/1.1 429");
+        answers.push(r);
+        if limited {
+            break;
+        }
+    }
+    let last = answers.last().unwrap();
+    assert!(
+        last.starts_with("HTTP/1.1 429")
+            && last.contains("rate_limited")
+            && last.contains("retry-after"),
+        "{answers:?}"
+    );
+    assert_eq!(answers.len(), 5, "a burst of 4, then 429: {answers:?}");
+}
+
+/// Row 41 (G-01): TLS 1.0 and 1.1 ClientHellos are refused by the MITM listener; TLS 1.2
+/// and 1.3 work.
+#[test]
+fn row41_old_tls_versions_refused() {
+    let s = Setup::new("auto");
+    let s_client = |version: &str| {
+        let mut c = std::process::Command::new("openssl");
+        c.args([
+            "s_client",
+            "-proxy",
+            &s.proxy.addr.to_string(),
+            "-proxy_user",
+            &s.token,
+            "-proxy_pass",
+            "pass:default",
+        ]);
+        c.args([
+            "-connect",
+            "api.openai.com:443",
+            "-servername",
+            "api.openai.com",
+            version,
+            "-cipher",
+            "DEFAULT@SECLEVEL=0",
+        ]);
+        c.arg("-CAfile").arg(s.ca());
+        output(c, Some(b"Q\n"))
+    };
+    for old in ["-tls1", "-tls1_1"] {
+        let r = s_client(old);
+        assert_ne!(r.code, 0, "{old} was accepted: {r:?}");
+        assert!(r.stdout.contains("no peer certificate available") && r.stdout.contains("Cipher is (NONE)"), "{old}: {r:?}");
+        // rustls answers an old ClientHello with a handshake_failure alert (40).
+        assert!(r.stderr.contains("alert handshake failure"), "{old}: {r:?}");
+    }
+    for ok in ["-tls1_2", "-tls1_3"] {
+        let r = s_client(ok);
+        assert_eq!(r.code, 0, "{ok}: {r:?}");
+        assert!(r.stdout.contains("subject=CN = api.openai.com") && r.stdout.contains("Verify return code: 0 (ok)"), "{ok}: {r:?}");
+    }
+}
+
+/// Row 63 (J-04): `serve` is not dumpable (so other processes of its user cannot ptrace it or
+/// read /proc/<pid>/mem, which the kernel then hands to root) and writes no core file.
+#[test]
+fn row63_serve_is_not_dumpable() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let parent = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(parent.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = parent.path().join("data");
+    output(
+        crate::harness::command(&["--data-dir", data.to_str().unwrap(), "init"]),
+        None,
+    )
+    .ok();
+    let bin = parent.path().join("airlock");
+    std::fs::copy(crate::harness::bin(), &bin).unwrap();
+    let st = std::process::Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(&data)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut child = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&bin)
+        .args([
+            "--data-dir",
+            data.to_str().unwrap(),
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-admin",
+            "--workers",
+            "1",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.starts_with("ready "), "{line}");
+    // setpriv execs airlock, so the child's pid is serve's.
+    let pid = child.id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.contains("65534")),
+        "{status}"
+    );
+    let mem_owner = std::fs::metadata(format!("/proc/{pid}/mem")).unwrap().uid();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        mem_owner, 0,
+        "/proc/<pid>/mem still belongs to the service user: the process is dumpable"
+    );
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    assert!(
+        core.split_whitespace().nth(4) == Some("0") && core.split_whitespace().nth(5) == Some("0"),
+        "{core}"
+    );
+}

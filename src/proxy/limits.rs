@@ -1,0 +1,160 @@
+//! Per-client limits on the proxy: a token bucket and an in-flight cap per agent token (429
+//! `rate_limited`), and a limiter of failed authentications per client address (security.md
+//! row 51) that refuses further failures but never a request with a valid token.
+//!
+//! Both are small maps behind a mutex taken once per request (or per failure); with the
+//! defaults turned off (rate 0, cap 0) the per-token path takes no lock at all.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::error::ProxyError;
+use crate::vault::tokens::TokenHash;
+
+/// Failed authentications per address per window before 429.
+pub const AUTH_FAILURES: u32 = 20;
+const AUTH_WINDOW: Duration = Duration::from_secs(60);
+
+/// Per agent token: `rate` requests per second with a burst of twice that, and at most
+/// `max_in_flight` at once. Zero turns a limit off.
+#[derive(Debug)]
+pub struct AgentLimits {
+    rate: f64,
+    max_in_flight: u32,
+    map: Mutex<HashMap<TokenHash, Bucket>>,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+    in_flight: u32,
+}
+
+/// Holds one in-flight slot until dropped.
+#[derive(Debug)]
+pub struct Permit<'a> {
+    limits: &'a AgentLimits,
+    token: Option<TokenHash>,
+}
+
+impl AgentLimits {
+    pub fn new(rate: u32, max_in_flight: u32) -> Self {
+        Self {
+            rate: f64::from(rate),
+            max_in_flight,
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn limited() -> ProxyError {
+        ProxyError::new(
+            429,
+            "rate_limited",
+            "too many requests for this agent; retry shortly",
+        )
+    }
+
+    /// Admits one request for `token`, or refuses it with 429.
+    pub fn admit(&self, token: TokenHash) -> Result<Permit<'_>, ProxyError> {
+        if self.rate == 0.0 && self.max_in_flight == 0 {
+            return Ok(Permit {
+                limits: self,
+                token: None,
+            });
+        }
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let burst = self.rate * 2.0;
+        let b = map.entry(token).or_insert(Bucket {
+            tokens: burst,
+            last: now,
+            in_flight: 0,
+        });
+        if self.rate > 0.0 {
+            b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * self.rate).min(burst);
+            b.last = now;
+            if b.tokens < 1.0 {
+                return Err(Self::limited());
+            }
+        }
+        if self.max_in_flight > 0 && b.in_flight >= self.max_in_flight {
+            return Err(Self::limited());
+        }
+        if self.rate > 0.0 {
+            b.tokens -= 1.0;
+        }
+        b.in_flight += 1;
+        Ok(Permit {
+            limits: self,
+            token: Some(token),
+        })
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if let Some(t) = self.token {
+            let mut map = self.limits.map.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(b) = map.get_mut(&t) {
+                b.in_flight = b.in_flight.saturating_sub(1);
+            }
+        }
+    }
+}
+
+/// Failed authentications per client address.
+#[derive(Debug, Default)]
+pub struct AuthFailures {
+    map: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+}
+
+impl AuthFailures {
+    /// Records a failure from `ip` and says whether it is past the limit (answer 429).
+    pub fn failed(&self, ip: IpAddr) -> bool {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > 100_000 {
+            map.retain(|_, (_, since)| since.elapsed() < AUTH_WINDOW);
+        }
+        let e = map.entry(ip).or_insert((0, Instant::now()));
+        if e.1.elapsed() > AUTH_WINDOW {
+            *e = (0, Instant::now());
+        }
+        e.0 += 1;
+        e.0 > AUTH_FAILURES
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_and_in_flight_cap() {
+        let l = AgentLimits::new(1, 2);
+        let t = TokenHash([1; 32]);
+        let a = l.admit(t).unwrap();
+        let b = l.admit(t).unwrap();
+        assert_eq!(l.admit(t).unwrap_err().code, "rate_limited"); // in flight: 2
+        drop((a, b));
+        assert!(
+            l.admit(TokenHash([2; 32])).is_ok(),
+            "another token has its own bucket"
+        );
+        let off = AgentLimits::new(0, 0);
+        for _ in 0..1000 {
+            let _ = off.admit(t).unwrap();
+        }
+    }
+
+    #[test]
+    fn row51_auth_failures_limited_per_address() {
+        let f = AuthFailures::default();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let over = (0..25).filter(|_| f.failed(ip)).count();
+        assert_eq!(over, 25 - AUTH_FAILURES as usize);
+        assert!(!f.failed("127.0.0.2".parse().unwrap()));
+    }
+}
