@@ -228,6 +228,12 @@ pub fn run(settings: Settings, sources: &KeySources, actor: &str) -> Result<(), 
         );
     }
     let store = Store::open(&settings.data_dir, settings.store).map_err(VaultError::from)?;
+    if store.reclaimed_readers > 0 {
+        tracing::warn!(
+            slots = store.reclaimed_readers,
+            "reclaimed stale LMDB reader slots left by killed processes"
+        );
+    }
     let unlocked = setup::unlock(&store, &settings.data_dir, sources)?;
     let ca_path = settings.data_dir.join(CA_CERT_FILE);
     let ca_pem = std::fs::read_to_string(&ca_path).map_err(|source| VaultError::Io {
@@ -342,10 +348,20 @@ pub fn run(settings: Settings, sources: &KeySources, actor: &str) -> Result<(), 
     std::thread::Builder::new()
         .name("airlock-watcher".into())
         .spawn(move || {
-            loop {
+            for tick in 1u64.. {
                 std::thread::sleep(Duration::from_millis(100));
                 if let Err(e) = watcher.refresh() {
                     tracing::warn!("reloading the vault failed: {e}");
+                }
+                // Every 10 s: free reader slots of CLI processes killed mid-read (row 54).
+                if tick % 100 == 0
+                    && let Ok(n) = watcher.store.reclaim_readers()
+                    && n > 0
+                {
+                    tracing::warn!(
+                        slots = n,
+                        "reclaimed stale LMDB reader slots left by killed processes"
+                    );
                 }
             }
         })

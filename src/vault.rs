@@ -16,6 +16,7 @@ pub mod keys;
 pub mod operators;
 pub mod ops;
 pub mod proposals;
+pub mod readers;
 pub mod records;
 pub mod seal;
 pub mod setup;

@@ -22,8 +22,8 @@ fi
 # Real clients driven by the integration tests: curl and Chromium (above), Node (on the machine
 # image), Python requests, httpx and the official openai and anthropic SDKs, git.
 command -v node >/dev/null 2>&1 || { echo "tests/run.sh: node is required" >&2; exit 1; }
-if ! python3 -c 'import requests, httpx, openai, anthropic' 2>/dev/null; then
-    python3 -m pip install --quiet --disable-pip-version-check requests httpx openai anthropic
+if ! python3 -c 'import requests, httpx, openai, anthropic, lmdb' 2>/dev/null; then
+    python3 -m pip install --quiet --disable-pip-version-check requests httpx openai anthropic lmdb
 fi
 # The admin UI's browser test: playwright-core (no browser download; it drives Debian's chromium).
 if [ ! -d tests/browser/node_modules/playwright-core ]; then

@@ -32,7 +32,9 @@ const META_NEXT_ID: &[u8] = b"next_id";
 /// Storage failures, each with a stable code ([`StoreError::code`]).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("storage_full: the vault's LMDB map is full; nothing was written (raise map_size_mib)")]
+    #[error(
+        "storage_full: the vault's disk or LMDB map is full; nothing was written (free space or raise map_size_mib)"
+    )]
     Full,
     #[error("storage_io: LMDB {op}: {source}")]
     Lmdb {
@@ -72,7 +74,8 @@ impl StoreError {
 
 fn lmdb_err(op: &'static str) -> impl FnOnce(lmdb::Error) -> StoreError {
     move |source| match source {
-        lmdb::Error::MapFull => StoreError::Full,
+        // A full map, or a full disk under it (ENOSPC): nothing was written either way.
+        lmdb::Error::MapFull | lmdb::Error::Other(28) => StoreError::Full,
         source => StoreError::Lmdb { op, source },
     }
 }
@@ -111,6 +114,8 @@ pub struct Store {
     env: Environment,
     dbs: Dbs,
     path: PathBuf,
+    /// Stale reader slots freed when this store was opened (row 54).
+    pub reclaimed_readers: usize,
 }
 
 impl Store {
@@ -167,11 +172,19 @@ impl Store {
             meta: db("meta")?,
             operators: db("operators")?,
         };
+        let reclaimed_readers = super::readers::reclaim(&env).map_err(lmdb_err("reader check"))?;
         Ok(Self {
             env,
             dbs,
             path: dir.to_owned(),
+            reclaimed_readers,
         })
+    }
+
+    /// Frees reader slots left by processes killed mid-read (row 54). Needed while this process
+    /// keeps the environment open: LMDB only resets the table when the first user opens it.
+    pub fn reclaim_readers(&self) -> Result<usize, StoreError> {
+        super::readers::reclaim(&self.env).map_err(lmdb_err("reader check"))
     }
 
     /// The environment directory.

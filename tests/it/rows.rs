@@ -611,14 +611,22 @@ fn row41_old_tls_versions_refused() {
     for old in ["-tls1", "-tls1_1"] {
         let r = s_client(old);
         assert_ne!(r.code, 0, "{old} was accepted: {r:?}");
-        assert!(r.stdout.contains("no peer certificate available") && r.stdout.contains("Cipher is (NONE)"), "{old}: {r:?}");
+        assert!(
+            r.stdout.contains("no peer certificate available")
+                && r.stdout.contains("Cipher is (NONE)"),
+            "{old}: {r:?}"
+        );
         // rustls answers an old ClientHello with a handshake_failure alert (40).
         assert!(r.stderr.contains("alert handshake failure"), "{old}: {r:?}");
     }
     for ok in ["-tls1_2", "-tls1_3"] {
         let r = s_client(ok);
         assert_eq!(r.code, 0, "{ok}: {r:?}");
-        assert!(r.stdout.contains("subject=CN = api.openai.com") && r.stdout.contains("Verify return code: 0 (ok)"), "{ok}: {r:?}");
+        assert!(
+            r.stdout.contains("subject=CN = api.openai.com")
+                && r.stdout.contains("Verify return code: 0 (ok)"),
+            "{ok}: {r:?}"
+        );
     }
 }
 
@@ -692,4 +700,63 @@ fn row63_serve_is_not_dumpable() {
         core.split_whitespace().nth(4) == Some("0") && core.split_whitespace().nth(5) == Some("0"),
         "{core}"
     );
+}
+
+/// Row 62 (J-02): an upstream that cannot be reached, for a URL whose query holds a
+/// substituted secret: neither the query nor the secret appears in the response, the proxy's
+/// log or the request log.
+#[test]
+fn row62_upstream_errors_leak_no_query_or_secret() {
+    let env = Env::init();
+    let secret = "sk-query-secret-6262";
+    env.run_stdin(&["credential", "set", "Q_KEY"], secret.as_bytes())
+        .ok();
+    let yaml = "services:\n  - name: closed\n    host: api.closed.test\n    auth: {type: bearer, token: Q_KEY}\n    substitutions:\n      - {key: Q_KEY, placeholder: __q_key__, in: [query]}\n";
+    let file = env.write("s.yaml", yaml);
+    env.run(&["service", "set", "-f", file.to_str().unwrap()])
+        .ok();
+    let token = env
+        .run(&["agent", "create", "bot", "--vault", "default"])
+        .ok()
+        .last_line()
+        .to_owned();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let proxy = Proxy::start(
+        &env,
+        &[
+            "--network-allow",
+            "127.0.0.1/32",
+            "--resolve",
+            &format!("api.closed.test:443:{closed}"),
+        ],
+    );
+    let mut c = std::process::Command::new("curl");
+    c.args([
+        "-sS",
+        "-i",
+        "--max-time",
+        "20",
+        "--proxy",
+        &proxy.url(&token, "default"),
+        "--cacert",
+    ])
+    .arg(env.data_dir.join("ca.pem"));
+    c.arg("https://api.closed.test/v1/items?key=__q_key__&note=private-note-text");
+    let r = output(c, None);
+    assert!(r.stdout.contains("upstream_unreachable"), "{r:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    let logs = env.run(&["logs", "--json"]).ok();
+    assert!(
+        logs.stdout.contains("upstream_unreachable") && logs.stdout.contains("\"/v1/items\""),
+        "{logs:?}"
+    );
+    for text in [&r.stdout, &r.stderr, &proxy.stderr(), &logs.stdout] {
+        assert!(
+            !text.contains(secret) && !text.contains("private-note-text"),
+            "leaked: {text}"
+        );
+    }
 }

@@ -177,3 +177,141 @@ fn newer_format_is_refused_with_a_clear_message() {
         "{line}"
     );
 }
+
+/// Row 54 (I-02): readers killed while holding a read transaction leave stale slots while
+/// another process keeps the environment open (with no other user LMDB resets the table
+/// itself); the reader check reclaims them.
+#[test]
+fn row54_stale_reader_slots_reclaimed() {
+    use std::io::BufRead;
+    let env = Env::init();
+    let vault_dir = env.data_dir.join("vault");
+    let script = "import lmdb, sys, time\ne = lmdb.open(sys.argv[1], max_dbs=16, readonly=True, lock=True)\nt = e.begin()\nprint('holding', flush=True)\ntime.sleep(60)\n";
+    // A long-lived user of the environment (as serve is), without a read transaction.
+    let holder_script = "import lmdb, sys, time\ne = lmdb.open(sys.argv[1], max_dbs=16, readonly=True, lock=True)\nprint('open', flush=True)\ntime.sleep(60)\n";
+    let mut holder = std::process::Command::new("python3")
+        .args(["-c", holder_script])
+        .arg(&vault_dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(holder.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "open");
+    for _ in 0..3 {
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", script])
+            .arg(&vault_dir)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "holding");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let store = airlock::vault::Store::open(&env.data_dir, Default::default()).unwrap();
+    assert_eq!(store.reclaimed_readers, 3);
+    assert_eq!(
+        store.reclaim_readers().unwrap(),
+        0,
+        "slots were reclaimed once"
+    );
+    drop(store);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+}
+
+/// Row 55 (I-03): the disk under the vault fills up: a clean `storage_full`, the earlier
+/// writes intact, and reads still work.
+#[test]
+fn row55_disk_full_is_a_clean_error() {
+    let mnt = tempfile::tempdir().unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=768k", "tmpfs"])
+        .arg(mnt.path())
+        .status()
+        .unwrap();
+    assert!(
+        mounted.success(),
+        "mounting a tmpfs failed (the test needs root)"
+    );
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.path().to_owned());
+    let data = mnt.path().join("data");
+    let run = |args: &[&str], stdin: Option<&[u8]>| {
+        let mut c = crate::harness::command(&["--data-dir", data.to_str().unwrap()]);
+        c.args(args);
+        output(c, stdin)
+    };
+    run(&["init"], None).ok();
+    let value = vec![b'v'; 48 * 1024];
+    let mut stored = 0;
+    let mut failed = None;
+    for i in 0..100 {
+        let r = run(&["credential", "set", &format!("K{i}")], Some(&value));
+        if r.code != 0 {
+            failed = Some(r);
+            break;
+        }
+        stored += 1;
+    }
+    let r = failed.expect("the 768 KiB disk never filled");
+    assert!(r.fails().contains("storage_full"), "{r:?}");
+    assert!(stored > 0);
+    let list = run(&["credential", "list", "--json"], None).ok();
+    let v: serde_json::Value = serde_json::from_str(&list.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), stored, "earlier writes lost");
+}
+
+/// Row 59 (I-08): `init` killed at random points (master key, CA files, LMDB): running it
+/// again always completes, and the CA file is never empty.
+#[test]
+fn row59_sigkill_during_init_never_leaves_a_broken_data_dir() {
+    let iterations: u32 = std::env::var("AIRLOCK_CRASH_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(25);
+    let mut rng = Rng::seeded();
+    let probe = Env::empty();
+    let start = Instant::now();
+    probe.run(&["init"]).ok();
+    let typical = start.elapsed().as_micros() as u64;
+    for _ in 0..iterations {
+        let env = Env::empty();
+        let mut child = env
+            .command(&["init"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_micros(rng.below(typical)));
+        let _ = child.kill();
+        let _ = child.wait();
+        if let Ok(pem) = std::fs::read_to_string(env.data_dir.join("ca.pem")) {
+            assert!(
+                pem.starts_with("-----BEGIN CERTIFICATE-----")
+                    && pem.trim_end().ends_with("-----END CERTIFICATE-----"),
+                "torn CA file: {pem:?}"
+            );
+        }
+        env.run(&["init"]).ok();
+        let ca = env.run(&["ca", "export"]).ok();
+        assert!(ca.stdout.starts_with("-----BEGIN CERTIFICATE-----"));
+        let store = env.store();
+        assert_eq!(store.vaults().unwrap()[0].name, "default");
+        drop(store);
+        airlock::vault::setup::unlock(&env.store(), &env.data_dir, &Default::default())
+            .expect("the key opens what init wrapped");
+    }
+}
