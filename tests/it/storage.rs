@@ -315,3 +315,103 @@ fn row59_sigkill_during_init_never_leaves_a_broken_data_dir() {
             .expect("the key opens what init wrapped");
     }
 }
+
+/// Row 60: once a request-log batch cannot be written (the disk is full), requests that would
+/// inject a credential get 503 `audit_unavailable`; when space returns, the pending rows are
+/// written and injection resumes.
+#[test]
+fn row60_injection_stops_while_the_request_log_cannot_be_written() {
+    let mnt = tempfile::tempdir().unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(mnt.path())
+        .status()
+        .unwrap();
+    assert!(
+        mounted.success(),
+        "mounting a tmpfs failed (the test needs root)"
+    );
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.path().to_owned());
+    let env = Env {
+        tmp: tempfile::tempdir().unwrap(),
+        data_dir: mnt.path().join("data"),
+    };
+    env.run(&["init"]).ok();
+    env.run_stdin(&["credential", "set", "K"], b"sk-row60-value")
+        .ok();
+    let origin = crate::origin::Origin::https(env.tmp.path(), &["api.row60.test"]);
+    let file = env.write("s.yaml", "services:\n  - name: row60\n    host: api.row60.test\n    auth: {type: bearer, token: K}\n");
+    env.run(&["service", "set", "-f", file.to_str().unwrap()])
+        .ok();
+    let token = env
+        .run(&["agent", "create", "bot", "--vault", "default"])
+        .ok()
+        .last_line()
+        .to_owned();
+    let proxy = crate::proxy_harness::Proxy::for_origin(
+        &env,
+        &origin,
+        &["api.row60.test"],
+        "auto",
+        &[],
+        true,
+        true,
+    );
+    let curl = |path: &str| {
+        let mut c = std::process::Command::new("curl");
+        c.args([
+            "-sS",
+            "-i",
+            "--max-time",
+            "10",
+            "--proxy",
+            &proxy.url(&token, "default"),
+            "--cacert",
+        ])
+        .arg(env.data_dir.join("ca.pem"));
+        c.arg(format!("https://api.row60.test{path}"));
+        output(c, None).stdout
+    };
+    assert!(curl("/before").contains("HTTP/1.1 200"));
+    std::thread::sleep(Duration::from_millis(400));
+    // Fill the disk, then make requests until a batch write fails and injection stops.
+    let filler = mnt.path().join("filler");
+    let _ = std::process::Command::new("dd")
+        .args(["if=/dev/zero", "bs=64k", "count=1000"])
+        .arg(format!("of={}", filler.display()))
+        .stderr(Stdio::null())
+        .status();
+    let start = Instant::now();
+    loop {
+        let r = curl("/during");
+        if r.contains("audit_unavailable") {
+            assert!(
+                r.starts_with("HTTP/1.1 200 Connection established") && r.contains("HTTP/1.1 503"),
+                "{r}"
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "injection went on with the log unwritable: {}",
+            proxy.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(proxy.stderr().contains("request log write failed"));
+    std::fs::remove_file(&filler).unwrap();
+    let start = Instant::now();
+    while !curl("/after").contains("HTTP/1.1 200 OK") {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "injection did not resume"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
