@@ -28,6 +28,12 @@ use std::path::PathBuf;
 pub use self::records::UnmatchedPolicy;
 pub use self::store::{Store, StoreError, StoreOptions};
 
+/// RFC 3339 (UTC, seconds) for a Unix time.
+pub fn rfc3339(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+        .to_string()
+}
+
 /// Seconds since the Unix epoch.
 pub fn now() -> u64 {
     std::time::SystemTime::now()

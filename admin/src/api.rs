@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use airlock::secret::Secret;
 use airlock::vault::VaultError;
-use airlock::vault::records::{ProposalRecord, ProposalStatus};
+use airlock::vault::proposals::review_json;
+use airlock::vault::records::ProposalStatus;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -44,20 +45,6 @@ fn error(e: &VaultError) -> Response {
         .into_response()
 }
 
-fn proposal_json(p: &ProposalRecord) -> Value {
-    json!({
-        "id": p.id, "status": p.status_at(airlock::vault::now()), "vault": p.vault, "agent": p.agent,
-        "services": p.services,
-        "credentials": p.credentials.iter().map(|c| json!({
-            "action": c.action, "key": c.key, "description": c.description, "obtain": c.obtain,
-            "obtain_instructions": c.obtain_instructions, "value_supplied": c.sealed.is_some(),
-        })).collect::<Vec<_>>(),
-        "message": p.message, "user_message": p.user_message, "digest": p.digest,
-        "created_at": airlock::cli::rfc3339(p.created_at), "expires_at": airlock::cli::rfc3339(p.expires_at),
-        "decided_by": p.decided_by, "reason": p.reason,
-    })
-}
-
 #[derive(Debug, Deserialize)]
 struct ListQuery {
     status: Option<String>,
@@ -80,14 +67,14 @@ async fn list(State(state): State<Arc<AppState>>, Query(q): Query<ListQuery>) ->
         None => None,
     };
     match state.store.proposals(None, status) {
-        Ok(l) => Json(l.iter().map(proposal_json).collect::<Vec<_>>()).into_response(),
+        Ok(l) => Json(l.iter().map(review_json).collect::<Vec<_>>()).into_response(),
         Err(e) => error(&e),
     }
 }
 
 async fn show(State(state): State<Arc<AppState>>, Path(id): Path<u64>) -> Response {
     match state.store.proposal(id) {
-        Ok(p) => Json(proposal_json(&p)).into_response(),
+        Ok(p) => Json(review_json(&p)).into_response(),
         Err(e) => error(&e),
     }
 }
@@ -116,7 +103,7 @@ async fn approve(
         .store
         .approve_proposal(ACTOR, id, d.digest.as_deref(), values)
     {
-        Ok(p) => Json(proposal_json(&p)).into_response(),
+        Ok(p) => Json(review_json(&p)).into_response(),
         Err(e) => error(&e),
     }
 }
@@ -130,7 +117,7 @@ async fn reject(
         .store
         .reject_proposal(ACTOR, id, &d.reason, d.digest.as_deref())
     {
-        Ok(p) => Json(proposal_json(&p)).into_response(),
+        Ok(p) => Json(review_json(&p)).into_response(),
         Err(e) => error(&e),
     }
 }

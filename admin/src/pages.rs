@@ -219,18 +219,6 @@ fn status_cell(s: ProposalStatus) -> Markup {
     html! { span class={ "status " (word) } { (word) } }
 }
 
-fn hosts(p: &ProposalRecord) -> String {
-    let v: Vec<&str> = p
-        .services
-        .iter()
-        .map(|c| match c {
-            ServiceChange::Set(s) => s.host.as_str(),
-            ServiceChange::Delete { name } => name.as_str(),
-        })
-        .collect();
-    v.join(", ")
-}
-
 async fn proposals(State(state): St, Extension(session): Extension<Session>) -> Response {
     if session.operator.is_none() {
         return login_redirect();
@@ -252,7 +240,7 @@ async fn proposals(State(state): St, Extension(session): Extension<Session>) -> 
                     tbody { @for p in &list { tr {
                         td { a href={ "/proposals/" (p.id) } { (p.id) } }
                         td { (status_cell(p.status_at(t))) }
-                        td { a href={ "/proposals/" (p.id) } { (hosts(p)) } }
+                        td { a href={ "/proposals/" (p.id) } { (p.hosts().join(", ")) } }
                         td { (p.vault) }
                         td { (p.agent.as_deref().unwrap_or("-")) }
                         td.muted { (airlock::cli::rfc3339(p.created_at)) }

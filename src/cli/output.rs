@@ -4,11 +4,7 @@ use std::io::Write;
 
 use super::CliError;
 
-/// RFC 3339 (UTC, seconds) for a Unix time.
-pub fn rfc3339(secs: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
-        .to_string()
-}
+pub use crate::vault::rfc3339;
 
 /// Prints `value` as one line of JSON.
 pub fn json(value: &serde_json::Value) -> Result<(), CliError> {

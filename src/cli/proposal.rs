@@ -9,6 +9,7 @@ use serde_json::json;
 use super::output::{self, rfc3339};
 use super::{CliError, Ctx, ProposalCmd};
 use crate::secret::{self, Secret};
+use crate::vault::proposals::review_json;
 use crate::vault::records::{ProposalRecord, ServiceChange, SlotAction};
 
 pub fn run(ctx: &Ctx, cmd: ProposalCmd) -> Result<(), CliError> {
@@ -22,7 +23,7 @@ pub fn run(ctx: &Ctx, cmd: ProposalCmd) -> Result<(), CliError> {
             let list = store.proposals(vault.as_deref(), status)?;
             let now = crate::vault::now();
             if json {
-                let v: Vec<_> = list.iter().map(|p| summary(p, now)).collect();
+                let v: Vec<_> = list.iter().map(review_json).collect();
                 output::json(&json!(v))?;
             } else {
                 let rows: Vec<_> = list
@@ -47,7 +48,7 @@ pub fn run(ctx: &Ctx, cmd: ProposalCmd) -> Result<(), CliError> {
         ProposalCmd::Show { id, json } => {
             let p = store.proposal(id)?;
             if json {
-                output::json(&summary(&p, crate::vault::now()))?;
+                output::json(&review_json(&p))?;
             } else {
                 show(&p);
             }
@@ -115,33 +116,12 @@ fn read_values(keys: &[String]) -> Result<Vec<(String, Secret)>, CliError> {
 }
 
 fn hosts(p: &ProposalRecord) -> String {
-    let list: Vec<&str> = p
-        .services
-        .iter()
-        .map(|c| match c {
-            ServiceChange::Set(s) => s.host.as_str(),
-            ServiceChange::Delete { name } => name.as_str(),
-        })
-        .collect();
+    let list = p.hosts();
     if list.is_empty() {
         "-".into()
     } else {
         list.join(",")
     }
-}
-
-fn summary(p: &ProposalRecord, now: u64) -> serde_json::Value {
-    json!({
-        "id": p.id, "status": p.status_at(now), "vault": p.vault, "agent": p.agent,
-        "services": p.services,
-        "credentials": p.credentials.iter().map(|c| json!({
-            "action": c.action, "key": c.key, "description": c.description, "obtain": c.obtain,
-            "obtain_instructions": c.obtain_instructions, "value_supplied": c.sealed.is_some(),
-        })).collect::<Vec<_>>(),
-        "message": p.message, "user_message": p.user_message, "digest": p.digest,
-        "created_at": rfc3339(p.created_at), "expires_at": rfc3339(p.expires_at),
-        "decided_by": p.decided_by, "reason": p.reason,
-    })
 }
 
 /// Escapes what could fool a terminal: control characters and bidi overrides.

@@ -231,11 +231,7 @@ async fn intercept(
             .await;
         }
     };
-    if client
-        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n".to_vec())
-        .await
-        .is_err()
-    {
+    if !established(&mut client).await {
         return;
     }
     let (tcp, early) = client.into_parts();
@@ -379,11 +375,7 @@ async fn tunnel(shared: Arc<Shared>, mut client: BufConn<TcpStream>, target: Tar
         )
         .await;
     };
-    if client
-        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n".to_vec())
-        .await
-        .is_err()
-    {
+    if !established(&mut client).await {
         return;
     }
     let store = &shared.store;
@@ -399,6 +391,14 @@ async fn tunnel(shared: Arc<Shared>, mut client: BufConn<TcpStream>, target: Tar
         _ = pipe(client, BufConn::new(up)) => {},
         _ = revoked => {},
     }
+}
+
+/// Answers a CONNECT with 200; false when the client is gone.
+async fn established(client: &mut BufConn<TcpStream>) -> bool {
+    client
+        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n".to_vec())
+        .await
+        .is_ok()
 }
 
 /// Pipes an upgraded (WebSocket) connection to its upstream.

@@ -407,6 +407,22 @@ impl Store {
     }
 }
 
+/// The full review form of a proposal (CLI `show --json`, the admin JSON API): everything the
+/// operator needs, and whether each slot's value was supplied, never the value.
+pub fn review_json(p: &ProposalRecord) -> serde_json::Value {
+    serde_json::json!({
+        "id": p.id, "status": p.status_at(now()), "vault": p.vault, "agent": p.agent,
+        "services": p.services,
+        "credentials": p.credentials.iter().map(|c| serde_json::json!({
+            "action": c.action, "key": c.key, "description": c.description, "obtain": c.obtain,
+            "obtain_instructions": c.obtain_instructions, "value_supplied": c.sealed.is_some(),
+        })).collect::<Vec<_>>(),
+        "message": p.message, "user_message": p.user_message, "digest": p.digest,
+        "created_at": super::rfc3339(p.created_at), "expires_at": super::rfc3339(p.expires_at),
+        "decided_by": p.decided_by, "reason": p.reason,
+    })
+}
+
 /// A proposal that can still be decided (row 49): pending, not expired, unchanged.
 fn decidable(
     p: Option<ProposalRecord>,

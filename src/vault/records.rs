@@ -189,6 +189,16 @@ pub struct ProposalRecord {
 }
 
 impl ProposalRecord {
+    /// The hosts (or, for removals, the service names) a proposal touches.
+    pub fn hosts(&self) -> Vec<&str> {
+        self.services
+            .iter()
+            .map(|c| match c {
+                ServiceChange::Set(s) => s.host.as_str(),
+                ServiceChange::Delete { name } => name.as_str(),
+            })
+            .collect()
+    }
     /// The status as of `now` (pending proposals past their expiry read as expired).
     pub fn status_at(&self, now: u64) -> ProposalStatus {
         if self.status == ProposalStatus::Pending && self.expires_at <= now {

@@ -231,23 +231,7 @@ fn row54_stale_reader_slots_reclaimed() {
 /// writes intact, and reads still work.
 #[test]
 fn row55_disk_full_is_a_clean_error() {
-    let mnt = tempfile::tempdir().unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=768k", "tmpfs"])
-        .arg(mnt.path())
-        .status()
-        .unwrap();
-    assert!(
-        mounted.success(),
-        "mounting a tmpfs failed (the test needs root)"
-    );
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _guard = Unmount(mnt.path().to_owned());
+    let mnt = crate::harness::Tmpfs::mount("768k");
     let data = mnt.path().join("data");
     let run = |args: &[&str], stdin: Option<&[u8]>| {
         let mut c = crate::harness::command(&["--data-dir", data.to_str().unwrap()]);
@@ -321,23 +305,7 @@ fn row59_sigkill_during_init_never_leaves_a_broken_data_dir() {
 /// written and injection resumes.
 #[test]
 fn row60_injection_stops_while_the_request_log_cannot_be_written() {
-    let mnt = tempfile::tempdir().unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
-        .arg(mnt.path())
-        .status()
-        .unwrap();
-    assert!(
-        mounted.success(),
-        "mounting a tmpfs failed (the test needs root)"
-    );
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _guard = Unmount(mnt.path().to_owned());
+    let mnt = crate::harness::Tmpfs::mount("4m");
     let env = Env {
         tmp: tempfile::tempdir().unwrap(),
         data_dir: mnt.path().join("data"),
