@@ -111,14 +111,17 @@ impl Sink {
 }
 
 /// Opens the log and starts its writer thread.
-pub fn start(data_dir: &Path) -> Result<Sink, LogError> {
+pub fn start(
+    data_dir: &Path,
+    metrics: Arc<std::sync::Mutex<crate::metrics::RequestMetrics>>,
+) -> Result<Sink, LogError> {
     let (env, db) = open_env(data_dir)?;
     let (tx, rx) = channel();
     let healthy = Arc::new(AtomicBool::new(true));
     let flag = healthy.clone();
     std::thread::Builder::new()
         .name("airlock-request-log".into())
-        .spawn(move || writer(env, db, rx, flag))
+        .spawn(move || writer(env, db, rx, flag, metrics))
         .map_err(|source| LogError::Io {
             path: data_dir.join(DIR),
             source,
@@ -126,16 +129,26 @@ pub fn start(data_dir: &Path) -> Result<Sink, LogError> {
     Ok(Sink { tx, healthy })
 }
 
-fn writer(env: Environment, db: Database, rx: Receiver<Row>, healthy: Arc<AtomicBool>) {
+fn writer(
+    env: Environment,
+    db: Database,
+    rx: Receiver<Row>,
+    healthy: Arc<AtomicBool>,
+    metrics: Arc<std::sync::Mutex<crate::metrics::RequestMetrics>>,
+) {
     let mut next = last_seq(&env, db).map_or(1, |s| s + 1);
     let mut batch = Vec::new();
     loop {
         // Sleep, then drain: senders never wake this thread (a wake-up per request would cost
         // every request a futex call and a context switch).
         std::thread::sleep(BATCH_INTERVAL);
+        let mut m = metrics.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             match rx.try_recv() {
-                Ok(row) => batch.push(row),
+                Ok(row) => {
+                    m.observe(&row);
+                    batch.push(row);
+                }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
                     let _ = write_batch(&env, db, next, &batch);
@@ -143,6 +156,7 @@ fn writer(env: Environment, db: Database, rx: Receiver<Row>, healthy: Arc<Atomic
                 }
             }
         }
+        drop(m);
         if batch.is_empty() {
             continue;
         }
@@ -160,6 +174,10 @@ fn writer(env: Environment, db: Database, rx: Receiver<Row>, healthy: Arc<Atomic
                 );
                 let excess = batch.len().saturating_sub(MAX_PENDING);
                 batch.drain(..excess);
+                metrics
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .dropped_log_rows += excess as u64;
             }
         }
     }

@@ -258,6 +258,9 @@ pub fn run(settings: Settings, sources: &KeySources, actor: &str) -> Result<(), 
     }
 
     let listeners = bind(settings.listen, settings.workers.get())?;
+    let request_metrics = Arc::new(std::sync::Mutex::new(
+        crate::metrics::RequestMetrics::default(),
+    ));
     let local = listeners[0]
         .local_addr()
         .map_err(|source| ServeError::Bind {
@@ -298,7 +301,7 @@ pub fn run(settings: Settings, sources: &KeySources, actor: &str) -> Result<(), 
             .clone()
             .or_else(|| admin_addrs.http.as_ref().map(|h| format!("http://{h}"))),
         ca_pem,
-        log: crate::requestlog::start(&settings.data_dir)?,
+        log: crate::requestlog::start(&settings.data_dir, request_metrics.clone())?,
         shutdown: AtomicBool::new(false),
         in_flight: AtomicUsize::new(0),
         connections: AtomicUsize::new(0),
@@ -378,12 +381,33 @@ pub fn run(settings: Settings, sources: &KeySources, actor: &str) -> Result<(), 
         worker: usize::MAX,
         source,
     })?;
+    let metrics_addr = match settings.metrics_listen {
+        AdminListen::Addr(addr) => {
+            let s = shared.clone();
+            let gauges = move || crate::metrics::Gauges {
+                connections: s.connections.load(Ordering::Relaxed) as u64,
+                in_flight: s.in_flight.load(Ordering::Relaxed) as u64,
+                leaf_mints: s.certs.mints(),
+            };
+            let bound =
+                crate::metrics::serve(addr, request_metrics.clone(), gauges).map_err(|source| {
+                    ServeError::Bind {
+                        listen: addr,
+                        source,
+                    }
+                })?;
+            bound.to_string()
+        }
+        AdminListen::None => "none".to_owned(),
+    };
     let admin_socket = admin_addrs
         .socket
         .as_ref()
         .map_or("none".to_owned(), |p| format!("unix:{}", p.display()));
     let admin_http = admin_addrs.http.as_deref().unwrap_or("none");
-    println!("ready proxy={local} admin={admin_socket} admin_http={admin_http} metrics=none");
+    println!(
+        "ready proxy={local} admin={admin_socket} admin_http={admin_http} metrics={metrics_addr}"
+    );
     if let Some(signal) = signals.forever().next() {
         tracing::info!(
             signal,

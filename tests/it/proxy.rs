@@ -880,3 +880,31 @@ req.end();
         [format!("Bearer {}", s.secret("OPENAI_KEY"))]
     );
 }
+
+/// Prometheus metrics on --metrics-listen: the request is counted by vault, service and
+/// status class; no path, query or secret appears.
+#[test]
+fn metrics_count_requests() {
+    let s = Setup::with("auto", &["--metrics-listen", "127.0.0.1:0"], true, true);
+    let addr = s
+        .proxy
+        .metrics
+        .clone()
+        .expect("metrics address in the ready line");
+    s.curl(&["https://api.openai.com/v1/metrics-probe?q=hidden-query"])
+        .ok();
+    s.curl(&["https://api.unknown-vendor.com/"]);
+    std::thread::sleep(Duration::from_millis(600));
+    let mut c = std::process::Command::new("curl");
+    c.args(["-sS", "--noproxy", "*", &format!("http://{addr}/metrics")]);
+    let text = output(c, None).ok().stdout;
+    assert!(text.contains("airlock_requests_total{vault=\"default\",service=\"openai\",class=\"2xx\",error=\"\"} 1"), "{text}");
+    assert!(text.contains("error=\"no_service\"} 1"), "{text}");
+    assert!(
+        text.contains("airlock_request_duration_seconds_count 2"),
+        "{text}"
+    );
+    assert!(text.contains("airlock_leaf_mints_total"), "{text}");
+    assert!(!text.contains("metrics-probe") && !text.contains("hidden-query"));
+    s.assert_no_secret(&text);
+}

@@ -18,6 +18,7 @@ pub struct Proxy {
     /// From the ready line: the admin socket and HTTP address, when the admin process runs.
     pub admin_socket: Option<String>,
     pub admin_http: Option<String>,
+    pub metrics: Option<String>,
 }
 
 impl Proxy {
@@ -63,7 +64,11 @@ impl Proxy {
                 .filter(|v| *v != "none")
                 .map(str::to_owned)
         };
-        let (admin_socket, admin_http) = (field("admin=unix:"), field("admin_http="));
+        let (admin_socket, admin_http, metrics) = (
+            field("admin=unix:"),
+            field("admin_http="),
+            field("metrics="),
+        );
         std::thread::spawn(move || for _ in out.lines() {});
         Self {
             child,
@@ -71,6 +76,7 @@ impl Proxy {
             stderr,
             admin_socket,
             admin_http,
+            metrics,
         }
     }
 

@@ -1,0 +1,192 @@
+//! Prometheus metrics for the data plane, served on `--metrics-listen` as text at `/metrics`.
+//!
+//! Per-request figures are counted by the request-log writer from the rows it already receives
+//! (once per batch, off the hot path): requests by vault, service, status class and error code,
+//! and a latency histogram. Gauges and counters the data plane keeps anyway (open connections,
+//! leaf mints, cached leaves, in-flight requests) are read at scrape time. No label ever holds a
+//! path, a query or a secret.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::{Arc, Mutex};
+
+use crate::requestlog::Row;
+
+/// Latency buckets, in seconds.
+const BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
+
+/// Counters fed by the request-log writer.
+#[derive(Debug, Default)]
+pub struct RequestMetrics {
+    /// (vault, service, status class, error code) -> count.
+    requests: BTreeMap<(String, String, String, String), u64>,
+    buckets: [u64; BUCKETS.len()],
+    count: u64,
+    sum_seconds: f64,
+    pub dropped_log_rows: u64,
+}
+
+impl RequestMetrics {
+    pub fn observe(&mut self, row: &Row) {
+        let class = format!("{}xx", row.status / 100);
+        let key = (
+            row.vault.clone(),
+            row.service.clone().unwrap_or_default(),
+            class,
+            row.error.clone().unwrap_or_default(),
+        );
+        *self.requests.entry(key).or_default() += 1;
+        let secs = row.latency_us as f64 / 1e6;
+        for (b, le) in self.buckets.iter_mut().zip(BUCKETS) {
+            if secs <= le {
+                *b += 1;
+            }
+        }
+        self.count += 1;
+        self.sum_seconds += secs;
+    }
+}
+
+/// Scrape-time gauges from the data plane.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Gauges {
+    pub connections: u64,
+    pub in_flight: u64,
+    pub leaf_mints: u64,
+}
+
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The exposition text.
+pub fn render(m: &RequestMetrics, g: Gauges) -> String {
+    let mut out = String::new();
+    out.push_str("# HELP airlock_requests_total Proxied requests by vault, service, status class and error code.\n# TYPE airlock_requests_total counter\n");
+    for ((vault, service, class, error), n) in &m.requests {
+        let _ = writeln!(
+            out,
+            "airlock_requests_total{{vault=\"{}\",service=\"{}\",class=\"{}\",error=\"{}\"}} {n}",
+            label(vault),
+            label(service),
+            class,
+            label(error)
+        );
+    }
+    out.push_str("# HELP airlock_request_duration_seconds Time from request head to the end of the response.\n# TYPE airlock_request_duration_seconds histogram\n");
+    for (le, n) in BUCKETS.iter().zip(m.buckets) {
+        let _ = writeln!(
+            out,
+            "airlock_request_duration_seconds_bucket{{le=\"{le}\"}} {n}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "airlock_request_duration_seconds_bucket{{le=\"+Inf\"}} {}",
+        m.count
+    );
+    let _ = writeln!(
+        out,
+        "airlock_request_duration_seconds_sum {}",
+        m.sum_seconds
+    );
+    let _ = writeln!(out, "airlock_request_duration_seconds_count {}", m.count);
+    for (name, help, kind, v) in [
+        (
+            "airlock_open_connections",
+            "Client connections open now.",
+            "gauge",
+            g.connections,
+        ),
+        (
+            "airlock_requests_in_flight",
+            "Requests between head and end of response.",
+            "gauge",
+            g.in_flight,
+        ),
+        (
+            "airlock_leaf_mints_total",
+            "Leaf certificates minted.",
+            "counter",
+            g.leaf_mints,
+        ),
+        (
+            "airlock_request_log_dropped_rows_total",
+            "Request-log rows dropped while writes failed.",
+            "counter",
+            m.dropped_log_rows,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+        );
+    }
+    out
+}
+
+/// Serves `/metrics` on `addr` from a thread; returns the bound address.
+pub fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Mutex<RequestMetrics>>,
+    gauges: impl Fn() -> Gauges + Send + 'static,
+) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)?;
+    let local = listener.local_addr()?;
+    std::thread::Builder::new().name("airlock-metrics".into()).spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+            let mut buf = [0u8; 2048];
+            let n = conn.read(&mut buf).unwrap_or(0);
+            let ok = buf[..n].starts_with(b"GET /metrics ");
+            let body = if ok {
+                let m = metrics.lock().unwrap_or_else(|p| p.into_inner());
+                render(&m, gauges())
+            } else {
+                "see /metrics\n".to_owned()
+            };
+            let status = if ok { "200 OK" } else { "404 Not Found" };
+            let _ = write!(conn, "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+        }
+    })?;
+    Ok(local)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_histogram() {
+        let mut m = RequestMetrics::default();
+        let row = Row {
+            vault: "default".into(),
+            service: Some("openai".into()),
+            status: 200,
+            latency_us: 3000,
+            ..Row::default()
+        };
+        m.observe(&row);
+        m.observe(&Row {
+            status: 403,
+            error: Some("no_service".into()),
+            vault: "default".into(),
+            ..Row::default()
+        });
+        let text = render(
+            &m,
+            Gauges {
+                connections: 2,
+                ..Gauges::default()
+            },
+        );
+        assert!(text.contains("airlock_requests_total{vault=\"default\",service=\"openai\",class=\"2xx\",error=\"\"} 1"), "{text}");
+        assert!(text.contains("error=\"no_service\"} 1"));
+        assert!(text.contains("airlock_request_duration_seconds_bucket{le=\"0.005\"} 2"));
+        assert!(text.contains("airlock_open_connections 2"));
+    }
+}
