@@ -36,6 +36,8 @@ pub struct Shared {
     pub policy: RwLock<Arc<Policy>>,
     pub guard: Guard,
     pub resolve: Vec<ResolveRule>,
+    /// Name resolution for upstreams (the system resolver outside tests).
+    pub resolver: Arc<dyn upstream::Resolve>,
     pub upstream_tls: Arc<rustls::ClientConfig>,
     pub limits: Limits,
     /// `http://127.0.0.1:7480`: where agents reach the agent API (for hints).

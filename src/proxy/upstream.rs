@@ -138,9 +138,9 @@ pub async fn resolve(shared: &Shared, target: &Target) -> Result<Vec<SocketAddr>
     } else if let Ok(ip) = target.host.parse::<IpAddr>() {
         vec![SocketAddr::new(ip, target.port)]
     } else {
-        let name = format!("{}:{}", target.host, target.port);
-        let lookup =
-            monoio::spawn_blocking(move || name.to_socket_addrs().map(Vec::from_iter)).await;
+        let resolver = shared.resolver.clone();
+        let (host, port) = (target.host.clone(), target.port);
+        let lookup = monoio::spawn_blocking(move || resolver.lookup(&host, port)).await;
         match lookup {
             Ok(Ok(a)) if !a.is_empty() => a,
             _ => {
@@ -154,6 +154,22 @@ pub async fn resolve(shared: &Shared, target: &Target) -> Result<Vec<SocketAddr>
     };
     vet(&shared.guard, &addrs)?;
     Ok(addrs)
+}
+
+/// Name resolution for upstreams. One lookup per dial; only the vetted answer is dialled
+/// (row 32). Tests substitute scripted answers.
+pub trait Resolve: Send + Sync + std::fmt::Debug {
+    fn lookup(&self, host: &str, port: u16) -> io::Result<Vec<SocketAddr>>;
+}
+
+/// The system resolver (getaddrinfo), run on the blocking pool.
+#[derive(Debug, Default)]
+pub struct SystemResolver;
+
+impl Resolve for SystemResolver {
+    fn lookup(&self, host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+        (host, port).to_socket_addrs().map(Vec::from_iter)
+    }
 }
 
 /// Row 31: one blocked address blocks the whole answer (no "try the next one").
@@ -281,8 +297,112 @@ impl Default for Limits {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
     use crate::netguard::Guard;
+
+    /// Scripted DNS answers, counting lookups.
+    #[derive(Debug, Default)]
+    struct FakeResolver {
+        answers: Mutex<VecDeque<Vec<SocketAddr>>>,
+        lookups: AtomicUsize,
+    }
+
+    impl Resolve for FakeResolver {
+        fn lookup(&self, _: &str, _: u16) -> io::Result<Vec<SocketAddr>> {
+            self.lookups.fetch_add(1, Ordering::SeqCst);
+            Ok(self.answers.lock().unwrap().pop_front().unwrap_or_default())
+        }
+    }
+
+    /// A data-plane `Shared` over a fresh vault, with `resolver` and `guard`.
+    fn shared(dir: &std::path::Path, resolver: Arc<dyn Resolve>, guard: Guard) -> Shared {
+        use crate::vault::{Store, setup};
+        setup::init(dir, &Default::default(), Default::default(), "test").unwrap();
+        let store = Store::open(dir, Default::default()).unwrap();
+        let unlocked = setup::unlock(&store, dir, &Default::default()).unwrap();
+        let ca_pem = std::fs::read_to_string(dir.join("ca.pem")).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let ca = certs_cache::Ca::load(
+            &unlocked.ca_name,
+            &ca_pem,
+            unlocked.ca_key_pkcs8_der.expose(),
+        )
+        .unwrap();
+        Shared {
+            store,
+            opener: unlocked.opener,
+            certs: certs_cache::LeafCache::new(ca, provider.clone(), 4),
+            policy: std::sync::RwLock::new(Arc::default()),
+            guard,
+            resolve: vec![],
+            resolver,
+            upstream_tls: Arc::new(client_config(provider, None).unwrap()),
+            limits: Limits::default(),
+            api_base: String::new(),
+            admin_base: None,
+            ca_pem,
+            log: crate::requestlog::Sink::discard(),
+            shutdown: false.into(),
+            in_flight: 0.into(),
+            connections: 0.into(),
+            max_connections: 4,
+            mint_limiter: Mutex::new(super::super::MintLimiter::new(1.0, 1.0)),
+            agent_limits: super::super::limits::AgentLimits::new(0, 0),
+            auth_failures: Default::default(),
+        }
+    }
+
+    /// security.md row 32 (E-03): DNS rebinding. Each dial looks the name up once and connects
+    /// only to the address it vetted; a later answer pointing elsewhere is refused with no
+    /// connection made to it.
+    #[test]
+    fn row32_one_lookup_per_dial_and_only_vetted_addresses_dialled() {
+        let allowed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = allowed.local_addr().unwrap().port();
+        let other = std::net::TcpListener::bind(("127.0.0.2", port)).unwrap();
+        other.set_nonblocking(true).unwrap();
+        let resolver = Arc::new(FakeResolver::default());
+        resolver.answers.lock().unwrap().extend([
+            vec![SocketAddr::from(([127, 0, 0, 1], port))],
+            vec![SocketAddr::from(([127, 0, 0, 2], port))],
+        ]);
+        let guard = Guard {
+            allow_private_ranges: false,
+            allow: vec!["127.0.0.1/32".parse().unwrap()],
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared(dir.path(), resolver.clone(), guard);
+        let target = Target {
+            scheme: Scheme::Http,
+            host: "rebind.example".into(),
+            port,
+        };
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .with_blocking_strategy(monoio::blocking::BlockingStrategy::ExecuteLocal)
+            .build()
+            .unwrap();
+        let (first, second) = rt.block_on(async {
+            (
+                dial_new(&shared, &target).await.map(|_| ()),
+                dial_new(&shared, &target).await.map(|_| ()),
+            )
+        });
+        assert!(first.is_ok(), "{first:?}");
+        assert_eq!(second.unwrap_err().code, "destination_blocked");
+        assert_eq!(
+            resolver.lookups.load(Ordering::SeqCst),
+            2,
+            "one lookup per dial"
+        );
+        allowed.set_nonblocking(true).unwrap();
+        assert!(allowed.accept().is_ok(), "the vetted address was dialled");
+        assert!(other.accept().is_err(), "the rebound address was dialled");
+    }
 
     /// security.md row 31 (E-02): a DNS answer mixing public and private addresses is refused.
     #[test]
