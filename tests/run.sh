@@ -30,6 +30,9 @@ if [ ! -d tests/browser/node_modules/playwright-core ]; then
     (cd tests/browser && npm ci --no-audit --no-fund --silent)
 fi
 
+# The binaries the tests start (serve runs airlock-admin from beside airlock): `cargo test`
+# alone builds a package's binaries only for that package's own integration tests.
+cargo build --locked --workspace
 cargo test --locked --workspace "$@"
 # The data-plane tests again on the epoll driver (the first run used io_uring where available).
 if [ "$#" -eq 0 ]; then
