@@ -383,3 +383,41 @@ fn row60_injection_stops_while_the_request_log_cannot_be_written() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Row 55 (I-03), I/O errors: writes and syncs failing with EIO (libfiu's fiu-run) give a
+/// clean `storage_io` error, and what was committed before stays readable.
+#[test]
+fn row55_io_errors_are_clean_and_lose_nothing() {
+    let env = Env::init();
+    env.run_stdin(&["credential", "set", "BEFORE"], b"v1").ok();
+    let mut c = std::process::Command::new("fiu-run");
+    c.args([
+        "-x",
+        "-c",
+        "enable name=posix/io/rw/pwrite,failinfo=5",
+        "-c",
+        "enable name=posix/io/sync/fdatasync,failinfo=5",
+    ]);
+    c.arg(crate::harness::bin())
+        .arg("--data-dir")
+        .arg(&env.data_dir)
+        .args(["credential", "set", "DURING"]);
+    for var in ["AIRLOCK_DATA_DIR", "AIRLOCK_CONFIG"] {
+        c.env_remove(var);
+    }
+    let r = output(c, Some(b"v2"));
+    assert!(
+        r.fails().contains("storage_io") && r.stderr.contains("Input/output error"),
+        "{r:?}"
+    );
+    let list = env.run(&["credential", "list", "--json"]).ok();
+    let keys: Vec<String> = serde_json::from_str::<serde_json::Value>(&list.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["key"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(keys, ["BEFORE"]);
+    env.run_stdin(&["credential", "set", "AFTER"], b"v3").ok();
+}
