@@ -409,6 +409,7 @@ pub fn run(settings: Settings, sources: &KeySources, actor: &str) -> Result<(), 
     println!(
         "ready proxy={local} admin={admin_socket} admin_http={admin_http} metrics={metrics_addr}"
     );
+    notify_ready();
     if let Some(signal) = signals.forever().next() {
         tracing::info!(
             signal,
@@ -439,6 +440,27 @@ pub const MINT_PER_SECOND: f64 = 16.0;
 
 /// How long in-flight requests may take to finish after SIGTERM.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Tells systemd (`Type=notify`) that every listener is up: `READY=1` to `$NOTIFY_SOCKET`
+/// (a path, or an abstract name starting with `@`).
+fn notify_ready() {
+    use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
+    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let target = target.to_string_lossy().into_owned();
+    let addr = match target.strip_prefix('@') {
+        Some(name) => {
+            <UnixAddr as std::os::linux::net::SocketAddrExt>::from_abstract_name(name.as_bytes())
+        }
+        None => UnixAddr::from_pathname(&target),
+    };
+    let sent =
+        UnixDatagram::unbound().and_then(|s| addr.and_then(|a| s.send_to_addr(b"READY=1", &a)));
+    if let Err(e) = sent {
+        tracing::warn!("notifying systemd at {target} failed: {e}");
+    }
+}
 
 /// Row 63: no core dumps (they would hold opened credentials), and not dumpable, which also
 /// keeps other processes of this user from ptrace or /proc/<pid>/mem.

@@ -407,3 +407,27 @@ fn ca_export_prints_the_ca() {
         std::fs::read_to_string(env.data_dir.join("ca.pem")).unwrap()
     );
 }
+
+/// The packaged default config passes `config check` (issue 8), and `serve` notifies systemd
+/// (`Type=notify`) once its listeners are up.
+#[test]
+fn packaged_config_checks_and_serve_notifies_readiness() {
+    let cfg = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/airlock.toml");
+    let r = output(command(&["config", "check", cfg]), None).ok();
+    assert!(r.stdout.contains("ok"), "{r:?}");
+    let env = Env::init();
+    let notify = env.path("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let mut c = env.command(&["serve", "--listen", "127.0.0.1:0", "--no-admin"]);
+    c.env("NOTIFY_SOCKET", &notify)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = c.spawn().unwrap();
+    let mut buf = [0u8; 64];
+    let n = sock.recv(&mut buf).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(&buf[..n], b"READY=1");
+}
