@@ -112,10 +112,30 @@ pub async fn read_head<S: AsyncReadRent>(
     }
 }
 
-async fn reply_and_close<S: AsyncWriteRent>(conn: &mut BufConn<S>, e: &ProxyError) {
+/// Answers with an error and closes. The close lingers: what the client is still sending is
+/// read and dropped for a moment, because closing with unread data makes the kernel send a
+/// reset that can destroy the response before the client reads it (a 431 to a client still
+/// writing its oversized head, say).
+async fn reply_and_close<S: AsyncReadRent + AsyncWriteRent>(conn: &mut BufConn<S>, e: &ProxyError) {
+    const LINGER: Duration = Duration::from_millis(500);
+    const DRAIN: usize = 1024 * 1024;
     let _ = conn.write_all(e.response(true)).await;
     let _ = conn.flush().await;
     let _ = conn.io.shutdown().await;
+    let until = std::time::Instant::now() + LINGER;
+    let mut drained = conn.buffered().len();
+    conn.consume(drained);
+    while drained < DRAIN {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        match monoio::time::timeout(left, conn.fill()).await {
+            Ok(Ok(n)) if n > 0 => {
+                drained += n;
+                let all = conn.buffered().len();
+                conn.consume(all);
+            }
+            _ => return,
+        }
+    }
 }
 
 /// Parses a CONNECT authority strictly: `host:port`, a DNS name or IP literal, port 1-65535
