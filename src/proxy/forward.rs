@@ -7,6 +7,8 @@
 //! values added last. Bodies stream both ways with the proxy's own framing; echoed secrets are
 //! masked in the response (row 25). Redirects are returned as they are (R3). The buffer holding injected values is zeroized after the write.
 
+use std::borrow::Cow;
+
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use zeroize::{Zeroize, Zeroizing};
 
@@ -233,36 +235,36 @@ pub fn upstream_head(
 
 /// Replaces placeholders allowed on `surface`; a placeholder on a surface not declared for it is
 /// refused (row 26).
-fn substitute(service: &Service, surface: Surface, input: &[u8]) -> Result<Vec<u8>, ProxyError> {
-    let mut out = input.to_vec();
+fn substitute<'a>(
+    service: &Service,
+    surface: Surface,
+    input: &'a [u8],
+) -> Result<Cow<'a, [u8]>, ProxyError> {
+    let mut out = Cow::Borrowed(input);
     for sub in &service.substitutions {
         let needle = sub.placeholder.as_bytes();
-        if !out.windows(needle.len()).any(|w| w == needle) {
+        let Some(first) = memchr::memmem::find(&out, needle) else {
             continue;
-        }
+        };
         if !sub.surfaces.contains(&surface) {
-            return Err(ProxyError::new(
-                403,
-                "substitution_field_denied",
-                format!(
-                    "placeholder {} is not allowed in the {surface:?}",
-                    sub.placeholder
-                )
-                .to_lowercase(),
-            ));
+            let m = format!(
+                "placeholder {} is not allowed in the {surface:?}",
+                sub.placeholder
+            )
+            .to_lowercase();
+            return Err(ProxyError::new(403, "substitution_field_denied", m));
         }
         let mut replaced = Vec::with_capacity(out.len() + sub.value.len());
-        let mut i = 0;
-        while i < out.len() {
-            if out[i..].starts_with(needle) {
-                replaced.extend_from_slice(sub.value.expose());
-                i += needle.len();
-            } else {
-                replaced.push(out[i]);
-                i += 1;
-            }
+        let mut rest = &out[..];
+        let mut at = Some(first);
+        while let Some(k) = at {
+            replaced.extend_from_slice(&rest[..k]);
+            replaced.extend_from_slice(sub.value.expose());
+            rest = &rest[k + needle.len()..];
+            at = memchr::memmem::find(rest, needle);
         }
-        out = replaced;
+        replaced.extend_from_slice(rest);
+        out = Cow::Owned(replaced);
     }
     Ok(out)
 }
