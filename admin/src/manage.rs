@@ -12,7 +12,7 @@ use airlock::vault::{UnmatchedPolicy, VaultError};
 use axum::extract::{Extension, Path};
 use axum::response::Response;
 use axum::routing::{get, post};
-use axum::{Form, Router};
+use axum::Router;
 use maud::{Markup, html};
 
 use crate::AppState;
@@ -44,16 +44,22 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/tokens", post(mint_token))
 }
 
+/// A form post refused before it acts: the login page or 403 (boxed: responses are large).
+pub struct Reject(Box<Response>);
+
+impl axum::response::IntoResponse for Reject {
+    fn into_response(self) -> Response {
+        *self.0
+    }
+}
+
 /// The acting operator for a form post: logged in and carrying the right CSRF token.
-fn actor(
-    session: &Session,
-    f: &Form<std::collections::HashMap<String, String>>,
-) -> Result<String, Box<Response>> {
+fn actor(session: &Session, f: &Fields) -> Result<String, Reject> {
     let Some(op) = session.operator.as_deref() else {
-        return Err(Box::new(login_redirect()));
+        return Err(Reject(Box::new(login_redirect())));
     };
     if !csrf_ok(session, f.get("csrf")) {
-        return Err(Box::new(forbidden()));
+        return Err(Reject(Box::new(forbidden())));
     }
     Ok(format!("operator:{op}"))
 }
@@ -139,11 +145,12 @@ fn vaults_page(state: &AppState, session: &Session, note: Option<Markup>) -> Res
     )
 }
 
-async fn create_vault(state: St, Extension(session): Extension<Session>, f: Fields) -> Response {
-    let who = match actor(&session, &f) {
-        Ok(w) => w,
-        Err(r) => return *r,
-    };
+async fn create_vault(
+    state: St,
+    Extension(session): Extension<Session>,
+    f: Fields,
+) -> Result<Response, Reject> {
+    let who = actor(&session, &f)?;
     let name = field(&f, "name");
     let note = result(
         state
@@ -151,7 +158,7 @@ async fn create_vault(state: St, Extension(session): Extension<Session>, f: Fiel
             .create_vault(&who, name)
             .map(|_| format!("Created vault {name}.")),
     );
-    vaults_page(&state, &session, Some(note))
+    Ok(vaults_page(&state, &session, Some(note)))
 }
 
 async fn set_policy(
@@ -159,11 +166,8 @@ async fn set_policy(
     Extension(session): Extension<Session>,
     Path(vault): Path<String>,
     f: Fields,
-) -> Response {
-    let who = match actor(&session, &f) {
-        Ok(w) => w,
-        Err(r) => return *r,
-    };
+) -> Result<Response, Reject> {
+    let who = actor(&session, &f)?;
     let r = state.store.vault(&vault).and_then(|v| {
         let next = if v.policy == UnmatchedPolicy::Deny {
             UnmatchedPolicy::Tunnel
@@ -174,7 +178,7 @@ async fn set_policy(
             format!("Vault {vault}: hosts without a service are now {next:?}.").to_lowercase()
         })
     });
-    vaults_page(&state, &session, Some(result(r)))
+    Ok(vaults_page(&state, &session, Some(result(r))))
 }
 
 async fn set_services(
@@ -182,11 +186,8 @@ async fn set_services(
     Extension(session): Extension<Session>,
     Path(vault): Path<String>,
     f: Fields,
-) -> Response {
-    let who = match actor(&session, &f) {
-        Ok(w) => w,
-        Err(r) => return *r,
-    };
+) -> Result<Response, Reject> {
+    let who = actor(&session, &f)?;
     let r = ServiceFile::from_yaml(field(&f, "yaml"))
         .map_err(VaultError::from)
         .and_then(|file| {
@@ -199,7 +200,7 @@ async fn set_services(
                 c.updated.len()
             ))
         });
-    vaults_page(&state, &session, Some(result(r)))
+    Ok(vaults_page(&state, &session, Some(result(r))))
 }
 
 async fn toggle_service(
@@ -207,11 +208,8 @@ async fn toggle_service(
     Extension(session): Extension<Session>,
     Path((vault, name)): Path<(String, String)>,
     f: Fields,
-) -> Response {
-    let who = match actor(&session, &f) {
-        Ok(w) => w,
-        Err(r) => return *r,
-    };
+) -> Result<Response, Reject> {
+    let who = actor(&session, &f)?;
     let r = state.store.services(&vault).and_then(|list| {
         let mut spec = list
             .into_iter()
@@ -226,7 +224,7 @@ async fn toggle_service(
         state.store.set_services(&who, &vault, vec![spec], false)?;
         Ok(format!("Service {name} {word}."))
     });
-    vaults_page(&state, &session, Some(result(r)))
+    Ok(vaults_page(&state, &session, Some(result(r))))
 }
 
 async fn remove_service(
@@ -234,18 +232,15 @@ async fn remove_service(
     Extension(session): Extension<Session>,
     Path((vault, name)): Path<(String, String)>,
     f: Fields,
-) -> Response {
-    let who = match actor(&session, &f) {
-        Ok(w) => w,
-        Err(r) => return *r,
-    };
+) -> Result<Response, Reject> {
+    let who = actor(&session, &f)?;
     let note = result(
         state
             .store
             .remove_service(&who, &vault, &name)
             .map(|()| format!("Removed service {name}.")),
     );
-    vaults_page(&state, &session, Some(note))
+    Ok(vaults_page(&state, &session, Some(note)))
 }
 
 async fn set_credential(
@@ -253,11 +248,8 @@ async fn set_credential(
     Extension(session): Extension<Session>,
     Path(vault): Path<String>,
     f: Fields,
-) -> Response {
-    let who = match actor(&session, &f) {
-        Ok(w) => w,
-        Err(r) => return *r,
-    };
+) -> Result<Response, Reject> {
+    let who = actor(&session, &f)?;
     let key = field(&f, "key").to_owned();
     let value = Secret::new(
         field(&f, "value")
@@ -274,7 +266,7 @@ async fn set_credential(
                 if new { "Sealed" } else { "Replaced" }
             )
         });
-    vaults_page(&state, &session, Some(result(r)))
+    Ok(vaults_page(&state, &session, Some(result(r))))
 }
 
 async fn delete_credential(
@@ -282,18 +274,15 @@ async fn delete_credential(
     Extension(session): Extension<Session>,
     Path((vault, key)): Path<(String, String)>,
     f: Fields,
-) -> Response {
-    let who = match actor(&session, &f) {
-        Ok(w) => w,
-        Err(r) => return *r,
-    };
+) -> Result<Response, Reject> {
+    let who = actor(&session, &f)?;
     let note = result(
         state
             .store
             .delete_credential(&who, &vault, &key)
             .map(|()| format!("Deleted credential {key}.")),
     );
-    vaults_page(&state, &session, Some(note))
+    Ok(vaults_page(&state, &session, Some(note)))
 }
 
 async fn agents(state: St, Extension(session): Extension<Session>) -> Response {
@@ -347,11 +336,12 @@ fn agents_page(state: &AppState, session: &Session, note: Option<Markup>) -> Res
     )
 }
 
-async fn create_agent(state: St, Extension(session): Extension<Session>, f: Fields) -> Response {
-    let who = match actor(&session, &f) {
-        Ok(w) => w,
-        Err(r) => return *r,
-    };
+async fn create_agent(
+    state: St,
+    Extension(session): Extension<Session>,
+    f: Fields,
+) -> Result<Response, Reject> {
+    let who = actor(&session, &f)?;
     let name = field(&f, "name");
     let vaults: Vec<String> = field(&f, "vaults")
         .split(',')
@@ -362,7 +352,7 @@ async fn create_agent(state: St, Extension(session): Extension<Session>, f: Fiel
         Ok(m) => token_note(&format!("Created agent {name}."), &m.token),
         Err(e) => flash(false, &e.to_string()),
     };
-    agents_page(&state, &session, Some(note))
+    Ok(agents_page(&state, &session, Some(note)))
 }
 
 async fn revoke_agent(
@@ -370,18 +360,15 @@ async fn revoke_agent(
     Extension(session): Extension<Session>,
     Path(name): Path<String>,
     f: Fields,
-) -> Response {
-    let who = match actor(&session, &f) {
-        Ok(w) => w,
-        Err(r) => return *r,
-    };
+) -> Result<Response, Reject> {
+    let who = actor(&session, &f)?;
     let note = result(
         state
             .store
             .revoke_agent(&who, &name)
             .map(|()| format!("Revoked agent {name} and its scoped tokens.")),
     );
-    agents_page(&state, &session, Some(note))
+    Ok(agents_page(&state, &session, Some(note)))
 }
 
 async fn rotate_agent(
@@ -389,11 +376,8 @@ async fn rotate_agent(
     Extension(session): Extension<Session>,
     Path(name): Path<String>,
     f: Fields,
-) -> Response {
-    let who = match actor(&session, &f) {
-        Ok(w) => w,
-        Err(r) => return *r,
-    };
+) -> Result<Response, Reject> {
+    let who = actor(&session, &f)?;
     let note = match state.store.rotate_agent(&who, &name) {
         Ok(m) => token_note(
             &format!("Rotated the token of {name}; the old one stopped working."),
@@ -401,14 +385,15 @@ async fn rotate_agent(
         ),
         Err(e) => flash(false, &e.to_string()),
     };
-    agents_page(&state, &session, Some(note))
+    Ok(agents_page(&state, &session, Some(note)))
 }
 
-async fn mint_token(state: St, Extension(session): Extension<Session>, f: Fields) -> Response {
-    let who = match actor(&session, &f) {
-        Ok(w) => w,
-        Err(r) => return *r,
-    };
+async fn mint_token(
+    state: St,
+    Extension(session): Extension<Session>,
+    f: Fields,
+) -> Result<Response, Reject> {
+    let who = actor(&session, &f)?;
     let vault = field(&f, "vault");
     let note = match airlock::config::parse_duration(field(&f, "ttl")) {
         Err(e) => flash(false, &e),
@@ -423,5 +408,5 @@ async fn mint_token(state: St, Extension(session): Extension<Session>, f: Fields
             Err(e) => flash(false, &e.to_string()),
         },
     };
-    agents_page(&state, &session, Some(note))
+    Ok(agents_page(&state, &session, Some(note)))
 }
