@@ -9,10 +9,10 @@ use std::sync::Arc;
 use airlock::secret::Secret;
 use airlock::spec::ServiceFile;
 use airlock::vault::{UnmatchedPolicy, VaultError};
+use axum::Router;
 use axum::extract::{Extension, Path};
 use axum::response::Response;
 use axum::routing::{get, post};
-use axum::Router;
 use maud::{Markup, html};
 
 use crate::AppState;

@@ -85,17 +85,22 @@ impl Ctx {
     }
 }
 
-/// Reads one value from stdin under product.md's rules.
-pub fn read_stdin_value(what: &str) -> Result<Secret, CliError> {
+/// All of stdin, at most `limit` bytes (one more is read to notice a longer input).
+pub fn read_stdin(limit: u64) -> Result<Secret, CliError> {
     let mut raw = Vec::new();
     std::io::stdin()
-        .take(MAX_STDIN + 1)
+        .take(limit + 1)
         .read_to_end(&mut raw)
         .map_err(|source| CliError::Io {
             what: "stdin".into(),
             source,
         })?;
-    let raw = Secret::new(raw);
+    Ok(Secret::new(raw))
+}
+
+/// Reads one value from stdin under product.md's rules.
+pub fn read_stdin_value(what: &str) -> Result<Secret, CliError> {
+    let raw = read_stdin(MAX_STDIN)?;
     if raw.len() as u64 > MAX_STDIN {
         return Err(CliError::Usage(format!(
             "{what}: the value on stdin is larger than 64 KiB"

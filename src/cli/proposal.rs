@@ -2,8 +2,6 @@
 //! Agent-written text is printed with control and bidirectional-override characters escaped
 //! (row 50), and credential values are read from stdin, never from arguments.
 
-use std::io::Read;
-
 use serde_json::json;
 
 use super::output::{self, rfc3339};
@@ -84,15 +82,7 @@ fn read_values(keys: &[String]) -> Result<Vec<(String, Secret)>, CliError> {
     if keys.is_empty() {
         return Ok(Vec::new());
     }
-    let mut raw = Vec::new();
-    std::io::stdin()
-        .take(1 << 20)
-        .read_to_end(&mut raw)
-        .map_err(|source| CliError::Io {
-            what: "stdin".into(),
-            source,
-        })?;
-    let raw = Secret::new(raw);
+    let raw = super::ctx::read_stdin(1 << 20)?;
     let text = raw.expose().strip_suffix(b"\n").unwrap_or(raw.expose());
     let lines: Vec<&[u8]> = text
         .split(|&b| b == b'\n')

@@ -91,16 +91,8 @@ pub async fn relay<R: AsyncReadRent, W: AsyncWriteRent>(
         Framing::Empty => {}
         Framing::Length(n) => {
             check_cap(n)?;
-            let mut left = n;
-            while left > 0 {
-                if src.buffered().is_empty() && fill(src, opts.read_timeout).await? == 0 {
-                    return Err(RelayError::Truncated);
-                }
-                let take = (src.buffered().len() as u64).min(left) as usize;
-                write_piece(src, dst, take, output, scrub.as_deref_mut()).await?;
-                left -= take as u64;
-                total += take as u64;
-            }
+            relay_exact(src, dst, n, opts, scrub.as_deref_mut()).await?;
+            total = n;
         }
         Framing::Close => loop {
             if src.buffered().is_empty() && fill(src, opts.read_timeout).await? == 0 {
@@ -119,15 +111,7 @@ pub async fn relay<R: AsyncReadRent, W: AsyncWriteRent>(
             }
             total = total.saturating_add(size);
             check_cap(total)?;
-            let mut left = size;
-            while left > 0 {
-                if src.buffered().is_empty() && fill(src, opts.read_timeout).await? == 0 {
-                    return Err(RelayError::Truncated);
-                }
-                let take = (src.buffered().len() as u64).min(left) as usize;
-                write_piece(src, dst, take, output, scrub.as_deref_mut()).await?;
-                left -= take as u64;
-            }
+            relay_exact(src, dst, size, opts, scrub.as_deref_mut()).await?;
             expect_crlf(src, opts).await?;
         },
     }
@@ -144,6 +128,26 @@ pub async fn relay<R: AsyncReadRent, W: AsyncWriteRent>(
     }
     dst.flush().await.map_err(RelayError::Write)?;
     Ok(total)
+}
+
+/// Relays exactly `n` bytes (a Content-Length body, or one chunk's data).
+async fn relay_exact<R: AsyncReadRent, W: AsyncWriteRent>(
+    src: &mut BufConn<R>,
+    dst: &mut BufConn<W>,
+    n: u64,
+    opts: Opts,
+    mut scrub: Option<&mut Scrubber<'_>>,
+) -> Result<(), RelayError> {
+    let mut left = n;
+    while left > 0 {
+        if src.buffered().is_empty() && fill(src, opts.read_timeout).await? == 0 {
+            return Err(RelayError::Truncated);
+        }
+        let take = (src.buffered().len() as u64).min(left) as usize;
+        write_piece(src, dst, take, opts.output, scrub.as_deref_mut()).await?;
+        left -= take as u64;
+    }
+    Ok(())
 }
 
 async fn write_piece<R, W: AsyncWriteRent>(

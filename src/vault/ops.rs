@@ -141,6 +141,51 @@ pub(crate) fn apply_services(
     Ok(change)
 }
 
+/// Checks a credential value (no CR, LF or NUL: row 19) and seals it to the record it will be
+/// stored as (vault id, kind, key in the associated data).
+pub(crate) fn seal_credential(
+    public: &[u8; 32],
+    vault_id: u64,
+    key: &str,
+    value: &[u8],
+) -> Result<Vec<u8>, VaultError> {
+    crate::secret::check_value(value)
+        .map_err(|e| VaultError::Invalid(format!("invalid_credential: {e}")))?;
+    Ok(seal::seal(
+        public,
+        SealContext {
+            vault_id,
+            kind: CREDENTIAL_KIND,
+            name: key,
+        },
+        value,
+    )?)
+}
+
+/// Stores sealed bytes as the credential `key`, keeping the creation time of the one it
+/// replaces. Returns whether it is new.
+pub(crate) fn put_credential(
+    t: &mut Txn<lmdb::RwTransaction<'_>>,
+    vault_id: u64,
+    key: &str,
+    sealed: Vec<u8>,
+) -> Result<bool, StoreError> {
+    let rkey = vault_key(vault_id, key);
+    let old: Option<CredentialRecord> = t.get(t.dbs().credentials, "credentials", &rkey)?;
+    let at = now();
+    let created_at = old.as_ref().map_or(at, |o| o.created_at);
+    t.put(
+        t.dbs().credentials,
+        &rkey,
+        &CredentialRecord {
+            sealed,
+            created_at,
+            updated_at: at,
+        },
+    )?;
+    Ok(old.is_none())
+}
+
 /// What [`Store::set_services`] changed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ServiceChange {
@@ -276,40 +321,18 @@ impl Store {
         value: &Secret,
     ) -> Result<bool, VaultError> {
         names::credential_key(key)?;
-        crate::secret::check_value(value.expose())
-            .map_err(|e| VaultError::Invalid(format!("invalid_credential: {e}")))?;
         let public = public_key(&self.key_header()?)?;
         self.write(|t| {
             let v = find_vault(t, vault)?;
-            let sealed = seal::seal(
-                &public,
-                SealContext {
-                    vault_id: v.id,
-                    kind: CREDENTIAL_KIND,
-                    name: key,
-                },
-                value.expose(),
-            )?;
-            let rkey = vault_key(v.id, key);
-            let old: Option<CredentialRecord> = t.get(t.dbs().credentials, "credentials", &rkey)?;
-            let at = now();
-            let created_at = old.as_ref().map_or(at, |o| o.created_at);
-            t.put(
-                t.dbs().credentials,
-                &rkey,
-                &CredentialRecord {
-                    sealed,
-                    created_at,
-                    updated_at: at,
-                },
-            )?;
-            let action = if old.is_some() {
-                "credential.replace"
-            } else {
+            let sealed = seal_credential(&public, v.id, key, value.expose())?;
+            let new = put_credential(t, v.id, key, sealed)?;
+            let action = if new {
                 "credential.set"
+            } else {
+                "credential.replace"
             };
             t.audit(actor, action, &format!("credential {vault}/{key}"), "")?;
-            Ok(old.is_none())
+            Ok(new)
         })
     }
 

@@ -12,12 +12,10 @@ use std::collections::BTreeSet;
 
 use serde::Deserialize;
 
-use super::ops::{CREDENTIAL_KIND, apply_services, public_key, vault_key};
+use super::ops::{apply_services, public_key, put_credential, seal_credential, vault_key};
 use super::records::{
-    CredentialRecord, CredentialSlot, ProposalRecord, ProposalStatus, ServiceChange, SlotAction,
-    VaultRecord,
+    CredentialSlot, ProposalRecord, ProposalStatus, ServiceChange, SlotAction, VaultRecord,
 };
-use super::seal::{self, SealContext};
 use super::store::Store;
 use super::{VaultError, now};
 use crate::names;
@@ -161,14 +159,7 @@ impl Store {
                 }
                 (Some(value), SlotAction::Set) => {
                     let value = Secret::new(value.clone().into_bytes());
-                    crate::secret::check_value(value.expose())
-                        .map_err(|e| invalid(format!("invalid_credential: {e}")))?;
-                    let ctx = SealContext {
-                        vault_id: v.id,
-                        kind: CREDENTIAL_KIND,
-                        name: &slot.key,
-                    };
-                    Some(seal::seal(&public, ctx, value.expose())?)
+                    Some(seal_credential(&public, v.id, &slot.key, value.expose())?)
                 }
                 (None, _) => None,
             };
@@ -323,14 +314,7 @@ impl Store {
                             match (&slot.sealed, values.iter().find(|(k, _)| k == &slot.key)) {
                                 (Some(sealed), _) => sealed.clone(),
                                 (None, Some((_, value))) => {
-                                    crate::secret::check_value(value.expose())
-                                        .map_err(|e| invalid(format!("invalid_credential: {e}")))?;
-                                    let ctx = SealContext {
-                                        vault_id: v.id,
-                                        kind: CREDENTIAL_KIND,
-                                        name: &slot.key,
-                                    };
-                                    seal::seal(&public, ctx, value.expose())?
+                                    seal_credential(&public, v.id, &slot.key, value.expose())?
                                 }
                                 (None, None) => {
                                     return Err(invalid(format!(
@@ -339,18 +323,7 @@ impl Store {
                                     )));
                                 }
                             };
-                        let old: Option<CredentialRecord> =
-                            t.get(t.dbs().credentials, "credentials", &rkey)?;
-                        let created_at = old.map_or(at, |o| o.created_at);
-                        t.put(
-                            t.dbs().credentials,
-                            &rkey,
-                            &CredentialRecord {
-                                sealed,
-                                created_at,
-                                updated_at: at,
-                            },
-                        )?;
+                        put_credential(t, v.id, &slot.key, sealed)?;
                     }
                 }
             }
