@@ -49,14 +49,6 @@ impl<S> BufConn<S> {
         }
     }
 
-    /// Takes whatever is buffered.
-    pub fn take_buffered(&mut self) -> Vec<u8> {
-        let out = self.buf.split_off(self.pos);
-        self.buf.clear();
-        self.pos = 0;
-        out
-    }
-
     pub fn into_parts(self) -> (S, Vec<u8>) {
         let Self { io, mut buf, pos } = self;
         buf.drain(..pos);
