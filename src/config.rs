@@ -65,6 +65,8 @@ pub struct FileConfig {
     pub agent_requests_per_second: Option<u32>,
     /// Requests in flight per agent token; 0 = unlimited. Default 64.
     pub agent_max_in_flight: Option<u32>,
+    /// Log level: error, warn, info, debug or trace (`$AIRLOCK_LOG` wins). Default info.
+    pub log_level: Option<crate::logging::LogLevel>,
 }
 
 /// A duration written like `30s`, `2m` or `1h` in the config file.

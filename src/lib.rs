@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod fsutil;
 pub mod http;
+pub mod logging;
 pub mod metrics;
 pub mod names;
 pub mod netguard;

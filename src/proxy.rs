@@ -3,8 +3,9 @@
 //! error responses ([`error`]) and the agent API ([`agent_api`]).
 //!
 //! [`Shared`] is what every worker reads: the store (token checks), the compiled [`Policy`]
-//! (swapped whole when the vault generation changes), the leaf cache and the upstream TLS config.
-//! Nothing here blocks a worker thread on a lock held across an `.await`.
+//! (swapped whole when the vault generation changes), the leaf cache, and the [`Tunables`]
+//! (swapped whole on a config reload). Nothing here blocks a worker thread on a lock held across
+//! an `.await`.
 
 pub mod agent_api;
 pub mod auth;
@@ -34,31 +35,38 @@ pub struct Shared {
     pub opener: Opener,
     pub certs: LeafCache,
     pub policy: RwLock<Arc<Policy>>,
-    pub guard: Guard,
-    pub resolve: Vec<ResolveRule>,
     /// Name resolution for upstreams (the system resolver outside tests).
     pub resolver: Arc<dyn upstream::Resolve>,
-    pub upstream_tls: Arc<rustls::ClientConfig>,
-    pub limits: Limits,
+    /// What a config reload may change; read through [`Shared::tunables`].
+    pub tunables: RwLock<Arc<Tunables>>,
     /// `http://127.0.0.1:7480`: where agents reach the agent API (for hints).
     pub api_base: String,
-    /// `http://host:port` of the admin UI, for `approval_url`s (none when it has no HTTP listener).
-    pub admin_base: Option<String>,
     pub ca_pem: String,
     pub log: crate::requestlog::Sink,
     /// Set on SIGTERM/SIGINT: finish in-flight requests, take no new ones.
     pub shutdown: AtomicBool,
     /// Requests between head and end of response.
     pub in_flight: AtomicUsize,
-    /// Client connections open now, and the cap (row 37).
+    /// Client connections open now (the cap is [`Limits::max_connections`], row 37).
     pub connections: AtomicUsize,
-    pub max_connections: usize,
     /// Bounds on-demand leaf minting (row 39).
     pub mint_limiter: std::sync::Mutex<MintLimiter>,
     /// Per agent token: request rate and in-flight cap.
     pub agent_limits: limits::AgentLimits,
     /// Failed authentications per client address (row 51).
     pub auth_failures: limits::AuthFailures,
+}
+
+/// The settings that SIGHUP re-reads from the config file and swaps in whole. Open connections
+/// keep working; each new request, dial and connection reads the current snapshot.
+#[derive(Debug)]
+pub struct Tunables {
+    pub guard: Guard,
+    pub resolve: Vec<ResolveRule>,
+    pub upstream_tls: Arc<rustls::ClientConfig>,
+    pub limits: Limits,
+    /// `http://host:port` of the admin UI, for `approval_url`s (none when it has no HTTP listener).
+    pub admin_base: Option<String>,
 }
 
 /// A token bucket for leaf minting: `burst` at once, then `rate` per second.
@@ -115,9 +123,34 @@ impl Drop for InFlight<'_> {
 impl Shared {
     /// Where an operator approves proposal `id`.
     pub fn approval_url(&self, id: u64) -> Option<String> {
-        self.admin_base
+        self.tunables()
+            .admin_base
             .as_ref()
             .map(|b| format!("{b}/proposals/{id}"))
+    }
+
+    /// The current reloadable settings (a cheap `Arc` clone).
+    pub fn tunables(&self) -> Arc<Tunables> {
+        match self.tunables.read() {
+            Ok(t) => t.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The current timeouts and caps (copied out under the read lock, no `Arc` traffic).
+    pub fn limits(&self) -> Limits {
+        match self.tunables.read() {
+            Ok(t) => t.limits,
+            Err(poisoned) => poisoned.into_inner().limits,
+        }
+    }
+
+    /// Swaps in settings re-read from the config file.
+    pub fn set_tunables(&self, tunables: Tunables) {
+        match self.tunables.write() {
+            Ok(mut t) => *t = Arc::new(tunables),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(tunables),
+        }
     }
 
     pub fn shutting_down(&self) -> bool {

@@ -5,8 +5,12 @@
 //! other process listens on, bind one SO_REUSEPORT listener per worker on the one resolved port,
 //! start each worker's monoio runtime (io_uring, or epoll when io_uring is unavailable or
 //! `--driver epoll`), then print the `ready ...` line. A watcher thread polls the vault
-//! generation every 100 ms and swaps in a recompiled policy. On SIGTERM or SIGINT, workers take
-//! no new requests and in-flight ones get [`SHUTDOWN_GRACE`] to finish before the process exits.
+//! generation every 100 ms and swaps in a recompiled policy. On SIGHUP the config file is read
+//! again ([`reload`]): the [`Tunables`], agent limits and log level change in place without
+//! dropping a connection; settings that need new listeners or threads are named in a warning and
+//! wait for a restart; a file that does not parse changes nothing. On SIGTERM or SIGINT, workers
+//! take no new requests and in-flight ones get [`SHUTDOWN_GRACE`] to finish before the process
+//! exits.
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::num::NonZeroUsize;
@@ -16,13 +20,14 @@ use std::sync::{Arc, RwLock, mpsc};
 use std::time::Duration;
 
 use certs_cache::{Ca, LeafCache};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::config::{AdminListen, Cidr, Driver, FileConfig, HumanDuration, ResolveRule};
+use crate::logging::{LogHandle, LogLevel};
 use crate::netguard::Guard;
 use crate::policy::Policy;
-use crate::proxy::{Limits, Shared, conn};
+use crate::proxy::{Limits, Shared, Tunables, conn};
 use crate::vault::keys::KeySources;
 use crate::vault::setup::{self, CA_CERT_FILE};
 use crate::vault::{Store, StoreOptions, VaultError};
@@ -41,7 +46,6 @@ pub struct Settings {
     pub metrics_listen: AdminListen,
     pub store: StoreOptions,
     pub limits: Limits,
-    pub max_connections: usize,
     /// Start the admin process (`--no-admin` or `admin = false` turn it off).
     pub start_admin: bool,
     pub config_file: Option<PathBuf>,
@@ -51,6 +55,8 @@ pub struct Settings {
     pub agent_rate: u32,
     /// Requests in flight per agent token; 0 turns it off.
     pub agent_max_in_flight: u32,
+    /// Log level (`$AIRLOCK_LOG` still wins); unset is `info`.
+    pub log_level: Option<LogLevel>,
 }
 
 /// `serve` flags, each overriding the config file.
@@ -110,6 +116,9 @@ pub struct ServeArgs {
     /// Passphrase file for a passphrase vault
     #[arg(long, value_name = "F")]
     pub passphrase_file: Option<PathBuf>,
+    /// Log level [default: info; $AIRLOCK_LOG overrides]
+    #[arg(long, value_enum, value_name = "LEVEL")]
+    pub log_level: Option<LogLevel>,
 }
 
 impl Settings {
@@ -169,12 +178,61 @@ impl Settings {
                 .admin_url
                 .as_ref()
                 .map(|u| u.trim_end_matches('/').to_owned()),
-            max_connections: args
-                .max_connections
-                .or(file.max_connections)
-                .map_or(10_000, NonZeroUsize::get),
+            log_level: args.log_level.or(file.log_level),
         }
     }
+
+    /// The reloadable part, with `admin_http` (the admin listener bound at start) as the fallback
+    /// base of approval links.
+    fn tunables(
+        &self,
+        provider: &Arc<rustls::crypto::CryptoProvider>,
+        admin_http: Option<&str>,
+    ) -> Result<Tunables, ServeError> {
+        let upstream_tls = crate::proxy::upstream::client_config(
+            provider.clone(),
+            self.upstream_ca_file.as_deref(),
+        )
+        .map_err(ServeError::Tls)?;
+        Ok(Tunables {
+            guard: self.guard.clone(),
+            resolve: self.resolve.clone(),
+            upstream_tls: Arc::new(upstream_tls),
+            limits: self.limits,
+            admin_base: self
+                .admin_url
+                .clone()
+                .or_else(|| admin_http.map(|h| format!("http://{h}"))),
+        })
+    }
+
+    /// The settings that differ from `new` and only apply after a restart.
+    fn restart_only_changes(&self, new: &Settings) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        let mut check = |name, differs: bool| {
+            if differs {
+                changed.push(name);
+            }
+        };
+        check("listen", self.listen != new.listen);
+        check("workers", self.workers != new.workers);
+        check("driver", self.driver != new.driver);
+        check("admin", self.start_admin != new.start_admin);
+        check("admin_listen", self.admin_listen != new.admin_listen);
+        check("metrics_listen", self.metrics_listen != new.metrics_listen);
+        check(
+            "map_size_mib",
+            self.store.map_size_mib != new.store.map_size_mib,
+        );
+        changed
+    }
+}
+
+/// What SIGHUP needs: the flags (they keep overriding the file) and the logger.
+#[derive(Debug)]
+pub struct Reload {
+    pub args: ServeArgs,
+    pub log: LogHandle,
 }
 
 /// Timeouts and caps: flag, else config file, else [`Limits::default`].
@@ -187,6 +245,10 @@ fn limits(file: &FileConfig, args: &ServeArgs) -> Limits {
         header_timeout: pick(args.header_timeout, file.header_timeout, d.header_timeout),
         idle_timeout: pick(args.idle_timeout, file.idle_timeout, d.idle_timeout),
         body_cap: args.max_body_bytes.or(file.max_body_bytes),
+        max_connections: args
+            .max_connections
+            .or(file.max_connections)
+            .map_or(d.max_connections, NonZeroUsize::get),
         ..d
     }
 }
@@ -217,7 +279,12 @@ pub enum ServeError {
 }
 
 /// Starts the data plane and serves until the process ends.
-pub fn run(settings: Settings, sources: &KeySources, actor: &str) -> Result<(), ServeError> {
+pub fn run(
+    settings: Settings,
+    sources: &KeySources,
+    actor: &str,
+    reload: &Reload,
+) -> Result<(), ServeError> {
     harden();
     if let setup::InitOutcome::Created { .. } =
         setup::init(&settings.data_dir, sources, settings.store, actor)?
@@ -246,11 +313,8 @@ pub fn run(settings: Settings, sources: &KeySources, actor: &str) -> Result<(), 
         &ca_pem,
         unlocked.ca_key_pkcs8_der.expose(),
     )?;
-    let upstream_tls = crate::proxy::upstream::client_config(
-        provider.clone(),
-        settings.upstream_ca_file.as_deref(),
-    )
-    .map_err(ServeError::Tls)?;
+    // Checked before anything is started: a bad CA file fails start-up, not the first dial.
+    settings.tunables(&provider, None)?;
     if settings.guard.allow_private_ranges {
         tracing::warn!(
             "--allow-private-ranges: upstream addresses in private ranges are allowed (metadata stays blocked)"
@@ -289,24 +353,18 @@ pub fn run(settings: Settings, sources: &KeySources, actor: &str) -> Result<(), 
     let shared = Arc::new(Shared {
         store,
         opener: unlocked.opener,
-        certs: LeafCache::new(ca, provider, 10_000),
+        certs: LeafCache::new(ca, provider.clone(), 10_000),
         policy: RwLock::new(Arc::new(Policy::default())),
-        guard: settings.guard.clone(),
-        resolve: settings.resolve.clone(),
         resolver: Arc::new(crate::proxy::upstream::SystemResolver),
-        upstream_tls: Arc::new(upstream_tls),
-        limits: settings.limits,
+        tunables: RwLock::new(Arc::new(
+            settings.tunables(&provider, admin_addrs.http.as_deref())?,
+        )),
         api_base: format!("http://{local}"),
-        admin_base: settings
-            .admin_url
-            .clone()
-            .or_else(|| admin_addrs.http.as_ref().map(|h| format!("http://{h}"))),
         ca_pem,
         log: crate::requestlog::start(&settings.data_dir, request_metrics.clone())?,
         shutdown: AtomicBool::new(false),
         in_flight: AtomicUsize::new(0),
         connections: AtomicUsize::new(0),
-        max_connections: settings.max_connections,
         mint_limiter: std::sync::Mutex::new(crate::proxy::MintLimiter::new(
             MINT_BURST,
             MINT_PER_SECOND,
@@ -378,10 +436,11 @@ pub fn run(settings: Settings, sources: &KeySources, actor: &str) -> Result<(), 
         driver = driver_name,
         "data plane listening on {local}"
     );
-    let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(|source| ServeError::Worker {
-        worker: usize::MAX,
-        source,
-    })?;
+    let mut signals =
+        Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|source| ServeError::Worker {
+            worker: usize::MAX,
+            source,
+        })?;
     let metrics_addr = match settings.metrics_listen {
         AdminListen::Addr(addr) => {
             let s = shared.clone();
@@ -409,8 +468,15 @@ pub fn run(settings: Settings, sources: &KeySources, actor: &str) -> Result<(), 
     println!(
         "ready proxy={local} admin={admin_socket} admin_http={admin_http} metrics={metrics_addr}"
     );
-    notify_ready();
-    if let Some(signal) = signals.forever().next() {
+    notify(b"READY=1");
+    for signal in signals.forever() {
+        if signal == SIGHUP {
+            notify(b"RELOADING=1");
+            let admin_http = admin_addrs.http.as_deref();
+            reload_config(&shared, &settings, reload, &provider, admin_http);
+            notify(b"READY=1");
+            continue;
+        }
         tracing::info!(
             signal,
             "shutting down: no new requests; waiting for in-flight ones"
@@ -422,6 +488,7 @@ pub fn run(settings: Settings, sources: &KeySources, actor: &str) -> Result<(), 
         }
         // Let the request-log writer commit its last batch.
         std::thread::sleep(Duration::from_millis(300));
+        break;
     }
     if let Some((admin, _)) = &admin {
         admin.stop();
@@ -441,9 +508,56 @@ pub const MINT_PER_SECOND: f64 = 16.0;
 /// How long in-flight requests may take to finish after SIGTERM.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Tells systemd (`Type=notify`) that every listener is up: `READY=1` to `$NOTIFY_SOCKET`
-/// (a path, or an abstract name starting with `@`).
-fn notify_ready() {
+/// SIGHUP: reads the config file again and applies what can change in place; names what
+/// differs from `started` but needs a restart. A file that does not load changes nothing.
+fn reload_config(
+    shared: &Shared,
+    started: &Settings,
+    reload: &Reload,
+    provider: &Arc<rustls::crypto::CryptoProvider>,
+    admin_http: Option<&str>,
+) {
+    let Some(path) = &started.config_file else {
+        tracing::warn!("SIGHUP: no config file to reload (serve was started without --config)");
+        return;
+    };
+    // The data dir never changes in place (and --data-dir may have overridden the file).
+    let new = FileConfig::load(path)
+        .map_err(|e| e.to_string())
+        .map(|file| Settings::resolve(started.data_dir.clone(), &file, &reload.args))
+        .and_then(|new| {
+            let tunables = new
+                .tunables(provider, admin_http)
+                .map_err(|e| e.to_string())?;
+            Ok((new, tunables))
+        });
+    let (new, tunables) = match new {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!("reload refused, settings unchanged: {e}");
+            return;
+        }
+    };
+    shared.set_tunables(tunables);
+    shared
+        .agent_limits
+        .set(new.agent_rate, new.agent_max_in_flight);
+    reload.log.set(new.log_level.unwrap_or(LogLevel::Info));
+    let pending = started.restart_only_changes(&new);
+    if pending.is_empty() {
+        tracing::info!("reloaded {}", path.display());
+    } else {
+        tracing::warn!(
+            "reloaded {}; these changes apply after a restart: {}",
+            path.display(),
+            pending.join(", ")
+        );
+    }
+}
+
+/// Tells systemd (`Type=notify`) about the service state (`READY=1`, `RELOADING=1`) on
+/// `$NOTIFY_SOCKET` (a path, or an abstract name starting with `@`).
+fn notify(state: &[u8]) {
     use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
     let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
         return;
@@ -455,8 +569,7 @@ fn notify_ready() {
         }
         None => UnixAddr::from_pathname(&target),
     };
-    let sent =
-        UnixDatagram::unbound().and_then(|s| addr.and_then(|a| s.send_to_addr(b"READY=1", &a)));
+    let sent = UnixDatagram::unbound().and_then(|s| addr.and_then(|a| s.send_to_addr(state, &a)));
     if let Err(e) = sent {
         tracing::warn!("notifying systemd at {target} failed: {e}");
     }

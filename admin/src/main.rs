@@ -50,16 +50,12 @@ pub struct AppState {
 }
 
 fn main() -> anyhow::Result<()> {
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
     let args = Args::parse();
     let file = match &args.config {
         Some(p) => FileConfig::load(p)?,
         None => FileConfig::default(),
     };
+    airlock::logging::init(file.log_level);
     let data_dir = args
         .data_dir
         .clone()

@@ -44,18 +44,10 @@ pub fn ca_export(ctx: &Ctx) -> Result<(), CliError> {
 }
 
 pub fn serve(ctx: &Ctx, args: Box<crate::serve::ServeArgs>) -> Result<(), CliError> {
-    let level = std::env::var("AIRLOCK_LOG")
-        .ok()
-        .and_then(|l| l.parse().ok())
-        .unwrap_or(tracing::Level::INFO);
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
     let sources = ctx.key_sources(args.master_key_file.clone(), args.passphrase_file.clone())?;
     let mut settings = crate::serve::Settings::resolve(ctx.data_dir.clone(), &ctx.file, &args);
     settings.config_file.clone_from(&ctx.config_path);
-    Ok(crate::serve::run(settings, &sources, &ctx.actor)?)
+    let log = crate::logging::init(settings.log_level);
+    let reload = crate::serve::Reload { args: *args, log };
+    Ok(crate::serve::run(settings, &sources, &ctx.actor, &reload)?)
 }

@@ -62,7 +62,8 @@ pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
         Framing::Empty => {}
         Framing::Length(len) if len <= MAX_BODY => {
             while (client.buffered().len() as u64) < len {
-                let read = monoio::time::timeout(shared.limits.header_timeout, client.fill()).await;
+                let read =
+                    monoio::time::timeout(shared.limits().header_timeout, client.fill()).await;
                 if !matches!(read, Ok(Ok(k)) if k > 0) {
                     return Err(ExchangeError::Abort);
                 }

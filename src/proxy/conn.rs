@@ -31,7 +31,7 @@ pub async fn accepted(shared: Arc<Shared>, tcp: TcpStream) {
     let open = shared
         .connections
         .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    if open >= shared.max_connections {
+    if open >= shared.limits().max_connections {
         let mut conn = BufConn::new(tcp);
         let e = ProxyError::new(503, "overloaded", "too many connections; retry shortly");
         reply_and_close(&mut conn, &e).await;
@@ -51,7 +51,7 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
         .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip());
     let mut client = BufConn::new(tcp);
     loop {
-        let n = match read_head(&shared, &mut client, shared.limits.idle_timeout).await {
+        let n = match read_head(&shared, &mut client, shared.limits().idle_timeout).await {
             Ok(Some(n)) => n,
             Ok(None) => return,
             Err(e) => return reply_and_close(&mut client, &e).await,
@@ -102,7 +102,7 @@ pub async fn read_head<S: AsyncReadRent>(
         let limit = if conn.buffered().is_empty() {
             idle
         } else {
-            shared.limits.header_timeout
+            shared.limits().header_timeout
         };
         let left = limit.saturating_sub(started.elapsed());
         match monoio::time::timeout(left, conn.fill()).await {
@@ -257,7 +257,7 @@ async fn intercept(
     let (tcp, early) = client.into_parts();
     let io = PrefixedReadIo::new(tcp, Cursor::new(early));
     let tls = match monoio::time::timeout(
-        shared.limits.header_timeout,
+        shared.limits().header_timeout,
         TlsAcceptor::from(config).accept(io),
     )
     .await
@@ -268,7 +268,7 @@ async fn intercept(
     let mut conn = BufConn::new(tls);
     let mut checked = auth::Checked::default();
     loop {
-        let n = match read_head(&shared, &mut conn, shared.limits.idle_timeout).await {
+        let n = match read_head(&shared, &mut conn, shared.limits().idle_timeout).await {
             Ok(Some(n)) => n,
             Ok(None) => return,
             Err(e) => return reply_and_close(&mut conn, &e).await,
@@ -380,9 +380,11 @@ async fn tunnel(shared: Arc<Shared>, mut client: BufConn<TcpStream>, target: Tar
     };
     let mut up = None;
     for addr in addrs {
-        if let Ok(Ok(s)) =
-            monoio::time::timeout(shared.limits.connect_timeout, TcpStream::connect_addr(addr))
-                .await
+        if let Ok(Ok(s)) = monoio::time::timeout(
+            shared.limits().connect_timeout,
+            TcpStream::connect_addr(addr),
+        )
+        .await
         {
             up = Some(s);
             break;

@@ -289,7 +289,7 @@ pub async fn exchange<C: AsyncReadRent + AsyncWriteRent>(
     client.consume(head_len);
     row.service = Some(prepared.service.name.clone());
     // Row 16: a declared length over the cap is refused before anything goes upstream.
-    if let (Framing::Length(n), Some(cap)) = (prepared.framing, shared.limits.body_cap)
+    if let (Framing::Length(n), Some(cap)) = (prepared.framing, shared.limits().body_cap)
         && n > cap
     {
         return Err(crate::http::HttpError::BodyTooLarge(cap).into());
@@ -374,10 +374,11 @@ async fn attempt<C: AsyncReadRent + AsyncWriteRent>(
             .map_err(|_| ExchangeError::Abort)?;
         client.flush().await.map_err(|_| ExchangeError::Abort)?;
     }
+    let limits = shared.limits();
     let opts = body::Opts {
         output: body::output_for(framing),
-        cap: shared.limits.body_cap,
-        read_timeout: shared.limits.idle_timeout,
+        cap: limits.body_cap,
+        read_timeout: limits.idle_timeout,
     };
     match body::relay(client, &mut up.conn, framing, opts, None).await {
         Ok(_) => {}
@@ -476,7 +477,7 @@ async fn attempt<C: AsyncReadRent + AsyncWriteRent>(
     let opts = body::Opts {
         output: body::output_for(resp_framing),
         cap: None,
-        read_timeout: shared.limits.response_timeout,
+        read_timeout: shared.limits().response_timeout,
     };
     let relayed = body::relay(&mut up.conn, client, resp_framing, opts, scrub).await;
     match relayed {
@@ -517,7 +518,7 @@ async fn read_response_head<S: AsyncReadRent>(
                 "the upstream response head is too large",
             ));
         }
-        match monoio::time::timeout(shared.limits.response_timeout, conn.fill()).await {
+        match monoio::time::timeout(shared.limits().response_timeout, conn.fill()).await {
             Err(_) => {
                 return Err(ProxyError::new(
                     504,

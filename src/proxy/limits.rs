@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use super::error::ProxyError;
@@ -18,11 +19,12 @@ pub const AUTH_FAILURES: u32 = 20;
 const AUTH_WINDOW: Duration = Duration::from_secs(60);
 
 /// Per agent token: `rate` requests per second with a burst of twice that, and at most
-/// `max_in_flight` at once. Zero turns a limit off.
+/// `max_in_flight` at once. Zero turns a limit off. [`AgentLimits::set`] changes both on a
+/// config reload, keeping every bucket and in-flight count.
 #[derive(Debug)]
 pub struct AgentLimits {
-    rate: f64,
-    max_in_flight: u32,
+    rate: AtomicU32,
+    max_in_flight: AtomicU32,
     map: Mutex<HashMap<TokenHash, Bucket>>,
 }
 
@@ -43,10 +45,16 @@ pub struct Permit<'a> {
 impl AgentLimits {
     pub fn new(rate: u32, max_in_flight: u32) -> Self {
         Self {
-            rate: f64::from(rate),
-            max_in_flight,
+            rate: AtomicU32::new(rate),
+            max_in_flight: AtomicU32::new(max_in_flight),
             map: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Changes the limits for requests admitted from now on.
+    pub fn set(&self, rate: u32, max_in_flight: u32) {
+        self.rate.store(rate, Ordering::Relaxed);
+        self.max_in_flight.store(max_in_flight, Ordering::Relaxed);
     }
 
     fn limited() -> ProxyError {
@@ -59,7 +67,9 @@ impl AgentLimits {
 
     /// Admits one request for `token`, or refuses it with 429.
     pub fn admit(&self, token: TokenHash) -> Result<Permit<'_>, ProxyError> {
-        if self.rate == 0.0 && self.max_in_flight == 0 {
+        let rate = f64::from(self.rate.load(Ordering::Relaxed));
+        let max_in_flight = self.max_in_flight.load(Ordering::Relaxed);
+        if rate == 0.0 && max_in_flight == 0 {
             return Ok(Permit {
                 limits: self,
                 token: None,
@@ -67,23 +77,23 @@ impl AgentLimits {
         }
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        let burst = self.rate * 2.0;
+        let burst = rate * 2.0;
         let b = map.entry(token).or_insert(Bucket {
             tokens: burst,
             last: now,
             in_flight: 0,
         });
-        if self.rate > 0.0 {
-            b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * self.rate).min(burst);
+        if rate > 0.0 {
+            b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * rate).min(burst);
             b.last = now;
             if b.tokens < 1.0 {
                 return Err(Self::limited());
             }
         }
-        if self.max_in_flight > 0 && b.in_flight >= self.max_in_flight {
+        if max_in_flight > 0 && b.in_flight >= max_in_flight {
             return Err(Self::limited());
         }
-        if self.rate > 0.0 {
+        if rate > 0.0 {
             b.tokens -= 1.0;
         }
         b.in_flight += 1;

@@ -129,7 +129,8 @@ pub fn put(target: &Target, conn: BufConn<UpIo>) {
 
 /// Resolves `target` (through `--resolve` first) and returns the addresses, each vetted.
 pub async fn resolve(shared: &Shared, target: &Target) -> Result<Vec<SocketAddr>, ProxyError> {
-    let addrs: Vec<SocketAddr> = if let Some(rule) = shared
+    let tunables = shared.tunables();
+    let addrs: Vec<SocketAddr> = if let Some(rule) = tunables
         .resolve
         .iter()
         .find(|r| r.host == target.host && r.port == target.port)
@@ -152,7 +153,7 @@ pub async fn resolve(shared: &Shared, target: &Target) -> Result<Vec<SocketAddr>
             }
         }
     };
-    vet(&shared.guard, &addrs)?;
+    vet(&tunables.guard, &addrs)?;
     Ok(addrs)
 }
 
@@ -196,8 +197,11 @@ async fn dial(shared: &Shared, target: &Target) -> Result<UpIo, ProxyError> {
     let mut last = None;
     let mut tcp = None;
     for addr in addrs {
-        match monoio::time::timeout(shared.limits.connect_timeout, TcpStream::connect_addr(addr))
-            .await
+        match monoio::time::timeout(
+            shared.limits().connect_timeout,
+            TcpStream::connect_addr(addr),
+        )
+        .await
         {
             Ok(Ok(s)) => {
                 tcp = Some(s);
@@ -216,24 +220,26 @@ async fn dial(shared: &Shared, target: &Target) -> Result<UpIo, ProxyError> {
             let name = ServerName::try_from(target.host.clone()).map_err(|_| {
                 ProxyError::new(400, "bad_host", "the host is not a valid TLS server name")
             })?;
-            let connector = TlsConnector::from(shared.upstream_tls.clone());
-            let tls =
-                monoio::time::timeout(shared.limits.connect_timeout, connector.connect(name, tcp))
-                    .await
-                    .map_err(|_| {
-                        ProxyError::new(
-                            504,
-                            "upstream_timeout",
-                            "the upstream TLS handshake timed out",
-                        )
-                    })?
-                    .map_err(|e| {
-                        ProxyError::new(
-                            502,
-                            "upstream_tls_error",
-                            format!("TLS with {}: {e}", target.host),
-                        )
-                    })?;
+            let connector = TlsConnector::from(shared.tunables().upstream_tls.clone());
+            let tls = monoio::time::timeout(
+                shared.limits().connect_timeout,
+                connector.connect(name, tcp),
+            )
+            .await
+            .map_err(|_| {
+                ProxyError::new(
+                    504,
+                    "upstream_timeout",
+                    "the upstream TLS handshake timed out",
+                )
+            })?
+            .map_err(|e| {
+                ProxyError::new(
+                    502,
+                    "upstream_tls_error",
+                    format!("TLS with {}: {e}", target.host),
+                )
+            })?;
             Ok(UpIo::Tls(Box::new(tls)))
         }
     }
@@ -281,6 +287,8 @@ pub struct Limits {
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub body_cap: Option<u64>,
+    /// Most client connections open at once per process; more get 503 `overloaded` (row 37).
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -291,6 +299,7 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(10),
             response_timeout: Duration::from_secs(300),
             body_cap: None,
+            max_connections: 10_000,
         }
     }
 }
@@ -337,19 +346,23 @@ mod tests {
             opener: unlocked.opener,
             certs: certs_cache::LeafCache::new(ca, provider.clone(), 4),
             policy: std::sync::RwLock::new(Arc::default()),
-            guard,
-            resolve: vec![],
             resolver,
-            upstream_tls: Arc::new(client_config(provider, None).unwrap()),
-            limits: Limits::default(),
+            tunables: std::sync::RwLock::new(Arc::new(super::super::Tunables {
+                guard,
+                resolve: vec![],
+                upstream_tls: Arc::new(client_config(provider, None).unwrap()),
+                limits: Limits {
+                    max_connections: 4,
+                    ..Limits::default()
+                },
+                admin_base: None,
+            })),
             api_base: String::new(),
-            admin_base: None,
             ca_pem,
             log: crate::requestlog::Sink::discard(),
             shutdown: false.into(),
             in_flight: 0.into(),
             connections: 0.into(),
-            max_connections: 4,
             mint_limiter: Mutex::new(super::super::MintLimiter::new(1.0, 1.0)),
             agent_limits: super::super::limits::AgentLimits::new(0, 0),
             auth_failures: Default::default(),

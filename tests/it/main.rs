@@ -7,6 +7,7 @@
 mod admin;
 mod cli;
 mod harness;
+mod ops;
 mod origin;
 mod proposals;
 mod proxy;
