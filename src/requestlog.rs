@@ -62,10 +62,12 @@ pub enum LogError {
 
 fn open_env(data_dir: &Path) -> Result<(Environment, Database), LogError> {
     let path = data_dir.join(DIR);
-    crate::fsutil::private_dir(&path, 0o700).map_err(|source| LogError::Io {
+    let modes = crate::fsutil::Modes::of(data_dir);
+    let io = |source| LogError::Io {
         path: path.clone(),
         source,
-    })?;
+    };
+    let created = crate::fsutil::ensure_dir(&path, modes.dir).map_err(io)?;
     let err = |source| LogError::Lmdb {
         path: path.clone(),
         source,
@@ -74,8 +76,11 @@ fn open_env(data_dir: &Path) -> Result<(Environment, Database), LogError> {
         .set_flags(EnvironmentFlags::NO_TLS)
         .set_max_dbs(2)
         .set_map_size(512 * 1024 * 1024)
-        .open_with_permissions(&path, 0o600)
+        .open_with_permissions(&path, modes.file)
         .map_err(err)?;
+    if created {
+        crate::fsutil::set_lmdb_modes(&path, modes.file).map_err(io)?;
+    }
     let db = env
         .create_db(Some("requests"), DatabaseFlags::empty())
         .map_err(err)?;

@@ -57,7 +57,8 @@ pub fn init(
         let path = path.to_owned();
         move |source| VaultError::Io { path, source }
     };
-    fsutil::private_dir(data_dir, 0o700).map_err(io(data_dir))?;
+    // A new data dir is private; one made beforehand (packaging's 2770) keeps its mode.
+    fsutil::ensure_dir(data_dir, 0o700).map_err(io(data_dir))?;
 
     let (root, mode, kdf, key_file) = match sources.find(data_dir)? {
         Some(Found::Key { key, .. }) => (key, KeyMode::File, None, None),

@@ -140,11 +140,15 @@ impl Store {
     /// `init`'s transaction (which writes the format) commits.
     pub(crate) fn create(data_dir: &Path, opts: StoreOptions) -> Result<Self, StoreError> {
         let dir = data_dir.join(ENV_DIR);
-        crate::fsutil::private_dir(&dir, 0o700).map_err(|source| StoreError::Io {
+        let modes = crate::fsutil::Modes::of(data_dir);
+        let io = |source| StoreError::Io {
             path: dir.clone(),
             source,
-        })?;
-        Self::open_env(&dir, opts)
+        };
+        crate::fsutil::ensure_dir(&dir, modes.dir).map_err(io)?;
+        let store = Self::open_env(&dir, opts)?;
+        crate::fsutil::set_lmdb_modes(&dir, modes.file).map_err(io)?;
+        Ok(store)
     }
 
     fn open_env(dir: &Path, opts: StoreOptions) -> Result<Self, StoreError> {
