@@ -38,3 +38,12 @@ cargo test --locked --workspace "$@"
 if [ "$#" -eq 0 ]; then
     AIRLOCK_TEST_DRIVER=epoll cargo test --locked --test it -- proxy:: rows::
 fi
+# The .deb: built, installed in a clean Debian root (debootstrap) and run the way its systemd
+# units run it. It needs root; without root it says so and the rest of the suite still counts.
+if [ "$#" -eq 0 ]; then
+    if [ "$(id -u)" = 0 ]; then
+        packaging/test-deb.sh
+    else
+        echo "tests/run.sh: NOT RUN: the package test needs root (sudo packaging/test-deb.sh)" >&2
+    fi
+fi

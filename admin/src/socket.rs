@@ -1,6 +1,8 @@
 //! The admin Unix socket: created 0660 inside a 0750 directory, and every connection's
 //! SO_PEERCRED checked (security.md row 46): only the admin process's own uid, root, and
 //! members of the socket's group may talk to it. Other connections are closed unanswered.
+//! Membership counts the peer's supplementary groups too (read from `/proc/<pid>/status`), since
+//! operators are usually in `airlock-operators` as a secondary group.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -25,7 +27,25 @@ pub fn allowed(stream: &UnixStream, socket_gid: u32) -> bool {
         return false;
     };
     let own = rustix::process::getuid().as_raw();
-    cred.uid() == own || cred.uid() == 0 || cred.gid() == socket_gid
+    cred.uid() == own
+        || cred.uid() == 0
+        || cred.gid() == socket_gid
+        || cred
+            .pid()
+            .is_some_and(|pid| supplementary_groups(pid).contains(&socket_gid))
+}
+
+/// The supplementary groups of process `pid` (empty when they cannot be read).
+fn supplementary_groups(pid: i32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status.lines().find_map(|l| {
+                l.strip_prefix("Groups:")
+                    .map(|g| g.split_whitespace().filter_map(|n| n.parse().ok()).collect())
+            })
+        })
+        .unwrap_or_default()
 }
 
 /// The axum listener over the socket, dropping connections from peers not [`allowed`].
