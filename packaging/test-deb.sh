@@ -31,7 +31,7 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 echo "== debootstrap $SUITE into $ROOT"
-debootstrap --variant=minbase --include=python3,curl,openssl "$SUITE" "$ROOT" "$MIRROR" >"$ROOT.log" 2>&1 \
+debootstrap --variant=minbase --include=python3,curl,openssl,lmdb-utils "$SUITE" "$ROOT" "$MIRROR" >"$ROOT.log" 2>&1 \
     || { tail -20 "$ROOT.log"; exit 1; }
 rm -f "$ROOT.log"
 mount -t proc proc "$ROOT/proc"

@@ -13,8 +13,10 @@ those lines.
 Then it walks the README's deployment section: an operator (a member of airlock and
 airlock-operators) adds an agent, the agent is refused, proposes a service, the operator
 approves it with the key through the admin socket's JSON API, and the agent's next request gets
-the key injected; the metrics count that request. Finally remove keeps the data, reinstall
-keeps the key and the vault, and purge deletes both after saying so.
+the key injected; the metrics count that request; a reload keeps it served; an online backup
+is taken. Then remove keeps the data, reinstall keeps the key and the vault, purge deletes both
+after saying so, and the README's restore on a fresh install brings the old agent token, CA
+and credential back.
 
 Usage: test_installed.py /path/to/airlock_*.deb
 """
@@ -42,6 +44,7 @@ DEB = sys.argv[1]
 CONFIG = "/etc/airlock/airlock.toml"
 UNITS = "/lib/systemd/system"
 HOST = "api.example.test"
+BACKUP = "/root/airlock-backup"
 SECRET = "sk-test-" + hashlib.sha256(os.urandom(16)).hexdigest()[:24]
 checks = 0
 
@@ -286,10 +289,7 @@ def walkthrough():
     port = origin()
     run(["useradd", "--create-home", "-G", "airlock,airlock-operators", "olivia"])
     run(["useradd", "--create-home", "mallory"])
-    airlock = Service("airlock.service", [
-        "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--workers", "2",
-        "--resolve", f"{HOST}:443:127.0.0.1:{port}", "--network-allow", "127.0.0.1/32",
-        "--upstream-ca-file", "/etc/airlock/test-upstream-ca.pem"])
+    airlock = data_plane(port)
     ready = airlock.ready_line()
     check(airlock.notified("READY=1"), "airlock.service sent READY=1 to $NOTIFY_SOCKET")
     proxy, metrics = ready["proxy"], ready["metrics"]
@@ -333,11 +333,7 @@ def walkthrough():
                                       f"http://localhost/api/proposals/{pid}/approve"], user="olivia")
     check(code == 200, f"approved on the admin socket: {body}")
 
-    def served():
-        c, b, e = curl(via + ["-H", "Authorization: Bearer placeholder", f"https://{HOST}/v1/models"])
-        want = hashlib.sha256(f"Bearer {SECRET}".encode()).hexdigest()
-        return (c == 200 and json.loads(b)["authorization_sha256"] == want) or (c, b, e)
-    wait_for(served, "the agent's next request reaches the origin with the key injected")
+    wait_for(lambda: served(proxy, token), "the agent's next request reaches the origin with the key injected")
 
     # Metrics: that request is counted (the request-log writer batches, so poll).
     def counted():
@@ -352,9 +348,50 @@ def walkthrough():
     check(airlock.notified("RELOADING=1") and airlock.notified("READY=1"),
           "reload sends RELOADING=1 then READY=1")
     wait_for(lambda: f"reloaded {CONFIG}" in airlock.log(), "reloaded in the log")
-    check(served() is True, "still served after the reload")
+    check(served(proxy, token) is True, "still served after the reload")
     check(SECRET not in airlock.log() + admin.log(), "the secret is in no log line")
+
+    # The README's online backup: mdb_copy of the vault, the CA files, the key kept apart.
+    os.makedirs(f"{BACKUP}/vault")
+    run(["mdb_copy", "/var/lib/airlock/vault", f"{BACKUP}/vault"])
+    for f in ("/var/lib/airlock/ca.pem", "/var/lib/airlock/ca-key.wrapped", "/etc/airlock/master.key"):
+        shutil.copy2(f, BACKUP)
+    check(os.path.getsize(f"{BACKUP}/vault/data.mdb") > 0, "online backup with mdb_copy")
     check(airlock.stop() == 0 and admin.stop() in (0, -signal.SIGTERM), "both services stop on SIGTERM")
+    return port, token
+
+
+def served(proxy, token):
+    """True when the agent's request through `proxy` reaches the origin with the key injected;
+    else what it got."""
+    c, b, e = curl(["--proxy", f"http://{token}:default@{proxy}", "--cacert", "/tmp/airlock-ca.pem",
+                    "-H", "Authorization: Bearer placeholder", f"https://{HOST}/v1/models"])
+    want = hashlib.sha256(f"Bearer {SECRET}".encode()).hexdigest()
+    return (c == 200 and json.loads(b)["authorization_sha256"] == want) or (c, b, e)
+
+
+def data_plane(port):
+    return Service("airlock.service", [
+        "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--workers", "2",
+        "--resolve", f"{HOST}:443:127.0.0.1:{port}", "--network-allow", "127.0.0.1/32",
+        "--upstream-ca-file", "/etc/airlock/test-upstream-ca.pem"])
+
+
+def restore(port, token):
+    """A fresh install, then the README's restore: the agent's token, the key and the CA from
+    the backup work again."""
+    run(["dpkg", "-i", DEB])
+    shutil.copyfile(f"{BACKUP}/vault/data.mdb", "/var/lib/airlock/vault/data.mdb")
+    shutil.copy2(f"{BACKUP}/ca.pem", "/var/lib/airlock/")
+    shutil.copy2(f"{BACKUP}/ca-key.wrapped", "/var/lib/airlock/")
+    shutil.copy2(f"{BACKUP}/master.key", "/etc/airlock/master.key")
+    os.chmod("/etc/airlock/master.key", 0o600)
+    run(["chown", "-R", "airlock:airlock", "/var/lib/airlock"])
+    os.chmod("/var/lib/airlock/vault/data.mdb", 0o660)
+    airlock = data_plane(port)
+    proxy = airlock.ready_line()["proxy"]
+    wait_for(lambda: served(proxy, token), "after a restore, the old token's request gets the key injected")
+    check(airlock.stop() == 0, "the restored data plane stops on SIGTERM")
 
 
 def remove_reinstall_purge():
@@ -375,9 +412,10 @@ def remove_reinstall_purge():
 
 installed_layout()
 try:
-    walkthrough()
+    port, token = walkthrough()
+    remove_reinstall_purge()
+    restore(port, token)
 finally:
     for p in Service.running:
         p.kill()
-remove_reinstall_purge()
 print(f"packaged install: {checks} checks passed")
