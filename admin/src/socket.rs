@@ -41,8 +41,11 @@ fn supplementary_groups(pid: i32) -> Vec<u32> {
         .ok()
         .and_then(|status| {
             status.lines().find_map(|l| {
-                l.strip_prefix("Groups:")
-                    .map(|g| g.split_whitespace().filter_map(|n| n.parse().ok()).collect())
+                l.strip_prefix("Groups:").map(|g| {
+                    g.split_whitespace()
+                        .filter_map(|n| n.parse().ok())
+                        .collect()
+                })
             })
         })
         .unwrap_or_default()
@@ -75,5 +78,26 @@ impl axum::serve::Listener for PeerChecked {
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         self.listener.local_addr()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Row 46: a peer's supplementary groups are read from /proc, matching what the kernel
+    /// reports for this process.
+    #[test]
+    fn supplementary_groups_match_getgroups() {
+        let mut want: Vec<u32> = rustix::process::getgroups()
+            .unwrap()
+            .iter()
+            .map(|g| g.as_raw())
+            .collect();
+        let mut got = supplementary_groups(std::process::id() as i32);
+        want.sort_unstable();
+        got.sort_unstable();
+        assert_eq!(got, want);
+        assert!(supplementary_groups(i32::MAX).is_empty());
     }
 }
