@@ -41,9 +41,14 @@ impl LogLevel {
         })
     }
 
-    /// `$AIRLOCK_LOG` when it names a level (it wins over the config, for debugging a unit).
-    pub fn from_env() -> Option<Self> {
-        std::env::var("AIRLOCK_LOG").ok()?.parse().ok()
+    /// `$AIRLOCK_LOG` when it names a level (it wins over the config, for debugging a unit),
+    /// else `configured`, else info.
+    fn effective(configured: Option<Self>) -> Self {
+        std::env::var("AIRLOCK_LOG")
+            .ok()
+            .and_then(|l| l.parse().ok())
+            .or(configured)
+            .unwrap_or(Self::Info)
     }
 }
 
@@ -55,27 +60,16 @@ impl FromStr for LogLevel {
     }
 }
 
-impl fmt::Display for LogLevel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Error => "error",
-            Self::Warn => "warn",
-            Self::Info => "info",
-            Self::Debug => "debug",
-            Self::Trace => "trace",
-        })
-    }
-}
-
 /// Changes the level of the installed logger.
 #[derive(Clone, Debug)]
 pub struct LogHandle(Option<reload::Handle<LevelFilter, Registry>>);
 
 impl LogHandle {
-    /// Sets the level (no-op when another logger was installed first, as in tests).
-    pub fn set(&self, level: LogLevel) {
+    /// Applies a re-read config's level (`$AIRLOCK_LOG` still wins); a no-op when another
+    /// logger was installed first, as in tests.
+    pub fn set(&self, configured: Option<LogLevel>) {
         if let Some(h) = &self.0
-            && let Err(e) = h.reload(level.filter())
+            && let Err(e) = h.reload(LogLevel::effective(configured).filter())
         {
             tracing::warn!("changing the log level failed: {e}");
         }
@@ -83,9 +77,8 @@ impl LogHandle {
 }
 
 /// Installs the stderr logger at `level` (unless `$AIRLOCK_LOG` overrides it).
-pub fn init(level: Option<LogLevel>) -> LogHandle {
-    let level = LogLevel::from_env().or(level).unwrap_or(LogLevel::Info);
-    let (filter, handle) = reload::Layer::new(level.filter());
+pub fn init(configured: Option<LogLevel>) -> LogHandle {
+    let (filter, handle) = reload::Layer::new(LogLevel::effective(configured).filter());
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
     let plain = (!journald).then(|| {
         tracing_subscriber::fmt::layer()

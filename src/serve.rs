@@ -542,7 +542,7 @@ fn reload_config(
     shared
         .agent_limits
         .set(new.agent_rate, new.agent_max_in_flight);
-    reload.log.set(new.log_level.unwrap_or(LogLevel::Info));
+    reload.log.set(new.log_level);
     let pending = started.restart_only_changes(&new);
     if pending.is_empty() {
         tracing::info!("reloaded {}", path.display());
