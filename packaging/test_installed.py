@@ -332,6 +332,9 @@ def walkthrough():
                                       json.dumps({"values": {"EXAMPLE_KEY": SECRET}}),
                                       f"http://localhost/api/proposals/{pid}/approve"], user="olivia")
     check(code == 200, f"approved on the admin socket: {body}")
+    olivia = pwd.getpwnam("olivia").pw_uid
+    check(json.loads(body)["decided_by"] == f"admin-socket uid={olivia}",
+          "the approval is audited with the operator's uid")
 
     wait_for(lambda: served(proxy, token), "the agent's next request reaches the origin with the key injected")
 

@@ -5,6 +5,7 @@
 //! `POST /api/proposals/{id}/approve {"digest", "values": {"KEY": "value"}}`,
 //! `POST /api/proposals/{id}/reject {"digest", "reason"}`, `GET /api/vaults`, `GET /api/audit`.
 //! Errors are `{"error": code, "message"}` with the vault's stable codes. Values are write-only.
+//! Decisions are audited as `admin-socket uid=N`, the peer's uid from SO_PEERCRED.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use airlock::secret::Secret;
 use airlock::vault::VaultError;
 use airlock::vault::proposals::review_json;
 use airlock::vault::records::ProposalStatus;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -22,8 +23,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::AppState;
-
-const ACTOR: &str = "admin-socket";
+use crate::socket::Peer;
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
@@ -91,6 +91,7 @@ struct Decision {
 
 async fn approve(
     State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     Path(id): Path<u64>,
     Json(d): Json<Decision>,
 ) -> Response {
@@ -101,7 +102,7 @@ async fn approve(
         .collect();
     match state
         .store
-        .approve_proposal(ACTOR, id, d.digest.as_deref(), values)
+        .approve_proposal(&peer.actor(), id, d.digest.as_deref(), values)
     {
         Ok(p) => Json(review_json(&p)).into_response(),
         Err(e) => error(&e),
@@ -110,12 +111,13 @@ async fn approve(
 
 async fn reject(
     State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     Path(id): Path<u64>,
     Json(d): Json<Decision>,
 ) -> Response {
     match state
         .store
-        .reject_proposal(ACTOR, id, &d.reason, d.digest.as_deref())
+        .reject_proposal(&peer.actor(), id, &d.reason, d.digest.as_deref())
     {
         Ok(p) => Json(review_json(&p)).into_response(),
         Err(e) => error(&e),

@@ -133,7 +133,7 @@ async fn serve(
             listener: unix,
             gid,
         },
-        socket_app,
+        socket_app.into_make_service_with_connect_info::<socket::Peer>(),
     );
     let tcp_server = async move {
         match tcp {

@@ -57,14 +57,38 @@ pub struct PeerChecked {
     pub gid: u32,
 }
 
+/// Who is on the other end of a socket connection (for audit records), as the kernel says.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer {
+    pub uid: u32,
+}
+
+impl Peer {
+    /// The audit actor for a change made through the JSON API.
+    pub fn actor(&self) -> String {
+        format!("admin-socket uid={}", self.uid)
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, PeerChecked>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, PeerChecked>) -> Self {
+        *stream.remote_addr()
+    }
+}
+
 impl axum::serve::Listener for PeerChecked {
     type Io = UnixStream;
-    type Addr = tokio::net::unix::SocketAddr;
+    type Addr = Peer;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
             match self.listener.accept().await {
-                Ok((stream, addr)) if allowed(&stream, self.gid) => return (stream, addr),
+                Ok((stream, _)) if allowed(&stream, self.gid) => {
+                    // `allowed` read the credentials already; a failure here cannot happen
+                    // for a connected socket, and then records uid u32::MAX.
+                    let uid = stream.peer_cred().map_or(u32::MAX, |c| c.uid());
+                    return (stream, Peer { uid });
+                }
                 Ok((_, _)) => {
                     tracing::warn!("refused an admin socket connection from a disallowed uid")
                 }
@@ -77,7 +101,9 @@ impl axum::serve::Listener for PeerChecked {
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.listener.local_addr()
+        Ok(Peer {
+            uid: rustix::process::getuid().as_raw(),
+        })
     }
 }
 

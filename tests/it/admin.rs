@@ -598,7 +598,8 @@ fn webhook_notifies_new_proposals_without_secrets() {
     assert!(!msgs[0].contains(value));
 }
 
-/// The JSON API answers on the Unix socket only; approvals there are bound to the digest too.
+/// The JSON API answers on the Unix socket only; approvals there are bound to the digest too
+/// and audited with the caller's uid.
 #[test]
 fn json_api_on_the_socket_only() {
     let s = with_admin();
@@ -650,6 +651,9 @@ fn json_api_on_the_socket_only() {
         Some(json!({"digest": digest, "values": {"OTHER_KEY": "sk-api-approved"}})),
     );
     assert_eq!((code, v["status"].as_str()), (200, Some("applied")), "{v}");
+    // The decision is audited with the peer's uid, as SO_PEERCRED reports it.
+    let uid = rustix::process::getuid().as_raw();
+    assert_eq!(v["decided_by"], format!("admin-socket uid={uid}"), "{v}");
     let mut c = std::process::Command::new("curl");
     c.args([
         "-sS",
