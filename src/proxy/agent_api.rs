@@ -4,6 +4,8 @@
 //! `x-airlock-vault` naming the vault for agents granted several. Bodies are JSON with a
 //! Content-Length of at most [`MAX_BODY`]. Nothing here ever returns a credential value.
 
+use std::net::IpAddr;
+
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use serde_json::{Value, json};
 
@@ -36,6 +38,7 @@ pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
     shared: &Shared,
     client: &mut BufConn<C>,
     n: usize,
+    peer: IpAddr,
 ) -> Result<Outcome, ExchangeError> {
     let (mut req, framing) = {
         let r = head::parse_request(&client.buffered()[..n])?;
@@ -78,7 +81,7 @@ pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
             );
         }
     }
-    let (status, content_type, body) = route(shared, &req)?;
+    let (status, content_type, body) = route(shared, &req, peer)?;
     let mut out = format!(
         "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n",
         super::error::reason_phrase(status),
@@ -112,7 +115,7 @@ fn vault_error(e: VaultError) -> ProxyError {
     ProxyError::new(e.status(), e.code(), e.to_string())
 }
 
-fn route(shared: &Shared, req: &ApiRequest) -> Result<Reply, ProxyError> {
+fn route(shared: &Shared, req: &ApiRequest, peer: IpAddr) -> Result<Reply, ProxyError> {
     match (req.method.as_str(), req.path.as_str()) {
         ("GET", "/healthz") => return json_reply(200, json!({"status": "ok"})),
         ("GET", "/v1/ca.pem") => {
@@ -131,7 +134,8 @@ fn route(shared: &Shared, req: &ApiRequest) -> Result<Reply, ProxyError> {
         }
         _ => {}
     }
-    let id = authenticate(shared, req)?;
+    // Row 51: the agent API's bearer checks count towards the same per-address limit.
+    let id = authenticate(shared, req).map_err(|e| shared.auth_failures.refuse(peer, e))?;
     match (req.method.as_str(), req.path.as_str()) {
         ("GET", "/v1/discover") => discover(shared, &id),
         ("POST", "/v1/proposals") => propose(shared, &id, &req.body),

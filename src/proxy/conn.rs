@@ -70,7 +70,7 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
         let result = if target.starts_with("http://") || target.starts_with("https://") {
             plain(&shared, &mut client, n, &target, peer).await
         } else {
-            agent_api::handle(&shared, &mut client, n).await
+            agent_api::handle(&shared, &mut client, n, peer).await
         };
         drop(in_flight);
         match result {
@@ -186,7 +186,7 @@ async fn connect(
     };
     let id = match auth::authenticate(&shared.store, auth_header.as_deref(), None) {
         Ok(id) => id,
-        Err(e) => return reply_and_close(&mut client, &auth_failed(&shared, peer, e)).await,
+        Err(e) => return reply_and_close(&mut client, &shared.auth_failures.refuse(peer, e)).await,
     };
     let policy = shared.policy();
     let Some(vault) = policy.vault(&id.vault) else {
@@ -323,7 +323,7 @@ async fn plain(
         .one("proxy-authorization")?
         .map(<[u8]>::to_vec);
     let id = auth::authenticate(&shared.store, auth_header.as_deref(), None)
-        .map_err(|e| auth_failed(shared, peer, e))?;
+        .map_err(|e| shared.auth_failures.refuse(peer, e))?;
     let rest = target
         .strip_prefix("http://")
         .ok_or_else(|| ProxyError::new(400, "bad_request", "use CONNECT for https:// targets"))?;
@@ -432,20 +432,6 @@ async fn upgraded<C: Split + AsyncReadRent + AsyncWriteRent>(
     match io {
         UpIo::Tls(tls) => pipe(client, BufConn::with_buffered(*tls, early)).await,
         UpIo::Plain(tcp) => pipe(client, BufConn::with_buffered(tcp, early)).await,
-    }
-}
-
-/// Row 51: past the limit, a failed authentication from `peer` is answered 429 (a valid token
-/// never reaches this function, so it is never refused by the limiter).
-fn auth_failed(shared: &Shared, peer: std::net::IpAddr, e: ProxyError) -> ProxyError {
-    if shared.auth_failures.failed(peer) {
-        ProxyError::new(
-            429,
-            "rate_limited",
-            "too many failed authentications from this address",
-        )
-    } else {
-        e
     }
 }
 

@@ -135,6 +135,20 @@ impl AuthFailures {
         e.0 += 1;
         e.0 > AUTH_FAILURES
     }
+
+    /// Row 51: records the failure `e` from `ip`; past the limit it is answered 429 instead (a
+    /// valid token never comes here, so it is never refused by the limiter).
+    pub fn refuse(&self, ip: IpAddr, e: ProxyError) -> ProxyError {
+        if self.failed(ip) {
+            ProxyError::new(
+                429,
+                "rate_limited",
+                "too many failed authentications from this address",
+            )
+        } else {
+            e
+        }
+    }
 }
 
 #[cfg(test)]

@@ -546,6 +546,33 @@ fn row51_auth_failures_limited_but_valid_tokens_pass() {
     );
 }
 
+/// Row 51 on the agent API: bearer failures count towards the same per-address limit, and a
+/// valid token still gets its answer.
+#[test]
+fn row51_agent_api_auth_failures_limited() {
+    let s = Setup::new("auto");
+    let status = |token: &str| {
+        let mut c = std::process::Command::new("curl");
+        c.args([
+            "-sS",
+            "--noproxy",
+            "*",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .arg(format!("http://{}/v1/discover", s.proxy.addr));
+        output(c, None).ok().stdout
+    };
+    let bogus = format!("alk_agt_{}", "c".repeat(52));
+    let codes: Vec<String> = (0..25).map(|_| status(&bogus)).collect();
+    assert!(codes[..20].iter().all(|c| c == "401"), "{codes:?}");
+    assert!(codes[20..].iter().all(|c| c == "429"), "{codes:?}");
+    assert_eq!(status(&s.token), "200", "a valid token was refused");
+}
+
 /// Per agent token: a request rate with a burst (429 `rate_limited` past it).
 #[test]
 fn per_agent_rate_limit() {
