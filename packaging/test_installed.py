@@ -335,6 +335,9 @@ def walkthrough():
     olivia = pwd.getpwnam("olivia").pw_uid
     check(json.loads(body)["decided_by"] == f"admin-socket uid={olivia}",
           "the approval is audited with the operator's uid")
+    code, text, _ = curl(admin_api + ["http://localhost/metrics"], user="olivia")
+    check(code == 200 and 'airlock_admin_proposals{status="applied"} 1' in text,
+          "the admin process serves its own metrics on its socket")
 
     wait_for(lambda: served(proxy, token), "the agent's next request reaches the origin with the key injected")
 

@@ -3,13 +3,15 @@
 //! Per-request figures are counted by the request-log writer from the rows it already receives
 //! (once per batch, off the hot path): requests by vault, service, status class and error code,
 //! and a latency histogram. Gauges and counters the data plane keeps anyway (open connections,
-//! leaf mints, cached leaves, in-flight requests) are read at scrape time. No label ever holds a
-//! path, a query or a secret.
+//! in-flight requests, leaf mints and cache hits, each limiter's refusals) and the [`Counters`]
+//! bumped where things happen (upstream connections dialled or reused, open tunnels) are read
+//! at scrape time. No label ever holds a path, a query or a secret.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::requestlog::Row;
@@ -49,12 +51,56 @@ impl RequestMetrics {
     }
 }
 
-/// Scrape-time gauges from the data plane.
+/// Counted where it happens, with relaxed atomics (no lock on the request path).
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub upstream_dialled: AtomicU64,
+    pub upstream_reused: AtomicU64,
+    /// CONNECT tunnels open now (intercepted or spliced).
+    pub tunnels: AtomicU64,
+}
+
+impl Counters {
+    pub fn upstream(&self, reused: bool) {
+        let c = if reused {
+            &self.upstream_reused
+        } else {
+            &self.upstream_dialled
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a tunnel as open until the guard drops.
+    pub fn tunnel(&self) -> TunnelOpen<'_> {
+        self.tunnels.fetch_add(1, Ordering::Relaxed);
+        TunnelOpen(&self.tunnels)
+    }
+}
+
+/// See [`Counters::tunnel`].
+#[derive(Debug)]
+pub struct TunnelOpen<'a>(&'a AtomicU64);
+
+impl Drop for TunnelOpen<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Scrape-time figures from the data plane.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Gauges {
     pub connections: u64,
     pub in_flight: u64,
+    pub tunnels: u64,
     pub leaf_mints: u64,
+    pub leaf_hits: u64,
+    pub upstream_dialled: u64,
+    pub upstream_reused: u64,
+    /// Refusals by the per-agent limits, the auth-failure limiter and the leaf-mint limiter.
+    pub limited_agent: u64,
+    pub limited_auth: u64,
+    pub limited_mint: u64,
 }
 
 fn label(v: &str) -> String {
@@ -109,10 +155,22 @@ pub fn render(m: &RequestMetrics, g: Gauges) -> String {
             g.in_flight,
         ),
         (
+            "airlock_open_tunnels",
+            "CONNECT tunnels open now (intercepted or spliced).",
+            "gauge",
+            g.tunnels,
+        ),
+        (
             "airlock_leaf_mints_total",
             "Leaf certificates minted.",
             "counter",
             g.leaf_mints,
+        ),
+        (
+            "airlock_leaf_cache_hits_total",
+            "TLS accepts served by an already minted leaf.",
+            "counter",
+            g.leaf_hits,
         ),
         (
             "airlock_request_log_dropped_rows_total",
@@ -126,6 +184,23 @@ pub fn render(m: &RequestMetrics, g: Gauges) -> String {
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
         );
     }
+    let _ = writeln!(
+        out,
+        "# HELP airlock_upstream_connections_total Upstream connections used, by whether the pool supplied them.\n\
+         # TYPE airlock_upstream_connections_total counter\n\
+         airlock_upstream_connections_total{{reused=\"false\"}} {}\n\
+         airlock_upstream_connections_total{{reused=\"true\"}} {}",
+        g.upstream_dialled, g.upstream_reused
+    );
+    let _ = writeln!(
+        out,
+        "# HELP airlock_rate_limited_total Requests refused with 429, by limiter.\n\
+         # TYPE airlock_rate_limited_total counter\n\
+         airlock_rate_limited_total{{limit=\"agent\"}} {}\n\
+         airlock_rate_limited_total{{limit=\"auth_failures\"}} {}\n\
+         airlock_rate_limited_total{{limit=\"leaf_mint\"}} {}",
+        g.limited_agent, g.limited_auth, g.limited_mint
+    );
     out
 }
 

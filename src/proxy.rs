@@ -51,6 +51,10 @@ pub struct Shared {
     pub connections: AtomicUsize,
     /// Bounds on-demand leaf minting (row 39).
     pub mint_limiter: std::sync::Mutex<MintLimiter>,
+    /// Leaf mints refused by the limiter, for metrics.
+    pub mints_refused: std::sync::atomic::AtomicU64,
+    /// Counted where it happens, read by the metrics endpoint.
+    pub counters: crate::metrics::Counters,
     /// Per agent token: request rate and in-flight cap.
     pub agent_limits: limits::AgentLimits,
     /// Failed authentications per client address (row 51).

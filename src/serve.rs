@@ -374,6 +374,8 @@ pub fn run(
             settings.agent_max_in_flight,
         ),
         auth_failures: crate::proxy::limits::AuthFailures::default(),
+        mints_refused: Default::default(),
+        counters: Default::default(),
     });
     shared.prewarm(&policy);
     if let Ok(mut p) = shared.policy.write() {
@@ -447,7 +449,14 @@ pub fn run(
             let gauges = move || crate::metrics::Gauges {
                 connections: s.connections.load(Ordering::Relaxed) as u64,
                 in_flight: s.in_flight.load(Ordering::Relaxed) as u64,
+                tunnels: s.counters.tunnels.load(Ordering::Relaxed),
                 leaf_mints: s.certs.mints(),
+                leaf_hits: s.certs.hits(),
+                upstream_dialled: s.counters.upstream_dialled.load(Ordering::Relaxed),
+                upstream_reused: s.counters.upstream_reused.load(Ordering::Relaxed),
+                limited_agent: s.agent_limits.refused.load(Ordering::Relaxed),
+                limited_auth: s.auth_failures.refused.load(Ordering::Relaxed),
+                limited_mint: s.mints_refused.load(Ordering::Relaxed),
             };
             let bound =
                 crate::metrics::serve(addr, request_metrics.clone(), gauges).map_err(|source| {

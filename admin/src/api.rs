@@ -3,7 +3,8 @@
 //!
 //! `GET /api/proposals[?status=S]`, `GET /api/proposals/{id}`,
 //! `POST /api/proposals/{id}/approve {"digest", "values": {"KEY": "value"}}`,
-//! `POST /api/proposals/{id}/reject {"digest", "reason"}`, `GET /api/vaults`, `GET /api/audit`.
+//! `POST /api/proposals/{id}/reject {"digest", "reason"}`, `GET /api/vaults`, `GET /api/audit`,
+//! and the admin process's own Prometheus metrics at `GET /metrics`.
 //! Errors are `{"error": code, "message"}` with the vault's stable codes. Values are write-only.
 //! Decisions are audited as `admin-socket uid=N`, the peer's uid from SO_PEERCRED.
 
@@ -33,6 +34,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/proposals/{id}/reject", post(reject))
         .route("/api/vaults", get(vaults))
         .route("/api/audit", get(audit))
+        .route("/metrics", get(metrics))
         .with_state(state)
 }
 
@@ -70,6 +72,48 @@ async fn list(State(state): State<Arc<AppState>>, Query(q): Query<ListQuery>) ->
         Ok(l) => Json(l.iter().map(review_json).collect::<Vec<_>>()).into_response(),
         Err(e) => error(&e),
     }
+}
+
+/// Prometheus text: proposals by status and the sessions held (this process's own figures;
+/// the data plane serves its own on `--metrics-listen`).
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let proposals = match state.store.proposals(None, None) {
+        Ok(l) => l,
+        Err(e) => return error(&e),
+    };
+    let now = airlock::vault::now();
+    let mut counts = [0u64; 4];
+    for p in &proposals {
+        counts[match p.status_at(now) {
+            ProposalStatus::Pending => 0,
+            ProposalStatus::Applied => 1,
+            ProposalStatus::Rejected => 2,
+            ProposalStatus::Expired => 3,
+        }] += 1;
+    }
+    let mut out = String::from(
+        "# HELP airlock_admin_proposals Proposals by status.\n# TYPE airlock_admin_proposals gauge\n",
+    );
+    for (status, n) in ["pending", "applied", "rejected", "expired"]
+        .iter()
+        .zip(counts)
+    {
+        out.push_str(&format!(
+            "airlock_admin_proposals{{status=\"{status}\"}} {n}\n"
+        ));
+    }
+    out.push_str(&format!(
+        "# HELP airlock_admin_sessions Browser sessions held now.\n# TYPE airlock_admin_sessions gauge\nairlock_admin_sessions {}\n",
+        state.sessions.count()
+    ));
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        out,
+    )
+        .into_response()
 }
 
 async fn show(State(state): State<Arc<AppState>>, Path(id): Path<u64>) -> Response {

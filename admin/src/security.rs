@@ -47,6 +47,11 @@ fn random_token() -> String {
 }
 
 impl Sessions {
+    /// Sessions held now (logged in or not), for metrics.
+    pub fn count(&self) -> usize {
+        self.map.lock().map_or(0, |m| m.len())
+    }
+
     /// The session named by the cookie, or a new anonymous one (and whether it is new).
     pub fn get_or_create(&self, id: Option<&str>) -> (Session, bool) {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());

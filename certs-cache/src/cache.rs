@@ -27,6 +27,7 @@ pub struct LeafCache {
     map: Mutex<HashMap<String, Arc<ServerConfig>>>,
     capacity: usize,
     mints: AtomicU64,
+    hits: AtomicU64,
 }
 
 impl std::fmt::Debug for LeafCache {
@@ -45,12 +46,18 @@ impl LeafCache {
             map: Mutex::new(HashMap::new()),
             capacity: capacity.max(1),
             mints: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
         }
     }
 
     /// How many leaves were minted since start.
     pub fn mints(&self) -> u64 {
         self.mints.load(Ordering::Relaxed)
+    }
+
+    /// Lookups answered from the cache, for metrics.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
     }
 
     pub fn contains(&self, host: &str) -> bool {
@@ -67,6 +74,7 @@ impl LeafCache {
         let host = normalise(host);
         let mut map = self.map.lock().map_err(|_| CertError::Poisoned)?;
         if let Some(c) = map.get(&host) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(c.clone());
         }
         let config = self.mint(&host)?;

@@ -231,6 +231,9 @@ async fn intercept(
     if !shared.certs.contains(&target.host)
         && !shared.mint_limiter.lock().is_ok_and(|mut l| l.try_take())
     {
+        shared
+            .mints_refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let e = ProxyError::new(429, "rate_limited", "too many new hosts; retry shortly");
         return reply_and_close(&mut client, &e).await;
     }
@@ -254,6 +257,7 @@ async fn intercept(
     if !established(&mut client).await {
         return;
     }
+    let _open = shared.counters.tunnel();
     let (tcp, early) = client.into_parts();
     let io = PrefixedReadIo::new(tcp, Cursor::new(early));
     let tls = match monoio::time::timeout(
@@ -400,6 +404,7 @@ async fn tunnel(shared: Arc<Shared>, mut client: BufConn<TcpStream>, target: Tar
     if !established(&mut client).await {
         return;
     }
+    let _open = shared.counters.tunnel();
     let store = &shared.store;
     let revoked = async {
         loop {

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::error::ProxyError;
@@ -26,6 +26,8 @@ pub struct AgentLimits {
     rate: AtomicU32,
     max_in_flight: AtomicU32,
     map: Mutex<HashMap<TokenHash, Bucket>>,
+    /// Requests refused, for metrics.
+    pub refused: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -48,6 +50,7 @@ impl AgentLimits {
             rate: AtomicU32::new(rate),
             max_in_flight: AtomicU32::new(max_in_flight),
             map: Mutex::new(HashMap::new()),
+            refused: AtomicU64::new(0),
         }
     }
 
@@ -57,7 +60,8 @@ impl AgentLimits {
         self.max_in_flight.store(max_in_flight, Ordering::Relaxed);
     }
 
-    fn limited() -> ProxyError {
+    fn limited(&self) -> ProxyError {
+        self.refused.fetch_add(1, Ordering::Relaxed);
         ProxyError::new(
             429,
             "rate_limited",
@@ -87,11 +91,11 @@ impl AgentLimits {
             b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * rate).min(burst);
             b.last = now;
             if b.tokens < 1.0 {
-                return Err(Self::limited());
+                return Err(self.limited());
             }
         }
         if max_in_flight > 0 && b.in_flight >= max_in_flight {
-            return Err(Self::limited());
+            return Err(self.limited());
         }
         if rate > 0.0 {
             b.tokens -= 1.0;
@@ -119,6 +123,8 @@ impl Drop for Permit<'_> {
 #[derive(Debug, Default)]
 pub struct AuthFailures {
     map: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    /// Failures answered 429, for metrics.
+    pub refused: AtomicU64,
 }
 
 impl AuthFailures {
@@ -140,6 +146,7 @@ impl AuthFailures {
     /// valid token never comes here, so it is never refused by the limiter).
     pub fn refuse(&self, ip: IpAddr, e: ProxyError) -> ProxyError {
         if self.failed(ip) {
+            self.refused.fetch_add(1, Ordering::Relaxed);
             ProxyError::new(
                 429,
                 "rate_limited",

@@ -100,6 +100,7 @@ thread_local! {
 /// Takes an idle pooled connection or dials a new one.
 pub async fn get(shared: &Shared, target: &Target) -> Result<Upstream, ProxyError> {
     if let Some(conn) = POOL.with(|p| p.borrow_mut().get_mut(target).and_then(Vec::pop)) {
+        shared.counters.upstream(true);
         return Ok(Upstream { conn, reused: true });
     }
     dial_new(shared, target).await
@@ -107,6 +108,7 @@ pub async fn get(shared: &Shared, target: &Target) -> Result<Upstream, ProxyErro
 
 /// Dials a new connection, bypassing the pool.
 pub async fn dial_new(shared: &Shared, target: &Target) -> Result<Upstream, ProxyError> {
+    shared.counters.upstream(false);
     Ok(Upstream {
         conn: BufConn::new(dial(shared, target).await?),
         reused: false,
@@ -364,6 +366,8 @@ mod tests {
             in_flight: 0.into(),
             connections: 0.into(),
             mint_limiter: Mutex::new(super::super::MintLimiter::new(1.0, 1.0)),
+            mints_refused: 0.into(),
+            counters: Default::default(),
             agent_limits: super::super::limits::AgentLimits::new(0, 0),
             auth_failures: Default::default(),
         }

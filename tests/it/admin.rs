@@ -654,6 +654,16 @@ fn json_api_on_the_socket_only() {
     // The decision is audited with the peer's uid, as SO_PEERCRED reports it.
     let uid = rustix::process::getuid().as_raw();
     assert_eq!(v["decided_by"], format!("admin-socket uid={uid}"), "{v}");
+    // The admin process's own metrics, on its socket.
+    let mut c = std::process::Command::new("curl");
+    c.args(["-sS", "--unix-socket", &socket, "http://localhost/metrics"]);
+    let text = output(c, None).ok().stdout;
+    assert!(
+        text.contains("airlock_admin_proposals{status=\"applied\"} 1")
+            && text.contains("airlock_admin_proposals{status=\"pending\"} 0")
+            && text.contains("airlock_admin_sessions "),
+        "{text}"
+    );
     let mut c = std::process::Command::new("curl");
     c.args([
         "-sS",
@@ -664,10 +674,11 @@ fn json_api_on_the_socket_only() {
         "-w",
         "%{http_code}",
         &format!("{}/api/proposals", admin_url(&s)),
+        &format!("{}/metrics", admin_url(&s)),
     ]);
     assert_eq!(
         output(c, None).ok().stdout,
-        "404",
-        "the JSON API must not be on the TCP listener"
+        "404404",
+        "the JSON API and metrics must not be on the TCP listener"
     );
 }

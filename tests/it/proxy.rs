@@ -115,6 +115,14 @@ impl Setup {
         }
     }
 
+    /// The data plane's `/metrics` text (serve must run with `--metrics-listen`).
+    pub fn metrics(&self) -> String {
+        let addr = self.proxy.metrics.as_ref().expect("--metrics-listen");
+        let mut c = std::process::Command::new("curl");
+        c.args(["-sS", "--noproxy", "*", &format!("http://{addr}/metrics")]);
+        output(c, None).ok().stdout
+    }
+
     pub fn secret(&self, key: &str) -> &str {
         &self.secrets.iter().find(|(k, _)| *k == key).unwrap().1
     }
@@ -886,18 +894,13 @@ req.end();
 #[test]
 fn metrics_count_requests() {
     let s = Setup::with("auto", &["--metrics-listen", "127.0.0.1:0"], true, true);
-    let addr = s
-        .proxy
-        .metrics
-        .clone()
-        .expect("metrics address in the ready line");
     s.curl(&["https://api.openai.com/v1/metrics-probe?q=hidden-query"])
         .ok();
     s.curl(&["https://api.unknown-vendor.com/"]);
     std::thread::sleep(Duration::from_millis(600));
-    let mut c = std::process::Command::new("curl");
-    c.args(["-sS", "--noproxy", "*", &format!("http://{addr}/metrics")]);
-    let text = output(c, None).ok().stdout;
+    let held = s.raw("api.openai.com");
+    let text = s.metrics();
+    drop(held);
     assert!(text.contains("airlock_requests_total{vault=\"default\",service=\"openai\",class=\"2xx\",error=\"\"} 1"), "{text}");
     assert!(text.contains("error=\"no_service\"} 1"), "{text}");
     assert!(
@@ -905,6 +908,18 @@ fn metrics_count_requests() {
         "{text}"
     );
     assert!(text.contains("airlock_leaf_mints_total"), "{text}");
+    // Two CONNECTs to a pre-warmed host: two cache hits; one upstream connection, dialled.
+    assert!(text.contains("airlock_leaf_cache_hits_total 2"), "{text}");
+    assert!(
+        text.contains("airlock_upstream_connections_total{reused=\"false\"} 1")
+            && text.contains("airlock_upstream_connections_total{reused=\"true\"} 0"),
+        "{text}"
+    );
+    assert!(text.contains("airlock_open_tunnels 1"), "{text}");
+    assert!(
+        text.contains("airlock_rate_limited_total{limit=\"agent\"} 0"),
+        "{text}"
+    );
     assert!(!text.contains("metrics-probe") && !text.contains("hidden-query"));
     s.assert_no_secret(&text);
 }

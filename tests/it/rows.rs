@@ -523,7 +523,7 @@ fn row21_connection_cannot_strip_injected_headers() {
 /// request with a valid token from the same address still goes through.
 #[test]
 fn row51_auth_failures_limited_but_valid_tokens_pass() {
-    let s = Setup::new("auto");
+    let s = Setup::with("auto", &["--metrics-listen", "127.0.0.1:0"], true, true);
     let bogus = format!("alk_agt_{}:default", "b".repeat(52));
     let mut limited = 0;
     for _ in 0..30 {
@@ -539,6 +539,11 @@ fn row51_auth_failures_limited_but_valid_tokens_pass() {
         }
     }
     assert_eq!(limited, 10, "the first 20 failures are 407, the rest 429");
+    let text = s.metrics();
+    assert!(
+        text.contains("airlock_rate_limited_total{limit=\"auth_failures\"} 10"),
+        "{text}"
+    );
     let (_, head) = connect(s.proxy.addr, "api.openai.com:443", Some(&auth(&s)));
     assert!(
         head.starts_with("HTTP/1.1 200"),
