@@ -26,7 +26,7 @@ use crate::policy::Policy;
 use crate::vault::Store;
 use crate::vault::seal::Opener;
 
-pub use self::upstream::Limits;
+pub use self::upstream::{Limits, LiveLimits};
 
 /// State shared by all workers.
 #[derive(Debug)]
@@ -37,8 +37,10 @@ pub struct Shared {
     pub policy: RwLock<Arc<Policy>>,
     /// Name resolution for upstreams (the system resolver outside tests).
     pub resolver: Arc<dyn upstream::Resolve>,
-    /// What a config reload may change; read through [`Shared::tunables`].
+    /// What a config reload may change; read through [`Shared::tunables`] (per dial) and
+    /// [`Shared::limits`] (per request, lock-free).
     pub tunables: RwLock<Arc<Tunables>>,
+    pub live_limits: LiveLimits,
     /// `http://127.0.0.1:7480`: where agents reach the agent API (for hints).
     pub api_base: String,
     pub ca_pem: String,
@@ -61,14 +63,14 @@ pub struct Shared {
     pub auth_failures: limits::AuthFailures,
 }
 
-/// The settings that SIGHUP re-reads from the config file and swaps in whole. Open connections
-/// keep working; each new request, dial and connection reads the current snapshot.
+/// The settings that SIGHUP re-reads from the config file and swaps in whole (with the
+/// [`Limits`], kept apart as atomics). Open connections keep working; each new request, dial and
+/// connection reads the current values.
 #[derive(Debug)]
 pub struct Tunables {
     pub guard: Guard,
     pub resolve: Vec<ResolveRule>,
     pub upstream_tls: Arc<rustls::ClientConfig>,
-    pub limits: Limits,
     /// `http://host:port` of the admin UI, for `approval_url`s (none when it has no HTTP listener).
     pub admin_base: Option<String>,
 }
@@ -141,16 +143,14 @@ impl Shared {
         }
     }
 
-    /// The current timeouts and caps (copied out under the read lock, no `Arc` traffic).
+    /// The current timeouts and caps.
     pub fn limits(&self) -> Limits {
-        match self.tunables.read() {
-            Ok(t) => t.limits,
-            Err(poisoned) => poisoned.into_inner().limits,
-        }
+        self.live_limits.load()
     }
 
     /// Swaps in settings re-read from the config file.
-    pub fn set_tunables(&self, tunables: Tunables) {
+    pub fn set_tunables(&self, tunables: Tunables, limits: Limits) {
+        self.live_limits.store(limits);
         match self.tunables.write() {
             Ok(mut t) => *t = Arc::new(tunables),
             Err(poisoned) => *poisoned.into_inner() = Arc::new(tunables),

@@ -198,7 +198,6 @@ impl Settings {
             guard: self.guard.clone(),
             resolve: self.resolve.clone(),
             upstream_tls: Arc::new(upstream_tls),
-            limits: self.limits,
             admin_base: self
                 .admin_url
                 .clone()
@@ -359,6 +358,7 @@ pub fn run(
         tunables: RwLock::new(Arc::new(
             settings.tunables(&provider, admin_addrs.http.as_deref())?,
         )),
+        live_limits: crate::proxy::LiveLimits::new(settings.limits),
         api_base: format!("http://{local}"),
         ca_pem,
         log: crate::requestlog::start(&settings.data_dir, request_metrics.clone())?,
@@ -547,7 +547,7 @@ fn reload_config(
             return;
         }
     };
-    shared.set_tunables(tunables);
+    shared.set_tunables(tunables, new.limits);
     shared
         .agent_limits
         .set(new.agent_rate, new.agent_max_in_flight);

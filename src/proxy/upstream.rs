@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
@@ -293,6 +294,62 @@ pub struct Limits {
     pub max_connections: usize,
 }
 
+/// [`Limits`] as relaxed atomics: read on every request without writing a shared cache line
+/// (a lock's reader count would), replaced whole on a config reload.
+#[derive(Debug)]
+pub struct LiveLimits {
+    header_timeout_ns: AtomicU64,
+    idle_timeout_ns: AtomicU64,
+    connect_timeout_ns: AtomicU64,
+    response_timeout_ns: AtomicU64,
+    /// `u64::MAX` for no cap.
+    body_cap: AtomicU64,
+    max_connections: AtomicU64,
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl LiveLimits {
+    pub fn new(l: Limits) -> Self {
+        let live = Self {
+            header_timeout_ns: AtomicU64::new(0),
+            idle_timeout_ns: AtomicU64::new(0),
+            connect_timeout_ns: AtomicU64::new(0),
+            response_timeout_ns: AtomicU64::new(0),
+            body_cap: AtomicU64::new(0),
+            max_connections: AtomicU64::new(0),
+        };
+        live.store(l);
+        live
+    }
+
+    pub fn store(&self, l: Limits) {
+        let o = Ordering::Relaxed;
+        self.header_timeout_ns.store(nanos(l.header_timeout), o);
+        self.idle_timeout_ns.store(nanos(l.idle_timeout), o);
+        self.connect_timeout_ns.store(nanos(l.connect_timeout), o);
+        self.response_timeout_ns.store(nanos(l.response_timeout), o);
+        self.body_cap.store(l.body_cap.unwrap_or(u64::MAX), o);
+        self.max_connections
+            .store(l.max_connections.try_into().unwrap_or(u64::MAX), o);
+    }
+
+    pub fn load(&self) -> Limits {
+        let o = Ordering::Relaxed;
+        let d = |a: &AtomicU64| Duration::from_nanos(a.load(o));
+        Limits {
+            header_timeout: d(&self.header_timeout_ns),
+            idle_timeout: d(&self.idle_timeout_ns),
+            connect_timeout: d(&self.connect_timeout_ns),
+            response_timeout: d(&self.response_timeout_ns),
+            body_cap: Some(self.body_cap.load(o)).filter(|&c| c != u64::MAX),
+            max_connections: usize::try_from(self.max_connections.load(o)).unwrap_or(usize::MAX),
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self {
@@ -329,6 +386,25 @@ mod tests {
         }
     }
 
+    #[test]
+    fn live_limits_round_trip() {
+        let l = Limits {
+            header_timeout: Duration::from_millis(1500),
+            body_cap: Some(10),
+            max_connections: 7,
+            ..Limits::default()
+        };
+        let live = LiveLimits::new(l);
+        let got = live.load();
+        assert_eq!(
+            (got.header_timeout, got.body_cap, got.max_connections),
+            (l.header_timeout, Some(10), 7)
+        );
+        live.store(Limits::default());
+        assert_eq!(live.load().body_cap, None);
+        assert_eq!(live.load().idle_timeout, Limits::default().idle_timeout);
+    }
+
     /// A data-plane `Shared` over a fresh vault, with `resolver` and `guard`.
     fn shared(dir: &std::path::Path, resolver: Arc<dyn Resolve>, guard: Guard) -> Shared {
         use crate::vault::{Store, setup};
@@ -353,12 +429,12 @@ mod tests {
                 guard,
                 resolve: vec![],
                 upstream_tls: Arc::new(client_config(provider, None).unwrap()),
-                limits: Limits {
-                    max_connections: 4,
-                    ..Limits::default()
-                },
                 admin_base: None,
             })),
+            live_limits: LiveLimits::new(Limits {
+                max_connections: 4,
+                ..Limits::default()
+            }),
             api_base: String::new(),
             ca_pem,
             log: crate::requestlog::Sink::discard(),
