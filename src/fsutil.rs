@@ -90,6 +90,16 @@ pub fn ensure_dir(dir: &Path, mode: u32) -> std::io::Result<bool> {
     }
 }
 
+/// Refuses a directory every user may write to (a missing one is fine).
+pub fn refuse_world_writable(dir: &Path) -> std::io::Result<()> {
+    match fs::metadata(dir) {
+        Ok(m) if m.permissions().mode() & 0o002 != 0 => Err(std::io::Error::other(
+            "writable by every user; remove that (chmod o-w) and start again",
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Sets LMDB's `data.mdb` and `lock.mdb` in `dir` to `mode` (LMDB creates them through the
 /// umask). Only for environments this process just created.
 pub fn set_lmdb_modes(dir: &Path, mode: u32) -> std::io::Result<()> {
@@ -134,5 +144,9 @@ mod tests {
         assert_eq!(Modes::of(&d), Modes::GROUP);
         fs::set_permissions(&d, fs::Permissions::from_mode(0o750)).unwrap();
         assert_eq!(Modes::of(&d), Modes::PRIVATE);
+        assert!(refuse_world_writable(&d).is_ok());
+        assert!(refuse_world_writable(&d.join("missing")).is_ok());
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(refuse_world_writable(&d).is_err());
     }
 }

@@ -6,7 +6,7 @@
 //! start each worker's monoio runtime (io_uring, or epoll when io_uring is unavailable or
 //! `--driver epoll`), then print the `ready ...` line. A watcher thread polls the vault
 //! generation every 100 ms and swaps in a recompiled policy. On SIGHUP the config file is read
-//! again ([`reload`]): the [`Tunables`], agent limits and log level change in place without
+//! again (see [`Reload`]): the [`Tunables`], agent limits and log level change in place without
 //! dropping a connection; settings that need new listeners or threads are named in a warning and
 //! wait for a restart; a file that does not parse changes nothing. On SIGTERM or SIGINT, workers
 //! take no new requests and in-flight ones get [`SHUTDOWN_GRACE`] to finish before the process

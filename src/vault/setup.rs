@@ -45,6 +45,11 @@ pub fn init(
     opts: StoreOptions,
     actor: &str,
 ) -> Result<InitOutcome, VaultError> {
+    // Anyone could swap files in a world-writable data dir (the CA, the wrapped keys).
+    fsutil::refuse_world_writable(data_dir).map_err(|source| VaultError::Io {
+        path: data_dir.to_owned(),
+        source,
+    })?;
     match Store::open(data_dir, opts) {
         Ok(store) => {
             unlock(&store, data_dir, sources)?;
