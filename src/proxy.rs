@@ -3,9 +3,10 @@
 //! error responses ([`error`]) and the agent API ([`agent_api`]).
 //!
 //! [`Shared`] is what every worker reads: the store (token checks), the compiled [`Policy`]
-//! (swapped whole when the vault generation changes), the leaf cache, and the [`Tunables`]
-//! (swapped whole on a config reload). Nothing here blocks a worker thread on a lock held across
-//! an `.await`.
+//! (swapped whole when the vault generation changes, read per request through a per-thread copy,
+//! [`PolicyCell`]), the leaf cache, and the [`Tunables`] (swapped whole on a config reload; the
+//! per-request limits as atomics). Nothing here blocks a worker thread on a lock held across an
+//! `.await`.
 
 pub mod agent_api;
 pub mod auth;
@@ -15,7 +16,9 @@ pub mod forward;
 pub mod limits;
 pub mod upstream;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use certs_cache::LeafCache;
@@ -34,7 +37,7 @@ pub struct Shared {
     pub store: Store,
     pub opener: Opener,
     pub certs: LeafCache,
-    pub policy: RwLock<Arc<Policy>>,
+    pub policy: PolicyCell,
     /// Name resolution for upstreams (the system resolver outside tests).
     pub resolver: Arc<dyn upstream::Resolve>,
     /// What a config reload may change; read through [`Shared::tunables`] (per dial) and
@@ -54,13 +57,86 @@ pub struct Shared {
     /// Bounds on-demand leaf minting (row 39).
     pub mint_limiter: std::sync::Mutex<MintLimiter>,
     /// Leaf mints refused by the limiter, for metrics.
-    pub mints_refused: std::sync::atomic::AtomicU64,
+    pub mints_refused: AtomicU64,
     /// Counted where it happens, read by the metrics endpoint.
     pub counters: crate::metrics::Counters,
     /// Per agent token: request rate and in-flight cap.
     pub agent_limits: limits::AgentLimits,
     /// Failed authentications per client address (row 51).
     pub auth_failures: limits::AuthFailures,
+}
+
+/// The compiled policy, swapped whole when the vault generation changes, and read once per
+/// request without a lock or a shared atomic write: each thread keeps its own copy, tagged with
+/// the epoch it was read at, and re-reads the lock only when the epoch moved. Epochs are unique
+/// across cells, so a copy never outlives the cell it came from. A request may see the previous
+/// policy for the instant a swap takes; never a mix of two.
+#[derive(Debug)]
+pub struct PolicyCell {
+    lock: RwLock<Arc<Policy>>,
+    epoch: AtomicU64,
+}
+
+static NEXT_EPOCH: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    static POLICY_COPY: RefCell<Option<(u64, PolicyRef)>> = const { RefCell::new(None) };
+}
+
+/// A thread's handle on a policy: cloning it touches no memory another thread writes (an `Arc`
+/// clone would bump a count every worker shares).
+#[derive(Clone, Debug)]
+pub struct PolicyRef(
+    #[allow(
+        clippy::redundant_allocation,
+        reason = "the Rc is per thread, the Arc is shared"
+    )]
+    Rc<Arc<Policy>>,
+);
+
+impl std::ops::Deref for PolicyRef {
+    type Target = Policy;
+    fn deref(&self) -> &Policy {
+        &self.0
+    }
+}
+
+impl PolicyCell {
+    pub fn new(policy: Policy) -> Self {
+        Self {
+            lock: RwLock::new(Arc::new(policy)),
+            epoch: AtomicU64::new(NEXT_EPOCH.fetch_add(1, Ordering::Relaxed)),
+        }
+    }
+
+    pub fn store(&self, policy: Policy) {
+        match self.lock.write() {
+            Ok(mut p) => *p = Arc::new(policy),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(policy),
+        }
+        self.epoch.store(
+            NEXT_EPOCH.fetch_add(1, Ordering::Relaxed),
+            Ordering::Release,
+        );
+    }
+
+    pub fn load(&self) -> PolicyRef {
+        let epoch = self.epoch.load(Ordering::Acquire);
+        POLICY_COPY.with(|copy| {
+            let mut copy = copy.borrow_mut();
+            if let Some((e, p)) = &*copy
+                && *e == epoch
+            {
+                return p.clone();
+            }
+            let p = PolicyRef(Rc::new(match self.lock.read() {
+                Ok(p) => p.clone(),
+                Err(poisoned) => poisoned.into_inner().clone(),
+            }));
+            *copy = Some((epoch, p.clone()));
+            p
+        })
+    }
 }
 
 /// The settings that SIGHUP re-reads from the config file and swaps in whole (with the
@@ -161,12 +237,9 @@ impl Shared {
         self.shutdown.load(Ordering::Relaxed)
     }
 
-    /// The current compiled policy (a cheap `Arc` clone).
-    pub fn policy(&self) -> Arc<Policy> {
-        match self.policy.read() {
-            Ok(p) => p.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+    /// The current compiled policy (this thread's copy; see [`PolicyCell`]).
+    pub fn policy(&self) -> PolicyRef {
+        self.policy.load()
     }
 
     /// Recompiles the policy if the vault changed, pre-warming leaves for new hosts first.
@@ -177,9 +250,7 @@ impl Shared {
         }
         let policy = Policy::compile(&self.store, &self.opener)?;
         self.prewarm(&policy);
-        if let Ok(mut p) = self.policy.write() {
-            *p = Arc::new(policy);
-        }
+        self.policy.store(policy);
         Ok(true)
     }
 
@@ -193,5 +264,44 @@ impl Shared {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(generation: u64) -> Policy {
+        let mut p = Policy::default();
+        p.generation = generation;
+        p
+    }
+
+    /// A swap is seen by the next load on every thread; two cells never share a thread's copy.
+    #[test]
+    fn policy_cell_swaps_and_cells_stay_apart() {
+        let a = Arc::new(PolicyCell::new(at(1)));
+        let b = PolicyCell::new(at(7));
+        assert_eq!(a.load().generation, 1);
+        assert_eq!(b.load().generation, 7);
+        assert_eq!(a.load().generation, 1);
+        let held = a.load();
+        a.store(at(2));
+        assert_eq!(a.load().generation, 2);
+        assert_eq!(
+            held.generation, 1,
+            "a request keeps the policy it started with"
+        );
+        let other = a.clone();
+        let seen = std::thread::spawn(move || {
+            let first = other.load().generation;
+            other.store(at(3));
+            (first, other.load().generation)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(seen, (2, 3));
+        assert_eq!(a.load().generation, 3);
+        assert_eq!(b.load().generation, 7);
     }
 }

@@ -353,7 +353,7 @@ pub fn run(
         store,
         opener: unlocked.opener,
         certs: LeafCache::new(ca, provider.clone(), 10_000),
-        policy: RwLock::new(Arc::new(Policy::default())),
+        policy: crate::proxy::PolicyCell::new(Policy::default()),
         resolver: Arc::new(crate::proxy::upstream::SystemResolver),
         tunables: RwLock::new(Arc::new(
             settings.tunables(&provider, admin_addrs.http.as_deref())?,
@@ -378,9 +378,7 @@ pub fn run(
         counters: Default::default(),
     });
     shared.prewarm(&policy);
-    if let Ok(mut p) = shared.policy.write() {
-        *p = Arc::new(policy);
-    }
+    shared.policy.store(policy);
 
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut handles = Vec::new();

@@ -423,7 +423,7 @@ mod tests {
             store,
             opener: unlocked.opener,
             certs: certs_cache::LeafCache::new(ca, provider.clone(), 4),
-            policy: std::sync::RwLock::new(Arc::default()),
+            policy: super::super::PolicyCell::new(Default::default()),
             resolver,
             tunables: std::sync::RwLock::new(Arc::new(super::super::Tunables {
                 guard,
