@@ -11,7 +11,9 @@ export DEBIAN_FRONTEND=noninteractive
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 SUITE=$(. /etc/os-release && echo "$VERSION_CODENAME")
 
-command -v debootstrap >/dev/null || apt-get install -y -qq debootstrap >/dev/null
+if ! command -v debootstrap >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq debootstrap >/dev/null
+fi
 command -v cargo-deb >/dev/null || cargo install cargo-deb --locked --version 3.8.0
 cargo build --locked --release --workspace
 cargo deb --no-build
