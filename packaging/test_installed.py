@@ -354,6 +354,11 @@ def walkthrough():
     check(airlock.notified("RELOADING=1") and airlock.notified("READY=1"),
           "reload sends RELOADING=1 then READY=1")
     wait_for(lambda: f"reloaded {CONFIG}" in airlock.log(), "reloaded in the log")
+    admin.reload()
+    wait_for(lambda: f"reloaded {CONFIG}: log_level applied" in admin.log(),
+             "the admin process reloads on SIGHUP too")
+    code, _, _ = curl(admin_api + ["http://localhost/api/vaults"], user="olivia")
+    check(code == 200, "the admin socket still answers after its reload")
     check(served(proxy, token) is True, "still served after the reload")
     check(SECRET not in airlock.log() + admin.log(), "the secret is in no log line")
 

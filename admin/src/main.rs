@@ -55,7 +55,7 @@ fn main() -> anyhow::Result<()> {
         Some(p) => FileConfig::load(p)?,
         None => FileConfig::default(),
     };
-    airlock::logging::init(file.log_level);
+    let log = airlock::logging::init(file.log_level);
     let data_dir = args
         .data_dir
         .clone()
@@ -89,7 +89,43 @@ fn main() -> anyhow::Result<()> {
         .admin_url
         .as_ref()
         .map(|u| u.trim_end_matches('/').to_owned());
-    runtime.block_on(serve(state, socket_path, args.listen, hook, admin_url))
+    let reload = reload_on_sighup(args.config.clone(), log);
+    runtime.block_on(serve(
+        state,
+        socket_path,
+        args.listen,
+        hook,
+        admin_url,
+        reload,
+    ))
+}
+
+/// SIGHUP (`systemctl reload airlock-admin`): reads the config file again and applies its
+/// `log_level`; the other keys this process reads (data_dir, map_size_mib, webhook_url,
+/// admin_url) apply at the next start. A file that does not load changes nothing.
+async fn reload_on_sighup(config: Option<PathBuf>, log: airlock::logging::LogHandle) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot watch for SIGHUP; reload by restarting");
+        return std::future::pending().await;
+    };
+    while hup.recv().await.is_some() {
+        let Some(path) = &config else {
+            tracing::warn!("SIGHUP: no config file to reload (started without --config)");
+            continue;
+        };
+        match FileConfig::load(path) {
+            Ok(file) => {
+                log.set(file.log_level);
+                tracing::info!(
+                    "reloaded {}: log_level applied; other keys apply after a restart",
+                    path.display()
+                );
+            }
+            Err(e) => tracing::error!("reload refused, settings unchanged: {e}"),
+        }
+    }
+    std::future::pending().await
 }
 
 async fn serve(
@@ -98,6 +134,7 @@ async fn serve(
     listen: AdminListen,
     hook: Option<webhook::Webhook>,
     admin_url: Option<String>,
+    reload: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let app = pages::router(state.clone());
     // The JSON API is for local automation: on the peer-checked socket only.
@@ -145,6 +182,7 @@ async fn serve(
         r = unix_server => r?,
         r = tcp_server => r?,
         () = parent_gone() => tracing::info!("airlock serve is gone; exiting"),
+        () = reload => {} // never completes
     }
     Ok(())
 }
