@@ -664,20 +664,11 @@ fn json_api_on_the_socket_only() {
             && text.contains("airlock_admin_sessions "),
         "{text}"
     );
-    let mut c = std::process::Command::new("curl");
-    c.args([
-        "-sS",
-        "--noproxy",
-        "*",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        &format!("{}/api/proposals", admin_url(&s)),
-        &format!("{}/metrics", admin_url(&s)),
-    ]);
     assert_eq!(
-        output(c, None).ok().stdout,
+        crate::harness::http_codes(&[
+            &format!("{}/api/proposals", admin_url(&s)),
+            &format!("{}/metrics", admin_url(&s)),
+        ]),
         "404404",
         "the JSON API and metrics must not be on the TCP listener"
     );

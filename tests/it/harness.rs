@@ -168,6 +168,23 @@ pub fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     out
 }
 
+/// The HTTP status codes curl reports for `args` (direct, never through a proxy), one after
+/// another when `args` names several URLs.
+pub fn http_codes(args: &[&str]) -> String {
+    let mut c = Command::new("curl");
+    c.args([
+        "-sS",
+        "--noproxy",
+        "*",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+    ])
+    .args(args);
+    output(c, None).ok().stdout
+}
+
 /// Whether `needle` occurs anywhere in `hay`.
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)

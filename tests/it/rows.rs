@@ -557,19 +557,11 @@ fn row51_auth_failures_limited_but_valid_tokens_pass() {
 fn row51_agent_api_auth_failures_limited() {
     let s = Setup::new("auto");
     let status = |token: &str| {
-        let mut c = std::process::Command::new("curl");
-        c.args([
-            "-sS",
-            "--noproxy",
-            "*",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
+        crate::harness::http_codes(&[
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            &format!("http://{}/v1/discover", s.proxy.addr),
         ])
-        .args(["-H", &format!("Authorization: Bearer {token}")])
-        .arg(format!("http://{}/v1/discover", s.proxy.addr));
-        output(c, None).ok().stdout
     };
     let bogus = format!("alk_agt_{}", "c".repeat(52));
     let codes: Vec<String> = (0..25).map(|_| status(&bogus)).collect();
