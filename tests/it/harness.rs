@@ -123,6 +123,21 @@ impl Env {
         p
     }
 
+    /// `service set -f` with `yaml` (through a file in the temp dir).
+    pub fn set_services(&self, yaml: &str) {
+        let file = self.write("services.yaml", yaml);
+        self.run(&["service", "set", "-f", file.to_str().expect("utf-8 path")])
+            .ok();
+    }
+
+    /// Creates agent `name` with default vault `vault`; its token.
+    pub fn agent_token(&self, name: &str, vault: &str) -> String {
+        self.run(&["agent", "create", name, "--vault", vault])
+            .ok()
+            .last_line()
+            .to_owned()
+    }
+
     pub fn store(&self) -> airlock::vault::Store {
         airlock::vault::Store::open(&self.data_dir, Default::default()).expect("open store")
     }

@@ -360,12 +360,7 @@ fn row49_replay_change_and_expiry() {
     assert!(late.fails().contains("expired"));
     // Another vault's agent cannot see these proposals.
     s.env.run(&["vault", "create", "second"]).ok();
-    let other = s
-        .env
-        .run(&["agent", "create", "other-bot", "--vault", "second"])
-        .ok()
-        .last_line()
-        .to_owned();
+    let other = s.env.agent_token("other-bot", "second");
     let (code, _) = api(&s, "GET", &format!("/v1/proposals/{id}"), &other, None);
     assert_eq!(code, 404);
 }

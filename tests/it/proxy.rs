@@ -88,14 +88,8 @@ impl Setup {
         for (k, v) in &secrets {
             env.run_stdin(&["credential", "set", k], v.as_bytes()).ok();
         }
-        let file = env.write("services.yaml", SERVICES);
-        env.run(&["service", "set", "-f", file.to_str().unwrap()])
-            .ok();
-        let token = env
-            .run(&["agent", "create", "bot", "--vault", "default"])
-            .ok()
-            .last_line()
-            .to_owned();
+        env.set_services(SERVICES);
+        let token = env.agent_token("bot", "default");
         let origin = Origin::https(env.tmp.path(), HOSTS);
         let proxy = Proxy::for_origin(
             &env,
@@ -675,14 +669,8 @@ fn plain_http_service_injects_when_named() {
     let secret = canary();
     env.run_stdin(&["credential", "set", "METRICS_KEY"], secret.as_bytes())
         .ok();
-    let file = env.write("s.yaml", "services:\n  - name: metrics\n    host: http://metrics.example.internal:8080\n    auth: {type: bearer, token: METRICS_KEY}\n");
-    env.run(&["service", "set", "-f", file.to_str().unwrap()])
-        .ok();
-    let token = env
-        .run(&["agent", "create", "bot", "--vault", "default"])
-        .ok()
-        .last_line()
-        .to_owned();
+    env.set_services("services:\n  - name: metrics\n    host: http://metrics.example.internal:8080\n    auth: {type: bearer, token: METRICS_KEY}\n");
+    let token = env.agent_token("bot", "default");
     let origin = Origin::http(env.tmp.path());
     let resolve = format!("metrics.example.internal:8080:{}", origin.addr);
     let proxy = Proxy::start(

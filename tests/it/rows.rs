@@ -383,17 +383,8 @@ fn custom_origin(
         b"sk-must-not-leak-000",
     )
     .ok();
-    let file = env.write(
-        "s.yaml",
-        SERVICES.split("  - name: anthropic").next().unwrap(),
-    );
-    env.run(&["service", "set", "-f", file.to_str().unwrap()])
-        .ok();
-    let token = env
-        .run(&["agent", "create", "bot", "--vault", "default"])
-        .ok()
-        .last_line()
-        .to_owned();
+    env.set_services(SERVICES.split("  - name: anthropic").next().unwrap());
+    let token = env.agent_token("bot", "default");
     let origin = Origin::https_with(env.tmp.path(), cert_hosts, expired);
     let mut args: Vec<String> = vec![
         "--network-allow".into(),
@@ -736,14 +727,8 @@ fn row62_upstream_errors_leak_no_query_or_secret() {
     env.run_stdin(&["credential", "set", "Q_KEY"], secret.as_bytes())
         .ok();
     let yaml = "services:\n  - name: closed\n    host: api.closed.test\n    auth: {type: bearer, token: Q_KEY}\n    substitutions:\n      - {key: Q_KEY, placeholder: __q_key__, in: [query]}\n";
-    let file = env.write("s.yaml", yaml);
-    env.run(&["service", "set", "-f", file.to_str().unwrap()])
-        .ok();
-    let token = env
-        .run(&["agent", "create", "bot", "--vault", "default"])
-        .ok()
-        .last_line()
-        .to_owned();
+    env.set_services(yaml);
+    let token = env.agent_token("bot", "default");
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

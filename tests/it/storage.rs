@@ -314,14 +314,8 @@ fn row60_injection_stops_while_the_request_log_cannot_be_written() {
     env.run_stdin(&["credential", "set", "K"], b"sk-row60-value")
         .ok();
     let origin = crate::origin::Origin::https(env.tmp.path(), &["api.row60.test"]);
-    let file = env.write("s.yaml", "services:\n  - name: row60\n    host: api.row60.test\n    auth: {type: bearer, token: K}\n");
-    env.run(&["service", "set", "-f", file.to_str().unwrap()])
-        .ok();
-    let token = env
-        .run(&["agent", "create", "bot", "--vault", "default"])
-        .ok()
-        .last_line()
-        .to_owned();
+    env.set_services("services:\n  - name: row60\n    host: api.row60.test\n    auth: {type: bearer, token: K}\n");
+    let token = env.agent_token("bot", "default");
     let proxy = crate::proxy_harness::Proxy::for_origin(
         &env,
         &origin,
