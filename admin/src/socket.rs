@@ -21,18 +21,17 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Whether the peer may use the admin socket.
-pub fn allowed(stream: &UnixStream, socket_gid: u32) -> bool {
-    let Ok(cred) = stream.peer_cred() else {
-        return false;
-    };
+/// The peer, when it may use the admin socket.
+pub fn allowed(stream: &UnixStream, socket_gid: u32) -> Option<Peer> {
+    let cred = stream.peer_cred().ok()?;
     let own = rustix::process::getuid().as_raw();
-    cred.uid() == own
+    let ok = cred.uid() == own
         || cred.uid() == 0
         || cred.gid() == socket_gid
         || cred
             .pid()
-            .is_some_and(|pid| supplementary_groups(pid).contains(&socket_gid))
+            .is_some_and(|pid| supplementary_groups(pid).contains(&socket_gid));
+    ok.then_some(Peer { uid: cred.uid() })
 }
 
 /// The supplementary groups of process `pid` (empty when they cannot be read).
@@ -83,15 +82,12 @@ impl axum::serve::Listener for PeerChecked {
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
             match self.listener.accept().await {
-                Ok((stream, _)) if allowed(&stream, self.gid) => {
-                    // `allowed` read the credentials already; a failure here cannot happen
-                    // for a connected socket, and then records uid u32::MAX.
-                    let uid = stream.peer_cred().map_or(u32::MAX, |c| c.uid());
-                    return (stream, Peer { uid });
-                }
-                Ok((_, _)) => {
-                    tracing::warn!("refused an admin socket connection from a disallowed uid")
-                }
+                Ok((stream, _)) => match allowed(&stream, self.gid) {
+                    Some(peer) => return (stream, peer),
+                    None => {
+                        tracing::warn!("refused an admin socket connection from a disallowed uid")
+                    }
+                },
                 Err(e) => {
                     tracing::warn!("admin socket accept failed: {e}");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
