@@ -198,11 +198,15 @@ impl Settings {
             guard: self.guard.clone(),
             resolve: self.resolve.clone(),
             upstream_tls: Arc::new(upstream_tls),
-            admin_base: self
-                .admin_url
-                .clone()
-                .or_else(|| admin_http.map(|h| format!("http://{h}"))),
+            admin_base: self.approval_base(admin_http),
         })
+    }
+
+    /// Where approval links point: `admin_url`, else the admin listener bound at start.
+    fn approval_base(&self, admin_http: Option<&str>) -> Option<String> {
+        self.admin_url
+            .clone()
+            .or_else(|| admin_http.map(|h| format!("http://{h}")))
     }
 
     /// The settings that differ from `new` and only apply after a restart.
@@ -312,8 +316,9 @@ pub fn run(
         &ca_pem,
         unlocked.ca_key_pkcs8_der.expose(),
     )?;
-    // Checked before anything is started: a bad CA file fails start-up, not the first dial.
-    settings.tunables(&provider, None)?;
+    // Built before anything is started: a bad CA file fails start-up, not the first dial. The
+    // admin listener's address is filled in once the admin process is up.
+    let mut tunables = settings.tunables(&provider, None)?;
     if settings.guard.allow_private_ranges {
         tracing::warn!(
             "--allow-private-ranges: upstream addresses in private ranges are allowed (metadata stays blocked)"
@@ -349,15 +354,14 @@ pub fn run(
             String::from_utf8_lossy(token.expose())
         );
     }
+    tunables.admin_base = settings.approval_base(admin_addrs.http.as_deref());
     let shared = Arc::new(Shared {
         store,
         opener: unlocked.opener,
         certs: LeafCache::new(ca, provider.clone(), 10_000),
         policy: crate::proxy::PolicyCell::new(Policy::default()),
         resolver: Arc::new(crate::proxy::upstream::SystemResolver),
-        tunables: RwLock::new(Arc::new(
-            settings.tunables(&provider, admin_addrs.http.as_deref())?,
-        )),
+        tunables: RwLock::new(Arc::new(tunables)),
         live_limits: crate::proxy::LiveLimits::new(settings.limits),
         api_base: format!("http://{local}"),
         ca_pem,
