@@ -19,7 +19,7 @@ pub mod upstream;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use certs_cache::LeafCache;
 
@@ -110,10 +110,7 @@ impl PolicyCell {
     }
 
     pub fn store(&self, policy: Policy) {
-        match self.lock.write() {
-            Ok(mut p) => *p = Arc::new(policy),
-            Err(poisoned) => *poisoned.into_inner() = Arc::new(policy),
-        }
+        *self.lock.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(policy);
         self.epoch.store(
             NEXT_EPOCH.fetch_add(1, Ordering::Relaxed),
             Ordering::Release,
@@ -129,10 +126,12 @@ impl PolicyCell {
             {
                 return p.clone();
             }
-            let p = PolicyRef(Rc::new(match self.lock.read() {
-                Ok(p) => p.clone(),
-                Err(poisoned) => poisoned.into_inner().clone(),
-            }));
+            let p = PolicyRef(Rc::new(
+                self.lock
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone(),
+            ));
             *copy = Some((epoch, p.clone()));
             p
         })
@@ -213,10 +212,10 @@ impl Shared {
 
     /// The current reloadable settings (a cheap `Arc` clone).
     pub fn tunables(&self) -> Arc<Tunables> {
-        match self.tunables.read() {
-            Ok(t) => t.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.tunables
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The current timeouts and caps.
@@ -227,10 +226,10 @@ impl Shared {
     /// Swaps in settings re-read from the config file.
     pub fn set_tunables(&self, tunables: Tunables, limits: Limits) {
         self.live_limits.store(limits);
-        match self.tunables.write() {
-            Ok(mut t) => *t = Arc::new(tunables),
-            Err(poisoned) => *poisoned.into_inner() = Arc::new(tunables),
-        }
+        *self
+            .tunables
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(tunables);
     }
 
     pub fn shutting_down(&self) -> bool {
