@@ -51,6 +51,9 @@ pub struct FileConfig {
     pub header_timeout: Option<HumanDuration>,
     /// Longest idle wait between requests on a connection, and between body reads. Default 120s.
     pub idle_timeout: Option<HumanDuration>,
+    /// Longest an upstream connection may sit idle in the pool and still be reused (`0s`: never
+    /// reuse). Default 3s, under the 5 s keep-alive of common servers.
+    pub upstream_idle_timeout: Option<HumanDuration>,
     /// Largest request body accepted, in bytes. Default: no cap (bodies stream).
     pub max_body_bytes: Option<u64>,
     /// Most client connections open at once per process; more get 503 `overloaded`. Default 10000.

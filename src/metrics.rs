@@ -56,6 +56,10 @@ impl RequestMetrics {
 pub struct Counters {
     pub upstream_dialled: AtomicU64,
     pub upstream_reused: AtomicU64,
+    /// Pooled connections closed instead of reused: idle too long, or something arrived on them.
+    pub pool_discarded: AtomicU64,
+    /// Requests sent again on a fresh connection after a reused one failed before answering.
+    pub retried: AtomicU64,
     /// CONNECT tunnels open now (intercepted or spliced).
     pub tunnels: AtomicU64,
 }
@@ -68,6 +72,14 @@ impl Counters {
             &self.upstream_dialled
         };
         c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn pool_discarded(&self) {
+        self.pool_discarded.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn retried(&self) {
+        self.retried.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a tunnel as open until the guard drops.
@@ -97,6 +109,8 @@ pub struct Gauges {
     pub leaf_hits: u64,
     pub upstream_dialled: u64,
     pub upstream_reused: u64,
+    pub pool_discarded: u64,
+    pub retried: u64,
     /// Refusals by the per-agent limits, the auth-failure limiter and the leaf-mint limiter.
     pub limited_agent: u64,
     pub limited_auth: u64,
@@ -191,6 +205,16 @@ pub fn render(m: &RequestMetrics, g: Gauges) -> String {
          airlock_upstream_connections_total{{reused=\"false\"}} {}\n\
          airlock_upstream_connections_total{{reused=\"true\"}} {}",
         g.upstream_dialled, g.upstream_reused
+    );
+    let _ = writeln!(
+        out,
+        "# HELP airlock_upstream_pool_discarded_total Idle pooled connections closed instead of reused (too old, or the upstream sent or closed while idle).\n\
+         # TYPE airlock_upstream_pool_discarded_total counter\n\
+         airlock_upstream_pool_discarded_total {}\n\
+         # HELP airlock_upstream_retries_total Requests sent again on a fresh connection after a reused one failed before any response byte.\n\
+         # TYPE airlock_upstream_retries_total counter\n\
+         airlock_upstream_retries_total {}",
+        g.pool_discarded, g.retried
     );
     let _ = writeln!(
         out,

@@ -98,6 +98,9 @@ pub struct ServeArgs {
     /// Longest idle wait between requests and between body reads [default: 120s]
     #[arg(long, value_name = "DURATION")]
     pub idle_timeout: Option<HumanDuration>,
+    /// Longest an upstream connection idles in the pool and is still reused; 0s = never reuse [default: 3s]
+    #[arg(long, value_name = "DURATION")]
+    pub upstream_idle_timeout: Option<HumanDuration>,
     /// Largest request body in bytes [default: no cap]
     #[arg(long, value_name = "BYTES")]
     pub max_body_bytes: Option<u64>,
@@ -247,6 +250,11 @@ fn limits(file: &FileConfig, args: &ServeArgs) -> Limits {
     Limits {
         header_timeout: pick(args.header_timeout, file.header_timeout, d.header_timeout),
         idle_timeout: pick(args.idle_timeout, file.idle_timeout, d.idle_timeout),
+        pool_idle: pick(
+            args.upstream_idle_timeout,
+            file.upstream_idle_timeout,
+            d.pool_idle,
+        ),
         body_cap: args.max_body_bytes.or(file.max_body_bytes),
         max_connections: args
             .max_connections
@@ -456,6 +464,8 @@ pub fn run(
                 leaf_hits: s.certs.hits(),
                 upstream_dialled: s.counters.upstream_dialled.load(Ordering::Relaxed),
                 upstream_reused: s.counters.upstream_reused.load(Ordering::Relaxed),
+                pool_discarded: s.counters.pool_discarded.load(Ordering::Relaxed),
+                retried: s.counters.retried.load(Ordering::Relaxed),
                 limited_agent: s.agent_limits.refused.load(Ordering::Relaxed),
                 limited_auth: s.auth_failures.refused.load(Ordering::Relaxed),
                 limited_mint: s.mints_refused.load(Ordering::Relaxed),

@@ -23,7 +23,8 @@ fi
 # image), Python requests, httpx and the official openai and anthropic SDKs, git.
 command -v node >/dev/null 2>&1 || { echo "tests/run.sh: node is required" >&2; exit 1; }
 if ! python3 -c 'import requests, httpx, openai, anthropic, lmdb' 2>/dev/null; then
-    python3 -m pip install --quiet --disable-pip-version-check requests httpx openai anthropic lmdb
+    python3 -m pip install --quiet --disable-pip-version-check \
+        requests==2.34.2 httpx==0.28.1 openai==3.57.0 anthropic==2.14.0 lmdb==3.0.0
 fi
 # The admin UI's browser test: playwright-core (no browser download; it drives Debian's chromium).
 if [ ! -d tests/browser/node_modules/playwright-core ]; then

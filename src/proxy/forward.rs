@@ -303,20 +303,94 @@ pub async fn exchange<C: AsyncReadRent + AsyncWriteRent>(
         );
         return Err(e.into());
     }
-    let mut up = upstream::get(shared, target).await?;
-    if up.reused && prepared.framing == Framing::Empty {
-        // A pooled connection may have been closed by the upstream meanwhile: on failure before
-        // any response byte, a bodiless request is retried once on a fresh connection.
-        match attempt(shared, client, up, &prepared, target, row).await {
-            Err(ExchangeError::Respond(e))
-                if e.code == "upstream_protocol_error" || e.code == "upstream_unreachable" =>
-            {
-                up = upstream::dial_new(shared, target).await?;
-            }
-            other => return other,
+    let key = (vault.id, target.clone());
+    let mut up = upstream::get(shared, &key).await?;
+    if !up.reused {
+        return attempt(shared, client, up, &prepared, &key, row, None)
+            .await
+            .map_err(AttemptError::into_exchange);
+    }
+    // A pooled connection may fail under the request (the upstream closed it as it was sent):
+    // a request whose body is held whole is sent again, once, on a fresh connection, provided no
+    // response byte arrived. A body that must stream cannot be sent twice.
+    let held = match prepared.framing {
+        Framing::Empty => Some(Vec::new()),
+        Framing::Length(n) if n <= RETRY_BODY_MAX => {
+            Some(hold_body(shared, client, &prepared, n).await?)
+        }
+        _ => None,
+    };
+    match attempt(shared, client, up, &prepared, &key, row, held.as_deref()).await {
+        Err(AttemptError::BeforeResponse(_)) if held.is_some() => {
+            shared.counters.retried();
+            up = upstream::dial_new(shared, target).await?;
+            attempt(shared, client, up, &prepared, &key, row, held.as_deref())
+                .await
+                .map_err(AttemptError::into_exchange)
+        }
+        other => other.map_err(AttemptError::into_exchange),
+    }
+}
+
+/// Request bodies up to this size are read whole before they go out on a reused upstream
+/// connection, so the request can be sent again if that connection turns out to be dead.
+pub const RETRY_BODY_MAX: u64 = 1024 * 1024;
+
+/// Reads a `Content-Length` body of `n` bytes from the client (answering `Expect: 100-continue`
+/// first, since the client waits for it).
+async fn hold_body<C: AsyncReadRent + AsyncWriteRent>(
+    shared: &Shared,
+    client: &mut BufConn<C>,
+    prepared: &Prepared<'_>,
+    n: u64,
+) -> Result<Vec<u8>, ExchangeError> {
+    let n = usize::try_from(n).map_err(|_| ExchangeError::Abort)?;
+    if prepared.expect_continue && client.buffered().len() < n {
+        client
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
+            .await
+            .map_err(|_| ExchangeError::Abort)?;
+        client.flush().await.map_err(|_| ExchangeError::Abort)?;
+    }
+    let idle = shared.limits().idle_timeout;
+    while client.buffered().len() < n {
+        match monoio::time::timeout(idle, client.fill()).await {
+            Ok(Ok(k)) if k > 0 => {}
+            _ => return Err(ExchangeError::Abort),
         }
     }
-    attempt(shared, client, up, &prepared, target, row).await
+    let body = client.buffered()[..n].to_vec();
+    client.consume(n);
+    Ok(body)
+}
+
+/// How an attempt failed: before any response byte arrived (the request may be sent again when
+/// its body is held), or after.
+#[derive(Debug)]
+enum AttemptError {
+    BeforeResponse(ProxyError),
+    After(ExchangeError),
+}
+
+impl AttemptError {
+    fn into_exchange(self) -> ExchangeError {
+        match self {
+            Self::BeforeResponse(e) => ExchangeError::Respond(e),
+            Self::After(e) => e,
+        }
+    }
+}
+
+impl From<ExchangeError> for AttemptError {
+    fn from(e: ExchangeError) -> Self {
+        Self::After(e)
+    }
+}
+
+impl From<ProxyError> for AttemptError {
+    fn from(e: ProxyError) -> Self {
+        Self::After(ExchangeError::Respond(e))
+    }
 }
 
 /// Bodies up to this size that arrived with their head are written together with it.
@@ -332,14 +406,17 @@ async fn write_secret<S: AsyncWriteRent>(
     res.map(|_| ())
 }
 
+/// Sends the request on `up` and relays the response. `held` is the whole body when it was
+/// read before the attempt (see [`hold_body`]).
 async fn attempt<C: AsyncReadRent + AsyncWriteRent>(
     shared: &Shared,
     client: &mut BufConn<C>,
     mut up: upstream::Upstream,
     prepared: &Prepared<'_>,
-    target: &Target,
+    key: &upstream::PoolKey,
     row: &mut Row,
-) -> Result<Outcome, ExchangeError> {
+    held: Option<&[u8]>,
+) -> Result<Outcome, AttemptError> {
     let Prepared {
         service,
         method,
@@ -350,23 +427,25 @@ async fn attempt<C: AsyncReadRent + AsyncWriteRent>(
         websocket,
     } = prepared;
     let (mut framing, client_close) = (*framing, *client_close);
-    // A small body that arrived with the head goes upstream in the same write.
     let mut first = head.clone();
-    if let Framing::Length(n) = framing
+    if let Some(body) = held {
+        first.extend_from_slice(body);
+        framing = Framing::Empty;
+    } else if let Framing::Length(n) = framing
         && n <= COALESCE_MAX
         && n as usize <= client.buffered().len()
     {
+        // A small body that arrived with the head goes upstream in the same write.
         first.extend_from_slice(&client.buffered()[..n as usize]);
         client.consume(n as usize);
         framing = Framing::Empty;
     }
-    write_secret(&mut up.conn, first).await.map_err(|e| {
-        ProxyError::new(
-            502,
-            "upstream_unreachable",
-            format!("writing to the upstream: {e}"),
-        )
-    })?;
+    let unreachable = |what: &str, e: std::io::Error| {
+        ProxyError::new(502, "upstream_unreachable", format!("{what}: {e}"))
+    };
+    write_secret(&mut up.conn, first)
+        .await
+        .map_err(|e| AttemptError::BeforeResponse(unreachable("writing to the upstream", e)))?;
     if *expect_continue && framing != Framing::Empty {
         client
             .write_all(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
@@ -382,26 +461,27 @@ async fn attempt<C: AsyncReadRent + AsyncWriteRent>(
     };
     match body::relay(client, &mut up.conn, framing, opts, None).await {
         Ok(_) => {}
-        Err(RelayError::Framing(e)) => return Err(ExchangeError::Respond(e.into())),
-        Err(RelayError::Write(e)) => {
-            return Err(ProxyError::new(
-                502,
-                "upstream_unreachable",
-                format!("sending the body: {e}"),
-            )
-            .into());
-        }
-        Err(RelayError::Read(_) | RelayError::Truncated) => return Err(ExchangeError::Abort),
+        Err(RelayError::Framing(e)) => return Err(ExchangeError::Respond(e.into()).into()),
+        Err(RelayError::Write(e)) => return Err(unreachable("sending the body", e).into()),
+        Err(RelayError::Read(_) | RelayError::Truncated) => return Err(ExchangeError::Abort.into()),
     }
     up.conn
         .flush()
         .await
-        .map_err(|e| ProxyError::new(502, "upstream_unreachable", e.to_string()))?;
+        .map_err(|e| AttemptError::BeforeResponse(unreachable("flushing", e)))?;
 
     // Read the response head, skipping interim 1xx responses.
     let upstream_error = |m: &str| ProxyError::new(502, "upstream_protocol_error", m.to_owned());
+    let mut first_head = true;
     let (head_len, resp_framing, upstream_close, out_head, status) = loop {
-        let n = read_response_head(shared, &mut up.conn).await?;
+        let n = match read_response_head(shared, &mut up.conn).await {
+            Ok(n) => n,
+            Err(e) if first_head && up.conn.buffered().is_empty() && e.status == 502 => {
+                return Err(AttemptError::BeforeResponse(e));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        first_head = false;
         let resp = head::parse_response(&up.conn.buffered()[..n])
             .map_err(|e| upstream_error(&e.to_string()))?;
         if resp.status == 101 && *websocket && one_value(&resp.headers, "upgrade", b"websocket") {
@@ -460,7 +540,7 @@ async fn attempt<C: AsyncReadRent + AsyncWriteRent>(
         client.flush().await.map_err(|_| ExchangeError::Abort)?;
         row.bytes = n as u64;
         if !upstream_close {
-            upstream::put(target, up.conn);
+            upstream::put(key, up);
         }
         return Ok(if client_close {
             Outcome::Close
@@ -484,7 +564,7 @@ async fn attempt<C: AsyncReadRent + AsyncWriteRent>(
         Ok(bytes) => {
             row.bytes = bytes;
             if resp_framing != Framing::Close && !upstream_close {
-                upstream::put(target, up.conn);
+                upstream::put(key, up);
             }
             Ok(if client_close {
                 Outcome::Close
@@ -492,7 +572,7 @@ async fn attempt<C: AsyncReadRent + AsyncWriteRent>(
                 Outcome::KeepAlive
             })
         }
-        Err(_) => Err(ExchangeError::Abort),
+        Err(_) => Err(ExchangeError::Abort.into()),
     }
 }
 

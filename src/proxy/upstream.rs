@@ -1,7 +1,12 @@
 //! Upstream connections: resolve once, vet every address with the SSRF guard (R4), dial a vetted
 //! address, and speak TLS with verification always on (system roots plus `--upstream-ca-file`;
 //! SNI is the CONNECT host, R1/row 43). Idle connections wait in a per-worker pool keyed by
-//! scheme, host and port; a connection is pooled only after a cleanly framed exchange (R2).
+//! vault, scheme, host and port, so two vaults never share a connection; a connection is pooled
+//! only after a cleanly framed exchange (R2), kept at most [`Limits::pool_idle`], and probed
+//! before reuse: anything that arrived while it sat idle (bytes or the upstream's close) means it
+//! is dropped, never used ([`probe`]).
+
+mod probe;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -9,7 +14,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
@@ -18,19 +23,24 @@ use monoio_rustls::{ClientTlsStream, TlsConnector};
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 
+use self::probe::ProbeSwitch;
+pub use self::probe::ProbeTcp;
 use super::Shared;
 use super::error::ProxyError;
 use crate::http::io::BufConn;
 use crate::spec::Scheme;
 
-/// Most idle connections kept per upstream per worker.
+/// Most idle connections kept per upstream per vault per worker.
 const POOL_PER_HOST: usize = 16;
+/// Idle connections older than this are dropped when the pool is next touched, whatever
+/// `pool_idle` says (it bounds what the pool holds on to; reuse is bounded by `pool_idle`).
+const POOL_MAX_AGE: Duration = Duration::from_secs(60);
 
 /// A TLS or plaintext upstream stream.
 #[derive(Debug)]
 pub enum UpIo {
-    Tls(Box<ClientTlsStream<TcpStream>>),
-    Plain(TcpStream),
+    Tls(Box<ClientTlsStream<ProbeTcp>>),
+    Plain(ProbeTcp),
 }
 
 impl AsyncReadRent for UpIo {
@@ -92,40 +102,78 @@ pub struct Target {
 pub struct Upstream {
     pub conn: BufConn<UpIo>,
     pub reused: bool,
+    probe: ProbeSwitch,
+}
+
+/// What the pool is keyed by: the vault as well as the upstream (review B4: a response that a
+/// buggy upstream sent late must not reach another vault's agent).
+pub type PoolKey = (u64, Target);
+
+#[derive(Debug)]
+struct Idle {
+    conn: BufConn<UpIo>,
+    probe: ProbeSwitch,
+    since: Instant,
 }
 
 thread_local! {
-    static POOL: RefCell<HashMap<Target, Vec<BufConn<UpIo>>>> = RefCell::new(HashMap::new());
+    static POOL: RefCell<HashMap<PoolKey, Vec<Idle>>> = RefCell::new(HashMap::new());
 }
 
-/// Takes an idle pooled connection or dials a new one.
-pub async fn get(shared: &Shared, target: &Target) -> Result<Upstream, ProxyError> {
-    if let Some(conn) = POOL.with(|p| p.borrow_mut().get_mut(target).and_then(Vec::pop)) {
-        shared.counters.upstream(true);
-        return Ok(Upstream { conn, reused: true });
+/// Takes an idle pooled connection that is still clean, or dials a new one. Pooled connections
+/// older than [`Limits::pool_idle`], or on which anything arrived while idle, are closed.
+pub async fn get(shared: &Shared, key: &PoolKey) -> Result<Upstream, ProxyError> {
+    let max_idle = shared.limits().pool_idle;
+    while let Some(mut idle) = POOL.with(|p| p.borrow_mut().get_mut(key).and_then(Vec::pop)) {
+        if idle.since.elapsed() < max_idle && clean(&mut idle.conn, &idle.probe).await {
+            shared.counters.upstream(true);
+            return Ok(Upstream {
+                conn: idle.conn,
+                reused: true,
+                probe: idle.probe,
+            });
+        }
+        shared.counters.pool_discarded();
     }
-    dial_new(shared, target).await
+    dial_new(shared, &key.1).await
+}
+
+/// Whether nothing arrived on an idle connection: no bytes (an unsolicited response, a TLS
+/// alert) and no close. Completes without waiting.
+async fn clean(conn: &mut BufConn<UpIo>, probe: &ProbeSwitch) -> bool {
+    if !conn.buffered().is_empty() {
+        return false;
+    }
+    let seen = probe.with(conn.fill()).await;
+    matches!(seen, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
 /// Dials a new connection, bypassing the pool.
 pub async fn dial_new(shared: &Shared, target: &Target) -> Result<Upstream, ProxyError> {
     shared.counters.upstream(false);
+    let (io, probe) = dial(shared, target).await?;
     Ok(Upstream {
-        conn: BufConn::new(dial(shared, target).await?),
+        conn: BufConn::new(io),
         reused: false,
+        probe,
     })
 }
 
 /// Returns a connection after a clean exchange.
-pub fn put(target: &Target, conn: BufConn<UpIo>) {
-    if !conn.buffered().is_empty() {
+pub fn put(key: &PoolKey, up: Upstream) {
+    if !up.conn.buffered().is_empty() {
         return; // unexpected bytes: never reuse (R2)
     }
     POOL.with(|p| {
         let mut p = p.borrow_mut();
-        let list = p.entry(target.clone()).or_default();
+        let list = p.entry(key.clone()).or_default();
+        list.retain(|i| i.since.elapsed() < POOL_MAX_AGE);
         if list.len() < POOL_PER_HOST {
-            list.push(conn);
+            list.push(Idle {
+                conn: up.conn,
+                probe: up.probe,
+                since: Instant::now(),
+            });
         }
     });
 }
@@ -188,7 +236,7 @@ pub fn vet(guard: &crate::netguard::Guard, addrs: &[SocketAddr]) -> Result<(), P
     Ok(())
 }
 
-async fn dial(shared: &Shared, target: &Target) -> Result<UpIo, ProxyError> {
+async fn dial(shared: &Shared, target: &Target) -> Result<(UpIo, ProbeSwitch), ProxyError> {
     let addrs = resolve(shared, target).await?;
     let unreachable = |e: io::Error| {
         ProxyError::new(
@@ -217,8 +265,9 @@ async fn dial(shared: &Shared, target: &Target) -> Result<UpIo, ProxyError> {
     let tcp =
         tcp.ok_or_else(|| unreachable(last.unwrap_or_else(|| io::Error::other("no address"))))?;
     let _ = tcp.set_nodelay(true);
+    let (tcp, probe) = ProbeTcp::new(tcp);
     match target.scheme {
-        Scheme::Http => Ok(UpIo::Plain(tcp)),
+        Scheme::Http => Ok((UpIo::Plain(tcp), probe)),
         Scheme::Https => {
             let name = ServerName::try_from(target.host.clone()).map_err(|_| {
                 ProxyError::new(400, "bad_host", "the host is not a valid TLS server name")
@@ -243,7 +292,7 @@ async fn dial(shared: &Shared, target: &Target) -> Result<UpIo, ProxyError> {
                     format!("TLS with {}: {e}", target.host),
                 )
             })?;
-            Ok(UpIo::Tls(Box::new(tls)))
+            Ok((UpIo::Tls(Box::new(tls)), probe))
         }
     }
 }
@@ -292,6 +341,10 @@ pub struct Limits {
     pub body_cap: Option<u64>,
     /// Most client connections open at once per process; more get 503 `overloaded` (row 37).
     pub max_connections: usize,
+    /// Longest an upstream connection may sit idle in the pool and still be reused; zero turns
+    /// reuse off. Well under the 5 s keep-alive of Node and uvicorn servers, so the upstream
+    /// rarely closes a connection just as it is reused.
+    pub pool_idle: Duration,
 }
 
 /// [`Limits`] as relaxed atomics: read on every request without writing a shared cache line
@@ -305,6 +358,7 @@ pub struct LiveLimits {
     /// `u64::MAX` for no cap.
     body_cap: AtomicU64,
     max_connections: AtomicU64,
+    pool_idle_ns: AtomicU64,
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -320,6 +374,7 @@ impl LiveLimits {
             response_timeout_ns: AtomicU64::new(0),
             body_cap: AtomicU64::new(0),
             max_connections: AtomicU64::new(0),
+            pool_idle_ns: AtomicU64::new(0),
         };
         live.store(l);
         live
@@ -334,6 +389,7 @@ impl LiveLimits {
         self.body_cap.store(l.body_cap.unwrap_or(u64::MAX), o);
         self.max_connections
             .store(l.max_connections.try_into().unwrap_or(u64::MAX), o);
+        self.pool_idle_ns.store(nanos(l.pool_idle), o);
     }
 
     pub fn load(&self) -> Limits {
@@ -346,6 +402,7 @@ impl LiveLimits {
             response_timeout: d(&self.response_timeout_ns),
             body_cap: Some(self.body_cap.load(o)).filter(|&c| c != u64::MAX),
             max_connections: usize::try_from(self.max_connections.load(o)).unwrap_or(usize::MAX),
+            pool_idle: d(&self.pool_idle_ns),
         }
     }
 }
@@ -359,6 +416,7 @@ impl Default for Limits {
             response_timeout: Duration::from_secs(300),
             body_cap: None,
             max_connections: 10_000,
+            pool_idle: Duration::from_secs(3),
         }
     }
 }

@@ -6,6 +6,7 @@
 
 mod admin;
 mod cli;
+mod hardening;
 mod harness;
 mod ops;
 mod origin;

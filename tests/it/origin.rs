@@ -4,7 +4,16 @@
 //! - `/redirect`: 302 to another host;
 //! - `/bytes?n=N`: N bytes (Content-Length);
 //! - `/chunked?n=N`: N bytes in chunks of 1000;
+//! - `/desync`: 200, then 300 ms later an unsolicited second response echoing the request's
+//!   `Authorization` (a buggy or hostile upstream); `/desync-now`: both in one write;
+//! - `/once-per-conn`: answered on a fresh connection; on a reused one the origin closes without
+//!   answering (an upstream that closed the idle connection just as the request was sent);
+//! - `/partial`: half a response head, then close;
+//! - `/v1/messages`, `/v1/chat/completions` (not streaming): a minimal valid reply;
 //! - anything else: 200 with a JSON echo of the request line and headers.
+//!
+//! [`Origin::https_idle`] closes connections idle for longer than a given time, as Node and
+//! uvicorn servers do after 5 s.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -58,6 +67,15 @@ impl Origin {
 
     /// As [`Origin::https`]; with `expired`, the certificate's validity ended yesterday.
     pub fn https_with(dir: &std::path::Path, hosts: &[&str], expired: bool) -> Self {
+        Self::https_opts(dir, hosts, expired, Duration::from_secs(30))
+    }
+
+    /// As [`Origin::https`], closing connections idle for `idle`.
+    pub fn https_idle(dir: &std::path::Path, hosts: &[&str], idle: Duration) -> Self {
+        Self::https_opts(dir, hosts, false, idle)
+    }
+
+    fn https_opts(dir: &std::path::Path, hosts: &[&str], expired: bool, idle: Duration) -> Self {
         let ca_key = KeyPair::generate().unwrap();
         let mut ca_params = CertificateParams::default();
         ca_params
@@ -92,15 +110,15 @@ impl Origin {
                 rustls_pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
             )
             .unwrap();
-        Self::start(Some(Arc::new(config)), ca_file)
+        Self::start(Some(Arc::new(config)), ca_file, idle)
     }
 
     /// A plain-HTTP origin.
     pub fn http(dir: &std::path::Path) -> Self {
-        Self::start(None, dir.join("none.pem"))
+        Self::start(None, dir.join("none.pem"), Duration::from_secs(30))
     }
 
-    fn start(tls: Option<Arc<rustls::ServerConfig>>, ca_file: PathBuf) -> Self {
+    fn start(tls: Option<Arc<rustls::ServerConfig>>, ca_file: PathBuf, idle: Duration) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -113,7 +131,7 @@ impl Origin {
                 let id = conns.fetch_add(1, Ordering::SeqCst);
                 let (tls, reqs, git) = (tls.clone(), reqs.clone(), git.clone());
                 std::thread::spawn(move || {
-                    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+                    let _ = stream.set_read_timeout(Some(idle));
                     match tls {
                         Some(config) => {
                             let conn = rustls::ServerConnection::new(config).unwrap();
@@ -154,7 +172,7 @@ fn serve<S: Read + Write>(
     git: &Mutex<Option<PathBuf>>,
 ) {
     let mut r = BufReader::new(stream);
-    loop {
+    for served in 0.. {
         let mut head = String::new();
         loop {
             let mut line = String::new();
@@ -232,6 +250,9 @@ fn serve<S: Read + Write>(
             }
             continue;
         }
+        if path == "/once-per-conn" && served > 0 {
+            return;
+        }
         let body_text = String::from_utf8_lossy(&recorded.body).replace(' ', "");
         let streaming = body_text.contains("\"stream\":true");
         if (path == "/v1/chat/completions" || path == "/v1/messages") && streaming {
@@ -295,6 +316,28 @@ fn serve<S: Read + Write>(
             }
             "/hostile/clte" => w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n").is_ok(),
             "/hostile/overlong" => w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhelloEXTRA-BYTES").is_ok(),
+            "/desync" | "/desync-now" => {
+                let auth = recorded.header("authorization").pop().unwrap_or_default();
+                let late = format!("desync-echo auth={auth}");
+                let late = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{late}", late.len());
+                let first = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                if path == "/desync-now" {
+                    w.write_all(format!("{first}{late}").as_bytes()).is_ok()
+                } else {
+                    let ok = w.write_all(first.as_bytes()).is_ok() && w.flush().is_ok();
+                    std::thread::sleep(Duration::from_millis(300));
+                    ok && w.write_all(late.as_bytes()).is_ok()
+                }
+            }
+            "/partial" => {
+                let _ = w.write_all(b"HTTP/1.1 200 OK\r\ncontent-le");
+                let _ = w.flush();
+                return;
+            }
+            "/v1/messages" | "/v1/chat/completions" => {
+                let body = if path == "/v1/messages" { anthropic_message() } else { openai_completion() };
+                w.write_all(format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len()).as_bytes()).is_ok()
+            }
             "/redirect" => w.write_all(b"HTTP/1.1 302 Found\r\nlocation: https://elsewhere.example.net/steal\r\ncontent-length: 0\r\n\r\n").is_ok(),
             "/bytes" => {
                 let n = param("n").unwrap_or(0);
@@ -326,6 +369,16 @@ fn serve<S: Read + Write>(
             return;
         }
     }
+}
+
+/// The chat completion "Hello from the origin", not streamed.
+fn openai_completion() -> String {
+    r#"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"gpt-test","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from the origin"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#.to_owned()
+}
+
+/// The message "Hello from the origin", not streamed.
+fn anthropic_message() -> String {
+    r#"{"id":"msg_1","type":"message","role":"assistant","content":[{"type":"text","text":"Hello from the origin"}],"model":"claude-test","stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":3,"output_tokens":4}}"#.to_owned()
 }
 
 /// The streamed chat completion "Hello from the origin" in OpenAI's SSE format.

@@ -65,6 +65,28 @@ impl Setup {
     /// `extra` flags for serve; see [`Proxy::for_origin`] for `trusted` and `loopback_allowed`.
     /// Driver `auto` means `$AIRLOCK_TEST_DRIVER` when set (tests/run.sh reruns with `epoll`).
     pub fn with(driver: &str, extra: &[&str], trusted: bool, loopback_allowed: bool) -> Self {
+        Self::build(
+            driver,
+            extra,
+            trusted,
+            loopback_allowed,
+            Duration::from_secs(30),
+        )
+    }
+
+    /// As [`Setup::with`] (trusted, loopback allowed), with an origin that closes connections
+    /// idle for `idle`.
+    pub fn with_idle_origin(extra: &[&str], idle: Duration) -> Self {
+        Self::build("auto", extra, true, true, idle)
+    }
+
+    fn build(
+        driver: &str,
+        extra: &[&str],
+        trusted: bool,
+        loopback_allowed: bool,
+        idle: Duration,
+    ) -> Self {
         let chosen = std::env::var("AIRLOCK_TEST_DRIVER")
             .ok()
             .filter(|_| driver == "auto");
@@ -90,7 +112,7 @@ impl Setup {
         }
         env.set_services(SERVICES);
         let token = env.agent_token("bot", "default");
-        let origin = Origin::https(env.tmp.path(), HOSTS);
+        let origin = Origin::https_idle(env.tmp.path(), HOSTS, idle);
         let proxy = Proxy::for_origin(
             &env,
             &origin,
