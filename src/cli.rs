@@ -234,6 +234,9 @@ pub enum ProposalCmd {
         /// Refuse if the proposal's content no longer has this digest (from `show`)
         #[arg(long)]
         digest: Option<String>,
+        /// Confirm that credentials already stored may be sent to the new hosts `show` lists
+        #[arg(long)]
+        allow_credential_reuse: bool,
     },
     /// Reject a proposal
     Reject {

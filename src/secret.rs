@@ -76,6 +76,26 @@ pub fn check_value(value: &[u8]) -> Result<(), StdinValueError> {
     Ok(())
 }
 
+/// Row 63: no core dumps (they would hold opened secrets), and not dumpable, which also keeps
+/// other processes of this user from ptrace and `/proc/<pid>/mem` and `environ`. Both processes
+/// call it first thing: the data plane (opened credentials) and the admin process (pasted values
+/// and session tokens; review B5).
+pub fn harden_process() {
+    use rustix::process::{DumpableBehavior, Resource, Rlimit, set_dumpable_behavior, setrlimit};
+    if let Err(e) = setrlimit(
+        Resource::Core,
+        Rlimit {
+            current: Some(0),
+            maximum: Some(0),
+        },
+    ) {
+        tracing::warn!("could not disable core dumps: {e}");
+    }
+    if let Err(e) = set_dumpable_behavior(DumpableBehavior::NotDumpable) {
+        tracing::warn!("could not mark the process non-dumpable: {e}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -296,7 +296,7 @@ pub fn run(
     actor: &str,
     reload: &Reload,
 ) -> Result<(), ServeError> {
-    harden();
+    crate::secret::harden_process();
     if let setup::InitOutcome::Created { .. } =
         setup::init(&settings.data_dir, sources, settings.store, actor)?
     {
@@ -485,9 +485,13 @@ pub fn run(
         .socket
         .as_ref()
         .map_or("none".to_owned(), |p| format!("unix:{}", p.display()));
+    let admin_api = admin_addrs
+        .api_socket
+        .as_ref()
+        .map_or("none".to_owned(), |p| format!("unix:{}", p.display()));
     let admin_http = admin_addrs.http.as_deref().unwrap_or("none");
     println!(
-        "ready proxy={local} admin={admin_socket} admin_http={admin_http} metrics={metrics_addr}"
+        "ready proxy={local} admin={admin_socket} admin_api={admin_api} admin_http={admin_http} metrics={metrics_addr}"
     );
     notify(b"READY=1");
     for signal in signals.forever() {
@@ -593,24 +597,6 @@ fn notify(state: &[u8]) {
     let sent = UnixDatagram::unbound().and_then(|s| addr.and_then(|a| s.send_to_addr(state, &a)));
     if let Err(e) = sent {
         tracing::warn!("notifying systemd at {target} failed: {e}");
-    }
-}
-
-/// Row 63: no core dumps (they would hold opened credentials), and not dumpable, which also
-/// keeps other processes of this user from ptrace or /proc/<pid>/mem.
-fn harden() {
-    use rustix::process::{DumpableBehavior, Resource, Rlimit, set_dumpable_behavior, setrlimit};
-    if let Err(e) = setrlimit(
-        Resource::Core,
-        Rlimit {
-            current: Some(0),
-            maximum: Some(0),
-        },
-    ) {
-        tracing::warn!("could not disable core dumps: {e}");
-    }
-    if let Err(e) = set_dumpable_behavior(DumpableBehavior::NotDumpable) {
-        tracing::warn!("could not mark the process non-dumpable: {e}");
     }
 }
 

@@ -250,6 +250,46 @@ impl ServiceSpec {
         keys
     }
 
+    /// Everything the service sends, in one line for a reviewer: host, the injected headers with
+    /// the credential keys they carry, every substitution, and whether it is disabled.
+    pub fn describe(&self) -> String {
+        let auth = match &self.auth {
+            AuthSpec::Bearer { token } => format!("Authorization: Bearer <{token}>"),
+            AuthSpec::Basic { username, password } => {
+                format!("Authorization: Basic <{username}>:<{password}>")
+            }
+            AuthSpec::ApiKey {
+                key,
+                header,
+                prefix,
+            } => format!("{header}: {prefix}<{key}>"),
+            AuthSpec::Custom { headers } => headers
+                .iter()
+                .map(|(n, t)| format!("{n}: {t}"))
+                .collect::<Vec<_>>()
+                .join("; "),
+            AuthSpec::Passthrough => "no credential (passthrough)".to_owned(),
+        };
+        let mut out = format!("{} · {} · {auth}", self.host, self.auth_type());
+        for sub in &self.substitutions {
+            let surfaces: Vec<String> = sub
+                .surfaces
+                .iter()
+                .map(|s| format!("{s:?}").to_lowercase())
+                .collect();
+            out.push_str(&format!(
+                " · substitutes <{}> for {} in {}",
+                sub.key,
+                sub.placeholder,
+                surfaces.join(", ")
+            ));
+        }
+        if !self.enabled {
+            out.push_str(" · disabled");
+        }
+        out
+    }
+
     /// The auth type as product.md names it.
     pub fn auth_type(&self) -> &'static str {
         match self.auth {

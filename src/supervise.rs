@@ -15,6 +15,8 @@ use crate::config::AdminListen;
 #[derive(Clone, Debug, Default)]
 pub struct AdminAddrs {
     pub socket: Option<PathBuf>,
+    /// The JSON API's socket (never bridged for browsers).
+    pub api_socket: Option<PathBuf>,
     pub http: Option<String>,
 }
 
@@ -40,8 +42,11 @@ fn binary() -> Option<PathBuf> {
 }
 
 fn spawn(bin: &Path, args: &[String]) -> std::io::Result<(Child, AdminAddrs)> {
+    // The admin process holds no key (review B5): nothing that opens the vault is passed on.
     let mut child = Command::new(bin)
         .args(args)
+        .env_remove("AIRLOCK_PASSPHRASE")
+        .env_remove("CREDENTIALS_DIRECTORY")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -57,6 +62,8 @@ fn spawn(bin: &Path, args: &[String]) -> std::io::Result<(Child, AdminAddrs)> {
     for word in line.split_whitespace() {
         if let Some(p) = word.strip_prefix("admin=unix:") {
             addrs.socket = Some(PathBuf::from(p));
+        } else if let Some(p) = word.strip_prefix("admin_api=unix:") {
+            addrs.api_socket = Some(PathBuf::from(p));
         } else if let Some(h) = word.strip_prefix("admin_http=") {
             addrs.http = (h != "none").then(|| h.to_owned());
         }

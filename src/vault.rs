@@ -18,6 +18,7 @@ pub mod ops;
 pub mod proposals;
 pub mod readers;
 pub mod records;
+pub mod review;
 pub mod seal;
 pub mod setup;
 pub mod store;
@@ -87,15 +88,25 @@ pub enum VaultError {
     ProposalExpired(u64),
     #[error("proposal {0} changed since it was shown; review it again")]
     ProposalChanged(u64),
+    #[error(
+        "proposal {id} would send stored credentials to new hosts ({}); approve with --allow-credential-reuse (CLI), the confirmation box (admin UI) or \"allow_credential_reuse\": true (JSON API) if that is intended",
+        warnings.join("; ")
+    )]
+    CredentialReuse { id: u64, warnings: Vec<String> },
+    #[error("host {host:?} is not allowed in a proposal: {reason}")]
+    HostNotAllowed { host: String, reason: &'static str },
 }
 
 impl VaultError {
     /// The HTTP status the agent API and admin process answer with.
     pub fn status(&self) -> u16 {
         match self.code() {
-            "bad_request" | "credential_missing" => 400,
+            "bad_request" | "credential_missing" | "host_not_allowed" => 400,
             "not_found" => 404,
-            "conflict" | "already_decided" | "proposal_changed" => 409,
+            "conflict"
+            | "already_decided"
+            | "proposal_changed"
+            | "credential_reuse_unconfirmed" => 409,
             "proposal_expired" => 410,
             "too_many_pending" => 429,
             "storage_full" => 507,
@@ -121,6 +132,8 @@ impl VaultError {
             Self::AlreadyDecided(_) => "already_decided",
             Self::ProposalExpired(_) => "proposal_expired",
             Self::ProposalChanged(_) => "proposal_changed",
+            Self::CredentialReuse { .. } => "credential_reuse_unconfirmed",
+            Self::HostNotAllowed { .. } => "host_not_allowed",
         }
     }
 }

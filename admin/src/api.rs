@@ -1,8 +1,11 @@
-//! The admin JSON API, served on the Unix socket only (its peer-credential check is the
-//! authentication; the TCP listener never routes here, so browsers cannot reach it).
+//! The admin JSON API, served on its own Unix socket only (`api.sock`; its peer-credential check
+//! is the authentication). Neither the TCP listener nor the UI socket routes here, so a bridge
+//! made for a browser does not expose it; requests with a non-loopback Host, or that a browser
+//! marks as cross-site, are refused as on the pages ([`crate::security::api_guard`]).
 //!
 //! `GET /api/proposals[?status=S]`, `GET /api/proposals/{id}`,
-//! `POST /api/proposals/{id}/approve {"digest", "values": {"KEY": "value"}}`,
+//! `POST /api/proposals/{id}/approve {"digest", "values": {"KEY": "value"},
+//! "allow_credential_reuse"}`,
 //! `POST /api/proposals/{id}/reject {"digest", "reason"}`, `GET /api/vaults`, `GET /api/audit`,
 //! and the admin process's own Prometheus metrics at `GET /metrics`.
 //! Errors are `{"error": code, "message"}` with the vault's stable codes. Values are write-only.
@@ -14,7 +17,7 @@ use std::sync::Arc;
 use airlock::secret::Secret;
 use airlock::vault::VaultError;
 use airlock::vault::proposals::review_json;
-use airlock::vault::records::ProposalStatus;
+use airlock::vault::records::{ProposalRecord, ProposalStatus};
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -35,6 +38,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/vaults", get(vaults))
         .route("/api/audit", get(audit))
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn(crate::security::api_guard))
         .with_state(state)
 }
 
@@ -69,7 +73,14 @@ async fn list(State(state): State<Arc<AppState>>, Query(q): Query<ListQuery>) ->
         None => None,
     };
     match state.store.proposals(None, status) {
-        Ok(l) => Json(l.iter().map(review_json).collect::<Vec<_>>()).into_response(),
+        Ok(l) => match l
+            .iter()
+            .map(|p| review_json(&state.store, p))
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(v) => Json(v).into_response(),
+            Err(e) => error(&e),
+        },
         Err(e) => error(&e),
     }
 }
@@ -117,10 +128,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn show(State(state): State<Arc<AppState>>, Path(id): Path<u64>) -> Response {
-    match state.store.proposal(id) {
-        Ok(p) => Json(review_json(&p)).into_response(),
-        Err(e) => error(&e),
-    }
+    reply(&state, state.store.proposal(id))
 }
 
 #[derive(Debug, Deserialize)]
@@ -131,6 +139,18 @@ struct Decision {
     values: BTreeMap<String, String>,
     #[serde(default)]
     reason: String,
+    /// The operator's confirmation that stored credentials may go to new hosts (see the
+    /// proposal's `review.credential_reuse`).
+    #[serde(default)]
+    allow_credential_reuse: bool,
+}
+
+/// A proposal in its review form, or the error.
+fn reply(state: &AppState, p: Result<ProposalRecord, VaultError>) -> Response {
+    match p.and_then(|p| review_json(&state.store, &p)) {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => error(&e),
+    }
 }
 
 async fn approve(
@@ -144,13 +164,12 @@ async fn approve(
         .into_iter()
         .map(|(k, v)| (k, Secret::new(v.into_bytes())))
         .collect();
-    match state
-        .store
-        .approve_proposal(&peer.actor(), id, d.digest.as_deref(), values)
-    {
-        Ok(p) => Json(review_json(&p)).into_response(),
-        Err(e) => error(&e),
-    }
+    let digest = d.digest.as_deref();
+    let approved =
+        state
+            .store
+            .approve_proposal(&peer.actor(), id, digest, values, d.allow_credential_reuse);
+    reply(&state, approved)
 }
 
 async fn reject(
@@ -159,13 +178,10 @@ async fn reject(
     Path(id): Path<u64>,
     Json(d): Json<Decision>,
 ) -> Response {
-    match state
+    let rejected = state
         .store
-        .reject_proposal(&peer.actor(), id, &d.reason, d.digest.as_deref())
-    {
-        Ok(p) => Json(review_json(&p)).into_response(),
-        Err(e) => error(&e),
-    }
+        .reject_proposal(&peer.actor(), id, &d.reason, d.digest.as_deref());
+    reply(&state, rejected)
 }
 
 async fn vaults(State(state): State<Arc<AppState>>) -> Response {

@@ -1,8 +1,10 @@
 //! `airlock-admin`: the admin process. It serves the approval web UI on a Unix socket
 //! (`--socket`, checked with SO_PEERCRED) and optionally on a loopback HTTP listener
-//! (`--listen`). It shares durable state with the data plane only through the LMDB vault, can
-//! seal credentials but never open them (it has no root key), and exits when the `airlock
-//! serve` that started it goes away.
+//! (`--listen`), and the JSON API for automation on a second socket of its own (`--api-socket`,
+//! peer-checked the same way), so that a bridge made for a browser (`ssh -L`, `socat`) to the
+//! UI socket exposes only pages that need a login (review B2). It shares durable state with the
+//! data plane only through the LMDB vault, can seal credentials but never open them (it has no
+//! root key), is not dumpable, and exits when the `airlock serve` that started it goes away.
 
 #![deny(unsafe_code)]
 
@@ -33,9 +35,12 @@ struct Args {
     /// TOML config file
     #[arg(long, env = "AIRLOCK_CONFIG", value_name = "F")]
     config: Option<PathBuf>,
-    /// Unix socket [default: <data-dir>/admin/admin.sock]
+    /// Unix socket of the web UI [default: <data-dir>/admin/admin.sock]
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
+    /// Unix socket of the JSON API [default: api.sock beside --socket]
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
     /// Also listen for HTTP on this loopback address, or `none`
     #[arg(long, value_name = "ADDR|none", default_value = "none")]
     listen: AdminListen,
@@ -50,6 +55,7 @@ pub struct AppState {
 }
 
 fn main() -> anyhow::Result<()> {
+    airlock::secret::harden_process();
     let args = Args::parse();
     let file = match &args.config {
         Some(p) => FileConfig::load(p)?,
@@ -71,6 +77,10 @@ fn main() -> anyhow::Result<()> {
         .socket
         .clone()
         .unwrap_or_else(|| data_dir.join("admin").join("admin.sock"));
+    let api_socket = args
+        .api_socket
+        .clone()
+        .unwrap_or_else(|| socket_path.with_file_name("api.sock"));
     let hook = file
         .webhook_url
         .as_deref()
@@ -92,7 +102,7 @@ fn main() -> anyhow::Result<()> {
     let reload = reload_on_sighup(args.config.clone(), log);
     runtime.block_on(serve(
         state,
-        socket_path,
+        [socket_path, api_socket],
         args.listen,
         hook,
         admin_url,
@@ -130,21 +140,26 @@ async fn reload_on_sighup(config: Option<PathBuf>, log: airlock::logging::LogHan
 
 async fn serve(
     state: Arc<AppState>,
-    socket_path: PathBuf,
+    [socket_path, api_path]: [PathBuf; 2],
     listen: AdminListen,
     hook: Option<webhook::Webhook>,
     admin_url: Option<String>,
     reload: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let app = pages::router(state.clone());
-    // The JSON API is for local automation: on the peer-checked socket only.
-    let socket_app = app.clone().merge(api::router(state.clone()));
-    let unix =
-        socket::bind(&socket_path).with_context(|| format!("binding {}", socket_path.display()))?;
-    let socket_path = std::fs::canonicalize(&socket_path).unwrap_or(socket_path);
-    let gid = std::fs::metadata(socket_path.parent().unwrap_or(&socket_path))
-        .map(|m| std::os::unix::fs::MetadataExt::gid(&m))
-        .unwrap_or(0);
+    let api_app = api::router(state.clone());
+    let bind = |path: PathBuf| -> anyhow::Result<(socket::PeerChecked, PathBuf)> {
+        let listener =
+            socket::bind(&path).with_context(|| format!("binding {}", path.display()))?;
+        let path = std::fs::canonicalize(&path).unwrap_or(path);
+        let gid = std::fs::metadata(path.parent().unwrap_or(&path))
+            .map(|m| std::os::unix::fs::MetadataExt::gid(&m))
+            .unwrap_or(0);
+        Ok((socket::PeerChecked { listener, gid }, path))
+    };
+    let (unix, socket_path) = bind(socket_path)?;
+    // The JSON API is for local automation: on its own peer-checked socket only.
+    let (api_unix, api_path) = bind(api_path)?;
     let tcp = match listen {
         AdminListen::Addr(addr) => Some(
             tokio::net::TcpListener::bind(addr)
@@ -155,8 +170,9 @@ async fn serve(
     };
     let http: Option<SocketAddr> = tcp.as_ref().and_then(|l| l.local_addr().ok());
     println!(
-        "ready admin=unix:{} admin_http={}",
+        "ready admin=unix:{} admin_api=unix:{} admin_http={}",
         socket_path.display(),
+        api_path.display(),
         http.map_or("none".into(), |a| a.to_string())
     );
     if let Some(hook) = hook {
@@ -166,20 +182,26 @@ async fn serve(
             .spawn(move || webhook::watch(state, hook, base))?;
     }
     let unix_server = axum::serve(
-        socket::PeerChecked {
-            listener: unix,
-            gid,
-        },
-        socket_app.into_make_service_with_connect_info::<socket::Peer>(),
+        unix,
+        app.clone()
+            .into_make_service_with_connect_info::<socket::Peer>(),
+    );
+    let api_server = axum::serve(
+        api_unix,
+        api_app.into_make_service_with_connect_info::<socket::Peer>(),
     );
     let tcp_server = async move {
         match tcp {
-            Some(tcp) => axum::serve(tcp, app).await,
+            Some(tcp) => {
+                let app = app.into_make_service_with_connect_info::<SocketAddr>();
+                axum::serve(tcp, app).await
+            }
             None => std::future::pending().await,
         }
     };
     tokio::select! {
         r = unix_server => r?,
+        r = api_server => r?,
         r = tcp_server => r?,
         () = parent_gone() => tracing::info!("airlock serve is gone; exiting"),
         () = reload => {} // never completes

@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use airlock::secret::Secret;
+use airlock::vault::proposals::inert;
 use airlock::vault::records::{ProposalRecord, ProposalStatus, ServiceChange, SlotAction};
+use airlock::vault::review::{Review, ServiceDiff};
 use airlock::vault::{VaultError, now};
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::{StatusCode, header};
@@ -17,7 +19,7 @@ use axum::{Form, Router};
 use maud::{Markup, html};
 
 use crate::AppState;
-use crate::security::{self, Session, csrf_ok};
+use crate::security::{self, Client, Session, csrf_ok};
 use crate::views::{CSS, flash, page};
 
 pub(crate) type St = State<Arc<AppState>>;
@@ -106,41 +108,46 @@ fn login_body(session: &Session, error: Option<&str>) -> Markup {
 async fn login(
     State(state): St,
     Extension(session): Extension<Session>,
+    Extension(client): Extension<Client>,
     Form(f): Fields,
 ) -> Response {
     if !csrf_ok(&session, f.get("csrf")) {
         return forbidden();
     }
     let name = f.get("name").cloned().unwrap_or_default();
-    if !state.sessions.login_allowed(&name) {
-        let mut r = render(
-            &state,
-            &session,
-            "Log in",
-            login_body(&session, Some("Too many failed attempts; wait a minute.")),
+    let refused = |status: StatusCode, text: &str| {
+        let mut r = render(&state, &session, "Log in", login_body(&session, Some(text)));
+        *r.status_mut() = status;
+        r
+    };
+    // Charged before the check (review B9): a parallel burst gets no more tries than a sequence.
+    if state.sessions.login_begin(&name, &client).is_err() {
+        return refused(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many failed attempts; wait a minute.",
         );
-        *r.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-        return r;
     }
     let password = Secret::new(f.get("password").cloned().unwrap_or_default().into_bytes());
     let st = state.clone();
     let who = name.clone();
-    let ok = tokio::task::spawn_blocking(move || {
-        st.store.verify_operator(&who, &password).unwrap_or(false)
-    })
-    .await
-    .unwrap_or(false);
-    if !ok {
-        state.sessions.login_failed(&name);
-        let mut r = render(
-            &state,
-            &session,
-            "Log in",
-            login_body(&session, Some("Wrong operator or password.")),
-        );
-        *r.status_mut() = StatusCode::UNAUTHORIZED;
-        return r;
+    let checked = state
+        .sessions
+        .argon2(move || st.store.verify_operator(&who, &password).unwrap_or(false))
+        .await;
+    match checked {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!(operator = %name, ?client, "failed admin login");
+            return refused(StatusCode::UNAUTHORIZED, "Wrong operator or password.");
+        }
+        Err(_) => {
+            return refused(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Too many logins at once; try again in a moment.",
+            );
+        }
     }
+    state.sessions.login_succeeded(&name, &client);
     let fresh = state.sessions.login(&session.id, &name);
     let mut r = Redirect::to("/proposals").into_response();
     r.headers_mut()
@@ -199,9 +206,10 @@ async fn setup(
     let password = Secret::new(f.get("password").cloned().unwrap_or_default().into_bytes());
     let st = state.clone();
     let n = name.clone();
-    let result =
-        tokio::task::spawn_blocking(move || st.store.setup_first_operator(&token, &n, &password))
-            .await;
+    let result = state
+        .sessions
+        .argon2(move || st.store.setup_first_operator(&token, &n, &password))
+        .await;
     match result {
         Ok(Ok(())) => render(
             &state,
@@ -210,7 +218,11 @@ async fn setup(
             html! { (flash(true, &format!("Operator {name} created."))) p { a href="/login" { "Log in" } } },
         ),
         Ok(Err(e)) => vault_error(&state, &session, &e),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy; try again in a moment",
+        )
+            .into_response(),
     }
 }
 
@@ -260,33 +272,92 @@ async fn proposal(
         return login_redirect();
     }
     match state.store.proposal(id) {
-        Ok(p) => render(
-            &state,
-            &session,
-            &format!("Proposal {id}"),
-            proposal_body(&session, &p, None),
-        ),
+        Ok(p) => proposal_page(&state, &session, &p, None),
         Err(e) => vault_error(&state, &session, &e),
     }
 }
 
-fn proposal_body(session: &Session, p: &ProposalRecord, note: Option<Markup>) -> Markup {
+/// The proposal page; for a pending proposal, with its diff against the vault as it is now.
+fn proposal_page(
+    state: &AppState,
+    session: &Session,
+    p: &ProposalRecord,
+    note: Option<Markup>,
+) -> Response {
+    let review = if p.status_at(now()) == ProposalStatus::Pending {
+        match state.store.review_proposal(p) {
+            Ok(r) => Some(r),
+            Err(e) => return vault_error(state, session, &e),
+        }
+    } else {
+        None
+    };
+    render(
+        state,
+        session,
+        &format!("Proposal {}", p.id),
+        proposal_body(session, p, review.as_ref(), note),
+    )
+}
+
+/// One service change as the operator reviews it: every field that decides where a credential
+/// goes, old and new side by side for a replacement.
+fn service_card(d: &ServiceDiff) -> Markup {
+    html! { div.card { @match d {
+        ServiceDiff::Add(s) => {
+            h2 { "Adds service " code { (s.name) } }
+            p { code { (s.describe()) } }
+        }
+        ServiceDiff::Replace { old, new } => {
+            h2.warn { "Replaces service " code { (new.name) } }
+            p { "Was: " code { (old.describe()) } }
+            p { strong { "Now: " } code { (new.describe()) } }
+        }
+        ServiceDiff::Same(s) => {
+            h2 { "Service " code { (s.name) } " (unchanged)" }
+            p.muted { code { (s.describe()) } }
+        }
+        ServiceDiff::Remove(s) => {
+            h2 { "Removes service " code { (s.name) } }
+            p.muted { code { (s.describe()) } }
+        }
+        ServiceDiff::RemoveMissing(name) => {
+            h2 { "Removes service " code { (name) } }
+            p.muted { "The vault has no such service." }
+        }
+    } } }
+}
+
+fn proposal_body(
+    session: &Session,
+    p: &ProposalRecord,
+    review: Option<&Review>,
+    note: Option<Markup>,
+) -> Markup {
     let status = p.status_at(now());
+    let warnings = review.map(Review::reuse_warnings).unwrap_or_default();
+    let replaces = |key: &str| {
+        review.is_some_and(|r| {
+            r.credentials
+                .iter()
+                .any(|c| c.key == key && c.replaces_stored)
+        })
+    };
     html! {
         @if let Some(n) = note { (n) }
+        @for w in &warnings { div.flash.bad.reuse { strong { "Stored credential re-used: " } (w) "." } }
         div.card {
             p { (status_cell(status)) " · vault " strong { (p.vault) } " · from " (p.agent.as_deref().unwrap_or("an agent")) }
-            @if !p.user_message.is_empty() { h2 { "The agent says" } p.message { (p.user_message) } }
+            @if !p.user_message.is_empty() { h2 { "The agent says" } p.message { (inert(&p.user_message)) } }
             @if let Some(r) = &p.reason { p { "Reason: " (r) } }
         }
-        @for c in &p.services {
-            div.card { @match c {
-                ServiceChange::Set(s) => {
-                    h2 { "Service " code { (s.name) } }
-                    p { "Host " code { (s.host) } " · auth " code { (s.auth_type()) } }
-                    p.muted { "Uses: " (s.credential_keys().into_iter().collect::<Vec<_>>().join(", ")) }
-                }
-                ServiceChange::Delete { name } => { h2 { "Remove service " code { (name) } } }
+        @match review {
+            Some(r) => { @for d in &r.services { (service_card(d)) } }
+            None => { @for c in &p.services {
+                div.card { @match c {
+                    ServiceChange::Set(s) => { h2 { "Service " code { (s.name) } } p { code { (s.describe()) } } }
+                    ServiceChange::Delete { name } => { h2 { "Remove service " code { (name) } } }
+                } }
             } }
         }
         @if status == ProposalStatus::Pending {
@@ -295,16 +366,28 @@ fn proposal_body(session: &Session, p: &ProposalRecord, note: Option<Markup>) ->
                 input type="hidden" name="digest" value=(p.digest);
                 @for c in &p.credentials { @match (c.action, c.sealed.is_some()) {
                     (SlotAction::Delete, _) => { p { "Delete credential " code { (c.key) } } }
-                    (SlotAction::Set, true) => { p { "Credential " code { (c.key) } ": supplied by the agent (sealed, never shown)." } }
+                    (SlotAction::Set, true) => { p {
+                        "Credential " code { (c.key) } ": supplied by the agent (sealed, never shown)."
+                        @if replaces(&c.key) { " " strong.warn { "It replaces the value stored under " (c.key) "." } }
+                    } }
                     (SlotAction::Set, false) => {
-                        label for={ "value-" (c.key) } { (c.key) @if !c.description.is_empty() { " — " (c.description) } }
-                        @if c.obtain.starts_with("https://") || c.obtain.starts_with("http://") {
-                            p.muted { "Get it at " a href=(c.obtain) rel="noopener noreferrer" target="_blank" { (c.obtain) } }
+                        label for={ "value-" (c.key) } {
+                            (c.key) @if !c.description.is_empty() { " — " (inert(&c.description)) }
+                            @if replaces(&c.key) { " " strong.warn { "(replaces the stored value)" } }
                         }
-                        @if !c.obtain_instructions.is_empty() { p.muted { (c.obtain_instructions) } }
+                        @if c.obtain.starts_with("https://") || c.obtain.starts_with("http://") {
+                            p.muted { "Get it at " a href=(c.obtain) rel="noopener noreferrer" target="_blank" { (inert(&c.obtain)) } }
+                        }
+                        @if !c.obtain_instructions.is_empty() { p.muted { (inert(&c.obtain_instructions)) } }
                         input id={ "value-" (c.key) } type="password" name={ "value:" (c.key) } autocomplete="off" required;
                     }
                 } }
+                @if !warnings.is_empty() {
+                    label.confirm for="allow-reuse" {
+                        input id="allow-reuse" type="checkbox" name="allow_credential_reuse" value="yes" required;
+                        " I confirm: send the stored credentials named above to the new hosts."
+                    }
+                }
                 button type="submit" { "Approve" }
             }
             form.card method="post" action={ "/proposals/" (p.id) "/reject" } {
@@ -315,7 +398,7 @@ fn proposal_body(session: &Session, p: &ProposalRecord, note: Option<Markup>) ->
                 button.secondary type="submit" { "Reject" }
             }
         }
-        @if !p.message.is_empty() { div.card { h2 { "Note for developers" } p.message { (p.message) } } }
+        @if !p.message.is_empty() { div.card { h2 { "Note for developers" } p.message { (inert(&p.message)) } } }
         p.muted { "Digest " code { (p.digest) } }
     }
 }
@@ -343,23 +426,16 @@ async fn approve(
             })
         })
         .collect();
+    let allow_reuse = f.get("allow_credential_reuse").is_some_and(|v| v == "yes");
+    let digest = f.get("digest").map(String::as_str);
     match state
         .store
-        .approve_proposal(&who, id, f.get("digest").map(String::as_str), values)
+        .approve_proposal(&who, id, digest, values, allow_reuse)
     {
-        Ok(p) => render(
-            &state,
-            &session,
-            &format!("Proposal {id}"),
-            proposal_body(
-                &session,
-                &p,
-                Some(flash(
-                    true,
-                    "Approved. The agent's next request will use it.",
-                )),
-            ),
-        ),
+        Ok(p) => {
+            let done = flash(true, "Approved. The agent's next request will use it.");
+            proposal_page(&state, &session, &p, Some(done))
+        }
         Err(e) => vault_error(&state, &session, &e),
     }
 }
@@ -381,12 +457,7 @@ async fn reject(
         .store
         .reject_proposal(&who, id, &reason, f.get("digest").map(String::as_str))
     {
-        Ok(p) => render(
-            &state,
-            &session,
-            &format!("Proposal {id}"),
-            proposal_body(&session, &p, Some(flash(true, "Rejected."))),
-        ),
+        Ok(p) => proposal_page(&state, &session, &p, Some(flash(true, "Rejected."))),
         Err(e) => vault_error(&state, &session, &e),
     }
 }

@@ -1,27 +1,55 @@
 //! Request security for the admin UI (R10, security.md row 48): sessions, CSRF tokens, Host
 //! and Origin checks, login throttling and response headers.
 //!
-//! Every visitor gets a session cookie (HttpOnly, SameSite=Strict) holding a random id; the
-//! session carries a CSRF token that every form posts back. [`guard`] answers 421 to a Host
-//! that is not loopback (DNS rebinding) and 403 to a state-changing request whose Origin (or
-//! Referer) is not this site, and adds CSP `frame-ancestors 'none'`, X-Frame-Options and
-//! no-store to every response. Logging in rotates the session id.
+//! A session (cookie HttpOnly, SameSite=Strict, holding a random id) is created only where a
+//! page needs a CSRF token before login: the login and setup forms. Other visitors without a
+//! session get an ephemeral one that is never stored and whose empty CSRF token matches nothing.
+//! Sessions are capped (anonymous and logged-in ones apart, so a flood of visitors cannot log an
+//! operator out) and expire after [`IDLE`], checked on lookup and at the front of an insertion
+//! queue, never by a scan of the whole map (review B9). [`guard`] answers 421 to a Host that is
+//! not loopback (DNS rebinding) and 403 to a state-changing request whose Origin (or Referer) is
+//! not this site, and adds CSP `frame-ancestors 'none'`, X-Frame-Options and no-store to every
+//! response; [`api_guard`] does the Host and Origin checks for the JSON API. Logging in rotates
+//! the session id.
+//!
+//! Logins ([`Sessions::login_begin`]) are charged before the password is checked, in the same
+//! lock as the check, so a parallel burst gets no more tries than a sequential one: per operator
+//! name and client ([`LOGIN_FAILURES`] a minute) and per client across names
+//! ([`CLIENT_FAILURES`] a minute). A client is the loopback TCP listener as a whole (any
+//! 127.x source address) or one uid on the socket; so strangers who can reach the TCP listener
+//! can hold a name's TCP logins for a minute at a time, but never the socket's. At most
+//! [`VERIFY_CONCURRENCY`] Argon2 verifications run at once and at most [`VERIFY_QUEUE`] wait;
+//! more are answered 503, so parallel logins cannot grow the process's memory.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::AppState;
+use crate::socket::Peer;
 
 pub const COOKIE: &str = "airlock_admin";
-const IDLE: Duration = Duration::from_secs(12 * 3600);
-/// Failed logins allowed per name per minute before 429.
-const LOGIN_FAILURES: u32 = 5;
+/// A session unused this long is gone.
+pub const IDLE: Duration = Duration::from_secs(12 * 3600);
+/// Most anonymous sessions (login and setup forms) held; the oldest goes first.
+pub const MAX_ANONYMOUS: usize = 1000;
+/// Most logged-in sessions held; the oldest goes first.
+pub const MAX_LOGGED_IN: usize = 1000;
+/// Login attempts per operator name per client per minute.
+pub const LOGIN_FAILURES: u32 = 5;
+/// Login attempts per client per minute, whatever the name.
+pub const CLIENT_FAILURES: u32 = 20;
+const WINDOW: Duration = Duration::from_secs(60);
+/// Password verifications (Argon2, 19 MiB each) running at once, and waiting.
+pub const VERIFY_CONCURRENCY: usize = 4;
+pub const VERIFY_QUEUE: usize = 16;
 
 /// One browser session (anonymous until login).
 #[derive(Clone, Debug)]
@@ -32,10 +60,134 @@ pub struct Session {
     seen: Instant,
 }
 
+impl Session {
+    /// For a request that needs no session: never stored, and its empty CSRF token matches
+    /// nothing.
+    fn ephemeral() -> Self {
+        Self {
+            id: String::new(),
+            csrf: String::new(),
+            operator: None,
+            seen: Instant::now(),
+        }
+    }
+
+    fn new(operator: Option<&str>) -> Self {
+        Self {
+            id: random_token(),
+            csrf: random_token(),
+            operator: operator.map(str::to_owned),
+            seen: Instant::now(),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
+struct Map {
+    sessions: HashMap<String, Session>,
+    /// Ids in insertion order: anonymous and logged-in apart.
+    anonymous: VecDeque<String>,
+    logged_in: VecDeque<String>,
+}
+
+impl Map {
+    /// Drops from the front of a queue what is gone or expired, and what is past `cap` (one
+    /// entry is about to be added). Stops at the first live entry under the cap.
+    fn trim(&mut self, logged_in: bool, cap: usize) {
+        let Self {
+            sessions,
+            anonymous,
+            logged_in: authed,
+        } = self;
+        let queue = if logged_in { authed } else { anonymous };
+        while let Some(id) = queue.front() {
+            let live = sessions.get(id).is_some_and(|s| s.seen.elapsed() < IDLE);
+            if live && queue.len() < cap {
+                break;
+            }
+            sessions.remove(id);
+            queue.pop_front();
+        }
+    }
+
+    fn insert(&mut self, s: Session) {
+        let logged_in = s.operator.is_some();
+        let cap = if logged_in {
+            MAX_LOGGED_IN
+        } else {
+            MAX_ANONYMOUS
+        };
+        self.trim(logged_in, cap);
+        let queue = if logged_in {
+            &mut self.logged_in
+        } else {
+            &mut self.anonymous
+        };
+        queue.push_back(s.id.clone());
+        self.sessions.insert(s.id.clone(), s);
+    }
+}
+
+/// Who is logging in, for the throttle: the loopback TCP listener as a whole, or a socket uid.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Client {
+    Tcp,
+    Uid(u32),
+}
+
+impl Client {
+    fn of(req: &Request) -> Self {
+        match req.extensions().get::<ConnectInfo<Peer>>() {
+            Some(ConnectInfo(p)) => Self::Uid(p.uid),
+            None => Self::Tcp,
+        }
+    }
+}
+
+/// Why a login is not tried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoginRefused {
+    /// Too many attempts for this name or client this minute (429).
+    Throttled,
+    /// Too many verifications running or waiting (503).
+    Busy,
+}
+
+#[derive(Debug, Default)]
+struct Throttle {
+    names: HashMap<(String, Client), (u32, Instant)>,
+    clients: HashMap<Client, (u32, Instant)>,
+}
+
+/// Counts one attempt in a one-minute window; false when the window is full.
+fn charge(slot: &mut (u32, Instant), max: u32) -> bool {
+    if slot.1.elapsed() > WINDOW {
+        *slot = (0, Instant::now());
+    }
+    if slot.0 >= max {
+        return false;
+    }
+    slot.0 += 1;
+    true
+}
+
+#[derive(Debug)]
 pub struct Sessions {
-    map: Mutex<HashMap<String, Session>>,
-    failures: Mutex<HashMap<String, (u32, Instant)>>,
+    map: Mutex<Map>,
+    throttle: Mutex<Throttle>,
+    verify: tokio::sync::Semaphore,
+    waiting: AtomicUsize,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Self {
+            map: Mutex::default(),
+            throttle: Mutex::default(),
+            verify: tokio::sync::Semaphore::new(VERIFY_CONCURRENCY),
+            waiting: AtomicUsize::new(0),
+        }
+    }
 }
 
 fn random_token() -> String {
@@ -49,39 +201,34 @@ fn random_token() -> String {
 impl Sessions {
     /// Sessions held now (logged in or not), for metrics.
     pub fn count(&self) -> usize {
-        self.map.lock().map_or(0, |m| m.len())
+        self.map.lock().map_or(0, |m| m.sessions.len())
     }
 
-    /// The session named by the cookie, or a new anonymous one (and whether it is new).
-    pub fn get_or_create(&self, id: Option<&str>) -> (Session, bool) {
+    /// The live session `id` names, refreshed.
+    fn get(&self, id: &str) -> Option<Session> {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        map.retain(|_, s| now.duration_since(s.seen) < IDLE);
-        if let Some(s) = id.and_then(|id| map.get_mut(id)) {
-            s.seen = now;
-            return (s.clone(), false);
+        let s = map.sessions.get_mut(id)?;
+        if s.seen.elapsed() >= IDLE {
+            map.sessions.remove(id);
+            return None;
         }
-        let s = Session {
-            id: random_token(),
-            csrf: random_token(),
-            operator: None,
-            seen: now,
-        };
-        map.insert(s.id.clone(), s.clone());
-        (s, true)
+        s.seen = Instant::now();
+        Some(s.clone())
+    }
+
+    fn create_anonymous(&self) -> Session {
+        let s = Session::new(None);
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(s.clone());
+        s
     }
 
     /// Logs `operator` in: a fresh session id and CSRF token (no fixation).
     pub fn login(&self, old: &str, operator: &str) -> Session {
+        let s = Session::new(Some(operator));
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.remove(old);
-        let s = Session {
-            id: random_token(),
-            csrf: random_token(),
-            operator: Some(operator.to_owned()),
-            seen: Instant::now(),
-        };
-        map.insert(s.id.clone(), s.clone());
+        map.sessions.remove(old);
+        map.insert(s.clone());
         s
     }
 
@@ -89,32 +236,76 @@ impl Sessions {
         self.map
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .sessions
             .remove(id);
     }
 
-    /// Whether `name` may try to log in now.
-    pub fn login_allowed(&self, name: &str) -> bool {
-        let map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(name).is_none_or(|(n, since)| {
-            *n < LOGIN_FAILURES || since.elapsed() > Duration::from_secs(60)
-        })
+    /// Checks and charges one login attempt for `name` from `client`, atomically.
+    pub fn login_begin(&self, name: &str, client: &Client) -> Result<(), LoginRefused> {
+        let mut t = self.throttle.lock().unwrap_or_else(|p| p.into_inner());
+        if t.clients.len() > 10_000 || t.names.len() > 10_000 {
+            t.clients.retain(|_, (_, since)| since.elapsed() <= WINDOW);
+            t.names.retain(|_, (_, since)| since.elapsed() <= WINDOW);
+        }
+        let now = Instant::now();
+        let name_slot = t
+            .names
+            .entry((name.to_owned(), client.clone()))
+            .or_insert((0, now));
+        if name_slot.1.elapsed() <= WINDOW && name_slot.0 >= LOGIN_FAILURES {
+            return Err(LoginRefused::Throttled);
+        }
+        let client_slot = t.clients.entry(client.clone()).or_insert((0, now));
+        if !charge(client_slot, CLIENT_FAILURES) {
+            return Err(LoginRefused::Throttled);
+        }
+        let name_slot = t
+            .names
+            .entry((name.to_owned(), client.clone()))
+            .or_insert((0, now));
+        charge(name_slot, LOGIN_FAILURES);
+        Ok(())
     }
 
-    pub fn login_failed(&self, name: &str) {
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let e = map.entry(name.to_owned()).or_insert((0, Instant::now()));
-        if e.1.elapsed() > Duration::from_secs(60) {
-            *e = (0, Instant::now());
+    /// A login that succeeded was not a failure: its charge is refunded.
+    pub fn login_succeeded(&self, name: &str, client: &Client) {
+        let mut t = self.throttle.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = t.names.get_mut(&(name.to_owned(), client.clone())) {
+            slot.0 = slot.0.saturating_sub(1);
         }
-        e.0 += 1;
+        if let Some(slot) = t.clients.get_mut(client) {
+            slot.0 = slot.0.saturating_sub(1);
+        }
+    }
+
+    /// Runs password work (Argon2: a login's check, the setup form's hashing) under the
+    /// concurrency limit, on the blocking pool; `Busy` when too many are running and waiting.
+    pub async fn argon2<T, F>(&self, work: F) -> Result<T, LoginRefused>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        if self.waiting.fetch_add(1, Ordering::SeqCst) >= VERIFY_CONCURRENCY + VERIFY_QUEUE {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(LoginRefused::Busy);
+        }
+        let done = match self.verify.acquire().await {
+            Ok(_permit) => tokio::task::spawn_blocking(work)
+                .await
+                .map_err(|_| LoginRefused::Busy),
+            Err(_) => Err(LoginRefused::Busy),
+        };
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        done
     }
 }
 
 /// Constant-time comparison of a posted CSRF token with the session's.
 pub fn csrf_ok(session: &Session, posted: Option<&String>) -> bool {
-    posted.is_some_and(|p| {
-        subtle::ConstantTimeEq::ct_eq(p.as_bytes(), session.csrf.as_bytes()).into()
-    })
+    !session.csrf.is_empty()
+        && posted.is_some_and(|p| {
+            subtle::ConstantTimeEq::ct_eq(p.as_bytes(), session.csrf.as_bytes()).into()
+        })
 }
 
 fn cookie_value(headers: &HeaderMap) -> Option<String> {
@@ -154,6 +345,34 @@ pub fn set_cookie(session: &Session) -> HeaderValue {
     HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
+/// Middleware for the JSON API (its own socket): the pages' Host allow-list, and no request
+/// that a browser marks as coming from another site (`Origin` or `Sec-Fetch-Site` other than
+/// same-origin). Automation (curl, scripts) sends neither.
+pub async fn api_guard(req: Request, next: Next) -> Response {
+    let h = req.headers();
+    let host = h
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !host_allowed(host) {
+        return (
+            StatusCode::MISDIRECTED_REQUEST,
+            "the admin API answers only on localhost",
+        )
+            .into_response();
+    }
+    let origin_ok = h
+        .get(header::ORIGIN)
+        .is_none_or(|o| o.to_str().is_ok_and(|o| o == format!("http://{host}")));
+    let fetch_ok = h
+        .get("sec-fetch-site")
+        .is_none_or(|v| v.as_bytes() == b"same-origin");
+    if !origin_ok || !fetch_ok {
+        return (StatusCode::FORBIDDEN, "cross-site request refused").into_response();
+    }
+    next.run(req).await
+}
+
 /// Middleware: Host and Origin checks, the session, and security headers.
 pub async fn guard(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     let host = req
@@ -173,9 +392,16 @@ pub async fn guard(State(state): State<Arc<AppState>>, mut req: Request, next: N
     if unsafe_method && !same_origin(req.headers(), &host) {
         return (StatusCode::FORBIDDEN, "cross-site request refused").into_response();
     }
-    let (session, new) = state
-        .sessions
-        .get_or_create(cookie_value(req.headers()).as_deref());
+    let existing = cookie_value(req.headers()).and_then(|id| state.sessions.get(&id));
+    let form_page = matches!(*req.method(), Method::GET | Method::HEAD)
+        && matches!(req.uri().path(), "/login" | "/setup");
+    let (session, new) = match existing {
+        Some(s) => (s, false),
+        None if form_page => (state.sessions.create_anonymous(), true),
+        None => (Session::ephemeral(), false),
+    };
+    let client = Client::of(&req);
+    req.extensions_mut().insert(client);
     req.extensions_mut().insert(session.clone());
     let mut resp = next.run(req).await;
     let h = resp.headers_mut();

@@ -32,6 +32,8 @@ form.inline { display:inline; } form.inline button { margin:0; padding:.2rem .6r
 .message { white-space:pre-wrap; background:var(--bg); border-left:3px solid var(--line); padding:.5rem .8rem; }
 .flash { padding:.7rem 1rem; border-radius:8px; margin-bottom:1rem; }
 .flash.ok { background:#e7f6ee; color:var(--ok); } .flash.bad { background:#fdecea; color:var(--bad); }
+.warn { color:var(--bad); } .flash.reuse { font-size:1.05rem; border:2px solid var(--bad); }
+label.confirm { display:block; margin:.8rem 0; font-weight:600; color:var(--bad); }
 code { font-size:.9em; overflow-wrap:anywhere; }
 @media (max-width: 600px) { th:nth-child(n+4), td:nth-child(n+4) { display:none; } }
 "#;

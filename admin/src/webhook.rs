@@ -60,6 +60,13 @@ impl Webhook {
 }
 
 /// The message for one proposal.
+/// Slack's three control characters in message text.
+fn slack_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
 pub fn message(p: &ProposalRecord, approval_url: Option<&str>) -> serde_json::Value {
     let hosts: Vec<&str> = p
         .services
@@ -70,7 +77,10 @@ pub fn message(p: &ProposalRecord, approval_url: Option<&str>) -> serde_json::Va
         })
         .collect();
     let keys: Vec<&str> = p.credentials.iter().map(|c| c.key.as_str()).collect();
+    // Agent text goes out inert (review B12): Slack markup (`<!channel>`, `<url|label>`) escaped,
+    // bidi and zero-width characters shown as escapes.
     let said: String = p.user_message.chars().take(200).collect();
+    let said = slack_escape(&airlock::vault::proposals::inert(&said));
     let link = approval_url.map_or_else(
         || format!("run `airlock proposal show {}`", p.id),
         |u| format!("review: {u}"),
@@ -187,6 +197,33 @@ pub fn watch(state: Arc<AppState>, hook: Webhook, approval_base: Option<String>)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Row 67 (review #40): Slack markup in agent text is escaped; no mention or disguised link
+    /// survives.
+    #[test]
+    fn row67_slack_markup_escaped() {
+        let p: ProposalRecord = serde_json::from_value(serde_json::json!({
+            "id": 3, "vault": "default", "agent": "bot", "status": "pending",
+            "services": [], "credentials": [], "message": "",
+            "user_message": "<!channel> urgent <https://attacker.example/login|review> & \u{202e}moc.live",
+            "digest": "d", "created_at": 0, "expires_at": 1, "decided_at": null,
+            "decided_by": null, "reason": null, "applied_generation": null
+        }))
+        .unwrap();
+        let text = message(&p, Some("http://127.0.0.1:7481/proposals/3"))["text"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            text.contains("&lt;!channel&gt; urgent &lt;https://attacker.example/login|review&gt; &amp; \\u{202e}moc.live"),
+            "{text}"
+        );
+        assert!(!text.contains("<!channel>") && !text.contains('\u{202e}'));
+        assert!(
+            text.ends_with("review: http://127.0.0.1:7481/proposals/3"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn urls() {

@@ -7,8 +7,9 @@ use serde_json::json;
 use super::output::{self, rfc3339};
 use super::{CliError, Ctx, ProposalCmd};
 use crate::secret::{self, Secret};
-use crate::vault::proposals::review_json;
-use crate::vault::records::{ProposalRecord, ServiceChange, SlotAction};
+use crate::vault::proposals::{inert, review_json};
+use crate::vault::records::{ProposalRecord, ProposalStatus, ServiceChange, SlotAction};
+use crate::vault::review::{Review, ServiceDiff};
 
 pub fn run(ctx: &Ctx, cmd: ProposalCmd) -> Result<(), CliError> {
     let store = ctx.open_store()?;
@@ -21,7 +22,10 @@ pub fn run(ctx: &Ctx, cmd: ProposalCmd) -> Result<(), CliError> {
             let list = store.proposals(vault.as_deref(), status)?;
             let now = crate::vault::now();
             if json {
-                let v: Vec<_> = list.iter().map(review_json).collect();
+                let v = list
+                    .iter()
+                    .map(|p| review_json(&store, p))
+                    .collect::<Result<Vec<_>, _>>()?;
                 output::json(&json!(v))?;
             } else {
                 let rows: Vec<_> = list
@@ -46,18 +50,27 @@ pub fn run(ctx: &Ctx, cmd: ProposalCmd) -> Result<(), CliError> {
         ProposalCmd::Show { id, json } => {
             let p = store.proposal(id)?;
             if json {
-                output::json(&review_json(&p))?;
+                output::json(&review_json(&store, &p)?)?;
             } else {
-                show(&p);
+                let pending = p.status_at(crate::vault::now()) == ProposalStatus::Pending;
+                let review = pending.then(|| store.review_proposal(&p)).transpose()?;
+                show(&p, review.as_ref());
             }
         }
         ProposalCmd::Approve {
             id,
             credentials,
             digest,
+            allow_credential_reuse,
         } => {
             let values = read_values(&credentials)?;
-            let p = store.approve_proposal(&ctx.actor, id, digest.as_deref(), values)?;
+            let p = store.approve_proposal(
+                &ctx.actor,
+                id,
+                digest.as_deref(),
+                values,
+                allow_credential_reuse,
+            )?;
             println!(
                 "approved proposal {id}: vault {} now has {}",
                 p.vault,
@@ -114,17 +127,9 @@ fn hosts(p: &ProposalRecord) -> String {
     }
 }
 
-/// Escapes what could fool a terminal: control characters and bidi overrides.
-pub fn inert(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            let bidi = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
-            if (c.is_control() && c != '\n') || bidi { c.escape_unicode().to_string() } else { c.to_string() }
-        })
-        .collect()
-}
-
-fn show(p: &ProposalRecord) {
+/// The review on a terminal: for a pending proposal the diff against the vault as it is, with
+/// every reused credential called out first; for a decided one what it asked for.
+fn show(p: &ProposalRecord, review: Option<&Review>) {
     println!(
         "proposal {} ({:?}) for vault {} from {}",
         p.id,
@@ -138,37 +143,69 @@ fn show(p: &ProposalRecord) {
         rfc3339(p.expires_at),
         p.digest
     );
+    if let Some(r) = review {
+        for w in r.reuse_warnings() {
+            println!("\nWARNING: {w} (approve needs --allow-credential-reuse)");
+        }
+    }
     if !p.user_message.is_empty() {
         println!(
             "\nThe agent says:\n  {}",
             inert(&p.user_message).replace('\n', "\n  ")
         );
     }
-    for c in &p.services {
-        match c {
-            ServiceChange::Set(s) => println!(
-                "\nservice {} -> {} ({}), credentials: {}",
-                s.name,
-                s.host,
-                s.auth_type(),
-                s.credential_keys()
-                    .into_iter()
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            ServiceChange::Delete { name } => println!("\ndelete service {name}"),
+    match review {
+        Some(r) => {
+            for d in &r.services {
+                match d {
+                    ServiceDiff::Add(s) => println!("\nadds service {}: {}", s.name, s.describe()),
+                    ServiceDiff::Replace { old, new } => println!(
+                        "\nREPLACES service {}:\n  was: {}\n  now: {}",
+                        new.name,
+                        old.describe(),
+                        new.describe()
+                    ),
+                    ServiceDiff::Same(s) => {
+                        println!("\nservice {} unchanged: {}", s.name, s.describe())
+                    }
+                    ServiceDiff::Remove(s) => {
+                        println!("\nremoves service {}: {}", s.name, s.describe())
+                    }
+                    ServiceDiff::RemoveMissing(name) => {
+                        println!("\nremoves service {name} (the vault has none)")
+                    }
+                }
+            }
+        }
+        None => {
+            for c in &p.services {
+                match c {
+                    ServiceChange::Set(s) => println!("\nservice {}: {}", s.name, s.describe()),
+                    ServiceChange::Delete { name } => println!("\ndelete service {name}"),
+                }
+            }
         }
     }
     for c in &p.credentials {
+        let replaces = review.is_some_and(|r| {
+            r.credentials
+                .iter()
+                .any(|d| d.key == c.key && d.replaces_stored)
+        });
+        let replaces = if replaces {
+            " (REPLACES the stored value)"
+        } else {
+            ""
+        };
         match (c.action, c.sealed.is_some()) {
             (SlotAction::Delete, _) => println!("\ndelete credential {}", c.key),
             (SlotAction::Set, true) => println!(
-                "\ncredential {}: value supplied by the agent (sealed)",
+                "\ncredential {}: value supplied by the agent (sealed){replaces}",
                 c.key
             ),
             (SlotAction::Set, false) => {
                 println!(
-                    "\ncredential {}: you provide it (--credential {})",
+                    "\ncredential {}: you provide it (--credential {}){replaces}",
                     c.key, c.key
                 );
                 if !c.description.is_empty() {
@@ -185,20 +222,5 @@ fn show(p: &ProposalRecord) {
     }
     if !p.message.is_empty() {
         println!("\nNote for developers: {}", inert(&p.message));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Row 50 (H-06): hostile agent text is printed inert.
-    #[test]
-    fn row50_control_and_bidi_escaped() {
-        assert_eq!(
-            inert("ok\u{202e}txt.exe\u{1b}[31m"),
-            "ok\\u{202e}txt.exe\\u{1b}[31m"
-        );
-        assert_eq!(inert("line\nnext"), "line\nnext");
     }
 }

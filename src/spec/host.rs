@@ -162,8 +162,51 @@ fn parse_host(host: &str) -> Result<HostName, String> {
     }
 }
 
+/// Names under which agents may not propose a service (review B12): internal names, names only
+/// a local resolver answers, and public DNS services that resolve a name to any address it
+/// spells (`10-0-0-1.nip.io`). Operators can still configure such a host themselves.
+const INTERNAL_SUFFIXES: &[&str] = &[
+    "localhost",
+    "localdomain",
+    "local",
+    "internal",
+    "intranet",
+    "corp",
+    "home",
+    "lan",
+    "home.arpa",
+    "in-addr.arpa",
+    "ip6.arpa",
+    "svc",
+    "cluster.local",
+    "nip.io",
+    "sslip.io",
+    "xip.io",
+    "traefik.me",
+    "localtest.me",
+    "lvh.me",
+    "vcap.me",
+    "lacolhost.com",
+];
+
+/// Why an agent may not propose `host`, if it may not: a single-label name, a name under an
+/// internal suffix, or a wildcard-DNS service.
+pub fn internal(host: &HostName) -> Option<&'static str> {
+    let name = match host {
+        HostName::Exact(h) | HostName::Wildcard(h) => h.as_str(),
+    };
+    if !name.contains('.') && !matches!(host, HostName::Wildcard(_)) {
+        return Some("single-label names resolve inside the local network");
+    }
+    INTERNAL_SUFFIXES
+        .iter()
+        .any(|s| name == *s || name.strip_suffix(s).is_some_and(|p| p.ends_with('.')))
+        .then_some("internal, local or resolve-anything names (localhost, *.internal, *.svc, *.nip.io, ...) are refused")
+}
+
 /// A lowercase LDH DNS name: labels of 1-63 `[a-z0-9-]` not starting or ending with `-`,
-/// at most 253 bytes, and a last label that is not all digits (that would be an IP in disguise).
+/// at most 253 bytes, and a last label that is not a number (all digits, or `0x` and hex digits:
+/// resolvers read such names as IP addresses, `0x7f000001` being 127.0.0.1).
 pub fn check_dns_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 253 {
         return Err("host name must be 1-253 characters".into());
@@ -184,11 +227,12 @@ pub fn check_dns_name(name: &str) -> Result<(), String> {
             ));
         }
     }
-    if name
-        .rsplit('.')
-        .next()
-        .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()))
-    {
+    let numeric = |l: &str| {
+        l.bytes().all(|b| b.is_ascii_digit())
+            || l.strip_prefix("0x")
+                .is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+    };
+    if name.rsplit('.').next().is_some_and(numeric) {
         return Err("IP literals are not allowed; name the host".into());
     }
     Ok(())
@@ -300,6 +344,34 @@ mod tests {
     }
 
     #[test]
+    fn row68_internal_and_resolve_anything_hosts() {
+        let refused = |h: &str| internal(&HostPattern::parse(h).unwrap().host);
+        for bad in [
+            "localhost",
+            "intranet",
+            "a.localhost",
+            "metadata.google.internal",
+            "kubernetes.default.svc",
+            "db.cluster.local",
+            "printer.local",
+            "*.nip.io",
+            "1-2-3-4.nip.io",
+            "*.sslip.io",
+            "app.localtest.me",
+        ] {
+            assert!(refused(bad).is_some(), "{bad} was allowed");
+        }
+        for good in [
+            "api.openai.com",
+            "*.atlassian.net",
+            "nip.io.example.com",
+            "svc.example.com",
+        ] {
+            assert_eq!(refused(good), None, "{good}");
+        }
+    }
+
+    #[test]
     fn refused_forms() {
         for bad in [
             "*",
@@ -312,6 +384,8 @@ mod tests {
             "[::1]",
             "127.1",
             "2130706433",
+            "0x7f000001",
+            "10.0.0.0x1",
             "api.x.com:0",
             "api.x.com:65536",
             "api.x.com:+443",

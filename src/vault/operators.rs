@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::keys::{KdfParams, random_array};
-use super::store::Store;
+use super::store::{Store, Txn};
 use super::tokens::{self, TokenHash, TokenKind};
 use super::{VaultError, now};
 use crate::names;
@@ -58,11 +58,24 @@ impl Store {
         name: &str,
         password: &Secret,
     ) -> Result<(), VaultError> {
+        self.insert_operator(actor, name, password, |_| Ok(()))
+    }
+
+    /// Hashes the password (outside the write lock), then in one write transaction runs `check`
+    /// and adds the operator. Consumes the setup token if there is one.
+    fn insert_operator(
+        &self,
+        actor: &str,
+        name: &str,
+        password: &Secret,
+        check: impl FnOnce(&Txn<lmdb::RwTransaction<'_>>) -> Result<(), VaultError>,
+    ) -> Result<(), VaultError> {
         names::agent(name).map_err(|e| {
             VaultError::Invalid(e.to_string().replace("agent name", "operator name"))
         })?;
         let (kdf, hash) = hash_password(password)?;
         self.write(|t| {
+            check(t)?;
             if t.get_raw(t.dbs().operators, name.as_bytes())?.is_some() {
                 return Err(VaultError::Exists {
                     kind: "operator",
@@ -169,23 +182,40 @@ impl Store {
         Ok(Some(minted.token))
     }
 
-    /// Creates the first operator with the setup token (then the token is gone).
+    /// Creates the first operator with the setup token (then the token is gone). The token and
+    /// the empty operator table are checked inside the transaction that adds the operator, so
+    /// parallel uses of one link create one operator (review B10).
     pub fn setup_first_operator(
         &self,
         token: &str,
         name: &str,
         password: &Secret,
     ) -> Result<(), VaultError> {
-        let record: Option<SetupRecord> = self.read(|t| t.get(t.dbs().meta, "meta", META_SETUP))?;
-        let valid = record.is_some_and(|r| {
-            r.expires_at > now()
-                && TokenHash::from_hex(&r.hash) == Some(TokenHash::of(token.as_bytes()))
-        });
-        if !valid || !self.operators()?.is_empty() {
-            return Err(VaultError::Invalid(
-                "the setup link is invalid or was used".into(),
-            ));
-        }
-        self.add_operator(&format!("setup:{name}"), name, password)
+        // Checked once before the password is hashed (a wrong link costs no Argon2), and again
+        // in the transaction that adds the operator.
+        self.read(|t| Ok(setup_usable(t, token)))??;
+        self.insert_operator(&format!("setup:{name}"), name, password, |t| {
+            setup_usable(t, token)
+        })
+    }
+}
+
+/// Whether the setup link with `token` may still create an operator: the token matches and has
+/// not expired, and no operator exists yet.
+fn setup_usable<T: lmdb::Transaction>(t: &Txn<T>, token: &str) -> Result<(), VaultError> {
+    let record: Option<SetupRecord> = t.get(t.dbs().meta, "meta", META_SETUP)?;
+    let valid = record.is_some_and(|r| {
+        r.expires_at > now()
+            && TokenHash::from_hex(&r.hash) == Some(TokenHash::of(token.as_bytes()))
+    });
+    let none_yet = t
+        .scan::<OperatorRecord>(t.dbs().operators, "operators", b"")?
+        .is_empty();
+    if valid && none_yet {
+        Ok(())
+    } else {
+        Err(VaultError::Invalid(
+            "the setup link is invalid or was used".into(),
+        ))
     }
 }

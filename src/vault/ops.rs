@@ -4,7 +4,7 @@
 //!
 //! This module seals with the public key only; it cannot open credentials.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use lmdb::Transaction;
@@ -49,7 +49,7 @@ fn find_vault<T: Transaction>(t: &Txn<T>, name: &str) -> Result<VaultRecord, Vau
         })
 }
 
-fn vault_services<T: Transaction>(
+pub(crate) fn vault_services<T: Transaction>(
     t: &Txn<T>,
     vault: &VaultRecord,
 ) -> Result<Vec<ServiceRecord>, StoreError> {
@@ -57,6 +57,19 @@ fn vault_services<T: Transaction>(
         t.scan(t.dbs().services, "services", &vault.id.to_be_bytes())?
             .into_iter()
             .map(|(_, r)| r)
+            .collect(),
+    )
+}
+
+/// The keys of the credentials stored in `vault`.
+pub(crate) fn vault_credential_keys<T: Transaction>(
+    t: &Txn<T>,
+    vault: &VaultRecord,
+) -> Result<BTreeSet<String>, StoreError> {
+    Ok(
+        t.scan::<CredentialRecord>(t.dbs().credentials, "credentials", &vault.id.to_be_bytes())?
+            .into_iter()
+            .map(|(k, _)| name_from_key(&k))
             .collect(),
     )
 }

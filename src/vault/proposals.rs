@@ -12,11 +12,17 @@ use std::collections::BTreeSet;
 
 use serde::Deserialize;
 
-use super::ops::{apply_services, public_key, put_credential, seal_credential, vault_key};
+use lmdb::Transaction;
+
+use super::ops::{
+    apply_services, public_key, put_credential, seal_credential, vault_credential_keys, vault_key,
+    vault_services,
+};
 use super::records::{
     CredentialSlot, ProposalRecord, ProposalStatus, ServiceChange, SlotAction, VaultRecord,
 };
-use super::store::Store;
+use super::review::{Review, review};
+use super::store::{Store, Txn};
 use super::{VaultError, now};
 use crate::names;
 use crate::secret::Secret;
@@ -68,6 +74,24 @@ fn default_action() -> SlotAction {
 
 fn invalid(m: impl Into<String>) -> VaultError {
     VaultError::Invalid(m.into())
+}
+
+/// Agent-written text made inert for display (row 50, review B12): control characters (but
+/// newline), bidirectional overrides and isolates, and zero-width characters are shown as
+/// `\u{...}` escapes, so text cannot reorder itself or hide characters on a terminal or a page.
+pub fn inert(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            let hidden = matches!(c,
+                '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{2069}' | '\u{feff}' | '\u{061c}');
+            if (c.is_control() && c != '\n') || hidden {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// Text an agent wrote: capped, and no control characters but newline and tab (row 50).
@@ -123,7 +147,14 @@ impl Store {
         for change in &new.services {
             let name = match change {
                 ServiceChange::Set(spec) => {
-                    spec.validate()?;
+                    let pattern = spec.validate()?;
+                    // Review B12: agents cannot propose internal or resolve-anything hosts.
+                    if let Some(reason) = crate::spec::host::internal(&pattern.host) {
+                        return Err(VaultError::HostNotAllowed {
+                            host: spec.host.clone(),
+                            reason,
+                        });
+                    }
                     &spec.name
                 }
                 ServiceChange::Delete { name } => {
@@ -271,14 +302,22 @@ impl Store {
         Ok(all)
     }
 
+    /// What approving `p` would change in its vault as it is now.
+    pub fn review_proposal(&self, p: &ProposalRecord) -> Result<Review, VaultError> {
+        self.read(|t| Ok(review_in(t, p)))?
+    }
+
     /// Applies a pending proposal: `values` fill the slots the agent left empty (every such
-    /// slot must be given). With `digest`, the proposal must still have that content.
+    /// slot must be given). With `digest`, the proposal must still have that content. A proposal
+    /// that would send a stored credential to a new host is refused unless
+    /// `allow_credential_reuse` (the operator's explicit confirmation; review B1).
     pub fn approve_proposal(
         &self,
         actor: &str,
         id: u64,
         digest: Option<&str>,
         values: Vec<(String, Secret)>,
+        allow_credential_reuse: bool,
     ) -> Result<ProposalRecord, VaultError> {
         let public = public_key(&self.key_header()?)?;
         self.write(|t| {
@@ -287,6 +326,13 @@ impl Store {
                 id,
                 digest,
             )?;
+            let review = review_in(t, &p)?;
+            if !review.reuse.is_empty() && !allow_credential_reuse {
+                return Err(VaultError::CredentialReuse {
+                    id,
+                    warnings: review.reuse_warnings(),
+                });
+            }
             let v: VaultRecord = t
                 .get(t.dbs().vaults, "vaults", p.vault.as_bytes())?
                 .ok_or_else(|| VaultError::NotFound {
@@ -340,11 +386,17 @@ impl Store {
             p.decided_by = Some(actor.to_owned());
             p.applied_generation = Some(t.meta_u64(b"generation")?.unwrap_or(0) + 1);
             t.put(t.dbs().proposals, &id.to_be_bytes(), &p)?;
+            let reused = if review.reuse.is_empty() {
+                String::new()
+            } else {
+                let keys: Vec<&str> = review.reuse.iter().map(|r| r.key.as_str()).collect();
+                format!(" credential_reuse_confirmed={}", keys.join(","))
+            };
             t.audit(
                 actor,
                 "proposal.approve",
                 &format!("proposal {id}"),
-                &format!("vault={}", p.vault),
+                &format!("vault={}{reused}", p.vault),
             )?;
             Ok(p)
         })
@@ -380,10 +432,28 @@ impl Store {
     }
 }
 
+/// The proposal's diff against its vault, read in `t`. A vault that is gone has no services
+/// and no credentials.
+fn review_in<T: Transaction>(t: &Txn<T>, p: &ProposalRecord) -> Result<Review, VaultError> {
+    let Some(v) = t.get::<VaultRecord>(t.dbs().vaults, "vaults", p.vault.as_bytes())? else {
+        return Ok(review(&[], &BTreeSet::new(), p));
+    };
+    let current: Vec<_> = vault_services(t, &v)?.into_iter().map(|r| r.spec).collect();
+    Ok(review(&current, &vault_credential_keys(t, &v)?, p))
+}
+
 /// The full review form of a proposal (CLI `show --json`, the admin JSON API): everything the
-/// operator needs, and whether each slot's value was supplied, never the value.
-pub fn review_json(p: &ProposalRecord) -> serde_json::Value {
-    serde_json::json!({
+/// operator needs, whether each slot's value was supplied (never the value), and for a pending
+/// proposal the diff against the vault as it is ([`Review`]).
+pub fn review_json(store: &Store, p: &ProposalRecord) -> Result<serde_json::Value, VaultError> {
+    let pending = p.status_at(now()) == ProposalStatus::Pending;
+    let diff = if pending {
+        store.review_proposal(p)?.to_json()
+    } else {
+        serde_json::Value::Null
+    };
+    Ok(serde_json::json!({
+        "review": diff,
         "id": p.id, "status": p.status_at(now()), "vault": p.vault, "agent": p.agent,
         "services": p.services,
         "credentials": p.credentials.iter().map(|c| serde_json::json!({
@@ -393,7 +463,7 @@ pub fn review_json(p: &ProposalRecord) -> serde_json::Value {
         "message": p.message, "user_message": p.user_message, "digest": p.digest,
         "created_at": super::rfc3339(p.created_at), "expires_at": super::rfc3339(p.expires_at),
         "decided_by": p.decided_by, "reason": p.reason,
-    })
+    }))
 }
 
 /// A proposal that can still be decided (row 49): pending, not expired, unchanged.
@@ -415,4 +485,21 @@ fn decidable(
         return Err(VaultError::ProposalChanged(id));
     }
     Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Row 50 (H-06), row 67: hostile agent text is shown inert: controls, bidi overrides and
+    /// zero-width characters escaped; newlines and ordinary text kept.
+    #[test]
+    fn row50_row67_control_bidi_and_zero_width_escaped() {
+        assert_eq!(
+            inert("ok\u{202e}txt.exe\u{1b}[31m"),
+            "ok\\u{202e}txt.exe\\u{1b}[31m"
+        );
+        assert_eq!(inert("a\u{200b}b\u{2066}c"), "a\\u{200b}b\\u{2066}c");
+        assert_eq!(inert("line\nnext, ünïcode"), "line\nnext, ünïcode");
+    }
 }

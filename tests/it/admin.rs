@@ -598,12 +598,12 @@ fn webhook_notifies_new_proposals_without_secrets() {
     assert!(!msgs[0].contains(value));
 }
 
-/// The JSON API answers on the Unix socket only; approvals there are bound to the digest too
-/// and audited with the caller's uid.
+/// The JSON API answers on its own Unix socket only (not the UI socket, not TCP); approvals there
+/// are bound to the digest too and audited with the caller's uid.
 #[test]
 fn json_api_on_the_socket_only() {
     let s = with_admin();
-    let socket = s.proxy.admin_socket.clone().unwrap();
+    let socket = s.proxy.admin_api.clone().unwrap();
     let p = propose(&s, "via the API");
     let id = p["id"].as_u64().unwrap();
     let api = |method: &str, path: &str, body: Option<serde_json::Value>| {
@@ -672,4 +672,24 @@ fn json_api_on_the_socket_only() {
         "404404",
         "the JSON API and metrics must not be on the TCP listener"
     );
+    // Row 69: nor on the UI socket, the one a browser bridge (ssh -L, socat) forwards.
+    let ui = s.proxy.admin_socket.clone().unwrap();
+    for path in ["/api/proposals", "/metrics"] {
+        let mut c = std::process::Command::new("curl");
+        c.args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--unix-socket",
+            &ui,
+        ]);
+        c.arg(format!("http://localhost{path}"));
+        assert_eq!(
+            output(c, None).ok().stdout,
+            "404",
+            "{path} on the UI socket"
+        );
+    }
 }

@@ -17,6 +17,8 @@ pub struct Proxy {
     pub stderr: Arc<Mutex<String>>,
     /// From the ready line: the admin socket and HTTP address, when the admin process runs.
     pub admin_socket: Option<String>,
+    /// The admin JSON API's socket.
+    pub admin_api: Option<String>,
     pub admin_http: Option<String>,
     pub metrics: Option<String>,
 }
@@ -64,8 +66,9 @@ impl Proxy {
                 .filter(|v| *v != "none")
                 .map(str::to_owned)
         };
-        let (admin_socket, admin_http, metrics) = (
+        let (admin_socket, admin_api, admin_http, metrics) = (
             field("admin=unix:"),
+            field("admin_api=unix:"),
             field("admin_http="),
             field("metrics="),
         );
@@ -75,6 +78,7 @@ impl Proxy {
             addr,
             stderr,
             admin_socket,
+            admin_api,
             admin_http,
             metrics,
         }

@@ -1,0 +1,288 @@
+//! What approving a proposal would change, as a diff against the vault as it is (security review
+//! B1): services added, replaced (old → new) or removed; credential slots that replace a stored
+//! value; and, most important, each stored credential that would be sent to a host it is not sent
+//! to today ([`Reuse`]). An approval that re-points a stored credential needs an explicit
+//! confirmation, which [`super::Store::approve_proposal`] enforces for every caller (CLI, admin
+//! UI, JSON API).
+//!
+//! This module computes and renders the diff; it reads nothing itself and never sees a value.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{Value, json};
+
+use super::records::{ProposalRecord, ServiceChange, SlotAction};
+use crate::spec::ServiceSpec;
+
+/// One service change, against the vault's current services.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServiceDiff {
+    Add(ServiceSpec),
+    Replace {
+        old: ServiceSpec,
+        new: ServiceSpec,
+    },
+    /// Set to exactly what is there already.
+    Same(ServiceSpec),
+    Remove(ServiceSpec),
+    /// A removal of a service the vault does not have.
+    RemoveMissing(String),
+}
+
+/// One credential slot of the proposal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotDiff {
+    pub key: String,
+    pub action: SlotAction,
+    /// The agent supplied the value (sealed at submission).
+    pub supplied_by_agent: bool,
+    /// A value is stored under this key today: setting it replaces that value.
+    pub replaces_stored: bool,
+}
+
+/// A credential stored today, kept as it is by the proposal, that would be sent to new hosts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reuse {
+    pub key: String,
+    pub new_hosts: Vec<String>,
+}
+
+/// The whole diff of one proposal.
+#[derive(Clone, Debug, Default)]
+pub struct Review {
+    pub services: Vec<ServiceDiff>,
+    pub credentials: Vec<SlotDiff>,
+    pub reuse: Vec<Reuse>,
+}
+
+/// Hosts each credential key is sent to by `services` (every service that uses the key, enabled
+/// or not: enabling one later is not a proposal's business).
+fn hosts_by_key<'a>(
+    services: impl Iterator<Item = &'a ServiceSpec>,
+) -> BTreeMap<&'a str, BTreeSet<&'a str>> {
+    let mut map: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for s in services {
+        for key in s.credential_keys() {
+            map.entry(key).or_default().insert(s.host.as_str());
+        }
+    }
+    map
+}
+
+/// Compares proposal `p` with the vault's `current` services and `stored` credential keys.
+pub fn review(current: &[ServiceSpec], stored: &BTreeSet<String>, p: &ProposalRecord) -> Review {
+    let by_name: BTreeMap<&str, &ServiceSpec> =
+        current.iter().map(|s| (s.name.as_str(), s)).collect();
+    let mut after: BTreeMap<&str, &ServiceSpec> = by_name.clone();
+    let services = p
+        .services
+        .iter()
+        .map(|change| match change {
+            ServiceChange::Set(new) => {
+                after.insert(new.name.as_str(), new);
+                match by_name.get(new.name.as_str()) {
+                    None => ServiceDiff::Add(new.clone()),
+                    Some(old) if *old == new => ServiceDiff::Same(new.clone()),
+                    Some(old) => ServiceDiff::Replace {
+                        old: (*old).clone(),
+                        new: new.clone(),
+                    },
+                }
+            }
+            ServiceChange::Delete { name } => {
+                after.remove(name.as_str());
+                match by_name.get(name.as_str()) {
+                    Some(old) => ServiceDiff::Remove((*old).clone()),
+                    None => ServiceDiff::RemoveMissing(name.clone()),
+                }
+            }
+        })
+        .collect();
+    let credentials: Vec<SlotDiff> = p
+        .credentials
+        .iter()
+        .map(|c| SlotDiff {
+            key: c.key.clone(),
+            action: c.action,
+            supplied_by_agent: c.sealed.is_some(),
+            replaces_stored: c.action == SlotAction::Set && stored.contains(&c.key),
+        })
+        .collect();
+    let now = hosts_by_key(current.iter());
+    let later = hosts_by_key(after.values().copied());
+    let reuse = later
+        .iter()
+        .filter(|(key, _)| stored.contains(**key))
+        .filter(|(key, _)| !p.credentials.iter().any(|c| c.key == **key))
+        .filter_map(|(key, hosts)| {
+            let before = now.get(key);
+            let new_hosts: Vec<String> = hosts
+                .iter()
+                .filter(|h| before.is_none_or(|b| !b.contains(*h)))
+                .map(|h| (*h).to_owned())
+                .collect();
+            (!new_hosts.is_empty()).then(|| Reuse {
+                key: (*key).to_owned(),
+                new_hosts,
+            })
+        })
+        .collect();
+    Review {
+        services,
+        credentials,
+        reuse,
+    }
+}
+
+impl Review {
+    /// The sentence an operator must see for each reused credential.
+    pub fn reuse_warnings(&self) -> Vec<String> {
+        self.reuse
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} is already stored and will also be sent to {}",
+                    r.key,
+                    r.new_hosts.join(", ")
+                )
+            })
+            .collect()
+    }
+
+    pub fn to_json(&self) -> Value {
+        let services: Vec<Value> = self
+            .services
+            .iter()
+            .map(|d| match d {
+                ServiceDiff::Add(new) => json!({"change": "add", "new": spec_json(new)}),
+                ServiceDiff::Replace { old, new } => {
+                    json!({"change": "replace", "old": spec_json(old), "new": spec_json(new)})
+                }
+                ServiceDiff::Same(s) => json!({"change": "unchanged", "new": spec_json(s)}),
+                ServiceDiff::Remove(old) => json!({"change": "remove", "old": spec_json(old)}),
+                ServiceDiff::RemoveMissing(name) => {
+                    json!({"change": "remove", "name": name, "missing": true})
+                }
+            })
+            .collect();
+        let credentials: Vec<Value> = self
+            .credentials
+            .iter()
+            .map(|c| {
+                json!({"key": c.key, "action": c.action, "supplied_by_agent": c.supplied_by_agent,
+                       "replaces_stored": c.replaces_stored})
+            })
+            .collect();
+        let reuse: Vec<Value> = self
+            .reuse
+            .iter()
+            .map(|r| json!({"key": r.key, "new_hosts": r.new_hosts}))
+            .collect();
+        json!({"services": services, "credentials": credentials, "credential_reuse": reuse,
+               "warnings": self.reuse_warnings()})
+    }
+}
+
+fn spec_json(s: &ServiceSpec) -> Value {
+    json!({"name": s.name, "host": s.host, "auth": s.auth, "substitutions": s.substitutions,
+           "enabled": s.enabled, "summary": s.describe()})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vault::records::{CredentialSlot, ProposalStatus};
+
+    fn spec(yaml: &str) -> ServiceSpec {
+        crate::spec::ServiceFile::from_yaml(&format!("services:\n  - {yaml}\n"))
+            .unwrap()
+            .services
+            .remove(0)
+    }
+
+    fn proposal(services: Vec<ServiceChange>, slots: &[(&str, bool)]) -> ProposalRecord {
+        ProposalRecord {
+            id: 1,
+            vault: "default".into(),
+            agent: None,
+            status: ProposalStatus::Pending,
+            services,
+            credentials: slots
+                .iter()
+                .map(|(k, supplied)| CredentialSlot {
+                    action: SlotAction::Set,
+                    key: (*k).into(),
+                    description: String::new(),
+                    obtain: String::new(),
+                    obtain_instructions: String::new(),
+                    sealed: supplied.then(|| "sealed".into()),
+                })
+                .collect(),
+            message: String::new(),
+            user_message: String::new(),
+            digest: String::new(),
+            created_at: 0,
+            expires_at: u64::MAX,
+            decided_at: None,
+            decided_by: None,
+            reason: None,
+            applied_generation: None,
+        }
+    }
+
+    /// Review B1: re-pointing a service, or a new service over a stored key (also through a
+    /// substitution), is a reuse; a new key, or a replaced value, is not.
+    #[test]
+    fn row66_reuse_of_stored_credentials_is_found() {
+        let api = spec("{name: api, host: api.example.com, auth: {type: bearer, token: API_KEY}}");
+        let stored: BTreeSet<String> = ["API_KEY".to_owned(), "OTHER".to_owned()].into();
+        let current = vec![api.clone()];
+        let repoint =
+            spec("{name: api, host: attacker.example, auth: {type: bearer, token: API_KEY}}");
+        let r = review(
+            &current,
+            &stored,
+            &proposal(vec![ServiceChange::Set(repoint.clone())], &[]),
+        );
+        assert_eq!(
+            r.services,
+            vec![ServiceDiff::Replace {
+                old: api.clone(),
+                new: repoint
+            }]
+        );
+        assert_eq!(
+            r.reuse_warnings(),
+            ["API_KEY is already stored and will also be sent to attacker.example"]
+        );
+        let sneaky = spec(
+            "{name: notes, host: notes.example, auth: {type: bearer, token: NOTES_KEY}, substitutions: [{key: OTHER, placeholder: __o__, in: [query]}]}",
+        );
+        let r = review(
+            &current,
+            &stored,
+            &proposal(vec![ServiceChange::Set(sneaky)], &[("NOTES_KEY", false)]),
+        );
+        assert_eq!(r.reuse.len(), 1);
+        assert_eq!(r.reuse[0].key, "OTHER");
+        assert_eq!(r.reuse[0].new_hosts, ["notes.example"]);
+        // The agent supplies a new value for the stored key: a replacement, not a reuse.
+        let fresh =
+            spec("{name: api, host: attacker.example, auth: {type: bearer, token: API_KEY}}");
+        let r = review(
+            &current,
+            &stored,
+            &proposal(vec![ServiceChange::Set(fresh)], &[("API_KEY", true)]),
+        );
+        assert!(r.reuse.is_empty());
+        assert!(r.credentials[0].replaces_stored && r.credentials[0].supplied_by_agent);
+        // The same service again changes nothing.
+        let r = review(
+            &current,
+            &stored,
+            &proposal(vec![ServiceChange::Set(api.clone())], &[]),
+        );
+        assert_eq!(r.services, vec![ServiceDiff::Same(api)]);
+        assert!(r.reuse.is_empty());
+    }
+}
