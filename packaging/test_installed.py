@@ -295,10 +295,12 @@ def walkthrough():
     proxy, metrics = ready["proxy"], ready["metrics"]
     admin = Service("airlock-admin.service")
     sock = "/run/airlock-admin/admin.sock"
-    wait_for(lambda: os.path.exists(sock), f"admin socket {sock}")
+    api_sock = "/run/airlock-admin/api.sock"
+    wait_for(lambda: os.path.exists(sock) and os.path.exists(api_sock), f"admin sockets {sock}, {api_sock}")
     check(mode_owner("/run/airlock-admin")[0] == 0o750, "admin socket directory is 0750")
-    check(mode_owner(sock)[0:3:2] == (0o660, "airlock-operators"),
-          "admin socket is 0660, group airlock-operators")
+    for s in (sock, api_sock):
+        check(mode_owner(s)[0:3:2] == (0o660, "airlock-operators"),
+              f"{s} is 0660, group airlock-operators")
 
     # The operator (groups airlock and airlock-operators) sets up an agent with the CLI.
     cli = ["airlock", "--config", CONFIG]
@@ -318,10 +320,12 @@ def walkthrough():
                           f"http://{proxy}/v1/proposals"])
     check(code == 201, f"proposal created: {body}")
     pid = json.loads(body)["id"]
-    admin_api = ["--unix-socket", sock, "-H", "Host: localhost"]
+    admin_api = ["--unix-socket", api_sock, "-H", "Host: localhost"]
     code, body, _ = curl(admin_api + ["http://localhost/api/proposals?status=pending"], user="olivia")
     check(code == 200 and any(p["id"] == pid for p in json.loads(body)),
-          "an operator lists the pending proposal on the admin socket")
+          "an operator lists the pending proposal on the admin API socket")
+    code, _, _ = curl(["--unix-socket", sock, "http://localhost/api/proposals"], user="olivia")
+    check(code == 404, "the JSON API is not on the UI socket (the one a browser bridge forwards)")
     code, _, err = curl(admin_api + ["http://localhost/api/proposals"], user="mallory")
     check(code == 0 and ("Permission denied" in err or "Couldn't connect" in err),
           f"a user outside airlock-operators cannot reach the socket ({err.strip()})")

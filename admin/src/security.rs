@@ -429,6 +429,55 @@ pub async fn guard(State(state): State<Arc<AppState>>, mut req: Request, next: N
 mod tests {
     use super::*;
 
+    /// Row 70: password work runs at most VERIFY_CONCURRENCY at a time; past the queue, Busy.
+    #[tokio::test(flavor = "current_thread")]
+    async fn row70_argon2_work_is_bounded() {
+        let s = Arc::new(Sessions::default());
+        let running = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..40)
+            .map(|_| {
+                let (s, running, peak) = (s.clone(), running.clone(), peak.clone());
+                tokio::spawn(async move {
+                    s.argon2(move || {
+                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        peak.fetch_max(now, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(30));
+                        running.fetch_sub(1, Ordering::SeqCst);
+                    })
+                    .await
+                })
+            })
+            .collect();
+        let mut busy = 0;
+        for t in tasks {
+            if t.await.unwrap().is_err() {
+                busy += 1;
+            }
+        }
+        assert_eq!(busy, 40 - VERIFY_CONCURRENCY - VERIFY_QUEUE);
+        assert_eq!(peak.load(Ordering::SeqCst), VERIFY_CONCURRENCY);
+    }
+
+    /// Row 70: attempts are charged before the check; a client is limited across names.
+    #[test]
+    fn row70_login_attempts_charged_per_name_and_client() {
+        let s = Sessions::default();
+        let tcp = Client::Tcp;
+        let ok = (0..10)
+            .filter(|_| s.login_begin("alice", &tcp).is_ok())
+            .count();
+        assert_eq!(ok, LOGIN_FAILURES as usize);
+        assert!(
+            s.login_begin("alice", &Client::Uid(1000)).is_ok(),
+            "another client"
+        );
+        let others = (0..40)
+            .filter(|i| s.login_begin(&format!("n{i}"), &tcp).is_ok())
+            .count();
+        assert_eq!(others, (CLIENT_FAILURES - LOGIN_FAILURES) as usize);
+    }
+
     #[test]
     fn hosts() {
         for ok in [

@@ -33,6 +33,16 @@ struct SetupRecord {
     expires_at: u64,
 }
 
+thread_local! {
+    /// Argon2's working memory, one buffer per thread that checks passwords (the admin process
+    /// runs them on a few reused threads), wiped after each use.
+    static ARGON_MEMORY: std::cell::RefCell<Vec<argon2::Block>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn derive(kdf: &KdfParams, password: &Secret) -> Result<super::keys::RootKey, VaultError> {
+    Ok(ARGON_MEMORY.with(|m| kdf.derive_in(password, &mut m.borrow_mut()))?)
+}
+
 fn hash_password(password: &Secret) -> Result<(KdfParams, String), VaultError> {
     if password.len() < MIN_PASSWORD {
         return Err(VaultError::Invalid(format!(
@@ -47,7 +57,7 @@ fn hash_password(password: &Secret) -> Result<(KdfParams, String), VaultError> {
         p_cost: 1,
         salt: data_encoding::HEXLOWER.encode(&salt),
     };
-    let key = kdf.derive(password)?;
+    let key = derive(&kdf, password)?;
     Ok((kdf, data_encoding::HEXLOWER.encode(key.as_bytes())))
 }
 
@@ -159,7 +169,7 @@ impl Store {
                 vec![0; 32],
             ),
         };
-        let got = kdf.derive(password)?;
+        let got = derive(&kdf, password)?;
         let same: bool = subtle::ConstantTimeEq::ct_eq(&got.as_bytes()[..], &expected[..]).into();
         Ok(same && record.is_some())
     }

@@ -9,9 +9,9 @@ use serde_json::json;
 use crate::harness::{Run, output};
 use crate::proxy::Setup;
 
-const PASSWORD: &str = "correct-horse-battery";
+pub(crate) const PASSWORD: &str = "correct-horse-battery";
 
-fn with_admin() -> Setup {
+pub(crate) fn with_admin() -> Setup {
     let s = Setup::with("auto", &["--admin-listen", "127.0.0.1:0"], true, true);
     s.env
         .run_stdin(
@@ -22,7 +22,7 @@ fn with_admin() -> Setup {
     s
 }
 
-fn admin_url(s: &Setup) -> String {
+pub(crate) fn admin_url(s: &Setup) -> String {
     format!(
         "http://{}",
         s.proxy
@@ -128,20 +128,20 @@ fn browser_approves_a_proposal_end_to_end() {
 }
 
 /// A curl session against the admin UI (cookie jar in a temp file).
-struct Browser {
+pub(crate) struct Browser {
     base: String,
     jar: PathBuf,
 }
 
 impl Browser {
-    fn new(s: &Setup) -> Self {
+    pub(crate) fn new(s: &Setup) -> Self {
         Self {
             base: admin_url(s),
             jar: s.env.path("cookies.txt"),
         }
     }
 
-    fn req(
+    pub(crate) fn req(
         &self,
         method: &str,
         path: &str,
@@ -176,17 +176,17 @@ impl Browser {
         (code.parse().unwrap(), body.to_owned())
     }
 
-    fn origin(&self) -> String {
+    pub(crate) fn origin(&self) -> String {
         format!("Origin: {}", self.base)
     }
 
-    fn csrf(&self, path: &str) -> String {
+    pub(crate) fn csrf(&self, path: &str) -> String {
         let (_, html) = self.req("GET", path, &[], &[]);
         let at = html.find("name=\"csrf\" value=\"").expect("csrf field") + 19;
         html[at..].split('"').next().unwrap().to_owned()
     }
 
-    fn login(&self, password: &str) -> u16 {
+    pub(crate) fn login(&self, password: &str) -> u16 {
         let csrf = self.csrf("/login");
         self.req(
             "POST",
@@ -330,7 +330,7 @@ fn row46_admin_socket_refuses_other_uids() {
     }
 }
 
-fn curl_socket(socket: &std::path::Path, uid: Option<u32>) -> std::process::Command {
+pub(crate) fn curl_socket(socket: &std::path::Path, uid: Option<u32>) -> std::process::Command {
     let url = "http://localhost/healthz";
     match uid {
         None => {
@@ -387,7 +387,7 @@ fn admin_crash_leaves_the_proxy_serving_and_is_restarted() {
     );
 }
 
-fn admin_pid(s: &Setup) -> u32 {
+pub(crate) fn admin_pid(s: &Setup) -> u32 {
     let dir = s.env.data_dir.display().to_string();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {

@@ -7,6 +7,7 @@
 mod admin;
 mod cli;
 mod hardening;
+mod hardening_admin;
 mod harness;
 mod ops;
 mod origin;

@@ -9,7 +9,13 @@ use crate::harness::{contains, files, output};
 use crate::proxy::Setup;
 
 /// Calls the agent API on the proxy port; returns (status, JSON body or Null).
-fn api(s: &Setup, method: &str, path: &str, token: &str, body: Option<&Value>) -> (u16, Value) {
+pub(crate) fn api(
+    s: &Setup,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<&Value>,
+) -> (u16, Value) {
     let mut c = std::process::Command::new("curl");
     c.args([
         "-sS",
