@@ -115,6 +115,8 @@ pub struct Gauges {
     pub limited_agent: u64,
     pub limited_auth: u64,
     pub limited_mint: u64,
+    pub limited_refusals: u64,
+    pub limited_token_mints: u64,
 }
 
 fn label(v: &str) -> String {
@@ -222,8 +224,10 @@ pub fn render(m: &RequestMetrics, g: Gauges) -> String {
          # TYPE airlock_rate_limited_total counter\n\
          airlock_rate_limited_total{{limit=\"agent\"}} {}\n\
          airlock_rate_limited_total{{limit=\"auth_failures\"}} {}\n\
-         airlock_rate_limited_total{{limit=\"leaf_mint\"}} {}",
-        g.limited_agent, g.limited_auth, g.limited_mint
+         airlock_rate_limited_total{{limit=\"leaf_mint\"}} {}\n\
+         airlock_rate_limited_total{{limit=\"refused_connect\"}} {}\n\
+         airlock_rate_limited_total{{limit=\"token_mint\"}} {}",
+        g.limited_agent, g.limited_auth, g.limited_mint, g.limited_refusals, g.limited_token_mints
     );
     out
 }

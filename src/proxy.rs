@@ -54,10 +54,14 @@ pub struct Shared {
     pub in_flight: AtomicUsize,
     /// Client connections open now (the cap is [`Limits::max_connections`], row 37).
     pub connections: AtomicUsize,
-    /// Bounds on-demand leaf minting (row 39).
-    pub mint_limiter: std::sync::Mutex<MintLimiter>,
-    /// Leaf mints refused by the limiter, for metrics.
-    pub mints_refused: AtomicU64,
+    /// Bounds on-demand leaf minting (row 39), per vault, so one vault's flood of new hosts does
+    /// not refuse another's (review B11).
+    pub mint_limiter: limits::Buckets<String>,
+    /// Refused CONNECTs (`no_service`) per agent: past it, 429 and no request-log row, so one
+    /// agent cannot flush the request log (review B6).
+    pub refusals: limits::Buckets<crate::vault::tokens::TokenHash>,
+    /// `POST /v1/tokens` per agent (review B3).
+    pub token_mints: limits::Buckets<crate::vault::tokens::TokenHash>,
     /// Counted where it happens, read by the metrics endpoint.
     pub counters: crate::metrics::Counters,
     /// Per agent token: request rate and in-flight cap.
@@ -148,40 +152,6 @@ pub struct Tunables {
     pub upstream_tls: Arc<rustls::ClientConfig>,
     /// `http://host:port` of the admin UI, for `approval_url`s (none when it has no HTTP listener).
     pub admin_base: Option<String>,
-}
-
-/// A token bucket for leaf minting: `burst` at once, then `rate` per second.
-#[derive(Debug)]
-pub struct MintLimiter {
-    tokens: f64,
-    burst: f64,
-    rate: f64,
-    last: std::time::Instant,
-}
-
-impl MintLimiter {
-    pub fn new(burst: f64, rate: f64) -> Self {
-        Self {
-            tokens: burst,
-            burst,
-            rate,
-            last: std::time::Instant::now(),
-        }
-    }
-
-    /// Takes one token if there is one.
-    pub fn try_take(&mut self) -> bool {
-        let now = std::time::Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
 }
 
 /// Counts a request as in flight while alive.

@@ -3,12 +3,14 @@
 //!
 //! Rows go to a separate LMDB environment (`<data-dir>/requests/`), so the high-volume log never
 //! touches the vault's generation. Workers hand rows to [`Sink::record`] (a channel send, no I/O on
-//! the hot path); one writer thread commits them in one batch every 250 ms and keeps
-//! the newest [`RETENTION`] rows. While the last batch write failed, [`Sink::healthy`] is false
+//! the hot path); one writer thread commits them in one batch every 250 ms and keeps about the
+//! newest [`RETENTION`] rows, deleting the oldest first but never a vault's newest
+//! [`VAULT_FLOOR`]: another vault's traffic cannot evict them (review B6). While the last batch write failed, [`Sink::healthy`] is false
 //! and the data plane refuses requests that would inject a credential (row 60), so injection never
 //! goes unrecorded for longer than one batch interval. The writer sleeps and drains the channel,
 //! so sending a row never wakes a thread.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,8 +24,23 @@ use serde::{Deserialize, Serialize};
 
 /// Directory of the request-log environment inside the data dir.
 pub const DIR: &str = "requests";
-/// Rows kept; older ones are deleted by the writer.
+/// Rows kept; older ones are deleted by the writer (beyond each vault's floor).
 pub const RETENTION: u64 = 200_000;
+/// Each vault's newest rows, kept whatever other vaults log. With many vaults the log holds at
+/// most the larger of [`RETENTION`] and vaults × this.
+pub const VAULT_FLOOR: u64 = 10_000;
+
+/// What the writer keeps: about `total` rows, and each vault's newest `floor` whatever.
+#[derive(Clone, Copy, Debug)]
+struct Retention {
+    total: u64,
+    floor: u64,
+}
+
+const KEEP: Retention = Retention {
+    total: RETENTION,
+    floor: VAULT_FLOOR,
+};
 /// How often the writer commits what workers sent.
 const BATCH_INTERVAL: Duration = Duration::from_millis(250);
 /// Rows kept in memory while writes fail.
@@ -142,6 +159,7 @@ fn writer(
     metrics: Arc<std::sync::Mutex<crate::metrics::RequestMetrics>>,
 ) {
     let mut next = last_seq(&env, db).map_or(1, |s| s + 1);
+    let mut counts = count_by_vault(&env, db);
     let mut batch = Vec::new();
     loop {
         // Sleep, then drain: senders never wake this thread (a wake-up per request would cost
@@ -156,7 +174,7 @@ fn writer(
                 }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
-                    let _ = write_batch(&env, db, next, &batch);
+                    let _ = write_batch(&env, db, next, &batch, &counts, KEEP);
                     return;
                 }
             }
@@ -165,8 +183,9 @@ fn writer(
         if batch.is_empty() {
             continue;
         }
-        match write_batch(&env, db, next, &batch) {
-            Ok(()) => {
+        match write_batch(&env, db, next, &batch, &counts, KEEP) {
+            Ok(after) => {
+                counts = after;
                 next += batch.len() as u64;
                 batch.clear();
                 healthy.store(true, Ordering::Relaxed);
@@ -188,12 +207,41 @@ fn writer(
     }
 }
 
+/// Just the vault of a stored row.
+#[derive(Deserialize)]
+struct VaultOf {
+    vault: String,
+}
+
+/// Rows per vault, counted once when the writer starts.
+fn count_by_vault(env: &Environment, db: Database) -> HashMap<String, u64> {
+    let mut counts = HashMap::new();
+    let Ok(txn) = env.begin_ro_txn() else {
+        return counts;
+    };
+    let Ok(mut cursor) = txn.open_ro_cursor(db) else {
+        return counts;
+    };
+    for (_, v) in cursor.iter_start().map_while(Result::ok) {
+        if let Ok(r) = serde_json::from_slice::<VaultOf>(v) {
+            *counts.entry(r.vault).or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// Appends `rows` from sequence `first`, then deletes the oldest rows while more than
+/// `keep.total` are kept, skipping those of vaults down to `keep.floor`. Returns the row counts
+/// per vault after the commit (`counts` are those before).
 fn write_batch(
     env: &Environment,
     db: Database,
     first: u64,
     rows: &[Row],
-) -> Result<(), lmdb::Error> {
+    counts: &HashMap<String, u64>,
+    keep: Retention,
+) -> Result<HashMap<String, u64>, lmdb::Error> {
+    let mut counts = counts.clone();
     let mut txn = env.begin_rw_txn()?;
     for (i, row) in rows.iter().enumerate() {
         let value = serde_json::to_vec(row).unwrap_or_default();
@@ -203,28 +251,32 @@ fn write_batch(
             &value,
             WriteFlags::APPEND,
         )?;
+        *counts.entry(row.vault.clone()).or_default() += 1;
     }
-    let newest = first + rows.len() as u64 - 1;
-    if newest > RETENTION {
-        let cutoff = newest - RETENTION;
-        let old: Vec<Vec<u8>> = {
+    let mut total: u64 = counts.values().sum();
+    if total > keep.total {
+        let mut evict = Vec::new();
+        {
             let mut cursor = txn.open_ro_cursor(db)?;
-            cursor
-                .iter_start()
-                .map_while(Result::ok)
-                .take_while(|(k, _)| {
-                    <[u8; 8]>::try_from(*k)
-                        .map(u64::from_be_bytes)
-                        .is_ok_and(|s| s <= cutoff)
-                })
-                .map(|(k, _)| k.to_vec())
-                .collect()
-        };
-        for k in old {
+            for (k, v) in cursor.iter_start().map_while(Result::ok) {
+                if total <= keep.total {
+                    break;
+                }
+                let vault = serde_json::from_slice::<VaultOf>(v).map_or(String::new(), |r| r.vault);
+                let n = counts.entry(vault).or_default();
+                if *n > keep.floor {
+                    *n -= 1;
+                    total -= 1;
+                    evict.push(k.to_vec());
+                }
+            }
+        }
+        for k in evict {
             txn.del(db, &k, None)?;
         }
     }
-    txn.commit()
+    txn.commit()?;
+    Ok(counts)
 }
 
 fn last_seq(env: &Environment, db: Database) -> Option<u64> {
@@ -265,4 +317,47 @@ pub fn read(data_dir: &Path, vault: Option<&str>, after: u64) -> Result<Vec<(u64
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Review B6 (row 73): a flood of one vault's rows never evicts another vault's newest
+    /// rows below its floor; the flooding vault's oldest go first.
+    #[test]
+    fn row73_retention_keeps_each_vaults_floor() {
+        let dir = tempfile::tempdir().unwrap();
+        let (env, db) = open_env(dir.path()).unwrap();
+        let keep = Retention {
+            total: 50,
+            floor: 10,
+        };
+        let row = |vault: &str, path: &str| Row {
+            vault: vault.into(),
+            path: path.into(),
+            ..Row::default()
+        };
+        let quiet: Vec<Row> = (0..15).map(|i| row("quiet", &format!("/q{i}"))).collect();
+        let mut counts = write_batch(&env, db, 1, &quiet, &HashMap::new(), keep).unwrap();
+        let mut next = 16;
+        for _ in 0..10 {
+            let flood: Vec<Row> = (0..40).map(|i| row("loud", &format!("/l{i}"))).collect();
+            counts = write_batch(&env, db, next, &flood, &counts, keep).unwrap();
+            next += 40;
+        }
+        drop(env);
+        let all = read(dir.path(), None, 0).unwrap();
+        let quiet_left: Vec<_> = all.iter().filter(|(_, r)| r.vault == "quiet").collect();
+        assert_eq!(quiet_left.len(), 10, "the quiet vault keeps its floor");
+        assert_eq!(quiet_left.last().unwrap().1.path, "/q14", "its newest rows");
+        assert_eq!(all.len(), 50);
+        assert_eq!(counts["loud"], 40);
+        let (env, db) = open_env(dir.path()).unwrap();
+        assert_eq!(
+            count_by_vault(&env, db)["quiet"],
+            10,
+            "counted again on restart"
+        );
+    }
 }

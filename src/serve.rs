@@ -377,16 +377,14 @@ pub fn run(
         shutdown: AtomicBool::new(false),
         in_flight: AtomicUsize::new(0),
         connections: AtomicUsize::new(0),
-        mint_limiter: std::sync::Mutex::new(crate::proxy::MintLimiter::new(
-            MINT_BURST,
-            MINT_PER_SECOND,
-        )),
+        mint_limiter: crate::proxy::limits::Buckets::new(MINT_BURST, MINT_PER_SECOND),
+        refusals: crate::proxy::limits::Buckets::new(REFUSAL_BURST, REFUSALS_PER_SECOND),
+        token_mints: crate::proxy::limits::Buckets::new(TOKEN_MINT_BURST, TOKEN_MINTS_PER_SECOND),
         agent_limits: crate::proxy::limits::AgentLimits::new(
             settings.agent_rate,
             settings.agent_max_in_flight,
         ),
         auth_failures: crate::proxy::limits::AuthFailures::default(),
-        mints_refused: Default::default(),
         counters: Default::default(),
     });
     shared.prewarm(&policy);
@@ -468,7 +466,9 @@ pub fn run(
                 retried: s.counters.retried.load(Ordering::Relaxed),
                 limited_agent: s.agent_limits.refused.load(Ordering::Relaxed),
                 limited_auth: s.auth_failures.refused.load(Ordering::Relaxed),
-                limited_mint: s.mints_refused.load(Ordering::Relaxed),
+                limited_mint: s.mint_limiter.refused.load(Ordering::Relaxed),
+                limited_refusals: s.refusals.refused.load(Ordering::Relaxed),
+                limited_token_mints: s.token_mints.refused.load(Ordering::Relaxed),
             };
             let bound =
                 crate::metrics::serve(addr, request_metrics.clone(), gauges).map_err(|source| {
@@ -526,9 +526,17 @@ pub fn run(
 pub const DEFAULT_AGENT_RATE: u32 = 200;
 pub const DEFAULT_AGENT_IN_FLIGHT: u32 = 64;
 
-/// Leaves minted on demand (wildcard hosts): a burst, then this many per second (row 39).
+/// Leaves minted on demand (wildcard hosts), per vault: a burst, then this many per second
+/// (row 39).
 pub const MINT_BURST: f64 = 64.0;
 pub const MINT_PER_SECOND: f64 = 16.0;
+/// CONNECTs refused for want of a service, per agent: a burst, then this many per second; past
+/// it 429 with no request-log row (review B6).
+pub const REFUSAL_BURST: f64 = 20.0;
+pub const REFUSALS_PER_SECOND: f64 = 5.0;
+/// `POST /v1/tokens` per agent: a burst, then this many per second (review B3).
+pub const TOKEN_MINT_BURST: f64 = 10.0;
+pub const TOKEN_MINTS_PER_SECOND: f64 = 1.0;
 
 /// How long in-flight requests may take to finish after SIGTERM.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);

@@ -93,6 +93,10 @@ pub enum VaultError {
         warnings.join("; ")
     )]
     CredentialReuse { id: u64, warnings: Vec<String> },
+    #[error(
+        "agent {agent:?} already holds {max} live scoped tokens; revoke some or let them expire"
+    )]
+    TooManyTokens { agent: String, max: usize },
     #[error("host {host:?} is not allowed in a proposal: {reason}")]
     HostNotAllowed { host: String, reason: &'static str },
 }
@@ -108,7 +112,7 @@ impl VaultError {
             | "proposal_changed"
             | "credential_reuse_unconfirmed" => 409,
             "proposal_expired" => 410,
-            "too_many_pending" => 429,
+            "too_many_pending" | "too_many_tokens" => 429,
             "storage_full" => 507,
             _ => 500,
         }
@@ -134,6 +138,7 @@ impl VaultError {
             Self::ProposalChanged(_) => "proposal_changed",
             Self::CredentialReuse { .. } => "credential_reuse_unconfirmed",
             Self::HostNotAllowed { .. } => "host_not_allowed",
+            Self::TooManyTokens { .. } => "too_many_tokens",
         }
     }
 }

@@ -272,6 +272,13 @@ fn mint(shared: &Shared, id: &Identity, body: &[u8]) -> Result<Reply, ProxyError
         serde_json::from_slice(body)
             .map_err(|e| ProxyError::new(400, "bad_request", e.to_string()))?
     };
+    if !shared.token_mints.try_take(&id.limit_key) {
+        return Err(ProxyError::new(
+            429,
+            "rate_limited",
+            "too many token mints for this agent; retry shortly",
+        ));
+    }
     let ttl = std::time::Duration::from_secs(m.ttl_seconds);
     let (minted, expires_at) = shared
         .store

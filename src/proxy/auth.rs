@@ -16,6 +16,11 @@ pub struct Identity {
     pub vault: String,
     pub expires_at: Option<u64>,
     pub kind: TokenKind,
+    /// Who the request log names: the agent, or for a scoped token of no agent, who minted it.
+    pub who: Option<String>,
+    /// What the per-agent limits are keyed by: the agent (so scoped tokens it minted share its
+    /// budget, review B11), or the token itself when it belongs to no agent.
+    pub limit_key: TokenHash,
 }
 
 fn required(message: &str) -> ProxyError {
@@ -69,12 +74,18 @@ pub fn authenticate(
     }
     let hash = TokenHash::of(token.expose());
     let (vault, record) = resolve_vault(store, hash, &requested, "invalid_token")?;
+    let limit_key = record
+        .agent
+        .as_ref()
+        .map_or(hash, |a| TokenHash::of(format!("agent:{a}").as_bytes()));
     Ok(Identity {
         token: hash,
+        who: record.agent.clone().or(record.label),
         agent: record.agent,
         vault,
         expires_at: record.expires_at,
         kind: record.kind,
+        limit_key,
     })
 }
 

@@ -209,10 +209,7 @@ async fn connect(
         // Row 28: denied at CONNECT, before any TLS or DNS.
         UnmatchedPolicy::Deny => {
             let refused = no_service(&target.host, port, &shared.api_base);
-            let mut row = new_row(&id, &target.host);
-            row.method = "CONNECT".into();
-            let denied = Err(ExchangeError::Respond(refused.clone()));
-            record(&shared, row, std::time::Instant::now(), &denied);
+            let refused = refuse_unmatched(&shared, &id, &target.host, "CONNECT", refused);
             reply_and_close(&mut client, &refused).await
         }
         UnmatchedPolicy::Tunnel => {
@@ -228,12 +225,7 @@ async fn intercept(
     target: Target,
     id: Identity,
 ) {
-    if !shared.certs.contains(&target.host)
-        && !shared.mint_limiter.lock().is_ok_and(|mut l| l.try_take())
-    {
-        shared
-            .mints_refused
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if !shared.certs.contains(&target.host) && !shared.mint_limiter.try_take(&id.vault) {
         let e = ProxyError::new(429, "rate_limited", "too many new hosts; retry shortly");
         return reply_and_close(&mut client, &e).await;
     }
@@ -289,7 +281,7 @@ async fn intercept(
         let Some(vault) = policy.vault(&id.vault) else {
             return;
         };
-        let permit = match shared.agent_limits.admit(id.token) {
+        let permit = match shared.agent_limits.admit(id.limit_key) {
             Ok(p) => p,
             Err(e) => return reply_and_close(&mut conn, &e).await,
         };
@@ -358,17 +350,12 @@ async fn plain(
         } else {
             no_service(&target.host, port, &shared.api_base)
         };
-        let mut row = new_row(&id, &target.host);
-        row.method = "GET".into();
-        record(
-            shared,
-            row,
-            std::time::Instant::now(),
-            &Err(ExchangeError::Respond(refused.clone())),
-        );
-        return Err(refused.into());
+        let method = head::parse_request(&client.buffered()[..n])?
+            .method
+            .to_owned();
+        return Err(refuse_unmatched(shared, &id, &target.host, &method, refused).into());
     }
-    let _permit = shared.agent_limits.admit(id.token)?;
+    let _permit = shared.agent_limits.admit(id.limit_key)?;
     let (mut row, started) = (new_row(&id, &target.host), std::time::Instant::now());
     let result = forward::exchange(shared, client, n, &target, vault, true, &mut row).await;
     record(shared, row, started, &result);
@@ -440,6 +427,31 @@ async fn upgraded<C: Split + AsyncReadRent + AsyncWriteRent>(
     }
 }
 
+/// A request to a host the vault has no service for: `refused` is answered and recorded in the
+/// request log; past the agent's refusal budget the answer is 429 and no row is written (review
+/// B6: one agent must not flush the log of every vault with refused CONNECTs).
+fn refuse_unmatched(
+    shared: &Shared,
+    id: &Identity,
+    host: &str,
+    method: &str,
+    refused: ProxyError,
+) -> ProxyError {
+    if !shared.refusals.try_take(&id.limit_key) {
+        return ProxyError::new(
+            429,
+            "rate_limited",
+            "too many requests to hosts without a service; propose access instead",
+        )
+        .hint(format!("{}/v1/proposals", shared.api_base));
+    }
+    let mut row = new_row(id, host);
+    row.method = method.to_owned();
+    let denied = Err(ExchangeError::Respond(refused.clone()));
+    record(shared, row, std::time::Instant::now(), &denied);
+    refused
+}
+
 /// A request-log row for an authenticated request to `host`.
 fn new_row(id: &Identity, host: &str) -> Row {
     let at_ms = std::time::SystemTime::now()
@@ -447,7 +459,7 @@ fn new_row(id: &Identity, host: &str) -> Row {
         .map_or(0, |d| d.as_millis() as u64);
     Row {
         at_ms,
-        agent: id.agent.clone(),
+        agent: id.who.clone(),
         vault: id.vault.clone(),
         host: host.to_owned(),
         ..Row::default()

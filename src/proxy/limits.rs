@@ -1,9 +1,12 @@
-//! Per-client limits on the proxy: a token bucket and an in-flight cap per agent token (429
-//! `rate_limited`), and a limiter of failed authentications per client address (security.md
-//! row 51) that refuses further failures but never a request with a valid token.
+//! Per-client limits on the proxy: a token bucket and an in-flight cap per agent (429
+//! `rate_limited`; an agent's self-minted scoped tokens share its budget, review B11), a limiter
+//! of failed authentications per client address (security.md row 51) that refuses further
+//! failures but never a request with a valid token, and [`Buckets`], plain token buckets by key
+//! for what is limited apart from requests: leaf mints per vault, refused CONNECTs and scoped-token
+//! mints per agent.
 //!
-//! Both are small maps behind a mutex taken once per request (or per failure); with the
-//! defaults turned off (rate 0, cap 0) the per-token path takes no lock at all.
+//! All are small maps behind a mutex taken once per request (or per failure, mint or refusal);
+//! with the defaults turned off (rate 0, cap 0) the per-agent path takes no lock at all.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -18,8 +21,51 @@ use crate::vault::tokens::TokenHash;
 pub const AUTH_FAILURES: u32 = 20;
 const AUTH_WINDOW: Duration = Duration::from_secs(60);
 
-/// Per agent token: `rate` requests per second with a burst of twice that, and at most
-/// `max_in_flight` at once. Zero turns a limit off. [`AgentLimits::set`] changes both on a
+/// Token buckets by key: `burst` at once, then `rate` per second, for each key apart.
+#[derive(Debug)]
+pub struct Buckets<K> {
+    burst: f64,
+    rate: f64,
+    map: Mutex<HashMap<K, (f64, Instant)>>,
+    /// Takes refused, for metrics.
+    pub refused: AtomicU64,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Buckets<K> {
+    pub fn new(burst: f64, rate: f64) -> Self {
+        Self {
+            burst,
+            rate,
+            map: Mutex::new(HashMap::new()),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes one token from `key`'s bucket if there is one.
+    pub fn try_take(&self, key: &K) -> bool {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if map.len() > 100_000 {
+            // Buckets full again hold nothing worth keeping.
+            let (burst, rate) = (self.burst, self.rate);
+            map.retain(|_, (t, last)| *t + now.duration_since(*last).as_secs_f64() * rate < burst);
+        }
+        let (tokens, last) = map.entry(key.clone()).or_insert((self.burst, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate).min(self.burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+    }
+}
+
+/// Per agent (or per token, for a scoped token that belongs to no agent; see
+/// [`crate::proxy::auth::Identity::limit_key`]): `rate` requests per second with a burst of twice
+/// that, and at most `max_in_flight` at once. Zero turns a limit off. [`AgentLimits::set`] changes both on a
 /// config reload, keeping every bucket and in-flight count.
 #[derive(Debug)]
 pub struct AgentLimits {
@@ -178,6 +224,17 @@ mod tests {
         for _ in 0..1000 {
             let _ = off.admit(t).unwrap();
         }
+    }
+
+    #[test]
+    fn buckets_are_per_key_and_refill() {
+        let b = Buckets::new(2.0, 1000.0);
+        assert!(b.try_take(&"a") && b.try_take(&"a"));
+        assert!(!b.try_take(&"a"), "burst spent");
+        assert!(b.try_take(&"b"), "another key has its own bucket");
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(b.try_take(&"a"), "refilled");
+        assert_eq!(b.refused.load(Ordering::Relaxed), 1);
     }
 
     #[test]

@@ -25,6 +25,8 @@ use crate::spec::{self, ServiceSpec};
 pub const META_KEYS: &[u8] = b"keys";
 /// Record kind bound into a credential's associated data.
 pub const CREDENTIAL_KIND: &str = "credential";
+/// Live scoped tokens one agent may hold (review B3: an agent minting in a loop filled the map).
+pub const MAX_SCOPED_PER_AGENT: usize = 100;
 /// Scoped-token lifetimes accepted by [`Store::mint_token`].
 pub const TOKEN_TTL_RANGE: std::ops::RangeInclusive<Duration> =
     Duration::from_secs(60)..=Duration::from_secs(30 * 24 * 3600);
@@ -481,9 +483,10 @@ impl Store {
             .collect())
     }
 
-    /// Revokes the agent's token and every scoped token minted for it.
+    /// Revokes the agent's token and every scoped token minted for it. Works on a full store
+    /// (it may use the headroom).
     pub fn revoke_agent(&self, actor: &str, name: &str) -> Result<(), VaultError> {
-        self.write(|t| {
+        self.write_reserved(|t| {
             let mut a = find_agent(t, name)?;
             if a.revoked_at.is_some() {
                 return Err(VaultError::Invalid(format!(
@@ -498,19 +501,19 @@ impl Store {
         })
     }
 
-    /// Replaces the agent's token; the old one stops working at once.
+    /// Replaces the agent's token; the old one, and every scoped token minted with it, stop
+    /// working at once (review B11: rotating after a leak must cut off what the leak minted).
+    /// Works on a full store.
     pub fn rotate_agent(&self, actor: &str, name: &str) -> Result<Minted, VaultError> {
         let minted = tokens::mint(TokenKind::Agent)?;
-        self.write(|t| {
+        self.write_reserved(|t| {
             let mut a = find_agent(t, name)?;
             if a.revoked_at.is_some() {
                 return Err(VaultError::Invalid(format!(
                     "agent {name:?} is revoked; create a new agent"
                 )));
             }
-            if let Some(old) = TokenHash::from_hex(&a.token_hash) {
-                t.delete(t.dbs().tokens, &old.0)?;
-            }
+            delete_agent_tokens(t, name)?;
             a.token_hash = minted.hash.to_hex();
             a.rotated_at = Some(now());
             t.put(t.dbs().agents, name.as_bytes(), &a)?;
@@ -521,7 +524,9 @@ impl Store {
         Ok(minted)
     }
 
-    /// Mints a scoped token bound to `vault`, optionally on behalf of `agent`.
+    /// Mints a scoped token bound to `vault`, on behalf of `agent` (at most
+    /// [`MAX_SCOPED_PER_AGENT`] live ones each) or, with none, labelled with `actor` for the
+    /// request log. Expired tokens are purged in the same transaction.
     pub fn mint_token(
         &self,
         actor: &str,
@@ -546,12 +551,26 @@ impl Store {
                     )));
                 }
             }
+            let live = purge_expired_tokens(t)?;
+            if let Some(a) = agent {
+                let held = live
+                    .iter()
+                    .filter(|r| r.agent.as_deref() == Some(a))
+                    .count();
+                if held >= MAX_SCOPED_PER_AGENT {
+                    return Err(VaultError::TooManyTokens {
+                        agent: a.to_owned(),
+                        max: MAX_SCOPED_PER_AGENT,
+                    });
+                }
+            }
             let record = TokenRecord {
                 kind: TokenKind::Scoped,
                 agent: agent.map(str::to_owned),
                 vault: Some(vault.to_owned()),
                 created_at: now(),
                 expires_at: Some(expires_at),
+                label: agent.is_none().then(|| actor.to_owned()),
             };
             t.put(t.dbs().tokens, &minted.hash.0, &record)?;
             t.audit(
@@ -574,9 +593,9 @@ impl Store {
         Ok(self.read(|t| t.get(t.dbs().tokens, "tokens", &hash.0))?)
     }
 
-    /// Revokes one scoped token (`DELETE /v1/tokens/self`).
+    /// Revokes one scoped token (`DELETE /v1/tokens/self`). Works on a full store.
     pub fn revoke_token(&self, actor: &str, hash: TokenHash) -> Result<(), VaultError> {
-        self.write(|t| {
+        self.write_reserved(|t| {
             let rec: Option<TokenRecord> = t.get(t.dbs().tokens, "tokens", &hash.0)?;
             match rec {
                 Some(r) if r.kind == TokenKind::Scoped => {
@@ -634,6 +653,7 @@ fn put_agent_token(
         vault: None,
         created_at: now(),
         expires_at: None,
+        label: None,
     };
     t.put(t.dbs().tokens, &hash.0, &record)
 }
@@ -649,4 +669,20 @@ fn delete_agent_tokens(
         }
     }
     Ok(())
+}
+
+/// Deletes every expired token; returns the live scoped ones.
+fn purge_expired_tokens(
+    t: &mut Txn<lmdb::RwTransaction<'_>>,
+) -> Result<Vec<TokenRecord>, StoreError> {
+    let at = now();
+    let mut live = Vec::new();
+    for (k, r) in t.scan::<TokenRecord>(t.dbs().tokens, "tokens", b"")? {
+        if r.expires_at.is_some_and(|e| e <= at) {
+            t.delete(t.dbs().tokens, &k)?;
+        } else if r.kind == TokenKind::Scoped {
+            live.push(r);
+        }
+    }
+    Ok(live)
 }

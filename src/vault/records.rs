@@ -98,6 +98,10 @@ pub struct TokenRecord {
     pub vault: Option<String>,
     pub created_at: u64,
     pub expires_at: Option<u64>,
+    /// Who minted a scoped token that belongs to no agent (`airlock run`, the admin UI), for the
+    /// request log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

@@ -206,8 +206,23 @@ impl Store {
         f(&t)
     }
 
-    /// Runs `f` in a write transaction; on success bumps the generation and commits. `E` lets callers use their own error type (it must absorb [`StoreError`]).
+    /// Runs `f` in a write transaction; on success bumps the generation and commits. `E` lets
+    /// callers use their own error type (it must absorb [`StoreError`]). Refused with
+    /// `storage_full` when the map is down to its headroom ([`Store::write_reserved`]).
     pub fn write<R, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&mut Txn<RwTransaction<'_>>) -> Result<R, E>,
+    ) -> Result<R, E> {
+        if self.free_pages()? < self.headroom_pages() {
+            return Err(StoreError::Full.into());
+        }
+        self.write_reserved(f)
+    }
+
+    /// As [`Store::write`], allowed into the headroom: for the small writes that must work on a
+    /// full store, revoking an agent or a token (review B3: a full store must not keep a leaked
+    /// token working).
+    pub fn write_reserved<R, E: From<StoreError>>(
         &self,
         f: impl FnOnce(&mut Txn<RwTransaction<'_>>) -> Result<R, E>,
     ) -> Result<R, E> {
@@ -218,6 +233,26 @@ impl Store {
         t.put_meta_u64(META_GENERATION, generation)?;
         t.txn.commit().map_err(lmdb_err("commit"))?;
         Ok(out)
+    }
+
+    /// Pages of the map not in use: past the last page ever used, or on the free list.
+    fn free_pages(&self) -> Result<usize, StoreError> {
+        let info = self.env.info().map_err(lmdb_err("info"))?;
+        let page = self.env.stat().map_err(lmdb_err("stat"))?.page_size() as usize;
+        let free_listed = self.env.freelist().map_err(lmdb_err("freelist"))?;
+        let used = (info.last_pgno() + 1).saturating_sub(free_listed);
+        Ok((info.map_size() / page.max(1)).saturating_sub(used))
+    }
+
+    /// Pages only [`Store::write_reserved`] may use: a sixteenth of the map, at most 1 MiB.
+    fn headroom_pages(&self) -> usize {
+        let page = self
+            .env
+            .stat()
+            .map_or(4096, |s| s.page_size() as usize)
+            .max(1);
+        let total = self.env.info().map_or(0, |i| i.map_size()) / page;
+        (total / 16).min((1024 * 1024) / page)
     }
 
     /// The current generation (bumped by every write).
