@@ -190,7 +190,7 @@ pub enum AgentCmd {
     },
     /// Revoke an agent's token and its scoped tokens
     Revoke { name: String },
-    /// Replace an agent's token; prints the new token once
+    /// Replace an agent's token (ending its scoped tokens); prints the new token once
     Rotate { name: String },
 }
 

@@ -18,7 +18,9 @@ pub fn run(ctx: &Ctx, cmd: AgentCmd) -> Result<(), CliError> {
         }
         AgentCmd::Rotate { name } => {
             let minted = store.rotate_agent(&ctx.actor, &name)?;
-            println!("rotated the token of agent {name}; the old one no longer works. New token:");
+            println!(
+                "rotated the token of agent {name}; the old one and the scoped tokens minted with it no longer work. New token:"
+            );
             output::token_last_line(&minted.token)?;
         }
         AgentCmd::Revoke { name } => {

@@ -686,3 +686,48 @@ fn purge_expired_tokens(
     }
     Ok(live)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(dir: &std::path::Path) -> Store {
+        super::super::setup::init(dir, &Default::default(), Default::default(), "test").unwrap();
+        Store::open(dir, Default::default()).unwrap()
+    }
+
+    /// Row 74: expired tokens are purged by the next mint, and only live ones count against
+    /// an agent's cap.
+    #[test]
+    fn row74_expired_tokens_purged_on_mint() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        store.create_agent("t", "bot", &["default".into()]).unwrap();
+        let expired = TokenHash([7; 32]);
+        store
+            .write(|t| {
+                let record = TokenRecord {
+                    kind: TokenKind::Scoped,
+                    agent: Some("bot".into()),
+                    vault: Some("default".into()),
+                    created_at: 0,
+                    expires_at: Some(1),
+                    label: None,
+                };
+                t.put(t.dbs().tokens, &expired.0, &record)
+                    .map_err(VaultError::from)
+            })
+            .unwrap();
+        assert!(store.token_by_hash(expired).unwrap().is_some());
+        let hour = Duration::from_secs(3600);
+        for _ in 0..MAX_SCOPED_PER_AGENT {
+            store.mint_token("t", "default", hour, Some("bot")).unwrap();
+        }
+        assert!(store.token_by_hash(expired).unwrap().is_none(), "purged");
+        let over = store
+            .mint_token("t", "default", hour, Some("bot"))
+            .unwrap_err();
+        assert_eq!(over.code(), "too_many_tokens");
+        let (_, _) = store.mint_token("t", "default", hour, None).unwrap();
+    }
+}

@@ -209,3 +209,285 @@ fn row65_unsolicited_upstream_responses_reach_no_agent() {
         "the late responses were seen by the probe"
     );
 }
+
+// One agent must not hurt other agents or vaults.
+
+/// A second agent `name` in vault `vault`, with a service on `host` (a wildcard pattern allowed)
+/// using a credential of its own; returns the agent's token.
+fn second_vault(s: &Setup, vault: &str, name: &str, host: &str) -> String {
+    s.env.run(&["vault", "create", vault]).ok();
+    s.env
+        .run_stdin(
+            &["credential", "set", "V2KEY", "--vault", vault],
+            b"v2-secret-0123456789",
+        )
+        .ok();
+    let file = s.env.write(
+        &format!("{vault}.yaml"),
+        &format!("services:\n  - name: svc\n    host: \"{host}\"\n    auth: {{type: bearer, token: V2KEY}}\n"),
+    );
+    s.env
+        .run(&[
+            "service",
+            "set",
+            "--vault",
+            vault,
+            "-f",
+            file.to_str().unwrap(),
+        ])
+        .ok();
+    let token = s.env.agent_token(name, vault);
+    std::thread::sleep(Duration::from_millis(400));
+    token
+}
+
+fn connect_status(s: &Setup, authority: &str, token: &str, vault: &str) -> String {
+    let (_, head) =
+        crate::proxy_harness::connect(s.proxy.addr, authority, Some(&format!("{token}:{vault}")));
+    head.split(' ').nth(1).unwrap_or_default().to_owned()
+}
+
+/// Row 73 (review B6): refused CONNECTs are limited per agent (20, then 5 a second), and past
+/// that answered 429 without a request-log row, so an agent cannot flush the log (each vault's
+/// newest rows are kept whatever: `requestlog::tests::row73_retention_keeps_each_vaults_floor`).
+/// Another agent keeps its own budget.
+#[test]
+fn row73_refused_connects_limited_per_agent_and_unlogged_past_it() {
+    let s = Setup::new("auto");
+    let other = s.env.agent_token("other-bot", "default");
+    let codes: Vec<String> = (0..60)
+        .map(|i| connect_status(&s, &format!("nope{i}.invalid:443"), &s.token, "default"))
+        .collect();
+    let refused = codes.iter().filter(|c| *c == "403").count();
+    let limited = codes.iter().filter(|c| *c == "429").count();
+    assert_eq!(refused + limited, 60, "{codes:?}");
+    assert!(
+        (20..30).contains(&refused),
+        "{refused} refusals before the limit: {codes:?}"
+    );
+    assert_eq!(
+        connect_status(&s, "nope.invalid:443", &other, "default"),
+        "403"
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    let logs = s
+        .env
+        .run(&["logs", "--vault", "default", "--json"])
+        .ok()
+        .stdout;
+    let rows = logs.lines().filter(|l| l.contains(".invalid")).count();
+    assert_eq!(
+        rows,
+        refused + 1,
+        "one row per answered refusal, none for the 429s"
+    );
+}
+
+/// Row 74 (review B3): `POST /v1/tokens` is rate limited per agent (a burst of 10, then one a
+/// second) and an agent holds at most 100 live scoped tokens; expired tokens are purged
+/// (`vault::ops::tests::row74_expired_tokens_purged_on_mint`). The store can no longer be filled
+/// by one agent's mints.
+#[test]
+fn row74_token_mints_rate_limited_and_capped() {
+    let s = Setup::new("auto");
+    let mint = || crate::proposals::api(&s, "POST", "/v1/tokens", &s.token, None);
+    let codes: Vec<u16> = (0..14).map(|_| mint().0).collect();
+    assert_eq!(&codes[..10], &[201; 10], "{codes:?}");
+    assert!(codes[10..].contains(&429), "{codes:?}");
+    let (code, v) = mint();
+    assert_eq!(
+        (code, v["error"].as_str()),
+        (429, Some("rate_limited")),
+        "{v}"
+    );
+    let store = s.env.store();
+    let held = codes.iter().filter(|&&c| c == 201).count();
+    for _ in held..100 {
+        store
+            .mint_token("test", "default", Duration::from_secs(3600), Some("bot"))
+            .unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(1100));
+    let (code, v) = mint();
+    assert_eq!(
+        (code, v["error"].as_str()),
+        (429, Some("too_many_tokens")),
+        "{v}"
+    );
+    // Another agent's mints are its own.
+    let other = s.env.agent_token("other-bot", "default");
+    let (code, _) = crate::proposals::api(&s, "POST", "/v1/tokens", &other, None);
+    assert_eq!(code, 201);
+}
+
+/// Row 75 (review B11): rotating an agent ends the scoped tokens minted with its old token, as
+/// revoking does.
+#[test]
+fn row75_rotation_ends_minted_scoped_tokens() {
+    let s = Setup::new("auto");
+    let (code, v) = crate::proposals::api(&s, "POST", "/v1/tokens", &s.token, None);
+    assert_eq!(code, 201, "{v}");
+    let scoped = v["token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        connect_status(&s, "api.openai.com:443", &scoped, "default"),
+        "200"
+    );
+    s.env.run(&["agent", "rotate", "bot"]).ok();
+    assert_eq!(
+        connect_status(&s, "api.openai.com:443", &scoped, "default"),
+        "407"
+    );
+    assert_eq!(
+        connect_status(&s, "api.openai.com:443", &s.token, "default"),
+        "407"
+    );
+}
+
+/// Row 76 (review B3): revocation works on a full store. Ordinary writes stop short of the end
+/// of the map (a headroom of a sixteenth of it, at most 1 MiB); revoking or rotating may use it.
+#[test]
+fn row76_revocation_works_on_a_full_store() {
+    let env = crate::harness::Env::empty();
+    let cfg = env.write("small.toml", "map_size_mib = 2\n");
+    let cfg = cfg.to_str().unwrap();
+    env.run(&["init", "--config", cfg]).ok();
+    let token = env
+        .run(&[
+            "--config", cfg, "agent", "create", "bot", "--vault", "default",
+        ])
+        .ok()
+        .last_line()
+        .to_owned();
+    env.run(&[
+        "--config", cfg, "agent", "create", "other", "--vault", "default",
+    ])
+    .ok();
+    let value = vec![b'x'; 60 * 1024];
+    let full = (0..100).find(|i| {
+        let r = env.run_stdin(
+            &["--config", cfg, "credential", "set", &format!("K{i}")],
+            &value,
+        );
+        r.code != 0 && r.fails().contains("storage_full")
+    });
+    assert!(full.is_some(), "the 2 MiB map never filled");
+    let small = env.run_stdin(&["--config", cfg, "credential", "set", "SMALL"], b"v");
+    assert!(small.fails().contains("storage_full"), "{small:?}");
+    env.run(&["--config", cfg, "agent", "revoke", "bot"]).ok();
+    env.run(&["--config", cfg, "agent", "rotate", "other"]).ok();
+    let store = airlock::vault::Store::open(
+        &env.data_dir,
+        airlock::vault::StoreOptions { map_size_mib: 2 },
+    )
+    .unwrap();
+    assert!(
+        store.token(token.as_bytes()).unwrap().is_none(),
+        "the revoked token is gone"
+    );
+}
+
+/// Row 77 (review B11): the per-agent rate limit is per agent: scoped tokens the agent minted
+/// share its budget instead of each getting their own.
+#[test]
+fn row77_rate_limits_shared_by_an_agents_scoped_tokens() {
+    let s = Setup::with(
+        "auto",
+        &[
+            "--agent-requests-per-second",
+            "5",
+            "--agent-max-in-flight",
+            "0",
+        ],
+        true,
+        true,
+    );
+    let mut tokens = vec![s.token.clone()];
+    for _ in 0..3 {
+        let (_, v) = crate::proposals::api(&s, "POST", "/v1/tokens", &s.token, None);
+        tokens.push(v["token"].as_str().unwrap().to_owned());
+    }
+    let ca = std::fs::read(s.ca()).unwrap();
+    let started = std::time::Instant::now();
+    let threads: Vec<_> = tokens
+        .into_iter()
+        .map(|token| {
+            let (addr, ca) = (s.proxy.addr, ca.clone());
+            std::thread::spawn(move || {
+                let mut ok = 0;
+                while started.elapsed() < Duration::from_secs(1) {
+                    let auth = format!("{token}:default");
+                    let mut c =
+                        RawClient::open(addr, "api.openai.com", "api.openai.com", &auth, &ca)
+                            .unwrap();
+                    loop {
+                        let r = c.send(b"GET /budget HTTP/1.1\r\nHost: api.openai.com\r\n\r\n");
+                        if !r.starts_with("HTTP/1.1 200") {
+                            break;
+                        }
+                        ok += 1;
+                    }
+                }
+                ok
+            })
+        })
+        .collect();
+    let ok: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    // One budget: a burst of 10 plus 5 a second (per-token budgets would allow four times that).
+    assert!((10..=20).contains(&ok), "{ok} requests served in a second");
+}
+
+/// Row 78 (review B11): the leaf-mint limiter is per vault: one vault's flood of new wildcard
+/// hosts does not refuse another vault's first new host.
+#[test]
+fn row78_leaf_mint_limit_per_vault() {
+    let s = Setup::new("auto");
+    let token2 = second_vault(&s, "v2", "bot2", "*.v2wild.example");
+    let codes: Vec<String> = (0..90)
+        .map(|i| connect_status(&s, &format!("f{i}.atlassian.net:443"), &s.token, "default"))
+        .collect();
+    assert!(codes.iter().any(|c| c == "429"), "{codes:?}");
+    for i in 0..3 {
+        let host = format!("n{i}.v2wild.example:443");
+        assert_eq!(connect_status(&s, &host, &token2, "v2"), "200", "{host}");
+    }
+}
+
+/// Row 79 (review B6): request-log rows of scoped tokens name who they belong to: the agent
+/// that minted one, or for a token of no agent (`airlock run`, `token mint`) the operator who
+/// minted it.
+#[test]
+fn row79_rows_of_scoped_tokens_name_their_agent() {
+    let s = Setup::new("auto");
+    let (_, v) = crate::proposals::api(&s, "POST", "/v1/tokens", &s.token, None);
+    let by_agent = v["token"].as_str().unwrap().to_owned();
+    let by_cli = s
+        .env
+        .run(&["token", "mint", "--vault", "default"])
+        .ok()
+        .last_line()
+        .to_owned();
+    for (token, path) in [(&by_agent, "/by-agent"), (&by_cli, "/by-cli")] {
+        let auth = format!("{token}:default");
+        let ca = std::fs::read(s.ca()).unwrap();
+        let mut c =
+            RawClient::open(s.proxy.addr, "api.openai.com", "api.openai.com", &auth, &ca).unwrap();
+        let r = c.send(format!("GET {path} HTTP/1.1\r\nHost: api.openai.com\r\n\r\n").as_bytes());
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    let logs = s
+        .env
+        .run(&["logs", "--vault", "default", "--json"])
+        .ok()
+        .stdout;
+    let agent_of = |path: &str| -> serde_json::Value {
+        let line = logs.lines().find(|l| l.contains(path)).unwrap();
+        serde_json::from_str::<serde_json::Value>(line).unwrap()["agent"].clone()
+    };
+    assert_eq!(agent_of("/by-agent"), "bot", "{logs}");
+    let cli = agent_of("/by-cli");
+    assert!(
+        cli.as_str().is_some_and(|a| a.starts_with("cli uid=")),
+        "{logs}"
+    );
+}
