@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 secs=${1:-600}
-targets=(head chunk authority ip service_file record scrub config)
+targets=(head chunk authority ip service_file record scrub config ws)
 cargo +nightly fuzz build
 for ((i = 0; i < ${#targets[@]}; i += 2)); do
     for t in "${targets[@]:i:2}"; do

@@ -10,6 +10,7 @@
 pub mod body;
 pub mod head;
 pub mod io;
+pub mod ws;
 
 /// An HTTP-level failure with the status and stable code airlock answers with.
 #[derive(Clone, Copy, Debug, thiserror::Error, PartialEq, Eq)]

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 
+use crate::scrub::Masker;
 use crate::secret::Secret;
 use crate::spec::{AuthSpec, HostName, HostPattern, PathPattern, Scheme, Surface, template_keys};
 use crate::vault::seal::Opener;
@@ -33,6 +34,12 @@ pub struct VaultPolicy {
     /// `x.com`). Each list keeps the priority order, so lookups do not scan the whole vault.
     by_host: HashMap<String, Vec<usize>>,
     by_suffix: HashMap<String, Vec<usize>>,
+    /// Values masked in every response of this vault, whichever service it came through (row
+    /// 25; review B7: a value stored through one service and read back through another): each
+    /// opened credential, each injected header value, and that value without its scheme word
+    /// (the bare base64 of Basic auth), and the percent-encoded form of path and query
+    /// substitutions.
+    pub scrub: Masker,
 }
 
 /// One compiled service.
@@ -48,15 +55,30 @@ pub struct Service {
     pub substitutions: Vec<Substitution>,
     /// Set when the service cannot be served: `credential_missing` or `credential_integrity`.
     pub error: Option<&'static str>,
-    /// Values masked in responses (row 25): every opened credential and injected value.
-    pub scrub: Vec<Secret>,
 }
 
 #[derive(Debug)]
 pub struct Substitution {
     pub placeholder: String,
+    /// What replaces the placeholder in a header.
     pub value: Secret,
+    /// What replaces it in the path or query: percent-encoded (review B8), so the request and
+    /// any reflection of it are predictable.
+    pub encoded: Secret,
     pub surfaces: Vec<Surface>,
+}
+
+/// RFC 3986 percent-encoding of everything but the unreserved characters.
+pub fn percent_encode(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    for &b in raw {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b);
+        } else {
+            out.extend_from_slice(format!("%{b:02X}").as_bytes());
+        }
+    }
+    out
 }
 
 impl Policy {
@@ -66,13 +88,13 @@ impl Policy {
         let mut vaults = HashMap::new();
         for v in store.vaults()? {
             let mut services = Vec::new();
+            let mut scrub = Vec::new();
             for record in store.services(&v.name)? {
                 let spec = record.spec;
                 let Ok(pattern) = HostPattern::parse(&spec.host) else {
                     continue;
                 };
                 let mut error = None;
-                let mut scrub = Vec::new();
                 let mut open = |key: &str| match store.open_credential(opener, &v.name, key) {
                     Ok(s) => {
                         scrub.push(s.clone());
@@ -88,18 +110,26 @@ impl Policy {
                     }
                 };
                 let inject = injected_headers(&spec.auth, &mut open);
-                let substitutions = spec
+                let substitutions: Vec<Substitution> = spec
                     .substitutions
                     .iter()
-                    .map(|s| Substitution {
-                        placeholder: s.placeholder.clone(),
-                        value: open(&s.key),
-                        surfaces: s.surfaces.clone(),
+                    .map(|s| {
+                        let value = open(&s.key);
+                        Substitution {
+                            placeholder: s.placeholder.clone(),
+                            encoded: Secret::new(percent_encode(value.expose())),
+                            value,
+                            surfaces: s.surfaces.clone(),
+                        }
                     })
                     .collect();
-                scrub.extend(inject.iter().map(|(_, v)| v.clone()));
-                scrub.retain(|s| s.len() >= crate::scrub::MIN_LEN);
-                scrub.sort_by_key(|s| std::cmp::Reverse(s.len()));
+                for (_, value) in &inject {
+                    scrub.push(value.clone());
+                    if let Some(at) = memchr::memchr(b' ', value.expose()) {
+                        scrub.push(Secret::new(value.expose()[at + 1..].to_vec()));
+                    }
+                }
+                scrub.extend(substitutions.iter().map(|s| s.encoded.clone()));
                 services.push(Service {
                     name: spec.name.clone(),
                     pattern,
@@ -108,12 +138,11 @@ impl Policy {
                     inject,
                     substitutions,
                     error,
-                    scrub,
                 });
             }
             vaults.insert(
                 v.name.clone(),
-                VaultPolicy::new(v.id, v.name, v.policy, services),
+                VaultPolicy::new(v.id, v.name, v.policy, services, Masker::new(scrub)),
             );
         }
         Ok(Self { generation, vaults })
@@ -197,6 +226,7 @@ impl VaultPolicy {
         name: String,
         unmatched: UnmatchedPolicy,
         mut services: Vec<Service>,
+        scrub: Masker,
     ) -> Self {
         services.sort_by_key(|s| std::cmp::Reverse(s.pattern.specificity()));
         let mut by_host: HashMap<String, Vec<usize>> = HashMap::new();
@@ -214,6 +244,7 @@ impl VaultPolicy {
             services,
             by_host,
             by_suffix,
+            scrub,
         }
     }
 
@@ -290,7 +321,6 @@ mod tests {
             drop_authorization: true,
             substitutions: vec![],
             error: None,
-            scrub: vec![],
         }
     }
 
@@ -301,7 +331,13 @@ mod tests {
             service("v2", "api.github.com/v2/*"),
             service("plain", "http://api.github.com"),
         ];
-        VaultPolicy::new(1, "v".into(), UnmatchedPolicy::Deny, services)
+        VaultPolicy::new(
+            1,
+            "v".into(),
+            UnmatchedPolicy::Deny,
+            services,
+            Masker::default(),
+        )
     }
 
     #[test]
@@ -359,6 +395,12 @@ mod tests {
         }
         assert!(check_path("/v2/a%2Fb/c").is_ok());
         assert!(check_path("/").is_ok());
+    }
+
+    #[test]
+    fn percent_encoding_keeps_unreserved_only() {
+        assert_eq!(percent_encode(b"sk-live_Qx7.~"), b"sk-live_Qx7.~");
+        assert_eq!(percent_encode(b"a+b/c d%"), b"a%2Bb%2Fc%20d%25");
     }
 
     #[test]

@@ -4,8 +4,11 @@
 //! [`Scrubber`] works on a stream: it masks every complete occurrence, and holds back only the
 //! shortest tail that could still be the start of a secret, so a secret split across reads is
 //! caught and bytes that cannot begin a secret are never delayed. Masks keep lengths, so framing
-//! (Content-Length) is unchanged. Compressed or re-encoded echoes (gzip, base64 of a value that
-//! was injected raw) are out of scope.
+//! (Content-Length) is unchanged. What is masked is the vault's whole list (`VaultPolicy::scrub`):
+//! bodies, the status line, header names and values, and WebSocket messages
+//! (`http::ws`). Credentialed requests ask upstream for `identity` encoding, so a compressed echo
+//! does not happen; an upstream that re-encodes a value on purpose (base64 of a value injected
+//! raw, hex, reversed) is out of scope: it already holds the secret.
 
 use crate::secret::Secret;
 
@@ -14,42 +17,99 @@ pub const MASK: u8 = b'*';
 /// Values shorter than this are not scrubbed (masking them would shred ordinary text).
 pub const MIN_LEN: usize = 6;
 
-/// Streaming masker over a set of secrets.
+/// The secrets to mask, with one automaton finding all of them in a single pass (Aho-Corasick:
+/// a vault has dozens of values, each credential, header value and encoded form, and a pass per
+/// value would cost bulk transfers most of their speed). Built once per policy, cheap to clone.
+///
+/// The automaton holds copies of the values that are not wiped when it is dropped; like the
+/// opened credentials themselves they live only in the data plane's memory, which is not
+/// dumpable.
+#[derive(Clone, Debug, Default)]
+pub struct Masker {
+    secrets: Vec<Secret>,
+    finder: Option<aho_corasick::AhoCorasick>,
+}
+
+impl Masker {
+    /// Masks `secrets` of at least [`MIN_LEN`] bytes (duplicates dropped).
+    pub fn new(mut secrets: Vec<Secret>) -> Self {
+        secrets.retain(|s| s.len() >= MIN_LEN);
+        secrets.sort_by(|a, b| {
+            b.len()
+                .cmp(&a.len())
+                .then_with(|| a.expose().cmp(b.expose()))
+        });
+        secrets.dedup_by(|a, b| a.expose() == b.expose());
+        let finder = (!secrets.is_empty())
+            .then(|| aho_corasick::AhoCorasick::new(secrets.iter().map(Secret::expose)).ok())
+            .flatten();
+        Self { secrets, finder }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.secrets.is_empty()
+    }
+
+    /// Masks every occurrence of every secret in `data`, in place, overlapping ones included.
+    pub fn mask(&self, data: &mut [u8]) {
+        let Some(finder) = &self.finder else {
+            return;
+        };
+        let spans: Vec<(usize, usize)> = finder
+            .find_overlapping_iter(&*data)
+            .map(|m| (m.start(), m.end()))
+            .collect();
+        for (start, end) in spans {
+            data[start..end].fill(MASK);
+        }
+    }
+
+    /// The longest tail of `data` that is the start (not the whole) of a secret: what must be
+    /// held back until the next bytes show whether the secret follows.
+    fn open_tail(&self, data: &[u8]) -> usize {
+        let Some(&last) = data.last() else {
+            return 0;
+        };
+        let mut keep = 0;
+        for s in &self.secrets {
+            let s = s.expose();
+            // Candidate tails end where the secret has the data's last byte.
+            for end in memchr::memchr_iter(last, &s[..s.len() - 1]) {
+                let k = end + 1;
+                if k > keep && k <= data.len() && data.ends_with(&s[..k]) {
+                    keep = k;
+                }
+            }
+        }
+        keep
+    }
+}
+
+/// Streaming masker over a [`Masker`]'s secrets.
 #[derive(Debug)]
 pub struct Scrubber<'a> {
-    secrets: &'a [Secret],
+    masker: &'a Masker,
     held: Vec<u8>,
 }
 
 impl<'a> Scrubber<'a> {
-    pub fn new(secrets: &'a [Secret]) -> Self {
+    pub fn new(masker: &'a Masker) -> Self {
         Self {
-            secrets,
+            masker,
             held: Vec::new(),
         }
     }
 
     pub fn is_active(&self) -> bool {
-        !self.secrets.is_empty()
+        !self.masker.is_empty()
     }
 
     /// Takes the next bytes of the stream; returns what may be emitted now.
     pub fn push(&mut self, input: &[u8]) -> Vec<u8> {
         let mut data = std::mem::take(&mut self.held);
         data.extend_from_slice(input);
-        mask(self.secrets, &mut data);
-        let keep = self
-            .secrets
-            .iter()
-            .map(|s| {
-                let s = s.expose();
-                (1..s.len().min(data.len() + 1))
-                    .rev()
-                    .find(|&k| data.ends_with(&s[..k]))
-                    .unwrap_or(0)
-            })
-            .max()
-            .unwrap_or(0);
+        self.masker.mask(&mut data);
+        let keep = self.masker.open_tail(&data);
         self.held = data.split_off(data.len() - keep);
         data
     }
@@ -60,32 +120,29 @@ impl<'a> Scrubber<'a> {
     }
 }
 
-/// Masks every occurrence of every secret in `data`, in place (SIMD substring search).
-pub fn mask(secrets: &[Secret], data: &mut [u8]) {
-    for s in secrets {
-        let s = s.expose();
-        if s.is_empty() || s.len() > data.len() {
-            continue;
-        }
-        let finder = memchr::memmem::Finder::new(s);
-        let mut from = 0;
-        while let Some(at) = finder.find(&data[from..]) {
-            let start = from + at;
-            data[start..start + s.len()].fill(MASK);
-            from = start + s.len();
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn secrets() -> Vec<Secret> {
-        vec![
+    fn secrets() -> Masker {
+        Masker::new(vec![
             Secret::new(b"sk-live-123456".to_vec()),
             Secret::new(b"tok_abcdef".to_vec()),
-        ]
+            Secret::new(b"tok".to_vec()),
+        ])
+    }
+
+    /// Overlapping secrets are masked as a union; a secret inside another too.
+    #[test]
+    fn overlapping_secrets_masked() {
+        let m = Masker::new(vec![
+            Secret::new(b"abcdef123".to_vec()),
+            Secret::new(b"123xyz789".to_vec()),
+            Secret::new(b"def123".to_vec()),
+        ]);
+        let mut data = b"..abcdef123xyz789..def123..".to_vec();
+        m.mask(&mut data);
+        assert_eq!(data, b"..***************..******..");
     }
 
     /// Row 25 (D-03): whole, split across every boundary, repeated.

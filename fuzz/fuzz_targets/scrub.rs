@@ -2,9 +2,12 @@
 //! survives (row 25).
 #![no_main]
 libfuzzer_sys::fuzz_target!(|data: (u8, Vec<u8>)| {
-    use airlock::scrub::Scrubber;
+    use airlock::scrub::{Masker, Scrubber};
     use airlock::secret::Secret;
-    let secrets = [Secret::new(b"sk-live-123456".to_vec()), Secret::new(b"tok_abcdef".to_vec())];
+    let secrets = Masker::new(vec![
+        Secret::new(b"sk-live-123456".to_vec()),
+        Secret::new(b"tok_abcdef".to_vec()),
+    ]);
     let (cut, input) = data;
     let cut = usize::from(cut).min(input.len());
     let mut sc = Scrubber::new(&secrets);

@@ -10,7 +10,9 @@ use std::io::Cursor;
 use std::sync::Arc;
 use std::time::Duration;
 
-use monoio::io::{AsyncReadRent, AsyncWriteRent, PrefixedReadIo, Split};
+use monoio::io::{
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, PrefixedReadIo, Split, Splitable,
+};
 use monoio::net::TcpStream;
 use monoio_rustls::TlsAcceptor;
 
@@ -21,7 +23,9 @@ use super::upstream::{self, Target, UpIo};
 use super::{Shared, agent_api};
 use crate::http::head::{self, MAX_HEAD};
 use crate::http::io::{BufConn, pipe};
+use crate::http::ws;
 use crate::requestlog::Row;
+use crate::scrub::Masker;
 use crate::spec::Scheme;
 use crate::vault::UnmatchedPolicy;
 
@@ -75,7 +79,7 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
         drop(in_flight);
         match result {
             Ok(Outcome::KeepAlive) => continue,
-            Ok(Outcome::Upgraded(up)) => return upgraded(client, up).await,
+            Ok(Outcome::Upgraded(up, secrets)) => return upgraded(client, up, &secrets).await,
             Ok(Outcome::Close) | Err(ExchangeError::Abort) => return,
             Err(ExchangeError::Respond(e)) => return reply_and_close(&mut client, &e).await,
         }
@@ -292,9 +296,9 @@ async fn intercept(
         record(&shared, row, started, &result);
         match result {
             Ok(Outcome::KeepAlive) => {}
-            Ok(Outcome::Upgraded(up)) => {
+            Ok(Outcome::Upgraded(up, secrets)) => {
                 drop(_in_flight);
-                return upgraded(conn, up).await;
+                return upgraded(conn, up, &secrets).await;
             }
             Ok(Outcome::Close) | Err(ExchangeError::Abort) => return,
             Err(ExchangeError::Respond(mut e)) => {
@@ -415,15 +419,37 @@ async fn established(client: &mut BufConn<TcpStream>) -> bool {
         .is_ok()
 }
 
-/// Pipes an upgraded (WebSocket) connection to its upstream.
+/// Relays an upgraded (WebSocket) connection: what the agent sends goes up as it is; frames
+/// from upstream come down with `secrets` masked ([`ws::relay_scrubbed`]).
 async fn upgraded<C: Split + AsyncReadRent + AsyncWriteRent>(
     client: BufConn<C>,
     up: BufConn<UpIo>,
+    secrets: &Masker,
 ) {
     let (io, early) = up.into_parts();
     match io {
-        UpIo::Tls(tls) => pipe(client, BufConn::with_buffered(*tls, early)).await,
-        UpIo::Plain(tcp) => pipe(client, BufConn::with_buffered(tcp, early)).await,
+        UpIo::Tls(tls) => relay_upgraded(client, *tls, early, secrets).await,
+        UpIo::Plain(tcp) => relay_upgraded(client, tcp, early, secrets).await,
+    }
+}
+
+async fn relay_upgraded<C, U>(client: BufConn<C>, up: U, early: Vec<u8>, secrets: &Masker)
+where
+    C: Split + AsyncReadRent + AsyncWriteRent,
+    U: Split + AsyncReadRent + AsyncWriteRent,
+{
+    if secrets.is_empty() {
+        return pipe(client, BufConn::with_buffered(up, early)).await;
+    }
+    let (c_io, c_early) = client.into_parts();
+    let (mut c_read, mut c_write) = c_io.into_split();
+    let (u_read, mut u_write) = up.into_split();
+    if !c_early.is_empty() && u_write.write_all(c_early).await.0.is_err() {
+        return;
+    }
+    monoio::select! {
+        _ = monoio::io::copy(&mut c_read, &mut u_write) => {},
+        _ = ws::relay_scrubbed(u_read, &mut c_write, early, secrets) => {},
     }
 }
 

@@ -20,7 +20,7 @@ use crate::http::head::{self, Framing, MAX_HEAD, RequestHead};
 use crate::http::io::BufConn;
 use crate::policy::{Service, VaultPolicy, check_path};
 use crate::requestlog::Row;
-use crate::scrub::Scrubber;
+use crate::scrub::{Masker, Scrubber};
 use crate::spec::Surface;
 
 /// How an exchange ended.
@@ -30,8 +30,9 @@ pub enum Outcome {
     KeepAlive,
     /// Close the client connection (after a response that said so).
     Close,
-    /// The upstream accepted a WebSocket upgrade (101): pipe bytes both ways from here.
-    Upgraded(BufConn<upstream::UpIo>),
+    /// The upstream accepted a WebSocket upgrade (101): relay frames both ways from here, those
+    /// from upstream with these values masked.
+    Upgraded(BufConn<upstream::UpIo>, Masker),
 }
 
 /// A failure: answer with an error response, or (once response bytes went out) just close.
@@ -56,6 +57,8 @@ impl From<crate::http::HttpError> for ExchangeError {
 /// What the request line and headers decided, detached from the client's buffer.
 struct Prepared<'v> {
     service: &'v Service,
+    /// What responses are scrubbed of: every secret of the vault.
+    scrub: &'v Masker,
     method: String,
     head: Zeroizing<Vec<u8>>,
     framing: Framing,
@@ -165,6 +168,7 @@ fn prepare<'v>(
     out.extend_from_slice(expected.as_bytes());
     out.extend_from_slice(b"\r\n");
     let mut expect_continue = false;
+    let credentialed = service.drop_authorization;
     let websocket = req.method == "GET"
         && connection.iter().any(|v| {
             v.split(|&b| b == b',')
@@ -176,11 +180,21 @@ fn prepare<'v>(
     if websocket {
         out.extend_from_slice(b"connection: upgrade\r\nupgrade: websocket\r\n");
     }
+    if credentialed {
+        // Review B8: an echo must come back in a form the scrubber can read.
+        out.extend_from_slice(b"accept-encoding: identity\r\n");
+    }
     for h in &req.headers {
         let name = h.name;
         if name.eq_ignore_ascii_case("expect") {
             expect_continue = h.value.eq_ignore_ascii_case(b"100-continue");
             continue;
+        }
+        if credentialed
+            && (name.eq_ignore_ascii_case("accept-encoding")
+                || name.eq_ignore_ascii_case("sec-websocket-extensions"))
+        {
+            continue; // compressed bodies and frames would hide an echo from the scrubber
         }
         if name.eq_ignore_ascii_case("host")
             || head::is_hop_by_hop(name, &connection)
@@ -213,6 +227,7 @@ fn prepare<'v>(
     out.extend_from_slice(b"\r\n");
     Ok(Prepared {
         service,
+        scrub: &vault.scrub,
         method: req.method.to_owned(),
         head: out,
         framing,
@@ -234,7 +249,7 @@ pub fn upstream_head(
 }
 
 /// Replaces placeholders allowed on `surface`; a placeholder on a surface not declared for it is
-/// refused (row 26).
+/// refused (row 26). Values go into the path and query percent-encoded.
 fn substitute<'a>(
     service: &Service,
     surface: Surface,
@@ -254,12 +269,16 @@ fn substitute<'a>(
             .to_lowercase();
             return Err(ProxyError::new(403, "substitution_field_denied", m));
         }
-        let mut replaced = Vec::with_capacity(out.len() + sub.value.len());
+        let value = match surface {
+            Surface::Header => &sub.value,
+            Surface::Path | Surface::Query => &sub.encoded,
+        };
+        let mut replaced = Vec::with_capacity(out.len() + value.len());
         let mut rest = &out[..];
         let mut at = Some(first);
         while let Some(k) = at {
             replaced.extend_from_slice(&rest[..k]);
-            replaced.extend_from_slice(sub.value.expose());
+            replaced.extend_from_slice(value.expose());
             rest = &rest[k + needle.len()..];
             at = memchr::memmem::find(rest, needle);
         }
@@ -418,7 +437,8 @@ async fn attempt<C: AsyncReadRent + AsyncWriteRent>(
     held: Option<&[u8]>,
 ) -> Result<Outcome, AttemptError> {
     let Prepared {
-        service,
+        service: _,
+        scrub,
         method,
         head,
         framing,
@@ -486,7 +506,7 @@ async fn attempt<C: AsyncReadRent + AsyncWriteRent>(
             .map_err(|e| upstream_error(&e.to_string()))?;
         if resp.status == 101 && *websocket && one_value(&resp.headers, "upgrade", b"websocket") {
             // Row 23: only a real 101 to a WebSocket handshake turns the connection into a pipe.
-            let mut out = response_head(&resp, method, Framing::Empty, false, &service.scrub);
+            let mut out = response_head(&resp, method, Framing::Empty, false, scrub);
             out.truncate(out.len() - 2);
             out.extend_from_slice(b"connection: upgrade\r\nupgrade: websocket\r\n\r\n");
             drop(resp);
@@ -497,7 +517,7 @@ async fn attempt<C: AsyncReadRent + AsyncWriteRent>(
                 .await
                 .map_err(|_| ExchangeError::Abort)?;
             client.flush().await.map_err(|_| ExchangeError::Abort)?;
-            return Ok(Outcome::Upgraded(up.conn));
+            return Ok(Outcome::Upgraded(up.conn, (*scrub).clone()));
         }
         if resp.status == 101 {
             return Err(upstream_error(
@@ -516,7 +536,7 @@ async fn attempt<C: AsyncReadRent + AsyncWriteRent>(
             n,
             f,
             head::wants_close(resp.version, &resp.headers),
-            response_head(&resp, method, f, client_close, &service.scrub),
+            response_head(&resp, method, f, client_close, scrub),
             resp.status,
         );
     };
@@ -531,7 +551,7 @@ async fn attempt<C: AsyncReadRent + AsyncWriteRent>(
         let mut out = out_head;
         let start = out.len();
         out.extend_from_slice(&up.conn.buffered()[..n]);
-        crate::scrub::mask(&service.scrub, &mut out[start..]);
+        scrub.mask(&mut out[start..]);
         up.conn.consume(n);
         client
             .write_all(out)
@@ -552,7 +572,7 @@ async fn attempt<C: AsyncReadRent + AsyncWriteRent>(
         .write_all(out_head)
         .await
         .map_err(|_| ExchangeError::Abort)?;
-    let mut scrubber = Scrubber::new(&service.scrub);
+    let mut scrubber = Scrubber::new(scrub);
     let scrub = scrubber.is_active().then_some(&mut scrubber);
     let opts = body::Opts {
         output: body::output_for(resp_framing),
@@ -632,7 +652,7 @@ fn response_head(
     method: &str,
     framing: Framing,
     close: bool,
-    scrub: &[crate::secret::Secret],
+    scrub: &Masker,
 ) -> Vec<u8> {
     let connection: Vec<&[u8]> = resp
         .headers
@@ -642,17 +662,19 @@ fn response_head(
         .collect();
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(format!("HTTP/1.1 {} {}\r\n", resp.status, resp.reason).as_bytes());
+    // Review B7: the reason phrase and header names are upstream text too.
+    scrub.mask(&mut out);
     let keep_length = method == "HEAD" || resp.status == 304;
     for h in &resp.headers {
         let is_length = h.name.eq_ignore_ascii_case("content-length");
         if (is_length && keep_length)
             || (!head::is_hop_by_hop(h.name, &connection) && !h.name.contains('_'))
         {
+            let start = out.len();
             out.extend_from_slice(h.name.as_bytes());
             out.extend_from_slice(b": ");
-            let start = out.len();
             out.extend_from_slice(h.value);
-            crate::scrub::mask(scrub, &mut out[start..]);
+            scrub.mask(&mut out[start..]);
             out.extend_from_slice(b"\r\n");
         }
     }

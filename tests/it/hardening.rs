@@ -2,6 +2,7 @@
 //! broke, each with the attack that broke it. The upstream pool first: connections the upstream
 //! closed or wrote on while idle, retries, and isolation between vaults.
 
+use std::io::{Read, Write};
 use std::time::Duration;
 
 use crate::harness::output;
@@ -490,4 +491,113 @@ fn row79_rows_of_scoped_tokens_name_their_agent() {
         cli.as_str().is_some_and(|a| a.starts_with("cli uid=")),
         "{logs}"
     );
+}
+
+// Echoed secrets the scrubber used to miss (review B7, B8).
+
+/// Row 80: an upstream quoting the injected credential in the status line's reason phrase, in a
+/// header name, without its scheme word (the bare base64 of Basic auth), through another
+/// service of the vault than the one that stored it, or in WebSocket frames (whole and
+/// fragmented): the agent sees a mask every time. Credentialed requests go upstream with
+/// `accept-encoding: identity` and no WebSocket extension, so no echo comes back compressed.
+#[test]
+fn row80_echoes_masked_wherever_an_upstream_puts_them() {
+    let s = Setup::new("auto");
+    // A key with no underscore, so that the header name quoting it is not dropped as such.
+    let key = format!("sk-live-{}", &crate::harness::canary()[10..]);
+    s.env
+        .run_stdin(&["credential", "set", "OPENAI_KEY"], key.as_bytes())
+        .ok();
+    std::thread::sleep(Duration::from_millis(400));
+    let get = |host: &str, path: &str, extra: &str| {
+        let r = s
+            .raw(host)
+            .send(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n").as_bytes());
+        s.assert_no_secret(&r);
+        assert!(!r.contains(&key), "{r}");
+        r
+    };
+    let bearer = format!("Bearer {key}");
+    let stars = |t: &str| "*".repeat(t.len());
+    let r = get("api.openai.com", "/echo-reason", "");
+    assert!(
+        r.starts_with(&format!("HTTP/1.1 401 {}\r\n", stars(&bearer))),
+        "{r}"
+    );
+    let r = get("api.openai.com", "/echo-header-name", "");
+    assert!(r.contains(&format!("x-{}: 1", stars(&key))), "{r}");
+    let pair = format!("{}:{}", s.secret("JIRA_USER"), s.secret("JIRA_TOKEN"));
+    let b64 = data_encoding::BASE64.encode(pair.as_bytes());
+    let r = get("team.atlassian.net", "/echo-bare", "");
+    assert!(!r.contains(&b64) && r.contains(&stars(&b64)), "{r}");
+    // The agent asks for gzip; the upstream is asked for identity.
+    let r = get(
+        "api.openai.com",
+        "/encoding",
+        "Accept-Encoding: gzip, br\r\n",
+    );
+    assert!(r.contains(r#""accept_encoding":["identity"]"#), "{r}");
+    // Stored through acme (header substitution), read back through the passthrough service.
+    let r = get("api.acme.dev", "/v2/store", "X-Note: __acme_key__\r\n");
+    assert!(r.starts_with("HTTP/1.1 204"), "{r}");
+    let r = get("public.example.org", "/fetch", "");
+    assert!(
+        r.ends_with(&format!("note: {}", stars(s.secret("ACME_KEY")))),
+        "{r}"
+    );
+    // WebSocket frames from upstream.
+    let mut c = s.raw("api.openai.com");
+    let upgrade = "GET /ws-secret HTTP/1.1\r\nHost: api.openai.com\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n";
+    c.tls.write_all(upgrade.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let _ = c.tls.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+    s.assert_no_secret(&text);
+    assert!(!text.contains(&key), "{text}");
+    let frames = &got[text.find("\r\n\r\n").unwrap() + 4..];
+    let payloads: Vec<u8> = frames
+        .iter()
+        .copied()
+        .filter(|b| b.is_ascii_graphic() || *b == b' ')
+        .collect();
+    let payloads = String::from_utf8_lossy(&payloads);
+    assert!(
+        payloads.contains(&format!("auth={}", stars(&bearer))),
+        "{payloads}"
+    );
+    assert_eq!(payloads.matches(&stars(&bearer)).count(), 2, "{payloads}");
+    let up = s.origin.recorded();
+    let ws = up
+        .iter()
+        .find(|r| r.request_line().contains("/ws-secret"))
+        .unwrap();
+    assert!(
+        ws.header("sec-websocket-extensions").is_empty(),
+        "{}",
+        ws.head
+    );
+}
+
+/// Row 81 (review #12): substituted values go into the path and query percent-encoded, so an
+/// upstream that decodes the query reflects exactly the stored value (masked), and one that
+/// echoes the request line reflects the encoded form (masked too).
+#[test]
+fn row81_path_and_query_substitutions_are_percent_encoded() {
+    let s = Setup::new("auto");
+    let value = "acct+Qx7/zz=9 x";
+    s.env
+        .run_stdin(&["credential", "set", "ACME_ACCOUNT"], value.as_bytes())
+        .ok();
+    std::thread::sleep(Duration::from_millis(400));
+    let r = s.raw("api.acme.dev").send(
+        b"GET /v2/__acme_account__/items?acct=__acme_account__ HTTP/1.1\r\nHost: api.acme.dev\r\n\r\n",
+    );
+    let encoded = "acct%2BQx7%2Fzz%3D9%20x";
+    assert_eq!(
+        s.last().request_line(),
+        format!("GET /v2/{encoded}/items?acct={encoded} HTTP/1.1")
+    );
+    assert!(!r.contains(encoded) && !r.contains(value), "{r}");
+    assert!(r.contains(&"*".repeat(encoded.len())), "{r}");
 }

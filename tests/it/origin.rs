@@ -1,6 +1,7 @@
 //! EchoOrigin: a loopback HTTPS (or plain HTTP) server with its own test CA. It records every
 //! request's raw head, body and TLS SNI, and answers by path:
 //! - `/sse?n=N&ms=M`: N server-sent events, M ms apart (chunked);
+//! - `/ws`: a WebSocket upgrade, then each client frame (under 126 bytes) echoed back;
 //! - `/redirect`: 302 to another host;
 //! - `/bytes?n=N`: N bytes (Content-Length);
 //! - `/chunked?n=N`: N bytes in chunks of 1000;
@@ -10,6 +11,13 @@
 //!   answering (an upstream that closed the idle connection just as the request was sent);
 //! - `/partial`: half a response head, then close;
 //! - `/v1/messages`, `/v1/chat/completions` (not streaming): a minimal valid reply;
+//! - echoes of the request's `Authorization` in places a hostile upstream might use:
+//!   `/echo-reason` (the status line's reason phrase), `/echo-header-name` (a header name),
+//!   `/echo-bare` (the value without its scheme word, as an error body would quote it);
+//! - `.../store` keeps the request's `x-note`; `/fetch` returns it (a value stored through one
+//!   service, read back through another);
+//! - `/ws-secret`: a WebSocket upgrade, then a text frame and a message fragmented over two
+//!   frames, each quoting the request's `Authorization`, then a close;
 //! - anything else: 200 with a JSON echo of the request line and headers.
 //!
 //! [`Origin::https_idle`] closes connections idle for longer than a given time, as Node and
@@ -164,6 +172,9 @@ impl Origin {
     }
 }
 
+/// What `/store` kept, for `/fetch`.
+static NOTE: Mutex<String> = Mutex::new(String::new());
+
 fn serve<S: Read + Write>(
     stream: S,
     sni: Option<String>,
@@ -275,6 +286,33 @@ fn serve<S: Read + Write>(
             }
             continue;
         }
+        let auth = recorded.header("authorization").pop().unwrap_or_default();
+        if path == "/ws-secret" && rec_is_websocket(&recorded) {
+            let key = recorded
+                .header("sec-websocket-key")
+                .pop()
+                .unwrap_or_default();
+            let mut out = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+                ws_accept(&key)
+            )
+            .into_bytes();
+            let half = auth.len() / 2;
+            for (fin, op, text) in [
+                (true, 1u8, format!("auth={auth}")),
+                (false, 1, format!("part={}", &auth[..half])),
+                (true, 0, auth[half..].to_owned()),
+                (true, 8, String::new()),
+            ] {
+                out.push(u8::from(fin) << 7 | op);
+                out.push(text.len() as u8);
+                out.extend_from_slice(text.as_bytes());
+            }
+            let w = r.get_mut();
+            let _ = w.write_all(&out).and_then(|()| w.flush());
+            std::thread::sleep(Duration::from_millis(300));
+            return;
+        }
         if path == "/ws" && rec_is_websocket(&recorded) {
             let key = recorded
                 .header("sec-websocket-key")
@@ -287,17 +325,25 @@ fn serve<S: Read + Write>(
             if r.get_mut().write_all(head.as_bytes()).is_err() || r.get_mut().flush().is_err() {
                 return;
             }
-            // Echo raw bytes until the client closes.
-            let mut buf = [0u8; 4096];
+            // Echo each (masked, short) client frame back unmasked until the client closes.
             loop {
-                match r.read(&mut buf) {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => {
-                        let w = r.get_mut();
-                        if w.write_all(&buf[..n]).is_err() || w.flush().is_err() {
-                            return;
-                        }
-                    }
+                let mut h = [0u8; 6];
+                if r.read_exact(&mut h).is_err() {
+                    return;
+                }
+                let len = usize::from(h[1] & 0x7f);
+                let mut payload = vec![0u8; len];
+                if len >= 126 || r.read_exact(&mut payload).is_err() {
+                    return;
+                }
+                for (i, b) in payload.iter_mut().enumerate() {
+                    *b ^= h[2 + i % 4];
+                }
+                let mut out = vec![h[0], len as u8];
+                out.extend_from_slice(&payload);
+                let w = r.get_mut();
+                if w.write_all(&out).is_err() || w.flush().is_err() {
+                    return;
                 }
             }
         }
@@ -328,6 +374,23 @@ fn serve<S: Read + Write>(
                     std::thread::sleep(Duration::from_millis(300));
                     ok && w.write_all(late.as_bytes()).is_ok()
                 }
+            }
+            "/echo-reason" => w.write_all(format!("HTTP/1.1 401 {auth}\r\ncontent-length: 0\r\n\r\n").as_bytes()).is_ok(),
+            "/echo-header-name" => {
+                let name = auth.split(' ').next_back().unwrap_or_default();
+                w.write_all(format!("HTTP/1.1 200 OK\r\nx-{name}: 1\r\ncontent-length: 0\r\n\r\n").as_bytes()).is_ok()
+            }
+            "/echo-bare" => {
+                let body = format!("invalid credentials {}", auth.split(' ').next_back().unwrap_or_default());
+                w.write_all(format!("HTTP/1.1 401 Unauthorized\r\ncontent-length: {}\r\n\r\n{body}", body.len()).as_bytes()).is_ok()
+            }
+            p if p.ends_with("/store") => {
+                *NOTE.lock().unwrap() = recorded.header("x-note").pop().unwrap_or_default();
+                w.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").is_ok()
+            }
+            "/fetch" => {
+                let body = format!("note: {}", NOTE.lock().unwrap());
+                w.write_all(format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len()).as_bytes()).is_ok()
             }
             "/partial" => {
                 let _ = w.write_all(b"HTTP/1.1 200 OK\r\ncontent-le");
@@ -360,6 +423,7 @@ fn serve<S: Read + Write>(
                     "request_line": recorded.request_line(),
                     "body_len": recorded.body.len(),
                     "conn": conn,
+                    "accept_encoding": recorded.header("accept-encoding"),
                 })
                 .to_string();
                 w.write_all(format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len()).as_bytes()).is_ok()

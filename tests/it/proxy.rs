@@ -544,7 +544,7 @@ fn row24_redirect_returned_unchanged() {
     assert_eq!(s.origin.recorded().len(), 1);
 }
 
-/// WebSocket: the handshake gets the credential injected, then bytes flow both ways.
+/// WebSocket: the handshake gets the credential injected, then frames flow both ways.
 #[test]
 fn websocket_upgrade_with_injected_handshake() {
     let s = Setup::new("auto");
@@ -564,11 +564,17 @@ fn websocket_upgrade_with_injected_handshake() {
     );
     assert_eq!(rec.header("upgrade"), ["websocket"]);
     for msg in [&b"frame-one"[..], b"frame-two"] {
-        c.tls.write_all(msg).unwrap();
+        // A masked client text frame; the origin echoes it unmasked.
+        let mask = [1u8, 2, 3, 4];
+        let mut frame = vec![0x81, 0x80 | msg.len() as u8];
+        frame.extend_from_slice(&mask);
+        frame.extend(msg.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        c.tls.write_all(&frame).unwrap();
         c.tls.flush().unwrap();
-        let mut buf = vec![0u8; msg.len()];
+        let mut buf = vec![0u8; msg.len() + 2];
         c.tls.read_exact(&mut buf).unwrap();
-        assert_eq!(buf, msg);
+        assert_eq!(&buf[..2], &[0x81, msg.len() as u8]);
+        assert_eq!(&buf[2..], msg);
     }
 }
 
