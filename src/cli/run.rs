@@ -8,6 +8,11 @@
 //! extended with the loopback names, and the agent API in `AIRLOCK_URL`. Only the child's
 //! environment changes; airlock never touches the system trust store. Signals are forwarded and
 //! the exit code is passed through.
+//!
+//! The child never inherits what would open the vault or a key itself (review B5):
+//! `AIRLOCK_PASSPHRASE` and `CREDENTIALS_DIRECTORY` are removed, and every variable named after a
+//! credential key of the vault is replaced with `placeholder` (what SDKs want anyway); stderr
+//! says which. The bundle files live in a fresh private (0700) directory of a random name.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -61,6 +66,28 @@ struct RunToken {
     ca_pem: String,
     /// The store, when minted from the data dir.
     local: bool,
+    /// The names of the vault's credentials (never values).
+    credential_keys: Vec<String>,
+}
+
+/// Variables the agent never inherits.
+const WITHHELD: &[&str] = &["AIRLOCK_PASSPHRASE", "CREDENTIALS_DIRECTORY"];
+
+/// Withholds from `child` what it must not inherit (see the module docs); returns the names
+/// removed and the names replaced with `placeholder`.
+fn withhold(child: &mut Command, credential_keys: &[String]) -> (Vec<String>, Vec<String>) {
+    let set = |name: &str| std::env::var_os(name).is_some();
+    let mut removed = Vec::new();
+    for name in WITHHELD.iter().filter(|n| set(n)) {
+        child.env_remove(name);
+        removed.push((*name).to_owned());
+    }
+    let mut replaced = Vec::new();
+    for key in credential_keys.iter().filter(|k| set(k)) {
+        child.env(key, "placeholder");
+        replaced.push(key.clone());
+    }
+    (removed, replaced)
 }
 
 pub fn run(ctx: &Ctx, args: RunArgs) -> Result<std::process::ExitCode, CliError> {
@@ -102,6 +129,20 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> Result<std::process::ExitCode, CliError>
     let (host_port, proxy_with_auth) = proxy_parts(&proxy, &token.token, &token.vault)?;
     let mut child = Command::new(program);
     child.args(program_args);
+    let (removed, replaced) = withhold(&mut child, &token.credential_keys);
+    if !removed.is_empty() {
+        eprintln!(
+            "airlock: run: not passed to the agent: {}",
+            removed.join(", ")
+        );
+    }
+    if !replaced.is_empty() {
+        eprintln!(
+            "airlock: run: set to placeholder for the agent (credentials of vault {}): {}",
+            token.vault,
+            replaced.join(", ")
+        );
+    }
     for var in ["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"] {
         child.env(var, &proxy_with_auth);
     }
@@ -167,11 +208,17 @@ fn mint_local(ctx: &Ctx, vault: &str, ttl: std::time::Duration) -> Result<RunTok
         what: ca_path.display().to_string(),
         source,
     })?;
+    let credential_keys = store
+        .credentials(vault)?
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
     Ok(RunToken {
         token: String::from_utf8_lossy(minted.token.expose()).into_owned(),
         vault: vault.to_owned(),
         ca_pem,
         local: true,
+        credential_keys,
     })
 }
 
@@ -200,11 +247,28 @@ fn mint_remote(
             "fetching the CA from {proxy}: status {status}"
         )));
     }
+    // The vault's credential names, to keep variables named after them from the agent.
+    let (status, discovered) = http(proxy, "GET", "/v1/discover", &headers, "")?;
+    let discovered: serde_json::Value = serde_json::from_str(&discovered).unwrap_or_default();
+    if status != 200 {
+        return Err(CliError::Usage(format!(
+            "reading the vault's credential names at {proxy}: status {status}"
+        )));
+    }
+    let credential_keys = discovered["credentials"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|k| k.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
     Ok(RunToken {
         token: v["token"].as_str().unwrap_or_default().to_owned(),
         vault: v["vault"].as_str().unwrap_or_default().to_owned(),
         ca_pem,
         local: false,
+        credential_keys,
     })
 }
 
@@ -286,13 +350,28 @@ pub fn extended_no_proxy(existing: Option<String>) -> String {
     entries.join(",")
 }
 
+/// A new private directory for the run's files: a random name, created 0700 by this call (never
+/// one that already exists, which another user could have made; review B12).
 fn run_dir() -> Result<PathBuf, CliError> {
-    let dir = std::env::temp_dir().join(format!("airlock-run-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|source| CliError::Io {
+    use std::os::unix::fs::DirBuilderExt;
+    let mut last = None;
+    for _ in 0..8 {
+        let mut random = [0u8; 8];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random)
+            .map_err(|_| CliError::Usage("no randomness for the run's directory".into()))?;
+        let name = format!("airlock-run-{}", data_encoding::HEXLOWER.encode(&random));
+        let dir = std::env::temp_dir().join(name);
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) => last = Some((dir, e)),
+        }
+    }
+    let (dir, source) =
+        last.unwrap_or_else(|| (std::env::temp_dir(), std::io::ErrorKind::Other.into()));
+    Err(CliError::Io {
         what: dir.display().to_string(),
         source,
-    })?;
-    Ok(dir)
+    })
 }
 
 /// airlock's CA plus the bundle the child would otherwise have trusted.

@@ -221,6 +221,35 @@ async fn line<R: AsyncReadRent>(
     }
 }
 
+/// Checks the start of a chunked body already in hand (row 82): every chunk-size line, chunk end
+/// and CRLF in `b` must be right, so a request whose framing is already known to be bad is
+/// refused before its head goes upstream. What is not in `b` yet is not judged; trailers are
+/// not checked (they are dropped, row 15).
+pub fn check_chunked_prefix(mut b: &[u8]) -> Result<(), HttpError> {
+    loop {
+        let Some(nl) = memchr::memchr(b'\n', b) else {
+            return if b.len() > MAX_CHUNK_LINE {
+                Err(HttpError::BadFraming("chunk-size line too long"))
+            } else {
+                Ok(())
+            };
+        };
+        let size = parse_chunk_size(&b[..=nl])?;
+        b = &b[nl + 1..];
+        if size == 0 {
+            return Ok(());
+        }
+        let Some(rest) = usize::try_from(size).ok().and_then(|n| b.get(n..)) else {
+            return Ok(());
+        };
+        b = match rest {
+            [b'\r', b'\n', after @ ..] => after,
+            [] | [b'\r'] => return Ok(()),
+            _ => return Err(HttpError::BadFraming("missing CRLF after chunk data")),
+        };
+    }
+}
+
 /// Parses `1*HEXDIG [ ";" ext ] CRLF`; at most 15 hex digits (no overflow, row 14).
 pub fn parse_chunk_size(line: &[u8]) -> Result<u64, HttpError> {
     let bad = HttpError::BadFraming("invalid chunk size");
@@ -283,6 +312,38 @@ mod tests {
     use super::*;
 
     /// security.md row 14 (B-06): sign, overflow and junk in chunk sizes.
+    #[test]
+    fn row82_chunked_prefix_checked() {
+        for bad in [
+            &b"ffffffffffffffffff\r\n"[..],
+            b"-5\r\n",
+            b"zz\r\n",
+            b"5\r\nhelloXX",
+            b"5\r\nhello\r\nnope\r\n",
+            b"5\nhello\r\n",
+        ] {
+            assert!(
+                check_chunked_prefix(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        for fine in [
+            &b""[..],
+            b"5",
+            b"5\r\nhel",
+            b"5\r\nhello\r",
+            b"5\r\nhello\r\n0\r\n\r\n",
+            b"5;ext=1\r\nhello\r\n3\r\nab",
+        ] {
+            assert!(
+                check_chunked_prefix(fine).is_ok(),
+                "{:?}",
+                String::from_utf8_lossy(fine)
+            );
+        }
+    }
+
     #[test]
     fn row14_chunk_size_strict() {
         assert_eq!(parse_chunk_size(b"1a\r\n"), Ok(26));

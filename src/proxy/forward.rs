@@ -307,6 +307,10 @@ pub async fn exchange<C: AsyncReadRent + AsyncWriteRent>(
     };
     client.consume(head_len);
     row.service = Some(prepared.service.name.clone());
+    // Row 82: framing already known to be bad is refused before anything goes upstream.
+    if prepared.framing == Framing::Chunked {
+        body::check_chunked_prefix(client.buffered())?;
+    }
     // Row 16: a declared length over the cap is refused before anything goes upstream.
     if let (Framing::Length(n), Some(cap)) = (prepared.framing, shared.limits().body_cap)
         && n > cap

@@ -601,3 +601,178 @@ fn row81_path_and_query_substitutions_are_percent_encoded() {
     assert!(!r.contains(encoded) && !r.contains(value), "{r}");
     assert!(r.contains(&"*".repeat(encoded.len())), "{r}");
 }
+
+/// Row 82: a chunked request whose first chunk-size line (or any framing in the bytes already
+/// read) is bad is refused with 400 `bad_framing` before its head goes upstream; the upstream
+/// sees nothing.
+#[test]
+fn row82_framing_known_bad_refused_before_anything_leaves() {
+    let s = Setup::new("auto");
+    for body in [
+        "ffffffffffffffffff\r\n",
+        "-5\r\nhello\r\n0\r\n\r\n",
+        "zz\r\n",
+        "5\r\nhelloXX0\r\n\r\n",
+        "5\r\nhello\r\n5x\r\n",
+    ] {
+        let r = s.raw("api.openai.com").send(
+            format!("POST /framing HTTP/1.1\r\nHost: api.openai.com\r\nTransfer-Encoding: chunked\r\n\r\n{body}")
+                .as_bytes(),
+        );
+        assert!(
+            r.starts_with("HTTP/1.1 400") && r.contains("bad_framing"),
+            "{body:?}: {r}"
+        );
+    }
+    assert!(s.origin.recorded().is_empty(), "the upstream saw a head");
+}
+
+// `airlock run` and the admin process's environment (review B5).
+
+/// Row 83: `airlock run` never hands the agent `AIRLOCK_PASSPHRASE`, `CREDENTIALS_DIRECTORY` or
+/// a variable named after a credential of the vault (those become `placeholder`), says so on
+/// stderr, and keeps its files in a fresh 0700 directory. Minting locally and through the agent
+/// API alike.
+#[test]
+fn row83_airlock_run_withholds_secrets_from_the_agent() {
+    let s = Setup::new("auto");
+    let script = r#"env; stat -c 'dir-mode=%a' "$(dirname "$SSL_CERT_FILE")""#;
+    let leaked = [
+        ("AIRLOCK_PASSPHRASE", "pp-SECRET-passphrase"),
+        ("CREDENTIALS_DIRECTORY", "/run/credentials/airlock.service"),
+        ("OPENAI_KEY", "sk-live-real-openai-key"),
+        ("ANTHROPIC_KEY", "sk-ant-real-key"),
+        ("UNRELATED", "kept-as-is"),
+    ];
+    let proxy = format!("http://{}", s.proxy.addr);
+    let local = {
+        let mut c = s
+            .env
+            .command(&["run", "--proxy", &proxy, "--", "sh", "-c", script]);
+        c.envs(leaked);
+        output(c, None).ok()
+    };
+    let remote = {
+        let mut c = crate::harness::command(&[
+            "--data-dir",
+            "/nonexistent",
+            "run",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ]);
+        c.envs(leaked)
+            .env("AIRLOCK_URL", &proxy)
+            .env("AIRLOCK_TOKEN", &s.token);
+        output(c, None).ok()
+    };
+    for r in [local, remote] {
+        for (_, value) in &leaked[..4] {
+            assert!(
+                !r.stdout.contains(value),
+                "{value} reached the agent: {}",
+                r.stdout
+            );
+        }
+        assert!(!r.stdout.contains("CREDENTIALS_DIRECTORY="), "{}", r.stdout);
+        assert!(
+            r.stdout.contains("OPENAI_KEY=placeholder\n")
+                && r.stdout.contains("ANTHROPIC_KEY=placeholder\n")
+                && r.stdout.contains("UNRELATED=kept-as-is\n"),
+            "{}",
+            r.stdout
+        );
+        assert!(r.stdout.contains("dir-mode=700"), "{}", r.stdout);
+        assert!(
+            r.stderr
+                .contains("not passed to the agent: AIRLOCK_PASSPHRASE, CREDENTIALS_DIRECTORY")
+                && r.stderr.contains("ANTHROPIC_KEY, OPENAI_KEY"),
+            "{}",
+            r.stderr
+        );
+    }
+}
+
+/// Row 84: `serve` does not pass the passphrase (or systemd's credentials directory) to
+/// `airlock-admin`, and the admin process is not dumpable (its /proc files go to root, so no
+/// other process of its user reads its memory or environment).
+#[test]
+fn row84_admin_process_has_no_passphrase_and_is_not_dumpable() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let parent = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(parent.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = parent.path().join("data");
+    let pass = parent.path().join("pass");
+    std::fs::write(&pass, "a-passphrase-for-row-84\n").unwrap();
+    output(
+        crate::harness::command(&[
+            "--data-dir",
+            data.to_str().unwrap(),
+            "init",
+            "--passphrase-file",
+            pass.to_str().unwrap(),
+        ]),
+        None,
+    )
+    .ok();
+    let bin = parent.path().join("airlock");
+    std::fs::copy(crate::harness::bin(), &bin).unwrap();
+    let admin_bin = std::path::Path::new(crate::harness::bin()).with_file_name("airlock-admin");
+    std::fs::copy(admin_bin, parent.path().join("airlock-admin")).unwrap();
+    assert!(
+        std::process::Command::new("chown")
+            .args(["-R", "65534:65534"])
+            .arg(&data)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut child = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&bin)
+        .args([
+            "--data-dir",
+            data.to_str().unwrap(),
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--admin-listen", "127.0.0.1:0", "--workers", "1"])
+        .env("AIRLOCK_PASSPHRASE", "a-passphrase-for-row-84")
+        .env("CREDENTIALS_DIRECTORY", "/nonexistent-credentials")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let admin = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .find(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd);
+            cmd.contains("airlock-admin") && cmd.contains(data.to_str().unwrap())
+        });
+    let found = admin.map(|pid| {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let owner = std::fs::metadata(format!("/proc/{pid}/mem")).unwrap().uid();
+        (String::from_utf8_lossy(&environ).into_owned(), owner)
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(line.starts_with("ready "), "{line}");
+    let (environ, mem_owner) = found.expect("airlock-admin is running");
+    assert!(
+        !environ.contains("a-passphrase-for-row-84"),
+        "the admin got the passphrase"
+    );
+    assert!(!environ.contains("AIRLOCK_PASSPHRASE") && !environ.contains("CREDENTIALS_DIRECTORY"));
+    assert_eq!(mem_owner, 0, "the admin process is dumpable");
+}
