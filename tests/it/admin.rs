@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::harness::{Run, output};
 use crate::proxy::Setup;
@@ -33,7 +33,7 @@ pub(crate) fn admin_url(s: &Setup) -> String {
 }
 
 /// Posts a proposal through the agent API; returns its JSON.
-fn propose(s: &Setup, user_message: &str) -> serde_json::Value {
+fn propose(s: &Setup, user_message: &str) -> Value {
     let body = json!({
         "services": [{"action": "set", "name": "other", "host": "other.example.net", "auth": {"type": "bearer", "token": "OTHER_KEY"}}],
         "credentials": [{"key": "OTHER_KEY", "description": "Other API key", "obtain": "https://other.example.net/keys"}],
@@ -570,7 +570,7 @@ fn webhook_notifies_new_proposals_without_secrets() {
         &body.to_string(),
     ]);
     c.arg(format!("http://{}/v1/proposals", s.proxy.addr));
-    let p: serde_json::Value = serde_json::from_str(&output(c, None).ok().stdout).unwrap();
+    let p: Value = serde_json::from_str(&output(c, None).ok().stdout).unwrap();
     let start = Instant::now();
     while got.lock().unwrap().is_empty() {
         assert!(
@@ -582,7 +582,7 @@ fn webhook_notifies_new_proposals_without_secrets() {
     }
     let msgs = got.lock().unwrap().clone();
     assert_eq!(msgs.len(), 1);
-    let v: serde_json::Value = serde_json::from_str(&msgs[0]).unwrap();
+    let v: Value = serde_json::from_str(&msgs[0]).unwrap();
     let text = v["text"].as_str().unwrap();
     assert!(
         text.contains("other.example.net")
@@ -598,6 +598,47 @@ fn webhook_notifies_new_proposals_without_secrets() {
     assert!(!msgs[0].contains(value));
 }
 
+/// curl on the admin API socket: (status, JSON).
+pub(crate) fn api_socket(
+    s: &Setup,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    headers: &[&str],
+) -> (u16, Value) {
+    let socket = s.proxy.admin_api.clone().unwrap();
+    let mut c = std::process::Command::new("curl");
+    c.args([
+        "-sS",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+        "-X",
+        method,
+        "--unix-socket",
+        &socket,
+    ]);
+    for h in headers {
+        c.args(["-H", h]);
+    }
+    if let Some(b) = body {
+        c.args([
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            &b.to_string(),
+        ]);
+    }
+    c.arg(format!("http://localhost{path}"));
+    let r = output(c, None).ok();
+    let (body, code) = r.stdout.rsplit_once('\n').unwrap();
+    (
+        code.parse().unwrap(),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
 /// The JSON API answers on its own Unix socket only (not the UI socket, not TCP); approvals there
 /// are bound to the digest too and audited with the caller's uid.
 #[test]
@@ -606,34 +647,8 @@ fn json_api_on_the_socket_only() {
     let socket = s.proxy.admin_api.clone().unwrap();
     let p = propose(&s, "via the API");
     let id = p["id"].as_u64().unwrap();
-    let api = |method: &str, path: &str, body: Option<serde_json::Value>| {
-        let mut c = std::process::Command::new("curl");
-        c.args([
-            "-sS",
-            "-o",
-            "-",
-            "-w",
-            "\n%{http_code}",
-            "-X",
-            method,
-            "--unix-socket",
-            &socket,
-        ]);
-        if let Some(b) = body {
-            c.args([
-                "-H",
-                "content-type: application/json",
-                "--data-binary",
-                &b.to_string(),
-            ]);
-        }
-        c.arg(format!("http://localhost{path}"));
-        let r = output(c, None).ok();
-        let (body, code) = r.stdout.rsplit_once('\n').unwrap();
-        (
-            code.parse::<u16>().unwrap(),
-            serde_json::from_str::<serde_json::Value>(body).unwrap_or_default(),
-        )
+    let api = |method: &str, path: &str, body: Option<Value>| {
+        api_socket(&s, method, path, body, &[])
     };
     let (code, list) = api("GET", "/api/proposals?status=pending", None);
     assert_eq!(code, 200);

@@ -699,58 +699,20 @@ fn row83_airlock_run_withholds_secrets_from_the_agent() {
 /// other process of its user reads its memory or environment).
 #[test]
 fn row84_admin_process_has_no_passphrase_and_is_not_dumpable() {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let parent = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(parent.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let data = parent.path().join("data");
-    let pass = parent.path().join("pass");
-    std::fs::write(&pass, "a-passphrase-for-row-84\n").unwrap();
-    output(
-        crate::harness::command(&[
-            "--data-dir",
-            data.to_str().unwrap(),
-            "init",
-            "--passphrase-file",
-            pass.to_str().unwrap(),
-        ]),
-        None,
-    )
-    .ok();
-    let bin = parent.path().join("airlock");
-    std::fs::copy(crate::harness::bin(), &bin).unwrap();
-    let admin_bin = std::path::Path::new(crate::harness::bin()).with_file_name("airlock-admin");
-    std::fs::copy(admin_bin, parent.path().join("airlock-admin")).unwrap();
-    assert!(
-        std::process::Command::new("chown")
-            .args(["-R", "65534:65534"])
-            .arg(&data)
-            .status()
-            .unwrap()
-            .success()
+    use std::os::unix::fs::MetadataExt;
+    let phrase = "a-passphrase-for-row-84";
+    let serve = crate::harness::ServeAsNobody::start(
+        &["--admin-listen", "127.0.0.1:0"],
+        &[
+            ("AIRLOCK_PASSPHRASE", phrase),
+            ("CREDENTIALS_DIRECTORY", "/nonexistent-credentials"),
+        ],
     );
-    let mut child = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(&bin)
-        .args([
-            "--data-dir",
-            data.to_str().unwrap(),
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--admin-listen", "127.0.0.1:0", "--workers", "1"])
-        .env("AIRLOCK_PASSPHRASE", "a-passphrase-for-row-84")
-        .env("CREDENTIALS_DIRECTORY", "/nonexistent-credentials")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    assert!(
+        !serve.data.join("master.key").exists(),
+        "a passphrase vault has no key file"
+    );
+    let data = serve.data.to_str().unwrap().to_owned();
     let admin = std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
@@ -758,21 +720,15 @@ fn row84_admin_process_has_no_passphrase_and_is_not_dumpable() {
         .find(|pid| {
             let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let cmd = String::from_utf8_lossy(&cmd);
-            cmd.contains("airlock-admin") && cmd.contains(data.to_str().unwrap())
-        });
-    let found = admin.map(|pid| {
-        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-        let owner = std::fs::metadata(format!("/proc/{pid}/mem")).unwrap().uid();
-        (String::from_utf8_lossy(&environ).into_owned(), owner)
-    });
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(line.starts_with("ready "), "{line}");
-    let (environ, mem_owner) = found.expect("airlock-admin is running");
-    assert!(
-        !environ.contains("a-passphrase-for-row-84"),
-        "the admin got the passphrase"
-    );
+            cmd.contains("airlock-admin") && cmd.contains(&data)
+        })
+        .expect("airlock-admin is running");
+    let environ = std::fs::read(format!("/proc/{admin}/environ")).unwrap_or_default();
+    let environ = String::from_utf8_lossy(&environ);
+    let mem_owner = std::fs::metadata(format!("/proc/{admin}/mem"))
+        .unwrap()
+        .uid();
+    assert!(!environ.contains(phrase), "the admin got the passphrase");
     assert!(!environ.contains("AIRLOCK_PASSPHRASE") && !environ.contains("CREDENTIALS_DIRECTORY"));
     assert_eq!(mem_owner, 0, "the admin process is dumpable");
 }

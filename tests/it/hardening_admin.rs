@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::admin::{Browser, PASSWORD, admin_pid, with_admin};
+use crate::admin::{Browser, PASSWORD, admin_pid, api_socket, with_admin};
 use crate::harness::output;
 use crate::proposals::api;
 use crate::proxy::Setup;
@@ -57,47 +57,6 @@ fn post_login(addr: &str, (cookie, csrf): &(String, String), name: &str, passwor
         ),
     )
     .0
-}
-
-/// curl on the admin API socket: (status, JSON).
-fn api_socket(
-    s: &Setup,
-    method: &str,
-    path: &str,
-    body: Option<Value>,
-    headers: &[&str],
-) -> (u16, Value) {
-    let socket = s.proxy.admin_api.clone().unwrap();
-    let mut c = std::process::Command::new("curl");
-    c.args([
-        "-sS",
-        "-o",
-        "-",
-        "-w",
-        "\n%{http_code}",
-        "-X",
-        method,
-        "--unix-socket",
-        &socket,
-    ]);
-    for h in headers {
-        c.args(["-H", h]);
-    }
-    if let Some(b) = body {
-        c.args([
-            "-H",
-            "content-type: application/json",
-            "--data-binary",
-            &b.to_string(),
-        ]);
-    }
-    c.arg(format!("http://localhost{path}"));
-    let r = output(c, None).ok();
-    let (body, code) = r.stdout.rsplit_once('\n').unwrap();
-    (
-        code.parse().unwrap(),
-        serde_json::from_str(body).unwrap_or(Value::Null),
-    )
 }
 
 fn propose(s: &Setup, body: Value) -> (u16, Value) {

@@ -243,3 +243,61 @@ impl Drop for Tmpfs {
         let _ = Command::new("umount").arg(self.dir.path()).status();
     }
 }
+
+/// `airlock serve` running as nobody (uid 65534), from copies of both binaries in a fresh 0755
+/// directory, over a data dir made by `init`; `env` is set for both. Killed on drop.
+pub struct ServeAsNobody {
+    pub child: std::process::Child,
+    pub data: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl ServeAsNobody {
+    pub fn start(serve_args: &[&str], env: &[(&str, &str)]) -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        let data = dir.path().join("data");
+        let mut init = command(&["--data-dir", data.to_str().expect("utf-8"), "init"]);
+        init.envs(env.iter().copied());
+        output(init, None).ok();
+        let copy = dir.path().join("airlock");
+        std::fs::copy(bin(), &copy).expect("copy airlock");
+        let admin = Path::new(bin()).with_file_name("airlock-admin");
+        std::fs::copy(admin, dir.path().join("airlock-admin")).expect("copy airlock-admin");
+        let chown = Command::new("chown")
+            .args(["-R", "65534:65534"])
+            .arg(&data)
+            .status()
+            .expect("chown");
+        assert!(chown.success());
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&copy)
+            .args(["--data-dir", data.to_str().expect("utf-8"), "serve"])
+            .args(["--listen", "127.0.0.1:0", "--workers", "1"])
+            .args(serve_args)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut child = c.spawn().expect("spawn serve");
+        let mut ready = String::new();
+        let stdout = child.stdout.take().expect("stdout");
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut ready)
+            .expect("ready line");
+        assert!(ready.starts_with("ready "), "{ready}");
+        Self {
+            child,
+            data,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for ServeAsNobody {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

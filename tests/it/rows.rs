@@ -649,49 +649,10 @@ fn row41_old_tls_versions_refused() {
 /// read /proc/<pid>/mem, which the kernel then hands to root) and writes no core file.
 #[test]
 fn row63_serve_is_not_dumpable() {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let parent = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(parent.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let data = parent.path().join("data");
-    output(
-        crate::harness::command(&["--data-dir", data.to_str().unwrap(), "init"]),
-        None,
-    )
-    .ok();
-    let bin = parent.path().join("airlock");
-    std::fs::copy(crate::harness::bin(), &bin).unwrap();
-    let st = std::process::Command::new("chown")
-        .args(["-R", "65534:65534"])
-        .arg(&data)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let mut child = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(&bin)
-        .args([
-            "--data-dir",
-            data.to_str().unwrap(),
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--no-admin",
-            "--workers",
-            "1",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert!(line.starts_with("ready "), "{line}");
+    use std::os::unix::fs::MetadataExt;
+    let serve = crate::harness::ServeAsNobody::start(&["--no-admin"], &[]);
     // setpriv execs airlock, so the child's pid is serve's.
-    let pid = child.id();
+    let pid = serve.child.id();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     assert!(
         status
@@ -701,8 +662,7 @@ fn row63_serve_is_not_dumpable() {
     );
     let mem_owner = std::fs::metadata(format!("/proc/{pid}/mem")).unwrap().uid();
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(serve);
     assert_eq!(
         mem_owner, 0,
         "/proc/<pid>/mem still belongs to the service user: the process is dumpable"
