@@ -1,6 +1,6 @@
 //! Micro benchmarks of the per-request hot pieces (criterion): head parse, matching over 1,000
-//! services, building the upstream head with injection, leaf minting, opening a credential and
-//! looking up a token. `cargo bench --bench micro`; CI runs it with `-- --test` (once each).
+//! services, building the upstream head with injection, scrubbing a 16 KiB response chunk of
+//! a vault's 24 secrets, leaf minting, opening a credential and looking up a token. `cargo bench --bench micro`; CI runs it with `-- --test` (once each).
 
 // A benchmark: setup failures should stop it loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -132,6 +132,26 @@ fn benches(c: &mut Criterion) {
     let hash = TokenHash::of(token.token.expose());
     c.bench_function("token_lookup", |b| {
         b.iter(|| store.token_by_hash(black_box(hash)).unwrap().is_some())
+    });
+    // Scrubbing: one 16 KiB chunk of JSON-like text against 24 secrets (a vault with a dozen
+    // credentials, each value and injected header value), the way every response is read.
+    let masker = airlock::scrub::Masker::new(
+        (0..24)
+            .map(|i| Secret::new(format!("sk-live-{i:02}-0123456789abcdefghij").into_bytes()))
+            .collect(),
+    );
+    let chunk: Vec<u8> =
+        br#"{"id":"msg_01","type":"message","content":[{"type":"text","text":"Hello, world. "}]}"#
+            .iter()
+            .copied()
+            .cycle()
+            .take(16 * 1024)
+            .collect();
+    c.bench_function("scrub_16k_24_secrets", |b| {
+        b.iter(|| {
+            let mut s = airlock::scrub::Scrubber::new(&masker);
+            black_box(s.push(black_box(&chunk)));
+        })
     });
     c.bench_function("vault_generation_read", |b| {
         b.iter(|| store.generation().unwrap())

@@ -647,9 +647,8 @@ fn json_api_on_the_socket_only() {
     let socket = s.proxy.admin_api.clone().unwrap();
     let p = propose(&s, "via the API");
     let id = p["id"].as_u64().unwrap();
-    let api = |method: &str, path: &str, body: Option<Value>| {
-        api_socket(&s, method, path, body, &[])
-    };
+    let api =
+        |method: &str, path: &str, body: Option<Value>| api_socket(&s, method, path, body, &[]);
     let (code, list) = api("GET", "/api/proposals?status=pending", None);
     assert_eq!(code, 200);
     let digest = list[0]["digest"].as_str().unwrap().to_owned();
