@@ -493,6 +493,7 @@ pub fn run(
     println!(
         "ready proxy={local} admin={admin_socket} admin_api={admin_api} admin_http={admin_http} metrics={metrics_addr}"
     );
+    let published = publish(&settings.data_dir, local);
     notify(b"READY=1");
     for signal in signals.forever() {
         if signal == SIGHUP {
@@ -515,11 +516,34 @@ pub fn run(
         std::thread::sleep(Duration::from_millis(300));
         break;
     }
+    if let Some(path) = published {
+        let _ = std::fs::remove_file(path);
+    }
     if let Some((admin, _)) = &admin {
         admin.stop();
     }
     drop(handles);
     Ok(())
+}
+
+/// The file in the data dir where a running `serve` says where it listens (`airlock run` finds
+/// the proxy there); removed when serve exits.
+pub const RUNTIME_FILE: &str = "serve.json";
+
+/// Writes [`RUNTIME_FILE`]; its path, or `None` (with a warning) when it cannot be written.
+fn publish(data_dir: &std::path::Path, proxy: SocketAddr) -> Option<PathBuf> {
+    let path = data_dir.join(RUNTIME_FILE);
+    let text = serde_json::json!({"proxy": proxy.to_string(), "pid": std::process::id()});
+    match crate::fsutil::write_atomic(&path, text.to_string().as_bytes(), 0o644) {
+        Ok(()) => Some(path),
+        Err(e) => {
+            tracing::warn!(
+                "cannot write {}: {e}; `airlock run` will not find this proxy by itself",
+                path.display()
+            );
+            None
+        }
+    }
 }
 
 /// Per agent token defaults: 200 requests per second (burst 400) and 64 in flight.

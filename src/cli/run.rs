@@ -2,9 +2,13 @@
 //! traffic going through airlock.
 //!
 //! A scoped token is minted for the run (from the data dir, or through the agent API when only
-//! `AIRLOCK_URL` and `AIRLOCK_TOKEN` are given) and revoked when the command exits. The child gets
+//! `AIRLOCK_URL` and `AIRLOCK_TOKEN` are given) and revoked when the command exits. The proxy is
+//! found without flags where a `serve` of the same data dir published its address
+//! ([`crate::serve::RUNTIME_FILE`]); before the command starts, the proxy must answer and take
+//! the token, else `run` fails in one line. The child gets
 //! the proxy variables, a CA bundle it can read (combined with the bundle it already trusted, or
-//! the system bundle, so hosts tunnelled without interception still verify), `NO_PROXY`
+//! the system bundle, so hosts tunnelled without interception still verify; also in
+//! `CODEX_CA_CERTIFICATE`), `NO_PROXY`
 //! extended with the loopback names, and the agent API in `AIRLOCK_URL`. Only the child's
 //! environment changes; airlock never touches the system trust store. Signals are forwarded and
 //! the exit code is passed through.
@@ -48,7 +52,7 @@ pub struct RunArgs {
     /// Lifetime of the scoped token
     #[arg(long, default_value = "8h", value_parser = crate::config::parse_duration)]
     pub ttl: std::time::Duration,
-    /// Proxy address [default: $AIRLOCK_URL, else the config's listen, else 127.0.0.1:7480]
+    /// Proxy address [default: $AIRLOCK_URL, else where a serve of this data dir listens, else the config's listen, else 127.0.0.1:7480]
     #[arg(long, value_name = "URL")]
     pub proxy: Option<String>,
     /// Print the agent guide (for an agent's instructions) and exit
@@ -114,6 +118,10 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> Result<std::process::ExitCode, CliError>
             )));
         }
     };
+    if let Err(e) = preflight(&proxy, &token) {
+        revoke(ctx, &proxy, &token);
+        return Err(e);
+    }
     if token.local {
         warn_same_user(&ctx.data_dir);
     }
@@ -157,6 +165,8 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> Result<std::process::ExitCode, CliError>
         child.env(var, &bundle);
     }
     child.env("NODE_EXTRA_CA_CERTS", &ca_only);
+    // Codex reads its roots from here and ignores NODE_EXTRA_CA_CERTS.
+    child.env("CODEX_CA_CERTIFICATE", &bundle);
     child
         .env("AIRLOCK_URL", format!("http://{host_port}"))
         .env("AIRLOCK_TOKEN", &token.token)
@@ -168,10 +178,13 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> Result<std::process::ExitCode, CliError>
     Ok(std::process::ExitCode::from(exit_code(status)))
 }
 
+/// The proxy: `--proxy`, else `$AIRLOCK_URL`, else where a `serve` on this data dir says it
+/// listens, else the config's `listen`, else 127.0.0.1:7480.
 fn proxy_url(ctx: &Ctx, flag: Option<&str>) -> Result<String, CliError> {
     let url = flag
         .map(str::to_owned)
         .or_else(|| std::env::var("AIRLOCK_URL").ok().filter(|u| !u.is_empty()))
+        .or_else(|| published(&ctx.data_dir))
         .unwrap_or_else(|| {
             format!(
                 "http://{}",
@@ -186,6 +199,31 @@ fn proxy_url(ctx: &Ctx, flag: Option<&str>) -> Result<String, CliError> {
         )));
     }
     Ok(url.trim_end_matches('/').to_owned())
+}
+
+/// The address a running `serve` published in `data_dir`.
+fn published(data_dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(data_dir.join(crate::serve::RUNTIME_FILE)).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["proxy"].as_str().map(|p| format!("http://{p}"))
+}
+
+/// Before the agent starts: the proxy answers and takes the run's token (a serve of another
+/// data dir would not); one clear line otherwise.
+fn preflight(proxy: &str, token: &RunToken) -> Result<(), CliError> {
+    let headers = [
+        format!("Authorization: Bearer {}", token.token),
+        format!("x-airlock-vault: {}", token.vault),
+    ];
+    match http(proxy, "GET", "/v1/discover", &headers, "") {
+        Ok((200, _)) => Ok(()),
+        Ok((status, _)) => Err(CliError::Usage(format!(
+            "the proxy at {proxy} does not take the run's token ({status}): is it serving another data dir? Give --proxy or AIRLOCK_URL"
+        ))),
+        Err(_) => Err(CliError::Usage(format!(
+            "no airlock proxy answers at {proxy}: start `airlock serve`, or give --proxy or AIRLOCK_URL"
+        ))),
+    }
 }
 
 /// `host:port` and `http://token:vault@host:port`.

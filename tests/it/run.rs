@@ -11,7 +11,12 @@ fn run_through(s: &Setup, cmd: &[&str], env: &[(&str, &str)]) -> Run {
     let proxy = format!("http://{}", s.proxy.addr);
     let mut args = vec!["run", "--proxy", proxy.as_str(), "--"];
     args.extend_from_slice(cmd);
-    let mut c = s.env.command(&args);
+    output(run_command(s, &args, env), None)
+}
+
+/// `airlock ARGS` with `env`, and none of the proxy or agent variables of this process.
+fn run_command(s: &Setup, args: &[&str], env: &[(&str, &str)]) -> std::process::Command {
+    let mut c = s.env.command(args);
     for (k, v) in env {
         c.env(k, v);
     }
@@ -30,7 +35,48 @@ fn run_through(s: &Setup, cmd: &[&str], env: &[(&str, &str)]) -> Run {
             c.env_remove(var);
         }
     }
-    output(c, None)
+    c
+}
+
+/// `airlock run` with no flags finds the serve of its data dir on whatever port it listens
+/// (serve publishes it in the data dir while it runs), and sets CODEX_CA_CERTIFICATE. With no
+/// proxy, or a proxy of another data dir, it fails in one line before the command starts.
+#[test]
+fn run_finds_its_proxy_and_fails_clearly_without_one() {
+    let mut s = Setup::new("auto");
+    let script = "curl -sS https://api.openai.com/v1/found; echo; echo codex=$CODEX_CA_CERTIFICATE";
+    let r = output(
+        run_command(&s, &["run", "--", "sh", "-c", script], &[]),
+        None,
+    )
+    .ok();
+    assert!(r.stdout.contains("GET /v1/found HTTP/1.1"), "{r:?}");
+    assert!(
+        r.stdout.contains("codex=/") && r.stdout.contains("ca-bundle.pem"),
+        "{r:?}"
+    );
+    // A proxy of another data dir does not take this data dir's token.
+    let other = Setup::new("auto");
+    let marker = s.env.path("started");
+    let touch = ["touch", marker.to_str().unwrap()];
+    let other_url = format!("http://{}", other.proxy.addr);
+    let mut args = vec!["run", "--proxy", other_url.as_str(), "--"];
+    args.extend_from_slice(&touch);
+    let r = output(run_command(&s, &args, &[]), None);
+    assert!(r.fails().contains("does not take the run's token"), "{r:?}");
+    // serve stops: its published address goes, and run says there is no proxy.
+    std::process::Command::new("kill")
+        .args(["-TERM", &s.proxy.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(s.proxy.wait_exit(Duration::from_secs(15)).is_some());
+    assert!(!s.env.data_dir.join("serve.json").exists());
+    let mut args = vec!["run", "--"];
+    args.extend_from_slice(&touch);
+    let r = output(run_command(&s, &args, &[]), None);
+    assert!(r.fails().contains("no airlock proxy answers at"), "{r:?}");
+    assert_eq!(r.stderr.lines().count(), 1, "{r:?}");
+    assert!(!marker.exists(), "the command started without a proxy");
 }
 
 #[test]
