@@ -95,6 +95,9 @@ pub enum Command {
         /// One JSON object per line
         #[arg(long)]
         json: bool,
+        /// The hosts agents tried that have no service, with counts and when last tried
+        #[arg(long, conflicts_with = "follow")]
+        hosts: bool,
     },
 }
 
@@ -367,7 +370,14 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
             vault,
             follow,
             json,
-        } => logs::run(&ctx, &vault, follow, json),
+            hosts,
+        } => {
+            if hosts {
+                logs::hosts(&ctx, &vault, json)
+            } else {
+                logs::run(&ctx, &vault, follow, json)
+            }
+        }
         Command::Config(_) | Command::Run(_) => Ok(()),
     }
 }

@@ -290,6 +290,51 @@ fn last_seq(env: &Environment, db: Database) -> Option<u64> {
 /// LMDB's `MDB_LAST` cursor op (position at the last key), as lmdb-rkv-sys defines it.
 const MDB_LAST: u32 = 6;
 
+/// A host an agent tried and was refused for want of a service (`no_service`, or
+/// `plaintext_refused` for plain HTTP to a TLS-only service), from the request log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HostTried {
+    pub vault: String,
+    pub host: String,
+    pub tries: u64,
+    /// Unix time in milliseconds of the latest try.
+    pub last_ms: u64,
+    /// Who tried, sorted.
+    pub agents: Vec<String>,
+}
+
+/// The refused hosts in `rows`, per vault, most recently tried first.
+pub fn hosts_tried(rows: &[(u64, Row)]) -> Vec<HostTried> {
+    let mut by: HashMap<(&str, &str), HostTried> = HashMap::new();
+    for (_, r) in rows {
+        if !matches!(r.error.as_deref(), Some("no_service" | "plaintext_refused")) {
+            continue;
+        }
+        let t = by
+            .entry((r.vault.as_str(), r.host.as_str()))
+            .or_insert_with(|| HostTried {
+                vault: r.vault.clone(),
+                host: r.host.clone(),
+                tries: 0,
+                last_ms: 0,
+                agents: Vec::new(),
+            });
+        t.tries += 1;
+        t.last_ms = t.last_ms.max(r.at_ms);
+        if let Some(a) = &r.agent
+            && !t.agents.contains(a)
+        {
+            t.agents.push(a.clone());
+        }
+    }
+    let mut out: Vec<HostTried> = by.into_values().collect();
+    for t in &mut out {
+        t.agents.sort();
+    }
+    out.sort_by(|a, b| b.last_ms.cmp(&a.last_ms).then_with(|| a.host.cmp(&b.host)));
+    out
+}
+
 /// Rows with a sequence number above `after`, optionally for one vault, oldest first.
 pub fn read(data_dir: &Path, vault: Option<&str>, after: u64) -> Result<Vec<(u64, Row)>, LogError> {
     let path = data_dir.join(DIR);
@@ -325,6 +370,43 @@ mod tests {
 
     /// Review B6 (row 73): a flood of one vault's rows never evicts another vault's newest
     /// rows below its floor; the flooding vault's oldest go first.
+    #[test]
+    fn hosts_tried_groups_refusals_per_vault_and_host() {
+        let row = |vault: &str, host: &str, at_ms: u64, agent: &str, error: Option<&str>| {
+            let r = Row {
+                at_ms,
+                vault: vault.into(),
+                host: host.into(),
+                agent: Some(agent.into()),
+                error: error.map(str::to_owned),
+                ..Row::default()
+            };
+            (at_ms, r)
+        };
+        let rows = [
+            row("v", "a.example", 1, "bot", Some("no_service")),
+            row("v", "a.example", 5, "bot2", Some("no_service")),
+            row("v", "b.example", 3, "bot", Some("plaintext_refused")),
+            row("w", "a.example", 2, "bot", Some("no_service")),
+            row("v", "api.ok", 9, "bot", None),
+            row("v", "c.example", 9, "bot", Some("upstream_timeout")),
+        ];
+        let got = hosts_tried(&rows);
+        let brief: Vec<_> = got
+            .iter()
+            .map(|t| (t.vault.as_str(), t.host.as_str(), t.tries, t.last_ms))
+            .collect();
+        assert_eq!(
+            brief,
+            [
+                ("v", "a.example", 2, 5),
+                ("v", "b.example", 1, 3),
+                ("w", "a.example", 1, 2)
+            ]
+        );
+        assert_eq!(got[0].agents, ["bot", "bot2"]);
+    }
+
     #[test]
     fn row73_retention_keeps_each_vaults_floor() {
         let dir = tempfile::tempdir().unwrap();

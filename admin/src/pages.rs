@@ -42,6 +42,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/proposals/{id}/reject", post(reject))
         .merge(crate::manage::routes())
         .route("/requests", get(requests))
+        .route("/hosts", get(hosts_tried))
         .route("/audit", get(audit))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -490,6 +491,51 @@ async fn requests(
                 } } }
             }
         },
+    )
+}
+
+/// Hosts agents tried that have no service, per vault, each with a service form filled in for
+/// it: one step from "the agent wanted this" to serving it.
+async fn hosts_tried(State(state): St, Extension(session): Extension<Session>) -> Response {
+    if session.operator.is_none() {
+        return login_redirect();
+    }
+    let rows = airlock::requestlog::read(&state.data_dir, None, 0).unwrap_or_default();
+    let tried = airlock::requestlog::hosts_tried(&rows);
+    render(
+        &state,
+        &session,
+        "Hosts tried",
+        html! {
+            @if tried.is_empty() { p.muted { "No agent has been refused a host yet." } }
+            @for t in &tried {
+                div.card {
+                    h2 { code { (t.host) } " · vault " (t.vault) }
+                    p.muted { (t.tries) " tries, last " (airlock::cli::rfc3339(t.last_ms / 1000)) " by " (t.agents.join(", ")) }
+                    form method="post" action={ "/vaults/" (t.vault) "/services" } {
+                        input type="hidden" name="csrf" value=(session.csrf);
+                        label for={ "yaml-" (t.vault) "-" (t.host) } { "Serve it: edit the name and the credential key, then save (set the credential on the Vaults page)" }
+                        textarea id={ "yaml-" (t.vault) "-" (t.host) } name="yaml" rows="4" {
+                            (service_draft(&t.host))
+                        }
+                        button { "Add service" }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// A service definition to start from for `host`: a name made from it and a bearer credential
+/// key to rename.
+fn service_draft(host: &str) -> String {
+    let name: String = host
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(60)
+        .collect();
+    format!(
+        "services:\n  - name: {name}\n    host: {host}\n    auth: {{type: bearer, token: KEY}}\n"
     )
 }
 

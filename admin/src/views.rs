@@ -57,6 +57,7 @@ pub fn page(title: &str, session: &Session, pending: usize, body: Markup) -> Mar
                         a href="/vaults" { "Vaults" }
                         a href="/agents" { "Agents" }
                         a href="/requests" { "Requests" }
+                        a href="/hosts" { "Hosts tried" }
                         a href="/audit" { "Audit" }
                         form.inline method="post" action="/logout" {
                             input type="hidden" name="csrf" value=(session.csrf);

@@ -1,17 +1,52 @@
-//! `airlock logs`: the request log, as a table or JSON lines, optionally followed.
+//! `airlock logs`: the request log, as a table or JSON lines, optionally followed; with
+//! `--hosts`, the hosts agents tried that have no service.
 
 use super::output::rfc3339;
 use super::{CliError, Ctx};
 use crate::requestlog::{self, Row};
 
+fn read(ctx: &Ctx, vault: &str, after: u64) -> Result<Vec<(u64, Row)>, CliError> {
+    requestlog::read(&ctx.data_dir, Some(vault), after).map_err(|e| CliError::Io {
+        what: "request log".into(),
+        source: std::io::Error::other(e.to_string()),
+    })
+}
+
+/// `--hosts`: refused hosts of `vault`, most recently tried first, and how to add one.
+pub fn hosts(ctx: &Ctx, vault: &str, json: bool) -> Result<(), CliError> {
+    ctx.open_store()?.vault(vault)?;
+    let tried = requestlog::hosts_tried(&read(ctx, vault, 0)?);
+    if json {
+        for t in &tried {
+            println!("{}", serde_json::to_string(t).unwrap_or_default());
+        }
+        return Ok(());
+    }
+    println!(
+        "{:<40} {:>6}  {:<20}  AGENTS",
+        "HOST", "TRIES", "LAST TRIED"
+    );
+    for t in &tried {
+        println!(
+            "{:<40} {:>6}  {:<20}  {}",
+            t.host,
+            t.tries,
+            rfc3339(t.last_ms / 1000),
+            t.agents.join(", ")
+        );
+    }
+    if let Some(t) = tried.first() {
+        println!(
+            "\nTo serve one, add it with its credential, e.g.:\n  printf 'services:\\n  - name: NAME\\n    host: {}\\n    auth: {{type: bearer, token: KEY}}\\n' | airlock service set --vault {vault} -f -\nor let the agent propose it (POST /v1/proposals).",
+            t.host
+        );
+    }
+    Ok(())
+}
+
 pub fn run(ctx: &Ctx, vault: &str, follow: bool, json: bool) -> Result<(), CliError> {
     ctx.open_store()?.vault(vault)?;
-    let read = |after| {
-        requestlog::read(&ctx.data_dir, Some(vault), after).map_err(|e| CliError::Io {
-            what: "request log".into(),
-            source: std::io::Error::other(e.to_string()),
-        })
-    };
+    let read = |after| read(ctx, vault, after);
     if !json {
         println!(
             "{:<20}  {:<7} {:<28} {:<32} {:>6} {:>9} {:>8}  {:<12} {:<12} ERROR",

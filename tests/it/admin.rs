@@ -707,3 +707,74 @@ fn json_api_on_the_socket_only() {
         );
     }
 }
+
+/// Hosts tried: the hosts an agent was refused for want of a service, with counts, on the CLI
+/// (`logs --hosts`) and in the UI, where each comes with a service form filled in for it; saving
+/// that form serves the host.
+#[test]
+fn hosts_tried_on_the_cli_and_in_the_ui() {
+    let s = with_admin();
+    for host in [
+        "api.newvendor.example",
+        "api.newvendor.example",
+        "other.example.net",
+    ] {
+        let (_, head) = crate::proxy_harness::connect(
+            s.proxy.addr,
+            &format!("{host}:443"),
+            Some(&format!("{}:default", s.token)),
+        );
+        assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    let json = s
+        .env
+        .run(&["logs", "--vault", "default", "--hosts", "--json"])
+        .ok()
+        .stdout;
+    let tried: Vec<Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let brief: Vec<_> = tried
+        .iter()
+        .map(|t| (t["host"].as_str().unwrap(), t["tries"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        brief,
+        [("other.example.net", 1), ("api.newvendor.example", 2)],
+        "{json}"
+    );
+    assert_eq!(tried[1]["agents"], json!(["bot"]));
+    let table = s
+        .env
+        .run(&["logs", "--vault", "default", "--hosts"])
+        .ok()
+        .stdout;
+    assert!(
+        table.contains("api.newvendor.example") && table.contains("airlock service set"),
+        "{table}"
+    );
+    // The UI lists them, each with a draft service; saving the draft serves the host.
+    let b = Browser::new(&s);
+    assert_eq!(b.login(PASSWORD), 303);
+    let (code, page) = b.req("GET", "/hosts", &[], &[]);
+    assert_eq!(code, 200);
+    assert!(page.contains("host: other.example.net"), "{page}");
+    let csrf = b.csrf("/hosts");
+    let yaml = "services:\n  - name: other\n    host: other.example.net\n    auth: {type: bearer, token: OPENAI_KEY}\n";
+    let (code, _) = b.req(
+        "POST",
+        "/vaults/default/services",
+        &[("csrf", &csrf), ("yaml", yaml)],
+        &[&b.origin()],
+    );
+    assert_eq!(code, 200);
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, head) = crate::proxy_harness::connect(
+        s.proxy.addr,
+        "other.example.net:443",
+        Some(&format!("{}:default", s.token)),
+    );
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}
