@@ -153,6 +153,25 @@ pub enum ServiceCmd {
         vault: String,
         name: String,
     },
+    /// Add a service from the built-in catalog (its credential must be set first)
+    Add {
+        #[arg(long, default_value = "default")]
+        vault: String,
+        /// The catalog template (`airlock service catalog` lists them)
+        #[arg(long, value_name = "NAME")]
+        template: String,
+        /// The service's name [default: the template's]
+        #[arg(long)]
+        name: Option<String>,
+        /// Credential key(s) to use, in the template's order [default: the template's]
+        #[arg(long = "credential", value_name = "KEY")]
+        credentials: Vec<String>,
+    },
+    /// List the built-in catalog of service templates
+    Catalog {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

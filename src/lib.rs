@@ -7,6 +7,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod fsutil;

@@ -25,6 +25,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/vaults", get(vaults).post(create_vault))
         .route("/vaults/{vault}/policy", post(set_policy))
         .route("/vaults/{vault}/services", post(set_services))
+        .route("/vaults/{vault}/services/template", post(add_from_catalog))
         .route(
             "/vaults/{vault}/services/{name}/toggle",
             post(toggle_service),
@@ -118,6 +119,20 @@ fn vaults_page(state: &AppState, session: &Session, note: Option<Markup>) -> Res
                         textarea id={ "yaml-" (v.name) } name="yaml" rows="5" placeholder="services:\n  - name: stripe\n    host: api.stripe.com\n    auth: {type: bearer, token: STRIPE_KEY}" {}
                         button { "Save services" }
                     }
+                    form method="post" action={ "/vaults/" (v.name) "/services/template" } {
+                        input type="hidden" name="csrf" value=(session.csrf);
+                        label for={ "template-" (v.name) } { "Or add a well-known provider from the catalog" }
+                        select id={ "template-" (v.name) } name="template" {
+                            @for t in airlock::catalog::TEMPLATES {
+                                option value=(t.name) { (t.title) " (" (t.host) ", key " (t.keys.join(", ")) ")" }
+                            }
+                        }
+                        label for={ "tname-" (v.name) } { "Service name (default: the template's)" }
+                        input id={ "tname-" (v.name) } type="text" name="name";
+                        label for={ "tkeys-" (v.name) } { "Credential key(s), comma separated (default: the template's; set the credential first)" }
+                        input id={ "tkeys-" (v.name) } type="text" name="credentials";
+                        button { "Add from the catalog" }
+                    }
                     h2 { "Credentials" }
                     table {
                         thead { tr { th { "Key" } th { "Created" } th { "Updated" } th { "" } } }
@@ -199,6 +214,33 @@ async fn set_services(
                 c.added.len(),
                 c.updated.len()
             ))
+        });
+    Ok(vaults_page(&state, &session, Some(result(r))))
+}
+
+/// A service from the built-in catalog: template, optional name, credential keys (comma
+/// separated, in the template's order; its defaults when empty).
+async fn add_from_catalog(
+    state: St,
+    Extension(session): Extension<Session>,
+    Path(vault): Path<String>,
+    f: Fields,
+) -> Result<Response, Reject> {
+    let who = actor(&session, &f)?;
+    let keys: Vec<String> = field(&f, "credentials")
+        .split(',')
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let name = Some(field(&f, "name").trim()).filter(|n| !n.is_empty());
+    let r = airlock::catalog::find(field(&f, "template"))
+        .and_then(|t| t.service(name, &keys))
+        .map_err(|e| VaultError::Invalid(e.to_string()))
+        .and_then(|spec| {
+            let summary = format!("Vault {vault}: service {}: {}.", spec.name, spec.describe());
+            state.store.set_services(&who, &vault, vec![spec], false)?;
+            Ok(summary)
         });
     Ok(vaults_page(&state, &session, Some(result(r))))
 }

@@ -19,15 +19,17 @@ pub fn json(value: &serde_json::Value) -> Result<(), CliError> {
     })
 }
 
-/// Prints rows under a header, columns padded to their widest cell.
+/// Prints rows under a header, columns padded to their widest cell. A reader that goes away
+/// (`| head`) ends the output quietly.
 pub fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut out = std::io::stdout().lock();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.len());
         }
     }
-    let line = |cells: Vec<&str>| {
+    let mut line = |cells: Vec<&str>| {
         let mut s = String::new();
         for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
             if i + 1 == cells.len() {
@@ -36,11 +38,15 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
                 s.push_str(&format!("{cell:<w$}  "));
             }
         }
-        println!("{}", s.trim_end());
+        writeln!(out, "{}", s.trim_end())
     };
-    line(header.to_vec());
+    if line(header.to_vec()).is_err() {
+        return;
+    }
     for row in rows {
-        line(row.iter().map(String::as_str).collect());
+        if line(row.iter().map(String::as_str).collect()).is_err() {
+            return;
+        }
     }
 }
 

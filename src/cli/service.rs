@@ -10,8 +10,26 @@ use super::{CliError, CredentialCmd, Ctx, ServiceCmd};
 use crate::spec::ServiceFile;
 
 pub fn run(ctx: &Ctx, cmd: ServiceCmd) -> Result<(), CliError> {
+    if let ServiceCmd::Catalog { json } = cmd {
+        return catalog(json);
+    }
     let store = ctx.open_store()?;
     match cmd {
+        ServiceCmd::Catalog { .. } => {}
+        ServiceCmd::Add {
+            vault,
+            template,
+            name,
+            credentials,
+        } => {
+            let spec = crate::catalog::find(&template)
+                .and_then(|t| t.service(name.as_deref(), &credentials))
+                .map_err(|e| CliError::Usage(e.to_string()))?;
+            let summary = spec.describe();
+            let service = spec.name.clone();
+            store.set_services(&ctx.actor, &vault, vec![spec], false)?;
+            println!("vault {vault}: service {service}: {summary}");
+        }
         ServiceCmd::Set {
             vault,
             file,
@@ -75,6 +93,34 @@ pub fn run(ctx: &Ctx, cmd: ServiceCmd) -> Result<(), CliError> {
             }
         }
     }
+    Ok(())
+}
+
+/// `airlock service catalog`.
+fn catalog(json: bool) -> Result<(), CliError> {
+    let entries: Vec<_> = crate::catalog::TEMPLATES
+        .iter()
+        .map(|t| t.describe())
+        .collect();
+    if json {
+        return output::json(&json!(entries));
+    }
+    let rows: Vec<_> = entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.template.to_owned(),
+                e.host.to_owned(),
+                e.auth.clone(),
+                e.credentials.join(","),
+                e.sdk_sends.to_owned(),
+            ]
+        })
+        .collect();
+    output::table(
+        &["TEMPLATE", "HOST", "AUTH", "CREDENTIALS", "THE SDK SENDS"],
+        &rows,
+    );
     Ok(())
 }
 

@@ -1,5 +1,5 @@
 //! The agent API on the proxy port (origin-form requests), in the wire format of product.md:
-//! `/healthz`, `/v1/ca.pem` and `/v1/guide` need no token; `/v1/discover`, `/v1/proposals` and
+//! `/healthz`, `/v1/ca.pem`, `/v1/guide` and `/v1/catalog` (the service templates) need no token; `/v1/discover`, `/v1/proposals` and
 //! `/v1/tokens` take `Authorization: Bearer <token>` (or `Proxy-Authorization`), with
 //! `x-airlock-vault` naming the vault for agents granted several. Bodies are JSON with a
 //! Content-Length of at most [`MAX_BODY`]. Nothing here ever returns a credential value.
@@ -131,6 +131,13 @@ fn route(shared: &Shared, req: &ApiRequest, peer: IpAddr) -> Result<Reply, Proxy
                 "text/markdown; charset=utf-8",
                 GUIDE.as_bytes().to_vec(),
             ));
+        }
+        ("GET", "/v1/catalog") => {
+            let entries: Vec<_> = crate::catalog::TEMPLATES
+                .iter()
+                .map(|t| t.describe())
+                .collect();
+            return json_reply(200, json!(entries));
         }
         _ => {}
     }

@@ -41,8 +41,10 @@ pub const TTL: u64 = 7 * 24 * 3600;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewProposal {
+    /// Each a [`ServiceChange`] (`{"action": "set", ...spec}` or `{"action": "delete", "name"}`),
+    /// or a catalog template: `{"template": "anthropic", "name"?, "credentials"?: [KEY]}`.
     #[serde(default)]
-    pub services: Vec<ServiceChange>,
+    pub services: Vec<serde_json::Value>,
     #[serde(default)]
     pub credentials: Vec<NewSlot>,
     #[serde(default)]
@@ -70,6 +72,36 @@ pub struct NewSlot {
 
 fn default_action() -> SlotAction {
     SlotAction::Set
+}
+
+/// A service proposed from the catalog ([`crate::catalog`]).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FromTemplate {
+    #[serde(default)]
+    action: Option<String>,
+    template: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    credentials: Vec<String>,
+}
+
+/// The `i`th proposed service as a change: a template is expanded into its full service, so the
+/// proposal stores, and the operator reviews, exactly what would be served.
+fn service_change(i: usize, v: serde_json::Value) -> Result<ServiceChange, VaultError> {
+    let bad = |e: String| invalid(format!("services[{i}]: {e}"));
+    if v.get("template").is_none() {
+        return serde_json::from_value(v).map_err(|e| bad(e.to_string()));
+    }
+    let t: FromTemplate = serde_json::from_value(v).map_err(|e| bad(e.to_string()))?;
+    if t.action.as_deref().is_some_and(|a| a != "set") {
+        return Err(bad("a template can only be set".into()));
+    }
+    crate::catalog::find(&t.template)
+        .and_then(|tpl| tpl.service(t.name.as_deref(), &t.credentials))
+        .map(ServiceChange::Set)
+        .map_err(|e| bad(e.to_string()))
 }
 
 fn invalid(m: impl Into<String>) -> VaultError {
@@ -131,12 +163,19 @@ impl Store {
         agent: Option<&str>,
         new: NewProposal,
     ) -> Result<ProposalRecord, VaultError> {
-        if new.services.is_empty() && new.credentials.is_empty() {
+        let services: Vec<ServiceChange> = new
+            .services
+            .into_iter()
+            .take(MAX_SERVICES + 1)
+            .enumerate()
+            .map(|(i, v)| service_change(i, v))
+            .collect::<Result<_, _>>()?;
+        if services.is_empty() && new.credentials.is_empty() {
             return Err(invalid(
                 "a proposal needs at least one service or credential",
             ));
         }
-        if new.services.len() > MAX_SERVICES || new.credentials.len() > MAX_SLOTS {
+        if services.len() > MAX_SERVICES || new.credentials.len() > MAX_SLOTS {
             return Err(invalid(format!(
                 "at most {MAX_SERVICES} services and {MAX_SLOTS} credentials per proposal"
             )));
@@ -144,7 +183,7 @@ impl Store {
         check_text("message", &new.message, MESSAGE_CAP)?;
         check_text("user_message", &new.user_message, MESSAGE_CAP)?;
         let mut names_seen = BTreeSet::new();
-        for change in &new.services {
+        for change in &services {
             let name = match change {
                 ServiceChange::Set(spec) => {
                     let pattern = spec.validate()?;
@@ -213,7 +252,7 @@ impl Store {
             .into_iter()
             .map(|(k, _)| k)
             .collect();
-        for change in &new.services {
+        for change in &services {
             if let ServiceChange::Set(spec) = change {
                 for key in spec.credential_keys() {
                     if !proposed.contains(key) && !existing.contains(key) {
@@ -226,13 +265,7 @@ impl Store {
                 }
             }
         }
-        let digest = digest(
-            vault,
-            &new.services,
-            &slots,
-            &new.message,
-            &new.user_message,
-        );
+        let digest = digest(vault, &services, &slots, &new.message, &new.user_message);
         self.write(|t| {
             let at = now();
             let pending = t
@@ -251,7 +284,7 @@ impl Store {
                 vault: vault.to_owned(),
                 agent: agent.map(str::to_owned),
                 status: ProposalStatus::Pending,
-                services: new.services,
+                services,
                 credentials: slots,
                 message: new.message,
                 user_message: new.user_message,

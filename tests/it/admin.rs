@@ -778,3 +778,35 @@ fn hosts_tried_on_the_cli_and_in_the_ui() {
     );
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
 }
+
+/// The vaults page offers the service catalog: a template, a name and the credential keys add
+/// the full service.
+#[test]
+fn services_from_the_catalog_in_the_ui() {
+    let s = with_admin();
+    let b = Browser::new(&s);
+    assert_eq!(b.login(PASSWORD), 303);
+    let (_, page) = b.req("GET", "/vaults", &[], &[]);
+    assert!(page.contains("<option value=\"github\">"), "{page}");
+    let csrf = b.csrf("/vaults");
+    let form = [
+        ("csrf", csrf.as_str()),
+        ("template", "github"),
+        ("name", ""),
+        ("credentials", "OPENAI_KEY"),
+    ];
+    let (code, page) = b.req(
+        "POST",
+        "/vaults/default/services/template",
+        &form,
+        &[&b.origin()],
+    );
+    assert_eq!(code, 200);
+    assert!(page.contains("service github: api.github.com"), "{page}");
+    let services = s.env.store().services("default").unwrap();
+    let gh = services.iter().find(|r| r.spec.name == "github").unwrap();
+    assert_eq!(
+        gh.spec.describe(),
+        "api.github.com · bearer · Authorization: Bearer <OPENAI_KEY>"
+    );
+}

@@ -432,3 +432,93 @@ fn scoped_tokens_through_the_agent_api() {
     );
     assert!(head.starts_with("HTTP/1.1 407"), "{head}");
 }
+
+/// The service catalog: listed to agents at `/v1/catalog`, used in a proposal by name (expanded
+/// into the full service the operator reviews), and by `airlock service add --template`.
+#[test]
+fn catalog_templates_in_proposals_and_on_the_cli() {
+    let s = Setup::new("auto");
+    let (code, list) = api(&s, "GET", "/v1/catalog", "none", None);
+    assert_eq!(code, 200);
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["template"].as_str().unwrap())
+        .collect();
+    for want in ["anthropic", "openai", "github", "stripe", "datadog", "npm"] {
+        assert!(names.contains(&want), "{want} missing: {names:?}");
+    }
+    let stripe = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["template"] == "stripe")
+        .unwrap();
+    assert_eq!(stripe["host"], "api.stripe.com");
+    assert_eq!(stripe["credentials"], json!(["STRIPE_SECRET_KEY"]));
+    // A proposal by template: stored, and reviewed, as the full service.
+    let (code, p) = api(
+        &s,
+        "POST",
+        "/v1/proposals",
+        &s.token,
+        Some(&json!({"services": [{"template": "stripe"}],
+                     "credentials": [{"key": "STRIPE_SECRET_KEY"}]})),
+    );
+    assert_eq!(code, 201, "{p}");
+    let id = p["id"].as_u64().unwrap().to_string();
+    let shown = s.env.run(&["proposal", "show", &id]).ok().stdout;
+    assert!(
+        shown.contains("adds service stripe: api.stripe.com · bearer · Authorization: Bearer <STRIPE_SECRET_KEY>"),
+        "{shown}"
+    );
+    let (code, v) = api(
+        &s,
+        "POST",
+        "/v1/proposals",
+        &s.token,
+        Some(&json!({"services": [{"template": "no-such-provider"}]})),
+    );
+    assert_eq!(
+        (code, v["error"].as_str()),
+        (400, Some("bad_request")),
+        "{v}"
+    );
+    // The CLI: add from the catalog with a chosen key (replacing the vault's own anthropic).
+    let added = s
+        .env
+        .run(&[
+            "service",
+            "add",
+            "--template",
+            "anthropic",
+            "--credential",
+            "ANTHROPIC_KEY",
+        ])
+        .ok()
+        .stdout;
+    assert!(
+        added.contains(
+            "service anthropic: api.anthropic.com · api-key · x-api-key: <ANTHROPIC_KEY>"
+        ),
+        "{added}"
+    );
+    let wrong = s.env.run(&[
+        "service",
+        "add",
+        "--template",
+        "datadog",
+        "--credential",
+        "ONE",
+    ]);
+    assert!(
+        wrong.fails().contains("takes 2 credential key(s)"),
+        "{wrong:?}"
+    );
+    let table = s.env.run(&["service", "catalog"]).ok().stdout;
+    assert!(
+        table.contains("THE SDK SENDS") && table.contains("x-goog-api-key"),
+        "{table}"
+    );
+}
