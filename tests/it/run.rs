@@ -419,3 +419,64 @@ fn node24_fetch_through_airlock_run() {
         [format!("Bearer {}", s.secret("OPENAI_KEY"))]
     );
 }
+
+/// Claude Code (`claude -p`, the native binary npm installs) through `airlock run` with a
+/// placeholder key, against the stand-in Messages API (streamed): it prints the stand-in's reply,
+/// every request reached the stand-in with the real key, and the key is nowhere in its output or
+/// its home directory. A second call after a pause longer than the stand-in's keep-alive (2 s)
+/// succeeds too. tests/run.sh installs Claude Code at a pinned version.
+#[test]
+fn claude_code_through_airlock_run() {
+    let claude = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/agents/node_modules/@anthropic-ai/claude-code-linux-x64/claude"
+    );
+    assert!(
+        std::path::Path::new(claude).exists(),
+        "Claude Code is missing: tests/run.sh installs it (npm install --prefix tests/agents)"
+    );
+    let s = Setup::with_idle_origin(&[], Duration::from_secs(2));
+    let home = s.env.path("claude-home");
+    std::fs::create_dir_all(&home).unwrap();
+    let env = [
+        ("HOME", home.to_str().unwrap()),
+        ("ANTHROPIC_API_KEY", "placeholder"),
+        ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
+        ("DISABLE_AUTOUPDATER", "1"),
+    ];
+    for round in 0..2 {
+        if round == 1 {
+            std::thread::sleep(Duration::from_secs(3));
+        }
+        let r = run_through(&s, &[claude, "-p", "Say hello."], &env);
+        assert!(
+            r.stdout.contains("Hello from the origin"),
+            "round {round}: {r:?}"
+        );
+        s.assert_no_secret(&r.stdout);
+        s.assert_no_secret(&r.stderr);
+    }
+    let messages: Vec<_> = s
+        .origin
+        .recorded()
+        .into_iter()
+        .filter(|r| r.request_line().starts_with("POST /v1/messages"))
+        .collect();
+    assert!(!messages.is_empty());
+    for m in &messages {
+        assert_eq!(
+            m.header("x-api-key"),
+            [s.secret("ANTHROPIC_KEY")],
+            "{}",
+            m.head
+        );
+    }
+    for (path, bytes) in crate::harness::files(&home) {
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            !text.contains(s.secret("ANTHROPIC_KEY")),
+            "{} holds the key",
+            path.display()
+        );
+    }
+}
