@@ -38,9 +38,10 @@ fi
 # The agent programs the integration tests run through `airlock run`, at pinned versions (npm
 # keeps its cache between runs on one machine).
 if [ ! -x tests/agents/node_modules/@anthropic-ai/claude-code-linux-x64/claude ] \
-    || [ ! -x tests/agents/node_modules/opencode-linux-x64/bin/opencode ]; then
+    || [ ! -x tests/agents/node_modules/opencode-linux-x64/bin/opencode ] \
+    || [ ! -x tests/agents/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex ]; then
     npm install --no-audit --no-fund --silent --prefix tests/agents \
-        @anthropic-ai/claude-code@2.1.332 opencode-ai@1.18.33
+        @anthropic-ai/claude-code@2.1.332 opencode-ai@1.18.33 @openai/codex@0.171.0
 fi
 
 # The binaries the tests start (serve runs airlock-admin from beside airlock): `cargo test`

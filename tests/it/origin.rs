@@ -11,6 +11,8 @@
 //!   answering (an upstream that closed the idle connection just as the request was sent);
 //! - `/partial`: half a response head, then close;
 //! - `/v1/messages`, `/v1/chat/completions` (not streaming): a minimal valid reply;
+//! - `/v1/responses`: the OpenAI Responses API, streamed as SSE to a POST, or over a WebSocket
+//!   (each `response.create` message answered with the same events as text frames);
 //! - echoes of the request's `Authorization` in places a hostile upstream might use:
 //!   `/echo-reason` (the status line's reason phrase), `/echo-header-name` (a header name),
 //!   `/echo-bare` (the value without its scheme word, as an error body would quote it);
@@ -266,11 +268,22 @@ fn serve<S: Read + Write>(
         }
         let body_text = String::from_utf8_lossy(&recorded.body).replace(' ', "");
         let streaming = body_text.contains("\"stream\":true");
-        if (path == "/v1/chat/completions" || path == "/v1/messages") && streaming {
-            let events = if path == "/v1/messages" {
-                anthropic_events()
-            } else {
-                openai_events()
+        if path == "/v1/responses" && rec_is_websocket(&recorded) {
+            responses_websocket(&mut r, &recorded);
+            return;
+        }
+        if matches!(
+            path,
+            "/v1/chat/completions" | "/v1/messages" | "/v1/responses"
+        ) && streaming
+        {
+            let events = match path {
+                "/v1/messages" => anthropic_events(),
+                "/v1/responses" => responses_events()
+                    .into_iter()
+                    .map(|(name, data)| format!("event: {name}\ndata: {data}\n\n"))
+                    .collect(),
+                _ => openai_events(),
             };
             let w = r.get_mut();
             let mut ok = w.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n").is_ok();
@@ -443,6 +456,110 @@ fn openai_completion() -> String {
 /// The message "Hello from the origin", not streamed.
 fn anthropic_message() -> String {
     r#"{"id":"msg_1","type":"message","role":"assistant","content":[{"type":"text","text":"Hello from the origin"}],"model":"claude-test","stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":3,"output_tokens":4}}"#.to_owned()
+}
+
+/// The response "Hello from the origin" as OpenAI Responses API stream events (name, JSON).
+fn responses_events() -> Vec<(&'static str, String)> {
+    let message = |status: &str, text: &str| {
+        serde_json::json!({"id": "msg_1", "type": "message", "status": status, "role": "assistant",
+            "content": if text.is_empty() { serde_json::json!([]) } else {
+                serde_json::json!([{"type": "output_text", "text": text, "annotations": []}]) }})
+    };
+    let response = |status: &str, output: serde_json::Value| {
+        serde_json::json!({"id": "resp_1", "object": "response", "created_at": 1, "status": status,
+            "model": "gpt-test", "output": output,
+            "usage": {"input_tokens": 3, "input_tokens_details": {"cached_tokens": 0},
+                      "output_tokens": 4, "output_tokens_details": {"reasoning_tokens": 0},
+                      "total_tokens": 7}})
+    };
+    let part = serde_json::json!({"type": "output_text", "text": "", "annotations": []});
+    let done = message("completed", "Hello from the origin");
+    vec![
+        ("response.created", serde_json::json!({"type": "response.created", "sequence_number": 0, "response": response("in_progress", serde_json::json!([]))})),
+        ("response.output_item.added", serde_json::json!({"type": "response.output_item.added", "sequence_number": 1, "output_index": 0, "item": message("in_progress", "")})),
+        ("response.content_part.added", serde_json::json!({"type": "response.content_part.added", "sequence_number": 2, "item_id": "msg_1", "output_index": 0, "content_index": 0, "part": part})),
+        ("response.output_text.delta", serde_json::json!({"type": "response.output_text.delta", "sequence_number": 3, "item_id": "msg_1", "output_index": 0, "content_index": 0, "delta": "Hello"})),
+        ("response.output_text.delta", serde_json::json!({"type": "response.output_text.delta", "sequence_number": 4, "item_id": "msg_1", "output_index": 0, "content_index": 0, "delta": " from the origin"})),
+        ("response.output_text.done", serde_json::json!({"type": "response.output_text.done", "sequence_number": 5, "item_id": "msg_1", "output_index": 0, "content_index": 0, "text": "Hello from the origin"})),
+        ("response.output_item.done", serde_json::json!({"type": "response.output_item.done", "sequence_number": 6, "output_index": 0, "item": done.clone()})),
+        ("response.completed", serde_json::json!({"type": "response.completed", "sequence_number": 7, "response": response("completed", serde_json::json!([done]))})),
+    ]
+    .into_iter()
+    .map(|(name, v)| (name, v.to_string()))
+    .collect()
+}
+
+/// The Responses API over a WebSocket (what Codex uses first): after the upgrade, each
+/// `response.create` message from the client is answered with the stream's events, one text
+/// frame each. Client frames are masked and may be long.
+fn responses_websocket<S: Read + Write>(r: &mut BufReader<S>, rec: &Recorded) {
+    let key = rec.header("sec-websocket-key").pop().unwrap_or_default();
+    let head = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        ws_accept(&key)
+    );
+    if r.get_mut().write_all(head.as_bytes()).is_err() || r.get_mut().flush().is_err() {
+        return;
+    }
+    loop {
+        let mut h = [0u8; 2];
+        if r.read_exact(&mut h).is_err() {
+            return;
+        }
+        let len = match h[1] & 0x7f {
+            126 => {
+                let mut b = [0u8; 2];
+                if r.read_exact(&mut b).is_err() {
+                    return;
+                }
+                u64::from(u16::from_be_bytes(b))
+            }
+            127 => {
+                let mut b = [0u8; 8];
+                if r.read_exact(&mut b).is_err() {
+                    return;
+                }
+                u64::from_be_bytes(b)
+            }
+            n => u64::from(n),
+        };
+        let mut mask = [0u8; 4];
+        if h[1] & 0x80 != 0 && r.read_exact(&mut mask).is_err() {
+            return;
+        }
+        let mut payload = vec![0u8; len as usize];
+        if r.read_exact(&mut payload).is_err() {
+            return;
+        }
+        for (i, b) in payload.iter_mut().enumerate() {
+            *b ^= mask[i % 4];
+        }
+        match h[0] & 0x0f {
+            8 => return,
+            9 => {
+                let mut pong = vec![0x8a, payload.len() as u8];
+                pong.extend_from_slice(&payload);
+                let _ = r.get_mut().write_all(&pong);
+                continue;
+            }
+            1 if String::from_utf8_lossy(&payload).contains("response.create") => {}
+            _ => continue,
+        }
+        for (_, event) in responses_events() {
+            let mut frame = vec![0x81];
+            match event.len() {
+                n if n < 126 => frame.push(n as u8),
+                n => {
+                    frame.push(126);
+                    frame.extend_from_slice(&(n as u16).to_be_bytes());
+                }
+            }
+            frame.extend_from_slice(event.as_bytes());
+            if r.get_mut().write_all(&frame).is_err() || r.get_mut().flush().is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// The streamed chat completion "Hello from the origin" in OpenAI's SSE format.

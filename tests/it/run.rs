@@ -541,3 +541,62 @@ fn opencode_through_airlock_run() {
         );
     }
 }
+
+/// Codex CLI (`codex exec`, the native binary npm installs) through `airlock run` with a
+/// placeholder key: it talks to the Responses API over a WebSocket (its default), through
+/// airlock's frame relay, gets the stand-in's reply, and the handshake carried the real key.
+/// The key is in none of its output or files; a second call after a pause longer than the
+/// stand-in's keep-alive works too.
+#[test]
+fn codex_through_airlock_run() {
+    let codex = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/agents/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex"
+    );
+    assert!(
+        std::path::Path::new(codex).exists(),
+        "Codex is missing: tests/run.sh installs it (npm install --prefix tests/agents)"
+    );
+    let s = Setup::with_idle_origin(&[], Duration::from_secs(2));
+    let home = s.env.path("codex-home");
+    std::fs::create_dir_all(&home).unwrap();
+    let env = [
+        ("HOME", home.to_str().unwrap()),
+        ("CODEX_HOME", home.to_str().unwrap()),
+        ("OPENAI_API_KEY", "placeholder"),
+    ];
+    for round in 0..2 {
+        if round == 1 {
+            std::thread::sleep(Duration::from_secs(3));
+        }
+        let args = [codex, "exec", "--skip-git-repo-check", "Say hello."];
+        let r = run_through(&s, &args, &env).ok();
+        assert!(
+            r.stdout.contains("Hello from the origin"),
+            "round {round}: {r:?}"
+        );
+        s.assert_no_secret(&r.stdout);
+        s.assert_no_secret(&r.stderr);
+    }
+    let recorded = s.origin.recorded();
+    let sockets: Vec<_> = recorded
+        .iter()
+        .filter(|r| r.request_line().starts_with("GET /v1/responses"))
+        .collect();
+    assert_eq!(sockets.len(), 2, "one WebSocket per call");
+    for ws in sockets {
+        assert_eq!(ws.header("upgrade"), ["websocket"]);
+        assert_eq!(
+            ws.header("authorization"),
+            [format!("Bearer {}", s.secret("OPENAI_KEY"))]
+        );
+    }
+    for (path, bytes) in crate::harness::files(&home) {
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            !text.contains(s.secret("OPENAI_KEY")),
+            "{} holds the key",
+            path.display()
+        );
+    }
+}
