@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 # System packages the tests use (real clients and tools). Installed only when missing.
 need_apt=()
-for pair in curl:curl python3:python3 chromium:chromium setpriv:util-linux git:git fiu-run:fiu-utils; do
+for pair in curl:curl python3:python3 chromium:chromium setpriv:util-linux git:git fiu-run:fiu-utils go:golang-go; do
     cmd=${pair%%:*}; pkg=${pair#*:}
     command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done

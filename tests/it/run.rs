@@ -600,3 +600,58 @@ fn codex_through_airlock_run() {
         );
     }
 }
+
+/// A Go client (`net/http`, which reads HTTPS_PROXY and SSL_CERT_FILE) through `airlock run`.
+#[test]
+fn go_net_http_through_airlock_run() {
+    let s = Setup::new("auto");
+    let dir = s.env.path("go-client");
+    std::fs::create_dir_all(&dir).unwrap();
+    let main = dir.join("main.go");
+    std::fs::write(
+        &main,
+        r#"package main
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+)
+
+func main() {
+	req, _ := http.NewRequest("GET", "https://api.openai.com/v1/go-client", nil)
+	req.Header.Set("Authorization", "Bearer placeholder")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		panic(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	fmt.Println(resp.StatusCode, string(body))
+}
+"#,
+    )
+    .unwrap();
+    let cache = s.env.path("go-cache");
+    let env = [
+        ("GOCACHE", cache.to_str().unwrap()),
+        ("GOPATH", cache.to_str().unwrap()),
+        ("GOFLAGS", "-mod=mod"),
+        ("GO111MODULE", "off"),
+    ];
+    let r = run_through(&s, &["go", "run", main.to_str().unwrap()], &env).ok();
+    assert!(
+        r.stdout.starts_with("200") && r.stdout.contains("GET /v1/go-client"),
+        "{r:?}"
+    );
+    s.assert_no_secret(&r.stdout);
+    let rec = s
+        .origin
+        .recorded()
+        .into_iter()
+        .find(|r| r.request_line().contains("/v1/go-client"))
+        .unwrap();
+    assert_eq!(
+        rec.header("authorization"),
+        [format!("Bearer {}", s.secret("OPENAI_KEY"))]
+    );
+}
