@@ -242,6 +242,14 @@ fn second_vault(s: &Setup, vault: &str, name: &str, host: &str) -> String {
     token
 }
 
+/// `airlock logs --vault default --json`.
+fn logs_json(s: &Setup) -> String {
+    s.env
+        .run(&["logs", "--vault", "default", "--json"])
+        .ok()
+        .stdout
+}
+
 fn connect_status(s: &Setup, authority: &str, token: &str, vault: &str) -> String {
     let (_, head) =
         crate::proxy_harness::connect(s.proxy.addr, authority, Some(&format!("{token}:{vault}")));
@@ -271,11 +279,7 @@ fn row73_refused_connects_limited_per_agent_and_unlogged_past_it() {
         "403"
     );
     std::thread::sleep(Duration::from_millis(700));
-    let logs = s
-        .env
-        .run(&["logs", "--vault", "default", "--json"])
-        .ok()
-        .stdout;
+    let logs = logs_json(&s);
     let rows = logs.lines().filter(|l| l.contains(".invalid")).count();
     assert_eq!(
         rows,
@@ -476,11 +480,7 @@ fn row79_rows_of_scoped_tokens_name_their_agent() {
         assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     }
     std::thread::sleep(Duration::from_millis(700));
-    let logs = s
-        .env
-        .run(&["logs", "--vault", "default", "--json"])
-        .ok()
-        .stdout;
+    let logs = logs_json(&s);
     let agent_of = |path: &str| -> serde_json::Value {
         let line = logs.lines().find(|l| l.contains(path)).unwrap();
         serde_json::from_str::<serde_json::Value>(line).unwrap()["agent"].clone()

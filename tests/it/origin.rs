@@ -301,15 +301,7 @@ fn serve<S: Read + Write>(
         }
         let auth = recorded.header("authorization").pop().unwrap_or_default();
         if path == "/ws-secret" && rec_is_websocket(&recorded) {
-            let key = recorded
-                .header("sec-websocket-key")
-                .pop()
-                .unwrap_or_default();
-            let mut out = format!(
-                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-                ws_accept(&key)
-            )
-            .into_bytes();
+            let mut out = switching(&recorded).into_bytes();
             let half = auth.len() / 2;
             for (fin, op, text) in [
                 (true, 1u8, format!("auth={auth}")),
@@ -327,14 +319,7 @@ fn serve<S: Read + Write>(
             return;
         }
         if path == "/ws" && rec_is_websocket(&recorded) {
-            let key = recorded
-                .header("sec-websocket-key")
-                .pop()
-                .unwrap_or_default();
-            let head = format!(
-                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-                ws_accept(&key)
-            );
+            let head = switching(&recorded);
             if r.get_mut().write_all(head.as_bytes()).is_err() || r.get_mut().flush().is_err() {
                 return;
             }
@@ -493,11 +478,7 @@ fn responses_events() -> Vec<(&'static str, String)> {
 /// `response.create` message from the client is answered with the stream's events, one text
 /// frame each. Client frames are masked and may be long.
 fn responses_websocket<S: Read + Write>(r: &mut BufReader<S>, rec: &Recorded) {
-    let key = rec.header("sec-websocket-key").pop().unwrap_or_default();
-    let head = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-        ws_accept(&key)
-    );
+    let head = switching(rec);
     if r.get_mut().write_all(head.as_bytes()).is_err() || r.get_mut().flush().is_err() {
         return;
     }
@@ -665,6 +646,15 @@ fn git_cgi(root: &std::path::Path, rec: &Recorded, path: &str, query: &str) -> V
     );
     resp.extend_from_slice(body);
     resp
+}
+
+/// The 101 answering the WebSocket handshake `rec`.
+fn switching(rec: &Recorded) -> String {
+    let key = rec.header("sec-websocket-key").pop().unwrap_or_default();
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        ws_accept(&key)
+    )
 }
 
 fn rec_is_websocket(r: &Recorded) -> bool {

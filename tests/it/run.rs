@@ -420,6 +420,66 @@ fn node24_fetch_through_airlock_run() {
     );
 }
 
+/// The path of an agent program that tests/run.sh installs from npm under tests/agents.
+fn agent_program(rel: &str) -> String {
+    let path = format!(
+        "{}/tests/agents/node_modules/{rel}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    assert!(
+        std::path::Path::new(&path).exists(),
+        "{rel} is missing: tests/run.sh installs it (npm install --prefix tests/agents)"
+    );
+    path
+}
+
+/// Runs an agent program through `airlock run` `rounds` times, 3 s apart (longer than the
+/// stand-in's keep-alive), each time expecting the stand-in's reply and no secret in its output.
+fn run_agent_rounds(s: &Setup, args: &[&str], env: &[(&str, &str)], rounds: usize) {
+    for round in 0..rounds {
+        if round > 0 {
+            std::thread::sleep(Duration::from_secs(3));
+        }
+        let r = run_through(s, args, env);
+        assert!(
+            r.stdout.contains("Hello from the origin"),
+            "round {round}: {r:?}"
+        );
+        s.assert_no_secret(&r.stdout);
+        s.assert_no_secret(&r.stderr);
+    }
+}
+
+/// Every request to `path` carried `value` in `header` upstream; returns how many there were.
+fn upstream_requests_carry(s: &Setup, path: &str, header: &str, value: &str) -> usize {
+    let hits: Vec<_> = s
+        .origin
+        .recorded()
+        .into_iter()
+        .filter(|r| {
+            r.request_line()
+                .split(' ')
+                .nth(1)
+                .is_some_and(|t| t.starts_with(path))
+        })
+        .collect();
+    for r in &hits {
+        assert_eq!(r.header(header), [value], "{}", r.head);
+    }
+    hits.len()
+}
+
+/// No file under `home` (the agent's HOME) holds `secret`.
+fn home_holds_no(home: &std::path::Path, secret: &str) {
+    for (path, bytes) in crate::harness::files(home) {
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(secret),
+            "{} holds the key",
+            path.display()
+        );
+    }
+}
+
 /// Claude Code (`claude -p`, the native binary npm installs) through `airlock run` with a
 /// placeholder key, against the stand-in Messages API (streamed): it prints the stand-in's reply,
 /// every request reached the stand-in with the real key, and the key is nowhere in its output or
@@ -427,14 +487,7 @@ fn node24_fetch_through_airlock_run() {
 /// succeeds too. tests/run.sh installs Claude Code at a pinned version.
 #[test]
 fn claude_code_through_airlock_run() {
-    let claude = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/agents/node_modules/@anthropic-ai/claude-code-linux-x64/claude"
-    );
-    assert!(
-        std::path::Path::new(claude).exists(),
-        "Claude Code is missing: tests/run.sh installs it (npm install --prefix tests/agents)"
-    );
+    let claude = agent_program("@anthropic-ai/claude-code-linux-x64/claude");
     let s = Setup::with_idle_origin(&[], Duration::from_secs(2));
     let home = s.env.path("claude-home");
     std::fs::create_dir_all(&home).unwrap();
@@ -444,41 +497,10 @@ fn claude_code_through_airlock_run() {
         ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
         ("DISABLE_AUTOUPDATER", "1"),
     ];
-    for round in 0..2 {
-        if round == 1 {
-            std::thread::sleep(Duration::from_secs(3));
-        }
-        let r = run_through(&s, &[claude, "-p", "Say hello."], &env);
-        assert!(
-            r.stdout.contains("Hello from the origin"),
-            "round {round}: {r:?}"
-        );
-        s.assert_no_secret(&r.stdout);
-        s.assert_no_secret(&r.stderr);
-    }
-    let messages: Vec<_> = s
-        .origin
-        .recorded()
-        .into_iter()
-        .filter(|r| r.request_line().starts_with("POST /v1/messages"))
-        .collect();
-    assert!(!messages.is_empty());
-    for m in &messages {
-        assert_eq!(
-            m.header("x-api-key"),
-            [s.secret("ANTHROPIC_KEY")],
-            "{}",
-            m.head
-        );
-    }
-    for (path, bytes) in crate::harness::files(&home) {
-        let text = String::from_utf8_lossy(&bytes);
-        assert!(
-            !text.contains(s.secret("ANTHROPIC_KEY")),
-            "{} holds the key",
-            path.display()
-        );
-    }
+    run_agent_rounds(&s, &[&claude, "-p", "Say hello."], &env, 2);
+    let key = s.secret("ANTHROPIC_KEY");
+    assert!(upstream_requests_carry(&s, "/v1/messages", "x-api-key", key) >= 2);
+    home_holds_no(&home, key);
 }
 
 /// OpenCode (`opencode run`, the native binary npm installs) through `airlock run` with a
@@ -486,14 +508,7 @@ fn claude_code_through_airlock_run() {
 /// the requests carried the real key upstream, and the key is in none of its output or files.
 #[test]
 fn opencode_through_airlock_run() {
-    let opencode = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/agents/node_modules/opencode-linux-x64/bin/opencode"
-    );
-    assert!(
-        std::path::Path::new(opencode).exists(),
-        "OpenCode is missing: tests/run.sh installs it (npm install --prefix tests/agents)"
-    );
+    let opencode = agent_program("opencode-linux-x64/bin/opencode");
     let s = Setup::new("auto");
     let home = s.env.path("opencode-home");
     std::fs::create_dir_all(&home).unwrap();
@@ -502,44 +517,16 @@ fn opencode_through_airlock_run() {
         ("ANTHROPIC_API_KEY", "placeholder"),
         ("OPENCODE_DISABLE_AUTOUPDATE", "1"),
     ];
-    let r = run_through(
+    let model = "anthropic/claude-sonnet-4-5";
+    run_agent_rounds(
         &s,
-        &[
-            opencode,
-            "run",
-            "--pure",
-            "-m",
-            "anthropic/claude-sonnet-4-5",
-            "Say hello.",
-        ],
+        &[&opencode, "run", "--pure", "-m", model, "Say hello."],
         &env,
+        1,
     );
-    assert!(r.stdout.contains("Hello from the origin"), "{r:?}");
-    s.assert_no_secret(&r.stdout);
-    s.assert_no_secret(&r.stderr);
-    let messages: Vec<_> = s
-        .origin
-        .recorded()
-        .into_iter()
-        .filter(|r| r.request_line().starts_with("POST /v1/messages"))
-        .collect();
-    assert!(!messages.is_empty());
-    for m in &messages {
-        assert_eq!(
-            m.header("x-api-key"),
-            [s.secret("ANTHROPIC_KEY")],
-            "{}",
-            m.head
-        );
-    }
-    for (path, bytes) in crate::harness::files(&home) {
-        let text = String::from_utf8_lossy(&bytes);
-        assert!(
-            !text.contains(s.secret("ANTHROPIC_KEY")),
-            "{} holds the key",
-            path.display()
-        );
-    }
+    let key = s.secret("ANTHROPIC_KEY");
+    assert!(upstream_requests_carry(&s, "/v1/messages", "x-api-key", key) >= 1);
+    home_holds_no(&home, key);
 }
 
 /// Codex CLI (`codex exec`, the native binary npm installs) through `airlock run` with a
@@ -549,14 +536,7 @@ fn opencode_through_airlock_run() {
 /// stand-in's keep-alive works too.
 #[test]
 fn codex_through_airlock_run() {
-    let codex = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/agents/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex"
-    );
-    assert!(
-        std::path::Path::new(codex).exists(),
-        "Codex is missing: tests/run.sh installs it (npm install --prefix tests/agents)"
-    );
+    let codex = agent_program("@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex");
     let s = Setup::with_idle_origin(&[], Duration::from_secs(2));
     let home = s.env.path("codex-home");
     std::fs::create_dir_all(&home).unwrap();
@@ -565,40 +545,25 @@ fn codex_through_airlock_run() {
         ("CODEX_HOME", home.to_str().unwrap()),
         ("OPENAI_API_KEY", "placeholder"),
     ];
-    for round in 0..2 {
-        if round == 1 {
-            std::thread::sleep(Duration::from_secs(3));
-        }
-        let args = [codex, "exec", "--skip-git-repo-check", "Say hello."];
-        let r = run_through(&s, &args, &env).ok();
-        assert!(
-            r.stdout.contains("Hello from the origin"),
-            "round {round}: {r:?}"
-        );
-        s.assert_no_secret(&r.stdout);
-        s.assert_no_secret(&r.stderr);
-    }
-    let recorded = s.origin.recorded();
-    let sockets: Vec<_> = recorded
-        .iter()
+    let args = [
+        codex.as_str(),
+        "exec",
+        "--skip-git-repo-check",
+        "Say hello.",
+    ];
+    run_agent_rounds(&s, &args, &env, 2);
+    let bearer = format!("Bearer {}", s.secret("OPENAI_KEY"));
+    let sockets = upstream_requests_carry(&s, "/v1/responses", "authorization", &bearer);
+    assert_eq!(sockets, 2, "one WebSocket per call");
+    let upgrades = s
+        .origin
+        .recorded()
+        .into_iter()
         .filter(|r| r.request_line().starts_with("GET /v1/responses"))
-        .collect();
-    assert_eq!(sockets.len(), 2, "one WebSocket per call");
-    for ws in sockets {
-        assert_eq!(ws.header("upgrade"), ["websocket"]);
-        assert_eq!(
-            ws.header("authorization"),
-            [format!("Bearer {}", s.secret("OPENAI_KEY"))]
-        );
-    }
-    for (path, bytes) in crate::harness::files(&home) {
-        let text = String::from_utf8_lossy(&bytes);
-        assert!(
-            !text.contains(s.secret("OPENAI_KEY")),
-            "{} holds the key",
-            path.display()
-        );
-    }
+        .filter(|r| r.header("upgrade") == ["websocket"])
+        .count();
+    assert_eq!(upgrades, 2, "over a WebSocket");
+    home_holds_no(&home, s.secret("OPENAI_KEY"));
 }
 
 /// A Go client (`net/http`, which reads HTTPS_PROXY and SSL_CERT_FILE) through `airlock run`.
