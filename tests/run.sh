@@ -43,6 +43,12 @@ if [ ! -x tests/agents/node_modules/@anthropic-ai/claude-code-linux-x64/claude ]
     npm install --no-audit --no-fund --silent --prefix tests/agents \
         @anthropic-ai/claude-code@2.1.332 opencode-ai@1.18.33 @openai/codex@0.171.0
 fi
+# Hermes Agent pins its own openai and requests versions: a virtualenv of its own.
+if [ ! -x tests/hermes/bin/hermes ]; then
+    python3 -m venv tests/hermes
+    tests/hermes/bin/pip install --quiet --disable-pip-version-check \
+        hermes-agent==0.19.0 anthropic==0.75.0
+fi
 
 # The binaries the tests start (serve runs airlock-admin from beside airlock): `cargo test`
 # alone builds a package's binaries only for that package's own integration tests.

@@ -620,3 +620,37 @@ func main() {
         [format!("Bearer {}", s.secret("OPENAI_KEY"))]
     );
 }
+
+/// Hermes Agent (`hermes chat -Q -q`, from PyPI into its own virtualenv) through `airlock run`
+/// with a placeholder Anthropic key, against the stand-in Messages API: it prints the reply, its
+/// requests carried the real key upstream, and the key is in none of its output or files.
+#[test]
+fn hermes_agent_through_airlock_run() {
+    let hermes = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/hermes/bin/hermes");
+    assert!(
+        std::path::Path::new(hermes).exists(),
+        "Hermes Agent is missing: tests/run.sh installs it (a virtualenv in tests/hermes)"
+    );
+    let s = Setup::new("auto");
+    let home = s.env.path("hermes-home");
+    std::fs::create_dir_all(&home).unwrap();
+    let env = [
+        ("HOME", home.to_str().unwrap()),
+        ("ANTHROPIC_API_KEY", "placeholder"),
+    ];
+    let args = [
+        hermes,
+        "chat",
+        "-Q",
+        "-q",
+        "Say hello.",
+        "--provider",
+        "anthropic",
+        "-m",
+        "claude-test",
+    ];
+    run_agent_rounds(&s, &args, &env, 1);
+    let key = s.secret("ANTHROPIC_KEY");
+    assert!(upstream_requests_carry(&s, "/v1/messages", "x-api-key", key) >= 1);
+    home_holds_no(&home, key);
+}
