@@ -52,6 +52,10 @@ pub struct RunArgs {
     /// Lifetime of the scoped token
     #[arg(long, default_value = "8h", value_parser = crate::config::parse_duration)]
     pub ttl: std::time::Duration,
+    /// Mint the run's token for this agent (it must be granted the vault): its limits apply and
+    /// the request log names it [default: a token of no agent, logged as who ran it]
+    #[arg(long, value_name = "NAME")]
+    pub agent: Option<String>,
     /// Proxy address [default: $AIRLOCK_URL, else where a serve of this data dir listens, else the config's listen, else 127.0.0.1:7480]
     #[arg(long, value_name = "URL")]
     pub proxy: Option<String>,
@@ -110,7 +114,12 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> Result<std::process::ExitCode, CliError>
         .filter(|t| !t.is_empty());
     let token = match (&agent_token, ctx.data_dir.join("vault").exists()) {
         (Some(agent), _) => mint_remote(&proxy, agent, args.vault.as_deref(), args.ttl)?,
-        (None, true) => mint_local(ctx, args.vault.as_deref().unwrap_or("default"), args.ttl)?,
+        (None, true) => mint_local(
+            ctx,
+            args.vault.as_deref().unwrap_or("default"),
+            args.ttl,
+            args.agent.as_deref(),
+        )?,
         (None, false) => {
             return Err(CliError::Usage(format!(
                 "no data dir at {} and no AIRLOCK_TOKEN: give an agent token in AIRLOCK_TOKEN (with AIRLOCK_URL)",
@@ -238,9 +247,14 @@ fn proxy_parts(proxy: &str, token: &str, vault: &str) -> Result<(String, String)
     ))
 }
 
-fn mint_local(ctx: &Ctx, vault: &str, ttl: std::time::Duration) -> Result<RunToken, CliError> {
+fn mint_local(
+    ctx: &Ctx,
+    vault: &str,
+    ttl: std::time::Duration,
+    agent: Option<&str>,
+) -> Result<RunToken, CliError> {
     let store = ctx.open_store()?;
-    let (minted, _) = store.mint_token(&ctx.actor, vault, ttl, None)?;
+    let (minted, _) = store.mint_token(&ctx.actor, vault, ttl, agent)?;
     let ca_path = ctx.data_dir.join(CA_CERT_FILE);
     let ca_pem = std::fs::read_to_string(&ca_path).map_err(|source| CliError::Io {
         what: ca_path.display().to_string(),

@@ -433,14 +433,18 @@ fn agent_program(rel: &str) -> String {
     path
 }
 
-/// Runs an agent program through `airlock run` `rounds` times, 3 s apart (longer than the
-/// stand-in's keep-alive), each time expecting the stand-in's reply and no secret in its output.
-fn run_agent_rounds(s: &Setup, args: &[&str], env: &[(&str, &str)], rounds: usize) {
+/// Runs an agent program through `airlock run --agent bot` `rounds` times, 3 s apart (longer
+/// than the stand-in's keep-alive), each time expecting the stand-in's reply and no secret in its
+/// output; then every request-log row for `host` names the agent.
+fn run_agent_rounds(s: &Setup, args: &[&str], env: &[(&str, &str)], rounds: usize, host: &str) {
+    let proxy = format!("http://{}", s.proxy.addr);
+    let mut full = vec!["run", "--proxy", proxy.as_str(), "--agent", "bot", "--"];
+    full.extend_from_slice(args);
     for round in 0..rounds {
         if round > 0 {
             std::thread::sleep(Duration::from_secs(3));
         }
-        let r = run_through(s, args, env);
+        let r = output(run_command(s, &full, env), None);
         assert!(
             r.stdout.contains("Hello from the origin"),
             "round {round}: {r:?}"
@@ -448,6 +452,19 @@ fn run_agent_rounds(s: &Setup, args: &[&str], env: &[(&str, &str)], rounds: usiz
         s.assert_no_secret(&r.stdout);
         s.assert_no_secret(&r.stderr);
     }
+    std::thread::sleep(Duration::from_millis(700));
+    let logs = s
+        .env
+        .run(&["logs", "--vault", "default", "--json"])
+        .ok()
+        .stdout;
+    let rows: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|r: &serde_json::Value| r["host"] == host)
+        .collect();
+    assert!(!rows.is_empty(), "no request-log row for {host}: {logs}");
+    assert!(rows.iter().all(|r| r["agent"] == "bot"), "{logs}");
 }
 
 /// Every request to `path` carried `value` in `header` upstream; returns how many there were.
@@ -497,7 +514,13 @@ fn claude_code_through_airlock_run() {
         ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
         ("DISABLE_AUTOUPDATER", "1"),
     ];
-    run_agent_rounds(&s, &[&claude, "-p", "Say hello."], &env, 2);
+    run_agent_rounds(
+        &s,
+        &[&claude, "-p", "Say hello."],
+        &env,
+        2,
+        "api.anthropic.com",
+    );
     let key = s.secret("ANTHROPIC_KEY");
     assert!(upstream_requests_carry(&s, "/v1/messages", "x-api-key", key) >= 2);
     home_holds_no(&home, key);
@@ -518,12 +541,15 @@ fn opencode_through_airlock_run() {
         ("OPENCODE_DISABLE_AUTOUPDATE", "1"),
     ];
     let model = "anthropic/claude-sonnet-4-5";
-    run_agent_rounds(
-        &s,
-        &[&opencode, "run", "--pure", "-m", model, "Say hello."],
-        &env,
-        1,
-    );
+    let args = [
+        opencode.as_str(),
+        "run",
+        "--pure",
+        "-m",
+        model,
+        "Say hello.",
+    ];
+    run_agent_rounds(&s, &args, &env, 1, "api.anthropic.com");
     let key = s.secret("ANTHROPIC_KEY");
     assert!(upstream_requests_carry(&s, "/v1/messages", "x-api-key", key) >= 1);
     home_holds_no(&home, key);
@@ -551,7 +577,7 @@ fn codex_through_airlock_run() {
         "--skip-git-repo-check",
         "Say hello.",
     ];
-    run_agent_rounds(&s, &args, &env, 2);
+    run_agent_rounds(&s, &args, &env, 2, "api.openai.com");
     let bearer = format!("Bearer {}", s.secret("OPENAI_KEY"));
     let sockets = upstream_requests_carry(&s, "/v1/responses", "authorization", &bearer);
     assert_eq!(sockets, 2, "one WebSocket per call");
@@ -649,7 +675,7 @@ fn hermes_agent_through_airlock_run() {
         "-m",
         "claude-test",
     ];
-    run_agent_rounds(&s, &args, &env, 1);
+    run_agent_rounds(&s, &args, &env, 1, "api.anthropic.com");
     let key = s.secret("ANTHROPIC_KEY");
     assert!(upstream_requests_carry(&s, "/v1/messages", "x-api-key", key) >= 1);
     home_holds_no(&home, key);
@@ -687,7 +713,7 @@ fn openclaw_through_airlock_run() {
         "--timeout",
         "60",
     ];
-    run_agent_rounds(&s, &args, &env, 1);
+    run_agent_rounds(&s, &args, &env, 1, "api.anthropic.com");
     let key = s.secret("ANTHROPIC_KEY");
     assert!(upstream_requests_carry(&s, "/v1/messages", "x-api-key", key) >= 1);
     home_holds_no(&home, key);
