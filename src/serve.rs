@@ -490,10 +490,11 @@ pub fn run(
         .as_ref()
         .map_or("none".to_owned(), |p| format!("unix:{}", p.display()));
     let admin_http = admin_addrs.http.as_deref().unwrap_or("none");
+    // Published before the ready line, so whoever waits for "ready" finds it.
+    let published = publish(&settings.data_dir, local);
     println!(
         "ready proxy={local} admin={admin_socket} admin_api={admin_api} admin_http={admin_http} metrics={metrics_addr}"
     );
-    let published = publish(&settings.data_dir, local);
     notify(b"READY=1");
     for signal in signals.forever() {
         if signal == SIGHUP {
