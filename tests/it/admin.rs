@@ -725,6 +725,7 @@ fn hosts_tried_on_the_cli_and_in_the_ui() {
             Some(&format!("{}:default", s.token)),
         );
         assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+        std::thread::sleep(Duration::from_millis(20)); // distinct times, for the order below
     }
     std::thread::sleep(Duration::from_millis(700));
     let json = s
