@@ -195,10 +195,7 @@ async fn serve(
     );
     let tcp_server = async move {
         match tcp {
-            Some(tcp) => {
-                let app = app.into_make_service_with_connect_info::<SocketAddr>();
-                axum::serve(tcp, app).await
-            }
+            Some(tcp) => axum::serve(tcp, app).await,
             None => std::future::pending().await,
         }
     };

@@ -345,22 +345,29 @@ pub fn set_cookie(session: &Session) -> HeaderValue {
     HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
+/// The request's Host when it names loopback (not a DNS-rebinding page's own hostname).
+fn loopback_host(headers: &HeaderMap) -> Option<String> {
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok())?;
+    host_allowed(host).then(|| host.to_owned())
+}
+
+/// The answer to a request whose Host is not loopback.
+fn misdirected() -> Response {
+    (
+        StatusCode::MISDIRECTED_REQUEST,
+        "the admin process answers only on localhost",
+    )
+        .into_response()
+}
+
 /// Middleware for the JSON API (its own socket): the pages' Host allow-list, and no request
 /// that a browser marks as coming from another site (`Origin` or `Sec-Fetch-Site` other than
 /// same-origin). Automation (curl, scripts) sends neither.
 pub async fn api_guard(req: Request, next: Next) -> Response {
     let h = req.headers();
-    let host = h
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !host_allowed(host) {
-        return (
-            StatusCode::MISDIRECTED_REQUEST,
-            "the admin API answers only on localhost",
-        )
-            .into_response();
-    }
+    let Some(host) = loopback_host(h) else {
+        return misdirected();
+    };
     let origin_ok = h
         .get(header::ORIGIN)
         .is_none_or(|o| o.to_str().is_ok_and(|o| o == format!("http://{host}")));
@@ -375,19 +382,9 @@ pub async fn api_guard(req: Request, next: Next) -> Response {
 
 /// Middleware: Host and Origin checks, the session, and security headers.
 pub async fn guard(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    if !host_allowed(&host) {
-        return (
-            StatusCode::MISDIRECTED_REQUEST,
-            "this admin UI answers only on localhost",
-        )
-            .into_response();
-    }
+    let Some(host) = loopback_host(req.headers()) else {
+        return misdirected();
+    };
     let unsafe_method = !matches!(*req.method(), Method::GET | Method::HEAD);
     if unsafe_method && !same_origin(req.headers(), &host) {
         return (StatusCode::FORBIDDEN, "cross-site request refused").into_response();

@@ -564,7 +564,7 @@ async fn attempt<C: AsyncReadRent + AsyncWriteRent>(
         client.flush().await.map_err(|_| ExchangeError::Abort)?;
         row.bytes = n as u64;
         if !upstream_close {
-            upstream::put(key, up);
+            upstream::put(key, up, limits.pool_idle);
         }
         return Ok(if client_close {
             Outcome::Close
@@ -588,7 +588,7 @@ async fn attempt<C: AsyncReadRent + AsyncWriteRent>(
         Ok(bytes) => {
             row.bytes = bytes;
             if resp_framing != Framing::Close && !upstream_close {
-                upstream::put(key, up);
+                upstream::put(key, up, limits.pool_idle);
             }
             Ok(if client_close {
                 Outcome::Close

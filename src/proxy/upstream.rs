@@ -32,9 +32,6 @@ use crate::spec::Scheme;
 
 /// Most idle connections kept per upstream per vault per worker.
 const POOL_PER_HOST: usize = 16;
-/// Idle connections older than this are dropped when the pool is next touched, whatever
-/// `pool_idle` says (it bounds what the pool holds on to; reuse is bounded by `pool_idle`).
-const POOL_MAX_AGE: Duration = Duration::from_secs(60);
 
 /// A TLS or plaintext upstream stream.
 #[derive(Debug)]
@@ -159,16 +156,17 @@ pub async fn dial_new(shared: &Shared, target: &Target) -> Result<Upstream, Prox
     })
 }
 
-/// Returns a connection after a clean exchange.
-pub fn put(key: &PoolKey, up: Upstream) {
+/// Returns a connection after a clean exchange; connections idle for `max_idle` or longer are
+/// closed on the way (they would never be reused, and would take the places of fresh ones).
+pub fn put(key: &PoolKey, up: Upstream, max_idle: Duration) {
     if !up.conn.buffered().is_empty() {
         return; // unexpected bytes: never reuse (R2)
     }
     POOL.with(|p| {
         let mut p = p.borrow_mut();
         let list = p.entry(key.clone()).or_default();
-        list.retain(|i| i.since.elapsed() < POOL_MAX_AGE);
-        if list.len() < POOL_PER_HOST {
+        list.retain(|i| i.since.elapsed() < max_idle);
+        if list.len() < POOL_PER_HOST && !max_idle.is_zero() {
             list.push(Idle {
                 conn: up.conn,
                 probe: up.probe,

@@ -213,7 +213,7 @@ impl Store {
         &self,
         f: impl FnOnce(&mut Txn<RwTransaction<'_>>) -> Result<R, E>,
     ) -> Result<R, E> {
-        if self.free_pages()? < self.headroom_pages() {
+        if !self.above_headroom()? {
             return Err(StoreError::Full.into());
         }
         self.write_reserved(f)
@@ -235,24 +235,16 @@ impl Store {
         Ok(out)
     }
 
-    /// Pages of the map not in use: past the last page ever used, or on the free list.
-    fn free_pages(&self) -> Result<usize, StoreError> {
+    /// Whether more pages are free (past the last page ever used, or on the free list) than the
+    /// headroom only [`Store::write_reserved`] may use: a sixteenth of the map, at most 1 MiB.
+    fn above_headroom(&self) -> Result<bool, StoreError> {
         let info = self.env.info().map_err(lmdb_err("info"))?;
         let page = self.env.stat().map_err(lmdb_err("stat"))?.page_size() as usize;
         let free_listed = self.env.freelist().map_err(lmdb_err("freelist"))?;
+        let total = info.map_size() / page.max(1);
         let used = (info.last_pgno() + 1).saturating_sub(free_listed);
-        Ok((info.map_size() / page.max(1)).saturating_sub(used))
-    }
-
-    /// Pages only [`Store::write_reserved`] may use: a sixteenth of the map, at most 1 MiB.
-    fn headroom_pages(&self) -> usize {
-        let page = self
-            .env
-            .stat()
-            .map_or(4096, |s| s.page_size() as usize)
-            .max(1);
-        let total = self.env.info().map_or(0, |i| i.map_size()) / page;
-        (total / 16).min((1024 * 1024) / page)
+        let headroom = (total / 16).min((1024 * 1024) / page.max(1));
+        Ok(total.saturating_sub(used) >= headroom)
     }
 
     /// The current generation (bumped by every write).
