@@ -195,6 +195,32 @@ pub enum CredentialCmd {
         vault: String,
         key: String,
     },
+    /// Import an OAuth token pair; `serve` keeps its access token fresh with the refresh token.
+    /// Reads a token file from stdin (or --from): an OAuth token response, Claude Code's
+    /// ~/.claude/.credentials.json, Codex's ~/.codex/auth.json, or a bare refresh token
+    Oauth {
+        #[arg(long, default_value = "default")]
+        vault: String,
+        key: String,
+        /// https:// URL of the token endpoint [default: the agent's own, for a recognised file]
+        #[arg(long, value_name = "URL")]
+        token_endpoint: Option<String>,
+        /// The OAuth client id [default: the agent's own, for a recognised file]
+        #[arg(long, value_name = "ID")]
+        client_id: Option<String>,
+        /// Scope to ask for on refresh [default: none sent]
+        #[arg(long)]
+        scope: Option<String>,
+        /// How the refresh request's body is encoded [default: form, or the agent's own]
+        #[arg(long, value_enum)]
+        request: Option<crate::vault::oauth::RequestFormat>,
+        /// Read the token file from FILE instead of stdin
+        #[arg(long, value_name = "FILE")]
+        from: Option<PathBuf>,
+        /// Read a client secret from FILE (confidential clients; sent as client_secret)
+        #[arg(long, value_name = "FILE")]
+        client_secret_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -3,7 +3,8 @@
 //! The library holds everything the `airlock` binary and the admin process share:
 //! [`vault`] (sealed LMDB store and keys), [`spec`] (service definitions), [`config`] (the TOML
 //! file and `serve` settings), [`names`], [`secret`] and the [`cli`]; and the data plane:
-//! [`serve`] (workers), [`proxy`], [`http`], [`policy`] and [`netguard`].
+//! [`serve`] (workers), [`proxy`], [`http`], [`policy`], [`oauth`] (the token refresher) and
+//! [`netguard`].
 
 #![deny(unsafe_code)]
 
@@ -16,6 +17,7 @@ pub mod logging;
 pub mod metrics;
 pub mod names;
 pub mod netguard;
+pub mod oauth;
 pub mod policy;
 pub mod proxy;
 pub mod requestlog;

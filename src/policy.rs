@@ -53,8 +53,28 @@ pub struct Service {
     /// Whether the client's own `Authorization` is dropped (every credentialed service).
     pub drop_authorization: bool,
     pub substitutions: Vec<Substitution>,
-    /// Set when the service cannot be served: `credential_missing` or `credential_integrity`.
+    /// Set when the service cannot be served: `credential_missing`, `credential_integrity`, or
+    /// `oauth_refresh_failed` (its OAuth token expired and the token endpoint refused to renew it).
     pub error: Option<&'static str>,
+    /// The OAuth credential it injects, if any (the first, when it uses several).
+    pub oauth: Option<OAuthUse>,
+}
+
+/// Which version of an OAuth credential a compiled service holds: a 401 from upstream asks the
+/// refresher for a newer one (`crate::oauth`).
+#[derive(Clone, Debug)]
+pub struct OAuthUse {
+    pub key: String,
+    pub version: u64,
+    /// Unix seconds; 0 when unknown (1 when only a refresh token was imported).
+    pub expires_at: u64,
+}
+
+impl OAuthUse {
+    /// Whether a request must wait for a refresh before it can be sent.
+    pub fn stale(&self, now: u64) -> bool {
+        self.expires_at != 0 && now >= self.expires_at
+    }
 }
 
 #[derive(Debug)]
@@ -95,10 +115,22 @@ impl Policy {
                     continue;
                 };
                 let mut error = None;
+                let mut oauth = None;
                 let mut open = |key: &str| match store.open_credential(opener, &v.name, key) {
-                    Ok(s) => {
-                        scrub.push(s.clone());
-                        s
+                    Ok(opened) => {
+                        scrub.push(opened.value.clone());
+                        scrub.extend(opened.others);
+                        if let Some(meta) = opened.oauth {
+                            if meta.retry_at().is_none() && meta.expired(crate::vault::now()) {
+                                error = Some("oauth_refresh_failed");
+                            }
+                            oauth.get_or_insert(OAuthUse {
+                                key: key.to_owned(),
+                                version: meta.version,
+                                expires_at: meta.expires_at,
+                            });
+                        }
+                        opened.value
                     }
                     Err(e) => {
                         error = Some(if matches!(e, VaultError::Integrity(_)) {
@@ -138,6 +170,7 @@ impl Policy {
                     inject,
                     substitutions,
                     error,
+                    oauth,
                 });
             }
             vaults.insert(
@@ -321,6 +354,7 @@ mod tests {
             drop_authorization: true,
             substitutions: vec![],
             error: None,
+            oauth: None,
         }
     }
 

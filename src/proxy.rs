@@ -68,6 +68,8 @@ pub struct Shared {
     pub agent_limits: limits::AgentLimits,
     /// Failed authentications per client address (row 51).
     pub auth_failures: limits::AuthFailures,
+    /// Asks the OAuth refresher thread for renewed access tokens.
+    pub oauth: crate::oauth::Refresher,
 }
 
 /// The compiled policy, swapped whole when the vault generation changes, and read once per

@@ -363,6 +363,7 @@ pub fn run(
         );
     }
     tunables.admin_base = settings.approval_base(admin_addrs.http.as_deref());
+    let (oauth, oauth_inbox) = crate::oauth::channel();
     let shared = Arc::new(Shared {
         store,
         opener: unlocked.opener,
@@ -386,6 +387,7 @@ pub fn run(
         ),
         auth_failures: crate::proxy::limits::AuthFailures::default(),
         counters: Default::default(),
+        oauth,
     });
     shared.prewarm(&policy);
     shared.policy.store(policy);
@@ -416,6 +418,10 @@ pub fn run(
             }
         }
     }
+    crate::oauth::start(shared.clone(), oauth_inbox).map_err(|source| ServeError::Worker {
+        worker: usize::MAX,
+        source,
+    })?;
     let watcher = shared.clone();
     std::thread::Builder::new()
         .name("airlock-watcher".into())

@@ -8,6 +8,7 @@ use super::ctx::read_stdin_value;
 use super::output::{self, rfc3339};
 use super::{CliError, CredentialCmd, Ctx, ServiceCmd};
 use crate::spec::ServiceFile;
+use crate::vault::oauth::{Import, Settings};
 
 pub fn run(ctx: &Ctx, cmd: ServiceCmd) -> Result<(), CliError> {
     if let ServiceCmd::Catalog { json } = cmd {
@@ -145,17 +146,134 @@ pub fn credential(ctx: &Ctx, cmd: CredentialCmd) -> Result<(), CliError> {
             if json {
                 let list: Vec<_> = creds
                     .iter()
-                    .map(|(k, r)| json!({"key": k, "created_at": rfc3339(r.created_at), "updated_at": rfc3339(r.updated_at)}))
+                    .map(|(k, r)| {
+                        let mut v = json!({"key": k, "kind": kind(r), "created_at": rfc3339(r.created_at), "updated_at": rfc3339(r.updated_at)});
+                        if let Some(m) = &r.oauth {
+                            v["oauth"] = json!({
+                                "token_endpoint": m.token_endpoint,
+                                "client_id": m.client_id,
+                                "expires_at": (m.expires_at > 1).then(|| rfc3339(m.expires_at)),
+                                "status": oauth_status(m),
+                                "failure": m.failure.as_ref().map(|f| json!({
+                                    "code": f.code.as_str(),
+                                    "detail": f.detail,
+                                    "at": rfc3339(f.at),
+                                    "attempts": f.attempts,
+                                })),
+                            });
+                        }
+                        v
+                    })
                     .collect();
                 output::json(&json!(list))?;
             } else {
                 let rows: Vec<_> = creds
                     .iter()
-                    .map(|(k, r)| vec![k.clone(), rfc3339(r.created_at), rfc3339(r.updated_at)])
+                    .map(|(k, r)| {
+                        vec![
+                            k.clone(),
+                            kind(r).to_owned(),
+                            rfc3339(r.created_at),
+                            rfc3339(r.updated_at),
+                            r.oauth.as_ref().map_or_else(String::new, oauth_status),
+                        ]
+                    })
                     .collect();
-                output::table(&["KEY", "CREATED", "UPDATED"], &rows);
+                output::table(&["KEY", "KIND", "CREATED", "UPDATED", "STATUS"], &rows);
             }
+        }
+        CredentialCmd::Oauth {
+            vault,
+            key,
+            token_endpoint,
+            client_id,
+            scope,
+            request,
+            from,
+            client_secret_file,
+        } => {
+            crate::names::credential_key(&key).map_err(|e| CliError::Usage(e.to_string()))?;
+            let raw = match &from {
+                Some(path) => read_small_file(path)?,
+                None => super::ctx::read_stdin(MAX_TOKEN_FILE)?,
+            };
+            if raw.len() as u64 > MAX_TOKEN_FILE {
+                return Err(CliError::Usage(
+                    "the token file is larger than 64 KiB".into(),
+                ));
+            }
+            let mut import = Import::parse(raw.expose()).map_err(CliError::Usage)?;
+            if let Some(path) = &client_secret_file {
+                let secret =
+                    crate::secret::value_from_stdin(read_small_file(path)?.expose().to_vec())
+                        .map_err(|e| CliError::Usage(format!("the client secret: {e}")))?;
+                import.tokens.client_secret = Some(secret);
+            }
+            let preset = import.preset;
+            let settings = Settings {
+                token_endpoint: token_endpoint
+                    .or(preset.map(|p| p.token_endpoint.to_owned()))
+                    .ok_or_else(|| {
+                        CliError::Usage("--token-endpoint is required for this token file".into())
+                    })?,
+                client_id: client_id
+                    .or(preset.map(|p| p.client_id.to_owned()))
+                    .ok_or_else(|| {
+                        CliError::Usage("--client-id is required for this token file".into())
+                    })?,
+                scope,
+                request: request.or(preset.map(|p| p.request)).unwrap_or_default(),
+            };
+            let created =
+                store.set_oauth_credential(&ctx.actor, &vault, &key, &settings, &import)?;
+            let expiry = match import.expires_at {
+                0 => "expiry unknown: renewed when the upstream answers 401".to_owned(),
+                _ if import.tokens.access.is_empty() => {
+                    "no access token yet: serve fetches one now".to_owned()
+                }
+                at => format!("access token expires {}", rfc3339(at)),
+            };
+            println!(
+                "{} OAuth credential {key} in vault {vault} ({}token endpoint {}; {expiry})",
+                if created { "stored" } else { "replaced" },
+                preset.map_or(String::new(), |p| format!("{} login, ", p.program)),
+                settings.token_endpoint,
+            );
+            eprintln!(
+                "airlock: serve now renews these tokens; delete the agent's own copy of them so only airlock holds the refresh token"
+            );
         }
     }
     Ok(())
+}
+
+/// Largest token file read.
+const MAX_TOKEN_FILE: u64 = 64 * 1024;
+
+fn read_small_file(path: &std::path::Path) -> Result<crate::secret::Secret, CliError> {
+    let io = |source| CliError::Io {
+        what: path.display().to_string(),
+        source,
+    };
+    let mut raw = Vec::new();
+    std::fs::File::open(path)
+        .map_err(io)?
+        .take(MAX_TOKEN_FILE + 1)
+        .read_to_end(&mut raw)
+        .map_err(io)?;
+    Ok(crate::secret::Secret::new(raw))
+}
+
+fn kind(r: &crate::vault::records::CredentialRecord) -> &'static str {
+    if r.oauth.is_some() { "oauth" } else { "static" }
+}
+
+/// `ok, expires 2026-...`, `renewing`, or `failing (rejected): HTTP 400: invalid_grant`.
+fn oauth_status(m: &crate::vault::oauth::OAuthMeta) -> String {
+    match &m.failure {
+        Some(f) => format!("failing ({}): {}", f.code.as_str(), f.detail),
+        None if m.expires_at == 1 => "waiting for its first access token".into(),
+        None if m.expires_at == 0 => "ok, expiry unknown".into(),
+        None => format!("ok, expires {}", rfc3339(m.expires_at)),
+    }
 }

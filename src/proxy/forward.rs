@@ -290,6 +290,11 @@ fn substitute<'a>(
 
 /// Runs one exchange for the request whose head is the first `head_len` buffered bytes of
 /// `client`. `absolute_ok` is set for plain-HTTP proxying, where the target is absolute-form.
+///
+/// A service injecting an OAuth credential keeps a copy of the head: when its access token has
+/// expired, the request waits for the refresher first; when the upstream answers 401 and the body
+/// is held, the token is renewed and the request sent once more with the new one (the 401 never
+/// reaches the agent). A 401 to a streamed body goes back to the agent and starts a renewal.
 pub async fn exchange<C: AsyncReadRent + AsyncWriteRent>(
     shared: &Shared,
     client: &mut BufConn<C>,
@@ -299,11 +304,18 @@ pub async fn exchange<C: AsyncReadRent + AsyncWriteRent>(
     absolute_ok: bool,
     row: &mut Row,
 ) -> Result<Outcome, ExchangeError> {
-    let prepared = {
-        let req = head::parse_request(&client.buffered()[..head_len])?;
+    let (prepared, raw_head) = {
+        let raw = &client.buffered()[..head_len];
+        let req = head::parse_request(raw)?;
         row.method = req.method.to_owned();
         row.path = req.target.split('?').next().unwrap_or_default().to_owned();
-        prepare(&req, target, vault, absolute_ok)?
+        let prepared = prepare(&req, target, vault, absolute_ok)?;
+        let copy = prepared
+            .service
+            .oauth
+            .is_some()
+            .then(|| Zeroizing::new(raw.to_vec()));
+        (prepared, copy)
     };
     client.consume(head_len);
     row.service = Some(prepared.service.name.clone());
@@ -327,32 +339,143 @@ pub async fn exchange<C: AsyncReadRent + AsyncWriteRent>(
         return Err(e.into());
     }
     let key = (vault.id, target.clone());
-    let mut up = upstream::get(shared, &key).await?;
-    if !up.reused {
-        return attempt(shared, client, up, &prepared, &key, row, None)
+    let (Some(oauth), Some(raw_head)) = (prepared.service.oauth.clone(), raw_head) else {
+        return send(shared, client, &prepared, &key, row, None, false)
             .await
             .map_err(AttemptError::into_exchange);
-    }
-    // A pooled connection may fail under the request (the upstream closed it as it was sent):
-    // a request whose body is held whole is sent again, once, on a fresh connection, provided no
-    // response byte arrived. A body that must stream cannot be sent twice.
-    let held = match prepared.framing {
-        Framing::Empty => Some(Vec::new()),
-        Framing::Length(n) if n <= RETRY_BODY_MAX => {
-            Some(hold_body(shared, client, &prepared, n).await?)
-        }
-        _ => None,
     };
-    match attempt(shared, client, up, &prepared, &key, row, held.as_deref()).await {
+    let renewed = |held| Renewed {
+        raw_head,
+        held,
+        target,
+        vault: &vault.name,
+        absolute_ok,
+    };
+    if oauth.stale(crate::vault::now()) {
+        shared
+            .oauth
+            .renew(&vault.name, &oauth.key, oauth.version)
+            .await?;
+        return renewed(None).send(shared, client, row).await;
+    }
+    let held = hold_if_small(shared, client, &prepared).await?;
+    let retry_401 = held.is_some();
+    match send(
+        shared,
+        client,
+        &prepared,
+        &key,
+        row,
+        held.as_deref(),
+        retry_401,
+    )
+    .await
+    {
+        Err(AttemptError::Unauthorized) => {
+            shared.counters.retried();
+            shared
+                .oauth
+                .renew(&vault.name, &oauth.key, oauth.version)
+                .await?;
+            renewed(held).send(shared, client, row).await
+        }
+        other => {
+            if row.status == 401 {
+                shared.oauth.nudge(&vault.name, &oauth.key, oauth.version);
+            }
+            other.map_err(AttemptError::into_exchange)
+        }
+    }
+}
+
+/// A request of an OAuth service, to be prepared again once its token was renewed.
+struct Renewed<'a> {
+    raw_head: Zeroizing<Vec<u8>>,
+    held: Option<Vec<u8>>,
+    target: &'a Target,
+    vault: &'a str,
+    absolute_ok: bool,
+}
+
+impl Renewed<'_> {
+    /// Sends the request with the token the current policy holds (no second renewal).
+    async fn send<C: AsyncReadRent + AsyncWriteRent>(
+        self,
+        shared: &Shared,
+        client: &mut BufConn<C>,
+        row: &mut Row,
+    ) -> Result<Outcome, ExchangeError> {
+        let policy = shared.policy();
+        let vault = policy.vault(self.vault).ok_or_else(|| {
+            ProxyError::new(
+                403,
+                "vault_gone",
+                "the vault was deleted during the request",
+            )
+        })?;
+        let req = head::parse_request(&self.raw_head)?;
+        let prepared = prepare(&req, self.target, vault, self.absolute_ok)?;
+        let key = (vault.id, self.target.clone());
+        send(
+            shared,
+            client,
+            &prepared,
+            &key,
+            row,
+            self.held.as_deref(),
+            false,
+        )
+        .await
+        .map_err(AttemptError::into_exchange)
+    }
+}
+
+/// Sends the request on a pooled or new connection. A pooled connection may fail under the
+/// request (the upstream closed it as it was sent): a request whose body is held whole is sent
+/// again, once, on a fresh connection, provided no response byte arrived. A body that must stream
+/// cannot be sent twice. `held` is the body when the caller already read it.
+async fn send<C: AsyncReadRent + AsyncWriteRent>(
+    shared: &Shared,
+    client: &mut BufConn<C>,
+    prepared: &Prepared<'_>,
+    key: &upstream::PoolKey,
+    row: &mut Row,
+    held: Option<&[u8]>,
+    retry_401: bool,
+) -> Result<Outcome, AttemptError> {
+    let up = upstream::get(shared, key).await?;
+    if !up.reused {
+        return attempt(shared, client, up, prepared, key, row, held, retry_401).await;
+    }
+    let read_here = match held {
+        Some(_) => None,
+        None => hold_if_small(shared, client, prepared).await?,
+    };
+    let held = held.or(read_here.as_deref());
+    match attempt(shared, client, up, prepared, key, row, held, retry_401).await {
         Err(AttemptError::BeforeResponse(_)) if held.is_some() => {
             shared.counters.retried();
-            up = upstream::dial_new(shared, target).await?;
-            attempt(shared, client, up, &prepared, &key, row, held.as_deref())
-                .await
-                .map_err(AttemptError::into_exchange)
+            let up = upstream::dial_new(shared, &key.1).await?;
+            attempt(shared, client, up, prepared, key, row, held, retry_401).await
         }
-        other => other.map_err(AttemptError::into_exchange),
+        other => other,
     }
+}
+
+/// The whole body when it is empty or a `Content-Length` of at most [`RETRY_BODY_MAX`] (so the
+/// request can be sent twice); `None` for a body that must stream.
+async fn hold_if_small<C: AsyncReadRent + AsyncWriteRent>(
+    shared: &Shared,
+    client: &mut BufConn<C>,
+    prepared: &Prepared<'_>,
+) -> Result<Option<Vec<u8>>, ExchangeError> {
+    Ok(match prepared.framing {
+        Framing::Empty => Some(Vec::new()),
+        Framing::Length(n) if n <= RETRY_BODY_MAX => {
+            Some(hold_body(shared, client, prepared, n).await?)
+        }
+        _ => None,
+    })
 }
 
 /// Request bodies up to this size are read whole before they go out on a reused upstream
@@ -388,10 +511,12 @@ async fn hold_body<C: AsyncReadRent + AsyncWriteRent>(
 }
 
 /// How an attempt failed: before any response byte arrived (the request may be sent again when
-/// its body is held), or after.
+/// its body is held), with a 401 that was not relayed (an OAuth service's token to renew), or
+/// after the response started.
 #[derive(Debug)]
 enum AttemptError {
     BeforeResponse(ProxyError),
+    Unauthorized,
     After(ExchangeError),
 }
 
@@ -399,6 +524,11 @@ impl AttemptError {
     fn into_exchange(self) -> ExchangeError {
         match self {
             Self::BeforeResponse(e) => ExchangeError::Respond(e),
+            Self::Unauthorized => ExchangeError::Respond(ProxyError::new(
+                502,
+                "oauth_refresh_failed",
+                "the upstream refused the renewed OAuth token",
+            )),
             Self::After(e) => e,
         }
     }
@@ -430,7 +560,9 @@ async fn write_secret<S: AsyncWriteRent>(
 }
 
 /// Sends the request on `up` and relays the response. `held` is the whole body when it was
-/// read before the attempt (see [`hold_body`]).
+/// read before the attempt (see [`hold_body`]). With `retry_401`, a 401 is not relayed: the
+/// caller renews the OAuth token and sends the request again.
+#[allow(clippy::too_many_arguments)]
 async fn attempt<C: AsyncReadRent + AsyncWriteRent>(
     shared: &Shared,
     client: &mut BufConn<C>,
@@ -439,6 +571,7 @@ async fn attempt<C: AsyncReadRent + AsyncWriteRent>(
     key: &upstream::PoolKey,
     row: &mut Row,
     held: Option<&[u8]>,
+    retry_401: bool,
 ) -> Result<Outcome, AttemptError> {
     let Prepared {
         service: _,
@@ -533,6 +666,9 @@ async fn attempt<C: AsyncReadRent + AsyncWriteRent>(
             drop(resp);
             up.conn.consume(n);
             continue;
+        }
+        if resp.status == 401 && retry_401 {
+            return Err(AttemptError::Unauthorized); // the connection closes unread
         }
         let f =
             head::response_framing(method, &resp).map_err(|e| upstream_error(&e.to_string()))?;

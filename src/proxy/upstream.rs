@@ -503,6 +503,7 @@ mod tests {
             counters: Default::default(),
             agent_limits: super::super::limits::AgentLimits::new(0, 0),
             auth_failures: Default::default(),
+            oauth: crate::oauth::channel().0,
         }
     }
 

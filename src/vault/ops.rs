@@ -43,7 +43,10 @@ fn name_from_key(key: &[u8]) -> String {
     String::from_utf8_lossy(key.get(8..).unwrap_or_default()).into_owned()
 }
 
-fn find_vault<T: Transaction>(t: &Txn<T>, name: &str) -> Result<VaultRecord, VaultError> {
+pub(crate) fn find_vault<T: Transaction>(
+    t: &Txn<T>,
+    name: &str,
+) -> Result<VaultRecord, VaultError> {
     t.get(t.dbs().vaults, "vaults", name.as_bytes())?
         .ok_or_else(|| VaultError::NotFound {
             kind: "vault",
@@ -196,9 +199,20 @@ pub(crate) fn put_credential(
             sealed,
             created_at,
             updated_at: at,
+            oauth: None,
         },
     )?;
     Ok(old.is_none())
+}
+
+/// An opened credential: the value a service injects (an OAuth credential's access token), the
+/// other secrets it holds (refresh token, client secret: masked in responses, never injected),
+/// and an OAuth credential's clear settings.
+#[derive(Debug)]
+pub struct Opened {
+    pub value: Secret,
+    pub others: Vec<Secret>,
+    pub oauth: Option<super::oauth::OAuthMeta>,
 }
 
 /// What [`Store::set_services`] changed.
@@ -395,31 +409,56 @@ impl Store {
         })
     }
 
-    /// Opens one credential. Needs the data plane's [`Opener`].
+    /// A credential's record and its vault's id.
+    pub(crate) fn credential_record(
+        &self,
+        vault: &str,
+        key: &str,
+    ) -> Result<(u64, CredentialRecord), VaultError> {
+        self.read(|t| {
+            Ok(find_vault(t, vault).and_then(|v| {
+                let r: Option<CredentialRecord> =
+                    t.get(t.dbs().credentials, "credentials", &vault_key(v.id, key))?;
+                r.map(|r| (v.id, r)).ok_or_else(|| VaultError::NotFound {
+                    kind: "credential",
+                    name: key.to_owned(),
+                })
+            }))
+        })?
+    }
+
+    /// Opens one credential for injection. Needs the data plane's [`Opener`].
     pub fn open_credential(
         &self,
         opener: &Opener,
         vault: &str,
         key: &str,
-    ) -> Result<Secret, VaultError> {
-        let (v, record) = self.read(|t| {
-            Ok(find_vault(t, vault).and_then(|v| {
-                let r: Option<CredentialRecord> =
-                    t.get(t.dbs().credentials, "credentials", &vault_key(v.id, key))?;
-                r.map(|r| (v, r)).ok_or_else(|| VaultError::NotFound {
-                    kind: "credential",
-                    name: key.to_owned(),
-                })
-            }))
-        })??;
-        Ok(opener.open(
+    ) -> Result<Opened, VaultError> {
+        if let Some((meta, tokens)) = self.open_oauth(opener, vault, key)? {
+            return Ok(Opened {
+                value: tokens.access.clone(),
+                others: tokens
+                    .secrets()
+                    .filter(|s| *s != &tokens.access)
+                    .cloned()
+                    .collect(),
+                oauth: Some(meta),
+            });
+        }
+        let (vault_id, record) = self.credential_record(vault, key)?;
+        let value = opener.open(
             SealContext {
-                vault_id: v.id,
+                vault_id,
                 kind: CREDENTIAL_KIND,
                 name: key,
             },
             &record.sealed,
-        )?)
+        )?;
+        Ok(Opened {
+            value,
+            others: Vec::new(),
+            oauth: None,
+        })
     }
 
     pub fn create_agent(

@@ -76,6 +76,9 @@ pub struct CredentialRecord {
     pub sealed: Vec<u8>,
     pub created_at: u64,
     pub updated_at: u64,
+    /// Set for an OAuth credential (the sealed value then holds its tokens; `vault::oauth`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth: Option<super::oauth::OAuthMeta>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

@@ -1,0 +1,545 @@
+//! Keeps OAuth credentials fresh (`vault::oauth` has the record and import formats).
+//!
+//! One thread per data-plane process, `airlock-oauth`, with its own small monoio runtime, does
+//! every refresh: ahead of expiry ([`OAuthMeta::refresh_at`]), and when a worker asks because an
+//! upstream answered 401 or the token it holds has expired. Asks for the same credential are
+//! answered by one refresh: an ask names the version the worker holds, and an ask for a version
+//! already replaced is answered at once. The token endpoint is reached like any upstream, through
+//! the SSRF guard, `--resolve` and verified TLS ([`upstream::dial_new`]); the new tokens are
+//! sealed back into the vault (a write, done here, never on a worker) and the policy recompiled
+//! before the waiting workers are answered. A rejected refresh token stays failed until an
+//! operator imports a new pair; other failures are retried with a backoff.
+//!
+//! Workers only send on a channel and await the answer ([`Refresher::renew`]); nothing here runs
+//! on a worker thread.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use monoio::io::AsyncWriteRentExt;
+use serde::Deserialize;
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::http::head::{self, Framing};
+use crate::proxy::Shared;
+use crate::proxy::error::ProxyError;
+use crate::proxy::forward::host_header;
+use crate::proxy::upstream::{self, Target};
+use crate::secret::{Secret, check_value};
+use crate::spec::Scheme;
+use crate::vault::now;
+use crate::vault::oauth::{
+    Endpoint, Entry, FailureCode, OAuthMeta, OAuthTokens, Refreshed, RequestFormat, TokenResponse,
+    jwt_expiry,
+};
+
+/// How often the refresher looks for credentials coming due, when no worker asks first.
+const TICK: Duration = Duration::from_secs(1);
+/// The whole token request: connect, send, read the answer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a worker waits for a refresh it asked for.
+const WAIT: Duration = Duration::from_secs(30);
+/// Largest token response read.
+const MAX_RESPONSE: usize = 64 * 1024;
+
+/// Why a credential could not be renewed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub code: FailureCode,
+    pub detail: String,
+}
+
+type Answer = Result<(), Failure>;
+
+/// A worker's request for a credential newer than `version`.
+#[derive(Debug)]
+struct Ask {
+    vault: String,
+    key: String,
+    version: u64,
+    reply: Option<flume::Sender<Answer>>,
+}
+
+/// The workers' side: asks the refresher thread for a renewal.
+#[derive(Debug)]
+pub struct Refresher {
+    tx: flume::Sender<Ask>,
+}
+
+/// The refresher thread's side of the channel, for [`start`].
+#[derive(Debug)]
+pub struct Inbox(flume::Receiver<Ask>);
+
+pub fn channel() -> (Refresher, Inbox) {
+    let (tx, rx) = flume::unbounded();
+    (Refresher { tx }, Inbox(rx))
+}
+
+impl Refresher {
+    /// Waits until the credential `key` of `vault` is newer than `version` and the policy holds
+    /// it, or answers why it cannot be: `502 oauth_refresh_failed`.
+    pub async fn renew(&self, vault: &str, key: &str, version: u64) -> Result<(), ProxyError> {
+        let (reply, answer) = flume::bounded(1);
+        self.send(vault, key, version, Some(reply));
+        let failed = |f: Failure| {
+            ProxyError::new(
+                502,
+                "oauth_refresh_failed",
+                format!(
+                    "credential {key}: renewing its OAuth access token failed ({}): {}",
+                    f.code.as_str(),
+                    f.detail
+                ),
+            )
+            .hint(format!(
+                "an operator checks `airlock credential list --vault {vault}` and imports a new token pair with `airlock credential oauth --vault {vault} {key}`"
+            ))
+        };
+        match monoio::time::timeout(WAIT, answer.recv_async()).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(f))) => Err(failed(f)),
+            Ok(Err(_)) | Err(_) => Err(failed(Failure {
+                code: FailureCode::Unavailable,
+                detail: "the refresh did not finish in time".into(),
+            })),
+        }
+    }
+
+    /// Asks for a renewal without waiting (after a 401 that went back to the agent).
+    pub fn nudge(&self, vault: &str, key: &str, version: u64) {
+        self.send(vault, key, version, None);
+    }
+
+    fn send(&self, vault: &str, key: &str, version: u64, reply: Option<flume::Sender<Answer>>) {
+        let _ = self.tx.send(Ask {
+            vault: vault.to_owned(),
+            key: key.to_owned(),
+            version,
+            reply,
+        });
+    }
+}
+
+/// Starts the refresher thread.
+pub fn start(shared: Arc<Shared>, inbox: Inbox) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("airlock-oauth".into())
+        .spawn(move || {
+            let built = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                .enable_timer()
+                .attach_thread_pool(Box::new(monoio::blocking::DefaultThreadPool::new(1)))
+                .build();
+            match built {
+                Ok(mut rt) => rt.block_on(run(shared, inbox.0)),
+                Err(e) => tracing::error!("the OAuth refresher could not start: {e}"),
+            }
+        })
+        .map(drop)
+}
+
+async fn run(shared: Arc<Shared>, inbox: flume::Receiver<Ask>) {
+    let mut asks: Vec<Ask> = Vec::new();
+    loop {
+        match monoio::time::timeout(TICK, inbox.recv_async()).await {
+            Ok(Ok(ask)) => asks.push(ask),
+            Ok(Err(_)) => return,
+            Err(_) => {}
+        }
+        asks.extend(inbox.drain());
+        let entries = match shared.store.oauth_credentials() {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!("reading OAuth credentials failed: {e}");
+                continue;
+            }
+        };
+        for entry in entries {
+            let mine: Vec<Ask> = asks
+                .extract_if(.., |a| a.vault == entry.vault && a.key == entry.key)
+                .collect();
+            let answer = serve(&shared, &entry, &mine).await;
+            if !mine.is_empty() {
+                // The waiting workers retry at once: they must find the new token compiled.
+                if let Err(e) = shared.refresh() {
+                    tracing::warn!("reloading the vault failed: {e}");
+                }
+            }
+            for ask in mine {
+                if let Some(reply) = ask.reply {
+                    let _ = reply.try_send(answer.clone());
+                }
+            }
+        }
+        for ask in asks.drain(..) {
+            if let Some(reply) = ask.reply {
+                let _ = reply.try_send(Err(Failure {
+                    code: FailureCode::Rejected,
+                    detail: "it is no longer an OAuth credential of this vault".into(),
+                }));
+            }
+        }
+    }
+}
+
+/// Refreshes `entry` if it is due or a worker asked about its current version, and answers the
+/// asks.
+async fn serve(shared: &Shared, entry: &Entry, asks: &[Ask]) -> Answer {
+    let now = now();
+    let meta = &entry.meta;
+    let asked = asks.iter().any(|a| a.version >= meta.version);
+    let due = meta.refresh_at().is_some_and(|at| now >= at);
+    if !asked && !due {
+        return Ok(());
+    }
+    match meta.retry_at() {
+        Some(at) if now >= at => {}
+        _ => {
+            return meta.failure.as_ref().map_or(Ok(()), |f| {
+                Err(Failure {
+                    code: f.code,
+                    detail: f.detail.clone(),
+                })
+            });
+        }
+    }
+    let outcome = match shared
+        .store
+        .open_oauth(&shared.opener, &entry.vault, &entry.key)
+    {
+        Ok(Some((meta, tokens))) => exchange(shared, &meta, &tokens)
+            .await
+            .map(|(tokens, expires_at)| (meta.version, tokens, expires_at))
+            .map_err(|f| (meta.version, f)),
+        Ok(None) => return Ok(()),
+        Err(e) => {
+            return Err(Failure {
+                code: FailureCode::Rejected,
+                detail: format!("the stored tokens cannot be opened: {e}"),
+            });
+        }
+    };
+    let (version, stored, answer) = match outcome {
+        Ok((version, tokens, expires_at)) => {
+            tracing::info!(vault = %entry.vault, key = %entry.key, "renewed an OAuth access token");
+            (version, Refreshed::Tokens { tokens, expires_at }, Ok(()))
+        }
+        Err((version, f)) => {
+            tracing::warn!(
+                vault = %entry.vault,
+                key = %entry.key,
+                code = f.code.as_str(),
+                "renewing an OAuth access token failed: {}",
+                f.detail
+            );
+            let stored = Refreshed::Failed {
+                code: f.code,
+                detail: f.detail.clone(),
+            };
+            (version, stored, Err(f))
+        }
+    };
+    if let Err(e) = shared
+        .store
+        .finish_refresh(&entry.vault, &entry.key, version, stored)
+    {
+        tracing::warn!(vault = %entry.vault, key = %entry.key, "storing the renewed OAuth tokens failed: {e}");
+        return Err(Failure {
+            code: FailureCode::Unavailable,
+            detail: format!("the renewed tokens could not be stored: {}", e.code()),
+        });
+    }
+    answer
+}
+
+/// One refresh-token grant (RFC 6749 section 6) against the credential's token endpoint.
+async fn exchange(
+    shared: &Shared,
+    meta: &OAuthMeta,
+    tokens: &OAuthTokens,
+) -> Result<(OAuthTokens, u64), Failure> {
+    let fail = |code, detail: String| Failure { code, detail };
+    let endpoint =
+        Endpoint::parse(&meta.token_endpoint).map_err(|e| fail(FailureCode::Rejected, e))?;
+    let target = Target {
+        scheme: Scheme::Https,
+        host: endpoint.host.clone(),
+        port: endpoint.port,
+    };
+    let body = request_body(meta, tokens)
+        .ok_or_else(|| fail(FailureCode::Rejected, "a stored token is not UTF-8".into()))?;
+    let content_type = match meta.request {
+        RequestFormat::Form => "application/x-www-form-urlencoded",
+        RequestFormat::Json => "application/json",
+    };
+    let mut request = Zeroizing::new(
+        format!(
+            "POST {} HTTP/1.1\r\nhost: {}\r\ncontent-type: {content_type}\r\naccept: application/json\r\nuser-agent: airlock/{}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            endpoint.path,
+            host_header(&target),
+            env!("CARGO_PKG_VERSION"),
+            body.len()
+        )
+        .into_bytes(),
+    );
+    request.extend_from_slice(&body);
+    let unavailable = |e: ProxyError| {
+        fail(
+            FailureCode::Unavailable,
+            format!("{}: {}", e.code, e.message),
+        )
+    };
+    let raw = monoio::time::timeout(REQUEST_TIMEOUT, async {
+        let mut up = upstream::dial_new(shared, &target)
+            .await
+            .map_err(unavailable)?;
+        let (written, mut sent) = up.conn.io.write_all(std::mem::take(&mut *request)).await;
+        sent.zeroize();
+        let io =
+            |what: &str, e: std::io::Error| fail(FailureCode::Unavailable, format!("{what}: {e}"));
+        written.map_err(|e| io("sending the request", e))?;
+        up.conn
+            .flush()
+            .await
+            .map_err(|e| io("sending the request", e))?;
+        while up
+            .conn
+            .fill()
+            .await
+            .map_err(|e| io("reading the response", e))?
+            > 0
+        {
+            if up.conn.buffered().len() > MAX_RESPONSE {
+                return Err(fail(
+                    FailureCode::InvalidResponse,
+                    "the response is too large".into(),
+                ));
+            }
+        }
+        Ok(Zeroizing::new(up.conn.buffered().to_vec()))
+    })
+    .await
+    .map_err(|_| {
+        fail(
+            FailureCode::Unavailable,
+            "the token endpoint did not answer in time".into(),
+        )
+    })??;
+    let (status, body) = split_response(&raw).ok_or_else(|| {
+        fail(
+            FailureCode::InvalidResponse,
+            "the response is not valid HTTP/1.1".into(),
+        )
+    })?;
+    if !(200..300).contains(&status) {
+        let code = if matches!(status, 400 | 401 | 403) {
+            FailureCode::Rejected
+        } else {
+            FailureCode::Unavailable
+        };
+        return Err(fail(code, describe_error(status, &body, tokens)));
+    }
+    let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|_| {
+        fail(
+            FailureCode::InvalidResponse,
+            format!("HTTP {status} without a JSON token response"),
+        )
+    })?;
+    let access = parsed
+        .access_token
+        .filter(|a| check_value(a.as_bytes()).is_ok())
+        .ok_or_else(|| {
+            fail(
+                FailureCode::InvalidResponse,
+                "the response has no usable access_token".into(),
+            )
+        })?;
+    let access = Secret::new(access.as_bytes().to_vec());
+    let refresh = match parsed.refresh_token {
+        Some(r) if check_value(r.as_bytes()).is_ok() => Secret::new(r.as_bytes().to_vec()),
+        Some(_) => {
+            return Err(fail(
+                FailureCode::InvalidResponse,
+                "the new refresh_token is not usable".into(),
+            ));
+        }
+        None => tokens.refresh.clone(),
+    };
+    let expires_at = parsed
+        .expires_in
+        .map(|s| now() + s)
+        .or(parsed.expires_at)
+        .or_else(|| jwt_expiry(access.expose()))
+        .unwrap_or(0);
+    Ok((
+        OAuthTokens {
+            access,
+            refresh,
+            client_secret: tokens.client_secret.clone(),
+        },
+        expires_at,
+    ))
+}
+
+/// The grant's body, form-encoded or JSON. `None` when a stored value is not UTF-8.
+fn request_body(meta: &OAuthMeta, tokens: &OAuthTokens) -> Option<Zeroizing<Vec<u8>>> {
+    fn text(s: &Secret) -> Option<&str> {
+        std::str::from_utf8(s.expose()).ok()
+    }
+    let mut fields = vec![
+        ("grant_type", "refresh_token"),
+        ("refresh_token", text(&tokens.refresh)?),
+        ("client_id", meta.client_id.as_str()),
+    ];
+    if let Some(secret) = &tokens.client_secret {
+        fields.push(("client_secret", text(secret)?));
+    }
+    if let Some(scope) = &meta.scope {
+        fields.push(("scope", scope));
+    }
+    Some(Zeroizing::new(match meta.request {
+        RequestFormat::Json => {
+            let map: serde_json::Map<String, serde_json::Value> = fields
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.into()))
+                .collect();
+            let out = serde_json::to_vec(&map).unwrap_or_default();
+            drop(map);
+            out
+        }
+        RequestFormat::Form => {
+            let mut out = Vec::new();
+            for (i, (k, v)) in fields.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'&');
+                }
+                out.extend_from_slice(k.as_bytes());
+                out.push(b'=');
+                out.extend_from_slice(&crate::policy::percent_encode(v.as_bytes()));
+            }
+            out
+        }
+    }))
+}
+
+/// Status and decoded body of a whole response read to the close.
+fn split_response(raw: &[u8]) -> Option<(u16, Zeroizing<Vec<u8>>)> {
+    let n = head::find_end(raw)?;
+    let resp = head::parse_response(&raw[..n]).ok()?;
+    let rest = &raw[n..];
+    let body = match head::response_framing("POST", &resp).ok()? {
+        Framing::Empty => Vec::new(),
+        Framing::Length(len) => rest.get(..usize::try_from(len).ok()?)?.to_vec(),
+        Framing::Close => rest.to_vec(),
+        Framing::Chunked => dechunk(rest)?,
+    };
+    Some((resp.status, Zeroizing::new(body)))
+}
+
+fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let nl = memchr::memchr(b'\n', b)?;
+        let size = usize::try_from(crate::http::body::parse_chunk_size(&b[..=nl]).ok()?).ok()?;
+        b = &b[nl + 1..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(b.get(..size)?);
+        b = b.get(size..)?.strip_prefix(b"\r\n")?;
+    }
+}
+
+/// `HTTP 400 invalid_grant: description`, printable ASCII, short, with any token masked.
+fn describe_error(status: u16, body: &[u8], tokens: &OAuthTokens) -> String {
+    #[derive(Deserialize)]
+    struct ErrorBody {
+        error: Option<String>,
+        error_description: Option<String>,
+    }
+    let mut out = format!("HTTP {status}");
+    if let Ok(e) = serde_json::from_slice::<ErrorBody>(body) {
+        for part in [e.error, e.error_description].into_iter().flatten() {
+            out.push_str(if out.contains(':') { " " } else { ": " });
+            out.push_str(&part);
+        }
+    }
+    let mut out: String = out
+        .chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .take(300)
+        .collect();
+    for secret in tokens.secrets() {
+        if let Ok(s) = std::str::from_utf8(secret.expose()) {
+            out = out.replace(s, "[redacted]");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(request: RequestFormat) -> OAuthMeta {
+        OAuthMeta {
+            token_endpoint: "https://auth.example.com/token".into(),
+            client_id: "cli ent".into(),
+            scope: Some("a b".into()),
+            request,
+            expires_at: 0,
+            obtained_at: 0,
+            version: 1,
+            failure: None,
+        }
+    }
+
+    fn tokens() -> OAuthTokens {
+        OAuthTokens {
+            access: Secret::new(b"at".to_vec()),
+            refresh: Secret::new(b"r&t=1".to_vec()),
+            client_secret: None,
+        }
+    }
+
+    #[test]
+    fn grant_bodies() {
+        let form = request_body(&meta(RequestFormat::Form), &tokens()).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&form).unwrap(),
+            "grant_type=refresh_token&refresh_token=r%26t%3D1&client_id=cli%20ent&scope=a%20b"
+        );
+        let json = request_body(&meta(RequestFormat::Json), &tokens()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(v["grant_type"], "refresh_token");
+        assert_eq!(v["refresh_token"], "r&t=1");
+        assert_eq!(v["client_id"], "cli ent");
+    }
+
+    #[test]
+    fn responses_split_and_dechunk() {
+        let (status, body) =
+            split_response(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}").unwrap();
+        assert_eq!((status, &body[..]), (200, &b"{}"[..]));
+        let (_, body) = split_response(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{\"\r\n3\r\na\":\r\n1\r\n1\r\n0\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(&body[..], b"{\"a\":1");
+        assert!(split_response(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n{}").is_none());
+        assert!(split_response(b"garbage").is_none());
+    }
+
+    #[test]
+    fn error_detail_is_short_and_masks_tokens() {
+        let d = describe_error(
+            400,
+            br#"{"error":"invalid_grant","error_description":"refresh token r&t=1 revoked\n"}"#,
+            &tokens(),
+        );
+        assert_eq!(
+            d,
+            "HTTP 400: invalid_grant refresh token [redacted] revoked"
+        );
+        assert_eq!(describe_error(503, b"<html>", &tokens()), "HTTP 503");
+    }
+}

@@ -1,0 +1,636 @@
+//! OAuth credentials: a refresh token, with its token endpoint and client id, from which the data
+//! plane keeps a fresh access token (the refreshing itself is `crate::oauth`'s).
+//!
+//! What is not secret sits in the clear on the credential record ([`OAuthMeta`]: endpoint, client
+//! id, scope, request format, expiry, a version bumped by every change of the tokens, the last
+//! refresh failure). The access token, the refresh token and an optional client secret are sealed
+//! together as one value ([`OAuthTokens`]), bound to the vault and key like any credential.
+//!
+//! This module owns the record shape, the import formats an operator pastes ([`Import::parse`]:
+//! an RFC 6749 token response, Claude Code's `.credentials.json`, Codex's `auth.json`, or a bare
+//! refresh token) and the store writes. It does no network I/O, and opens tokens only through the
+//! data plane's [`Opener`].
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::ops::{CREDENTIAL_KIND, public_key, vault_key};
+use super::records::CredentialRecord;
+use super::seal::{self, Opener, SealContext};
+use super::{Store, VaultError, now};
+use crate::names;
+use crate::secret::{Secret, check_value};
+
+/// How a refresh request's body is written: RFC 6749's form encoding, or JSON (Anthropic's and
+/// OpenAI's token endpoints, as Claude Code and Codex call them).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestFormat {
+    #[default]
+    Form,
+    Json,
+}
+
+/// The clear part of an OAuth credential.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq, Serialize)]
+pub struct OAuthMeta {
+    /// `https://host[:port]/path`.
+    pub token_endpoint: String,
+    pub client_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    #[serde(default)]
+    pub request: RequestFormat,
+    /// When the access token expires (Unix seconds); 0 when unknown.
+    pub expires_at: u64,
+    /// When the access token was obtained or imported (Unix seconds).
+    pub obtained_at: u64,
+    /// Bumped whenever the sealed tokens change (import or refresh).
+    pub version: u64,
+    /// The last refresh failure, cleared by the next success or import.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<RefreshFailure>,
+}
+
+impl OAuthMeta {
+    /// When to refresh: ahead of expiry by half the token's lifetime, at most five minutes.
+    /// `None` when the expiry is unknown (a 401 from upstream triggers the refresh then).
+    pub fn refresh_at(&self) -> Option<u64> {
+        if self.expires_at == 0 {
+            return None;
+        }
+        let lifetime = self.expires_at.saturating_sub(self.obtained_at);
+        Some(self.expires_at - (lifetime / 2).min(300))
+    }
+
+    /// Whether the access token is past its expiry.
+    pub fn expired(&self, now: u64) -> bool {
+        self.expires_at != 0 && now >= self.expires_at
+    }
+
+    /// When a failed refresh may be tried again: never after a rejection (the refresh token is
+    /// dead until an operator imports a new one); after a transient failure, 5 s doubling per
+    /// attempt up to 5 minutes.
+    pub fn retry_at(&self) -> Option<u64> {
+        match &self.failure {
+            None => Some(0),
+            Some(f) if f.code == FailureCode::Rejected => None,
+            Some(f) => Some(f.at + (5u64 << f.attempts.min(6)).min(300)),
+        }
+    }
+}
+
+/// Why a refresh failed, as stored and shown to operators.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq, Serialize)]
+pub struct RefreshFailure {
+    pub code: FailureCode,
+    /// What the token endpoint or the connection said (never a token).
+    pub detail: String,
+    pub at: u64,
+    /// Consecutive failures.
+    pub attempts: u32,
+}
+
+/// The stable codes of a refresh failure.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureCode {
+    /// The token endpoint refused the refresh token (`invalid_grant` and the like): permanent
+    /// until an operator imports a new token pair.
+    Rejected,
+    /// The endpoint could not be reached (refused by the SSRF guard, DNS, TCP, TLS, timeout) or
+    /// answered with a server error: retried with a backoff.
+    Unavailable,
+    /// The endpoint answered something that is not a token response.
+    InvalidResponse,
+}
+
+impl FailureCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Rejected => "rejected",
+            Self::Unavailable => "unavailable",
+            Self::InvalidResponse => "invalid_response",
+        }
+    }
+}
+
+/// The sealed part of an OAuth credential.
+#[derive(Clone, Debug, Default)]
+pub struct OAuthTokens {
+    /// Empty until the first refresh when only a refresh token was imported.
+    pub access: Secret,
+    pub refresh: Secret,
+    /// Sent as `client_secret` when set (confidential clients).
+    pub client_secret: Option<Secret>,
+}
+
+impl OAuthTokens {
+    /// `[u32 length][bytes]` for access, refresh and client secret (empty when none).
+    fn encode(&self) -> Secret {
+        let empty = Secret::default();
+        let parts = [
+            &self.access,
+            &self.refresh,
+            self.client_secret.as_ref().unwrap_or(&empty),
+        ];
+        let mut out = Vec::with_capacity(12 + parts.iter().map(|p| p.len()).sum::<usize>());
+        for p in parts {
+            out.extend_from_slice(&(p.len() as u32).to_be_bytes());
+            out.extend_from_slice(p.expose());
+        }
+        Secret::new(out)
+    }
+
+    fn decode(mut raw: &[u8]) -> Option<Self> {
+        let mut next = || {
+            let (len, rest) = raw.split_first_chunk::<4>()?;
+            let len = u32::from_be_bytes(*len) as usize;
+            let value = rest.get(..len)?.to_vec();
+            raw = &rest[len..];
+            Some(Secret::new(value))
+        };
+        let (access, refresh, secret) = (next()?, next()?, next()?);
+        Some(Self {
+            access,
+            refresh,
+            client_secret: (!secret.is_empty()).then_some(secret),
+        })
+    }
+
+    /// Every value here, for the response scrubber.
+    pub fn secrets(&self) -> impl Iterator<Item = &Secret> {
+        [&self.access, &self.refresh]
+            .into_iter()
+            .chain(self.client_secret.as_ref())
+            .filter(|s| !s.is_empty())
+    }
+}
+
+/// A token endpoint URL, split: always HTTPS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    pub path: String,
+}
+
+impl Endpoint {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let rest = url
+            .strip_prefix("https://")
+            .ok_or("the token endpoint must be an https:// URL")?;
+        let (authority, path) = rest.find('/').map_or((rest, "/"), |i| rest.split_at(i));
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) => (
+                h,
+                p.parse::<u16>()
+                    .ok()
+                    .filter(|&p| p != 0)
+                    .ok_or("the token endpoint's port is not a port number")?,
+            ),
+            None => (authority, 443),
+        };
+        crate::spec::HostPattern::parse(host)
+            .ok()
+            .filter(|p| matches!(p.host, crate::spec::HostName::Exact(_)))
+            .ok_or("the token endpoint's host is not a host name")?;
+        if path.bytes().any(|b| b <= b' ' || b == 0x7f || b == b'#') {
+            return Err(
+                "the token endpoint's path has a space, control character or fragment".into(),
+            );
+        }
+        Ok(Self {
+            host: host.to_ascii_lowercase(),
+            port,
+            path: path.to_owned(),
+        })
+    }
+}
+
+/// What an operator imports: the tokens, their expiry if known, and the endpoint and client id
+/// of the program whose file it was, when recognised.
+#[derive(Debug)]
+pub struct Import {
+    pub tokens: OAuthTokens,
+    pub expires_at: u64,
+    pub preset: Option<Preset>,
+}
+
+/// Token endpoints and client ids of agents whose login files airlock recognises, as found in
+/// the versions the tests pin (Claude Code 2.1, Codex 0.171). Flags override them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Preset {
+    pub program: &'static str,
+    pub token_endpoint: &'static str,
+    pub client_id: &'static str,
+    pub request: RequestFormat,
+}
+
+pub const CLAUDE_CODE: Preset = Preset {
+    program: "Claude Code",
+    token_endpoint: "https://platform.claude.com/v1/oauth/token",
+    client_id: "9d1c250a-e61b-44d9-88ed-5944d1962f5e",
+    request: RequestFormat::Json,
+};
+
+pub const CODEX: Preset = Preset {
+    program: "Codex",
+    token_endpoint: "https://auth.openai.com/oauth/token",
+    client_id: "app_EMoamEEZ73f0CkXaXp7hrann",
+    request: RequestFormat::Json,
+};
+
+type Text = Zeroizing<String>;
+
+/// RFC 6749 section 5.1, the shape of a token response (and of what the refresher reads back).
+#[derive(Debug, Default, Deserialize)]
+pub struct TokenResponse {
+    #[serde(default)]
+    pub access_token: Option<Text>,
+    #[serde(default)]
+    pub refresh_token: Option<Text>,
+    #[serde(default)]
+    pub expires_in: Option<u64>,
+    /// Not RFC 6749, but what a saved token file often holds instead of `expires_in`.
+    #[serde(default)]
+    pub expires_at: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ClaudeOauth {
+    access_token: Option<Text>,
+    refresh_token: Option<Text>,
+    /// Milliseconds.
+    expires_at: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ClaudeFile {
+    claude_ai_oauth: ClaudeOauth,
+}
+
+#[derive(Deserialize)]
+struct CodexFile {
+    tokens: TokenResponse,
+}
+
+impl Import {
+    /// Reads what an operator pasted or pointed at: a token response (`access_token`,
+    /// `refresh_token`, `expires_in` or `expires_at`), Claude Code's `.credentials.json`, Codex's
+    /// `auth.json`, or a bare refresh token on one line.
+    pub fn parse(raw: &[u8]) -> Result<Self, String> {
+        let trimmed = raw.trim_ascii();
+        if !trimmed.starts_with(b"{") {
+            let refresh = Secret::new(trimmed.to_vec());
+            check_value(refresh.expose()).map_err(|e| format!("the refresh token: {e}"))?;
+            if std::str::from_utf8(refresh.expose()).is_err() {
+                return Err("the refresh token is not UTF-8 text".into());
+            }
+            return Ok(Self {
+                tokens: OAuthTokens {
+                    refresh,
+                    ..OAuthTokens::default()
+                },
+                expires_at: 0,
+                preset: None,
+            });
+        }
+        let bad = |e: serde_json::Error| format!("the token file does not parse: {e}");
+        let (access, refresh, expires_at, preset) =
+            if let Ok(f) = serde_json::from_slice::<ClaudeFile>(trimmed) {
+                let o = f.claude_ai_oauth;
+                let at = o.expires_at.map(|ms| ms / 1000);
+                (o.access_token, o.refresh_token, at, Some(CLAUDE_CODE))
+            } else if let Ok(f) = serde_json::from_slice::<CodexFile>(trimmed) {
+                let t = f.tokens;
+                (t.access_token, t.refresh_token, t.expires_at, Some(CODEX))
+            } else {
+                let t: TokenResponse = serde_json::from_slice(trimmed).map_err(bad)?;
+                let at = t.expires_at.or(t.expires_in.map(|s| now() + s));
+                (t.access_token, t.refresh_token, at, None)
+            };
+        let refresh = refresh.ok_or("the token file has no refresh token")?;
+        let access = access.filter(|a| !a.is_empty());
+        let tokens = OAuthTokens {
+            access: Secret::new(access.map(|a| a.as_bytes().to_vec()).unwrap_or_default()),
+            refresh: Secret::new(refresh.as_bytes().to_vec()),
+            client_secret: None,
+        };
+        check_value(tokens.refresh.expose()).map_err(|e| format!("the refresh token: {e}"))?;
+        if !tokens.access.is_empty() {
+            check_value(tokens.access.expose()).map_err(|e| format!("the access token: {e}"))?;
+        }
+        let expires_at = expires_at
+            .or_else(|| jwt_expiry(tokens.access.expose()))
+            .unwrap_or(0);
+        Ok(Self {
+            tokens,
+            expires_at,
+            preset,
+        })
+    }
+}
+
+/// The `exp` claim of a JWT access token (Codex's are JWTs), read without verifying it: it only
+/// schedules the refresh.
+pub fn jwt_expiry(token: &[u8]) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct Claims {
+        exp: u64,
+    }
+    let payload = token.split(|&b| b == b'.').nth(1)?;
+    let json = data_encoding::BASE64URL_NOPAD.decode(payload).ok()?;
+    serde_json::from_slice::<Claims>(&json).ok().map(|c| c.exp)
+}
+
+/// The operator's settings for an OAuth credential.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub token_endpoint: String,
+    pub client_id: String,
+    pub scope: Option<String>,
+    pub request: RequestFormat,
+}
+
+/// One stored OAuth credential, as the refresher sees it.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub vault: String,
+    pub key: String,
+    pub meta: OAuthMeta,
+}
+
+/// What [`Store::finish_refresh`] records.
+#[derive(Debug)]
+pub enum Refreshed {
+    Tokens {
+        tokens: OAuthTokens,
+        expires_at: u64,
+    },
+    Failed {
+        code: FailureCode,
+        detail: String,
+    },
+}
+
+fn context(vault_id: u64, key: &str) -> SealContext<'_> {
+    SealContext {
+        vault_id,
+        kind: CREDENTIAL_KIND,
+        name: key,
+    }
+}
+
+impl Store {
+    /// Stores an OAuth credential (replacing whatever `key` held). Returns whether it was new.
+    pub fn set_oauth_credential(
+        &self,
+        actor: &str,
+        vault: &str,
+        key: &str,
+        settings: &Settings,
+        import: &Import,
+    ) -> Result<bool, VaultError> {
+        names::credential_key(key)?;
+        Endpoint::parse(&settings.token_endpoint).map_err(VaultError::Invalid)?;
+        for (what, v) in [
+            ("client id", Some(settings.client_id.as_str())),
+            ("scope", settings.scope.as_deref()),
+        ] {
+            if let Some(v) = v {
+                check_value(v.as_bytes())
+                    .map_err(|e| VaultError::Invalid(format!("{what}: {e}")))?;
+            }
+        }
+        let public = public_key(&self.key_header()?)?;
+        self.write(|t| {
+            let v = super::ops::find_vault(t, vault)?;
+            let rkey = vault_key(v.id, key);
+            let old: Option<CredentialRecord> = t.get(t.dbs().credentials, "credentials", &rkey)?;
+            let sealed = seal::seal(&public, context(v.id, key), import.tokens.encode().expose())?;
+            let at = now();
+            let version = old
+                .as_ref()
+                .and_then(|o| o.oauth.as_ref())
+                .map_or(1, |m| m.version + 1);
+            let record = CredentialRecord {
+                sealed,
+                created_at: old.as_ref().map_or(at, |o| o.created_at),
+                updated_at: at,
+                oauth: Some(OAuthMeta {
+                    token_endpoint: settings.token_endpoint.clone(),
+                    client_id: settings.client_id.clone(),
+                    scope: settings.scope.clone(),
+                    request: settings.request,
+                    // Only a refresh token: expired, so the first request waits for a refresh.
+                    expires_at: if import.tokens.access.is_empty() {
+                        1
+                    } else {
+                        import.expires_at
+                    },
+                    obtained_at: at,
+                    version,
+                    failure: None,
+                }),
+            };
+            t.put(t.dbs().credentials, &rkey, &record)?;
+            let action = if old.is_none() {
+                "credential.oauth.set"
+            } else {
+                "credential.oauth.replace"
+            };
+            t.audit(
+                actor,
+                action,
+                &format!("credential {vault}/{key}"),
+                &format!("token endpoint {}", settings.token_endpoint),
+            )?;
+            Ok(old.is_none())
+        })
+    }
+
+    /// Every OAuth credential of every vault.
+    pub fn oauth_credentials(&self) -> Result<Vec<Entry>, VaultError> {
+        let mut out = Vec::new();
+        for v in self.vaults()? {
+            for (key, record) in self.credentials(&v.name)? {
+                if let Some(meta) = record.oauth {
+                    out.push(Entry {
+                        vault: v.name.clone(),
+                        key,
+                        meta,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Opens an OAuth credential's tokens. `None` when `key` is not an OAuth credential.
+    pub fn open_oauth(
+        &self,
+        opener: &Opener,
+        vault: &str,
+        key: &str,
+    ) -> Result<Option<(OAuthMeta, OAuthTokens)>, VaultError> {
+        let (vault_id, record) = self.credential_record(vault, key)?;
+        let Some(meta) = record.oauth else {
+            return Ok(None);
+        };
+        let raw = opener.open(context(vault_id, key), &record.sealed)?;
+        let tokens = OAuthTokens::decode(raw.expose()).ok_or_else(|| {
+            VaultError::Invalid(format!("credential {key}: the sealed tokens do not decode"))
+        })?;
+        Ok(Some((meta, tokens)))
+    }
+
+    /// Records a refresh of the tokens at `version`. Returns false, changing nothing, when the
+    /// credential changed meanwhile (an operator imported new tokens, or it was deleted): the
+    /// newer value wins.
+    pub fn finish_refresh(
+        &self,
+        vault: &str,
+        key: &str,
+        version: u64,
+        outcome: Refreshed,
+    ) -> Result<bool, VaultError> {
+        let public = public_key(&self.key_header()?)?;
+        // A refresh must land on a full store too, or the service stops with the old token.
+        self.write_reserved(|t| {
+            let v = super::ops::find_vault(t, vault)?;
+            let rkey = vault_key(v.id, key);
+            let Some(mut record) =
+                t.get::<CredentialRecord>(t.dbs().credentials, "credentials", &rkey)?
+            else {
+                return Ok(false);
+            };
+            let Some(meta) = record.oauth.as_mut().filter(|m| m.version == version) else {
+                return Ok(false);
+            };
+            let at = now();
+            match outcome {
+                Refreshed::Tokens { tokens, expires_at } => {
+                    record.sealed =
+                        seal::seal(&public, context(v.id, key), tokens.encode().expose())?;
+                    meta.expires_at = expires_at;
+                    meta.obtained_at = at;
+                    meta.version += 1;
+                    meta.failure = None;
+                    record.updated_at = at;
+                }
+                Refreshed::Failed { code, detail } => {
+                    let attempts = meta.failure.as_ref().map_or(0, |f| f.attempts) + 1;
+                    meta.failure = Some(RefreshFailure {
+                        code,
+                        detail,
+                        at,
+                        attempts,
+                    });
+                }
+            }
+            t.put(t.dbs().credentials, &rkey, &record)?;
+            Ok(true)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip() {
+        let t = OAuthTokens {
+            access: Secret::new(b"at-1".to_vec()),
+            refresh: Secret::new(b"rt-1".to_vec()),
+            client_secret: None,
+        };
+        let back = OAuthTokens::decode(t.encode().expose()).unwrap();
+        assert_eq!(back.access.expose(), b"at-1");
+        assert_eq!(back.refresh.expose(), b"rt-1");
+        assert!(back.client_secret.is_none());
+        assert!(OAuthTokens::decode(&t.encode().expose()[..9]).is_none());
+        assert!(OAuthTokens::decode(&[0, 0, 0, 9, 1]).is_none());
+    }
+
+    #[test]
+    fn imports_each_shape() {
+        let rfc =
+            Import::parse(br#"{"access_token":"a","refresh_token":"r","expires_in":60}"#).unwrap();
+        assert_eq!(rfc.tokens.access.expose(), b"a");
+        assert!(rfc.expires_at >= now() + 59 && rfc.preset.is_none());
+        let claude = Import::parse(
+            br#"{"claudeAiOauth":{"accessToken":"a","refreshToken":"r","expiresAt":1700000000000,"scopes":["user:inference"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(claude.expires_at, 1_700_000_000);
+        assert_eq!(claude.preset, Some(CLAUDE_CODE));
+        let jwt = format!(
+            "h.{}.s",
+            data_encoding::BASE64URL_NOPAD.encode(br#"{"exp":1800000000}"#)
+        );
+        let codex = Import::parse(
+            format!(r#"{{"OPENAI_API_KEY":null,"tokens":{{"access_token":"{jwt}","refresh_token":"r","id_token":"x"}}}}"#)
+                .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(
+            (codex.expires_at, codex.preset),
+            (1_800_000_000, Some(CODEX))
+        );
+        let bare = Import::parse(b"rt-only\n").unwrap();
+        assert!(bare.tokens.access.is_empty() && bare.tokens.refresh.expose() == b"rt-only");
+        assert!(Import::parse(br#"{"access_token":"a"}"#).is_err());
+        assert!(Import::parse(b"a\rb").is_err());
+    }
+
+    #[test]
+    fn endpoint_must_be_https_with_a_host() {
+        let e = Endpoint::parse("https://auth.example.com:8443/oauth/token").unwrap();
+        assert_eq!(
+            (e.host.as_str(), e.port, e.path.as_str()),
+            ("auth.example.com", 8443, "/oauth/token")
+        );
+        assert_eq!(Endpoint::parse("https://a.example.com").unwrap().path, "/");
+        for bad in [
+            "http://a.example.com/t",
+            "https://*.example.com/t",
+            "https://a.example.com:0/t",
+            "https://a.example.com/t x",
+            "https:///t",
+        ] {
+            assert!(Endpoint::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn refresh_schedule() {
+        let mut m = OAuthMeta {
+            token_endpoint: String::new(),
+            client_id: String::new(),
+            scope: None,
+            request: RequestFormat::Form,
+            expires_at: 1000 + 3600,
+            obtained_at: 1000,
+            version: 1,
+            failure: None,
+        };
+        assert_eq!(m.refresh_at(), Some(1000 + 3600 - 300));
+        m.expires_at = 1004;
+        assert_eq!(m.refresh_at(), Some(1002));
+        m.expires_at = 0;
+        assert_eq!(m.refresh_at(), None);
+        m.failure = Some(RefreshFailure {
+            code: FailureCode::Unavailable,
+            detail: String::new(),
+            at: 50,
+            attempts: 2,
+        });
+        assert_eq!(m.retry_at(), Some(70));
+        m.failure.as_mut().unwrap().code = FailureCode::Rejected;
+        assert_eq!(m.retry_at(), None);
+    }
+}
