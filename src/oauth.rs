@@ -288,7 +288,7 @@ async fn exchange(
             format!("{}: {}", e.code, e.message),
         )
     };
-    let raw = monoio::time::timeout(REQUEST_TIMEOUT, async {
+    let (status, body) = monoio::time::timeout(REQUEST_TIMEOUT, async {
         let mut up = upstream::dial_new(shared, &target)
             .await
             .map_err(unavailable)?;
@@ -301,21 +301,24 @@ async fn exchange(
             .flush()
             .await
             .map_err(|e| io("sending the request", e))?;
-        while up
-            .conn
-            .fill()
-            .await
-            .map_err(|e| io("reading the response", e))?
-            > 0
-        {
-            if up.conn.buffered().len() > MAX_RESPONSE {
-                return Err(fail(
-                    FailureCode::InvalidResponse,
-                    "the response is too large".into(),
-                ));
+        loop {
+            let eof = up
+                .conn
+                .fill()
+                .await
+                .map_err(|e| io("reading the response", e))?
+                == 0;
+            match parse_response(up.conn.buffered(), eof) {
+                Parsed::Done(status, body) => return Ok((status, body)),
+                Parsed::Invalid => break,
+                Parsed::Incomplete if eof || up.conn.buffered().len() > MAX_RESPONSE => break,
+                Parsed::Incomplete => {}
             }
         }
-        Ok(Zeroizing::new(up.conn.buffered().to_vec()))
+        Err(fail(
+            FailureCode::InvalidResponse,
+            "the response is not valid HTTP/1.1".into(),
+        ))
     })
     .await
     .map_err(|_| {
@@ -324,12 +327,6 @@ async fn exchange(
             "the token endpoint did not answer in time".into(),
         )
     })??;
-    let (status, body) = split_response(&raw).ok_or_else(|| {
-        fail(
-            FailureCode::InvalidResponse,
-            "the response is not valid HTTP/1.1".into(),
-        )
-    })?;
     if !(200..300).contains(&status) {
         let code = if matches!(status, 400 | 401 | 403) {
             FailureCode::Rejected
@@ -421,31 +418,64 @@ fn request_body(meta: &OAuthMeta, tokens: &OAuthTokens) -> Option<Zeroizing<Vec<
     }))
 }
 
-/// Status and decoded body of a whole response read to the close.
-fn split_response(raw: &[u8]) -> Option<(u16, Zeroizing<Vec<u8>>)> {
-    let n = head::find_end(raw)?;
-    let resp = head::parse_response(&raw[..n]).ok()?;
-    let rest = &raw[n..];
-    let body = match head::response_framing("POST", &resp).ok()? {
-        Framing::Empty => Vec::new(),
-        Framing::Length(len) => rest.get(..usize::try_from(len).ok()?)?.to_vec(),
-        Framing::Close => rest.to_vec(),
-        Framing::Chunked => dechunk(rest)?,
-    };
-    Some((resp.status, Zeroizing::new(body)))
+/// How far a token response has arrived.
+#[derive(Debug, PartialEq, Eq)]
+enum Parsed {
+    Incomplete,
+    Invalid,
+    Done(u16, Zeroizing<Vec<u8>>),
 }
 
-fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
+/// Parses the response in `raw`; `eof` when the connection closed after it.
+fn parse_response(raw: &[u8], eof: bool) -> Parsed {
+    let Some(n) = head::find_end(raw) else {
+        return Parsed::Incomplete;
+    };
+    let Ok(resp) = head::parse_response(&raw[..n]) else {
+        return Parsed::Invalid;
+    };
+    let rest = &raw[n..];
+    let body = match head::response_framing("POST", &resp) {
+        Err(_) => return Parsed::Invalid,
+        Ok(Framing::Empty) => Some(Vec::new()),
+        Ok(Framing::Length(len)) => usize::try_from(len)
+            .ok()
+            .and_then(|len| rest.get(..len))
+            .map(<[u8]>::to_vec),
+        Ok(Framing::Close) => eof.then(|| rest.to_vec()),
+        Ok(Framing::Chunked) => match dechunk(rest) {
+            Ok(body) => body,
+            Err(()) => return Parsed::Invalid,
+        },
+    };
+    match body {
+        Some(body) => Parsed::Done(resp.status, Zeroizing::new(body)),
+        None => Parsed::Incomplete,
+    }
+}
+
+/// A chunked body: `Ok(None)` while incomplete.
+fn dechunk(mut b: &[u8]) -> Result<Option<Vec<u8>>, ()> {
     let mut out = Vec::new();
     loop {
-        let nl = memchr::memchr(b'\n', b)?;
-        let size = usize::try_from(crate::http::body::parse_chunk_size(&b[..=nl]).ok()?).ok()?;
+        let Some(nl) = memchr::memchr(b'\n', b) else {
+            return Ok(None);
+        };
+        let size = crate::http::body::parse_chunk_size(&b[..=nl]).map_err(drop)?;
+        let size = usize::try_from(size).map_err(drop)?;
         b = &b[nl + 1..];
         if size == 0 {
-            return Some(out);
+            return Ok(Some(out));
         }
-        out.extend_from_slice(b.get(..size)?);
-        b = b.get(size..)?.strip_prefix(b"\r\n")?;
+        let Some(data) = b.get(..size) else {
+            return Ok(None);
+        };
+        out.extend_from_slice(data);
+        b = match &b[size..] {
+            [b'\r', b'\n', after @ ..] => after,
+            [] | [b'\r'] => return Ok(None),
+            _ => return Err(()),
+        };
     }
 }
 
@@ -516,17 +546,32 @@ mod tests {
     }
 
     #[test]
-    fn responses_split_and_dechunk() {
-        let (status, body) =
-            split_response(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}").unwrap();
-        assert_eq!((status, &body[..]), (200, &b"{}"[..]));
-        let (_, body) = split_response(
-            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{\"\r\n3\r\na\":\r\n1\r\n1\r\n0\r\n\r\n",
-        )
-        .unwrap();
-        assert_eq!(&body[..], b"{\"a\":1");
-        assert!(split_response(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n{}").is_none());
-        assert!(split_response(b"garbage").is_none());
+    fn responses_parse_as_they_arrive() {
+        let done = |status, body: &[u8]| Parsed::Done(status, Zeroizing::new(body.to_vec()));
+        let sized = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
+        assert_eq!(parse_response(sized, false), done(200, b"{}"));
+        assert_eq!(
+            parse_response(&sized[..sized.len() - 1], false),
+            Parsed::Incomplete
+        );
+        let chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{\"\r\n3\r\na\":\r\n1\r\n1\r\n0\r\n\r\n";
+        assert_eq!(parse_response(chunked, false), done(200, b"{\"a\":1"));
+        for cut in 40..chunked.len() - 4 {
+            assert_eq!(
+                parse_response(&chunked[..cut], false),
+                Parsed::Incomplete,
+                "{cut}"
+            );
+        }
+        let closed = b"HTTP/1.1 400 Bad Request\r\n\r\n{\"error\":\"x\"}";
+        assert_eq!(parse_response(closed, false), Parsed::Incomplete);
+        assert_eq!(
+            parse_response(closed, true),
+            done(400, b"{\"error\":\"x\"}")
+        );
+        assert_eq!(parse_response(b"garbage\r\n\r\n", false), Parsed::Invalid);
+        let bad_chunk = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{}XX";
+        assert_eq!(parse_response(bad_chunk, false), Parsed::Invalid);
     }
 
     #[test]

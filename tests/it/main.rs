@@ -9,6 +9,7 @@ mod cli;
 mod hardening;
 mod hardening_admin;
 mod harness;
+mod oauth;
 mod ops;
 mod origin;
 mod proposals;

@@ -20,6 +20,8 @@
 //!   service, read back through another);
 //! - `/ws-secret`: a WebSocket upgrade, then a text frame and a message fragmented over two
 //!   frames, each quoting the request's `Authorization`, then a close;
+//! - `/oauth/token` and `/api/...`: a stand-in OAuth authorization server and the API it guards
+//!   ([`OAuthStandIn`]);
 //! - anything else: 200 with a JSON echo of the request line and headers.
 //!
 //! [`Origin::https_idle`] closes connections idle for longer than a given time, as Node and
@@ -62,6 +64,8 @@ impl Recorded {
 pub struct Origin {
     /// Where `/repo.git/...` is served from with `git http-backend`, once set.
     pub git_root: Arc<Mutex<Option<PathBuf>>>,
+    /// The stand-in OAuth server's state.
+    pub oauth: Arc<Mutex<OAuthStandIn>>,
     pub addr: SocketAddr,
     /// PEM of the CA that signed the origin's certificate.
     pub ca_file: PathBuf,
@@ -134,12 +138,18 @@ impl Origin {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
         let git_root: Arc<Mutex<Option<PathBuf>>> = Arc::new(Mutex::new(None));
-        let (reqs, conns, git) = (requests.clone(), connections.clone(), git_root.clone());
+        let oauth = Arc::new(Mutex::new(OAuthStandIn::default()));
+        let (reqs, conns, git, auth) = (
+            requests.clone(),
+            connections.clone(),
+            git_root.clone(),
+            oauth.clone(),
+        );
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
                 let id = conns.fetch_add(1, Ordering::SeqCst);
-                let (tls, reqs, git) = (tls.clone(), reqs.clone(), git.clone());
+                let (tls, reqs, git, auth) = (tls.clone(), reqs.clone(), git.clone(), auth.clone());
                 std::thread::spawn(move || {
                     let _ = stream.set_read_timeout(Some(idle));
                     match tls {
@@ -153,15 +163,16 @@ impl Origin {
                                 }
                             }
                             let sni = tls.conn.server_name().map(str::to_owned);
-                            serve(tls, sni, id, &reqs, &git);
+                            serve(tls, sni, id, &reqs, &git, &auth);
                         }
-                        None => serve(stream, None, id, &reqs, &git),
+                        None => serve(stream, None, id, &reqs, &git, &auth),
                     }
                 });
             }
         });
         Self {
             git_root,
+            oauth,
             addr,
             ca_file,
             requests,
@@ -183,6 +194,7 @@ fn serve<S: Read + Write>(
     conn: usize,
     reqs: &Mutex<Vec<Recorded>>,
     git: &Mutex<Option<PathBuf>>,
+    oauth: &Mutex<OAuthStandIn>,
 ) {
     let mut r = BufReader::new(stream);
     for served in 0.. {
@@ -257,6 +269,14 @@ fn serve<S: Read + Write>(
             .filter(|_| path.starts_with("/repo.git/"))
         {
             let out = git_cgi(&root, &recorded, path, query);
+            let w = r.get_mut();
+            if w.write_all(&out).is_err() || w.flush().is_err() {
+                return;
+            }
+            continue;
+        }
+        if path == "/oauth/token" || path.starts_with("/api/") {
+            let out = oauth_answer(oauth, path, &recorded);
             let w = r.get_mut();
             if w.write_all(&out).is_err() || w.flush().is_err() {
                 return;
@@ -591,6 +611,113 @@ fn anthropic_events() -> Vec<String> {
 }
 
 /// Runs `git http-backend` (CGI) for a smart-HTTP request; returns the whole HTTP response.
+/// A stand-in OAuth authorization server (`POST /oauth/token`, the refresh-token grant, form or
+/// JSON) and the API it guards (`/api/...`: 200 to the current access token before it expires,
+/// else 401). Each grant issues `PREFIX-at-N` and `PREFIX-rt-N` (the refresh token rotates),
+/// valid `lifetime`.
+#[derive(Debug)]
+pub struct OAuthStandIn {
+    pub prefix: String,
+    pub refresh_token: String,
+    pub access_token: String,
+    pub valid_until: std::time::Instant,
+    /// `expires_in` of each grant, in seconds.
+    pub lifetime: u64,
+    /// Grants issued so far.
+    pub grants: usize,
+    /// Each grant request's content type and body.
+    pub requests: Vec<(String, String)>,
+    /// Answer every grant `400 invalid_grant`.
+    pub reject: bool,
+    /// Wait this long before answering a grant.
+    pub delay: Duration,
+    /// The bearer token of each `/api/` request, and whether it was accepted.
+    pub api_calls: Vec<(String, bool)>,
+}
+
+impl Default for OAuthStandIn {
+    fn default() -> Self {
+        Self {
+            prefix: "oauth".into(),
+            refresh_token: "rt-0".into(),
+            access_token: "at-0".into(),
+            valid_until: std::time::Instant::now() + Duration::from_secs(3600),
+            lifetime: 3600,
+            grants: 0,
+            requests: Vec::new(),
+            reject: false,
+            delay: Duration::ZERO,
+            api_calls: Vec::new(),
+        }
+    }
+}
+
+fn oauth_answer(state: &Mutex<OAuthStandIn>, path: &str, rec: &Recorded) -> Vec<u8> {
+    let reply = |status: &str, body: String| {
+        format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    };
+    if path.starts_with("/api/") {
+        let token = rec
+            .header("authorization")
+            .pop()
+            .unwrap_or_default()
+            .trim_start_matches("Bearer ")
+            .to_owned();
+        let mut s = state.lock().unwrap();
+        let ok = token == s.access_token && std::time::Instant::now() < s.valid_until;
+        s.api_calls.push((token, ok));
+        return if ok {
+            reply(
+                "200 OK",
+                format!(r#"{{"ok":true,"body_len":{}}}"#, rec.body.len()),
+            )
+        } else {
+            reply("401 Unauthorized", r#"{"error":"invalid_token"}"#.into())
+        };
+    }
+    let content_type = rec.header("content-type").pop().unwrap_or_default();
+    let body = String::from_utf8_lossy(&rec.body).into_owned();
+    let field = |name: &str| -> Option<String> {
+        if content_type.starts_with("application/json") {
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            v[name].as_str().map(str::to_owned)
+        } else {
+            body.split('&')
+                .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+                .map(|v| v.replace("%2D", "-"))
+        }
+    };
+    let delay = state.lock().unwrap().delay;
+    std::thread::sleep(delay);
+    let mut s = state.lock().unwrap();
+    s.requests.push((content_type.clone(), body.clone()));
+    if s.reject
+        || field("grant_type").as_deref() != Some("refresh_token")
+        || field("refresh_token").as_deref() != Some(s.refresh_token.as_str())
+    {
+        return reply(
+            "400 Bad Request",
+            r#"{"error":"invalid_grant","error_description":"the refresh token is not valid"}"#
+                .into(),
+        );
+    }
+    s.grants += 1;
+    s.access_token = format!("{}-at-{}", s.prefix, s.grants);
+    s.refresh_token = format!("{}-rt-{}", s.prefix, s.grants);
+    s.valid_until = std::time::Instant::now() + Duration::from_secs(s.lifetime);
+    reply(
+        "200 OK",
+        format!(
+            r#"{{"access_token":"{}","token_type":"Bearer","expires_in":{},"refresh_token":"{}"}}"#,
+            s.access_token, s.lifetime, s.refresh_token
+        ),
+    )
+}
+
 fn git_cgi(root: &std::path::Path, rec: &Recorded, path: &str, query: &str) -> Vec<u8> {
     use std::process::{Command, Stdio};
     let method = rec

@@ -33,7 +33,7 @@ fn seal_without_root_key_open_with_it() {
         .store()
         .open_credential(&unlock(&env).opener, "default", "SEALED_ELSEWHERE")
         .unwrap();
-    assert_eq!(opened.expose(), b"value-from-a-keyless-process");
+    assert_eq!(opened.value.expose(), b"value-from-a-keyless-process");
 }
 
 /// security.md row 57 (I-05): a sealed value moved to another key, bit-flipped, truncated or
@@ -94,6 +94,7 @@ fn row57_swapped_flipped_truncated_versioned_credentials_fail_cleanly() {
         store
             .open_credential(&opener, "default", "ALPHA")
             .unwrap()
+            .value
             .expose(),
         b"alpha-value"
     );
