@@ -126,6 +126,7 @@ fn benches(c: &mut Criterion) {
             store
                 .open_credential(&unlocked.opener, "default", black_box("OPENAI_KEY"))
                 .unwrap()
+                .value
                 .len()
         })
     });

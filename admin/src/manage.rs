@@ -36,6 +36,10 @@ pub fn routes() -> Router<Arc<AppState>> {
         )
         .route("/vaults/{vault}/credentials", post(set_credential))
         .route(
+            "/vaults/{vault}/credentials/oauth",
+            post(set_oauth_credential),
+        )
+        .route(
             "/vaults/{vault}/credentials/{key}/delete",
             post(delete_credential),
         )
@@ -135,9 +139,11 @@ fn vaults_page(state: &AppState, session: &Session, note: Option<Markup>) -> Res
                     }
                     h2 { "Credentials" }
                     table {
-                        thead { tr { th { "Key" } th { "Created" } th { "Updated" } th { "" } } }
+                        thead { tr { th { "Key" } th { "Kind" } th { "Created" } th { "Updated" } th { "" } } }
                         tbody { @for (k, c) in state.store.credentials(&v.name).unwrap_or_default() { tr {
-                            td { code { (k) } } td.muted { (airlock::cli::rfc3339(c.created_at)) } td.muted { (airlock::cli::rfc3339(c.updated_at)) }
+                            td { code { (k) } }
+                            td { @if let Some(m) = &c.oauth { "OAuth: " (m.status()) } @else { "static" } }
+                            td.muted { (airlock::cli::rfc3339(c.created_at)) } td.muted { (airlock::cli::rfc3339(c.updated_at)) }
                             td { (button(session, &format!("/vaults/{}/credentials/{k}/delete", v.name), "delete")) }
                         } } }
                     }
@@ -147,6 +153,24 @@ fn vaults_page(state: &AppState, session: &Session, note: Option<Markup>) -> Res
                         input id={ "key-" (v.name) } type="text" name="key" placeholder="STRIPE_KEY" required;
                         input type="password" name="value" placeholder="value" autocomplete="off" required;
                         button { "Seal credential" }
+                    }
+                    form method="post" action={ "/vaults/" (v.name) "/credentials/oauth" } {
+                        input type="hidden" name="csrf" value=(session.csrf);
+                        label for={ "okey-" (v.name) } { "Import an OAuth token pair (airlock renews the access token with the refresh token)" }
+                        input id={ "okey-" (v.name) } type="text" name="key" placeholder="CLAUDE_OAUTH" required;
+                        label for={ "otokens-" (v.name) } { "Token file: a token response, Claude Code's .credentials.json, Codex's auth.json, or a bare refresh token" }
+                        textarea id={ "otokens-" (v.name) } name="tokens" rows="3" autocomplete="off" spellcheck="false" required {}
+                        label for={ "oendpoint-" (v.name) } { "Token endpoint (https://; default: the agent's own, for a recognised file)" }
+                        input id={ "oendpoint-" (v.name) } type="url" name="token_endpoint" placeholder="https://auth.example.com/oauth/token";
+                        label for={ "oclient-" (v.name) } { "Client id (default: the agent's own, for a recognised file)" }
+                        input id={ "oclient-" (v.name) } type="text" name="client_id";
+                        label for={ "oformat-" (v.name) } { "Refresh request body" }
+                        select id={ "oformat-" (v.name) } name="request" {
+                            option value="" { "default (form, or the agent's own)" }
+                            option value="form" { "form (RFC 6749)" }
+                            option value="json" { "JSON" }
+                        }
+                        button { "Import OAuth credential" }
                     }
                 }
             }
@@ -306,6 +330,47 @@ async fn set_credential(
             format!(
                 "{} credential {key}.",
                 if new { "Sealed" } else { "Replaced" }
+            )
+        });
+    Ok(vaults_page(&state, &session, Some(result(r))))
+}
+
+async fn set_oauth_credential(
+    state: St,
+    Extension(session): Extension<Session>,
+    Path(vault): Path<String>,
+    f: Fields,
+) -> Result<Response, Reject> {
+    use airlock::vault::oauth::{Import, RequestFormat, Settings};
+    let who = actor(&session, &f)?;
+    let key = field(&f, "key").to_owned();
+    let given = |name| Some(field(&f, name).trim().to_owned()).filter(|v| !v.is_empty());
+    let r = Import::parse(field(&f, "tokens").as_bytes())
+        .and_then(|import| {
+            let request = match field(&f, "request") {
+                "form" => Some(RequestFormat::Form),
+                "json" => Some(RequestFormat::Json),
+                _ => None,
+            };
+            let settings = Settings::resolve(
+                &import,
+                given("token_endpoint"),
+                given("client_id"),
+                None,
+                request,
+            )?;
+            Ok((import, settings))
+        })
+        .map_err(VaultError::Invalid)
+        .and_then(|(import, settings)| {
+            state
+                .store
+                .set_oauth_credential(&who, &vault, &key, &settings, &import)
+        })
+        .map(|new| {
+            format!(
+                "{} OAuth credential {key}; the data plane renews its access token. Delete the agent's own copy of these tokens.",
+                if new { "Stored" } else { "Replaced" }
             )
         });
     Ok(vaults_page(&state, &session, Some(result(r))))

@@ -153,7 +153,7 @@ pub fn credential(ctx: &Ctx, cmd: CredentialCmd) -> Result<(), CliError> {
                                 "token_endpoint": m.token_endpoint,
                                 "client_id": m.client_id,
                                 "expires_at": (m.expires_at > 1).then(|| rfc3339(m.expires_at)),
-                                "status": oauth_status(m),
+                                "status": m.status(),
                                 "failure": m.failure.as_ref().map(|f| json!({
                                     "code": f.code.as_str(),
                                     "detail": f.detail,
@@ -175,7 +175,7 @@ pub fn credential(ctx: &Ctx, cmd: CredentialCmd) -> Result<(), CliError> {
                             kind(r).to_owned(),
                             rfc3339(r.created_at),
                             rfc3339(r.updated_at),
-                            r.oauth.as_ref().map_or_else(String::new, oauth_status),
+                            r.oauth.as_ref().map_or_else(String::new, |m| m.status()),
                         ]
                     })
                     .collect();
@@ -210,20 +210,8 @@ pub fn credential(ctx: &Ctx, cmd: CredentialCmd) -> Result<(), CliError> {
                 import.tokens.client_secret = Some(secret);
             }
             let preset = import.preset;
-            let settings = Settings {
-                token_endpoint: token_endpoint
-                    .or(preset.map(|p| p.token_endpoint.to_owned()))
-                    .ok_or_else(|| {
-                        CliError::Usage("--token-endpoint is required for this token file".into())
-                    })?,
-                client_id: client_id
-                    .or(preset.map(|p| p.client_id.to_owned()))
-                    .ok_or_else(|| {
-                        CliError::Usage("--client-id is required for this token file".into())
-                    })?,
-                scope,
-                request: request.or(preset.map(|p| p.request)).unwrap_or_default(),
-            };
+            let settings = Settings::resolve(&import, token_endpoint, client_id, scope, request)
+                .map_err(CliError::Usage)?;
             let created =
                 store.set_oauth_credential(&ctx.actor, &vault, &key, &settings, &import)?;
             let expiry = match import.expires_at {
@@ -266,14 +254,4 @@ fn read_small_file(path: &std::path::Path) -> Result<crate::secret::Secret, CliE
 
 fn kind(r: &crate::vault::records::CredentialRecord) -> &'static str {
     if r.oauth.is_some() { "oauth" } else { "static" }
-}
-
-/// `ok, expires 2026-...`, `renewing`, or `failing (rejected): HTTP 400: invalid_grant`.
-fn oauth_status(m: &crate::vault::oauth::OAuthMeta) -> String {
-    match &m.failure {
-        Some(f) => format!("failing ({}): {}", f.code.as_str(), f.detail),
-        None if m.expires_at == 1 => "waiting for its first access token".into(),
-        None if m.expires_at == 0 => "ok, expiry unknown".into(),
-        None => format!("ok, expires {}", rfc3339(m.expires_at)),
-    }
 }

@@ -63,6 +63,17 @@ impl OAuthMeta {
         Some(self.expires_at - (lifetime / 2).min(300))
     }
 
+    /// One line for operators: `ok, expires 2026-...`, `waiting for its first access token`, or
+    /// `failing (rejected): HTTP 400: invalid_grant`.
+    pub fn status(&self) -> String {
+        match &self.failure {
+            Some(f) => format!("failing ({}): {}", f.code.as_str(), f.detail),
+            None if self.expires_at == 1 => "waiting for its first access token".into(),
+            None if self.expires_at == 0 => "ok, expiry unknown".into(),
+            None => format!("ok, expires {}", super::rfc3339(self.expires_at)),
+        }
+    }
+
     /// Whether the access token is past its expiry.
     pub fn expired(&self, now: u64) -> bool {
         self.expires_at != 0 && now >= self.expires_at
@@ -353,6 +364,30 @@ pub struct Settings {
     pub client_id: String,
     pub scope: Option<String>,
     pub request: RequestFormat,
+}
+
+impl Settings {
+    /// The operator's choices, falling back to the endpoint, client id and request format of the
+    /// agent whose login file `import` came from.
+    pub fn resolve(
+        import: &Import,
+        token_endpoint: Option<String>,
+        client_id: Option<String>,
+        scope: Option<String>,
+        request: Option<RequestFormat>,
+    ) -> Result<Self, String> {
+        let preset = import.preset;
+        Ok(Self {
+            token_endpoint: token_endpoint
+                .or(preset.map(|p| p.token_endpoint.to_owned()))
+                .ok_or("a token endpoint (--token-endpoint) is required for this token file")?,
+            client_id: client_id
+                .or(preset.map(|p| p.client_id.to_owned()))
+                .ok_or("a client id (--client-id) is required for this token file")?,
+            scope,
+            request: request.or(preset.map(|p| p.request)).unwrap_or_default(),
+        })
+    }
 }
 
 /// One stored OAuth credential, as the refresher sees it.

@@ -811,3 +811,57 @@ fn services_from_the_catalog_in_the_ui() {
         "api.github.com · bearer · Authorization: Bearer <OPENAI_KEY>"
     );
 }
+
+/// An OAuth token pair imported in the UI: a Claude Code login file needs no endpoint or client
+/// id; the page lists the credential as OAuth with its expiry and never shows a token; a bad file
+/// is one clear message and stores nothing.
+#[test]
+fn oauth_credentials_imported_in_the_ui() {
+    let s = with_admin();
+    let b = Browser::new(&s);
+    assert_eq!(b.login(PASSWORD), 303);
+    let csrf = b.csrf("/vaults");
+    let file = r#"{"claudeAiOauth":{"accessToken":"sk-ui-access-0042","refreshToken":"sk-ui-refresh-0042","expiresAt":4102444800000}}"#;
+    let form = |key: &'static str, tokens: &'static str| {
+        [
+            ("csrf", csrf.clone()),
+            ("key", key.to_owned()),
+            ("tokens", tokens.to_owned()),
+            ("token_endpoint", String::new()),
+            ("client_id", String::new()),
+            ("request", String::new()),
+        ]
+    };
+    let post = |fields: &[(&str, String)]| {
+        let refs: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        b.req(
+            "POST",
+            "/vaults/default/credentials/oauth",
+            &refs,
+            &[&b.origin()],
+        )
+    };
+    let (code, page) = post(&form("CLAUDE_OAUTH", file));
+    assert_eq!(code, 200);
+    assert!(
+        page.contains("Stored OAuth credential CLAUDE_OAUTH"),
+        "{page}"
+    );
+    assert!(
+        page.contains("OAuth: ok, expires 2100-01-01T00:00:00Z"),
+        "{page}"
+    );
+    assert!(!page.contains("sk-ui-access-0042") && !page.contains("sk-ui-refresh-0042"));
+    let (_, page) = post(&form("BAD_OAUTH", r#"{"access_token":"a"}"#));
+    assert!(page.contains("no refresh token"), "{page}");
+    let creds = s.env.store().credentials("default").unwrap();
+    let oauth: Vec<_> = creds.iter().filter(|(_, r)| r.oauth.is_some()).collect();
+    assert_eq!(oauth.len(), 1);
+    let meta = oauth[0].1.oauth.as_ref().unwrap();
+    assert_eq!(
+        meta.token_endpoint,
+        "https://platform.claude.com/v1/oauth/token"
+    );
+    let audit = s.env.run(&["audit", "list", "--json"]).ok().stdout;
+    assert!(audit.contains("credential.oauth.set"), "{audit}");
+}

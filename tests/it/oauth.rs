@@ -122,14 +122,15 @@ const VALID: &str =
 
 /// Expiry and concurrency: sixteen requests arrive while the imported token is expired and the
 /// token endpoint takes 300 ms; all succeed after exactly one refresh. Then, with grants valid
-/// 4 s, seven seconds of requests never see a 401: serve renews ahead of expiry, with the
-/// rotated refresh token each time, in the form encoding with the client id.
+/// 8 s (renewed 4 s ahead), ten seconds of requests never reach the API with an expired token:
+/// serve renews ahead of expiry, with the rotated refresh token each time, in the form encoding
+/// with the client id.
 #[test]
 fn oauth_renews_once_for_many_waiters_and_ahead_of_expiry() {
     let s = OAuthSetup::new(
         EXPIRED,
         |o| {
-            o.lifetime = 4;
+            o.lifetime = 8;
             o.delay = Duration::from_millis(300);
         },
         &[],
@@ -154,7 +155,7 @@ fn oauth_renews_once_for_many_waiters_and_ahead_of_expiry() {
     }
     assert_eq!(s.grants(), 1, "one refresh for sixteen waiting requests");
     s.origin.oauth.lock().unwrap().delay = Duration::ZERO;
-    let end = Instant::now() + Duration::from_secs(7);
+    let end = Instant::now() + Duration::from_secs(10);
     while Instant::now() < end {
         let r = s.get();
         assert!(r.stdout.ends_with(" 200"), "{r:?}");
@@ -162,7 +163,7 @@ fn oauth_renews_once_for_many_waiters_and_ahead_of_expiry() {
     }
     let state = s.origin.oauth.lock().unwrap();
     assert!(
-        state.grants >= 3,
+        state.grants >= 2,
         "renewed ahead of expiry: {}",
         state.grants
     );
@@ -368,7 +369,10 @@ fn oauth_import_refuses_bad_input() {
         env.run_stdin(&all, stdin.as_bytes())
     };
     let e = run(&["--client-id", "c"], "rt");
-    assert!(e.fails().contains("--token-endpoint is required"), "{e:?}");
+    assert!(
+        e.fails().contains("(--token-endpoint) is required"),
+        "{e:?}"
+    );
     let e = run(
         &[
             "--token-endpoint",
