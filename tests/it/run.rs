@@ -691,3 +691,60 @@ fn openclaw_through_airlock_run() {
     assert!(upstream_requests_carry(&s, "/v1/messages", "x-api-key", key) >= 1);
     home_holds_no(&home, key);
 }
+
+/// Claude Code with a subscription login (`CLAUDE_CODE_OAUTH_TOKEN`, a placeholder here) through
+/// `airlock run`: the vault holds only a refresh token (an OAuth credential), airlock fetches an
+/// access token from the stand-in token endpoint before the first call and injects it as the
+/// bearer token; Claude Code prints the stand-in's reply and neither token reaches it.
+#[test]
+fn claude_code_subscription_login_through_airlock_run() {
+    let claude = agent_program("@anthropic-ai/claude-code-linux-x64/claude");
+    let s = Setup::with_idle_origin(&[], Duration::from_secs(2));
+    let prefix = crate::harness::canary();
+    {
+        let mut o = s.origin.oauth.lock().unwrap();
+        o.prefix.clone_from(&prefix);
+        o.refresh_token = format!("{prefix}-rt-0");
+    }
+    s.env
+        .run_stdin(
+            &[
+                "credential",
+                "oauth",
+                "CLAUDE_OAUTH",
+                "--token-endpoint",
+                "https://api.anthropic.com/oauth/token",
+                "--client-id",
+                "claude-test",
+                "--request",
+                "json",
+            ],
+            format!("{prefix}-rt-0").as_bytes(),
+        )
+        .ok();
+    let services = crate::proxy::SERVICES.replace(
+        "auth: {type: api-key, key: ANTHROPIC_KEY, header: x-api-key}",
+        "auth: {type: bearer, token: CLAUDE_OAUTH}",
+    );
+    s.env.set_services(&services);
+    std::thread::sleep(Duration::from_millis(300));
+    let home = s.env.path("claude-home");
+    std::fs::create_dir_all(&home).unwrap();
+    let env = [
+        ("HOME", home.to_str().unwrap()),
+        ("CLAUDE_CODE_OAUTH_TOKEN", "placeholder"),
+        ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
+        ("DISABLE_AUTOUPDATER", "1"),
+    ];
+    run_agent_rounds(
+        &s,
+        &[&claude, "-p", "Say hello."],
+        &env,
+        1,
+        "api.anthropic.com",
+    );
+    let bearer = format!("Bearer {prefix}-at-1");
+    assert!(upstream_requests_carry(&s, "/v1/messages", "authorization", &bearer) >= 1);
+    assert_eq!(s.origin.oauth.lock().unwrap().grants, 1);
+    home_holds_no(&home, &prefix);
+}
