@@ -622,6 +622,76 @@ mod tests {
         assert!(Import::parse(b"a\rb").is_err());
     }
 
+    /// Row 87: a refresh that finishes after an operator imported a new pair is discarded; one
+    /// at the current version replaces the tokens, bumps the version and clears a failure.
+    #[test]
+    fn row87_refresh_lands_only_on_the_version_it_started_from() {
+        let dir = tempfile::tempdir().unwrap();
+        super::super::setup::init(dir.path(), &Default::default(), Default::default(), "t")
+            .unwrap();
+        let store = Store::open(dir.path(), Default::default()).unwrap();
+        let opener = super::super::setup::unlock(&store, dir.path(), &Default::default())
+            .unwrap()
+            .opener;
+        let settings = Settings {
+            token_endpoint: "https://auth.example.com/token".into(),
+            client_id: "c".into(),
+            scope: None,
+            request: RequestFormat::Form,
+        };
+        let import = |refresh: &str| Import::parse(refresh.as_bytes()).unwrap();
+        assert!(
+            store
+                .set_oauth_credential("t", "default", "K", &settings, &import("rt-a"))
+                .unwrap()
+        );
+        let failed = Refreshed::Failed {
+            code: FailureCode::Unavailable,
+            detail: "HTTP 503".into(),
+        };
+        assert!(store.finish_refresh("default", "K", 1, failed).unwrap());
+        let (meta, _) = store.open_oauth(&opener, "default", "K").unwrap().unwrap();
+        assert_eq!(meta.failure.as_ref().map(|f| f.attempts), Some(1));
+        assert_eq!(meta.version, 1, "a failure changes no token");
+        assert!(
+            !store
+                .set_oauth_credential("t", "default", "K", &settings, &import("rt-b"))
+                .unwrap()
+        );
+        let late = Refreshed::Tokens {
+            tokens: OAuthTokens {
+                access: Secret::new(b"at-late".to_vec()),
+                refresh: Secret::new(b"rt-late".to_vec()),
+                client_secret: None,
+            },
+            expires_at: 5000,
+        };
+        assert!(!store.finish_refresh("default", "K", 1, late).unwrap());
+        let (meta, tokens) = store.open_oauth(&opener, "default", "K").unwrap().unwrap();
+        assert_eq!((meta.version, tokens.refresh.expose()), (2, &b"rt-b"[..]));
+        assert!(meta.failure.is_none() && meta.expires_at == 1);
+        let fresh = Refreshed::Tokens {
+            tokens: OAuthTokens {
+                access: Secret::new(b"at-1".to_vec()),
+                refresh: Secret::new(b"rt-1".to_vec()),
+                client_secret: None,
+            },
+            expires_at: 5000,
+        };
+        assert!(store.finish_refresh("default", "K", 2, fresh).unwrap());
+        let opened = store.open_credential(&opener, "default", "K").unwrap();
+        assert_eq!(opened.value.expose(), b"at-1");
+        assert_eq!(
+            opened.others.len(),
+            1,
+            "the refresh token is masked, never injected"
+        );
+        assert_eq!(
+            opened.oauth.map(|m| (m.version, m.expires_at)),
+            Some((3, 5000))
+        );
+    }
+
     #[test]
     fn endpoint_must_be_https_with_a_host() {
         let e = Endpoint::parse("https://auth.example.com:8443/oauth/token").unwrap();
