@@ -372,7 +372,6 @@ pub async fn exchange<C: AsyncReadRent + AsyncWriteRent>(
     .await
     {
         Err(AttemptError::Unauthorized) => {
-            shared.counters.retried();
             shared
                 .oauth
                 .renew(&vault.name, &oauth.key, oauth.version)
