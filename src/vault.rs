@@ -12,6 +12,7 @@
 //! process can use it; and nothing here returns a credential's plaintext except
 //! [`seal::Opener::open`], which only `unlock`'s caller (the data plane) holds.
 
+pub mod fleet;
 pub mod keys;
 pub mod oauth;
 pub mod operators;

@@ -78,7 +78,7 @@ impl Store {
         actor: &str,
         name: &str,
         password: &Secret,
-        check: impl FnOnce(&Txn<lmdb::RwTransaction<'_>>) -> Result<(), VaultError>,
+        check: impl FnOnce(&Txn<lmdb::RwTransaction<'_>>) -> Result<(), VaultError> + Send,
     ) -> Result<(), VaultError> {
         names::agent(name).map_err(|e| {
             VaultError::Invalid(e.to_string().replace("agent name", "operator name"))

@@ -26,8 +26,23 @@ pub const ENV_DIR: &str = "vault";
 pub const DEFAULT_MAP_SIZE_MIB: u64 = 1024;
 
 const META_FORMAT: &[u8] = b"format";
-const META_GENERATION: &[u8] = b"generation";
+pub(crate) const META_GENERATION: &[u8] = b"generation";
 const META_NEXT_ID: &[u8] = b"next_id";
+/// Meta keys that belong to this node and never travel to a fleet (`vault::fleet`).
+pub(crate) const NODE_META: &[&[u8]] = &[META_GENERATION, super::fleet::META_FLEET];
+
+/// The named databases, in the order their index is written into a fleet's change log.
+pub const DB_NAMES: [&str; 9] = [
+    "vaults",
+    "services",
+    "credentials",
+    "agents",
+    "tokens",
+    "proposals",
+    "audit",
+    "meta",
+    "operators",
+];
 
 /// Storage failures, each with a stable code ([`StoreError::code`]).
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +73,8 @@ pub enum StoreError {
         key: String,
         source: RecordError,
     },
+    #[error(transparent)]
+    Fleet(#[from] super::fleet::FleetError),
 }
 
 impl StoreError {
@@ -68,6 +85,7 @@ impl StoreError {
             Self::NotInitialised(_) => "not_initialised",
             Self::NewerFormat { .. } => "newer_format",
             Self::Corrupt { .. } => "record_corrupt",
+            Self::Fleet(e) => e.code(),
         }
     }
 }
@@ -108,6 +126,45 @@ pub struct Dbs {
     pub operators: Database,
 }
 
+impl Dbs {
+    fn all(&self) -> [Database; 9] {
+        [
+            self.vaults,
+            self.services,
+            self.credentials,
+            self.agents,
+            self.tokens,
+            self.proposals,
+            self.audit,
+            self.meta,
+            self.operators,
+        ]
+    }
+
+    /// The database at `index` of [`DB_NAMES`].
+    pub fn by_index(&self, index: u8) -> Option<Database> {
+        self.all().get(usize::from(index)).copied()
+    }
+
+    /// The index in [`DB_NAMES`] of `db`.
+    pub fn index_of(&self, db: Database) -> Option<u8> {
+        self.all()
+            .iter()
+            .position(|d| d.dbi() == db.dbi())
+            .and_then(|i| u8::try_from(i).ok())
+    }
+}
+
+/// One mutation of a write transaction, as a fleet's change log carries it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// Index in [`DB_NAMES`].
+    pub db: u8,
+    pub key: Vec<u8>,
+    /// `None`: deleted.
+    pub value: Option<Vec<u8>>,
+}
+
 /// An open vault store.
 #[derive(Debug)]
 pub struct Store {
@@ -116,6 +173,8 @@ pub struct Store {
     path: PathBuf,
     /// Stale reader slots freed when this store was opened (row 54).
     pub reclaimed_readers: usize,
+    /// The fleet this node's writes go through, once attached ([`Store::attach_fleet`]).
+    fleet: Option<super::fleet::Fleet>,
 }
 
 impl Store {
@@ -182,6 +241,7 @@ impl Store {
             dbs,
             path: dir.to_owned(),
             reclaimed_readers,
+            fleet: None,
         })
     }
 
@@ -202,16 +262,20 @@ impl Store {
         f: impl FnOnce(&Txn<RoTransaction<'_>>) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
         let txn = self.env.begin_ro_txn().map_err(lmdb_err("begin read"))?;
-        let t = Txn { txn, dbs: self.dbs };
+        let t = Txn {
+            txn,
+            dbs: self.dbs,
+            log: None,
+        };
         f(&t)
     }
 
     /// Runs `f` in a write transaction; on success bumps the generation and commits. `E` lets
     /// callers use their own error type (it must absorb [`StoreError`]). Refused with
     /// `storage_full` when the map is down to its headroom ([`Store::write_reserved`]).
-    pub fn write<R, E: From<StoreError>>(
+    pub fn write<R: Send, E: From<StoreError> + Send>(
         &self,
-        f: impl FnOnce(&mut Txn<RwTransaction<'_>>) -> Result<R, E>,
+        f: impl FnOnce(&mut Txn<RwTransaction<'_>>) -> Result<R, E> + Send,
     ) -> Result<R, E> {
         if !self.above_headroom()? {
             return Err(StoreError::Full.into());
@@ -221,18 +285,84 @@ impl Store {
 
     /// As [`Store::write`], allowed into the headroom: for the small writes that must work on a
     /// full store, revoking an agent or a token (review B3: a full store must not keep a leaked
-    /// token working).
-    pub fn write_reserved<R, E: From<StoreError>>(
+    /// token working). On a fleet node the write goes through the fleet's log
+    /// ([`super::fleet::Fleet::write`]); a node of a fleet with no connection configured refuses
+    /// to write (`fleet_unconfigured`) rather than diverge.
+    pub fn write_reserved<R: Send, E: From<StoreError> + Send>(
         &self,
-        f: impl FnOnce(&mut Txn<RwTransaction<'_>>) -> Result<R, E>,
+        f: impl FnOnce(&mut Txn<RwTransaction<'_>>) -> Result<R, E> + Send,
     ) -> Result<R, E> {
+        let Some(marker) = self.fleet_marker()? else {
+            let mut t = self.begin_write()?;
+            let out = f(&mut t)?;
+            let generation = t.meta_u64(META_GENERATION)?.unwrap_or(0) + 1;
+            t.put_meta_u64(META_GENERATION, generation)?;
+            t.commit()?;
+            return Ok(out);
+        };
+        let fleet = self.fleet.as_ref().ok_or_else(|| {
+            StoreError::from(super::fleet::FleetError::Unconfigured(marker.fleet_id.clone()))
+        })?;
+        // The PostgreSQL client runs its own runtime, which must not start inside another
+        // (the admin process's tokio): the write runs on a thread of its own.
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| fleet.write(self, &marker, f))
+                .join()
+                .unwrap_or_else(|_| {
+                    Err(StoreError::from(super::fleet::FleetError::Unavailable(
+                        "the write thread failed".into(),
+                    ))
+                    .into())
+                })
+        })
+    }
+
+    /// A write transaction; the caller commits it with [`Txn::commit`].
+    pub(crate) fn begin_write(&self) -> Result<Txn<RwTransaction<'_>>, StoreError> {
         let txn = self.env.begin_rw_txn().map_err(lmdb_err("begin write"))?;
-        let mut t = Txn { txn, dbs: self.dbs };
-        let out = f(&mut t)?;
-        let generation = t.meta_u64(META_GENERATION)?.unwrap_or(0) + 1;
-        t.put_meta_u64(META_GENERATION, generation)?;
-        t.txn.commit().map_err(lmdb_err("commit"))?;
-        Ok(out)
+        Ok(Txn {
+            txn,
+            dbs: self.dbs,
+            log: None,
+        })
+    }
+
+    /// Makes this store's writes go through `fleet` when the data dir belongs to one.
+    pub fn attach_fleet(&mut self, fleet: super::fleet::Fleet) {
+        self.fleet = Some(fleet);
+    }
+
+    /// The attached fleet connection, if any.
+    pub fn fleet(&self) -> Option<&super::fleet::Fleet> {
+        self.fleet.as_ref()
+    }
+
+    /// Which fleet this data dir belongs to, if any.
+    pub fn fleet_marker(&self) -> Result<Option<super::fleet::Marker>, StoreError> {
+        self.read(|t| t.get(t.dbs().meta, "meta", super::fleet::META_FLEET))
+    }
+
+    /// Every replicated record, as changes (a fleet's first entry).
+    pub(crate) fn snapshot(&self) -> Result<Vec<Change>, StoreError> {
+        self.read(|t| {
+            let mut out = Vec::new();
+            for (index, db) in t.dbs.all().into_iter().enumerate() {
+                let mut cursor = t.txn.open_ro_cursor(db).map_err(lmdb_err("cursor"))?;
+                for item in cursor.iter_start() {
+                    let (k, v) = item.map_err(lmdb_err("iterate"))?;
+                    if db.dbi() == t.dbs.meta.dbi() && NODE_META.contains(&k) {
+                        continue;
+                    }
+                    out.push(Change {
+                        db: index as u8,
+                        key: k.to_vec(),
+                        value: Some(v.to_vec()),
+                    });
+                }
+            }
+            Ok(out)
+        })
     }
 
     /// Whether more pages are free (past the last page ever used, or on the free list) than the
@@ -259,6 +389,8 @@ impl Store {
 pub struct Txn<T> {
     txn: T,
     dbs: Dbs,
+    /// The replicated mutations so far, when a fleet write records them.
+    pub(crate) log: Option<Vec<Change>>,
 }
 
 impl<T: Transaction> Txn<T> {
@@ -334,6 +466,7 @@ impl Txn<RwTransaction<'_>> {
     }
 
     pub fn put_raw(&mut self, db: Database, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.record(db, key, Some(value));
         self.txn
             .put(db, &key, &value, WriteFlags::empty())
             .map_err(lmdb_err("put"))
@@ -341,11 +474,51 @@ impl Txn<RwTransaction<'_>> {
 
     /// Deletes `key`; returns whether it existed.
     pub fn delete(&mut self, db: Database, key: &[u8]) -> Result<bool, StoreError> {
+        self.record(db, key, None);
         match self.txn.del(db, &key, None) {
             Ok(()) => Ok(true),
             Err(lmdb::Error::NotFound) => Ok(false),
             Err(e) => Err(lmdb_err("delete")(e)),
         }
+    }
+
+    fn record(&mut self, db: Database, key: &[u8], value: Option<&[u8]>) {
+        let local = db.dbi() == self.dbs.meta.dbi() && NODE_META.contains(&key);
+        if let (Some(log), Some(index), false) = (self.log.as_mut(), self.dbs.index_of(db), local) {
+            log.push(Change {
+                db: index,
+                key: key.to_vec(),
+                value: value.map(<[u8]>::to_vec),
+            });
+        }
+    }
+
+    /// Applies changes from a fleet's log, unrecorded.
+    pub(crate) fn apply(&mut self, changes: &[Change]) -> Result<(), StoreError> {
+        for c in changes {
+            let db = self.dbs.by_index(c.db).ok_or_else(|| {
+                StoreError::from(super::fleet::FleetError::Corrupt(format!(
+                    "unknown database {}",
+                    c.db
+                )))
+            })?;
+            match &c.value {
+                Some(v) => self
+                    .txn
+                    .put(db, &c.key, v, WriteFlags::empty())
+                    .map_err(lmdb_err("put"))?,
+                None => match self.txn.del(db, &c.key, None) {
+                    Ok(()) | Err(lmdb::Error::NotFound) => {}
+                    Err(e) => return Err(lmdb_err("delete")(e)),
+                },
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits the transaction.
+    pub(crate) fn commit(self) -> Result<(), StoreError> {
+        self.txn.commit().map_err(lmdb_err("commit"))
     }
 
     pub fn put_meta_u64(&mut self, key: &[u8], value: u64) -> Result<(), StoreError> {
