@@ -7,6 +7,7 @@
 
 mod agent;
 mod ctx;
+mod fleet;
 mod init;
 mod logs;
 mod operator;
@@ -85,6 +86,9 @@ pub enum Command {
     /// Show the audit log of management writes
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Fleet mode: several nodes sharing one vault through PostgreSQL (needs store_url)
+    #[command(subcommand)]
+    Fleet(FleetCmd),
     /// Show the request log of a vault (never secrets or query strings)
     Logs {
         #[arg(long, default_value = "default")]
@@ -98,6 +102,34 @@ pub enum Command {
         /// The hosts agents tried that have no service, with counts and when last tried
         #[arg(long, conflicts_with = "follow")]
         hosts: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FleetCmd {
+    /// Create the fleet's tables and move this data dir's vault into the fleet (the first node)
+    Init {
+        /// This node's name [default: the host name]
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Make a fresh data dir a node of the fleet: it copies the vault and the CA from the store.
+    /// The root key comes as for `serve` (master.key in the data dir, a file, or a passphrase)
+    Join {
+        /// This node's name [default: the host name]
+        #[arg(long)]
+        node: Option<String>,
+        /// Use the 32-byte root key in this file (raw or 64 hex digits)
+        #[arg(long, value_name = "F")]
+        master_key_file: Option<PathBuf>,
+        /// Read the passphrase from this file
+        #[arg(long, value_name = "F", conflicts_with = "master_key_file")]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// The fleet's nodes: applied position, lag behind the log, last heartbeat
+    Status {
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -409,6 +441,7 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Token(cmd) => agent::token(&ctx, cmd),
         Command::Ca(CaCmd::Export) => init::ca_export(&ctx),
         Command::Audit(cmd) => vault::audit(&ctx, cmd),
+        Command::Fleet(cmd) => fleet::run(&ctx, cmd),
         Command::Proposal(cmd) => proposal::run(&ctx, cmd),
         Command::Operator(cmd) => operator::run(&ctx, cmd),
         Command::Logs {

@@ -70,6 +70,18 @@ pub struct FileConfig {
     pub agent_max_in_flight: Option<u32>,
     /// Log level: error, warn, info, debug or trace (`$AIRLOCK_LOG` wins). Default info.
     pub log_level: Option<crate::logging::LogLevel>,
+    /// Fleet mode: the PostgreSQL URL of the fleet's store, e.g.
+    /// `postgresql://airlock@db.example:5432/airlock?sslmode=require` (`$AIRLOCK_STORE_URL`
+    /// wins). Unset: this node stands alone.
+    pub store_url: Option<String>,
+    /// File holding the PostgreSQL password (`$AIRLOCK_STORE_PASSWORD_FILE` wins). Default: the
+    /// systemd credential `store-password`, if any.
+    pub store_password_file: Option<PathBuf>,
+    /// Extra PEM CA file to verify PostgreSQL's certificate with (system roots otherwise).
+    pub store_ca_file: Option<PathBuf>,
+    /// Fleet mode: once this node has not heard from the store for this long, credentialed
+    /// requests fail closed (503 `fleet_stale`). Default: never.
+    pub fleet_max_staleness: Option<HumanDuration>,
 }
 
 /// A duration written like `30s`, `2m` or `1h` in the config file.
@@ -110,6 +122,48 @@ impl FileConfig {
                 message,
             }
         })
+    }
+
+    /// The fleet connection, when `store_url` (or `$AIRLOCK_STORE_URL`) is set. `listen` is the
+    /// proxy address this node reports.
+    pub fn fleet(&self, listen: &str) -> Result<Option<crate::vault::fleet::Fleet>, ConfigError> {
+        let env = |name| std::env::var_os(name).filter(|v| !v.is_empty());
+        let Some(url) = env("AIRLOCK_STORE_URL")
+            .map(|v| v.to_string_lossy().into_owned())
+            .or_else(|| self.store_url.clone())
+        else {
+            return Ok(None);
+        };
+        let password_file = env("AIRLOCK_STORE_PASSWORD_FILE")
+            .map(PathBuf::from)
+            .or_else(|| self.store_password_file.clone())
+            .or_else(|| {
+                env("CREDENTIALS_DIRECTORY")
+                    .map(|d| PathBuf::from(d).join("store-password"))
+                    .filter(|p| p.exists())
+            });
+        let password = match password_file {
+            Some(path) => {
+                let raw = std::fs::read(&path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                let value = crate::secret::value_from_stdin(raw).map_err(|e| ConfigError::Parse {
+                    path,
+                    message: e.to_string(),
+                })?;
+                Some(value)
+            }
+            None => None,
+        };
+        Ok(Some(crate::vault::fleet::Fleet::new(
+            crate::vault::fleet::Settings {
+                url,
+                password,
+                ca_file: self.store_ca_file.clone(),
+                listen: listen.to_owned(),
+            },
+        )))
     }
 
     pub fn load(path: &Path) -> Result<Self, ConfigError> {

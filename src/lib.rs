@@ -11,6 +11,7 @@
 pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod follower;
 pub mod fsutil;
 pub mod http;
 pub mod logging;

@@ -117,6 +117,8 @@ pub struct Gauges {
     pub limited_mint: u64,
     pub limited_refusals: u64,
     pub limited_token_mints: u64,
+    /// Fleet mode: the applied change and seconds since the store was last heard from.
+    pub fleet: Option<(u64, f64)>,
 }
 
 fn label(v: &str) -> String {
@@ -229,6 +231,17 @@ pub fn render(m: &RequestMetrics, g: Gauges) -> String {
          airlock_rate_limited_total{{limit=\"token_mint\"}} {}",
         g.limited_agent, g.limited_auth, g.limited_mint, g.limited_refusals, g.limited_token_mints
     );
+    if let Some((applied, age)) = g.fleet {
+        let _ = writeln!(
+            out,
+            "# HELP airlock_fleet_applied_seq The last change of the fleet's log this node applied.\n\
+             # TYPE airlock_fleet_applied_seq gauge\n\
+             airlock_fleet_applied_seq {applied}\n\
+             # HELP airlock_fleet_store_contact_age_seconds Seconds since this node last heard from the fleet's store.\n\
+             # TYPE airlock_fleet_store_contact_age_seconds gauge\n\
+             airlock_fleet_store_contact_age_seconds {age:.3}"
+        );
+    }
     out
 }
 

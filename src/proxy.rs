@@ -70,6 +70,8 @@ pub struct Shared {
     pub auth_failures: limits::AuthFailures,
     /// Asks the OAuth refresher thread for renewed access tokens.
     pub oauth: crate::oauth::Refresher,
+    /// Fleet mode: this node and how fresh its copy of the vault is.
+    pub fleet: Option<crate::follower::FleetState>,
 }
 
 /// The compiled policy, swapped whole when the vault generation changes, and read once per
@@ -211,6 +213,25 @@ impl Shared {
     /// The current compiled policy (this thread's copy; see [`PolicyCell`]).
     pub fn policy(&self) -> PolicyRef {
         self.policy.load()
+    }
+
+    /// Fleet mode, for a token this node does not know: applies what the fleet has (a token
+    /// minted on another node a moment ago), at most every 50 ms. Blocking: call it off the
+    /// workers. Returns whether anything new was applied.
+    pub fn fleet_catch_up(&self) -> bool {
+        let (Some(state), Some(fleet)) = (&self.fleet, self.store.fleet()) else {
+            return false;
+        };
+        if !state.may_ask() {
+            return false;
+        }
+        let before = self.store.generation().ok();
+        let after = fleet.catch_up(&self.store).ok();
+        if after.is_some() && after != before {
+            let _ = self.refresh();
+            return true;
+        }
+        false
     }
 
     /// Recompiles the policy if the vault changed, pre-warming leaves for new hosts first.

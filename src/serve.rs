@@ -57,6 +57,10 @@ pub struct Settings {
     pub agent_max_in_flight: u32,
     /// Log level (`$AIRLOCK_LOG` still wins); unset is `info`.
     pub log_level: Option<LogLevel>,
+    /// Fleet mode: the fleet's store (`store_url`), set by the caller from the config file.
+    pub fleet: Option<crate::vault::fleet::Fleet>,
+    /// Fleet mode: fail credentialed requests closed past this long without the store.
+    pub fleet_max_staleness: Option<Duration>,
 }
 
 /// `serve` flags, each overriding the config file.
@@ -182,6 +186,8 @@ impl Settings {
                 .as_ref()
                 .map(|u| u.trim_end_matches('/').to_owned()),
             log_level: args.log_level.or(file.log_level),
+            fleet: None,
+            fleet_max_staleness: file.fleet_max_staleness.map(|d| d.0),
         }
     }
 
@@ -282,11 +288,43 @@ pub enum ServeError {
     RequestLog(#[from] crate::requestlog::LogError),
     #[error("certificate authority: {0}")]
     Ca(#[from] certs_cache::CertError),
+    #[error("{0}")]
+    Fleet(String),
     #[error("starting worker {worker}: {source}")]
     Worker {
         worker: usize,
         source: std::io::Error,
     },
+}
+
+/// Fleet mode: attaches the fleet to the store and catches up once before serving (a store that
+/// is down is warned about; the node serves what it has). Refuses a `store_url` for a data dir
+/// that is not a fleet node, and says so for a node with no `store_url`. Returns the node name.
+fn join_fleet(store: &mut Store, settings: &Settings) -> Result<Option<String>, ServeError> {
+    let marker = store.fleet_marker().map_err(VaultError::from)?;
+    match (&settings.fleet, marker) {
+        (None, None) => Ok(None),
+        (None, Some(m)) => {
+            tracing::warn!(
+                "this data dir is node {} of fleet {}, but no store_url is set: serving what it has, refusing writes",
+                m.node,
+                m.fleet_id
+            );
+            Ok(None)
+        }
+        (Some(_), None) => Err(ServeError::Fleet(format!(
+            "store_url is set but {} is not a node of a fleet: run `airlock fleet init` (the first node) or `airlock fleet join` (the others)",
+            settings.data_dir.display()
+        ))),
+        (Some(fleet), Some(m)) => {
+            store.attach_fleet(fleet.clone());
+            match fleet.catch_up(store) {
+                Ok(g) => tracing::info!(node = %m.node, fleet = %m.fleet_id, applied = g, "fleet node caught up"),
+                Err(e) => tracing::warn!("the fleet's store is unreachable at start, serving what this node has: {e}"),
+            }
+            Ok(Some(m.node))
+        }
+    }
 }
 
 /// Starts the data plane and serves until the process ends.
@@ -305,7 +343,8 @@ pub fn run(
             settings.data_dir.display()
         );
     }
-    let store = Store::open(&settings.data_dir, settings.store).map_err(VaultError::from)?;
+    let mut store = Store::open(&settings.data_dir, settings.store).map_err(VaultError::from)?;
+    let fleet_node = join_fleet(&mut store, &settings)?;
     if store.reclaimed_readers > 0 {
         tracing::warn!(
             slots = store.reclaimed_readers,
@@ -388,6 +427,8 @@ pub fn run(
         auth_failures: crate::proxy::limits::AuthFailures::default(),
         counters: Default::default(),
         oauth,
+        fleet: fleet_node
+            .map(|node| crate::follower::FleetState::new(node, settings.fleet_max_staleness)),
     });
     shared.prewarm(&policy);
     shared.policy.store(policy);
@@ -422,6 +463,13 @@ pub fn run(
         worker: usize::MAX,
         source,
     })?;
+    if let Some(mut fleet) = settings.fleet.clone() {
+        fleet.set_listen(local.to_string());
+        crate::follower::start(shared.clone(), fleet).map_err(|source| ServeError::Worker {
+            worker: usize::MAX,
+            source,
+        })?;
+    }
     let watcher = shared.clone();
     std::thread::Builder::new()
         .name("airlock-watcher".into())
@@ -475,6 +523,10 @@ pub fn run(
                 limited_mint: s.mint_limiter.refused.load(Ordering::Relaxed),
                 limited_refusals: s.refusals.refused.load(Ordering::Relaxed),
                 limited_token_mints: s.token_mints.refused.load(Ordering::Relaxed),
+                fleet: s
+                    .fleet
+                    .as_ref()
+                    .map(|f| (s.policy().generation, f.contact_age().as_secs_f64())),
             };
             let bound =
                 crate::metrics::serve(addr, request_metrics.clone(), gauges).map_err(|source| {

@@ -67,12 +67,15 @@ fn main() -> anyhow::Result<()> {
         .clone()
         .or(file.data_dir.clone())
         .unwrap_or_else(|| PathBuf::from("./airlock-data"));
-    let store = Store::open(
+    let mut store = Store::open(
         &data_dir,
         StoreOptions {
             map_size_mib: file.map_size_mib.unwrap_or(1024),
         },
     )?;
+    if let Some(fleet) = file.fleet("admin")? {
+        store.attach_fleet(fleet);
+    }
     let socket_path = args
         .socket
         .clone()

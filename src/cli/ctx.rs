@@ -51,8 +51,21 @@ impl Ctx {
         }
     }
 
+    /// Opens the store; on a fleet node (`store_url` set) it first catches up with the fleet, and
+    /// its writes go through the fleet.
     pub fn open_store(&self) -> Result<Store, CliError> {
-        Ok(Store::open(&self.data_dir, self.store_options())?)
+        let mut store = Store::open(&self.data_dir, self.store_options())?;
+        if let Some(fleet) = self.file.fleet("cli")? {
+            // What the command reads is what the fleet has; with the store down, what this node
+            // has (writes then fail on their own).
+            if store.fleet_marker()?.is_some()
+                && let Err(e) = fleet.catch_up(&store)
+            {
+                eprintln!("airlock: warning: reading this node's copy of the vault: {e}");
+            }
+            store.attach_fleet(fleet);
+        }
+        Ok(store)
     }
 
     /// Root key sources from the environment and flags (passphrase file, then

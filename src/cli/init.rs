@@ -47,6 +47,7 @@ pub fn serve(ctx: &Ctx, args: Box<crate::serve::ServeArgs>) -> Result<(), CliErr
     let sources = ctx.key_sources(args.master_key_file.clone(), args.passphrase_file.clone())?;
     let mut settings = crate::serve::Settings::resolve(ctx.data_dir.clone(), &ctx.file, &args);
     settings.config_file.clone_from(&ctx.config_path);
+    settings.fleet = ctx.file.fleet(&settings.listen.to_string())?;
     let log = crate::logging::init(settings.log_level);
     let reload = crate::serve::Reload { args: *args, log };
     Ok(crate::serve::run(settings, &sources, &ctx.actor, &reload)?)

@@ -5,6 +5,7 @@
 //! Content-Length of at most [`MAX_BODY`]. Nothing here ever returns a credential value.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use serde_json::{Value, json};
@@ -35,7 +36,7 @@ struct ApiRequest {
 }
 
 pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     client: &mut BufConn<C>,
     n: usize,
     peer: IpAddr,
@@ -81,14 +82,15 @@ pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
             );
         }
     }
-    let (status, content_type, body) = route(shared, &req, peer)?;
+    let close = req.close;
+    let (status, content_type, body) = route(shared, req, peer).await?;
     let mut out = format!(
         "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n",
         super::error::reason_phrase(status),
         body.len()
     )
     .into_bytes();
-    if req.close {
+    if close {
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
@@ -98,7 +100,7 @@ pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
         .await
         .map_err(|_| ExchangeError::Abort)?;
     client.flush().await.map_err(|_| ExchangeError::Abort)?;
-    Ok(if req.close {
+    Ok(if close {
         Outcome::Close
     } else {
         Outcome::KeepAlive
@@ -115,45 +117,83 @@ fn vault_error(e: VaultError) -> ProxyError {
     ProxyError::new(e.status(), e.code(), e.to_string())
 }
 
-fn route(shared: &Shared, req: &ApiRequest, peer: IpAddr) -> Result<Reply, ProxyError> {
-    match (req.method.as_str(), req.path.as_str()) {
-        ("GET", "/healthz") => return json_reply(200, json!({"status": "ok"})),
-        ("GET", "/v1/ca.pem") => {
-            return Ok((
-                200,
-                "application/x-pem-file",
-                shared.ca_pem.as_bytes().to_vec(),
-            ));
-        }
-        ("GET", "/v1/guide") => {
-            return Ok((
-                200,
-                "text/markdown; charset=utf-8",
-                GUIDE.as_bytes().to_vec(),
-            ));
-        }
+/// Answers `req`: the endpoints that need no token at once; the others after authentication,
+/// writes (proposals, token mints, revocations: durable commits, and PostgreSQL round trips in
+/// fleet mode) on the blocking pool, never on the worker.
+async fn route(shared: &Arc<Shared>, req: ApiRequest, peer: IpAddr) -> Result<Reply, ProxyError> {
+    if let Some(reply) = public(shared, &req) {
+        return reply;
+    }
+    // Row 51: the agent API's bearer checks count towards the same per-address limit.
+    let id = authenticate(shared, &req)
+        .await
+        .map_err(|e| shared.auth_failures.refuse(peer, e))?;
+    if req.method == "GET" {
+        return authed(shared, &id, &req);
+    }
+    let s = shared.clone();
+    monoio::spawn_blocking(move || authed(&s, &id, &req))
+        .await
+        .unwrap_or_else(|_| Err(ProxyError::new(503, "overloaded", "the write did not run")))
+}
+
+fn public(shared: &Shared, req: &ApiRequest) -> Option<Result<Reply, ProxyError>> {
+    Some(match (req.method.as_str(), req.path.as_str()) {
+        ("GET", "/healthz") => health(shared),
+        ("GET", "/v1/ca.pem") => Ok((
+            200,
+            "application/x-pem-file",
+            shared.ca_pem.as_bytes().to_vec(),
+        )),
+        ("GET", "/v1/guide") => Ok((
+            200,
+            "text/markdown; charset=utf-8",
+            GUIDE.as_bytes().to_vec(),
+        )),
         ("GET", "/v1/catalog") => {
             let entries: Vec<_> = crate::catalog::TEMPLATES
                 .iter()
                 .map(|t| t.describe())
                 .collect();
-            return json_reply(200, json!(entries));
+            json_reply(200, json!(entries))
         }
-        _ => {}
-    }
-    // Row 51: the agent API's bearer checks count towards the same per-address limit.
-    let id = authenticate(shared, req).map_err(|e| shared.auth_failures.refuse(peer, e))?;
+        _ => return None,
+    })
+}
+
+/// `{"status": "ok"}`; in fleet mode also the node, its applied position and how long ago it
+/// last heard from the store, and 503 `stale` once `fleet_max_staleness` passed (a balancer's
+/// health check then sends agents elsewhere).
+fn health(shared: &Shared) -> Result<Reply, ProxyError> {
+    let Some(fleet) = &shared.fleet else {
+        return json_reply(200, json!({"status": "ok"}));
+    };
+    let stale = fleet.stale();
+    json_reply(
+        if stale { 503 } else { 200 },
+        json!({
+            "status": if stale { "stale" } else { "ok" },
+            "fleet": {
+                "node": fleet.node,
+                "applied_seq": shared.policy().generation,
+                "store_contact_age_secs": fleet.contact_age().as_secs_f64(),
+            },
+        }),
+    )
+}
+
+fn authed(shared: &Shared, id: &Identity, req: &ApiRequest) -> Result<Reply, ProxyError> {
     match (req.method.as_str(), req.path.as_str()) {
-        ("GET", "/v1/discover") => discover(shared, &id),
-        ("POST", "/v1/proposals") => propose(shared, &id, &req.body),
+        ("GET", "/v1/discover") => discover(shared, id),
+        ("POST", "/v1/proposals") => propose(shared, id, &req.body),
         ("GET", p) if p.starts_with("/v1/proposals/") => {
-            proposal_status(shared, &id, &p["/v1/proposals/".len()..])
+            proposal_status(shared, id, &p["/v1/proposals/".len()..])
         }
-        ("POST", "/v1/tokens") => mint(shared, &id, &req.body),
+        ("POST", "/v1/tokens") => mint(shared, id, &req.body),
         ("DELETE", "/v1/tokens/self") => {
             shared
                 .store
-                .revoke_token(&actor(&id), id.token)
+                .revoke_token(&actor(id), id.token)
                 .map_err(vault_error)?;
             Ok((204, "application/json", Vec::new()))
         }
@@ -164,9 +204,10 @@ fn route(shared: &Shared, req: &ApiRequest, peer: IpAddr) -> Result<Reply, Proxy
     }
 }
 
-fn authenticate(shared: &Shared, req: &ApiRequest) -> Result<Identity, ProxyError> {
+async fn authenticate(shared: &Arc<Shared>, req: &ApiRequest) -> Result<Identity, ProxyError> {
     let hint = req.vault_hint.as_deref();
-    auth::authenticate(&shared.store, req.auth.as_deref(), hint).map_err(|e| match e.code {
+    let checked = auth::authenticate_first(shared, req.auth.as_deref(), hint).await;
+    checked.map_err(|e| match e.code {
         // On the agent API this is plain HTTP authentication: 401, keeping the specific code.
         "proxy_auth_required" => {
             ProxyError::new(401, "unauthorized", "send Authorization: Bearer <token>")

@@ -89,6 +89,35 @@ pub fn authenticate(
     })
 }
 
+/// As [`authenticate`], for the first request of a connection. In fleet mode a token this node
+/// does not know makes it catch up with the fleet first (off the worker, at most every 50 ms:
+/// [`super::Shared::fleet_catch_up`]), so a token minted on another node a moment ago works here.
+pub async fn authenticate_first(
+    shared: &std::sync::Arc<super::Shared>,
+    header: Option<&[u8]>,
+    vault_hint: Option<&str>,
+) -> Result<Identity, ProxyError> {
+    let first = authenticate(&shared.store, header, vault_hint);
+    if first.is_ok() || shared.fleet.is_none() || !unknown_token(&shared.store, header) {
+        return first;
+    }
+    let s = shared.clone();
+    match monoio::spawn_blocking(move || s.fleet_catch_up()).await {
+        Ok(true) => authenticate(&shared.store, header, vault_hint),
+        _ => first,
+    }
+}
+
+/// Whether `header` carries a well-formed airlock token this node has no record of.
+fn unknown_token(store: &Store, header: Option<&[u8]>) -> bool {
+    let Some(Ok((token, _))) = header.map(credentials) else {
+        return false;
+    };
+    let token = crate::secret::Secret::new(token);
+    tokens::parse(token.expose()).is_some()
+        && matches!(store.token_by_hash(TokenHash::of(token.expose())), Ok(None))
+}
+
 /// Re-checks a connection's token before each request (revocation and expiry).
 pub fn recheck(store: &Store, id: &Identity) -> Result<(), ProxyError> {
     resolve_vault(store, id.token, &id.vault, "token_revoked").map(|_| ())

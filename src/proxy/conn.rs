@@ -188,7 +188,7 @@ async fn connect(
         Ok(a) => a,
         Err(e) => return reply_and_close(&mut client, &e).await,
     };
-    let id = match auth::authenticate(&shared.store, auth_header.as_deref(), None) {
+    let id = match auth::authenticate_first(&shared, auth_header.as_deref(), None).await {
         Ok(id) => id,
         Err(e) => return reply_and_close(&mut client, &shared.auth_failures.refuse(peer, e)).await,
     };
@@ -313,7 +313,7 @@ async fn intercept(
 
 /// Plain-HTTP proxying: authenticated per request; injection only for `http://` services (R5).
 async fn plain(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     client: &mut BufConn<TcpStream>,
     n: usize,
     target: &str,
@@ -322,7 +322,8 @@ async fn plain(
     let auth_header = head::parse_request(&client.buffered()[..n])?
         .one("proxy-authorization")?
         .map(<[u8]>::to_vec);
-    let id = auth::authenticate(&shared.store, auth_header.as_deref(), None)
+    let id = auth::authenticate_first(shared, auth_header.as_deref(), None)
+        .await
         .map_err(|e| shared.auth_failures.refuse(peer, e))?;
     let rest = target
         .strip_prefix("http://")

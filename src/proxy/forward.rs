@@ -338,6 +338,15 @@ pub async fn exchange<C: AsyncReadRent + AsyncWriteRent>(
         );
         return Err(e.into());
     }
+    // Fleet mode: past `fleet_max_staleness` a revocation may not have reached this node.
+    if prepared.service.drop_authorization && shared.fleet.as_ref().is_some_and(|f| f.stale()) {
+        let e = ProxyError::new(
+            503,
+            "fleet_stale",
+            "this node has not heard from the fleet's store for longer than fleet_max_staleness",
+        );
+        return Err(e.into());
+    }
     let key = (vault.id, target.clone());
     let (Some(oauth), Some(raw_head)) = (prepared.service.oauth.clone(), raw_head) else {
         return send(shared, client, &prepared, &key, row, None, false)

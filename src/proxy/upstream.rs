@@ -504,6 +504,7 @@ mod tests {
             agent_limits: super::super::limits::AgentLimits::new(0, 0),
             auth_failures: Default::default(),
             oauth: crate::oauth::channel().0,
+            fleet: None,
         }
     }
 

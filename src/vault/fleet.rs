@@ -164,6 +164,11 @@ impl Fleet {
         &self.settings
     }
 
+    /// Sets the proxy address this node reports (known once serve has bound it).
+    pub fn set_listen(&mut self, listen: String) {
+        Arc::make_mut(&mut self.settings).listen = listen;
+    }
+
     /// A new client (the follower keeps its own for `LISTEN`).
     pub fn connect(&self) -> Result<postgres::Client, FleetError> {
         let mut config: postgres::Config = self

@@ -1,0 +1,113 @@
+//! `airlock fleet init|join|status`: making data dirs nodes of a fleet (`vault::fleet`) and
+//! showing where each node stands.
+
+use serde_json::json;
+
+use super::output;
+use super::{CliError, Ctx, FleetCmd};
+use crate::vault::fleet::Fleet;
+use crate::vault::setup::{self, CA_CERT_FILE, CA_KEY_FILE};
+use crate::vault::{Store, StoreError, VaultError};
+
+pub fn run(ctx: &Ctx, cmd: FleetCmd) -> Result<(), CliError> {
+    let fleet = ctx.file.fleet("cli")?.ok_or_else(|| {
+        CliError::Usage(
+            "fleet commands need the fleet's store: set store_url in the config or $AIRLOCK_STORE_URL".into(),
+        )
+    })?;
+    match cmd {
+        FleetCmd::Init { node } => {
+            let node = node_name(node)?;
+            let store = Store::open(&ctx.data_dir, ctx.store_options())?;
+            let marker = fleet.init(&store, &ctx.data_dir, &node)?;
+            println!(
+                "created fleet {} with this data dir as node {node} at change {}",
+                marker.fleet_id,
+                store.generation()?
+            );
+        }
+        FleetCmd::Join {
+            node,
+            master_key_file,
+            passphrase_file,
+        } => {
+            let node = node_name(node)?;
+            let sources = ctx.key_sources(master_key_file, passphrase_file)?;
+            let (fleet_id, reached) = join(ctx, &fleet, &node)?;
+            let store = Store::open(&ctx.data_dir, ctx.store_options())?;
+            setup::unlock(&store, &ctx.data_dir, &sources).map_err(|e| {
+                CliError::Usage(format!(
+                    "joined fleet {fleet_id}, but the root key given does not open its vault ({e}); give this node the fleet's root key before serving"
+                ))
+            })?;
+            println!("joined fleet {fleet_id} as node {node} at change {reached}");
+        }
+        FleetCmd::Status { json } => {
+            let status = fleet.status().map_err(StoreError::from)?;
+            if json {
+                output::json(&json!(status))?;
+            } else {
+                println!("fleet {} at change {}", status.fleet_id, status.head_seq);
+                let rows: Vec<_> = status
+                    .nodes
+                    .iter()
+                    .map(|n| {
+                        vec![
+                            n.name.clone(),
+                            n.listen.clone(),
+                            n.applied_seq.to_string(),
+                            n.lag.to_string(),
+                            format!("{:.1}s ago", n.heartbeat_age_secs),
+                            n.version.clone(),
+                        ]
+                    })
+                    .collect();
+                output::table(
+                    &["NODE", "LISTEN", "APPLIED", "LAG", "HEARTBEAT", "VERSION"],
+                    &rows,
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes the fleet's CA files into a fresh data dir, creates its store and applies the log.
+fn join(ctx: &Ctx, fleet: &Fleet, node: &str) -> Result<(String, u64), CliError> {
+    match Store::open(&ctx.data_dir, ctx.store_options()) {
+        Err(StoreError::NotInitialised(_)) => {}
+        Ok(_) => {
+            return Err(CliError::Usage(format!(
+                "{} already holds a vault; join with a fresh data dir (or `airlock fleet init` to start a fleet from it)",
+                ctx.data_dir.display()
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let (fleet_id, ca_pem, ca_key) = fleet.ca_files().map_err(StoreError::from)?;
+    let io = |path: std::path::PathBuf| move |source| VaultError::Io { path, source };
+    crate::fsutil::ensure_dir(&ctx.data_dir, 0o700).map_err(io(ctx.data_dir.clone()))?;
+    let cert = ctx.data_dir.join(CA_CERT_FILE);
+    crate::fsutil::write_atomic(&cert, ca_pem.as_bytes(), 0o644).map_err(io(cert.clone()))?;
+    let key = ctx.data_dir.join(CA_KEY_FILE);
+    crate::fsutil::write_atomic(&key, &ca_key, 0o600).map_err(io(key.clone()))?;
+    let store = Store::create(&ctx.data_dir, ctx.store_options())?;
+    let reached = fleet.join(&store, &fleet_id, node)?;
+    Ok((fleet_id, reached))
+}
+
+/// `--node`, else the host name.
+fn node_name(given: Option<String>) -> Result<String, CliError> {
+    let name = match given {
+        Some(n) => n,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .map_err(|source| CliError::Io {
+                what: "the host name (give --node)".into(),
+                source,
+            })?,
+    };
+    crate::names::agent(&name)
+        .map_err(|e| CliError::Usage(e.to_string().replace("agent name", "node name")))?;
+    Ok(name)
+}

@@ -1,0 +1,136 @@
+//! The fleet follower of `serve` (fleet mode, `vault::fleet`): one thread that keeps this node's
+//! LMDB vault in step with the fleet's change log and the workers' policy in step with the vault.
+//!
+//! It `LISTEN`s on the fleet's channel, so a change committed on any node is applied here as soon
+//! as it is announced, and polls every second as a fallback; after each catch-up it recompiles
+//! the policy at once (the 100 ms generation watcher stays as a second fallback) and records a
+//! heartbeat with its applied position. When PostgreSQL is unreachable it keeps retrying every
+//! second while the workers go on serving what was applied last; [`FleetState`] says how long
+//! ago the store was last heard from, for `/healthz`, the metrics and `fleet_max_staleness`.
+//! Nothing here runs on a worker thread.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use postgres::fallible_iterator::FallibleIterator;
+
+use crate::proxy::Shared;
+use crate::vault::fleet::{CHANNEL, Fleet};
+
+/// How long the follower waits for a notification before polling.
+const POLL: Duration = Duration::from_secs(1);
+
+/// What the follower reports to the rest of the process. Written by the follower (and by an
+/// unknown token's catch-up), read by `/healthz`, the metrics and credentialed requests.
+#[derive(Debug)]
+pub struct FleetState {
+    pub node: String,
+    /// Unix milliseconds of the last successful exchange with the store; 0 before the first.
+    last_contact_ms: AtomicU64,
+    /// Unix milliseconds of the last catch-up asked for by an unknown token.
+    last_asked_ms: AtomicU64,
+    /// Past this without contact, credentialed requests fail closed.
+    pub max_staleness: Option<Duration>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl FleetState {
+    pub fn new(node: String, max_staleness: Option<Duration>) -> Self {
+        Self {
+            node,
+            // Start-up read the store moments ago: the clock starts now, not at the epoch.
+            last_contact_ms: AtomicU64::new(now_ms()),
+            last_asked_ms: AtomicU64::new(0),
+            max_staleness,
+        }
+    }
+
+    fn contact(&self) {
+        self.last_contact_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Seconds since the store was last heard from.
+    pub fn contact_age(&self) -> Duration {
+        Duration::from_millis(now_ms().saturating_sub(self.last_contact_ms.load(Ordering::Relaxed)))
+    }
+
+    /// Whether credentialed requests must fail closed (`fleet_max_staleness` passed).
+    pub fn stale(&self) -> bool {
+        self.max_staleness.is_some_and(|max| self.contact_age() > max)
+    }
+
+    /// Whether an unknown token may make this node catch up now: at most every 50 ms, so a flood
+    /// of made-up tokens costs the store one query per 50 ms (each is still an auth failure).
+    pub fn may_ask(&self) -> bool {
+        let now = now_ms();
+        let last = self.last_asked_ms.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= 50
+            && self
+                .last_asked_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
+/// Starts the follower thread.
+pub fn start(shared: Arc<Shared>, fleet: Fleet) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("airlock-fleet".into())
+        .spawn(move || run(&shared, &fleet))
+        .map(drop)
+}
+
+fn run(shared: &Shared, fleet: &Fleet) {
+    let Some(state) = shared.fleet.as_ref() else {
+        return;
+    };
+    let mut warned = false;
+    loop {
+        let e = follow(shared, fleet, state);
+        if !warned {
+            tracing::warn!("the fleet's store is unreachable, serving what is applied: {e}");
+            warned = true;
+        }
+        std::thread::sleep(POLL);
+        if warned && fleet.connect().is_ok() {
+            tracing::info!("the fleet's store is reachable again; catching up");
+            warned = false;
+        }
+    }
+}
+
+/// Follows the log until the connection fails; returns why.
+fn follow(shared: &Shared, fleet: &Fleet, state: &FleetState) -> String {
+    let mut client = match fleet.connect() {
+        Ok(c) => c,
+        Err(e) => return e.to_string(),
+    };
+    if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")) {
+        return e.to_string();
+    }
+    loop {
+        let applied = match Fleet::catch_up_with(&mut client, &shared.store) {
+            Ok(a) => a,
+            Err(e) => return e.to_string(),
+        };
+        if let Err(e) = fleet.heartbeat(&mut client, &state.node, applied) {
+            return e.to_string();
+        }
+        state.contact();
+        if let Err(e) = shared.refresh() {
+            tracing::warn!("reloading the vault failed: {e}");
+        }
+        let mut notifications = client.notifications();
+        if let Err(e) = notifications.timeout_iter(POLL).next() {
+            return e.to_string();
+        }
+        // Several announcements are one catch-up.
+        while let Ok(Some(_)) = notifications.iter().next() {}
+    }
+}
