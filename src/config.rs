@@ -148,10 +148,11 @@ impl FileConfig {
                     path: path.clone(),
                     source,
                 })?;
-                let value = crate::secret::value_from_stdin(raw).map_err(|e| ConfigError::Parse {
-                    path,
-                    message: e.to_string(),
-                })?;
+                let value =
+                    crate::secret::value_from_stdin(raw).map_err(|e| ConfigError::Parse {
+                        path,
+                        message: e.to_string(),
+                    })?;
                 Some(value)
             }
             None => None,

@@ -62,7 +62,8 @@ impl FleetState {
 
     /// Whether credentialed requests must fail closed (`fleet_max_staleness` passed).
     pub fn stale(&self) -> bool {
-        self.max_staleness.is_some_and(|max| self.contact_age() > max)
+        self.max_staleness
+            .is_some_and(|max| self.contact_age() > max)
     }
 
     /// Whether an unknown token may make this node catch up now: at most every 50 ms, so a flood

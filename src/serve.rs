@@ -319,8 +319,12 @@ fn join_fleet(store: &mut Store, settings: &Settings) -> Result<Option<String>, 
         (Some(fleet), Some(m)) => {
             store.attach_fleet(fleet.clone());
             match fleet.catch_up(store) {
-                Ok(g) => tracing::info!(node = %m.node, fleet = %m.fleet_id, applied = g, "fleet node caught up"),
-                Err(e) => tracing::warn!("the fleet's store is unreachable at start, serving what this node has: {e}"),
+                Ok(g) => {
+                    tracing::info!(node = %m.node, fleet = %m.fleet_id, applied = g, "fleet node caught up")
+                }
+                Err(e) => tracing::warn!(
+                    "the fleet's store is unreachable at start, serving what this node has: {e}"
+                ),
             }
             Ok(Some(m.node))
         }

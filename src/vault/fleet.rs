@@ -185,10 +185,7 @@ impl Fleet {
             tls_config(self.settings.ca_file.as_deref()).map_err(FleetError::Unavailable)?,
         );
         let mut client = config.connect(tls)?;
-        client.batch_execute(&format!(
-            "SET statement_timeout = {}",
-            TIMEOUT.as_millis()
-        ))?;
+        client.batch_execute(&format!("SET statement_timeout = {}", TIMEOUT.as_millis()))?;
         Ok(client)
     }
 
@@ -247,10 +244,7 @@ impl Fleet {
     }
 
     /// As [`Fleet::catch_up`] with a caller's client (the follower's).
-    pub fn catch_up_with(
-        client: &mut postgres::Client,
-        store: &Store,
-    ) -> Result<u64, StoreError> {
+    pub fn catch_up_with(client: &mut postgres::Client, store: &Store) -> Result<u64, StoreError> {
         let rows = pending(client, store.generation()?)?;
         apply_rows(store, &rows)
     }
@@ -283,7 +277,11 @@ impl Fleet {
             let fleet_id: String = c
                 .query_opt("SELECT fleet_id FROM airlock_fleet", &[])?
                 .map(|r| r.get(0))
-                .ok_or_else(|| FleetError::Mismatch("no fleet in this database (run `airlock fleet init`)".into()))?;
+                .ok_or_else(|| {
+                    FleetError::Mismatch(
+                        "no fleet in this database (run `airlock fleet init`)".into(),
+                    )
+                })?;
             let head = head_seq(c)?;
             let nodes = c
                 .query(
@@ -333,7 +331,8 @@ impl Fleet {
         let seq = store.generation()?.max(1);
         let marker = Marker {
             fleet_id: data_encoding::HEXLOWER.encode(
-                &super::keys::random_array::<8>().map_err(|e| FleetError::Corrupt(e.to_string()))?,
+                &super::keys::random_array::<8>()
+                    .map_err(|e| FleetError::Corrupt(e.to_string()))?,
             ),
             node: node.to_owned(),
         };
@@ -366,8 +365,15 @@ impl Fleet {
     pub fn ca_files(&self) -> Result<(String, String, Vec<u8>), FleetError> {
         self.with_client(|c| {
             let row = c
-                .query_opt("SELECT fleet_id, ca_pem, ca_key_wrapped FROM airlock_fleet", &[])?
-                .ok_or_else(|| FleetError::Mismatch("no fleet in this database (run `airlock fleet init`)".into()))?;
+                .query_opt(
+                    "SELECT fleet_id, ca_pem, ca_key_wrapped FROM airlock_fleet",
+                    &[],
+                )?
+                .ok_or_else(|| {
+                    FleetError::Mismatch(
+                        "no fleet in this database (run `airlock fleet init`)".into(),
+                    )
+                })?;
             Ok((row.get(0), row.get(1), row.get(2)))
         })
     }
@@ -468,14 +474,13 @@ fn pending(
     c: &mut impl postgres::GenericClient,
     after: u64,
 ) -> Result<Vec<(u64, Vec<u8>)>, FleetError> {
-    Ok(c
-        .query(
-            "SELECT seq, batch FROM airlock_changes WHERE seq > $1 ORDER BY seq",
-            &[&seq_i64(after)],
-        )?
-        .into_iter()
-        .map(|r| (u64::try_from(r.get::<_, i64>(0)).unwrap_or(0), r.get(1)))
-        .collect())
+    Ok(c.query(
+        "SELECT seq, batch FROM airlock_changes WHERE seq > $1 ORDER BY seq",
+        &[&seq_i64(after)],
+    )?
+    .into_iter()
+    .map(|r| (u64::try_from(r.get::<_, i64>(0)).unwrap_or(0), r.get(1)))
+    .collect())
 }
 
 fn apply_rows(store: &Store, rows: &[(u64, Vec<u8>)]) -> Result<u64, StoreError> {
@@ -489,15 +494,17 @@ fn apply_rows(store: &Store, rows: &[(u64, Vec<u8>)]) -> Result<u64, StoreError>
 }
 
 /// Applies the rows this transaction has not seen, each setting the generation to its seq.
-fn apply_in(t: &mut Txn<lmdb::RwTransaction<'_>>, rows: &[(u64, Vec<u8>)]) -> Result<u64, StoreError> {
+fn apply_in(
+    t: &mut Txn<lmdb::RwTransaction<'_>>,
+    rows: &[(u64, Vec<u8>)],
+) -> Result<u64, StoreError> {
     let mut generation = t.meta_u64(META_GENERATION)?.unwrap_or(0);
     for (seq, batch) in rows {
         if *seq <= generation {
             continue;
         }
-        let changes = decode(batch).ok_or_else(|| {
-            FleetError::Corrupt(format!("change {seq} does not decode"))
-        })?;
+        let changes = decode(batch)
+            .ok_or_else(|| FleetError::Corrupt(format!("change {seq} does not decode")))?;
         t.apply(&changes)?;
         generation = *seq;
         t.put_meta_u64(META_GENERATION, generation)?;
@@ -605,7 +612,10 @@ mod tests {
         let raw = encode(&changes);
         for cut in 1..raw.len() {
             let d = decode(&raw[..cut]);
-            assert!(d.is_none() || d.as_ref().is_some_and(|d| d.len() < 2), "{cut}");
+            assert!(
+                d.is_none() || d.as_ref().is_some_and(|d| d.len() < 2),
+                "{cut}"
+            );
         }
         assert!(decode(&[2]).is_none());
         assert!(decode(&[]).is_none());

@@ -301,7 +301,9 @@ impl Store {
             return Ok(out);
         };
         let fleet = self.fleet.as_ref().ok_or_else(|| {
-            StoreError::from(super::fleet::FleetError::Unconfigured(marker.fleet_id.clone()))
+            StoreError::from(super::fleet::FleetError::Unconfigured(
+                marker.fleet_id.clone(),
+            ))
         })?;
         // The PostgreSQL client runs its own runtime, which must not start inside another
         // (the admin process's tokio): the write runs on a thread of its own.
@@ -344,7 +346,7 @@ impl Store {
     }
 
     /// Every replicated record, as changes (a fleet's first entry).
-    pub(crate) fn snapshot(&self) -> Result<Vec<Change>, StoreError> {
+    pub fn snapshot(&self) -> Result<Vec<Change>, StoreError> {
         self.read(|t| {
             let mut out = Vec::new();
             for (index, db) in t.dbs.all().into_iter().enumerate() {

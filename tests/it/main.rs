@@ -6,12 +6,14 @@
 
 mod admin;
 mod cli;
+mod fleet;
 mod hardening;
 mod hardening_admin;
 mod harness;
 mod oauth;
 mod ops;
 mod origin;
+mod pg;
 mod proposals;
 mod proxy;
 mod proxy_harness;

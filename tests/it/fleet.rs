@@ -1,0 +1,554 @@
+//! Fleet mode with real parts: a PostgreSQL cluster started here ([`Postgres`]), three
+//! `airlock serve` nodes on loopback ports, each with its own data dir, the real CLI on each,
+//! curl through each. The scenarios of the fleet issue: approvals, tokens and revocations across
+//! nodes, concurrent writers converging, PostgreSQL going away and coming back, a node killed
+//! mid-write, a node joining late, and a sweep of the database for secrets.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::harness::{Env, Run, canary, output};
+use crate::origin::Origin;
+use crate::pg::Postgres;
+use crate::proxy::{HOSTS, SERVICES};
+use crate::proxy_harness::Proxy;
+
+/// One node: its data dir, config file and running serve.
+struct Node {
+    name: String,
+    env: Env,
+    config: PathBuf,
+    proxy: Option<Proxy>,
+    extra: Vec<String>,
+}
+
+impl Node {
+    /// `airlock --config C ARGS` on this node.
+    fn run(&self, args: &[&str]) -> Run {
+        let mut all = vec!["--config", self.config.to_str().unwrap()];
+        all.extend_from_slice(args);
+        self.env.run(&all)
+    }
+
+    fn run_stdin(&self, args: &[&str], stdin: &str) -> Run {
+        let mut all = vec!["--config", self.config.to_str().unwrap()];
+        all.extend_from_slice(args);
+        self.env.run_stdin(&all, stdin.as_bytes())
+    }
+
+    fn start(&mut self, origin: &Origin) {
+        let mut extra: Vec<&str> = vec!["--config", self.config.to_str().unwrap()];
+        extra.extend(self.extra.iter().map(String::as_str));
+        self.proxy = Some(Proxy::for_origin(
+            &self.env, origin, HOSTS, "auto", &extra, true, true,
+        ));
+    }
+
+    fn proxy(&self) -> &Proxy {
+        self.proxy.as_ref().expect("serve running")
+    }
+
+    /// `GET path` on this node's agent API, with `token` if given: (status, JSON body).
+    fn api(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let mut c = std::process::Command::new("curl");
+        c.args([
+            "-sS",
+            "--noproxy",
+            "*",
+            "-X",
+            method,
+            "-w",
+            "\n%{http_code}",
+        ]);
+        if let Some(t) = token {
+            c.args(["-H", &format!("Authorization: Bearer {t}")]);
+        }
+        if let Some(b) = body {
+            c.args([
+                "-H",
+                "content-type: application/json",
+                "--data-binary",
+                &b.to_string(),
+            ]);
+        }
+        c.arg(format!("http://{}{path}", self.proxy().addr));
+        let out = output(c, None).ok().stdout;
+        let (body, code) = out.rsplit_once('\n').unwrap();
+        (
+            code.parse().unwrap(),
+            serde_json::from_str(body).unwrap_or(Value::Null),
+        )
+    }
+
+    /// curl through this node's proxy to `url` with a placeholder bearer: stdout ends with the
+    /// status code.
+    fn curl(&self, token: &str, url: &str) -> Run {
+        let mut c = std::process::Command::new("curl");
+        c.args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-w",
+            " %{http_code}",
+            "-H",
+            "Authorization: Bearer placeholder",
+            "--proxy",
+        ])
+        .arg(self.proxy().url(token, "default"))
+        .arg("--cacert")
+        .arg(self.env.data_dir.join("ca.pem"))
+        .arg(url);
+        output(c, None)
+    }
+
+    fn applied(&self) -> u64 {
+        self.api("GET", "/healthz", None, None).1["fleet"]["applied_seq"]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    fn snapshot(&self) -> Vec<airlock::vault::store::Change> {
+        self.env.store().snapshot().unwrap()
+    }
+}
+
+struct FleetSetup {
+    pg: Postgres,
+    _origin_dir: tempfile::TempDir,
+    origin: Origin,
+    nodes: Vec<Node>,
+    /// The agent `bot`'s token.
+    token: String,
+    /// Credential key -> canary value.
+    secrets: Vec<(String, String)>,
+}
+
+fn config(env: &Env, pg: &Postgres, extra: &str) -> PathBuf {
+    env.write(
+        "airlock.toml",
+        &format!("store_url = {:?}\n{extra}", pg.url()),
+    )
+}
+
+impl FleetSetup {
+    /// Node `a` is initialised with the usual services and canary credentials, made the fleet's
+    /// first node, and `b`, `c` join it with a copy of its root key; all three serve.
+    /// `extra_config[i]` is appended to node i's config file.
+    fn new(extra_config: [&str; 3], serve_flags: [&[&str]; 3]) -> Self {
+        let pg = Postgres::start();
+        let base = canary();
+        let origin_dir = tempfile::tempdir().unwrap();
+        let origin = Origin::https(origin_dir.path(), HOSTS);
+        let mut nodes = Vec::new();
+        for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
+            let env = if i == 0 { Env::init() } else { Env::empty() };
+            let config = config(&env, &pg, extra_config[i]);
+            nodes.push(Node {
+                name: name.into(),
+                env,
+                config,
+                proxy: None,
+                extra: serve_flags[i].iter().map(|s| s.to_string()).collect(),
+            });
+        }
+        let a = &nodes[0];
+        let secrets: Vec<(String, String)> = [
+            "OPENAI_KEY",
+            "ANTHROPIC_KEY",
+            "JIRA_USER",
+            "JIRA_TOKEN",
+            "ACME_KEY",
+            "ACME_ACCOUNT",
+            "ACME_ADMIN",
+            "GIT_USER",
+            "GIT_TOKEN",
+        ]
+        .into_iter()
+        .map(|k| (k.to_owned(), format!("{base}-{}", k.to_ascii_lowercase())))
+        .collect();
+        // Half the vault before the fleet exists, half through it.
+        for (k, v) in &secrets[..4] {
+            a.run_stdin(&["credential", "set", k], v).ok();
+        }
+        a.run(&["fleet", "init", "--node", "a"]).ok();
+        for (k, v) in &secrets[4..] {
+            a.run_stdin(&["credential", "set", k], v).ok();
+        }
+        let file = a.env.write("services.yaml", SERVICES);
+        a.run(&["service", "set", "-f", file.to_str().unwrap()])
+            .ok();
+        let token = a
+            .run(&["agent", "create", "bot", "--vault", "default"])
+            .ok()
+            .last_line()
+            .to_owned();
+        let key = std::fs::read(a.env.data_dir.join("master.key")).unwrap();
+        for node in &nodes[1..] {
+            std::fs::create_dir_all(&node.env.data_dir).unwrap();
+            std::fs::write(node.env.data_dir.join("master.key"), &key).unwrap();
+            let r = node.run(&["fleet", "join", "--node", &node.name]).ok();
+            assert!(r.stdout.contains("joined fleet"), "{r:?}");
+        }
+        for node in &mut nodes {
+            node.start(&origin);
+        }
+        Self {
+            pg,
+            _origin_dir: origin_dir,
+            origin,
+            nodes,
+            token,
+            secrets,
+        }
+    }
+
+    fn secret(&self, key: &str) -> &str {
+        &self.secrets.iter().find(|(k, _)| k == key).unwrap().1
+    }
+
+    /// Waits until every node applied the same position as node `a`'s store; returns it.
+    fn converge(&self) -> u64 {
+        let head = self.nodes[0].env.store().generation().unwrap();
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let applied: Vec<u64> = self.nodes.iter().map(Node::applied).collect();
+            if applied.iter().all(|&a| a >= head) {
+                return head;
+            }
+            assert!(
+                Instant::now() < end,
+                "no convergence on {head}: {applied:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The last request the origin received carried `value` in `header`.
+    fn last_carried(&self, header: &str, value: &str) {
+        let last = self.origin.recorded().last().cloned().unwrap();
+        assert_eq!(last.header(header), [value], "{}", last.head);
+    }
+}
+
+const NO_EXTRA: [&str; 3] = ["", "", ""];
+const NO_FLAGS: [&[&str]; 3] = [&[], &[], &[]];
+
+/// Scenario 1: an agent on node b proposes a service; an operator approves it on node a (CLI);
+/// node c reports it `applied` only once it serves it, and b and c inject the new credential.
+/// Also the canary sweep: the database holds no credential, token or root key.
+#[test]
+fn fleet_approval_on_one_node_is_served_by_all() {
+    let f = FleetSetup::new(NO_EXTRA, NO_FLAGS);
+    let (a, b, c) = (&f.nodes[0], &f.nodes[1], &f.nodes[2]);
+    let r = a.curl(&f.token, "https://api.openai.com/v1/models");
+    assert!(r.stdout.ends_with(" 200"), "{r:?}");
+    f.last_carried(
+        "authorization",
+        &format!("Bearer {}", f.secret("OPENAI_KEY")),
+    );
+    let proposal = json!({
+        "services": [{"action": "set", "name": "other", "host": "other.example.net", "auth": {"type": "bearer", "token": "OTHER_KEY"}}],
+        "credentials": [{"key": "OTHER_KEY", "description": "Other API key"}],
+        "user_message": "need other",
+    });
+    let (code, p) = b.api("POST", "/v1/proposals", Some(&f.token), Some(&proposal));
+    assert_eq!(code, 201, "{p}");
+    let id = p["id"].as_u64().unwrap().to_string();
+    let other = format!("{}-other", canary());
+    let r = a.run_stdin(
+        &["proposal", "approve", &id, "--credential", "OTHER_KEY"],
+        &other,
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    let end = Instant::now() + Duration::from_secs(5);
+    let path = format!("/v1/proposals/{id}");
+    loop {
+        let (_, status) = c.api("GET", &path, Some(&f.token), None);
+        if status["status"] == "applied" {
+            break;
+        }
+        assert!(Instant::now() < end, "never applied on c: {status}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Applied on c means served on c, at once.
+    let r = c.curl(&f.token, "https://other.example.net/x");
+    assert!(r.stdout.ends_with(" 200"), "{r:?}");
+    f.last_carried("authorization", &format!("Bearer {other}"));
+    let r = b.curl(&f.token, "https://other.example.net/y");
+    assert!(r.stdout.ends_with(" 200"), "{r:?}");
+
+    let dump = f.pg.dump();
+    assert!(dump.contains("airlock_changes"), "the dump is of the fleet");
+    for (k, v) in &f.secrets {
+        assert!(!dump.contains(v.as_str()), "{k} is in the database");
+    }
+    assert!(!dump.contains(&other));
+    assert!(
+        !dump.contains(&f.token),
+        "an agent token is in the database"
+    );
+    let root = std::fs::read(a.env.data_dir.join("master.key")).unwrap();
+    let root_text = String::from_utf8_lossy(&root).trim().to_owned();
+    assert!(
+        !dump.contains(&root_text),
+        "the root key is in the database"
+    );
+}
+
+/// Scenario 2: a scoped token minted through node a's agent API works on node b at once; the
+/// agent revoked on node c is refused by a and b within a second.
+#[test]
+fn fleet_tokens_work_everywhere_at_once_and_revocations_reach_all() {
+    let f = FleetSetup::new(NO_EXTRA, NO_FLAGS);
+    let (a, b, c) = (&f.nodes[0], &f.nodes[1], &f.nodes[2]);
+    let (code, minted) = a.api(
+        "POST",
+        "/v1/tokens",
+        Some(&f.token),
+        Some(&json!({"ttl_seconds": 600})),
+    );
+    assert_eq!(code, 201, "{minted}");
+    let scoped = minted["token"].as_str().unwrap().to_owned();
+    let r = b.curl(&scoped, "https://api.openai.com/v1/models");
+    assert!(
+        r.stdout.ends_with(" 200"),
+        "a token minted on a works on b at once: {r:?}"
+    );
+    for node in [a, b] {
+        assert!(
+            node.curl(&f.token, "https://api.openai.com/v1/m")
+                .stdout
+                .ends_with(" 200")
+        );
+    }
+    c.run(&["agent", "revoke", "bot"]).ok();
+    let revoked = Instant::now();
+    for node in [a, b] {
+        loop {
+            let r = node.curl(&f.token, "https://api.openai.com/v1/m");
+            if !r.stdout.ends_with(" 200") {
+                break;
+            }
+            assert!(
+                revoked.elapsed() < Duration::from_secs(1),
+                "node {} still serves a revoked agent",
+                node.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Scenario 3: writers on all three nodes at once (credentials through the CLI, token mints and
+/// proposals through the agent API): every acknowledged write is on every node, and the three
+/// vaults are identical.
+#[test]
+fn fleet_concurrent_writers_converge() {
+    let f = FleetSetup::new(NO_EXTRA, NO_FLAGS);
+    let acknowledged = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for node in &f.nodes {
+            let (acked, token) = (&acknowledged, &f.token);
+            s.spawn(move || {
+                for i in 0..100 {
+                    let key = format!("K_{}_{i}", node.name.to_ascii_uppercase());
+                    if node.run_stdin(&["credential", "set", &key], "v").code == 0 {
+                        acked.lock().unwrap().push(key);
+                    }
+                }
+            });
+            s.spawn(move || {
+                for i in 0..100 {
+                    let body = json!({"ttl_seconds": 600});
+                    let (code, _) = node.api("POST", "/v1/tokens", Some(token), Some(&body));
+                    assert!(code == 201 || code == 429, "{code}");
+                    if i < 5 {
+                        let p = json!({"services": [{"action": "set", "name": format!("s-{}-{i}", node.name), "host": format!("s{i}.{}.example.net", node.name), "auth": {"type": "bearer", "token": "OPENAI_KEY"}}], "user_message": "more"});
+                        let (code, body) = node.api("POST", "/v1/proposals", Some(token), Some(&p));
+                        assert_eq!(code, 201, "{body}");
+                    }
+                }
+            });
+        }
+    });
+    let head = f.converge();
+    let snapshots: Vec<_> = f.nodes.iter().map(Node::snapshot).collect();
+    assert!(
+        snapshots[0] == snapshots[1] && snapshots[1] == snapshots[2],
+        "the vaults differ at {head}"
+    );
+    let listed = f.nodes[2].env.store().credentials("default").unwrap();
+    let acked = acknowledged.into_inner().unwrap();
+    assert_eq!(acked.len(), 300, "every write was acknowledged");
+    for key in &acked {
+        assert!(listed.iter().any(|(k, _)| k == key), "{key} is missing");
+    }
+    let pending = f.nodes[1]
+        .run(&["proposal", "list", "--status", "pending", "--json"])
+        .ok();
+    assert_eq!(
+        serde_json::from_str::<Value>(&pending.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        15
+    );
+}
+
+/// Scenario 4: PostgreSQL stops. Every node keeps injecting; a write fails with one clear line
+/// and changes nothing; the store's silence shows in `/healthz` and the metrics; node c, with
+/// `fleet_max_staleness = "2s"`, fails credentialed requests closed and reports 503. PostgreSQL
+/// returns: the nodes catch up without a restart.
+#[test]
+fn fleet_partition_keeps_serving_and_catches_up() {
+    let f = FleetSetup::new(
+        ["", "", "fleet_max_staleness = \"2s\"\n"],
+        [&[], &["--metrics-listen", "127.0.0.1:0"], &[]],
+    );
+    let (a, b, c) = (&f.nodes[0], &f.nodes[1], &f.nodes[2]);
+    let before = a.env.store().generation().unwrap();
+    f.pg.stop();
+    let stopped = Instant::now();
+    for node in &f.nodes {
+        let r = node.curl(&f.token, "https://api.openai.com/v1/models");
+        assert!(
+            r.stdout.ends_with(" 200"),
+            "node {} keeps serving: {r:?}",
+            node.name
+        );
+    }
+    let r = a.run_stdin(&["credential", "set", "DURING"], "v");
+    assert_eq!(r.code, 1, "{r:?}");
+    let line = r.stderr.lines().last().unwrap();
+    assert!(
+        line.starts_with("airlock: store_unavailable: PostgreSQL"),
+        "{r:?}"
+    );
+    assert_eq!(
+        a.env.store().generation().unwrap(),
+        before,
+        "nothing was written"
+    );
+    std::thread::sleep(Duration::from_millis(3000).saturating_sub(stopped.elapsed()));
+    let (code, health) = b.api("GET", "/healthz", None, None);
+    assert_eq!(code, 200, "{health}");
+    assert!(
+        health["fleet"]["store_contact_age_secs"].as_f64().unwrap() > 2.0,
+        "{health}"
+    );
+    let metrics = {
+        let mut m = std::process::Command::new("curl");
+        m.args([
+            "-sS",
+            "--noproxy",
+            "*",
+            &format!("http://{}/metrics", b.proxy().metrics.as_ref().unwrap()),
+        ]);
+        output(m, None).ok().stdout
+    };
+    let age: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("airlock_fleet_store_contact_age_seconds "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(age > 2.0, "{metrics}");
+    let (code, health) = c.api("GET", "/healthz", None, None);
+    assert_eq!(
+        (code, health["status"].as_str()),
+        (503, Some("stale")),
+        "{health}"
+    );
+    let r = c.curl(&f.token, "https://api.openai.com/v1/models");
+    assert!(
+        r.stdout.ends_with(" 503") && r.stdout.contains("fleet_stale"),
+        "{r:?}"
+    );
+
+    f.pg.restart();
+    let end = Instant::now() + Duration::from_secs(10);
+    while a.run_stdin(&["credential", "set", "AFTER"], "v").code != 0 {
+        assert!(Instant::now() < end, "writes work again");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    f.converge();
+    let (code, _) = c.api("GET", "/healthz", None, None);
+    assert_eq!(code, 200);
+    assert!(
+        c.curl(&f.token, "https://api.openai.com/v1/models")
+            .stdout
+            .ends_with(" 200")
+    );
+}
+
+/// Scenario 5: node b is killed (SIGKILL) while node a writes; it restarts and catches up. A node
+/// that joins late, with a fresh data dir, the root key and the URL, serves everything.
+#[test]
+fn fleet_killed_node_and_late_joiner_catch_up() {
+    let mut f = FleetSetup::new(NO_EXTRA, NO_FLAGS);
+    std::thread::scope(|s| {
+        let a = &f.nodes[0];
+        let writer = s.spawn(move || {
+            for i in 0..60 {
+                a.run_stdin(&["credential", "set", &format!("W_{i}")], "v")
+                    .ok();
+            }
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let pid = f.nodes[1].proxy().pid();
+        // SAFETY-free: kill(1) as a process.
+        std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap();
+        writer.join().unwrap();
+    });
+    f.nodes[1].proxy = None;
+    let origin = &f.origin;
+    f.nodes[1].start(origin);
+    let head = f.converge();
+    assert_eq!(f.nodes[0].snapshot(), f.nodes[1].snapshot(), "at {head}");
+
+    let late = Env::empty();
+    std::fs::create_dir_all(&late.data_dir).unwrap();
+    std::fs::copy(
+        f.nodes[0].env.data_dir.join("master.key"),
+        late.data_dir.join("master.key"),
+    )
+    .unwrap();
+    let config = config(&late, &f.pg, "");
+    let mut d = Node {
+        name: "d".into(),
+        env: late,
+        config,
+        proxy: None,
+        extra: Vec::new(),
+    };
+    d.run(&["fleet", "join", "--node", "d"]).ok();
+    d.start(origin);
+    let r = d.curl(&f.token, "https://api.openai.com/v1/models");
+    assert!(r.stdout.ends_with(" 200"), "{r:?}");
+    f.last_carried(
+        "authorization",
+        &format!("Bearer {}", f.secret("OPENAI_KEY")),
+    );
+    assert_eq!(d.snapshot(), f.nodes[0].snapshot());
+    let status = f.nodes[2].run(&["fleet", "status", "--json"]).ok();
+    let status: Value = serde_json::from_str(&status.stdout).unwrap();
+    let names: Vec<&str> = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a", "b", "c", "d"], "{status}");
+}

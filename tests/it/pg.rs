@@ -1,0 +1,108 @@
+//! A throwaway PostgreSQL cluster for the fleet tests: Debian's server binaries, `initdb` in a
+//! temp dir, run as `nobody` (PostgreSQL refuses root), reached over a Unix socket in that dir
+//! (no TCP port to collide with), trust authentication for the role `airlock`. Stopped (fast,
+//! `-m immediate`) on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub struct Postgres {
+    pub dir: tempfile::TempDir,
+    bin: PathBuf,
+}
+
+/// The directory of Debian's PostgreSQL server binaries (`/usr/lib/postgresql/<v>/bin`).
+fn server_bin() -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL's server (Debian package postgresql; tests/run.sh installs it)")
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|p| p.join("pg_ctl").exists())
+        .collect();
+    dirs.sort();
+    dirs.pop().expect("no /usr/lib/postgresql/*/bin/pg_ctl")
+}
+
+/// `cmd` run as nobody.
+fn as_nobody(program: &Path) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .arg(program);
+    c
+}
+
+impl Postgres {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
+        let pg = Self {
+            dir,
+            bin: server_bin(),
+        };
+        let out = as_nobody(&pg.bin.join("initdb"))
+            .arg("-D")
+            .arg(pg.data())
+            .args(["-U", "airlock", "--auth=trust", "-E", "UTF8", "--no-sync"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "initdb: {out:?}");
+        pg.ctl("start");
+        pg
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn ctl(&self, action: &str) {
+        let socket_opts = format!(
+            "-k {} -c listen_addresses='' -c fsync=off",
+            self.dir.path().display()
+        );
+        let mut c = as_nobody(&self.bin.join("pg_ctl"));
+        c.arg("-D").arg(self.data()).args(["-w", "-m", "immediate"]);
+        if action == "start" {
+            c.args(["-o", &socket_opts, "-l"])
+                .arg(self.dir.path().join("log"));
+        }
+        let out = c.arg(action).output().unwrap();
+        assert!(out.status.success(), "pg_ctl {action}: {out:?}");
+    }
+
+    pub fn stop(&self) {
+        self.ctl("stop");
+    }
+
+    pub fn restart(&self) {
+        self.ctl("start");
+    }
+
+    /// The `store_url` of this cluster.
+    pub fn url(&self) -> String {
+        format!(
+            "host={} user=airlock dbname=postgres",
+            self.dir.path().display()
+        )
+    }
+
+    /// `pg_dump` of the whole database, for the canary sweep.
+    pub fn dump(&self) -> String {
+        let out = as_nobody(&self.bin.join("pg_dump"))
+            .args(["-h"])
+            .arg(self.dir.path())
+            .args(["-U", "airlock", "postgres"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pg_dump: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = as_nobody(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.data())
+            .args(["-m", "immediate", "stop"])
+            .output();
+    }
+}
