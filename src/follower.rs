@@ -3,9 +3,11 @@
 //!
 //! It `LISTEN`s on the fleet's channel, so a change committed on any node is applied here as soon
 //! as it is announced, and polls every second as a fallback; after each catch-up it recompiles
-//! the policy at once (the 100 ms generation watcher stays as a second fallback) and records a
-//! heartbeat with its applied position. When PostgreSQL is unreachable it keeps retrying every
-//! second while the workers go on serving what was applied last; [`FleetState`] says how long
+//! the policy at once (the 100 ms generation watcher stays as a second fallback), records a
+//! heartbeat with its applied position, and sets the per-agent limits to this node's share of
+//! the live nodes (`AgentLimits::set_share`). When PostgreSQL is unreachable it keeps retrying every
+//! second while the workers go on serving what was applied last (and the agent limits keep the
+//! last share of live nodes they had); [`FleetState`] says how long
 //! ago the store was last heard from, for `/healthz`, the metrics and `fleet_max_staleness`.
 //! Nothing here runs on a worker thread.
 
@@ -122,6 +124,11 @@ fn follow(shared: &Shared, fleet: &Fleet, state: &FleetState) -> String {
         };
         if let Err(e) = fleet.heartbeat(&mut client, &state.node, applied) {
             return e.to_string();
+        }
+        // Per-agent limits hold fleet-wide: each node enforces its share among live nodes.
+        match Fleet::live_nodes(&mut client) {
+            Ok(n) => shared.agent_limits.set_share(n),
+            Err(e) => return e.to_string(),
         }
         state.contact();
         if let Err(e) = shared.refresh() {

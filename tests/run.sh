@@ -10,6 +10,10 @@ for pair in curl:curl python3:python3 chromium:chromium setpriv:util-linux git:g
     cmd=${pair%%:*}; pkg=${pair#*:}
     command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
+# PostgreSQL's server (the fleet tests start a throwaway cluster) and HAProxy (the balancer in
+# front of a fleet); Debian keeps the server binaries off PATH.
+compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null || need_apt+=(postgresql)
+command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
 if ((${#need_apt[@]})); then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"

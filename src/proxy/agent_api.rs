@@ -177,6 +177,7 @@ fn health(shared: &Shared) -> Result<Reply, ProxyError> {
                 "node": fleet.node,
                 "applied_seq": shared.policy().generation,
                 "store_contact_age_secs": fleet.contact_age().as_secs_f64(),
+                "live_nodes": shared.agent_limits.share(),
             },
         }),
     )

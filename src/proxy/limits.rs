@@ -71,6 +71,8 @@ impl<K: std::hash::Hash + Eq + Clone> Buckets<K> {
 pub struct AgentLimits {
     rate: AtomicU32,
     max_in_flight: AtomicU32,
+    /// Fleet mode: the live nodes sharing the budget; each enforces its share (at least 1).
+    share: AtomicU32,
     map: Mutex<HashMap<TokenHash, Bucket>>,
     /// Requests refused, for metrics.
     pub refused: AtomicU64,
@@ -95,6 +97,7 @@ impl AgentLimits {
         Self {
             rate: AtomicU32::new(rate),
             max_in_flight: AtomicU32::new(max_in_flight),
+            share: AtomicU32::new(1),
             map: Mutex::new(HashMap::new()),
             refused: AtomicU64::new(0),
         }
@@ -104,6 +107,19 @@ impl AgentLimits {
     pub fn set(&self, rate: u32, max_in_flight: u32) {
         self.rate.store(rate, Ordering::Relaxed);
         self.max_in_flight.store(max_in_flight, Ordering::Relaxed);
+    }
+
+    /// Fleet mode: `nodes` live nodes share each agent's budget, so this node enforces the rate
+    /// divided by `nodes` and the in-flight cap divided by `nodes`, rounded up. Fleet-wide an
+    /// agent gets at most its configured budget; one whose connections all land on one node gets
+    /// that node's share.
+    pub fn set_share(&self, nodes: u32) {
+        self.share.store(nodes.max(1), Ordering::Relaxed);
+    }
+
+    /// The live nodes last set by [`AgentLimits::set_share`].
+    pub fn share(&self) -> u32 {
+        self.share.load(Ordering::Relaxed)
     }
 
     fn limited(&self) -> ProxyError {
@@ -117,8 +133,9 @@ impl AgentLimits {
 
     /// Admits one request for `token`, or refuses it with 429.
     pub fn admit(&self, token: TokenHash) -> Result<Permit<'_>, ProxyError> {
-        let rate = f64::from(self.rate.load(Ordering::Relaxed));
-        let max_in_flight = self.max_in_flight.load(Ordering::Relaxed);
+        let share = self.share.load(Ordering::Relaxed).max(1);
+        let rate = f64::from(self.rate.load(Ordering::Relaxed)) / f64::from(share);
+        let max_in_flight = self.max_in_flight.load(Ordering::Relaxed).div_ceil(share);
         if rate == 0.0 && max_in_flight == 0 {
             return Ok(Permit {
                 limits: self,
@@ -224,6 +241,24 @@ mod tests {
         for _ in 0..1000 {
             let _ = off.admit(t).unwrap();
         }
+    }
+
+    /// Fleet mode: with three live nodes each enforces a third of the budget (in flight rounded
+    /// up); back to one node, the whole budget.
+    #[test]
+    fn fleet_nodes_share_the_budget() {
+        let l = AgentLimits::new(30, 4);
+        l.set_share(3);
+        let t = TokenHash([3; 32]);
+        let held: Vec<_> = (0..2).map(|_| l.admit(t).unwrap()).collect();
+        assert!(l.admit(t).is_err(), "in flight: 4 / 3 rounded up is 2");
+        drop(held);
+        let fresh = TokenHash([5; 32]);
+        let admitted = (0..100).filter(|_| l.admit(fresh).is_ok()).count();
+        assert_eq!(admitted, 20, "burst: twice a third of 30 per second");
+        l.set_share(1);
+        let u = TokenHash([4; 32]);
+        assert_eq!((0..100).filter(|_| l.admit(u).is_ok()).count(), 60);
     }
 
     #[test]

@@ -271,6 +271,17 @@ impl Fleet {
         Ok(())
     }
 
+    /// How many nodes sent a heartbeat in the last 10 seconds (at least 1: this one).
+    pub fn live_nodes(client: &mut postgres::Client) -> Result<u32, FleetError> {
+        let n: i64 = client
+            .query_one(
+                "SELECT count(*) FROM airlock_nodes WHERE heartbeat_at > now() - interval '10 seconds'",
+                &[],
+            )?
+            .get(0);
+        Ok(u32::try_from(n).unwrap_or(1).max(1))
+    }
+
     /// The fleet's nodes and positions.
     pub fn status(&self) -> Result<Status, FleetError> {
         self.with_client(|c| {

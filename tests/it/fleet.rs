@@ -309,6 +309,12 @@ fn fleet_approval_on_one_node_is_served_by_all() {
 fn fleet_tokens_work_everywhere_at_once_and_revocations_reach_all() {
     let f = FleetSetup::new(NO_EXTRA, NO_FLAGS);
     let (a, b, c) = (&f.nodes[0], &f.nodes[1], &f.nodes[2]);
+    // Each node enforces its share of the per-agent limits among the live nodes.
+    let end = Instant::now() + Duration::from_secs(5);
+    while b.api("GET", "/healthz", None, None).1["fleet"]["live_nodes"] != 3 {
+        assert!(Instant::now() < end, "b never saw three live nodes");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let (code, minted) = a.api(
         "POST",
         "/v1/tokens",
