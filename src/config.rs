@@ -70,6 +70,20 @@ pub struct FileConfig {
     pub agent_max_in_flight: Option<u32>,
     /// Log level: error, warn, info, debug or trace (`$AIRLOCK_LOG` wins). Default info.
     pub log_level: Option<crate::logging::LogLevel>,
+    /// Serve the proxy port over TLS (`HTTPS_PROXY=https://...`) with a certificate from airlock's
+    /// CA naming these hosts (DNS names or IP addresses), so agents on other machines never send
+    /// their token in clear text. Default: plain HTTP.
+    #[serde(default)]
+    pub proxy_tls_names: Vec<String>,
+    /// Serve the proxy port over TLS with this PEM certificate chain instead (with
+    /// `proxy_tls_key`).
+    pub proxy_tls_cert: Option<PathBuf>,
+    /// The PEM private key of `proxy_tls_cert`.
+    pub proxy_tls_key: Option<PathBuf>,
+    /// Client networks (CIDRs) allowed to connect to the proxy port; others are closed at once.
+    /// Default: any.
+    #[serde(default)]
+    pub client_networks: Vec<Cidr>,
     /// Fleet mode: the PostgreSQL URL of the fleet's store, e.g.
     /// `postgresql://airlock@db.example:5432/airlock?sslmode=require` (`$AIRLOCK_STORE_URL`
     /// wins). Unset: this node stands alone.

@@ -72,6 +72,10 @@ pub struct Shared {
     pub oauth: crate::oauth::Refresher,
     /// Fleet mode: this node and how fresh its copy of the vault is.
     pub fleet: Option<crate::follower::FleetState>,
+    /// When the proxy port speaks TLS: its server config (`proxy_tls_names` or `proxy_tls_cert`).
+    pub proxy_tls: Option<Arc<rustls::ServerConfig>>,
+    /// Client addresses allowed to connect (`client_networks`); empty: any.
+    pub client_networks: Vec<crate::config::Cidr>,
 }
 
 /// The compiled policy, swapped whole when the vault generation changes, and read once per

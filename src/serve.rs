@@ -57,6 +57,12 @@ pub struct Settings {
     pub agent_max_in_flight: u32,
     /// Log level (`$AIRLOCK_LOG` still wins); unset is `info`.
     pub log_level: Option<LogLevel>,
+    /// Names for the proxy port's own certificate (TLS on the proxy port).
+    pub proxy_tls_names: Vec<String>,
+    /// An operator's certificate and key for the proxy port instead.
+    pub proxy_tls_files: Option<(PathBuf, PathBuf)>,
+    /// Client networks allowed to connect; empty: any.
+    pub client_networks: Vec<Cidr>,
     /// Fleet mode: the fleet's store (`store_url`), set by the caller from the config file.
     pub fleet: Option<crate::vault::fleet::Fleet>,
     /// Fleet mode: fail credentialed requests closed past this long without the store.
@@ -93,6 +99,13 @@ pub struct ServeArgs {
     /// Allow upstream addresses in this CIDR even when private
     #[arg(long, value_name = "CIDR")]
     pub network_allow: Vec<Cidr>,
+    /// Serve the proxy port over TLS with a certificate from airlock's CA for NAME (repeat for
+    /// more names; DNS names or IP addresses)
+    #[arg(long, value_name = "NAME")]
+    pub proxy_tls_name: Vec<String>,
+    /// Accept proxy connections only from this CIDR (repeatable) [default: any]
+    #[arg(long, value_name = "CIDR")]
+    pub client_network: Vec<Cidr>,
     /// Prometheus metrics listener, or `none` [default: none]
     #[arg(long, value_name = "ADDR|none")]
     pub metrics_listen: Option<AdminListen>,
@@ -186,6 +199,17 @@ impl Settings {
                 .as_ref()
                 .map(|u| u.trim_end_matches('/').to_owned()),
             log_level: args.log_level.or(file.log_level),
+            proxy_tls_names: if args.proxy_tls_name.is_empty() {
+                file.proxy_tls_names.clone()
+            } else {
+                args.proxy_tls_name.clone()
+            },
+            proxy_tls_files: file.proxy_tls_cert.clone().zip(file.proxy_tls_key.clone()),
+            client_networks: if args.client_network.is_empty() {
+                file.client_networks.clone()
+            } else {
+                args.client_network.clone()
+            },
             fleet: None,
             fleet_max_staleness: file.fleet_max_staleness.map(|d| d.0),
         }
@@ -297,6 +321,47 @@ pub enum ServeError {
     },
 }
 
+/// The proxy port's TLS config, when it speaks TLS: a leaf from airlock's CA for
+/// `proxy_tls_names`, or the operator's certificate and key files.
+fn proxy_tls(
+    settings: &Settings,
+    ca: &Ca,
+    provider: &Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Option<Arc<rustls::ServerConfig>>, ServeError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let bad =
+        |what: &str, e: &dyn std::fmt::Display| ServeError::Tls(format!("proxy TLS: {what}: {e}"));
+    let (chain, key) = match (
+        &settings.proxy_tls_files,
+        settings.proxy_tls_names.as_slice(),
+    ) {
+        (None, []) => return Ok(None),
+        (Some((cert, key)), _) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| bad(&cert.display().to_string(), &e))?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| bad(&key.display().to_string(), &e))?;
+            (chain, key)
+        }
+        (None, names) => {
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            let leaf = ca.mint_leaf_for(&names).map_err(|e| bad("minting", &e))?;
+            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf.key_pkcs8_der.to_vec()));
+            (vec![CertificateDer::from(leaf.cert_der)], key)
+        }
+    };
+    let mut config = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad("versions", &e))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| bad("certificate", &e))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Some(Arc::new(config)))
+}
+
 /// Fleet mode: attaches the fleet to the store and catches up once before serving (a store that
 /// is down is warned about; the node serves what it has). Refuses a `store_url` for a data dir
 /// that is not a fleet node, and says so for a node with no `store_url`. Returns the node name.
@@ -376,6 +441,7 @@ pub fn run(
         );
     }
 
+    let proxy_tls = proxy_tls(&settings, &ca, &provider)?;
     let listeners = bind(settings.listen, settings.workers.get())?;
     let request_metrics = Arc::new(std::sync::Mutex::new(
         crate::metrics::RequestMetrics::default(),
@@ -433,6 +499,8 @@ pub fn run(
         oauth,
         fleet: fleet_node
             .map(|node| crate::follower::FleetState::new(node, settings.fleet_max_staleness)),
+        proxy_tls,
+        client_networks: settings.client_networks.clone(),
     });
     shared.prewarm(&policy);
     shared.policy.store(policy);

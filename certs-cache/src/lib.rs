@@ -116,17 +116,27 @@ impl Ca {
 
     /// Mints a leaf for `host` (a DNS name or an IP literal), valid for [`LEAF_VALIDITY`].
     pub fn mint_leaf(&self, host: &str) -> Result<Leaf, CertError> {
+        self.mint_leaf_for(&[host])
+    }
+
+    /// Mints one leaf naming every host in `hosts` (DNS names or IP literals; the first is the
+    /// common name), valid for [`LEAF_VALIDITY`]. The proxy port's own certificate is one.
+    pub fn mint_leaf_for(&self, hosts: &[&str]) -> Result<Leaf, CertError> {
+        let first = hosts.first().ok_or(CertError::BadHost(String::new()))?;
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::default();
-        params.distinguished_name.push(DnType::CommonName, host);
-        let san = match host.parse::<std::net::IpAddr>() {
-            Ok(ip) => SanType::IpAddress(ip),
-            Err(_) => SanType::DnsName(
-                host.try_into()
-                    .map_err(|_| CertError::BadHost(host.to_owned()))?,
-            ),
-        };
-        params.subject_alt_names = vec![san];
+        params.distinguished_name.push(DnType::CommonName, *first);
+        params.subject_alt_names = hosts
+            .iter()
+            .map(|host| match host.parse::<std::net::IpAddr>() {
+                Ok(ip) => Ok(SanType::IpAddress(ip)),
+                Err(_) => Ok(SanType::DnsName(
+                    (*host)
+                        .try_into()
+                        .map_err(|_| CertError::BadHost((*host).to_owned()))?,
+                )),
+            })
+            .collect::<Result<_, CertError>>()?;
         params.use_authority_key_identifier_extension = true;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];

@@ -47,13 +47,39 @@ pub async fn accepted(shared: Arc<Shared>, tcp: TcpStream) {
         .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
 }
 
-/// Serves one accepted TCP connection.
+/// Serves one accepted TCP connection: refused at once when `client_networks` does not hold its
+/// address; through TLS first when the proxy port speaks TLS (`proxy_tls_names` or
+/// `proxy_tls_cert`), so a token sent to it never crosses a network in clear text.
 pub async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
     let _ = tcp.set_nodelay(true);
     let peer = tcp
         .peer_addr()
         .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip());
-    let mut client = BufConn::new(tcp);
+    if !shared.client_networks.is_empty()
+        && !shared.client_networks.iter().any(|n| n.contains(peer))
+    {
+        return;
+    }
+    let Some(tls) = shared.proxy_tls.clone() else {
+        return serve_io(shared, tcp, peer).await;
+    };
+    let accepted = monoio::time::timeout(
+        shared.limits().header_timeout,
+        TlsAcceptor::from(tls).accept(tcp),
+    )
+    .await;
+    if let Ok(Ok(io)) = accepted {
+        serve_io(shared, io, peer).await;
+    }
+}
+
+/// The requests of one client connection, plain or TLS.
+async fn serve_io<S: Split + AsyncReadRent + AsyncWriteRent + 'static>(
+    shared: Arc<Shared>,
+    io: S,
+    peer: std::net::IpAddr,
+) {
+    let mut client = BufConn::new(io);
     loop {
         let n = match read_head(&shared, &mut client, shared.limits().idle_timeout).await {
             Ok(Some(n)) => n,
@@ -169,9 +195,9 @@ pub fn parse_authority(authority: &str) -> Result<(String, u16), ProxyError> {
     Ok((host, port))
 }
 
-async fn connect(
+async fn connect<S: Split + AsyncReadRent + AsyncWriteRent + 'static>(
     shared: Arc<Shared>,
-    mut client: BufConn<TcpStream>,
+    mut client: BufConn<S>,
     n: usize,
     target: &str,
     peer: std::net::IpAddr,
@@ -223,9 +249,9 @@ async fn connect(
     }
 }
 
-async fn intercept(
+async fn intercept<S: Split + AsyncReadRent + AsyncWriteRent + 'static>(
     shared: Arc<Shared>,
-    mut client: BufConn<TcpStream>,
+    mut client: BufConn<S>,
     target: Target,
     id: Identity,
 ) {
@@ -312,9 +338,9 @@ async fn intercept(
 }
 
 /// Plain-HTTP proxying: authenticated per request; injection only for `http://` services (R5).
-async fn plain(
+async fn plain<S: AsyncReadRent + AsyncWriteRent>(
     shared: &Arc<Shared>,
-    client: &mut BufConn<TcpStream>,
+    client: &mut BufConn<S>,
     n: usize,
     target: &str,
     peer: std::net::IpAddr,
@@ -369,7 +395,12 @@ async fn plain(
 
 /// Opaque tunnel for unmatched hosts when the vault allows it: vetted address, no TLS
 /// interception, never any injection; closed within a second of the token's revocation.
-async fn tunnel(shared: Arc<Shared>, mut client: BufConn<TcpStream>, target: Target, id: Identity) {
+async fn tunnel<S: Split + AsyncReadRent + AsyncWriteRent>(
+    shared: Arc<Shared>,
+    mut client: BufConn<S>,
+    target: Target,
+    id: Identity,
+) {
     let addrs = match upstream::resolve(&shared, &target).await {
         Ok(a) => a,
         Err(e) => return reply_and_close(&mut client, &e).await,
@@ -413,7 +444,7 @@ async fn tunnel(shared: Arc<Shared>, mut client: BufConn<TcpStream>, target: Tar
 }
 
 /// Answers a CONNECT with 200; false when the client is gone.
-async fn established(client: &mut BufConn<TcpStream>) -> bool {
+async fn established<S: AsyncWriteRent>(client: &mut BufConn<S>) -> bool {
     client
         .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n".to_vec())
         .await

@@ -505,6 +505,8 @@ mod tests {
             auth_failures: Default::default(),
             oauth: crate::oauth::channel().0,
             fleet: None,
+            proxy_tls: None,
+            client_networks: Vec::new(),
         }
     }
 

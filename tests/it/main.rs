@@ -17,6 +17,7 @@ mod pg;
 mod proposals;
 mod proxy;
 mod proxy_harness;
+mod proxy_tls;
 mod rows;
 mod run;
 mod storage;
