@@ -621,7 +621,7 @@ pub fn run(
         .map_or("none".to_owned(), |p| format!("unix:{}", p.display()));
     let admin_http = admin_addrs.http.as_deref().unwrap_or("none");
     // Published before the ready line, so whoever waits for "ready" finds it.
-    let published = publish(&settings.data_dir, local);
+    let published = publish(&settings.data_dir, local, shared.proxy_tls.is_some());
     println!(
         "ready proxy={local} admin={admin_socket} admin_api={admin_api} admin_http={admin_http} metrics={metrics_addr}"
     );
@@ -662,9 +662,10 @@ pub fn run(
 pub const RUNTIME_FILE: &str = "serve.json";
 
 /// Writes [`RUNTIME_FILE`]; its path, or `None` (with a warning) when it cannot be written.
-fn publish(data_dir: &std::path::Path, proxy: SocketAddr) -> Option<PathBuf> {
+fn publish(data_dir: &std::path::Path, proxy: SocketAddr, tls: bool) -> Option<PathBuf> {
     let path = data_dir.join(RUNTIME_FILE);
-    let text = serde_json::json!({"proxy": proxy.to_string(), "pid": std::process::id()});
+    let scheme = if tls { "https" } else { "http" };
+    let text = serde_json::json!({"proxy": proxy.to_string(), "scheme": scheme, "pid": std::process::id()});
     match crate::fsutil::write_atomic(&path, text.to_string().as_bytes(), 0o644) {
         Ok(()) => Some(path),
         Err(e) => {

@@ -56,7 +56,9 @@ pub struct RunArgs {
     /// the request log names it [default: a token of no agent, logged as who ran it]
     #[arg(long, value_name = "NAME")]
     pub agent: Option<String>,
-    /// Proxy address [default: $AIRLOCK_URL, else where a serve of this data dir listens, else the config's listen, else 127.0.0.1:7480]
+    /// Proxy address, http:// or https:// (a proxy port that speaks TLS, verified with the system
+    /// roots, this data dir's CA and $AIRLOCK_CA_FILE) [default: $AIRLOCK_URL, else where a serve
+    /// of this data dir listens, else the config's listen, else 127.0.0.1:7480]
     #[arg(long, value_name = "URL")]
     pub proxy: Option<String>,
     /// Print the agent guide (for an agent's instructions) and exit
@@ -109,6 +111,7 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> Result<std::process::ExitCode, CliError>
         ));
     };
     let proxy = proxy_url(ctx, args.proxy.as_deref())?;
+    let _ = DATA_DIR_CA.set(ctx.data_dir.join(CA_CERT_FILE));
     let agent_token = std::env::var("AIRLOCK_TOKEN")
         .ok()
         .filter(|t| !t.is_empty());
@@ -177,7 +180,7 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> Result<std::process::ExitCode, CliError>
     // Codex reads its roots from here and ignores NODE_EXTRA_CA_CERTS.
     child.env("CODEX_CA_CERTIFICATE", &bundle);
     child
-        .env("AIRLOCK_URL", format!("http://{host_port}"))
+        .env("AIRLOCK_URL", &host_port)
         .env("AIRLOCK_TOKEN", &token.token)
         .env("AIRLOCK_VAULT", &token.vault);
     let status = spawn_and_wait(&mut child, program);
@@ -202,19 +205,32 @@ fn proxy_url(ctx: &Ctx, flag: Option<&str>) -> Result<String, CliError> {
                     .map_or("127.0.0.1:7480".into(), |l| l.to_string())
             )
         });
-    if !url.starts_with("http://") {
+    if !url.starts_with("http://") && !url.starts_with("https://") {
         return Err(CliError::Usage(format!(
-            "the proxy URL must be http://host:port, not {url:?}"
+            "the proxy URL must be http://host:port or https://host:port, not {url:?}"
         )));
     }
     Ok(url.trim_end_matches('/').to_owned())
+}
+
+/// `("https", "host:port")` from a proxy URL.
+fn split_url(url: &str) -> (&'static str, &str) {
+    match url.strip_prefix("https://") {
+        Some(rest) => ("https", rest),
+        None => ("http", url.trim_start_matches("http://")),
+    }
 }
 
 /// The address a running `serve` published in `data_dir`.
 fn published(data_dir: &Path) -> Option<String> {
     let text = std::fs::read_to_string(data_dir.join(crate::serve::RUNTIME_FILE)).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    v["proxy"].as_str().map(|p| format!("http://{p}"))
+    let scheme = if v["scheme"] == "https" {
+        "https"
+    } else {
+        "http"
+    };
+    v["proxy"].as_str().map(|p| format!("{scheme}://{p}"))
 }
 
 /// Before the agent starts: the proxy answers and takes the run's token (a serve of another
@@ -229,21 +245,21 @@ fn preflight(proxy: &str, token: &RunToken) -> Result<(), CliError> {
         Ok((status, _)) => Err(CliError::Usage(format!(
             "the proxy at {proxy} does not take the run's token ({status}): is it serving another data dir? Give --proxy or AIRLOCK_URL"
         ))),
-        Err(_) => Err(CliError::Usage(format!(
-            "no airlock proxy answers at {proxy}: start `airlock serve`, or give --proxy or AIRLOCK_URL"
+        Err(e) => Err(CliError::Usage(format!(
+            "no airlock proxy answers at {proxy} ({e}): start `airlock serve`, or give --proxy or AIRLOCK_URL"
         ))),
     }
 }
 
-/// `host:port` and `http://token:vault@host:port`.
+/// `scheme://host:port` and `scheme://token:vault@host:port`.
 fn proxy_parts(proxy: &str, token: &str, vault: &str) -> Result<(String, String), CliError> {
-    let host_port = proxy.trim_start_matches("http://").to_owned();
+    let (scheme, host_port) = split_url(proxy);
     if host_port.is_empty() || host_port.contains('/') || host_port.contains('@') {
         return Err(CliError::Usage(format!("bad proxy URL {proxy:?}")));
     }
     Ok((
-        host_port.clone(),
-        format!("http://{token}:{vault}@{host_port}"),
+        format!("{scheme}://{host_port}"),
+        format!("{scheme}://{token}:{vault}@{host_port}"),
     ))
 }
 
@@ -345,7 +361,7 @@ fn revoke(ctx: &Ctx, proxy: &str, token: &RunToken) {
     }
 }
 
-/// A minimal HTTP/1.1 exchange with the agent API (plain HTTP on the proxy port).
+/// A minimal HTTP/1.1 exchange with the agent API on the proxy port (over TLS for https://).
 fn http(
     base: &str,
     method: &str,
@@ -353,14 +369,19 @@ fn http(
     headers: &[String],
     body: &str,
 ) -> Result<(u16, String), CliError> {
-    let host = base.trim_start_matches("http://");
+    let (scheme, host) = split_url(base);
     let io = |source| CliError::Io {
         what: format!("airlock at {base}"),
         source,
     };
-    let mut s = TcpStream::connect(host).map_err(io)?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+    let tcp = TcpStream::connect(host).map_err(io)?;
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .map_err(io)?;
+    let mut s: Box<dyn ReadWrite> = if scheme == "https" {
+        Box::new(tls_to(host, tcp).map_err(io)?)
+    } else {
+        Box::new(tcp)
+    };
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\ncontent-length: {}\r\n",
         body.len()
@@ -375,8 +396,14 @@ fn http(
     req.push_str("\r\n");
     req.push_str(body);
     s.write_all(req.as_bytes()).map_err(io)?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).map_err(io)?;
+    let mut raw = Vec::new();
+    // A peer that closes without TLS's close_notify ends the response all the same.
+    match s.read_to_end(&mut raw) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+        Err(e) => return Err(io(e)),
+    }
+    let raw = String::from_utf8_lossy(&raw);
     let (head, rest) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
     let status = head
         .split(' ')
@@ -384,6 +411,52 @@ fn http(
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
     Ok((status, rest.to_owned()))
+}
+
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
+/// This run's data dir's CA certificate (set once by [`run`]).
+static DATA_DIR_CA: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// TLS to a proxy port that speaks it, verified with the system roots, the data dir's CA (when
+/// the CLI runs beside it) and `$AIRLOCK_CA_FILE` (an agent elsewhere).
+fn tls_to(
+    host_port: &str,
+    tcp: TcpStream,
+) -> std::io::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    let files = [
+        std::env::var_os("AIRLOCK_CA_FILE").map(PathBuf::from),
+        DATA_DIR_CA.get().cloned(),
+    ];
+    for file in files.into_iter().flatten() {
+        if let Ok(certs) = rustls_pki_types::CertificateDer::pem_file_iter(&file) {
+            for cert in certs.flatten() {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(std::io::Error::other)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let host = host_port
+        .rsplit_once(':')
+        .map_or(host_port, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let name =
+        rustls_pki_types::ServerName::try_from(host.to_owned()).map_err(std::io::Error::other)?;
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name)
+        .map_err(std::io::Error::other)?;
+    Ok(rustls::StreamOwned::new(conn, tcp))
 }
 
 /// The user's NO_PROXY, extended (not replaced) with the loopback names.
