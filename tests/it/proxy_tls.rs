@@ -216,6 +216,6 @@ fn airlock_run_uses_a_tls_proxy_port() {
             .into_iter()
             .find(|r| r.request_line().contains(path))
             .unwrap();
-        assert_eq!(got.header("authorization"), [bearer.clone()]);
+        assert_eq!(got.header("authorization"), std::slice::from_ref(&bearer));
     }
 }
