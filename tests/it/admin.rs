@@ -606,7 +606,23 @@ pub(crate) fn api_socket(
     body: Option<Value>,
     headers: &[&str],
 ) -> (u16, Value) {
-    let socket = s.proxy.admin_api.clone().unwrap();
+    api_socket_at(
+        s.proxy.admin_api.as_deref().unwrap(),
+        method,
+        path,
+        body,
+        headers,
+    )
+}
+
+/// curl on the admin API socket at `socket`: (status, JSON).
+pub(crate) fn api_socket_at(
+    socket: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    headers: &[&str],
+) -> (u16, Value) {
     let mut c = std::process::Command::new("curl");
     c.args([
         "-sS",
@@ -617,7 +633,7 @@ pub(crate) fn api_socket(
         "-X",
         method,
         "--unix-socket",
-        &socket,
+        socket,
     ]);
     for h in headers {
         c.args(["-H", h]);

@@ -242,11 +242,12 @@ const NO_EXTRA: [&str; 3] = ["", "", ""];
 const NO_FLAGS: [&[&str]; 3] = [&[], &[], &[]];
 
 /// Scenario 1: an agent on node b proposes a service; an operator approves it on node a (CLI);
-/// node c reports it `applied` only once it serves it, and b and c inject the new credential.
-/// Also the canary sweep: the database holds no credential, token or root key.
+/// node c reports it `applied` only once it serves it, and b and c inject the new credential. A
+/// second proposal is approved through node c's admin JSON API and served by a. Also the canary
+/// sweep: the database holds no credential, token or root key.
 #[test]
 fn fleet_approval_on_one_node_is_served_by_all() {
-    let f = FleetSetup::new(NO_EXTRA, NO_FLAGS);
+    let f = FleetSetup::new(NO_EXTRA, [&[], &[], &["--admin-listen", "127.0.0.1:0"]]);
     let (a, b, c) = (&f.nodes[0], &f.nodes[1], &f.nodes[2]);
     let r = a.curl(&f.token, "https://api.openai.com/v1/models");
     assert!(r.stdout.ends_with(" 200"), "{r:?}");
@@ -285,12 +286,52 @@ fn fleet_approval_on_one_node_is_served_by_all() {
     let r = b.curl(&f.token, "https://other.example.net/y");
     assert!(r.stdout.ends_with(" 200"), "{r:?}");
 
+    // The admin process of node c approves through the fleet too.
+    let second = json!({
+        "services": [{"action": "set", "name": "jira2", "host": "team.atlassian.net/v3/*", "auth": {"type": "bearer", "token": "JIRA2_KEY"}}],
+        "credentials": [{"key": "JIRA2_KEY", "description": "Jira v3"}],
+        "user_message": "need jira v3",
+    });
+    let (code, p) = b.api("POST", "/v1/proposals", Some(&f.token), Some(&second));
+    assert_eq!(code, 201, "{p}");
+    let id2 = p["id"].as_u64().unwrap();
+    let socket = c
+        .proxy()
+        .admin_api
+        .clone()
+        .expect("node c runs its admin process");
+    let api = |method: &str, path: &str, body: Option<Value>| {
+        crate::admin::api_socket_at(&socket, method, path, body, &[])
+    };
+    let (_, pending) = api("GET", "/api/proposals?status=pending", None);
+    let digest = pending[0]["digest"].as_str().unwrap().to_owned();
+    let jira2 = format!("{}-jira2", canary());
+    let (code, v) = api(
+        "POST",
+        &format!("/api/proposals/{id2}/approve"),
+        Some(json!({"digest": digest, "values": {"JIRA2_KEY": jira2}})),
+    );
+    assert_eq!(code, 200, "{v}");
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = a.curl(&f.token, "https://team.atlassian.net/v3/issue");
+        if r.stdout.ends_with(" 200") {
+            f.last_carried("authorization", &format!("Bearer {jira2}"));
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "node a never served the API's approval: {r:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
     let dump = f.pg.dump();
     assert!(dump.contains("airlock_changes"), "the dump is of the fleet");
     for (k, v) in &f.secrets {
         assert!(!dump.contains(v.as_str()), "{k} is in the database");
     }
-    assert!(!dump.contains(&other));
+    assert!(!dump.contains(&other) && !dump.contains(&jira2));
     assert!(
         !dump.contains(&f.token),
         "an agent token is in the database"
