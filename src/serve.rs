@@ -257,6 +257,22 @@ impl Settings {
         check("admin_listen", self.admin_listen != new.admin_listen);
         check("metrics_listen", self.metrics_listen != new.metrics_listen);
         check(
+            "proxy_tls_names",
+            self.proxy_tls_names != new.proxy_tls_names,
+        );
+        check(
+            "proxy_tls_cert",
+            self.proxy_tls_files != new.proxy_tls_files,
+        );
+        check(
+            "client_networks",
+            self.client_networks != new.client_networks,
+        );
+        check(
+            "fleet_max_staleness",
+            self.fleet_max_staleness != new.fleet_max_staleness,
+        );
+        check(
             "map_size_mib",
             self.store.map_size_mib != new.store.map_size_mib,
         );
