@@ -153,3 +153,16 @@ pub fn read_response(c: &mut Conn, mut on_data: impl FnMut(&[u8])) -> std::io::R
     }
     Ok(length)
 }
+
+/// `GET /healthz` on a proxy port (plain HTTP, one connection per call), as JSON.
+pub fn health(proxy: SocketAddr) -> serde_json::Value {
+    let Ok(mut s) = TcpStream::connect(proxy) else {
+        return serde_json::Value::Null;
+    };
+    let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: airlock\r\nConnection: close\r\n\r\n");
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw);
+    raw.split_once("\r\n\r\n")
+        .and_then(|(_, body)| serde_json::from_str(body).ok())
+        .unwrap_or(serde_json::Value::Null)
+}

@@ -2,18 +2,25 @@
 //!
 //! `cargo bench --bench load -- [--duration SECS] [--connections N] [--rate REQ_PER_S]
 //! [--workers N] [--driver auto|io-uring|epoll] [--idle N] [--bulk-mib N] [--sse-events N]
-//! [--sse-ms MS] [--quick]`
+//! [--sse-ms MS] [--fleet N] [--quick]`
 //!
 //! It starts a loopback HTTPS upstream with its own CA and `airlock serve` (the real binary) with
 //! a vault whose service points at that upstream through `--resolve`, then runs each scenario
 //! straight at the upstream and through airlock: keep-alive closed loop, fixed-rate open loop,
-//! a new tunnel per request, SSE, bulk download and upload, and idle tunnels for memory. It
-//! prints a table and, last, one line of JSON with every figure. No timing is asserted anywhere.
+//! a new tunnel per request, SSE, bulk download and upload, and idle tunnels for memory. With
+//! `--fleet N` it also starts a PostgreSQL cluster and a two-node fleet ([`fleet`]): the time
+//! from a write acknowledged on one node to its being served on the other, over N writes, and
+//! keep-alive throughput through a fleet node beside the single node's. It prints a table and,
+//! last, one line of JSON with every figure. No timing is asserted anywhere.
 
 // A benchmark tool: any setup failure should stop it loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod client;
+// The tests' PostgreSQL cluster (only its start and URL are used here).
+#[path = "../../tests/it/pg.rs"]
+#[allow(dead_code)]
+mod pg;
 mod upstream;
 
 use std::io::{BufRead, BufReader, Write};
@@ -35,6 +42,8 @@ struct Opts {
     bulk_mib: usize,
     sse_events: usize,
     sse_ms: u64,
+    /// Writes timed across a two-node fleet; 0: no fleet run.
+    fleet: usize,
 }
 
 fn opts() -> Opts {
@@ -48,6 +57,7 @@ fn opts() -> Opts {
         bulk_mib: 64,
         sse_events: 50,
         sse_ms: 20,
+        fleet: 0,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -63,6 +73,7 @@ fn opts() -> Opts {
             "--bulk-mib" => o.bulk_mib = next().parse().unwrap_or(64),
             "--sse-events" => o.sse_events = next().parse().unwrap_or(50),
             "--sse-ms" => o.sse_ms = next().parse().unwrap_or(20),
+            "--fleet" => o.fleet = next().parse().unwrap_or(100),
             "--quick" => {
                 (
                     o.duration,
@@ -123,7 +134,16 @@ fn airlock(args: &[&str], dir: &std::path::Path, stdin: Option<&[u8]>) -> String
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn start_airlock(o: &Opts, dir: &std::path::Path, up: &upstream::Upstream) -> (Airlock, String) {
+/// The DER of the CA of the data dir in `dir`.
+fn ca_der(dir: &std::path::Path) -> Vec<u8> {
+    let ca = std::fs::read_to_string(dir.join("data/ca.pem")).expect("ca");
+    rustls_pki_types::pem::PemObject::from_pem_slice(ca.as_bytes())
+        .map(|c: rustls_pki_types::CertificateDer| c.to_vec())
+        .expect("ca der")
+}
+
+/// A vault with the bench service and agent in `dir`; the agent's token.
+fn setup_vault(dir: &std::path::Path) -> String {
     airlock(&["init"], dir, None);
     airlock(
         &["credential", "set", "BENCH_KEY"],
@@ -137,7 +157,7 @@ fn start_airlock(o: &Opts, dir: &std::path::Path, up: &upstream::Upstream) -> (A
         dir,
         None,
     );
-    let token = airlock(
+    airlock(
         &["agent", "create", "bench", "--vault", "default"],
         dir,
         None,
@@ -145,11 +165,15 @@ fn start_airlock(o: &Opts, dir: &std::path::Path, up: &upstream::Upstream) -> (A
     .lines()
     .last()
     .unwrap_or_default()
-    .to_owned();
+    .to_owned()
+}
+
+/// `airlock serve` on `dir` against the upstream, with `extra` global flags (a config file).
+fn serve(o: &Opts, dir: &std::path::Path, up: &upstream::Upstream, extra: &[&str]) -> Airlock {
     let resolve = format!("{}:443:{}", upstream::HOST, up.addr);
     let workers = o.workers.to_string();
     let mut c = Command::new(env!("CARGO_BIN_EXE_airlock"));
-    c.arg("--data-dir").arg(dir.join("data"));
+    c.arg("--data-dir").arg(dir.join("data")).args(extra);
     // One token drives the whole load: the per-agent limits are off here.
     c.args([
         "serve",
@@ -198,14 +222,89 @@ fn start_airlock(o: &Opts, dir: &std::path::Path, up: &upstream::Upstream) -> (A
         .expect("addr");
     std::thread::sleep(Duration::from_millis(100));
     let driver = driver.lock().expect("lock").clone();
-    (
-        Airlock {
-            child,
-            proxy,
-            driver,
-        },
-        token,
+    Airlock {
+        child,
+        proxy,
+        driver,
+    }
+}
+
+fn start_airlock(o: &Opts, dir: &std::path::Path, up: &upstream::Upstream) -> (Airlock, String) {
+    let token = setup_vault(dir);
+    (serve(o, dir, up, &[]), token)
+}
+
+/// The fleet figures: a PostgreSQL cluster, node a made the fleet's first node and node b joined
+/// to it, both serving. Returns (keep-alive req/s through node b, propagation histogram in µs:
+/// from a credential write acknowledged by the CLI on a to node b reporting that change applied).
+fn fleet(o: &Opts, up: &upstream::Upstream) -> (f64, Histogram<u64>) {
+    let pg = pg::Postgres::start();
+    let (a, b) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let config = |dir: &std::path::Path| {
+        let path = dir.join("airlock.toml");
+        std::fs::write(&path, format!("store_url = {:?}\n", pg.url())).expect("config");
+        path.to_str().expect("path").to_owned()
+    };
+    let (cfg_a, cfg_b) = (config(a.path()), config(b.path()));
+    let token = setup_vault(a.path());
+    airlock(
+        &["--config", &cfg_a, "fleet", "init", "--node", "a"],
+        a.path(),
+        None,
+    );
+    std::fs::create_dir_all(b.path().join("data")).expect("data dir");
+    std::fs::copy(
+        a.path().join("data/master.key"),
+        b.path().join("data/master.key"),
     )
+    .expect("root key");
+    airlock(
+        &["--config", &cfg_b, "fleet", "join", "--node", "b"],
+        b.path(),
+        None,
+    );
+    let _node_a = serve(o, a.path(), up, &["--config", &cfg_a]);
+    let node_b = serve(o, b.path(), up, &["--config", &cfg_b]);
+    let through_b = Route::Airlock {
+        proxy: node_b.proxy,
+        auth: format!("{token}:default"),
+        tls: client::tls_config(&ca_der(a.path())),
+    };
+    let (rps, _, _) = closed_loop(&through_b, o);
+    let store_a = airlock::vault::Store::open(&a.path().join("data"), Default::default())
+        .expect("node a's store");
+    let mut h = hist();
+    for i in 0..o.fleet {
+        airlock(
+            &[
+                "--config",
+                &cfg_a,
+                "credential",
+                "set",
+                &format!("FLEET_{i}"),
+            ],
+            a.path(),
+            Some(b"v"),
+        );
+        let acknowledged = Instant::now();
+        let target = store_a.generation().expect("generation");
+        loop {
+            let health = client::health(node_b.proxy);
+            if health["fleet"]["applied_seq"].as_u64().unwrap_or(0) >= target {
+                break;
+            }
+            assert!(
+                acknowledged.elapsed() < Duration::from_secs(10),
+                "node b is stuck"
+            );
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let _ = h.record(acknowledged.elapsed().as_micros() as u64);
+    }
+    (rps, h)
 }
 
 fn hist() -> Histogram<u64> {
@@ -372,10 +471,7 @@ fn main() {
         addr: up.addr,
         tls: client::tls_config(&up.ca_der),
     };
-    let ca = std::fs::read_to_string(dir.path().join("data/ca.pem")).expect("ca");
-    let ca_der = rustls_pki_types::pem::PemObject::from_pem_slice(ca.as_bytes())
-        .map(|c: rustls_pki_types::CertificateDer| c.to_vec())
-        .expect("ca der");
+    let ca_der = ca_der(dir.path());
     let through = Route::Airlock {
         proxy: al.proxy,
         auth: format!("{token}:default"),
@@ -513,5 +609,26 @@ fn main() {
         "idle_tunnel_rss_kib": (per_tunnel * 10.0).round() / 10.0,
         "airlock_cpu_us_per_req": (cpu_per_req * 10.0).round() / 10.0,
     });
+    let mut json = json;
+    if o.fleet > 0 {
+        let (rps_fleet, prop) = fleet(&o, &up);
+        println!(
+            "{:<44} {:>14.0} {:>14.0}",
+            "fleet: keep-alive req/s, one node vs fleet node", rps_a, rps_fleet
+        );
+        println!(
+            "{:<44} {:>14} {:>14}",
+            format!("fleet: write on a to served on b, {} writes", o.fleet),
+            "p50 (µs)",
+            "p99 (µs)"
+        );
+        println!("{:<44} {:>14} {:>14}", "", q(&prop, 0.5), q(&prop, 0.99));
+        json["fleet_keepalive_rps_node"] = rps_fleet.round().into();
+        json["fleet_keepalive_ratio_to_single"] =
+            ((rps_fleet / rps_a * 1000.0).round() / 1000.0).into();
+        json["fleet_propagation_p50_us"] = q(&prop, 0.5).into();
+        json["fleet_propagation_p99_us"] = q(&prop, 0.99).into();
+        json["fleet_writes"] = o.fleet.into();
+    }
     println!("{json}");
 }
