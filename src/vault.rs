@@ -115,6 +115,7 @@ impl VaultError {
             | "credential_reuse_unconfirmed" => 409,
             "proposal_expired" => 410,
             "too_many_pending" | "too_many_tokens" => 429,
+            "store_unavailable" => 503,
             "storage_full" => 507,
             _ => 500,
         }

@@ -414,13 +414,9 @@ impl Renewed<'_> {
         row: &mut Row,
     ) -> Result<Outcome, ExchangeError> {
         let policy = shared.policy();
-        let vault = policy.vault(self.vault).ok_or_else(|| {
-            ProxyError::new(
-                403,
-                "vault_gone",
-                "the vault was deleted during the request",
-            )
-        })?;
+        let vault = policy
+            .vault(self.vault)
+            .ok_or_else(|| ProxyError::new(407, "vault_mismatch", "the vault no longer exists"))?;
         let req = head::parse_request(&self.raw_head)?;
         let prepared = prepare(&req, self.target, vault, self.absolute_ok)?;
         let key = (vault.id, self.target.clone());
