@@ -10,6 +10,9 @@
 //! before the waiting workers are answered. A rejected refresh token stays failed until an
 //! operator imports a new pair; other failures are retried with a backoff.
 //!
+//! In fleet mode one node renews a given credential at a time (a fleet-wide lock named after
+//! it); the others wait, catch up with the log and find it renewed.
+//!
 //! Workers only send on a channel and await the answer ([`Refresher::renew`]); nothing here runs
 //! on a worker thread.
 
@@ -202,10 +205,28 @@ async fn serve(shared: &Shared, entry: &Entry, asks: &[Ask]) -> Answer {
             });
         }
     }
+    // Fleet mode: one node renews a credential at a time (a rotated refresh token works once);
+    // the others wait, catch up, and find it renewed.
+    let _renewing = match shared.store.fleet() {
+        None => None,
+        Some(fleet) => {
+            let lock = fleet
+                .lock_named(&format!("oauth {}/{}", entry.vault, entry.key))
+                .map_err(|e| Failure {
+                    code: FailureCode::Unavailable,
+                    detail: e.to_string(),
+                })?;
+            if let Err(e) = fleet.catch_up(&shared.store) {
+                tracing::warn!("catching up before an OAuth renewal failed: {e}");
+            }
+            Some(lock)
+        }
+    };
     let outcome = match shared
         .store
         .open_oauth(&shared.opener, &entry.vault, &entry.key)
     {
+        Ok(Some((meta, _))) if meta.version != entry.meta.version => return Ok(()),
         Ok(Some((meta, tokens))) => exchange(shared, &meta, &tokens)
             .await
             .map(|(tokens, expires_at)| (meta.version, tokens, expires_at))

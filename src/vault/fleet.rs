@@ -133,6 +133,12 @@ impl std::fmt::Debug for ClientBox {
     }
 }
 
+/// A held [`Fleet::lock_named`]; the lock goes with the connection when dropped.
+#[derive(Debug)]
+pub struct NamedLock {
+    _session: ClientBox,
+}
+
 /// One node as `fleet status` shows it.
 #[derive(Clone, Debug, Serialize)]
 pub struct NodeStatus {
@@ -247,6 +253,22 @@ impl Fleet {
     pub fn catch_up_with(client: &mut postgres::Client, store: &Store) -> Result<u64, StoreError> {
         let rows = pending(client, store.generation()?)?;
         apply_rows(store, &rows)
+    }
+
+    /// Holds the fleet-wide lock named `name` until the returned guard is dropped (a session
+    /// advisory lock on a connection of its own), waiting up to 30 s for another node to let
+    /// go. Used so that one node at a time renews an OAuth credential.
+    pub fn lock_named(&self, name: &str) -> Result<NamedLock, FleetError> {
+        let digest = ring::digest::digest(&ring::digest::SHA256, name.as_bytes());
+        let mut key = [0u8; 8];
+        key.copy_from_slice(&digest.as_ref()[..8]);
+        let key = i64::from_be_bytes(key);
+        let mut client = self.connect()?;
+        client.batch_execute("SET statement_timeout = 30000")?;
+        client.execute("SELECT pg_advisory_lock($1)", &[&key])?;
+        Ok(NamedLock {
+            _session: ClientBox(client),
+        })
     }
 
     /// Records this node's heartbeat and applied position.

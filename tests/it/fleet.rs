@@ -717,3 +717,74 @@ fn fleet_behind_haproxy_survives_a_killed_node() {
     f.nodes[1].proxy = None;
     drop(lb);
 }
+
+/// OAuth credentials in a fleet: an expired token needed by requests on all three nodes at once
+/// is renewed by one node only (a rotated refresh token works once), and every node serves the
+/// new access token.
+#[test]
+fn fleet_renews_an_oauth_token_once() {
+    let f = FleetSetup::new(NO_EXTRA, NO_FLAGS);
+    let prefix = canary();
+    {
+        let mut o = f.origin.oauth.lock().unwrap();
+        o.prefix.clone_from(&prefix);
+        o.refresh_token = format!("{prefix}-rt-0");
+        o.delay = Duration::from_millis(300);
+    }
+    let a = &f.nodes[0];
+    a.run_stdin(
+        &[
+            "credential",
+            "oauth",
+            "API_OAUTH",
+            "--token-endpoint",
+            "https://public.example.org/oauth/token",
+            "--client-id",
+            "fleet-test",
+        ],
+        &format!("{prefix}-rt-0"),
+    )
+    .ok();
+    let yaml = "services:\n  - name: oauth-api\n    host: other.example.net\n    auth: {type: bearer, token: API_OAUTH}\n";
+    let mut services = SERVICES.to_owned();
+    services.push_str(&yaml["services:\n".len()..]);
+    let file = a.env.write("oauth.yaml", &services);
+    a.run(&["service", "set", "-f", file.to_str().unwrap()])
+        .ok();
+    f.converge();
+    let token = f.token.as_str();
+    let replies: Vec<Run> = std::thread::scope(|s| {
+        let handles: Vec<_> = f
+            .nodes
+            .iter()
+            .flat_map(|n| (0..3).map(move |i| (n, i)))
+            .map(|(n, i)| {
+                s.spawn(move || {
+                    n.curl(
+                        token,
+                        &format!("https://other.example.net/api/{}/{i}", n.name),
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for r in &replies {
+        assert!(r.stdout.ends_with(" 200"), "{r:?}");
+        assert!(!r.stdout.contains(&prefix), "{r:?}");
+    }
+    let state = f.origin.oauth.lock().unwrap();
+    assert_eq!(
+        state.grants, 1,
+        "one renewal for the whole fleet: {:?}",
+        state.requests
+    );
+    assert!(
+        state
+            .api_calls
+            .iter()
+            .all(|(t, _)| *t == format!("{prefix}-at-1")),
+        "{:?}",
+        state.api_calls
+    );
+}
