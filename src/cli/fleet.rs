@@ -18,6 +18,13 @@ pub fn run(ctx: &Ctx, cmd: FleetCmd) -> Result<(), CliError> {
     match cmd {
         FleetCmd::Init { node } => {
             let node = node_name(node)?;
+            // A write by a running serve between the snapshot and the marker would be lost.
+            if let Some(pid) = serving_pid(&ctx.data_dir) {
+                return Err(CliError::Usage(format!(
+                    "`airlock serve` (pid {pid}) is running on {}; stop it, run `fleet init`, then start it with store_url set",
+                    ctx.data_dir.display()
+                )));
+            }
             let store = Store::open(&ctx.data_dir, ctx.store_options())?;
             let marker = fleet.init(&store, &ctx.data_dir, &node)?;
             println!(
@@ -94,6 +101,14 @@ fn join(ctx: &Ctx, fleet: &Fleet, node: &str) -> Result<(String, u64), CliError>
     let store = Store::create(&ctx.data_dir, ctx.store_options())?;
     let reached = fleet.join(&store, &fleet_id, node)?;
     Ok((fleet_id, reached))
+}
+
+/// The pid of a `serve` running on `data_dir` (from its runtime file), if one is alive.
+fn serving_pid(data_dir: &std::path::Path) -> Option<u32> {
+    let text = std::fs::read_to_string(data_dir.join(crate::serve::RUNTIME_FILE)).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let pid = u32::try_from(v["pid"].as_u64()?).ok()?;
+    std::path::Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
 }
 
 /// `--node`, else the host name.

@@ -401,9 +401,10 @@ fn fleet_tokens_work_everywhere_at_once_and_revocations_reach_all() {
 fn fleet_concurrent_writers_converge() {
     let f = FleetSetup::new(NO_EXTRA, NO_FLAGS);
     let acknowledged = std::sync::Mutex::new(Vec::new());
+    let minted_tokens = std::sync::Mutex::new(Vec::new());
     std::thread::scope(|s| {
         for node in &f.nodes {
-            let (acked, token) = (&acknowledged, &f.token);
+            let (acked, acked_tokens, token) = (&acknowledged, &minted_tokens, &f.token);
             s.spawn(move || {
                 for i in 0..100 {
                     let key = format!("K_{}_{i}", node.name.to_ascii_uppercase());
@@ -415,8 +416,12 @@ fn fleet_concurrent_writers_converge() {
             s.spawn(move || {
                 for i in 0..100 {
                     let body = json!({"ttl_seconds": 600});
-                    let (code, _) = node.api("POST", "/v1/tokens", Some(token), Some(&body));
+                    let (code, minted) = node.api("POST", "/v1/tokens", Some(token), Some(&body));
                     assert!(code == 201 || code == 429, "{code}");
+                    if code == 201 {
+                        let t = minted["token"].as_str().unwrap().to_owned();
+                        acked_tokens.lock().unwrap().push(t);
+                    }
                     if i < 5 {
                         let p = json!({"services": [{"action": "set", "name": format!("s-{}-{i}", node.name), "host": format!("s{i}.{}.example.net", node.name), "auth": {"type": "bearer", "token": "OPENAI_KEY"}}], "user_message": "more"});
                         let (code, body) = node.api("POST", "/v1/proposals", Some(token), Some(&p));
