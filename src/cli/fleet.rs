@@ -108,7 +108,9 @@ fn serving_pid(data_dir: &std::path::Path) -> Option<u32> {
     let text = std::fs::read_to_string(data_dir.join(crate::serve::RUNTIME_FILE)).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     let pid = u32::try_from(v["pid"].as_u64()?).ok()?;
-    std::path::Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+    std::path::Path::new(&format!("/proc/{pid}"))
+        .exists()
+        .then_some(pid)
 }
 
 /// `--node`, else the host name.

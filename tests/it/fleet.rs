@@ -793,3 +793,37 @@ fn fleet_renews_an_oauth_token_once() {
         state.api_calls
     );
 }
+
+/// The ways to get a fleet wrong are refused in one line: `fleet init` while serve runs on the
+/// data dir, `fleet join` into a data dir that holds a vault, a second `fleet init` on the same
+/// database, a fleet command without `store_url`, and a write on a fleet node whose config lost
+/// its `store_url` (it would diverge).
+#[test]
+fn fleet_mistakes_are_refused() {
+    let pg = Postgres::start();
+    let a = Env::init();
+    let cfg = config(&a, &pg, "");
+    let with = |env: &Env, args: &[&str]| {
+        let mut all = vec!["--config", cfg.to_str().unwrap()];
+        all.extend_from_slice(args);
+        env.run(&all)
+    };
+    let e = a.run(&["fleet", "status"]);
+    assert!(e.fails().contains("set store_url"), "{e:?}");
+    let serving = Proxy::start(&a, &[]);
+    let e = with(&a, &["fleet", "init", "--node", "a"]);
+    assert!(e.fails().contains("is running on"), "{e:?}");
+    drop(serving);
+    std::thread::sleep(Duration::from_millis(200));
+    with(&a, &["fleet", "init", "--node", "a"]).ok();
+    let other = Env::init();
+    let e = with(&other, &["fleet", "join", "--node", "b"]);
+    assert!(e.fails().contains("already holds a vault"), "{e:?}");
+    let e = with(&other, &["fleet", "init", "--node", "b"]);
+    assert!(e.fails().contains("fleet_mismatch"), "{e:?}");
+    let e = a.run_stdin(&["credential", "set", "NO_URL"], b"v");
+    assert!(e.fails().contains("fleet_unconfigured"), "{e:?}");
+    let status: Value =
+        serde_json::from_str(&with(&a, &["fleet", "status", "--json"]).ok().stdout).unwrap();
+    assert_eq!(status["head_seq"], a.store().generation().unwrap());
+}
