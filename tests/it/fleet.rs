@@ -827,3 +827,74 @@ fn fleet_mistakes_are_refused() {
         serde_json::from_str(&with(&a, &["fleet", "status", "--json"]).ok().stdout).unwrap();
     assert_eq!(status["head_seq"], a.store().generation().unwrap());
 }
+
+/// The store over TCP with TLS and a password, as a production PostgreSQL is reached:
+/// `sslmode=require` with the server's certificate verified against `store_ca_file`, the
+/// password from `store_password_file`. A certificate from another CA, or a wrong password, is
+/// refused (`store_unavailable`) and nothing is written.
+#[test]
+fn fleet_store_over_tls_with_a_password() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::default();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let password = format!("pw-{}", canary());
+    let pg = Postgres::start_tls(&leaf.pem(), &leaf_key.serialize_pem(), &password);
+    let env = Env::init();
+    let ca_file = env.write("pg-ca.pem", &ca_cert.pem());
+    let pw_file = env.write("pg-password", &format!("{password}\n"));
+    let other_ca = env.write(
+        "other-ca.pem",
+        &KeyPair::generate()
+            .map(|k| CertificateParams::default().self_signed(&k).unwrap().pem())
+            .unwrap(),
+    );
+    let url = format!(
+        "postgresql://airlock@127.0.0.1:{}/postgres?sslmode=require",
+        pg.tcp_port()
+    );
+    let write_config = |ca: &std::path::Path, pw: &std::path::Path| {
+        env.write(
+            "airlock.toml",
+            &format!(
+                "store_url = {url:?}\nstore_ca_file = {:?}\nstore_password_file = {:?}\n",
+                ca.display().to_string(),
+                pw.display().to_string()
+            ),
+        )
+    };
+    let cfg = env.path("airlock.toml");
+    let run = |args: &[&str]| {
+        let mut all = vec!["--config", cfg.to_str().unwrap()];
+        all.extend_from_slice(args);
+        env.run(&all)
+    };
+    write_config(&other_ca, &pw_file);
+    let e = run(&["fleet", "init", "--node", "a"]);
+    assert!(e.fails().contains("store_unavailable"), "another CA: {e:?}");
+    let wrong_pw = env.write("wrong-password", "not-it\n");
+    write_config(&ca_file, &wrong_pw);
+    let e = run(&["fleet", "init", "--node", "a"]);
+    assert!(
+        e.fails().contains("store_unavailable"),
+        "a wrong password: {e:?}"
+    );
+    assert!(!e.stderr.contains("not-it"), "{e:?}");
+    assert!(
+        env.store().fleet_marker().unwrap().is_none(),
+        "nothing was written"
+    );
+    write_config(&ca_file, &pw_file);
+    run(&["fleet", "init", "--node", "a"]).ok();
+    run(&["agent", "create", "over-tls", "--vault", "default"]).ok();
+    let status: Value =
+        serde_json::from_str(&run(&["fleet", "status", "--json"]).ok().stdout).unwrap();
+    assert_eq!(status["head_seq"], env.store().generation().unwrap());
+}

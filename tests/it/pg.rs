@@ -9,6 +9,8 @@ use std::process::Command;
 pub struct Postgres {
     pub dir: tempfile::TempDir,
     bin: PathBuf,
+    /// Set by [`Postgres::start_tls`]: TCP on this loopback port, TLS and passwords required.
+    tcp_port: Option<u16>,
 }
 
 /// The directory of Debian's PostgreSQL server binaries (`/usr/lib/postgresql/<v>/bin`).
@@ -37,6 +39,7 @@ impl Postgres {
         let pg = Self {
             dir,
             bin: server_bin(),
+            tcp_port: None,
         };
         let out = as_nobody(&pg.bin.join("initdb"))
             .arg("-D")
@@ -53,11 +56,69 @@ impl Postgres {
         self.dir.path().join("data")
     }
 
+    /// As [`Postgres::start`], also listening on a loopback TCP port that takes only TLS (with
+    /// `cert_pem`/`key_pem`) and SCRAM passwords; the role `airlock` gets `password`.
+    pub fn start_tls(cert_pem: &str, key_pem: &str, password: &str) -> Self {
+        let mut pg = Self::start();
+        pg.ctl("stop");
+        let data = pg.data();
+        let nobody = |path: &Path, mode: u32| {
+            use std::os::unix::fs::PermissionsExt;
+            std::os::unix::fs::chown(path, Some(65534), Some(65534)).unwrap();
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        std::fs::write(data.join("server.crt"), cert_pem).unwrap();
+        nobody(&data.join("server.crt"), 0o644);
+        std::fs::write(data.join("server.key"), key_pem).unwrap();
+        nobody(&data.join("server.key"), 0o600);
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256\nhost all all 127.0.0.1/32 reject\n",
+        )
+        .unwrap();
+        // A port the kernel picked, handed to PostgreSQL (it cannot report one it chose).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        pg.tcp_port = Some(port);
+        pg.ctl("start");
+        let out = as_nobody(&pg.bin.join("psql"))
+            .args(["-h"])
+            .arg(pg.dir.path())
+            .args([
+                "-p",
+                &port.to_string(),
+                "-U",
+                "airlock",
+                "-d",
+                "postgres",
+                "-c",
+            ])
+            .arg(format!("ALTER ROLE airlock PASSWORD '{password}'"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "psql: {out:?}");
+        pg
+    }
+
+    /// The TCP port of a cluster started with [`Postgres::start_tls`].
+    pub fn tcp_port(&self) -> u16 {
+        self.tcp_port.expect("started with start_tls")
+    }
+
     fn ctl(&self, action: &str) {
-        let socket_opts = format!(
-            "-k {} -c listen_addresses='' -c fsync=off",
-            self.dir.path().display()
-        );
+        let socket_opts = match self.tcp_port {
+            None => format!(
+                "-k {} -c listen_addresses='' -c fsync=off",
+                self.dir.path().display()
+            ),
+            Some(port) => format!(
+                "-k {} -c listen_addresses=127.0.0.1 -p {port} -c ssl=on -c fsync=off",
+                self.dir.path().display()
+            ),
+        };
         let mut c = as_nobody(&self.bin.join("pg_ctl"));
         c.arg("-D").arg(self.data()).args(["-w", "-m", "immediate"]);
         if action == "start" {
@@ -76,11 +137,12 @@ impl Postgres {
         self.ctl("start");
     }
 
-    /// The `store_url` of this cluster.
+    /// The `store_url` of this cluster (its Unix socket).
     pub fn url(&self) -> String {
         format!(
-            "host={} user=airlock dbname=postgres",
-            self.dir.path().display()
+            "host={} port={} user=airlock dbname=postgres",
+            self.dir.path().display(),
+            self.tcp_port.unwrap_or(5432)
         )
     }
 
