@@ -91,22 +91,8 @@ impl Node {
     /// curl through this node's proxy to `url` with a placeholder bearer: stdout ends with the
     /// status code.
     fn curl(&self, token: &str, url: &str) -> Run {
-        let mut c = std::process::Command::new("curl");
-        c.args([
-            "-sS",
-            "--max-time",
-            "10",
-            "-w",
-            " %{http_code}",
-            "-H",
-            "Authorization: Bearer placeholder",
-            "--proxy",
-        ])
-        .arg(self.proxy().url(token, "default"))
-        .arg("--cacert")
-        .arg(self.env.data_dir.join("ca.pem"))
-        .arg(url);
-        output(c, None)
+        let ca = self.env.data_dir.join("ca.pem");
+        curl_via(&self.proxy().url(token, "default"), &ca, url)
     }
 
     fn applied(&self) -> u64 {
@@ -236,6 +222,27 @@ impl FleetSetup {
         let last = self.origin.recorded().last().cloned().unwrap();
         assert_eq!(last.header(header), [value], "{}", last.head);
     }
+}
+
+/// curl through `proxy` (trusting `ca`) to `url` with a placeholder bearer: stdout ends with
+/// the status code.
+fn curl_via(proxy: &str, ca: &std::path::Path, url: &str) -> Run {
+    let mut c = std::process::Command::new("curl");
+    c.args([
+        "-sS",
+        "--max-time",
+        "10",
+        "-w",
+        " %{http_code}",
+        "-H",
+        "Authorization: Bearer placeholder",
+        "--proxy",
+        proxy,
+        "--cacert",
+    ])
+    .arg(ca)
+    .arg(url);
+    output(c, None)
 }
 
 const NO_EXTRA: [&str; 3] = ["", "", ""];
@@ -673,24 +680,10 @@ impl Drop for Balancer {
 fn fleet_behind_haproxy_survives_a_killed_node() {
     let mut f = FleetSetup::new(NO_EXTRA, NO_FLAGS);
     let lb = Balancer::start(&f.nodes);
-    let through_lb = |path: &str| {
-        let mut c = std::process::Command::new("curl");
-        c.args([
-            "-sS",
-            "--max-time",
-            "10",
-            "-w",
-            " %{http_code}",
-            "-H",
-            "Authorization: Bearer placeholder",
-            "--proxy",
-        ])
-        .arg(format!("http://{}:default@{}", f.token, lb.addr))
-        .arg("--cacert")
-        .arg(f.nodes[0].env.data_dir.join("ca.pem"))
-        .arg(format!("https://api.openai.com{path}"));
-        output(c, None)
-    };
+    let lb_proxy = format!("http://{}:default@{}", f.token, lb.addr);
+    let ca = f.nodes[0].env.data_dir.join("ca.pem");
+    let through_lb =
+        |path: &str| curl_via(&lb_proxy, &ca, &format!("https://api.openai.com{path}"));
     // Wait for the health checks to see all three up, then use them all.
     std::thread::sleep(Duration::from_millis(800));
     for i in 0..6 {

@@ -173,39 +173,31 @@ fn client_networks_limit_who_may_connect() {
 fn airlock_run_uses_a_tls_proxy_port() {
     let s = Setup::with("auto", &["--proxy-tls-name", "127.0.0.1"], true, true);
     let script = "import os, requests; r = requests.get('https://api.openai.com/v1/run-tls/requests', headers={'authorization': 'Bearer placeholder'}, timeout=20); print('requests', r.status_code, os.environ['HTTPS_PROXY'].split('@')[0].split(':')[0], os.environ['AIRLOCK_URL'].split(':')[0])";
-    let mut c = s.env.command(&["run", "--", "python3", "-c", script]);
-    for var in [
-        "HTTPS_PROXY",
-        "HTTP_PROXY",
-        "https_proxy",
-        "http_proxy",
-        "AIRLOCK_URL",
-        "AIRLOCK_TOKEN",
-    ] {
-        c.env_remove(var);
-    }
-    let r = output(c, None).ok();
+    let run = |args: &[&str]| {
+        let mut c = s.env.command(args);
+        for var in [
+            "HTTPS_PROXY",
+            "HTTP_PROXY",
+            "https_proxy",
+            "http_proxy",
+            "AIRLOCK_URL",
+            "AIRLOCK_TOKEN",
+        ] {
+            c.env_remove(var);
+        }
+        output(c, None).ok()
+    };
+    let r = run(&["run", "--", "python3", "-c", script]);
     assert!(r.stdout.contains("requests 200 https https"), "{r:?}");
     // curl checks a TLS proxy's certificate against its built-in roots, not CURL_CA_BUNDLE: it
     // is given the run's bundle as --proxy-cacert (the README says so).
-    let mut c = s.env.command(&[
+    let r = run(&[
         "run",
         "--",
         "sh",
         "-c",
         "curl -sS --proxy-cacert \"$CURL_CA_BUNDLE\" -H 'Authorization: Bearer placeholder' https://api.openai.com/v1/run-tls/curl",
     ]);
-    for var in [
-        "HTTPS_PROXY",
-        "HTTP_PROXY",
-        "https_proxy",
-        "http_proxy",
-        "AIRLOCK_URL",
-        "AIRLOCK_TOKEN",
-    ] {
-        c.env_remove(var);
-    }
-    let r = output(c, None).ok();
     assert!(r.stdout.contains("run-tls/curl"), "{r:?}");
     s.assert_no_secret(&r.stdout);
     let bearer = format!("Bearer {}", s.secret("OPENAI_KEY"));
