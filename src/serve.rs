@@ -420,6 +420,17 @@ pub fn run(
     reload: &Reload,
 ) -> Result<(), ServeError> {
     crate::secret::harden_process();
+    // A fleet node's data dir comes from `fleet join`; a fresh standalone vault would only be in
+    // the way of it.
+    if settings.fleet.is_some()
+        && let Err(crate::vault::StoreError::NotInitialised(_)) =
+            Store::open(&settings.data_dir, settings.store)
+    {
+        return Err(ServeError::Fleet(format!(
+            "store_url is set but {} holds no vault: run `airlock fleet join` (or `airlock init` then `airlock fleet init` for a new fleet)",
+            settings.data_dir.display()
+        )));
+    }
     if let setup::InitOutcome::Created { .. } =
         setup::init(&settings.data_dir, sources, settings.store, actor)?
     {

@@ -819,6 +819,24 @@ fn fleet_mistakes_are_refused() {
     let status: Value =
         serde_json::from_str(&with(&a, &["fleet", "status", "--json"]).ok().stdout).unwrap();
     assert_eq!(status["head_seq"], a.store().generation().unwrap());
+    // serve with store_url on an empty data dir does not make a standalone vault there.
+    let fresh = Env::empty();
+    let fresh_cfg = config(&fresh, &pg, "");
+    let cfg_arg = fresh_cfg.to_str().unwrap();
+    let e = fresh.run(&[
+        "--config",
+        cfg_arg,
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--no-admin",
+    ]);
+    assert!(
+        e.fails()
+            .contains("holds no vault: run `airlock fleet join`"),
+        "{e:?}"
+    );
+    assert!(!fresh.data_dir.join("vault").exists());
 }
 
 /// The store over TCP with TLS and a password, as a production PostgreSQL is reached:
