@@ -224,16 +224,27 @@ impl Store {
             env.create_db(Some(name), DatabaseFlags::empty())
                 .map_err(lmdb_err("open database"))
         };
+        let [
+            vaults,
+            services,
+            credentials,
+            agents,
+            tokens,
+            proposals,
+            audit,
+            meta,
+            operators,
+        ] = DB_NAMES.map(db);
         let dbs = Dbs {
-            vaults: db("vaults")?,
-            services: db("services")?,
-            credentials: db("credentials")?,
-            agents: db("agents")?,
-            tokens: db("tokens")?,
-            proposals: db("proposals")?,
-            audit: db("audit")?,
-            meta: db("meta")?,
-            operators: db("operators")?,
+            vaults: vaults?,
+            services: services?,
+            credentials: credentials?,
+            agents: agents?,
+            tokens: tokens?,
+            proposals: proposals?,
+            audit: audit?,
+            meta: meta?,
+            operators: operators?,
         };
         let reclaimed_readers = super::readers::reclaim(&env).map_err(lmdb_err("reader check"))?;
         Ok(Self {
