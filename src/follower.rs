@@ -28,7 +28,7 @@ const POLL: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct FleetState {
     pub node: String,
-    /// Unix milliseconds of the last successful exchange with the store; 0 before the first.
+    /// Unix milliseconds of the last successful exchange with the store (start-up at first).
     last_contact_ms: AtomicU64,
     /// Unix milliseconds of the last catch-up asked for by an unknown token.
     last_asked_ms: AtomicU64,
@@ -57,7 +57,7 @@ impl FleetState {
         self.last_contact_ms.store(now_ms(), Ordering::Relaxed);
     }
 
-    /// Seconds since the store was last heard from.
+    /// How long ago the store was last heard from.
     pub fn contact_age(&self) -> Duration {
         Duration::from_millis(now_ms().saturating_sub(self.last_contact_ms.load(Ordering::Relaxed)))
     }
@@ -95,25 +95,25 @@ fn run(shared: &Shared, fleet: &Fleet) {
     };
     let mut warned = false;
     loop {
-        let e = follow(shared, fleet, state);
+        let e = follow(shared, fleet, state, &mut warned);
         if !warned {
             tracing::warn!("the fleet's store is unreachable, serving what is applied: {e}");
             warned = true;
         }
         std::thread::sleep(POLL);
-        if warned && fleet.connect().is_ok() {
-            tracing::info!("the fleet's store is reachable again; catching up");
-            warned = false;
-        }
     }
 }
 
-/// Follows the log until the connection fails; returns why.
-fn follow(shared: &Shared, fleet: &Fleet, state: &FleetState) -> String {
+/// Follows the log until the connection fails; returns why. `warned`: the last failure was
+/// logged, so a working connection is worth a line too.
+fn follow(shared: &Shared, fleet: &Fleet, state: &FleetState, warned: &mut bool) -> String {
     let mut client = match fleet.connect() {
         Ok(c) => c,
         Err(e) => return e.to_string(),
     };
+    if std::mem::take(warned) {
+        tracing::info!("the fleet's store is reachable again; catching up");
+    }
     if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")) {
         return e.to_string();
     }
