@@ -124,8 +124,23 @@ pub struct Fleet {
     client: Arc<Mutex<Option<ClientBox>>>,
 }
 
-/// `postgres::Client` is not `Debug`.
-struct ClientBox(postgres::Client);
+/// A `postgres::Client` (which is not `Debug`). It owns a small tokio runtime, which must not be
+/// dropped inside another runtime (the admin process's): it is dropped on a thread of its own.
+struct ClientBox(Option<postgres::Client>);
+
+impl ClientBox {
+    fn new(client: postgres::Client) -> Self {
+        Self(Some(client))
+    }
+}
+
+impl Drop for ClientBox {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take() {
+            let _ = std::thread::spawn(move || drop(client)).join();
+        }
+    }
+}
 
 impl std::fmt::Debug for ClientBox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -195,20 +210,28 @@ impl Fleet {
         Ok(client)
     }
 
-    /// Runs `f` with the cached client, connecting first if needed; a failed call drops the
-    /// client so the next one reconnects.
+    /// The cached client, connected first when there is none or it closed.
+    fn cached<'s>(
+        &self,
+        slot: &'s mut Option<ClientBox>,
+    ) -> Result<&'s mut postgres::Client, FleetError> {
+        let open = slot.as_ref().and_then(|c| c.0.as_ref());
+        if open.is_none_or(postgres::Client::is_closed) {
+            *slot = Some(ClientBox::new(self.connect()?));
+        }
+        slot.as_mut()
+            .and_then(|c| c.0.as_mut())
+            .ok_or_else(|| FleetError::Unavailable("no connection".into()))
+    }
+
+    /// Runs `f` with the cached client; a failed call drops the client so the next one
+    /// reconnects.
     fn with_client<R>(
         &self,
         f: impl FnOnce(&mut postgres::Client) -> Result<R, FleetError>,
     ) -> Result<R, FleetError> {
         let mut slot = self.client.lock().unwrap_or_else(PoisonError::into_inner);
-        if slot.as_ref().is_none_or(|c| c.0.is_closed()) {
-            *slot = Some(ClientBox(self.connect()?));
-        }
-        let Some(client) = slot.as_mut() else {
-            return Err(FleetError::Unavailable("no connection".into()));
-        };
-        let out = f(&mut client.0);
+        let out = f(self.cached(&mut slot)?);
         if matches!(out, Err(FleetError::Unavailable(_))) {
             *slot = None;
         }
@@ -225,12 +248,7 @@ impl Fleet {
     ) -> Result<R, E> {
         let fleet_err = |e: FleetError| E::from(StoreError::from(e));
         let mut slot = self.client.lock().unwrap_or_else(PoisonError::into_inner);
-        if slot.as_ref().is_none_or(|c| c.0.is_closed()) {
-            *slot = Some(ClientBox(self.connect().map_err(fleet_err)?));
-        }
-        let Some(ClientBox(client)) = slot.as_mut() else {
-            return Err(fleet_err(FleetError::Unavailable("no connection".into())));
-        };
+        let client = self.cached(&mut slot).map_err(fleet_err)?;
         let result = write_locked(client, store, marker, f);
         if let Err(Failed::Fleet(FleetError::Unavailable(_))) = &result {
             *slot = None;
@@ -267,7 +285,7 @@ impl Fleet {
         client.batch_execute("SET statement_timeout = 30000")?;
         client.execute("SELECT pg_advisory_lock($1)", &[&key])?;
         Ok(NamedLock {
-            _session: ClientBox(client),
+            _session: ClientBox::new(client),
         })
     }
 
