@@ -3,7 +3,7 @@
 //! The library holds everything the `airlock` binary and the admin process share:
 //! [`vault`] (sealed LMDB store and keys), [`spec`] (service definitions), [`config`] (the TOML
 //! file and `serve` settings), [`names`], [`secret`] and the [`cli`]; and the data plane:
-//! [`serve`] (workers), [`proxy`], [`http`], [`policy`], [`oauth`] (the token refresher) and
+//! [`serve`] (workers), [`proxy`], [`http`], [`policy`], [`oauth`] (the token refresher), [`tls`] and
 //! [`netguard`].
 
 #![deny(unsafe_code)]
@@ -27,4 +27,5 @@ pub mod secret;
 pub mod serve;
 pub mod spec;
 pub mod supervise;
+pub mod tls;
 pub mod vault;

@@ -425,28 +425,17 @@ fn tls_to(
     host_port: &str,
     tcp: TcpStream,
 ) -> std::io::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
-    let files = [
+    // The CA files that exist: an agent elsewhere has no data dir.
+    let files: Vec<PathBuf> = [
         std::env::var_os("AIRLOCK_CA_FILE").map(PathBuf::from),
         DATA_DIR_CA.get().cloned(),
-    ];
-    for file in files.into_iter().flatten() {
-        if let Ok(certs) = rustls_pki_types::CertificateDer::pem_file_iter(&file) {
-            for cert in certs.flatten() {
-                let _ = roots.add(cert);
-            }
-        }
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(std::io::Error::other)?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    ]
+    .into_iter()
+    .flatten()
+    .filter(|f| f.exists())
+    .collect();
+    let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    let config = crate::tls::ring_client_config(&refs).map_err(std::io::Error::other)?;
     let host = host_port
         .rsplit_once(':')
         .map_or(host_port, |(h, _)| h)

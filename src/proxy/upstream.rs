@@ -301,30 +301,7 @@ pub fn client_config(
     provider: Arc<rustls::crypto::CryptoProvider>,
     extra_ca: Option<&std::path::Path>,
 ) -> Result<ClientConfig, String> {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    roots.add_parsable_certificates(native.certs);
-    if let Some(path) = extra_ca {
-        let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-            .map_err(|e| format!("{}: {e}", path.display()))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        if certs.is_empty() {
-            return Err(format!("{}: no certificates found", path.display()));
-        }
-        for c in certs {
-            roots
-                .add(c)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-        }
-    }
-    let mut config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut config = crate::tls::client_config(provider, extra_ca.as_slice())?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }

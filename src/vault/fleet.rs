@@ -203,7 +203,8 @@ impl Fleet {
         config.connect_timeout(TIMEOUT);
         config.application_name("airlock");
         let tls = tokio_postgres_rustls::MakeRustlsConnect::new(
-            tls_config(self.settings.ca_file.as_deref()).map_err(FleetError::Unavailable)?,
+            crate::tls::ring_client_config(self.settings.ca_file.as_deref().as_slice())
+                .map_err(FleetError::Unavailable)?,
         );
         let mut client = config.connect(tls)?;
         client.batch_execute(&format!("SET statement_timeout = {}", TIMEOUT.as_millis()))?;
@@ -615,30 +616,6 @@ pub fn decode(mut raw: &[u8]) -> Option<Vec<Change>> {
         out.push(Change { db, key, value });
     }
     Some(out)
-}
-
-/// rustls with ring, the system roots plus `ca_file`.
-fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
-    if let Some(path) = ca_file {
-        use rustls_pki_types::pem::PemObject;
-        let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        for cert in certs {
-            roots
-                .add(cert.map_err(|e| format!("{}: {e}", path.display()))?)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
 }
 
 #[cfg(test)]
