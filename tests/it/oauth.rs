@@ -43,8 +43,8 @@ impl OAuthSetup {
             let mut s = origin.oauth.lock().unwrap();
             s.prefix.clone_from(&prefix);
             s.refresh_token = format!("{prefix}-rt-0");
-            s.access_token = format!("{prefix}-at-0");
             configure(&mut s);
+            s.issue(&format!("{prefix}-at-0"));
         }
         let setup = |env: &Env| {
             env.run_stdin(
@@ -211,7 +211,7 @@ fn oauth_401_renews_and_retries_a_held_body() {
     };
     assert!(post(&[]).stdout.ends_with(" 200"));
     assert_eq!(s.grants(), 0);
-    s.origin.oauth.lock().unwrap().access_token = "revoked".into();
+    s.origin.oauth.lock().unwrap().revoke_all();
     let r = post(&[]);
     assert!(r.stdout.ends_with(" 200"), "{r:?}");
     assert!(r.stdout.contains(r#""body_len":1024"#), "{r:?}");
@@ -225,7 +225,7 @@ fn oauth_401_renews_and_retries_a_held_body() {
     assert_eq!(calls[1].0, format!("{}-at-0", s.prefix));
     assert_eq!(calls[2].0, format!("{}-at-1", s.prefix));
 
-    s.origin.oauth.lock().unwrap().access_token = "revoked".into();
+    s.origin.oauth.lock().unwrap().revoke_all();
     let r = post(&["-H", "Transfer-Encoding: chunked"]);
     assert!(
         r.stdout.ends_with(" 401"),
@@ -346,7 +346,7 @@ fn row85_token_endpoint_behind_the_ssrf_guard() {
         .ok();
     // Only a refresh token now (and the old access token refused upstream): the next request
     // waits for a refresh, which the guard stops.
-    s.origin.oauth.lock().unwrap().access_token = "revoked".into();
+    s.origin.oauth.lock().unwrap().revoke_all();
     let r = s.curl(&["-i", "https://api.example.com/api/items"]);
     assert!(r.stdout.ends_with(" 502"), "{r:?}");
     assert!(

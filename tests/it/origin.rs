@@ -613,14 +613,17 @@ fn anthropic_events() -> Vec<String> {
 /// Runs `git http-backend` (CGI) for a smart-HTTP request; returns the whole HTTP response.
 /// A stand-in OAuth authorization server (`POST /oauth/token`, the refresh-token grant, form or
 /// JSON) and the API it guards (`/api/...`: 200 to the current access token before it expires,
-/// else 401). Each grant issues `PREFIX-at-N` and `PREFIX-rt-N` (the refresh token rotates),
-/// valid `lifetime`.
+/// else 401). Each grant issues `PREFIX-at-N` and `PREFIX-rt-N` (the refresh token rotates);
+/// every access token issued stays valid for `lifetime` from its grant, as real providers keep an
+/// old token working after a refresh, until [`OAuthStandIn::revoke_all`].
 #[derive(Debug)]
 pub struct OAuthStandIn {
     pub prefix: String,
     pub refresh_token: String,
+    /// The newest access token.
     pub access_token: String,
-    pub valid_until: std::time::Instant,
+    /// Each live access token and when it expires.
+    pub valid: std::collections::HashMap<String, std::time::Instant>,
     /// `expires_in` of each grant, in seconds.
     pub lifetime: u64,
     /// Grants issued so far.
@@ -641,7 +644,7 @@ impl Default for OAuthStandIn {
             prefix: "oauth".into(),
             refresh_token: "rt-0".into(),
             access_token: "at-0".into(),
-            valid_until: std::time::Instant::now() + Duration::from_secs(3600),
+            valid: std::collections::HashMap::new(),
             lifetime: 3600,
             grants: 0,
             requests: Vec::new(),
@@ -649,6 +652,20 @@ impl Default for OAuthStandIn {
             delay: Duration::ZERO,
             api_calls: Vec::new(),
         }
+    }
+}
+
+impl OAuthStandIn {
+    /// Makes `token` valid for `lifetime` from now (the token imported before any grant).
+    pub fn issue(&mut self, token: &str) {
+        let until = std::time::Instant::now() + Duration::from_secs(self.lifetime);
+        self.valid.insert(token.to_owned(), until);
+        self.access_token = token.to_owned();
+    }
+
+    /// Revokes every access token issued so far (the API answers 401 to them).
+    pub fn revoke_all(&mut self) {
+        self.valid.clear();
     }
 }
 
@@ -668,7 +685,10 @@ fn oauth_answer(state: &Mutex<OAuthStandIn>, path: &str, rec: &Recorded) -> Vec<
             .trim_start_matches("Bearer ")
             .to_owned();
         let mut s = state.lock().unwrap();
-        let ok = token == s.access_token && std::time::Instant::now() < s.valid_until;
+        let ok = s
+            .valid
+            .get(&token)
+            .is_some_and(|until| std::time::Instant::now() < *until);
         s.api_calls.push((token, ok));
         return if ok {
             reply(
@@ -708,7 +728,11 @@ fn oauth_answer(state: &Mutex<OAuthStandIn>, path: &str, rec: &Recorded) -> Vec<
     s.grants += 1;
     s.access_token = format!("{}-at-{}", s.prefix, s.grants);
     s.refresh_token = format!("{}-rt-{}", s.prefix, s.grants);
-    s.valid_until = std::time::Instant::now() + Duration::from_secs(s.lifetime);
+    let (token, until) = (
+        s.access_token.clone(),
+        std::time::Instant::now() + Duration::from_secs(s.lifetime),
+    );
+    s.valid.insert(token, until);
     reply(
         "200 OK",
         format!(
