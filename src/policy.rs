@@ -60,6 +60,11 @@ pub struct Service {
     pub oauth: Option<OAuthUse>,
 }
 
+/// A token younger than this many seconds is not renewed because an upstream answered 401 (the
+/// 401 goes to the agent): an API that refuses for another reason (a missing scope) must not
+/// make every request renew the token.
+pub const MIN_AGE_TO_RENEW_ON_401: u64 = 5;
+
 /// Which version of an OAuth credential a compiled service holds: a 401 from upstream asks the
 /// refresher for a newer one (`crate::oauth`).
 #[derive(Clone, Debug)]
@@ -68,12 +73,19 @@ pub struct OAuthUse {
     pub version: u64,
     /// Unix seconds; 0 when unknown (1 when only a refresh token was imported).
     pub expires_at: u64,
+    /// When the token was obtained or imported (Unix seconds).
+    pub obtained_at: u64,
 }
 
 impl OAuthUse {
     /// Whether a request must wait for a refresh before it can be sent.
     pub fn stale(&self, now: u64) -> bool {
         self.expires_at != 0 && now >= self.expires_at
+    }
+
+    /// Whether an upstream 401 may renew this token ([`MIN_AGE_TO_RENEW_ON_401`]).
+    pub fn renewable_on_401(&self, now: u64) -> bool {
+        now >= self.obtained_at + MIN_AGE_TO_RENEW_ON_401
     }
 }
 
@@ -128,6 +140,7 @@ impl Policy {
                                 key: key.to_owned(),
                                 version: meta.version,
                                 expires_at: meta.expires_at,
+                                obtained_at: meta.obtained_at,
                             });
                         }
                         opened.value

@@ -294,7 +294,9 @@ fn substitute<'a>(
 /// A service injecting an OAuth credential keeps a copy of the head: when its access token has
 /// expired, the request waits for the refresher first; when the upstream answers 401 and the body
 /// is held, the token is renewed and the request sent once more with the new one (the 401 never
-/// reaches the agent). A 401 to a streamed body goes back to the agent and starts a renewal.
+/// reaches the agent). A 401 to a streamed body goes back to the agent and starts a renewal. A
+/// token younger than [`crate::policy::MIN_AGE_TO_RENEW_ON_401`] is not renewed on a 401: the 401
+/// goes to the agent.
 pub async fn exchange<C: AsyncReadRent + AsyncWriteRent>(
     shared: &Shared,
     client: &mut BufConn<C>,
@@ -360,7 +362,8 @@ pub async fn exchange<C: AsyncReadRent + AsyncWriteRent>(
         vault: &vault.name,
         absolute_ok,
     };
-    if oauth.stale(crate::vault::now()) {
+    let now = crate::vault::now();
+    if oauth.stale(now) {
         shared
             .oauth
             .renew(&vault.name, &oauth.key, oauth.version)
@@ -368,7 +371,7 @@ pub async fn exchange<C: AsyncReadRent + AsyncWriteRent>(
         return renewed(None).send(shared, client, row).await;
     }
     let held = hold_if_small(shared, client, &prepared).await?;
-    let retry_401 = held.is_some();
+    let retry_401 = held.is_some() && oauth.renewable_on_401(now);
     match send(
         shared,
         client,
@@ -388,7 +391,7 @@ pub async fn exchange<C: AsyncReadRent + AsyncWriteRent>(
             renewed(held).send(shared, client, row).await
         }
         other => {
-            if row.status == 401 {
+            if row.status == 401 && oauth.renewable_on_401(now) {
                 shared.oauth.nudge(&vault.name, &oauth.key, oauth.version);
             }
             other.map_err(AttemptError::into_exchange)

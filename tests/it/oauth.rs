@@ -197,8 +197,9 @@ fn oauth_renews_once_for_many_waiters_and_ahead_of_expiry() {
 
 /// An upstream 401 (the token was revoked upstream before its expiry): a request with a held
 /// body is renewed and sent once more, and the agent sees only the 200; the origin received the
-/// body twice. A streamed (chunked) body cannot be sent twice: its 401 goes back to the agent,
-/// and a renewal starts so the agent's own retry succeeds.
+/// body twice. Not for a token younger than 5 s: that 401 goes to the agent. A streamed (chunked)
+/// body cannot be sent twice: its 401 goes back to the agent, and a renewal starts so the
+/// agent's own retry succeeds.
 #[test]
 fn oauth_401_renews_and_retries_a_held_body() {
     let s = OAuthSetup::new(VALID, |_| {}, &[]);
@@ -212,19 +213,26 @@ fn oauth_401_renews_and_retries_a_held_body() {
     assert!(post(&[]).stdout.ends_with(" 200"));
     assert_eq!(s.grants(), 0);
     s.origin.oauth.lock().unwrap().revoke_all();
+    // A token younger than 5 s is not renewed on a 401 (an API refusing for another reason must
+    // not make every request renew it): the 401 goes to the agent.
+    let r = post(&[]);
+    assert!(r.stdout.ends_with(" 401"), "{r:?}");
+    assert_eq!(s.grants(), 0);
+    std::thread::sleep(Duration::from_millis(5200));
     let r = post(&[]);
     assert!(r.stdout.ends_with(" 200"), "{r:?}");
     assert!(r.stdout.contains(r#""body_len":1024"#), "{r:?}");
     assert_eq!(s.grants(), 1);
     let calls = s.origin.oauth.lock().unwrap().api_calls.clone();
-    assert_eq!(calls.len(), 3, "{calls:?}");
+    assert_eq!(calls.len(), 4, "{calls:?}");
     assert!(
-        !calls[1].1 && calls[2].1,
+        !calls[2].1 && calls[3].1,
         "rejected, then accepted: {calls:?}"
     );
-    assert_eq!(calls[1].0, format!("{}-at-0", s.prefix));
-    assert_eq!(calls[2].0, format!("{}-at-1", s.prefix));
+    assert_eq!(calls[2].0, format!("{}-at-0", s.prefix));
+    assert_eq!(calls[3].0, format!("{}-at-1", s.prefix));
 
+    std::thread::sleep(Duration::from_millis(5200));
     s.origin.oauth.lock().unwrap().revoke_all();
     let r = post(&["-H", "Transfer-Encoding: chunked"]);
     assert!(
@@ -344,10 +352,17 @@ fn row85_token_endpoint_behind_the_ssrf_guard() {
             format!("{}-rt-0", s.prefix).as_bytes(),
         )
         .ok();
-    // Only a refresh token now (and the old access token refused upstream): the next request
-    // waits for a refresh, which the guard stops.
+    // Only a refresh token now: once serve has the new vault (within 100 ms), a request waits
+    // for a refresh, which the guard stops.
     s.origin.oauth.lock().unwrap().revoke_all();
-    let r = s.curl(&["-i", "https://api.example.com/api/items"]);
+    let end = Instant::now() + Duration::from_secs(5);
+    let r = loop {
+        let r = s.curl(&["-i", "https://api.example.com/api/items"]);
+        if !r.stdout.ends_with(" 401") || Instant::now() > end {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(r.stdout.ends_with(" 502"), "{r:?}");
     assert!(
         r.stdout.contains("oauth_refresh_failed")
