@@ -25,7 +25,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::http::head::{self, Framing};
 use crate::proxy::Shared;
-use crate::proxy::error::ProxyError;
+use crate::proxy::error::{ErrorKind, ProxyError};
 use crate::proxy::forward::host_header;
 use crate::proxy::upstream::{self, Target};
 use crate::secret::{Secret, check_value};
@@ -85,10 +85,7 @@ impl Refresher {
         let (reply, answer) = flume::bounded(1);
         self.send(vault, key, version, Some(reply));
         let failed = |f: Failure| {
-            ProxyError::new(
-                502,
-                "oauth_refresh_failed",
-                format!(
+            ProxyError::new(ErrorKind::OAuthRefreshFailed, format!(
                     "credential {key}: renewing its OAuth access token failed ({}): {}",
                     f.code.as_str(),
                     f.detail
@@ -307,7 +304,7 @@ async fn exchange(
     let unavailable = |e: ProxyError| {
         fail(
             FailureCode::Unavailable,
-            format!("{}: {}", e.code, e.message),
+            format!("{}: {}", e.code(), e.message()),
         )
     };
     let (status, body) = monoio::time::timeout(REQUEST_TIMEOUT, async {

@@ -42,6 +42,17 @@ pub struct VaultPolicy {
     pub scrub: Masker,
 }
 
+/// Why a service cannot be served (answered 502 with the matching code).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceFault {
+    /// A credential it injects is missing or cannot be opened.
+    CredentialMissing,
+    /// A credential's record failed its integrity check.
+    CredentialIntegrity,
+    /// Its OAuth access token expired and the token endpoint refused to renew it.
+    OAuthRefreshFailed,
+}
+
 /// One compiled service.
 #[derive(Debug)]
 pub struct Service {
@@ -53,9 +64,8 @@ pub struct Service {
     /// Whether the client's own `Authorization` is dropped (every credentialed service).
     pub drop_authorization: bool,
     pub substitutions: Vec<Substitution>,
-    /// Set when the service cannot be served: `credential_missing`, `credential_integrity`, or
-    /// `oauth_refresh_failed` (its OAuth token expired and the token endpoint refused to renew it).
-    pub error: Option<&'static str>,
+    /// Set when the service cannot be served.
+    pub error: Option<ServiceFault>,
     /// The OAuth credential it injects, if any (the first, when it uses several).
     pub oauth: Option<OAuthUse>,
 }
@@ -134,7 +144,7 @@ impl Policy {
                         scrub.extend(opened.others);
                         if let Some(meta) = opened.oauth {
                             if meta.retry_at().is_none() && meta.expired(crate::vault::now()) {
-                                error = Some("oauth_refresh_failed");
+                                error = Some(ServiceFault::OAuthRefreshFailed);
                             }
                             oauth.get_or_insert(OAuthUse {
                                 key: key.to_owned(),
@@ -147,9 +157,9 @@ impl Policy {
                     }
                     Err(e) => {
                         error = Some(if matches!(e, VaultError::Integrity(_)) {
-                            "credential_integrity"
+                            ServiceFault::CredentialIntegrity
                         } else {
-                            "credential_missing"
+                            ServiceFault::CredentialMissing
                         });
                         Secret::default()
                     }

@@ -106,17 +106,22 @@ pub enum VaultError {
 impl VaultError {
     /// The HTTP status the agent API and admin process answer with.
     pub fn status(&self) -> u16 {
-        match self.code() {
-            "bad_request" | "credential_missing" | "host_not_allowed" => 400,
-            "not_found" => 404,
-            "conflict"
-            | "already_decided"
-            | "proposal_changed"
-            | "credential_reuse_unconfirmed" => 409,
-            "proposal_expired" => 410,
-            "too_many_pending" | "too_many_tokens" => 429,
-            "store_unavailable" => 503,
-            "storage_full" => 507,
+        match self {
+            Self::Spec(_)
+            | Self::Name(_)
+            | Self::Invalid(_)
+            | Self::MissingCredential { .. }
+            | Self::HostNotAllowed { .. } => 400,
+            Self::NotFound { .. } => 404,
+            Self::Exists { .. }
+            | Self::InUse { .. }
+            | Self::AlreadyDecided(_)
+            | Self::ProposalChanged(_)
+            | Self::CredentialReuse { .. } => 409,
+            Self::ProposalExpired(_) => 410,
+            Self::TooManyPending { .. } | Self::TooManyTokens { .. } => 429,
+            Self::Store(StoreError::Fleet(fleet::FleetError::Unavailable(_))) => 503,
+            Self::Store(StoreError::Full) => 507,
             _ => 500,
         }
     }

@@ -12,13 +12,13 @@ use serde_json::{Value, json};
 
 use super::Shared;
 use super::auth::{self, Identity};
-use super::error::ProxyError;
+use super::error::{ErrorKind, ProxyError};
 use super::forward::{ExchangeError, Outcome};
 use crate::http::head::{self, Framing};
 use crate::http::io::BufConn;
+use crate::vault::now;
 use crate::vault::records::{ProposalRecord, ProposalStatus, ServiceChange};
 use crate::vault::tokens::TokenKind;
-use crate::vault::{VaultError, now};
 
 /// Largest request body accepted on the agent API.
 pub const MAX_BODY: u64 = 64 * 1024;
@@ -77,9 +77,11 @@ pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
         }
         Framing::Length(_) => return Err(crate::http::HttpError::BodyTooLarge(MAX_BODY).into()),
         _ => {
-            return Err(
-                ProxyError::new(411, "bad_request", "send the body with a Content-Length").into(),
-            );
+            return Err(ProxyError::new(
+                ErrorKind::LengthRequired,
+                "send the body with a Content-Length",
+            )
+            .into());
         }
     }
     let close = req.close;
@@ -113,10 +115,6 @@ fn json_reply(status: u16, v: Value) -> Result<Reply, ProxyError> {
     Ok((status, "application/json", v.to_string().into_bytes()))
 }
 
-fn vault_error(e: VaultError) -> ProxyError {
-    ProxyError::new(e.status(), e.code(), e.to_string())
-}
-
 /// Answers `req`: the endpoints that need no token at once; the others after authentication,
 /// writes (proposals, token mints, revocations: durable commits, and PostgreSQL round trips in
 /// fleet mode) on the blocking pool, never on the worker.
@@ -134,7 +132,12 @@ async fn route(shared: &Arc<Shared>, req: ApiRequest, peer: IpAddr) -> Result<Re
     let s = shared.clone();
     monoio::spawn_blocking(move || authed(&s, &id, &req))
         .await
-        .unwrap_or_else(|_| Err(ProxyError::new(503, "overloaded", "the write did not run")))
+        .unwrap_or_else(|_| {
+            Err(ProxyError::new(
+                ErrorKind::Overloaded,
+                "the write did not run",
+            ))
+        })
 }
 
 fn public(shared: &Shared, req: &ApiRequest) -> Option<Result<Reply, ProxyError>> {
@@ -195,26 +198,21 @@ fn authed(shared: &Shared, id: &Identity, req: &ApiRequest) -> Result<Reply, Pro
             shared
                 .store
                 .revoke_token(&actor(id), id.token)
-                .map_err(vault_error)?;
+                .map_err(ProxyError::from)?;
             Ok((204, "application/json", Vec::new()))
         }
-        (m, p) => Err(
-            ProxyError::new(404, "not_found", format!("no agent API endpoint {m} {p}"))
-                .hint("see GET /v1/guide"),
-        ),
+        (m, p) => Err(ProxyError::new(
+            ErrorKind::NotFound,
+            format!("no agent API endpoint {m} {p}"),
+        )
+        .hint("see GET /v1/guide")),
     }
 }
 
 async fn authenticate(shared: &Arc<Shared>, req: &ApiRequest) -> Result<Identity, ProxyError> {
     let hint = req.vault_hint.as_deref();
     let checked = auth::authenticate_first(shared, req.auth.as_deref(), hint).await;
-    checked.map_err(|e| match e.code {
-        // On the agent API this is plain HTTP authentication: 401, keeping the specific code.
-        "proxy_auth_required" => {
-            ProxyError::new(401, "unauthorized", "send Authorization: Bearer <token>")
-        }
-        code => ProxyError::new(401, code, e.message),
-    })
+    checked.map_err(ProxyError::as_api_auth)
 }
 
 fn actor(id: &Identity) -> String {
@@ -227,7 +225,7 @@ fn discover(shared: &Shared, id: &Identity) -> Result<Reply, ProxyError> {
     let services: Vec<Value> = shared
         .store
         .services(&id.vault)
-        .map_err(vault_error)?
+        .map_err(ProxyError::from)?
         .into_iter()
         .filter(|s| s.spec.enabled)
         .map(|s| json!({"name": s.spec.name, "host": s.spec.host, "auth": s.spec.auth_type()}))
@@ -235,7 +233,7 @@ fn discover(shared: &Shared, id: &Identity) -> Result<Reply, ProxyError> {
     let credentials: Vec<String> = shared
         .store
         .credentials(&id.vault)
-        .map_err(vault_error)?
+        .map_err(ProxyError::from)?
         .into_iter()
         .map(|(k, _)| k)
         .collect();
@@ -247,17 +245,21 @@ fn discover(shared: &Shared, id: &Identity) -> Result<Reply, ProxyError> {
 
 fn propose(shared: &Shared, id: &Identity, body: &[u8]) -> Result<Reply, ProxyError> {
     let new = serde_json::from_slice(body)
-        .map_err(|e| ProxyError::new(400, "bad_request", format!("proposal: {e}")))?;
+        .map_err(|e| ProxyError::new(ErrorKind::BadRequest, format!("proposal: {e}")))?;
     let p = shared
         .store
         .create_proposal(&id.vault, id.agent.as_deref(), new)
-        .map_err(vault_error)?;
+        .map_err(ProxyError::from)?;
     json_reply(201, proposal_json(shared, &p))
 }
 
 fn proposal_status(shared: &Shared, id: &Identity, raw: &str) -> Result<Reply, ProxyError> {
-    let not_found =
-        || ProxyError::new(404, "not_found", format!("no proposal {raw} in this vault"));
+    let not_found = || {
+        ProxyError::new(
+            ErrorKind::NotFound,
+            format!("no proposal {raw} in this vault"),
+        )
+    };
     let pid: u64 = raw.parse().map_err(|_| not_found())?;
     let p = shared.store.proposal(pid).map_err(|_| not_found())?;
     if p.vault != id.vault {
@@ -301,8 +303,7 @@ fn proposal_json(shared: &Shared, p: &ProposalRecord) -> Value {
 fn mint(shared: &Shared, id: &Identity, body: &[u8]) -> Result<Reply, ProxyError> {
     if id.kind != TokenKind::Agent {
         return Err(ProxyError::new(
-            403,
-            "forbidden",
+            ErrorKind::Forbidden,
             "only an agent token can mint scoped tokens",
         ));
     }
@@ -319,12 +320,11 @@ fn mint(shared: &Shared, id: &Identity, body: &[u8]) -> Result<Reply, ProxyError
         Mint { ttl_seconds: 3600 }
     } else {
         serde_json::from_slice(body)
-            .map_err(|e| ProxyError::new(400, "bad_request", e.to_string()))?
+            .map_err(|e| ProxyError::new(ErrorKind::BadRequest, e.to_string()))?
     };
     if !shared.token_mints.try_take(&id.limit_key) {
         return Err(ProxyError::new(
-            429,
-            "rate_limited",
+            ErrorKind::RateLimited,
             "too many token mints for this agent; retry shortly",
         ));
     }
@@ -332,7 +332,7 @@ fn mint(shared: &Shared, id: &Identity, body: &[u8]) -> Result<Reply, ProxyError
     let (minted, expires_at) = shared
         .store
         .mint_token(&actor(id), &id.vault, ttl, id.agent.as_deref())
-        .map_err(vault_error)?;
+        .map_err(ProxyError::from)?;
     let token = String::from_utf8_lossy(minted.token.expose()).into_owned();
     json_reply(
         201,

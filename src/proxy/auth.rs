@@ -3,7 +3,7 @@
 //! request, by their SHA-256, so a revoked or expired token fails at once, also inside an open
 //! tunnel (row 52). The token text is never kept or logged; only its hash is.
 
-use super::error::ProxyError;
+use super::error::{ErrorKind, ProxyError};
 use crate::vault::records::TokenRecord;
 use crate::vault::tokens::{self, TokenHash, TokenKind};
 use crate::vault::{Store, now};
@@ -24,7 +24,7 @@ pub struct Identity {
 }
 
 fn required(message: &str) -> ProxyError {
-    ProxyError::new(407, "proxy_auth_required", message).hint(
+    ProxyError::new(ErrorKind::ProxyAuthRequired, message).hint(
         "set HTTPS_PROXY=http://<token>:<vault>@host:port, or run the agent with `airlock run`",
     )
 }
@@ -67,13 +67,12 @@ pub fn authenticate(
     let token = crate::secret::Secret::new(token);
     if tokens::parse(token.expose()).is_none() {
         return Err(ProxyError::new(
-            407,
-            "invalid_token",
+            ErrorKind::InvalidToken,
             "the token is not an airlock token",
         ));
     }
     let hash = TokenHash::of(token.expose());
-    let (vault, record) = resolve_vault(store, hash, &requested, "invalid_token")?;
+    let (vault, record) = resolve_vault(store, hash, &requested, ErrorKind::InvalidToken)?;
     let limit_key = record
         .agent
         .as_ref()
@@ -120,7 +119,7 @@ fn unknown_token(store: &Store, header: Option<&[u8]>) -> bool {
 
 /// Re-checks a connection's token before each request (revocation and expiry).
 pub fn recheck(store: &Store, id: &Identity) -> Result<(), ProxyError> {
-    resolve_vault(store, id.token, &id.vault, "token_revoked").map(|_| ())
+    resolve_vault(store, id.token, &id.vault, ErrorKind::TokenRevoked).map(|_| ())
 }
 
 /// Per-connection memo of the last successful check: a full re-check runs only when the vault
@@ -146,17 +145,17 @@ fn resolve_vault(
     store: &Store,
     hash: TokenHash,
     requested: &str,
-    missing_code: &'static str,
+    missing: ErrorKind,
 ) -> Result<(String, TokenRecord), ProxyError> {
-    let internal = |_| ProxyError::new(503, "storage_unavailable", "the vault could not be read");
+    let internal =
+        |_| ProxyError::new(ErrorKind::StorageUnavailable, "the vault could not be read");
     let record = store
         .token_by_hash(hash)
         .map_err(internal)?
-        .ok_or_else(|| ProxyError::new(407, missing_code, "the token is unknown or was revoked"))?;
+        .ok_or_else(|| ProxyError::new(missing, "the token is unknown or was revoked"))?;
     if record.expires_at.is_some_and(|e| e <= now()) {
         return Err(ProxyError::new(
-            407,
-            "token_expired",
+            ErrorKind::TokenExpired,
             "the token has expired; mint a new one",
         ));
     }
@@ -165,7 +164,7 @@ fn resolve_vault(
             let vault = record.vault.clone().unwrap_or_default();
             if !requested.is_empty() && requested != vault {
                 let m = format!("this token is bound to vault {vault:?}");
-                return Err(ProxyError::new(407, "vault_mismatch", m));
+                return Err(ProxyError::new(ErrorKind::VaultMismatch, m));
             }
             vault
         }
@@ -173,28 +172,27 @@ fn resolve_vault(
             let name = record.agent.clone().unwrap_or_default();
             let agent = store
                 .agent(&name)
-                .map_err(|_| ProxyError::new(407, missing_code, "the agent no longer exists"))?;
+                .map_err(|_| ProxyError::new(missing, "the agent no longer exists"))?;
             if agent.revoked_at.is_some() {
                 return Err(ProxyError::new(
-                    407,
-                    "token_revoked",
+                    ErrorKind::TokenRevoked,
                     "the agent was revoked",
                 ));
             }
             match requested {
                 "" => agent.vaults.first().cloned().ok_or_else(|| {
-                    ProxyError::new(407, "vault_mismatch", "the agent has no vault")
+                    ProxyError::new(ErrorKind::VaultMismatch, "the agent has no vault")
                 })?,
                 v if agent.vaults.iter().any(|g| g == v) => v.to_owned(),
                 v => {
                     let m = format!("the agent is not granted vault {v:?}");
-                    return Err(ProxyError::new(407, "vault_mismatch", m));
+                    return Err(ProxyError::new(ErrorKind::VaultMismatch, m));
                 }
             }
         }
         TokenKind::Approval => {
             let m = "approval tokens cannot be used for proxying";
-            return Err(ProxyError::new(407, "invalid_token", m));
+            return Err(ProxyError::new(ErrorKind::InvalidToken, m));
         }
     };
     Ok((vault, record))

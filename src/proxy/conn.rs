@@ -17,7 +17,7 @@ use monoio::net::TcpStream;
 use monoio_rustls::TlsAcceptor;
 
 use super::auth::{self, Identity};
-use super::error::{ProxyError, no_service};
+use super::error::{ErrorKind, ProxyError, no_service};
 use super::forward::{self, ExchangeError, Outcome};
 use super::upstream::{self, Target, UpIo};
 use super::{Shared, agent_api};
@@ -37,7 +37,7 @@ pub async fn accepted(shared: Arc<Shared>, tcp: TcpStream) {
         .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     if open >= shared.limits().max_connections {
         let mut conn = BufConn::new(tcp);
-        let e = ProxyError::new(503, "overloaded", "too many connections; retry shortly");
+        let e = ProxyError::new(ErrorKind::Overloaded, "too many connections; retry shortly");
         reply_and_close(&mut conn, &e).await;
     } else {
         serve(shared.clone(), tcp).await;
@@ -171,7 +171,7 @@ async fn reply_and_close<S: AsyncReadRent + AsyncWriteRent>(conn: &mut BufConn<S
 /// Parses a CONNECT authority strictly: `host:port`, a DNS name or IP literal, port 1-65535
 /// without sign (row 5). Returns the lowercase host without a trailing dot.
 pub fn parse_authority(authority: &str) -> Result<(String, u16), ProxyError> {
-    let bad = |m: &str| ProxyError::new(400, "bad_authority", m.to_owned());
+    let bad = |m: &str| ProxyError::new(ErrorKind::BadAuthority, m.to_owned());
     let (host, port) = authority
         .rsplit_once(':')
         .ok_or_else(|| bad("the CONNECT target must be host:port"))?;
@@ -222,7 +222,7 @@ async fn connect<S: Split + AsyncReadRent + AsyncWriteRent + 'static>(
     let Some(vault) = policy.vault(&id.vault) else {
         return reply_and_close(
             &mut client,
-            &ProxyError::new(407, "vault_mismatch", "the vault no longer exists"),
+            &ProxyError::new(ErrorKind::VaultMismatch, "the vault no longer exists"),
         )
         .await;
     };
@@ -256,7 +256,7 @@ async fn intercept<S: Split + AsyncReadRent + AsyncWriteRent + 'static>(
     id: Identity,
 ) {
     if !shared.certs.contains(&target.host) && !shared.mint_limiter.try_take(&id.vault) {
-        let e = ProxyError::new(429, "rate_limited", "too many new hosts; retry shortly");
+        let e = ProxyError::new(ErrorKind::RateLimited, "too many new hosts; retry shortly");
         return reply_and_close(&mut client, &e).await;
     }
     let mints = shared.certs.mints();
@@ -271,7 +271,7 @@ async fn intercept<S: Split + AsyncReadRent + AsyncWriteRent + 'static>(
             tracing::warn!(host = %target.host, "leaf minting failed: {e}");
             return reply_and_close(
                 &mut client,
-                &ProxyError::new(503, "overloaded", "no certificate for this host"),
+                &ProxyError::new(ErrorKind::Overloaded, "no certificate for this host"),
             )
             .await;
         }
@@ -328,7 +328,7 @@ async fn intercept<S: Split + AsyncReadRent + AsyncWriteRent + 'static>(
             }
             Ok(Outcome::Close) | Err(ExchangeError::Abort) => return,
             Err(ExchangeError::Respond(mut e)) => {
-                if e.code == "no_service" {
+                if e.kind() == ErrorKind::NoService {
                     e = no_service(&target.host, target.port, &shared.api_base);
                 }
                 return reply_and_close(&mut conn, &e).await;
@@ -351,9 +351,9 @@ async fn plain<S: AsyncReadRent + AsyncWriteRent>(
     let id = auth::authenticate_first(shared, auth_header.as_deref(), None)
         .await
         .map_err(|e| shared.auth_failures.refuse(peer, e))?;
-    let rest = target
-        .strip_prefix("http://")
-        .ok_or_else(|| ProxyError::new(400, "bad_request", "use CONNECT for https:// targets"))?;
+    let rest = target.strip_prefix("http://").ok_or_else(|| {
+        ProxyError::new(ErrorKind::BadRequest, "use CONNECT for https:// targets")
+    })?;
     let authority = rest.find('/').map_or(rest, |i| &rest[..i]);
     let authority = if authority.contains(':') {
         authority.to_owned()
@@ -369,12 +369,11 @@ async fn plain<S: AsyncReadRent + AsyncWriteRent>(
     let policy = shared.policy();
     let vault = policy
         .vault(&id.vault)
-        .ok_or_else(|| ProxyError::new(407, "vault_mismatch", "the vault no longer exists"))?;
+        .ok_or_else(|| ProxyError::new(ErrorKind::VaultMismatch, "the vault no longer exists"))?;
     if !vault.has_host(Scheme::Http, &target.host, port) {
         let refused = if vault.has_host(Scheme::Https, &target.host, 443) {
             ProxyError::new(
-                403,
-                "plaintext_refused",
+                ErrorKind::PlaintextRefused,
                 "this service is only served over TLS",
             )
             .hint("use https://")
@@ -420,7 +419,7 @@ async fn tunnel<S: Split + AsyncReadRent + AsyncWriteRent>(
     let Some(up) = up else {
         return reply_and_close(
             &mut client,
-            &ProxyError::new(502, "upstream_unreachable", "could not connect"),
+            &ProxyError::new(ErrorKind::UpstreamUnreachable, "could not connect"),
         )
         .await;
     };
@@ -497,8 +496,7 @@ fn refuse_unmatched(
 ) -> ProxyError {
     if !shared.refusals.try_take(&id.limit_key) {
         return ProxyError::new(
-            429,
-            "rate_limited",
+            ErrorKind::RateLimited,
             "too many requests to hosts without a service; propose access instead",
         )
         .hint(format!("{}/v1/proposals", shared.api_base));
@@ -534,8 +532,8 @@ fn record(
     row.latency_us = started.elapsed().as_micros() as u64;
     match result {
         Err(ExchangeError::Respond(e)) => {
-            row.status = e.status;
-            row.error = Some(e.code.to_owned());
+            row.status = e.status();
+            row.error = Some(e.code().to_owned());
         }
         Err(ExchangeError::Abort) => row.error = Some("aborted".to_owned()),
         Ok(_) => {}
@@ -564,7 +562,7 @@ mod tests {
             "[::1:443",
         ] {
             assert_eq!(
-                parse_authority(bad).unwrap_err().code,
+                parse_authority(bad).unwrap_err().code(),
                 "bad_authority",
                 "{bad}"
             );

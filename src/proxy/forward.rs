@@ -13,12 +13,12 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use zeroize::{Zeroize, Zeroizing};
 
 use super::Shared;
-use super::error::ProxyError;
+use super::error::{ErrorKind, ProxyError};
 use super::upstream::{self, Target};
 use crate::http::body::{self, Output, RelayError};
 use crate::http::head::{self, Framing, MAX_HEAD, RequestHead};
 use crate::http::io::BufConn;
-use crate::policy::{Service, VaultPolicy, check_path};
+use crate::policy::{Service, ServiceFault, VaultPolicy, check_path};
 use crate::requestlog::Row;
 use crate::scrub::{Masker, Scrubber};
 use crate::spec::Surface;
@@ -87,17 +87,16 @@ fn prepare<'v>(
     // R1: Host must be present once and name the authority (row 1, 4).
     let host = req
         .one("host")
-        .map_err(|_| ProxyError::new(400, "bad_host", "duplicate Host header"))?;
-    let host = host.ok_or_else(|| ProxyError::new(400, "bad_host", "missing Host header"))?;
+        .map_err(|_| ProxyError::new(ErrorKind::BadHost, "duplicate Host header"))?;
+    let host = host.ok_or_else(|| ProxyError::new(ErrorKind::BadHost, "missing Host header"))?;
     let host = std::str::from_utf8(host)
-        .map_err(|_| ProxyError::new(400, "bad_host", "Host is not ASCII"))?;
+        .map_err(|_| ProxyError::new(ErrorKind::BadHost, "Host is not ASCII"))?;
     let expected = host_header(target);
     let with_port = format!("{}:{}", target.host, target.port);
     let host_norm = host.trim_end_matches('.').to_ascii_lowercase();
     if host_norm != expected && host_norm != with_port {
         return Err(ProxyError::new(
-            421,
-            "host_mismatch",
+            ErrorKind::HostMismatch,
             "the Host header does not match the CONNECT authority",
         ));
     }
@@ -115,40 +114,39 @@ fn prepare<'v>(
         let auth = auth.to_ascii_lowercase();
         if !absolute_ok && auth != expected && auth != with_port {
             return Err(ProxyError::new(
-                421,
-                "host_mismatch",
+                ErrorKind::HostMismatch,
                 "the request target names another host",
             ));
         }
         path
     } else {
         return Err(ProxyError::new(
-            400,
-            "bad_request",
+            ErrorKind::BadRequest,
             "unsupported request target",
         ));
     };
     let (path, query) = path_and_query
         .split_once('?')
         .map_or((path_and_query, None), |(p, q)| (p, Some(q)));
-    check_path(path).map_err(|m| ProxyError::new(400, "bad_path", m))?;
+    check_path(path).map_err(|m| ProxyError::new(ErrorKind::BadPath, m))?;
     let framing = head::request_framing(req)?;
     let service = vault
         .find(target.scheme, &target.host, target.port, path)
         .ok_or_else(|| super::error::no_service(&target.host, target.port, ""))?;
     if !service.enabled {
         return Err(ProxyError::new(
-            403,
-            "service_disabled",
+            ErrorKind::ServiceDisabled,
             format!("service {} is disabled", service.name),
         ));
     }
-    if let Some(code) = service.error {
-        return Err(ProxyError::new(
-            502,
-            code,
-            format!("service {} cannot open its credential", service.name),
-        ));
+    if let Some(fault) = service.error {
+        let kind = match fault {
+            ServiceFault::CredentialMissing => ErrorKind::CredentialMissing,
+            ServiceFault::CredentialIntegrity => ErrorKind::CredentialIntegrity,
+            ServiceFault::OAuthRefreshFailed => ErrorKind::OAuthRefreshFailed,
+        };
+        let m = format!("service {} cannot open its credential", service.name);
+        return Err(ProxyError::new(kind, m));
     }
     let connection: Vec<&[u8]> = req
         .headers
@@ -267,7 +265,7 @@ fn substitute<'a>(
                 sub.placeholder
             )
             .to_lowercase();
-            return Err(ProxyError::new(403, "substitution_field_denied", m));
+            return Err(ProxyError::new(ErrorKind::SubstitutionFieldDenied, m));
         }
         let value = match surface {
             Surface::Header => &sub.value,
@@ -334,8 +332,7 @@ pub async fn exchange<C: AsyncReadRent + AsyncWriteRent>(
     // Row 60: no injection goes unrecorded for longer than one batch interval.
     if !prepared.service.inject.is_empty() && !shared.log.healthy() {
         let e = ProxyError::new(
-            503,
-            "audit_unavailable",
+            ErrorKind::AuditUnavailable,
             "the request log cannot be written",
         );
         return Err(e.into());
@@ -343,8 +340,7 @@ pub async fn exchange<C: AsyncReadRent + AsyncWriteRent>(
     // Fleet mode: past `fleet_max_staleness` a revocation may not have reached this node.
     if prepared.service.drop_authorization && shared.fleet.as_ref().is_some_and(|f| f.stale()) {
         let e = ProxyError::new(
-            503,
-            "fleet_stale",
+            ErrorKind::FleetStale,
             "this node has not heard from the fleet's store for longer than fleet_max_staleness",
         );
         return Err(e.into());
@@ -417,9 +413,9 @@ impl Renewed<'_> {
         row: &mut Row,
     ) -> Result<Outcome, ExchangeError> {
         let policy = shared.policy();
-        let vault = policy
-            .vault(self.vault)
-            .ok_or_else(|| ProxyError::new(407, "vault_mismatch", "the vault no longer exists"))?;
+        let vault = policy.vault(self.vault).ok_or_else(|| {
+            ProxyError::new(ErrorKind::VaultMismatch, "the vault no longer exists")
+        })?;
         let req = head::parse_request(&self.raw_head)?;
         let prepared = prepare(&req, self.target, vault, self.absolute_ok)?;
         let key = (vault.id, self.target.clone());
@@ -532,8 +528,7 @@ impl AttemptError {
         match self {
             Self::BeforeResponse(e) => ExchangeError::Respond(e),
             Self::Unauthorized => ExchangeError::Respond(ProxyError::new(
-                502,
-                "oauth_refresh_failed",
+                ErrorKind::OAuthRefreshFailed,
                 "the upstream refused the renewed OAuth token",
             )),
             Self::After(e) => e,
@@ -605,7 +600,7 @@ async fn attempt<C: AsyncReadRent + AsyncWriteRent>(
         framing = Framing::Empty;
     }
     let unreachable = |what: &str, e: std::io::Error| {
-        ProxyError::new(502, "upstream_unreachable", format!("{what}: {e}"))
+        ProxyError::new(ErrorKind::UpstreamUnreachable, format!("{what}: {e}"))
     };
     write_secret(&mut up.conn, first)
         .await
@@ -635,12 +630,16 @@ async fn attempt<C: AsyncReadRent + AsyncWriteRent>(
         .map_err(|e| AttemptError::BeforeResponse(unreachable("flushing", e)))?;
 
     // Read the response head, skipping interim 1xx responses.
-    let upstream_error = |m: &str| ProxyError::new(502, "upstream_protocol_error", m.to_owned());
+    let upstream_error = |m: &str| ProxyError::new(ErrorKind::UpstreamProtocolError, m.to_owned());
     let mut first_head = true;
     let (head_len, resp_framing, upstream_close, out_head, status) = loop {
         let n = match read_response_head(shared, &mut up.conn).await {
             Ok(n) => n,
-            Err(e) if first_head && up.conn.buffered().is_empty() && e.status == 502 => {
+            Err(e)
+                if first_head
+                    && up.conn.buffered().is_empty()
+                    && e.kind().retry_on_fresh_connection() =>
+            {
                 return Err(AttemptError::BeforeResponse(e));
             }
             Err(e) => return Err(e.into()),
@@ -760,31 +759,27 @@ async fn read_response_head<S: AsyncReadRent>(
         }
         if conn.buffered().len() > MAX_HEAD {
             return Err(ProxyError::new(
-                502,
-                "upstream_protocol_error",
+                ErrorKind::UpstreamProtocolError,
                 "the upstream response head is too large",
             ));
         }
         match monoio::time::timeout(shared.limits().response_timeout, conn.fill()).await {
             Err(_) => {
                 return Err(ProxyError::new(
-                    504,
-                    "upstream_timeout",
+                    ErrorKind::UpstreamTimeout,
                     "the upstream did not answer in time",
                 ));
             }
             Ok(Ok(0)) => {
                 return Err(ProxyError::new(
-                    502,
-                    "upstream_protocol_error",
+                    ErrorKind::UpstreamProtocolError,
                     "the upstream closed before answering",
                 ));
             }
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
                 return Err(ProxyError::new(
-                    502,
-                    "upstream_unreachable",
+                    ErrorKind::UpstreamUnreachable,
                     format!("reading the response: {e}"),
                 ));
             }

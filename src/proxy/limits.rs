@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::error::ProxyError;
+use super::error::{ErrorKind, ProxyError};
 use crate::vault::tokens::TokenHash;
 
 /// Failed authentications per address per window before 429.
@@ -125,8 +125,7 @@ impl AgentLimits {
     fn limited(&self) -> ProxyError {
         self.refused.fetch_add(1, Ordering::Relaxed);
         ProxyError::new(
-            429,
-            "rate_limited",
+            ErrorKind::RateLimited,
             "too many requests for this agent; retry shortly",
         )
     }
@@ -211,8 +210,7 @@ impl AuthFailures {
         if self.failed(ip) {
             self.refused.fetch_add(1, Ordering::Relaxed);
             ProxyError::new(
-                429,
-                "rate_limited",
+                ErrorKind::RateLimited,
                 "too many failed authentications from this address",
             )
         } else {
@@ -231,7 +229,7 @@ mod tests {
         let t = TokenHash([1; 32]);
         let a = l.admit(t).unwrap();
         let b = l.admit(t).unwrap();
-        assert_eq!(l.admit(t).unwrap_err().code, "rate_limited"); // in flight: 2
+        assert_eq!(l.admit(t).unwrap_err().code(), "rate_limited"); // in flight: 2
         drop((a, b));
         assert!(
             l.admit(TokenHash([2; 32])).is_ok(),

@@ -26,7 +26,7 @@ use rustls_pki_types::ServerName;
 use self::probe::ProbeSwitch;
 pub use self::probe::ProbeTcp;
 use super::Shared;
-use super::error::ProxyError;
+use super::error::{ErrorKind, ProxyError};
 use crate::http::io::BufConn;
 use crate::spec::Scheme;
 
@@ -195,8 +195,7 @@ pub async fn resolve(shared: &Shared, target: &Target) -> Result<Vec<SocketAddr>
             Ok(Ok(a)) if !a.is_empty() => a,
             _ => {
                 return Err(ProxyError::new(
-                    502,
-                    "upstream_unreachable",
+                    ErrorKind::UpstreamUnreachable,
                     format!("{} does not resolve", target.host),
                 ));
             }
@@ -226,7 +225,7 @@ impl Resolve for SystemResolver {
 pub fn vet(guard: &crate::netguard::Guard, addrs: &[SocketAddr]) -> Result<(), ProxyError> {
     for a in addrs {
         guard.check(a.ip()).map_err(|b| {
-            ProxyError::new(403, "destination_blocked", b.to_string()).hint(
+            ProxyError::new(ErrorKind::DestinationBlocked, b.to_string()).hint(
                 "private and metadata addresses are refused; see --allow-private-ranges and --network-allow",
             )
         })?;
@@ -238,8 +237,7 @@ async fn dial(shared: &Shared, target: &Target) -> Result<(UpIo, ProbeSwitch), P
     let addrs = resolve(shared, target).await?;
     let unreachable = |e: io::Error| {
         ProxyError::new(
-            502,
-            "upstream_unreachable",
+            ErrorKind::UpstreamUnreachable,
             format!("connecting to {}:{}: {e}", target.host, target.port),
         )
     };
@@ -268,7 +266,10 @@ async fn dial(shared: &Shared, target: &Target) -> Result<(UpIo, ProbeSwitch), P
         Scheme::Http => Ok((UpIo::Plain(tcp), probe)),
         Scheme::Https => {
             let name = ServerName::try_from(target.host.clone()).map_err(|_| {
-                ProxyError::new(400, "bad_host", "the host is not a valid TLS server name")
+                ProxyError::new(
+                    ErrorKind::BadHost,
+                    "the host is not a valid TLS server name",
+                )
             })?;
             let connector = TlsConnector::from(shared.tunables().upstream_tls.clone());
             let tls = monoio::time::timeout(
@@ -278,15 +279,13 @@ async fn dial(shared: &Shared, target: &Target) -> Result<(UpIo, ProbeSwitch), P
             .await
             .map_err(|_| {
                 ProxyError::new(
-                    504,
-                    "upstream_timeout",
+                    ErrorKind::UpstreamTimeout,
                     "the upstream TLS handshake timed out",
                 )
             })?
             .map_err(|e| {
                 ProxyError::new(
-                    502,
-                    "upstream_tls_error",
+                    ErrorKind::UpstreamTlsError,
                     format!("TLS with {}: {e}", target.host),
                 )
             })?;
@@ -524,7 +523,7 @@ mod tests {
             )
         });
         assert!(first.is_ok(), "{first:?}");
-        assert_eq!(second.unwrap_err().code, "destination_blocked");
+        assert_eq!(second.unwrap_err().code(), "destination_blocked");
         assert_eq!(
             resolver.lookups.load(Ordering::SeqCst),
             2,
@@ -543,13 +542,13 @@ mod tests {
         let private: SocketAddr = "10.0.0.5:443".parse().unwrap();
         assert!(vet(&g, &[public]).is_ok());
         assert_eq!(
-            vet(&g, &[public, private]).unwrap_err().code,
+            vet(&g, &[public, private]).unwrap_err().code(),
             "destination_blocked"
         );
         assert_eq!(
             vet(&g, &["[::ffff:169.254.169.254]:80".parse().unwrap()])
                 .unwrap_err()
-                .code,
+                .code(),
             "destination_blocked"
         );
     }
