@@ -104,7 +104,7 @@ fn benches(c: &mut Criterion) {
         })
     });
     c.bench_function("inject_and_rebuild_head", |b| {
-        b.iter(|| airlock::proxy::forward::upstream_head(black_box(HEAD), &target, vault).unwrap())
+        b.iter(|| airlock::proxy::inject::upstream_head(black_box(HEAD), &target, vault).unwrap())
     });
     let ca_pem = std::fs::read_to_string(dir.path().join("ca.pem")).unwrap();
     let ca = certs_cache::Ca::load(

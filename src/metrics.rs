@@ -3,15 +3,13 @@
 //! Per-request figures are counted by the request-log writer from the rows it already receives
 //! (once per batch, off the hot path): requests by vault, service, status class and error code,
 //! and a latency histogram. Gauges and counters the data plane keeps anyway (open connections,
-//! in-flight requests, leaf mints and cache hits, each limiter's refusals) and the [`Counters`]
-//! bumped where things happen (upstream connections dialled or reused, open tunnels) are read
-//! at scrape time. No label ever holds a path, a query or a secret.
+//! in-flight requests, open tunnels, upstream connections dialled or reused, leaf mints and cache
+//! hits, each limiter's refusals) are read at scrape time ([`Gauges`]). No label ever holds a path, a query or a secret.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::requestlog::Row;
@@ -48,54 +46,6 @@ impl RequestMetrics {
         }
         self.count += 1;
         self.sum_seconds += secs;
-    }
-}
-
-/// Counted where it happens, with relaxed atomics (no lock on the request path).
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub upstream_dialled: AtomicU64,
-    pub upstream_reused: AtomicU64,
-    /// Pooled connections closed instead of reused: idle too long, or something arrived on them.
-    pub pool_discarded: AtomicU64,
-    /// Requests sent again on a fresh connection after a reused one failed before answering.
-    pub retried: AtomicU64,
-    /// CONNECT tunnels open now (intercepted or spliced).
-    pub tunnels: AtomicU64,
-}
-
-impl Counters {
-    pub fn upstream(&self, reused: bool) {
-        let c = if reused {
-            &self.upstream_reused
-        } else {
-            &self.upstream_dialled
-        };
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn pool_discarded(&self) {
-        self.pool_discarded.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn retried(&self) {
-        self.retried.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Counts a tunnel as open until the guard drops.
-    pub fn tunnel(&self) -> TunnelOpen<'_> {
-        self.tunnels.fetch_add(1, Ordering::Relaxed);
-        TunnelOpen(&self.tunnels)
-    }
-}
-
-/// See [`Counters::tunnel`].
-#[derive(Debug)]
-pub struct TunnelOpen<'a>(&'a AtomicU64);
-
-impl Drop for TunnelOpen<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -26,7 +26,7 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::http::head::{self, Framing};
 use crate::proxy::Shared;
 use crate::proxy::error::{ErrorKind, ProxyError};
-use crate::proxy::forward::host_header;
+use crate::proxy::inject::host_header;
 use crate::proxy::upstream::{self, Target};
 use crate::secret::{Secret, check_value};
 use crate::spec::Scheme;

@@ -1,6 +1,18 @@
-//! The data plane: per-connection handling ([`conn`]), the exchange through a matched service
-//! ([`forward`]), upstream dialing and pooling ([`upstream`]), proxy authentication ([`auth`]),
-//! error responses ([`error`]) and the agent API ([`agent_api`]).
+//! The data plane. A connection moves through named steps, each in its own file (drawn in
+//! `src/proxy/LIFECYCLE.md`):
+//!
+//! - [`connect`]: accept, the connection cap, the first head; CONNECT decided before any TLS;
+//! - [`client`]: reading heads, the one request loop, airlock's own replies;
+//! - [`request`]: the head, parsed once, that every later step reads;
+//! - [`intercept`]: the leaf, the TLS accept and the tunnel's requests;
+//! - [`tunnel`]: the opaque tunnel for unmatched hosts, when the vault allows it;
+//! - [`plain`]: plain-HTTP proxying; [`agent_api`]: origin-form requests;
+//! - [`inject`]: the authority and path checks, the service match and the upstream head;
+//! - [`exchange`]: the gates, sending upstream (pool, retry, OAuth renewal);
+//! - [`response`]: the response head and body, masked; upgraded relays;
+//! - [`log`]: the request-log entry of each request;
+//! - [`upstream`] (dialing and the pool), [`auth`], [`limits`], [`stats`], [`error`] and
+//!   [`outcome`] serve them.
 //!
 //! [`Shared`] is what every worker reads: the store (token checks), the compiled [`Policy`]
 //! (swapped whole when the vault generation changes, read per request through a per-thread copy,
@@ -10,15 +22,25 @@
 
 pub mod agent_api;
 pub mod auth;
-pub mod conn;
+mod client;
+pub mod connect;
 pub mod error;
-pub mod forward;
+mod exchange;
+pub mod inject;
+mod intercept;
 pub mod limits;
+mod log;
+pub mod outcome;
+mod plain;
+pub mod request;
+mod response;
+pub mod stats;
+mod tunnel;
 pub mod upstream;
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use certs_cache::LeafCache;
@@ -50,10 +72,6 @@ pub struct Shared {
     pub log: crate::requestlog::Sink,
     /// Set on SIGTERM/SIGINT: finish in-flight requests, take no new ones.
     pub shutdown: AtomicBool,
-    /// Requests between head and end of response.
-    pub in_flight: AtomicUsize,
-    /// Client connections open now (the cap is [`Limits::max_connections`], row 37).
-    pub connections: AtomicUsize,
     /// Bounds on-demand leaf minting (row 39), per vault, so one vault's flood of new hosts does
     /// not refuse another's (review B11).
     pub mint_limiter: limits::Buckets<String>,
@@ -62,8 +80,8 @@ pub struct Shared {
     pub refusals: limits::Buckets<crate::vault::tokens::TokenHash>,
     /// `POST /v1/tokens` per agent (review B3).
     pub token_mints: limits::Buckets<crate::vault::tokens::TokenHash>,
-    /// Counted where it happens, read by the metrics endpoint.
-    pub counters: crate::metrics::Counters,
+    /// Counted where it happens, per worker; summed by the metrics endpoint.
+    pub stats: stats::Stats,
     /// Per agent token: request rate and in-flight cap.
     pub agent_limits: limits::AgentLimits,
     /// Failed authentications per client address (row 51).
@@ -76,6 +94,59 @@ pub struct Shared {
     pub proxy_tls: Option<Arc<rustls::ServerConfig>>,
     /// Client addresses allowed to connect (`client_networks`); empty: any.
     pub client_networks: Vec<crate::config::Cidr>,
+}
+
+/// What [`Shared::new`] needs; everything else starts empty or at its default.
+#[derive(Debug)]
+pub struct Parts {
+    pub store: Store,
+    pub opener: Opener,
+    pub certs: LeafCache,
+    pub resolver: Arc<dyn upstream::Resolve>,
+    pub tunables: Tunables,
+    pub limits: Limits,
+    /// Per agent: requests per second and in flight (0: off).
+    pub agent_limits: (u32, u32),
+    pub api_base: String,
+    pub ca_pem: String,
+    pub log: crate::requestlog::Sink,
+    pub oauth: crate::oauth::Refresher,
+    /// Worker threads: each counts on its own line ([`stats::Stats`]).
+    pub workers: usize,
+}
+
+impl Shared {
+    /// The state for `parts`, with an empty policy (stored by the caller), the limiters at
+    /// their defaults, no fleet, plain TCP and any client address (set those fields after).
+    pub fn new(p: Parts) -> Self {
+        let (rate, in_flight) = p.agent_limits;
+        Self {
+            store: p.store,
+            opener: p.opener,
+            certs: p.certs,
+            policy: PolicyCell::new(Policy::default()),
+            resolver: p.resolver,
+            tunables: RwLock::new(Arc::new(p.tunables)),
+            live_limits: LiveLimits::new(p.limits),
+            api_base: p.api_base,
+            ca_pem: p.ca_pem,
+            log: p.log,
+            shutdown: AtomicBool::new(false),
+            mint_limiter: limits::Buckets::new(limits::MINT_BURST, limits::MINT_PER_SECOND),
+            refusals: limits::Buckets::new(limits::REFUSAL_BURST, limits::REFUSALS_PER_SECOND),
+            token_mints: limits::Buckets::new(
+                limits::TOKEN_MINT_BURST,
+                limits::TOKEN_MINTS_PER_SECOND,
+            ),
+            stats: stats::Stats::new(p.workers),
+            agent_limits: limits::AgentLimits::new(rate, in_flight),
+            auth_failures: limits::AuthFailures::default(),
+            oauth: p.oauth,
+            fleet: None,
+            proxy_tls: None,
+            client_networks: Vec::new(),
+        }
+    }
 }
 
 /// The compiled policy, swapped whole when the vault generation changes, and read once per
@@ -160,23 +231,6 @@ pub struct Tunables {
     pub upstream_tls: Arc<rustls::ClientConfig>,
     /// `http://host:port` of the admin UI, for `approval_url`s (none when it has no HTTP listener).
     pub admin_base: Option<String>,
-}
-
-/// Counts a request as in flight while alive.
-#[derive(Debug)]
-pub struct InFlight<'a>(&'a AtomicUsize);
-
-impl<'a> InFlight<'a> {
-    pub fn new(shared: &'a Shared) -> Self {
-        shared.in_flight.fetch_add(1, Ordering::SeqCst);
-        Self(&shared.in_flight)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 impl Shared {

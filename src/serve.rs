@@ -15,8 +15,8 @@
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock, mpsc};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use certs_cache::{Ca, LeafCache};
@@ -27,7 +27,7 @@ use crate::config::{AdminListen, Cidr, Driver, FileConfig, HumanDuration, Resolv
 use crate::logging::{LogHandle, LogLevel};
 use crate::netguard::Guard;
 use crate::policy::Policy;
-use crate::proxy::{Limits, Shared, Tunables, conn};
+use crate::proxy::{Limits, Shared, Tunables, connect};
 use crate::vault::keys::KeySources;
 use crate::vault::setup::{self, CA_CERT_FILE};
 use crate::vault::{Store, StoreOptions, VaultError};
@@ -500,34 +500,26 @@ pub fn run(
     }
     tunables.admin_base = settings.approval_base(admin_addrs.http.as_deref());
     let (oauth, oauth_inbox) = crate::oauth::channel();
-    let shared = Arc::new(Shared {
+    let parts = crate::proxy::Parts {
         store,
         opener: unlocked.opener,
         certs: LeafCache::new(ca, provider.clone(), 10_000),
-        policy: crate::proxy::PolicyCell::new(Policy::default()),
         resolver: Arc::new(crate::proxy::upstream::SystemResolver),
-        tunables: RwLock::new(Arc::new(tunables)),
-        live_limits: crate::proxy::LiveLimits::new(settings.limits),
+        tunables,
+        limits: settings.limits,
+        agent_limits: (settings.agent_rate, settings.agent_max_in_flight),
         api_base: format!("http://{local}"),
         ca_pem,
         log: crate::requestlog::start(&settings.data_dir, request_metrics.clone())?,
-        shutdown: AtomicBool::new(false),
-        in_flight: AtomicUsize::new(0),
-        connections: AtomicUsize::new(0),
-        mint_limiter: crate::proxy::limits::Buckets::new(MINT_BURST, MINT_PER_SECOND),
-        refusals: crate::proxy::limits::Buckets::new(REFUSAL_BURST, REFUSALS_PER_SECOND),
-        token_mints: crate::proxy::limits::Buckets::new(TOKEN_MINT_BURST, TOKEN_MINTS_PER_SECOND),
-        agent_limits: crate::proxy::limits::AgentLimits::new(
-            settings.agent_rate,
-            settings.agent_max_in_flight,
-        ),
-        auth_failures: crate::proxy::limits::AuthFailures::default(),
-        counters: Default::default(),
         oauth,
+        workers: settings.workers.get(),
+    };
+    let shared = Arc::new(Shared {
         fleet: fleet_node
             .map(|node| crate::follower::FleetState::new(node, settings.fleet_max_staleness)),
         proxy_tls,
         client_networks: settings.client_networks.clone(),
+        ..Shared::new(parts)
     });
     shared.prewarm(&policy);
     shared.policy.store(policy);
@@ -607,25 +599,28 @@ pub fn run(
     let metrics_addr = match settings.metrics_listen {
         AdminListen::Addr(addr) => {
             let s = shared.clone();
-            let gauges = move || crate::metrics::Gauges {
-                connections: s.connections.load(Ordering::Relaxed) as u64,
-                in_flight: s.in_flight.load(Ordering::Relaxed) as u64,
-                tunnels: s.counters.tunnels.load(Ordering::Relaxed),
-                leaf_mints: s.certs.mints(),
-                leaf_hits: s.certs.hits(),
-                upstream_dialled: s.counters.upstream_dialled.load(Ordering::Relaxed),
-                upstream_reused: s.counters.upstream_reused.load(Ordering::Relaxed),
-                pool_discarded: s.counters.pool_discarded.load(Ordering::Relaxed),
-                retried: s.counters.retried.load(Ordering::Relaxed),
-                limited_agent: s.agent_limits.refused.load(Ordering::Relaxed),
-                limited_auth: s.auth_failures.refused.load(Ordering::Relaxed),
-                limited_mint: s.mint_limiter.refused.load(Ordering::Relaxed),
-                limited_refusals: s.refusals.refused.load(Ordering::Relaxed),
-                limited_token_mints: s.token_mints.refused.load(Ordering::Relaxed),
-                fleet: s
-                    .fleet
-                    .as_ref()
-                    .map(|f| (s.policy().generation, f.contact_age().as_secs_f64())),
+            let gauges = move || {
+                let t = s.stats.totals();
+                crate::metrics::Gauges {
+                    connections: s.stats.connections.load(Ordering::Relaxed) as u64,
+                    in_flight: t.in_flight,
+                    tunnels: t.tunnels,
+                    upstream_dialled: t.upstream_dialled,
+                    upstream_reused: t.upstream_reused,
+                    pool_discarded: t.pool_discarded,
+                    retried: t.retried,
+                    leaf_mints: s.certs.mints(),
+                    leaf_hits: s.certs.hits(),
+                    limited_agent: s.agent_limits.refused.load(Ordering::Relaxed),
+                    limited_auth: s.auth_failures.refused.load(Ordering::Relaxed),
+                    limited_mint: s.mint_limiter.refused.load(Ordering::Relaxed),
+                    limited_refusals: s.refusals.refused.load(Ordering::Relaxed),
+                    limited_token_mints: s.token_mints.refused.load(Ordering::Relaxed),
+                    fleet: s
+                        .fleet
+                        .as_ref()
+                        .map(|f| (s.policy().generation, f.contact_age().as_secs_f64())),
+                }
             };
             let bound =
                 crate::metrics::serve(addr, request_metrics.clone(), gauges).map_err(|source| {
@@ -667,7 +662,7 @@ pub fn run(
         );
         shared.shutdown.store(true, Ordering::SeqCst);
         let deadline = std::time::Instant::now() + SHUTDOWN_GRACE;
-        while shared.in_flight.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
+        while shared.stats.totals().in_flight > 0 && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
         // Let the request-log writer commit its last batch.
@@ -708,18 +703,6 @@ fn publish(data_dir: &std::path::Path, proxy: SocketAddr, tls: bool) -> Option<P
 /// Per agent token defaults: 200 requests per second (burst 400) and 64 in flight.
 pub const DEFAULT_AGENT_RATE: u32 = 200;
 pub const DEFAULT_AGENT_IN_FLIGHT: u32 = 64;
-
-/// Leaves minted on demand (wildcard hosts), per vault: a burst, then this many per second
-/// (row 39).
-pub const MINT_BURST: f64 = 64.0;
-pub const MINT_PER_SECOND: f64 = 16.0;
-/// CONNECTs refused for want of a service, per agent: a burst, then this many per second; past
-/// it 429 with no request-log row (review B6).
-pub const REFUSAL_BURST: f64 = 20.0;
-pub const REFUSALS_PER_SECOND: f64 = 5.0;
-/// `POST /v1/tokens` per agent: a burst, then this many per second (review B3).
-pub const TOKEN_MINT_BURST: f64 = 10.0;
-pub const TOKEN_MINTS_PER_SECOND: f64 = 1.0;
 
 /// How long in-flight requests may take to finish after SIGTERM.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -827,6 +810,7 @@ fn bind(listen: SocketAddr, workers: usize) -> Result<Vec<StdListener>, ServeErr
 type Ready = mpsc::Sender<Result<&'static str, (usize, std::io::Error)>>;
 
 fn worker(i: usize, driver: Driver, listener: StdListener, shared: Arc<Shared>, ready: Ready) {
+    crate::proxy::stats::Stats::enter_worker(i);
     let use_uring = match driver {
         Driver::IoUring => true,
         Driver::Epoll => false,
@@ -876,7 +860,7 @@ async fn accept_loop(
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                monoio::spawn(conn::accepted(shared.clone(), stream));
+                monoio::spawn(connect::accepted(shared.clone(), stream));
             }
             Err(e) => {
                 tracing::warn!(worker = i, "accept failed: {e}");

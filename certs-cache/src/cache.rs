@@ -2,6 +2,10 @@
 //! reused by every worker. Its resolver refuses a ClientHello whose SNI names another host
 //! (security.md row 3) and serves the CONNECT host's leaf when there is no SNI. The cache is
 //! bounded; pre-warmed entries are minted before the first request.
+//!
+//! A leaf is minted outside the cache's lock: the map holds one slot per host, and concurrent
+//! first requests for a host wait on that host's slot while one of them mints (single flight), so
+//! a new host's keygen never delays a connection to a cached one.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,11 +24,21 @@ pub fn normalise(host: &str) -> String {
     host.trim_end_matches('.').to_ascii_lowercase()
 }
 
+/// One host's entry: empty until its leaf is minted; locked while minting.
+type Slot = Arc<Mutex<Option<Arc<ServerConfig>>>>;
+
+/// A host's server config, and whether this call minted its leaf.
+#[derive(Debug)]
+pub struct CachedLeaf {
+    pub config: Arc<ServerConfig>,
+    pub minted: bool,
+}
+
 /// Shared, bounded cache of per-host TLS server configs.
 pub struct LeafCache {
     ca: Ca,
     provider: Arc<CryptoProvider>,
-    map: Mutex<HashMap<String, Arc<ServerConfig>>>,
+    map: Mutex<HashMap<String, Slot>>,
     capacity: usize,
     mints: AtomicU64,
     hits: AtomicU64,
@@ -60,31 +74,44 @@ impl LeafCache {
         self.hits.load(Ordering::Relaxed)
     }
 
+    /// Whether `host`'s leaf is minted (a host being minted now is not, yet).
     pub fn contains(&self, host: &str) -> bool {
-        self.map
-            .lock()
-            .map(|m| m.contains_key(&normalise(host)))
-            .unwrap_or(false)
+        let slot = match self.map.lock() {
+            Ok(map) => map.get(&normalise(host)).cloned(),
+            Err(_) => None,
+        };
+        slot.is_some_and(|s| s.try_lock().is_ok_and(|c| c.is_some()))
     }
 
-    /// The server config for `host`, minting its leaf on first use. A miss mints while holding
-    /// the lock, so concurrent first requests for one host mint exactly one leaf; hits only
-    /// clone an `Arc`.
-    pub fn server_config(&self, host: &str) -> Result<Arc<ServerConfig>, CertError> {
+    /// The server config for `host`, minting its leaf on first use. The cache's lock is held
+    /// only to find the host's slot; the mint holds that slot alone, so concurrent first requests
+    /// for one host mint exactly one leaf and other hosts are not held up.
+    pub fn server_config(&self, host: &str) -> Result<CachedLeaf, CertError> {
         let host = normalise(host);
-        let mut map = self.map.lock().map_err(|_| CertError::Poisoned)?;
-        if let Some(c) = map.get(&host) {
+        let slot = {
+            let mut map = self.map.lock().map_err(|_| CertError::Poisoned)?;
+            if !map.contains_key(&host)
+                && map.len() >= self.capacity
+                && let Some(victim) = map.keys().next().cloned()
+            {
+                map.remove(&victim);
+            }
+            map.entry(host.clone()).or_default().clone()
+        };
+        let mut slot = slot.lock().map_err(|_| CertError::Poisoned)?;
+        if let Some(config) = &*slot {
             self.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(c.clone());
+            return Ok(CachedLeaf {
+                config: config.clone(),
+                minted: false,
+            });
         }
         let config = self.mint(&host)?;
-        if map.len() >= self.capacity
-            && let Some(victim) = map.keys().next().cloned()
-        {
-            map.remove(&victim);
-        }
-        map.insert(host, config.clone());
-        Ok(config)
+        *slot = Some(config.clone());
+        Ok(CachedLeaf {
+            config,
+            minted: true,
+        })
     }
 
     fn mint(&self, host: &str) -> Result<Arc<ServerConfig>, CertError> {
@@ -145,8 +172,33 @@ mod tests {
         let c = cache(10);
         let a = c.server_config("API.Example.com.").unwrap();
         let b = c.server_config("api.example.com").unwrap();
-        assert!(Arc::ptr_eq(&a, &b));
+        assert!(Arc::ptr_eq(&a.config, &b.config));
+        assert!(a.minted && !b.minted);
         assert_eq!(c.mints(), 1);
+    }
+
+    /// A mint holds only its host's slot: a cached host is served while another host mints.
+    #[test]
+    fn a_mint_does_not_hold_up_other_hosts() {
+        let c = Arc::new(cache(10));
+        c.server_config("cached.example.com").unwrap();
+        let slot = c
+            .map
+            .lock()
+            .unwrap()
+            .entry("slow.example.com".into())
+            .or_default()
+            .clone();
+        let minting = slot.lock().unwrap();
+        let other = c.clone();
+        let served = std::thread::spawn(move || other.server_config("cached.example.com").unwrap())
+            .join()
+            .unwrap();
+        assert!(!served.minted);
+        assert!(!c.contains("slow.example.com"), "not cached until minted");
+        drop(minting);
+        assert!(c.server_config("slow.example.com").unwrap().minted);
+        assert!(c.contains("slow.example.com"));
     }
 
     #[test]

@@ -13,8 +13,9 @@ use serde_json::{Value, json};
 use super::Shared;
 use super::auth::{self, Identity};
 use super::error::{ErrorKind, ProxyError};
-use super::forward::{ExchangeError, Outcome};
-use crate::http::head::{self, Framing};
+use super::outcome::{ExchangeError, Outcome};
+use super::request::Request;
+use crate::http::head::Framing;
 use crate::http::io::BufConn;
 use crate::vault::now;
 use crate::vault::records::{ProposalRecord, ProposalStatus, ServiceChange};
@@ -35,34 +36,30 @@ struct ApiRequest {
     body: Vec<u8>,
 }
 
-pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
+/// Answers one agent-API request.
+pub(super) async fn handle<C: AsyncReadRent + AsyncWriteRent>(
     shared: &Arc<Shared>,
     client: &mut BufConn<C>,
-    n: usize,
+    r: &Request,
     peer: IpAddr,
 ) -> Result<Outcome, ExchangeError> {
-    let (mut req, framing) = {
-        let r = head::parse_request(&client.buffered()[..n])?;
-        let auth = r
-            .one("authorization")?
-            .or(r.one("proxy-authorization")?)
-            .map(<[u8]>::to_vec);
-        let hint = r
-            .one("x-airlock-vault")?
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .map(str::to_owned);
-        let req = ApiRequest {
-            method: r.method.to_owned(),
-            path: r.target.split('?').next().unwrap_or_default().to_owned(),
-            auth,
-            vault_hint: hint,
-            close: head::wants_close(r.version, &r.headers),
-            body: Vec::new(),
-        };
-        (req, head::request_framing(&r)?)
+    let auth = r
+        .one("authorization")?
+        .or(r.one("proxy-authorization")?)
+        .map(<[u8]>::to_vec);
+    let hint = r
+        .one("x-airlock-vault")?
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .map(str::to_owned);
+    let mut req = ApiRequest {
+        method: r.method().to_owned(),
+        path: r.path().to_owned(),
+        auth,
+        vault_hint: hint,
+        close: r.wants_close(),
+        body: Vec::new(),
     };
-    client.consume(n);
-    match framing {
+    match r.framing()? {
         Framing::Empty => {}
         Framing::Length(len) if len <= MAX_BODY => {
             while (client.buffered().len() as u64) < len {
@@ -102,11 +99,7 @@ pub async fn handle<C: AsyncReadRent + AsyncWriteRent>(
         .await
         .map_err(|_| ExchangeError::Abort)?;
     client.flush().await.map_err(|_| ExchangeError::Abort)?;
-    Ok(if close {
-        Outcome::Close
-    } else {
-        Outcome::KeepAlive
-    })
+    Ok(Outcome::after(close))
 }
 
 type Reply = (u16, &'static str, Vec<u8>);
@@ -293,8 +286,8 @@ fn proposal_json(shared: &Shared, p: &ProposalRecord) -> Value {
         "reason": p.reason,
         "services": services,
         "credentials": credentials,
-        "created_at": crate::cli::rfc3339(p.created_at),
-        "expires_at": crate::cli::rfc3339(p.expires_at),
+        "created_at": crate::vault::rfc3339(p.created_at),
+        "expires_at": crate::vault::rfc3339(p.expires_at),
         "approval_url": shared.approval_url(p.id),
         "approve_with": format!("airlock proposal approve {}", p.id),
     })
@@ -336,6 +329,6 @@ fn mint(shared: &Shared, id: &Identity, body: &[u8]) -> Result<Reply, ProxyError
     let token = String::from_utf8_lossy(minted.token.expose()).into_owned();
     json_reply(
         201,
-        json!({"token": token, "vault": id.vault, "expires_at": crate::cli::rfc3339(expires_at)}),
+        json!({"token": token, "vault": id.vault, "expires_at": crate::vault::rfc3339(expires_at)}),
     )
 }

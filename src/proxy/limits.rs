@@ -5,28 +5,84 @@
 //! for what is limited apart from requests: leaf mints per vault, refused CONNECTs and scoped-token
 //! mints per agent.
 //!
-//! All are small maps behind a mutex taken once per request (or per failure, mint or refusal);
-//! with the defaults turned off (rate 0, cap 0) the per-agent path takes no lock at all.
+//! A request takes no lock: its connection found the agent's atomics once ([`AgentLimits::bucket`]);
+//! the maps behind mutexes are used once per connection, failure, mint or refusal.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::error::{ErrorKind, ProxyError};
 use crate::vault::tokens::TokenHash;
 
+/// Leaves minted on demand (wildcard hosts), per vault: a burst, then this many per second
+/// (row 39).
+pub const MINT_BURST: f64 = 64.0;
+pub const MINT_PER_SECOND: f64 = 16.0;
+/// CONNECTs refused for want of a service, per agent: a burst, then this many per second; past
+/// it 429 with no request-log row (review B6).
+pub const REFUSAL_BURST: f64 = 20.0;
+pub const REFUSALS_PER_SECOND: f64 = 5.0;
+/// `POST /v1/tokens` per agent: a burst, then this many per second (review B3).
+pub const TOKEN_MINT_BURST: f64 = 10.0;
+pub const TOKEN_MINTS_PER_SECOND: f64 = 1.0;
 /// Failed authentications per address per window before 429.
 pub const AUTH_FAILURES: u32 = 20;
 const AUTH_WINDOW: Duration = Duration::from_secs(60);
 
-/// Token buckets by key: `burst` at once, then `rate` per second, for each key apart.
+/// A token bucket in one atomic (GCRA: the time at which the bucket would be full again): `burst`
+/// takes at once, then one per `1 / rate` seconds. Taking is one compare-and-swap, no lock.
+#[derive(Debug, Default)]
+pub struct Cell {
+    /// Nanoseconds since the limiter's epoch at which the bucket is full again.
+    full_at: AtomicU64,
+}
+
+impl Cell {
+    /// Takes one token at `now` (nanoseconds since the epoch) if there is one.
+    fn try_take(&self, now: u64, burst: f64, rate: f64) -> bool {
+        let interval = (1e9 / rate) as u64;
+        let window = (burst * 1e9 / rate) as u64;
+        let mut full_at = self.full_at.load(Ordering::Relaxed);
+        loop {
+            let next = full_at.max(now).saturating_add(interval);
+            if next - now > window {
+                return false;
+            }
+            match self.full_at.compare_exchange_weak(
+                full_at,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(seen) => full_at = seen,
+            }
+        }
+    }
+
+    /// Whether the bucket is full at `now` (nothing worth keeping).
+    fn is_full(&self, now: u64) -> bool {
+        self.full_at.load(Ordering::Relaxed) <= now
+    }
+}
+
+/// Nanoseconds since `epoch`.
+fn since(epoch: Instant) -> u64 {
+    epoch.elapsed().as_nanos() as u64
+}
+
+/// Token buckets by key: `burst` at once, then `rate` per second, for each key apart. For what
+/// happens once per connection or less (leaf mints, refused CONNECTs, token mints): the map is
+/// behind a mutex.
 #[derive(Debug)]
 pub struct Buckets<K> {
     burst: f64,
     rate: f64,
-    map: Mutex<HashMap<K, (f64, Instant)>>,
+    epoch: Instant,
+    map: Mutex<HashMap<K, Cell>>,
     /// Takes refused, for metrics.
     pub refused: AtomicU64,
 }
@@ -36,6 +92,7 @@ impl<K: std::hash::Hash + Eq + Clone> Buckets<K> {
         Self {
             burst,
             rate,
+            epoch: Instant::now(),
             map: Mutex::new(HashMap::new()),
             refused: AtomicU64::new(0),
         }
@@ -44,53 +101,51 @@ impl<K: std::hash::Hash + Eq + Clone> Buckets<K> {
     /// Takes one token from `key`'s bucket if there is one.
     pub fn try_take(&self, key: &K) -> bool {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
+        let now = since(self.epoch);
         if map.len() > 100_000 {
-            // Buckets full again hold nothing worth keeping.
-            let (burst, rate) = (self.burst, self.rate);
-            map.retain(|_, (t, last)| *t + now.duration_since(*last).as_secs_f64() * rate < burst);
+            map.retain(|_, c| !c.is_full(now));
         }
-        let (tokens, last) = map.entry(key.clone()).or_insert((self.burst, now));
-        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate).min(self.burst);
-        *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
+        let taken = map
+            .entry(key.clone())
+            .or_default()
+            .try_take(now, self.burst, self.rate);
+        if !taken {
             self.refused.fetch_add(1, Ordering::Relaxed);
-            false
         }
+        taken
     }
 }
 
 /// Per agent (or per token, for a scoped token that belongs to no agent; see
 /// [`crate::proxy::auth::Identity::limit_key`]): `rate` requests per second with a burst of twice
-/// that, and at most `max_in_flight` at once. Zero turns a limit off. [`AgentLimits::set`] changes both on a
-/// config reload, keeping every bucket and in-flight count.
+/// that, and at most `max_in_flight` at once. Zero turns a limit off. [`AgentLimits::set`]
+/// changes both on a config reload, keeping every bucket and in-flight count.
+///
+/// A connection looks its agent's [`AgentBucket`] up once ([`AgentLimits::bucket`], the only
+/// lock); each request then costs one compare-and-swap and an in-flight count on the agent's
+/// own atomics.
 #[derive(Debug)]
 pub struct AgentLimits {
     rate: AtomicU32,
     max_in_flight: AtomicU32,
     /// Fleet mode: the live nodes sharing the budget; each enforces its share (at least 1).
     share: AtomicU32,
-    map: Mutex<HashMap<TokenHash, Bucket>>,
+    epoch: Instant,
+    map: Mutex<HashMap<TokenHash, Arc<AgentBucket>>>,
     /// Requests refused, for metrics.
     pub refused: AtomicU64,
 }
 
-#[derive(Debug)]
-struct Bucket {
-    tokens: f64,
-    last: Instant,
-    in_flight: u32,
+/// One agent's budget, shared by all its connections.
+#[derive(Debug, Default)]
+pub struct AgentBucket {
+    rate: Cell,
+    in_flight: AtomicU32,
 }
 
 /// Holds one in-flight slot until dropped.
 #[derive(Debug)]
-pub struct Permit<'a> {
-    limits: &'a AgentLimits,
-    token: Option<TokenHash>,
-}
+pub struct Permit<'a>(Option<&'a AgentBucket>);
 
 impl AgentLimits {
     pub fn new(rate: u32, max_in_flight: u32) -> Self {
@@ -98,6 +153,7 @@ impl AgentLimits {
             rate: AtomicU32::new(rate),
             max_in_flight: AtomicU32::new(max_in_flight),
             share: AtomicU32::new(1),
+            epoch: Instant::now(),
             map: Mutex::new(HashMap::new()),
             refused: AtomicU64::new(0),
         }
@@ -122,6 +178,13 @@ impl AgentLimits {
         self.share.load(Ordering::Relaxed)
     }
 
+    /// The budget of `key` (an [`crate::proxy::auth::Identity::limit_key`]): looked up once per
+    /// connection.
+    pub fn bucket(&self, key: TokenHash) -> Arc<AgentBucket> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(key).or_default().clone()
+    }
+
     fn limited(&self) -> ProxyError {
         self.refused.fetch_add(1, Ordering::Relaxed);
         ProxyError::new(
@@ -130,53 +193,30 @@ impl AgentLimits {
         )
     }
 
-    /// Admits one request for `token`, or refuses it with 429.
-    pub fn admit(&self, token: TokenHash) -> Result<Permit<'_>, ProxyError> {
+    /// Admits one request against `bucket`, or refuses it with 429.
+    pub fn admit<'b>(&self, bucket: &'b AgentBucket) -> Result<Permit<'b>, ProxyError> {
         let share = self.share.load(Ordering::Relaxed).max(1);
         let rate = f64::from(self.rate.load(Ordering::Relaxed)) / f64::from(share);
         let max_in_flight = self.max_in_flight.load(Ordering::Relaxed).div_ceil(share);
         if rate == 0.0 && max_in_flight == 0 {
-            return Ok(Permit {
-                limits: self,
-                token: None,
-            });
+            return Ok(Permit(None));
         }
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        let burst = rate * 2.0;
-        let b = map.entry(token).or_insert(Bucket {
-            tokens: burst,
-            last: now,
-            in_flight: 0,
-        });
-        if rate > 0.0 {
-            b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * rate).min(burst);
-            b.last = now;
-            if b.tokens < 1.0 {
-                return Err(self.limited());
-            }
-        }
-        if max_in_flight > 0 && b.in_flight >= max_in_flight {
+        let permit = Permit(Some(bucket));
+        let before = bucket.in_flight.fetch_add(1, Ordering::Relaxed);
+        if max_in_flight > 0 && before >= max_in_flight {
             return Err(self.limited());
         }
-        if rate > 0.0 {
-            b.tokens -= 1.0;
+        if rate > 0.0 && !bucket.rate.try_take(since(self.epoch), rate * 2.0, rate) {
+            return Err(self.limited());
         }
-        b.in_flight += 1;
-        Ok(Permit {
-            limits: self,
-            token: Some(token),
-        })
+        Ok(permit)
     }
 }
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
-        if let Some(t) = self.token {
-            let mut map = self.limits.map.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(b) = map.get_mut(&t) {
-                b.in_flight = b.in_flight.saturating_sub(1);
-            }
+        if let Some(b) = self.0 {
+            b.in_flight.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
@@ -226,18 +266,22 @@ mod tests {
     #[test]
     fn bucket_and_in_flight_cap() {
         let l = AgentLimits::new(1, 2);
-        let t = TokenHash([1; 32]);
-        let a = l.admit(t).unwrap();
-        let b = l.admit(t).unwrap();
-        assert_eq!(l.admit(t).unwrap_err().code(), "rate_limited"); // in flight: 2
+        let t = l.bucket(TokenHash([1; 32]));
+        let a = l.admit(&t).unwrap();
+        let b = l.admit(&t).unwrap();
+        assert_eq!(l.admit(&t).unwrap_err().code(), "rate_limited"); // in flight: 2
         drop((a, b));
         assert!(
-            l.admit(TokenHash([2; 32])).is_ok(),
+            l.admit(&l.bucket(TokenHash([2; 32]))).is_ok(),
             "another token has its own bucket"
+        );
+        assert!(
+            Arc::ptr_eq(&t, &l.bucket(TokenHash([1; 32]))),
+            "one bucket per agent, whatever the connection"
         );
         let off = AgentLimits::new(0, 0);
         for _ in 0..1000 {
-            let _ = off.admit(t).unwrap();
+            let _ = off.admit(&t).unwrap();
         }
     }
 
@@ -247,16 +291,16 @@ mod tests {
     fn fleet_nodes_share_the_budget() {
         let l = AgentLimits::new(30, 4);
         l.set_share(3);
-        let t = TokenHash([3; 32]);
-        let held: Vec<_> = (0..2).map(|_| l.admit(t).unwrap()).collect();
-        assert!(l.admit(t).is_err(), "in flight: 4 / 3 rounded up is 2");
+        let t = l.bucket(TokenHash([3; 32]));
+        let held: Vec<_> = (0..2).map(|_| l.admit(&t).unwrap()).collect();
+        assert!(l.admit(&t).is_err(), "in flight: 4 / 3 rounded up is 2");
         drop(held);
-        let fresh = TokenHash([5; 32]);
-        let admitted = (0..100).filter(|_| l.admit(fresh).is_ok()).count();
+        let fresh = l.bucket(TokenHash([5; 32]));
+        let admitted = (0..100).filter(|_| l.admit(&fresh).is_ok()).count();
         assert_eq!(admitted, 20, "burst: twice a third of 30 per second");
         l.set_share(1);
-        let u = TokenHash([4; 32]);
-        assert_eq!((0..100).filter(|_| l.admit(u).is_ok()).count(), 60);
+        let u = l.bucket(TokenHash([4; 32]));
+        assert_eq!((0..100).filter(|_| l.admit(&u).is_ok()).count(), 60);
     }
 
     #[test]
@@ -268,6 +312,23 @@ mod tests {
         std::thread::sleep(Duration::from_millis(5));
         assert!(b.try_take(&"a"), "refilled");
         assert_eq!(b.refused.load(Ordering::Relaxed), 1);
+    }
+
+    /// Many threads taking from one bucket at once get exactly its burst.
+    #[test]
+    fn lock_free_bucket_takes_exactly_the_burst() {
+        let l = Arc::new(AgentLimits::new(1, 0));
+        let b = l.bucket(TokenHash([6; 32]));
+        let taken: usize = (0..8)
+            .map(|_| {
+                let (l, b) = (l.clone(), b.clone());
+                std::thread::spawn(move || (0..50).filter(|_| l.admit(&b).is_ok()).count())
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .sum();
+        assert_eq!(taken, 2, "burst: twice 1 per second");
     }
 
     #[test]

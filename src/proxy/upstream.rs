@@ -123,14 +123,14 @@ pub async fn get(shared: &Shared, key: &PoolKey) -> Result<Upstream, ProxyError>
     let max_idle = shared.limits().pool_idle;
     while let Some(mut idle) = POOL.with(|p| p.borrow_mut().get_mut(key).and_then(Vec::pop)) {
         if idle.since.elapsed() < max_idle && clean(&mut idle.conn, &idle.probe).await {
-            shared.counters.upstream(true);
+            shared.stats.upstream(true);
             return Ok(Upstream {
                 conn: idle.conn,
                 reused: true,
                 probe: idle.probe,
             });
         }
-        shared.counters.pool_discarded();
+        shared.stats.pool_discarded();
     }
     dial_new(shared, &key.1).await
 }
@@ -147,7 +147,7 @@ async fn clean(conn: &mut BufConn<UpIo>, probe: &ProbeSwitch) -> bool {
 
 /// Dials a new connection, bypassing the pool.
 pub async fn dial_new(shared: &Shared, target: &Target) -> Result<Upstream, ProxyError> {
-    shared.counters.upstream(false);
+    shared.stats.upstream(false);
     let (io, probe) = dial(shared, target).await?;
     Ok(Upstream {
         conn: BufConn::new(io),
@@ -233,7 +233,9 @@ pub fn vet(guard: &crate::netguard::Guard, addrs: &[SocketAddr]) -> Result<(), P
     Ok(())
 }
 
-async fn dial(shared: &Shared, target: &Target) -> Result<(UpIo, ProbeSwitch), ProxyError> {
+/// Resolves and vets `target`'s addresses and connects to the first that answers in time (the
+/// opaque tunnel's dial, and the first half of every upstream's).
+pub async fn connect_tcp(shared: &Shared, target: &Target) -> Result<TcpStream, ProxyError> {
     let addrs = resolve(shared, target).await?;
     let unreachable = |e: io::Error| {
         ProxyError::new(
@@ -260,6 +262,11 @@ async fn dial(shared: &Shared, target: &Target) -> Result<(UpIo, ProbeSwitch), P
     }
     let tcp =
         tcp.ok_or_else(|| unreachable(last.unwrap_or_else(|| io::Error::other("no address"))))?;
+    Ok(tcp)
+}
+
+async fn dial(shared: &Shared, target: &Target) -> Result<(UpIo, ProbeSwitch), ProxyError> {
+    let tcp = connect_tcp(shared, target).await?;
     let _ = tcp.set_nodelay(true);
     let (tcp, probe) = ProbeTcp::new(tcp);
     match target.scheme {
@@ -451,39 +458,28 @@ mod tests {
             unlocked.ca_key_pkcs8_der.expose(),
         )
         .unwrap();
-        Shared {
+        Shared::new(super::super::Parts {
             store,
             opener: unlocked.opener,
             certs: certs_cache::LeafCache::new(ca, provider.clone(), 4),
-            policy: super::super::PolicyCell::new(Default::default()),
             resolver,
-            tunables: std::sync::RwLock::new(Arc::new(super::super::Tunables {
+            tunables: super::super::Tunables {
                 guard,
                 resolve: vec![],
                 upstream_tls: Arc::new(client_config(provider, None).unwrap()),
                 admin_base: None,
-            })),
-            live_limits: LiveLimits::new(Limits {
+            },
+            limits: Limits {
                 max_connections: 4,
                 ..Limits::default()
-            }),
+            },
+            agent_limits: (0, 0),
             api_base: String::new(),
             ca_pem,
             log: crate::requestlog::Sink::discard(),
-            shutdown: false.into(),
-            in_flight: 0.into(),
-            connections: 0.into(),
-            mint_limiter: super::super::limits::Buckets::new(1.0, 1.0),
-            refusals: super::super::limits::Buckets::new(1.0, 1.0),
-            token_mints: super::super::limits::Buckets::new(1.0, 1.0),
-            counters: Default::default(),
-            agent_limits: super::super::limits::AgentLimits::new(0, 0),
-            auth_failures: Default::default(),
             oauth: crate::oauth::channel().0,
-            fleet: None,
-            proxy_tls: None,
-            client_networks: Vec::new(),
-        }
+            workers: 1,
+        })
     }
 
     /// security.md row 32 (E-03): DNS rebinding. Each dial looks the name up once and connects

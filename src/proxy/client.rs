@@ -1,0 +1,139 @@
+//! The client side of a connection: reading request heads (with the slowloris and size limits),
+//! the one request loop that plain-HTTP, agent-API and intercepted connections share
+//! ([`requests`]), and the replies airlock writes itself (errors, `200 Connection established`).
+//! What a request means is up to the step the loop hands it to.
+
+use std::time::{Duration, Instant};
+
+use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
+
+use super::Shared;
+use super::error::ProxyError;
+use super::outcome::{ExchangeError, Outcome};
+use super::request::Request;
+use super::response;
+use crate::http::HttpError;
+use crate::http::head::{self, MAX_HEAD};
+use crate::http::io::BufConn;
+
+/// Waits for a complete head and takes it out of the buffer: `Ok(None)` on a clean close or a
+/// timeout (slowloris, row 35). Parsing is the caller's, where a failure is answered.
+pub(super) async fn read_head<S: AsyncReadRent>(
+    shared: &Shared,
+    conn: &mut BufConn<S>,
+    idle: Duration,
+) -> Result<Option<Vec<u8>>, ProxyError> {
+    let started = Instant::now();
+    loop {
+        if let Some(n) = head::find_end(conn.buffered()) {
+            if n > MAX_HEAD {
+                return Err(HttpError::HeadersTooLarge(MAX_HEAD).into());
+            }
+            let raw = conn.buffered()[..n].to_vec();
+            conn.consume(n);
+            return Ok(Some(raw));
+        }
+        if conn.buffered().len() > MAX_HEAD {
+            return Err(HttpError::HeadersTooLarge(MAX_HEAD).into());
+        }
+        let limit = if conn.buffered().is_empty() {
+            idle
+        } else {
+            shared.limits().header_timeout
+        };
+        let left = limit.saturating_sub(started.elapsed());
+        match monoio::time::timeout(left, conn.fill()).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Ok(None),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// What the step given a request wants the loop to do next.
+#[derive(Debug)]
+pub(super) enum Next {
+    /// The exchange ended; read the next request unless it said to close.
+    Done(Result<Outcome, ExchangeError>),
+    /// The connection leaves the loop with this request (a CONNECT on a plain connection).
+    HandOff(Request),
+}
+
+/// Serves requests on `conn` until it closes: each head is handed to `step` while counted in
+/// flight; an error is answered and closes the connection; a WebSocket upgrade becomes a relay.
+/// Returns the connection and the request of a [`Next::HandOff`].
+pub(super) async fn requests<S, F>(
+    shared: &Shared,
+    mut conn: BufConn<S>,
+    mut step: F,
+) -> Option<(BufConn<S>, Request)>
+where
+    S: Split + AsyncReadRent + AsyncWriteRent,
+    F: AsyncFnMut(&mut BufConn<S>, Vec<u8>) -> Next,
+{
+    loop {
+        let raw = match read_head(shared, &mut conn, shared.limits().idle_timeout).await {
+            Ok(Some(raw)) => raw,
+            Ok(None) => return None,
+            Err(e) => {
+                reply_and_close(&mut conn, &e).await;
+                return None;
+            }
+        };
+        if shared.shutting_down() {
+            return None;
+        }
+        let in_flight = shared.stats.in_flight();
+        let result = match step(&mut conn, raw).await {
+            Next::Done(result) => result,
+            Next::HandOff(raw) => return Some((conn, raw)),
+        };
+        drop(in_flight);
+        match result {
+            Ok(Outcome::KeepAlive) => {}
+            Ok(Outcome::Upgraded(up, secrets)) => {
+                response::upgraded(conn, up, &secrets).await;
+                return None;
+            }
+            Ok(Outcome::Close) | Err(ExchangeError::Abort) => return None,
+            Err(ExchangeError::Respond(e)) => {
+                reply_and_close(&mut conn, &e).await;
+                return None;
+            }
+        }
+    }
+}
+
+/// Answers with an error and closes. The close lingers: what the client is still sending is
+/// read and dropped for a moment, because closing with unread data makes the kernel send a
+/// reset that can destroy the response before the client reads it (a 431 to a client still
+/// writing its oversized head, say).
+pub(super) async fn reply_and_close<S: AsyncReadRent + AsyncWriteRent>(
+    conn: &mut BufConn<S>,
+    e: &ProxyError,
+) {
+    const LINGER: Duration = Duration::from_millis(500);
+    const DRAIN: usize = 1024 * 1024;
+    let _ = conn.write_all(e.response(true)).await;
+    let _ = conn.flush().await;
+    let _ = conn.io.shutdown().await;
+    let until = Instant::now() + LINGER;
+    let mut drained = conn.buffered().len();
+    conn.consume(drained);
+    while drained < DRAIN {
+        let left = until.saturating_duration_since(Instant::now());
+        match monoio::time::timeout(left, conn.fill()).await {
+            Ok(Ok(n)) if n > 0 => {
+                drained += n;
+                let all = conn.buffered().len();
+                conn.consume(all);
+            }
+            _ => return,
+        }
+    }
+}
+
+/// Answers a CONNECT with 200; false when the client is gone.
+pub(super) async fn established<S: AsyncWriteRent>(client: &mut BufConn<S>) -> bool {
+    const ESTABLISHED: &[u8] = b"HTTP/1.1 200 Connection established\r\n\r\n";
+    client.write_all(ESTABLISHED).await.is_ok()
+}

@@ -1,0 +1,207 @@
+//! Accepting a client connection and its first request: the connection cap (row 37),
+//! `client_networks`, the TLS proxy port, then the first head decides. `CONNECT` authenticates
+//! and is intercepted, tunnelled or denied before any TLS ([`connect`]); absolute-form `http://`
+//! is plain proxying ([`super::plain`]); origin-form is the agent API ([`super::agent_api`]).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
+use monoio::net::TcpStream;
+use monoio_rustls::TlsAcceptor;
+
+use super::client::{self, Next, reply_and_close};
+use super::error::{ErrorKind, ProxyError, no_service};
+use super::log::refuse_unmatched;
+use super::request::Request;
+use super::upstream::Target;
+use super::{Shared, agent_api, auth, intercept, plain, tunnel};
+use crate::http::io::BufConn;
+use crate::spec::Scheme;
+use crate::vault::UnmatchedPolicy;
+
+/// Admits an accepted connection under the connection cap (row 37): over it, the new connection
+/// gets 503 `overloaded` and open ones are unaffected.
+pub async fn accepted(shared: Arc<Shared>, tcp: TcpStream) {
+    let open = shared.stats.connections.fetch_add(1, Ordering::Relaxed);
+    if open >= shared.limits().max_connections {
+        let mut conn = BufConn::new(tcp);
+        let e = ProxyError::new(ErrorKind::Overloaded, "too many connections; retry shortly");
+        reply_and_close(&mut conn, &e).await;
+    } else {
+        serve(shared.clone(), tcp).await;
+    }
+    shared.stats.connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Serves one accepted TCP connection: refused at once when `client_networks` does not hold its
+/// address; through TLS first when the proxy port speaks TLS (`proxy_tls_names` or
+/// `proxy_tls_cert`), so a token sent to it never crosses a network in clear text.
+async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
+    let _ = tcp.set_nodelay(true);
+    let peer = tcp
+        .peer_addr()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+    if !shared.client_networks.is_empty()
+        && !shared.client_networks.iter().any(|n| n.contains(peer))
+    {
+        return;
+    }
+    let Some(tls) = shared.proxy_tls.clone() else {
+        return serve_io(shared, tcp, peer).await;
+    };
+    let accepted = monoio::time::timeout(
+        shared.limits().header_timeout,
+        TlsAcceptor::from(tls).accept(tcp),
+    )
+    .await;
+    if let Ok(Ok(io)) = accepted {
+        serve_io(shared, io, peer).await;
+    }
+}
+
+/// The requests of one client connection, plain or TLS, until one is a CONNECT.
+async fn serve_io<S: Split + AsyncReadRent + AsyncWriteRent + 'static>(
+    shared: Arc<Shared>,
+    io: S,
+    peer: IpAddr,
+) {
+    let s = &shared;
+    let handed = client::requests(s, BufConn::new(io), async |client, raw| {
+        let req = match Request::parse(raw) {
+            Ok(req) => req,
+            Err(e) => return Next::Done(Err(ProxyError::from(e).into())),
+        };
+        if req.method() == "CONNECT" {
+            return Next::HandOff(req);
+        }
+        let absolute = req.target().starts_with("http://") || req.target().starts_with("https://");
+        Next::Done(if absolute {
+            plain::serve(s, client, &req, peer).await
+        } else {
+            agent_api::handle(s, client, &req, peer).await
+        })
+    })
+    .await;
+    if let Some((client, req)) = handed {
+        connect(shared, client, req, peer).await;
+    }
+}
+
+/// Parses a CONNECT authority strictly: `host:port`, a DNS name or IP literal, port 1-65535
+/// without sign (row 5). Returns the lowercase host without a trailing dot.
+pub fn parse_authority(authority: &str) -> Result<(String, u16), ProxyError> {
+    let bad = |m: &str| ProxyError::new(ErrorKind::BadAuthority, m.to_owned());
+    let (host, port) = authority
+        .rsplit_once(':')
+        .ok_or_else(|| bad("the CONNECT target must be host:port"))?;
+    if port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad("the port must be 1-65535"));
+    }
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|&p| p != 0)
+        .ok_or_else(|| bad("the port must be 1-65535"))?;
+    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        let ip: Ipv6Addr = v6.parse().map_err(|_| bad("invalid IPv6 literal"))?;
+        return Ok((ip.to_string(), port));
+    }
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    if host.parse::<Ipv4Addr>().is_ok() {
+        return Ok((host, port));
+    }
+    crate::spec::host::check_dns_name(&host).map_err(|e| bad(&e))?;
+    Ok((host, port))
+}
+
+/// A CONNECT: the authority is checked (row 5) and the token authenticated before anything
+/// else; then a host with a service is intercepted, and any other host is denied at once
+/// (row 28: before any TLS or DNS) or tunnelled, as the vault says.
+async fn connect<S: Split + AsyncReadRent + AsyncWriteRent + 'static>(
+    shared: Arc<Shared>,
+    mut client: BufConn<S>,
+    req: Request,
+    peer: IpAddr,
+) {
+    let auth_header = match req.one("proxy-authorization") {
+        Ok(h) => h,
+        Err(e) => return reply_and_close(&mut client, &e.into()).await,
+    };
+    let (host, port) = match parse_authority(req.target()) {
+        Ok(a) => a,
+        Err(e) => return reply_and_close(&mut client, &e).await,
+    };
+    let id = match auth::authenticate_first(&shared, auth_header, None).await {
+        Ok(id) => id,
+        Err(e) => {
+            let e = shared.auth_failures.refuse(peer, e);
+            return reply_and_close(&mut client, &e).await;
+        }
+    };
+    let target = Target {
+        scheme: Scheme::Https,
+        host,
+        port,
+    };
+    let unmatched = {
+        let policy = shared.policy();
+        let Some(vault) = policy.vault(&id.vault) else {
+            let e = ProxyError::new(ErrorKind::VaultMismatch, "the vault no longer exists");
+            return reply_and_close(&mut client, &e).await;
+        };
+        if vault.has_host(Scheme::Https, &target.host, port) {
+            None
+        } else {
+            Some(vault.unmatched)
+        }
+    };
+    match unmatched {
+        None => intercept::serve(shared, client, target, id).await,
+        Some(UnmatchedPolicy::Tunnel) => tunnel::serve(shared, client, target, id).await,
+        Some(UnmatchedPolicy::Deny) => {
+            let refused = no_service(&target.host, port, &shared.api_base);
+            let refused = refuse_unmatched(&shared, &id, &target.host, &req, refused);
+            reply_and_close(&mut client, &refused).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// security.md row 5.
+    #[test]
+    fn row5_bad_authorities_refused() {
+        for bad in [
+            "api.x.com",
+            "api.x.com:0",
+            "api.x.com:65536",
+            "api.x.com:+443",
+            "user@api.x.com:443",
+            "api.x.com#:443",
+            "api\\x.com:443",
+            "api%2ex.com:443",
+            "api x.com:443",
+            ":443",
+            "[::1:443",
+        ] {
+            assert_eq!(
+                parse_authority(bad).unwrap_err().kind(),
+                ErrorKind::BadAuthority,
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            parse_authority("API.X.com.:443").unwrap(),
+            ("api.x.com".into(), 443)
+        );
+        assert_eq!(parse_authority("[::1]:8443").unwrap(), ("::1".into(), 8443));
+        assert_eq!(
+            parse_authority("10.0.0.1:443").unwrap(),
+            ("10.0.0.1".into(), 443)
+        );
+    }
+}

@@ -1,0 +1,363 @@
+//! The upstream exchange for a matched request: the gates before anything goes upstream (bad
+//! chunked framing, row 82; a declared body over the cap, row 16; an unwritable request log,
+//! row 60; a stale fleet node), then the request sent on a pooled or new connection, its body
+//! streamed with the proxy's own framing, and the response handed to [`super::response`]. The
+//! head holding injected values is zeroized after the write.
+//!
+//! A service injecting an OAuth credential waits for the refresher when its access token has
+//! expired; when the upstream answers 401 and the body is held, the token is renewed and the
+//! request sent once more with the new one (the 401 never reaches the agent). A 401 to a streamed
+//! body goes back to the agent and starts a renewal. A token younger than
+//! [`crate::policy::MIN_AGE_TO_RENEW_ON_401`] is not renewed on a 401: the 401 goes to the agent.
+
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use zeroize::{Zeroize, Zeroizing};
+
+use super::Shared;
+use super::error::{ErrorKind, ProxyError};
+use super::inject::{self, Prepared};
+use super::outcome::{ExchangeError, Outcome};
+use super::request::Request;
+use super::response::{self, COALESCE_MAX, Head};
+use super::upstream::{self, PoolKey, Target, Upstream};
+use crate::http::HttpError;
+use crate::http::body::{self, RelayError};
+use crate::http::head::Framing;
+use crate::http::io::BufConn;
+use crate::policy::{OAuthUse, VaultPolicy};
+use crate::requestlog::Row;
+
+/// Request bodies up to this size are read whole before they go out on a reused upstream
+/// connection, so the request can be sent again if that connection turns out to be dead.
+pub const RETRY_BODY_MAX: u64 = 1024 * 1024;
+
+/// Runs one exchange for `req`, which arrived on `client` for `target`. `absolute_ok` is set for
+/// plain-HTTP proxying, where the target is absolute-form.
+pub(super) async fn exchange<C: AsyncReadRent + AsyncWriteRent>(
+    shared: &Shared,
+    client: &mut BufConn<C>,
+    req: &Request,
+    target: &Target,
+    vault: &VaultPolicy,
+    absolute_ok: bool,
+    row: &mut Row,
+) -> Result<Outcome, ExchangeError> {
+    let prepared = inject::prepare(req, target, vault, absolute_ok, &shared.api_base)?;
+    row.service = Some(prepared.service.name.clone());
+    gates(shared, client, &prepared)?;
+    let oauth = prepared.service.oauth.clone();
+    let mut call = Call {
+        shared,
+        client,
+        prepared,
+        key: (vault.id, target.clone()),
+        row,
+        retry_401: false,
+    };
+    let Some(oauth) = oauth else {
+        return call.send(None).await.map_err(AttemptError::into_exchange);
+    };
+    let again = Again {
+        req,
+        target,
+        vault: &vault.name,
+        absolute_ok,
+    };
+    call.with_oauth(oauth, again).await
+}
+
+/// What is refused before anything goes upstream.
+fn gates<C>(
+    shared: &Shared,
+    client: &BufConn<C>,
+    prepared: &Prepared<'_>,
+) -> Result<(), ExchangeError> {
+    // Row 82: framing already known to be bad is refused before anything goes upstream.
+    if prepared.framing == Framing::Chunked {
+        body::check_chunked_prefix(client.buffered())?;
+    }
+    // Row 16: a declared length over the cap is refused before anything goes upstream.
+    if let (Framing::Length(n), Some(cap)) = (prepared.framing, shared.limits().body_cap)
+        && n > cap
+    {
+        return Err(HttpError::BodyTooLarge(cap).into());
+    }
+    // Row 60: no injection goes unrecorded for longer than one batch interval.
+    if !prepared.service.inject.is_empty() && !shared.log.healthy() {
+        let m = "the request log cannot be written";
+        return Err(ProxyError::new(ErrorKind::AuditUnavailable, m).into());
+    }
+    // Fleet mode: past `fleet_max_staleness` a revocation may not have reached this node.
+    if prepared.service.drop_authorization && shared.fleet.as_ref().is_some_and(|f| f.stale()) {
+        let m =
+            "this node has not heard from the fleet's store for longer than fleet_max_staleness";
+        return Err(ProxyError::new(ErrorKind::FleetStale, m).into());
+    }
+    Ok(())
+}
+
+/// A request of an OAuth service, to be prepared again once its token was renewed.
+#[derive(Debug)]
+struct Again<'a> {
+    req: &'a Request,
+    target: &'a Target,
+    vault: &'a str,
+    absolute_ok: bool,
+}
+
+impl Again<'_> {
+    /// Sends the request with the token the current policy holds (no second renewal).
+    async fn send<C: AsyncReadRent + AsyncWriteRent>(
+        self,
+        shared: &Shared,
+        client: &mut BufConn<C>,
+        row: &mut Row,
+        held: Option<Vec<u8>>,
+    ) -> Result<Outcome, ExchangeError> {
+        let policy = shared.policy();
+        let vault = policy.vault(self.vault).ok_or_else(|| {
+            ProxyError::new(ErrorKind::VaultMismatch, "the vault no longer exists")
+        })?;
+        let api_base = &shared.api_base;
+        let prepared = inject::prepare(self.req, self.target, vault, self.absolute_ok, api_base)?;
+        let mut call = Call {
+            shared,
+            client,
+            prepared,
+            key: (vault.id, self.target.clone()),
+            row,
+            retry_401: false,
+        };
+        let sent = call.send(held.as_deref()).await;
+        sent.map_err(AttemptError::into_exchange)
+    }
+}
+
+/// How an attempt failed: before any response byte arrived (the request may be sent again when
+/// its body is held), with a 401 that was not relayed (an OAuth service's token to renew), or
+/// after the response started.
+#[derive(Debug)]
+enum AttemptError {
+    BeforeResponse(ProxyError),
+    Unauthorized,
+    After(ExchangeError),
+}
+
+impl AttemptError {
+    fn into_exchange(self) -> ExchangeError {
+        match self {
+            Self::BeforeResponse(e) => ExchangeError::Respond(e),
+            Self::Unauthorized => ExchangeError::Respond(ProxyError::new(
+                ErrorKind::OAuthRefreshFailed,
+                "the upstream refused the renewed OAuth token",
+            )),
+            Self::After(e) => e,
+        }
+    }
+}
+
+impl From<ExchangeError> for AttemptError {
+    fn from(e: ExchangeError) -> Self {
+        Self::After(e)
+    }
+}
+
+impl From<ProxyError> for AttemptError {
+    fn from(e: ProxyError) -> Self {
+        Self::After(ExchangeError::Respond(e))
+    }
+}
+
+/// One prepared request on its way upstream.
+struct Call<'a, C> {
+    shared: &'a Shared,
+    client: &'a mut BufConn<C>,
+    prepared: Prepared<'a>,
+    key: PoolKey,
+    row: &'a mut Row,
+    /// A 401 is not relayed: the caller renews the OAuth token and sends the request again.
+    retry_401: bool,
+}
+
+impl<C: AsyncReadRent + AsyncWriteRent> Call<'_, C> {
+    /// The OAuth branch of [`exchange`]: renew first when the token expired; renew and send
+    /// again after a 401 when the body is held.
+    async fn with_oauth(
+        mut self,
+        oauth: OAuthUse,
+        again: Again<'_>,
+    ) -> Result<Outcome, ExchangeError> {
+        let (shared, now) = (self.shared, crate::vault::now());
+        let renew = || shared.oauth.renew(again.vault, &oauth.key, oauth.version);
+        if oauth.stale(now) {
+            renew().await?;
+            return again.send(shared, self.client, self.row, None).await;
+        }
+        let held = self.hold_if_small().await?;
+        self.retry_401 = held.is_some() && oauth.renewable_on_401(now);
+        match self.send(held.as_deref()).await {
+            Err(AttemptError::Unauthorized) => {
+                renew().await?;
+                again.send(shared, self.client, self.row, held).await
+            }
+            other => {
+                if self.row.status == 401 && oauth.renewable_on_401(now) {
+                    shared.oauth.nudge(again.vault, &oauth.key, oauth.version);
+                }
+                other.map_err(AttemptError::into_exchange)
+            }
+        }
+    }
+
+    /// Sends the request on a pooled or new connection. A pooled connection may fail under the
+    /// request (the upstream closed it as it was sent): a request whose body is held whole is
+    /// sent again, once, on a fresh connection, provided no response byte arrived. A body that
+    /// must stream cannot be sent twice. `held` is the body when the caller already read it.
+    async fn send(&mut self, held: Option<&[u8]>) -> Result<Outcome, AttemptError> {
+        let up = upstream::get(self.shared, &self.key).await?;
+        if !up.reused {
+            return self.attempt(up, held).await;
+        }
+        let read_here = match held {
+            Some(_) => None,
+            None => self.hold_if_small().await?,
+        };
+        let held = held.or(read_here.as_deref());
+        match self.attempt(up, held).await {
+            Err(AttemptError::BeforeResponse(_)) if held.is_some() => {
+                self.shared.stats.retried();
+                let up = upstream::dial_new(self.shared, &self.key.1).await?;
+                self.attempt(up, held).await
+            }
+            other => other,
+        }
+    }
+
+    /// The whole body when it is empty or a `Content-Length` of at most [`RETRY_BODY_MAX`] (so
+    /// the request can be sent twice); `None` for a body that must stream.
+    async fn hold_if_small(&mut self) -> Result<Option<Vec<u8>>, ExchangeError> {
+        Ok(match self.prepared.framing {
+            Framing::Empty => Some(Vec::new()),
+            Framing::Length(n) if n <= RETRY_BODY_MAX => Some(self.hold_body(n).await?),
+            _ => None,
+        })
+    }
+
+    /// Reads a `Content-Length` body of `n` bytes from the client (answering `Expect:
+    /// 100-continue` first, since the client waits for it).
+    async fn hold_body(&mut self, n: u64) -> Result<Vec<u8>, ExchangeError> {
+        let n = usize::try_from(n).map_err(|_| ExchangeError::Abort)?;
+        if self.prepared.expect_continue && self.client.buffered().len() < n {
+            self.continue_100().await?;
+        }
+        let idle = self.shared.limits().idle_timeout;
+        while self.client.buffered().len() < n {
+            match monoio::time::timeout(idle, self.client.fill()).await {
+                Ok(Ok(k)) if k > 0 => {}
+                _ => return Err(ExchangeError::Abort),
+            }
+        }
+        let body = self.client.buffered()[..n].to_vec();
+        self.client.consume(n);
+        Ok(body)
+    }
+
+    async fn continue_100(&mut self) -> Result<(), ExchangeError> {
+        const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+        let abort = |_| ExchangeError::Abort;
+        self.client.write_all(CONTINUE).await.map_err(abort)?;
+        self.client.flush().await.map_err(abort)
+    }
+
+    /// Sends the request on `up` and relays the response. `held` is the whole body when it was
+    /// read before the attempt (see [`Call::hold_body`]).
+    async fn attempt(
+        &mut self,
+        mut up: Upstream,
+        held: Option<&[u8]>,
+    ) -> Result<Outcome, AttemptError> {
+        self.send_request(&mut up, held).await?;
+        let read = response::read_final(self.shared, &mut up.conn, &self.prepared, self.retry_401);
+        let head = match read.await {
+            Ok(head) => head,
+            Err(e) if e.nothing_arrived && e.error.kind().retry_on_fresh_connection() => {
+                return Err(AttemptError::BeforeResponse(e.error));
+            }
+            Err(e) => return Err(e.error.into()),
+        };
+        let f = match head {
+            Head::Final(f) => f,
+            Head::Unauthorized => return Err(AttemptError::Unauthorized),
+            Head::Upgrade(out) => {
+                self.row.status = 101;
+                let abort = |_| ExchangeError::Abort;
+                self.client.write_all(out).await.map_err(abort)?;
+                self.client.flush().await.map_err(abort)?;
+                return Ok(Outcome::Upgraded(up.conn, self.prepared.scrub.clone()));
+            }
+        };
+        self.row.status = f.status;
+        let (shared, scrub) = (self.shared, self.prepared.scrub);
+        Ok(response::relay(shared, self.client, up, &self.key, f, scrub, self.row).await?)
+    }
+
+    /// Writes the head (then zeroizes it) and the body: held, small enough to go in the head's
+    /// write, or streamed from the client.
+    async fn send_request(
+        &mut self,
+        up: &mut Upstream,
+        held: Option<&[u8]>,
+    ) -> Result<(), AttemptError> {
+        let unreachable = |what: &str, e: std::io::Error| {
+            ProxyError::new(ErrorKind::UpstreamUnreachable, format!("{what}: {e}"))
+        };
+        let mut framing = self.prepared.framing;
+        let mut first = self.prepared.head.clone();
+        if let Some(body) = held {
+            first.extend_from_slice(body);
+            framing = Framing::Empty;
+        } else if let Framing::Length(n) = framing
+            && n <= COALESCE_MAX
+            && n as usize <= self.client.buffered().len()
+        {
+            // A small body that arrived with the head goes upstream in the same write.
+            first.extend_from_slice(&self.client.buffered()[..n as usize]);
+            self.client.consume(n as usize);
+            framing = Framing::Empty;
+        }
+        write_secret(&mut up.conn, first)
+            .await
+            .map_err(|e| AttemptError::BeforeResponse(unreachable("writing to the upstream", e)))?;
+        if self.prepared.expect_continue && framing != Framing::Empty {
+            self.continue_100().await?;
+        }
+        let limits = self.shared.limits();
+        let opts = body::Opts {
+            output: body::output_for(framing),
+            cap: limits.body_cap,
+            read_timeout: limits.idle_timeout,
+        };
+        match body::relay(self.client, &mut up.conn, framing, opts, None).await {
+            Ok(_) => {}
+            Err(RelayError::Framing(e)) => return Err(ProxyError::from(e).into()),
+            Err(RelayError::Write(e)) => return Err(unreachable("sending the body", e).into()),
+            Err(RelayError::Read(_) | RelayError::Truncated) => {
+                return Err(ExchangeError::Abort.into());
+            }
+        }
+        up.conn
+            .flush()
+            .await
+            .map_err(|e| AttemptError::BeforeResponse(unreachable("flushing", e)))
+    }
+}
+
+/// Writes a head that may hold injected values, then zeroizes the buffer.
+async fn write_secret<S: AsyncWriteRent>(
+    conn: &mut BufConn<S>,
+    mut head: Zeroizing<Vec<u8>>,
+) -> std::io::Result<()> {
+    let (res, mut buf) = conn.io.write_all(std::mem::take(&mut *head)).await;
+    buf.zeroize();
+    res.map(|_| ())
+}

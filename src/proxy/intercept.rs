@@ -1,0 +1,124 @@
+//! Interception of a CONNECT to a host with a service: a leaf for the host (cached, or minted
+//! under the vault's mint budget, row 39), `200 Connection established`, the TLS accept (an SNI
+//! naming another host is refused, row 3), then the tunnel's requests. Every request is
+//! re-authorised (row 52), admitted under the agent's limits, matched on its own (row 17) and
+//! recorded in the request log.
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use monoio::io::{AsyncReadRent, AsyncWriteRent, PrefixedReadIo, Split};
+use monoio_rustls::TlsAcceptor;
+
+use super::Shared;
+use super::auth::{Checked, Identity};
+use super::client::{self, Next, established, reply_and_close};
+use super::error::{ErrorKind, ProxyError};
+use super::exchange;
+use super::limits::AgentBucket;
+use super::log::Entry;
+use super::outcome::{ExchangeError, Outcome};
+use super::request::Request;
+use super::upstream::Target;
+use crate::http::io::BufConn;
+
+/// Intercepts the tunnel to `target` and serves its requests.
+pub(super) async fn serve<S: Split + AsyncReadRent + AsyncWriteRent + 'static>(
+    shared: Arc<Shared>,
+    mut client: BufConn<S>,
+    target: Target,
+    id: Identity,
+) {
+    let Some(config) = leaf(&shared, &mut client, &target, &id).await else {
+        return;
+    };
+    if !established(&mut client).await {
+        return;
+    }
+    let _open = shared.stats.tunnel();
+    let (tcp, early) = client.into_parts();
+    let io = PrefixedReadIo::new(tcp, Cursor::new(early));
+    let acceptor = TlsAcceptor::from(config);
+    let accept = acceptor.accept(io);
+    let Ok(Ok(tls)) = monoio::time::timeout(shared.limits().header_timeout, accept).await else {
+        return; // includes an SNI that names another host (row 3)
+    };
+    let tunnel = Tunnel {
+        shared: &shared,
+        target: &target,
+        bucket: shared.agent_limits.bucket(id.limit_key),
+        id: &id,
+        checked: Checked::default(),
+    };
+    let mut tunnel = tunnel;
+    client::requests(&shared, BufConn::new(tls), async |conn, raw| {
+        Next::Done(tunnel.request(conn, raw).await)
+    })
+    .await;
+}
+
+/// The TLS server config for the host: cached, or minted if the vault's budget allows.
+async fn leaf<S: AsyncReadRent + AsyncWriteRent>(
+    shared: &Shared,
+    client: &mut BufConn<S>,
+    target: &Target,
+    id: &Identity,
+) -> Option<Arc<rustls::ServerConfig>> {
+    if !shared.certs.contains(&target.host) && !shared.mint_limiter.try_take(&id.vault) {
+        let e = ProxyError::new(ErrorKind::RateLimited, "too many new hosts; retry shortly");
+        reply_and_close(client, &e).await;
+        return None;
+    }
+    match shared.certs.server_config(&target.host) {
+        Ok(leaf) => {
+            if leaf.minted {
+                tracing::info!(host = %target.host, "minted a leaf on demand");
+            }
+            Some(leaf.config)
+        }
+        Err(e) => {
+            tracing::warn!(host = %target.host, "leaf minting failed: {e}");
+            let e = ProxyError::new(ErrorKind::Overloaded, "no certificate for this host");
+            reply_and_close(client, &e).await;
+            None
+        }
+    }
+}
+
+/// What every request of one intercepted tunnel shares.
+struct Tunnel<'a> {
+    shared: &'a Shared,
+    target: &'a Target,
+    id: &'a Identity,
+    /// The agent's limits, looked up once for the tunnel.
+    bucket: Arc<AgentBucket>,
+    checked: Checked,
+}
+
+impl Tunnel<'_> {
+    /// One request inside the tunnel.
+    async fn request<S: AsyncReadRent + AsyncWriteRent>(
+        &mut self,
+        conn: &mut BufConn<S>,
+        raw: Vec<u8>,
+    ) -> Result<Outcome, ExchangeError> {
+        let shared = self.shared;
+        // Row 52: the token is checked again for every request inside the tunnel.
+        self.checked.recheck(&shared.store, self.id)?;
+        let policy = shared.policy();
+        let vault = policy.vault(&self.id.vault).ok_or(ExchangeError::Abort)?;
+        let permit = shared.agent_limits.admit(&self.bucket)?;
+        let mut entry = Entry::new(self.id, &self.target.host);
+        let result = match Request::parse(raw) {
+            Ok(req) => {
+                entry.request(&req);
+                let row = &mut entry.row;
+                exchange::exchange(shared, conn, &req, self.target, vault, false, row).await
+            }
+            Err(e) => Err(e.into()),
+        };
+        drop(permit);
+        entry.finish(shared, &result);
+        result
+    }
+}

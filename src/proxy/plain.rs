@@ -1,0 +1,71 @@
+//! Plain-HTTP proxying (an absolute-form `http://` request on the proxy port): authenticated per
+//! request, and injection only for `http://` services (R5). A host served only over TLS is
+//! refused with `plaintext_refused`, so a credential never goes out in clear text.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
+
+use super::connect::parse_authority;
+use super::error::{ErrorKind, ProxyError, no_service};
+use super::exchange;
+use super::log::{Entry, refuse_unmatched};
+use super::outcome::{ExchangeError, Outcome};
+use super::request::Request;
+use super::upstream::Target;
+use super::{Shared, auth};
+use crate::http::io::BufConn;
+use crate::spec::Scheme;
+
+/// Serves one plain-HTTP request.
+pub(super) async fn serve<S: AsyncReadRent + AsyncWriteRent>(
+    shared: &Arc<Shared>,
+    client: &mut BufConn<S>,
+    req: &Request,
+    peer: IpAddr,
+) -> Result<Outcome, ExchangeError> {
+    let id = auth::authenticate_first(shared, req.one("proxy-authorization")?, None)
+        .await
+        .map_err(|e| shared.auth_failures.refuse(peer, e))?;
+    let target = target_of(req.target())?;
+    let policy = shared.policy();
+    let vault = policy
+        .vault(&id.vault)
+        .ok_or_else(|| ProxyError::new(ErrorKind::VaultMismatch, "the vault no longer exists"))?;
+    if !vault.has_host(Scheme::Http, &target.host, target.port) {
+        let refused = if vault.has_host(Scheme::Https, &target.host, 443) {
+            let m = "this service is only served over TLS";
+            ProxyError::new(ErrorKind::PlaintextRefused, m).hint("use https://")
+        } else {
+            no_service(&target.host, target.port, &shared.api_base)
+        };
+        return Err(refuse_unmatched(shared, &id, &target.host, req, refused).into());
+    }
+    let bucket = shared.agent_limits.bucket(id.limit_key);
+    let _permit = shared.agent_limits.admit(&bucket)?;
+    let mut entry = Entry::new(&id, &target.host);
+    entry.request(req);
+    let row = &mut entry.row;
+    let result = exchange::exchange(shared, client, req, &target, vault, true, row).await;
+    entry.finish(shared, &result);
+    result
+}
+
+/// The authority of an absolute-form `http://` target (port 80 when it names none).
+fn target_of(t: &str) -> Result<Target, ProxyError> {
+    let rest = t.strip_prefix("http://").ok_or_else(|| {
+        ProxyError::new(ErrorKind::BadRequest, "use CONNECT for https:// targets")
+    })?;
+    let authority = rest.find('/').map_or(rest, |i| &rest[..i]);
+    let (host, port) = if authority.contains(':') {
+        parse_authority(authority)?
+    } else {
+        parse_authority(&format!("{authority}:80"))?
+    };
+    Ok(Target {
+        scheme: Scheme::Http,
+        host,
+        port,
+    })
+}

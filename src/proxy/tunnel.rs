@@ -1,0 +1,44 @@
+//! The opaque tunnel, for a CONNECT to a host without a service when the vault allows it: a
+//! vetted address (the same resolve and SSRF guard as every upstream, R4), no TLS interception,
+//! never any injection; closed within a second of the token's revocation.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
+
+use super::Shared;
+use super::auth::{self, Identity};
+use super::client::{established, reply_and_close};
+use super::upstream::{self, Target};
+use crate::http::io::{BufConn, pipe};
+
+/// Splices the client to `target` until either side closes or the token is revoked.
+pub(super) async fn serve<S: Split + AsyncReadRent + AsyncWriteRent>(
+    shared: Arc<Shared>,
+    mut client: BufConn<S>,
+    target: Target,
+    id: Identity,
+) {
+    let up = match upstream::connect_tcp(&shared, &target).await {
+        Ok(up) => up,
+        Err(e) => return reply_and_close(&mut client, &e).await,
+    };
+    if !established(&mut client).await {
+        return;
+    }
+    let _open = shared.stats.tunnel();
+    let store = &shared.store;
+    let revoked = async {
+        loop {
+            monoio::time::sleep(Duration::from_millis(500)).await;
+            if auth::recheck(store, &id).is_err() {
+                return;
+            }
+        }
+    };
+    monoio::select! {
+        _ = pipe(client, BufConn::new(up)) => {},
+        _ = revoked => {},
+    }
+}
