@@ -49,6 +49,19 @@ impl RequestMetrics {
     }
 }
 
+/// The request-log writer feeds the shared counters.
+impl crate::requestlog::Observe for Arc<Mutex<RequestMetrics>> {
+    fn row(&mut self, row: &Row) {
+        self.lock().unwrap_or_else(|p| p.into_inner()).observe(row);
+    }
+
+    fn dropped(&mut self, rows: u64) {
+        self.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .dropped_log_rows += rows;
+    }
+}
+
 /// Scrape-time figures from the data plane.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Gauges {

@@ -132,11 +132,14 @@ impl Sink {
     }
 }
 
+/// Told about every row the writer takes, and about rows it drops (the metrics listen).
+pub trait Observe: Send + 'static {
+    fn row(&mut self, row: &Row);
+    fn dropped(&mut self, rows: u64);
+}
+
 /// Opens the log and starts its writer thread.
-pub fn start(
-    data_dir: &Path,
-    metrics: Arc<std::sync::Mutex<crate::metrics::RequestMetrics>>,
-) -> Result<Sink, LogError> {
+pub fn start(data_dir: &Path, metrics: impl Observe) -> Result<Sink, LogError> {
     let (env, db) = open_env(data_dir)?;
     let (tx, rx) = channel();
     let healthy = Arc::new(AtomicBool::new(true));
@@ -156,7 +159,7 @@ fn writer(
     db: Database,
     rx: Receiver<Row>,
     healthy: Arc<AtomicBool>,
-    metrics: Arc<std::sync::Mutex<crate::metrics::RequestMetrics>>,
+    mut metrics: impl Observe,
 ) {
     let mut next = last_seq(&env, db).map_or(1, |s| s + 1);
     let mut counts = count_by_vault(&env, db);
@@ -165,11 +168,10 @@ fn writer(
         // Sleep, then drain: senders never wake this thread (a wake-up per request would cost
         // every request a futex call and a context switch).
         std::thread::sleep(BATCH_INTERVAL);
-        let mut m = metrics.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             match rx.try_recv() {
                 Ok(row) => {
-                    m.observe(&row);
+                    metrics.row(&row);
                     batch.push(row);
                 }
                 Err(TryRecvError::Empty) => break,
@@ -179,7 +181,6 @@ fn writer(
                 }
             }
         }
-        drop(m);
         if batch.is_empty() {
             continue;
         }
@@ -198,10 +199,7 @@ fn writer(
                 );
                 let excess = batch.len().saturating_sub(MAX_PENDING);
                 batch.drain(..excess);
-                metrics
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .dropped_log_rows += excess as u64;
+                metrics.dropped(excess as u64);
             }
         }
     }

@@ -201,7 +201,7 @@ async fn vaults(State(state): State<Arc<AppState>>) -> Response {
 
 async fn audit(State(state): State<Arc<AppState>>) -> Response {
     match state.store.audit_log(500) {
-        Ok(l) => Json(l.iter().map(|r| json!({"at": airlock::cli::rfc3339(r.at), "actor": r.actor, "action": r.action, "target": r.target, "detail": r.detail})).collect::<Vec<_>>()).into_response(),
+        Ok(l) => Json(l.iter().map(|r| json!({"at": airlock::vault::rfc3339(r.at), "actor": r.actor, "action": r.action, "target": r.target, "detail": r.detail})).collect::<Vec<_>>()).into_response(),
         Err(e) => error(&e),
     }
 }

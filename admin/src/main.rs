@@ -11,6 +11,7 @@
 mod api;
 mod manage;
 mod pages;
+mod respond;
 mod security;
 mod socket;
 mod views;
@@ -152,7 +153,7 @@ async fn serve(
     admin_url: Option<String>,
     reload: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let app = pages::router(state.clone());
+    let app = respond::app(state.clone());
     let api_app = api::router(state.clone());
     let bind = |path: PathBuf| -> anyhow::Result<(socket::PeerChecked, PathBuf)> {
         let listener =

@@ -16,7 +16,7 @@ use axum::routing::{get, post};
 use maud::{Markup, html};
 
 use crate::AppState;
-use crate::pages::{Fields, St, forbidden, login_redirect, render};
+use crate::respond::{Fields, St, forbidden, login_redirect, render};
 use crate::security::{Session, csrf_ok};
 use crate::views::flash;
 
@@ -143,7 +143,7 @@ fn vaults_page(state: &AppState, session: &Session, note: Option<Markup>) -> Res
                         tbody { @for (k, c) in state.store.credentials(&v.name).unwrap_or_default() { tr {
                             td { code { (k) } }
                             td { @if let Some(m) = &c.oauth { "OAuth: " (m.status()) } @else { "static" } }
-                            td.muted { (airlock::cli::rfc3339(c.created_at)) } td.muted { (airlock::cli::rfc3339(c.updated_at)) }
+                            td.muted { (airlock::vault::rfc3339(c.created_at)) } td.muted { (airlock::vault::rfc3339(c.updated_at)) }
                             td { (button(session, &format!("/vaults/{}/credentials/{k}/delete", v.name), "delete")) }
                         } } }
                     }
@@ -416,7 +416,7 @@ fn agents_page(state: &AppState, session: &Session, note: Option<Markup>) -> Res
                 thead { tr { th { "Agent" } th { "Vaults" } th { "Status" } th { "Created" } th { "" } } }
                 tbody { @for a in &list { tr {
                     td { (a.name) } td { (a.vaults.join(", ")) } td { (if a.revoked { "revoked" } else { "active" }) }
-                    td.muted { (airlock::cli::rfc3339(a.created_at)) }
+                    td.muted { (airlock::vault::rfc3339(a.created_at)) }
                     td { @if !a.revoked {
                         (button(session, &format!("/agents/{}/rotate", a.name), "rotate token")) " "
                         (button(session, &format!("/agents/{}/revoke", a.name), "revoke"))
@@ -508,7 +508,7 @@ async fn mint_token(
             Ok((m, expires)) => token_note(
                 &format!(
                     "Scoped token for {vault}, expires {}.",
-                    airlock::cli::rfc3339(expires)
+                    airlock::vault::rfc3339(expires)
                 ),
                 &m.token,
             ),

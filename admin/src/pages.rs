@@ -7,10 +7,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use airlock::secret::Secret;
+use airlock::vault::now;
 use airlock::vault::proposals::inert;
 use airlock::vault::records::{ProposalRecord, ProposalStatus, ServiceChange, SlotAction};
 use airlock::vault::review::{Review, ServiceDiff};
-use airlock::vault::{VaultError, now};
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -19,13 +19,13 @@ use axum::{Form, Router};
 use maud::{Markup, html};
 
 use crate::AppState;
+use crate::respond::{Fields, St, forbidden, login_redirect, render, vault_error};
 use crate::security::{self, Client, Session, csrf_ok};
-use crate::views::{CSS, flash, page};
+use crate::views::{CSS, flash};
 
-pub(crate) type St = State<Arc<AppState>>;
-pub(crate) type Fields = Form<HashMap<String, String>>;
-
-pub fn router(state: Arc<AppState>) -> Router {
+/// The pages' routes (the vault management pages are [`crate::manage::routes`]); the session
+/// guard and the state are applied by [`crate::respond::app`].
+pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/", get(|| async { Redirect::to("/proposals") }))
         .route("/healthz", get(|| async { "ok" }))
@@ -40,52 +40,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/proposals/{id}", get(proposal))
         .route("/proposals/{id}/approve", post(approve))
         .route("/proposals/{id}/reject", post(reject))
-        .merge(crate::manage::routes())
         .route("/requests", get(requests))
         .route("/hosts", get(hosts_tried))
         .route("/audit", get(audit))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            security::guard,
-        ))
-        .with_state(state)
-}
-
-fn pending(state: &AppState) -> usize {
-    state
-        .store
-        .proposals(None, Some(ProposalStatus::Pending))
-        .map_or(0, |p| p.len())
-}
-
-pub(crate) fn render(state: &AppState, session: &Session, title: &str, body: Markup) -> Response {
-    let html = page(title, session, pending(state), body).into_string();
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
-}
-
-/// Where pages send a visitor who is not logged in.
-pub(crate) fn login_redirect() -> Response {
-    Redirect::to("/login").into_response()
-}
-
-pub(crate) fn forbidden() -> Response {
-    (
-        StatusCode::FORBIDDEN,
-        "the form is stale or was not sent by this site; reload and try again",
-    )
-        .into_response()
-}
-
-pub(crate) fn vault_error(state: &AppState, session: &Session, e: &VaultError) -> Response {
-    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut r = render(
-        state,
-        session,
-        "Could not do that",
-        html! { (flash(false, &e.to_string())) p { a href="/proposals" { "Back to proposals" } } },
-    );
-    *r.status_mut() = status;
-    r
 }
 
 async fn login_form(State(state): St, Extension(session): Extension<Session>) -> Response {
@@ -256,7 +213,7 @@ async fn proposals(State(state): St, Extension(session): Extension<Session>) -> 
                         td { a href={ "/proposals/" (p.id) } { (p.hosts().join(", ")) } }
                         td { (p.vault) }
                         td { (p.agent.as_deref().unwrap_or("-")) }
-                        td.muted { (airlock::cli::rfc3339(p.created_at)) }
+                        td.muted { (airlock::vault::rfc3339(p.created_at)) }
                     } } }
                 }
             }
@@ -485,7 +442,7 @@ async fn requests(
             table {
                 thead { tr { th { "Time" } th { "Request" } th { "Status" } th { "Service" } th { "Agent" } th { "Error" } } }
                 tbody { @for (_, r) in &rows { tr {
-                    td.muted { (airlock::cli::rfc3339(r.at_ms / 1000)) }
+                    td.muted { (airlock::vault::rfc3339(r.at_ms / 1000)) }
                     td { (r.method) " " code { (r.host) (r.path) } }
                     td { (r.status) } td { (r.service.as_deref().unwrap_or("-")) } td { (r.agent.as_deref().unwrap_or("-")) } td { (r.error.as_deref().unwrap_or("")) }
                 } } }
@@ -511,7 +468,7 @@ async fn hosts_tried(State(state): St, Extension(session): Extension<Session>) -
             @for t in &tried {
                 div.card {
                     h2 { code { (t.host) } " · vault " (t.vault) }
-                    p.muted { (t.tries) " tries, last " (airlock::cli::rfc3339(t.last_ms / 1000)) " by " (t.agents.join(", ")) }
+                    p.muted { (t.tries) " tries, last " (airlock::vault::rfc3339(t.last_ms / 1000)) " by " (t.agents.join(", ")) }
                     form method="post" action={ "/vaults/" (t.vault) "/services" } {
                         input type="hidden" name="csrf" value=(session.csrf);
                         label for={ "yaml-" (t.vault) "-" (t.host) } { "Serve it: edit the name and the credential key, then save (set the credential on the Vaults page)" }
@@ -553,7 +510,7 @@ async fn audit(State(state): St, Extension(session): Extension<Session>) -> Resp
             table {
                 thead { tr { th { "Time" } th { "Who" } th { "Action" } th { "Target" } th { "Detail" } } }
                 tbody { @for r in &list { tr {
-                    td.muted { (airlock::cli::rfc3339(r.at)) } td { (r.actor) } td { (r.action) } td { (r.target) } td.muted { (r.detail) }
+                    td.muted { (airlock::vault::rfc3339(r.at)) } td { (r.actor) } td { (r.action) } td { (r.target) } td.muted { (r.detail) }
                 } } }
             }
         },

@@ -1,0 +1,69 @@
+//! What every page handler answers with (a rendered page, the login redirect, the stale-form
+//! refusal, a vault error) and the app that mounts the pages and the management routes behind the
+//! session guard. The page modules use this; it uses neither.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use airlock::vault::VaultError;
+use airlock::vault::records::ProposalStatus;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::{Form, Router};
+use maud::{Markup, html};
+
+use crate::AppState;
+use crate::security::{self, Session};
+use crate::views::{flash, page};
+
+/// The web app: the pages and the management routes, behind the session guard.
+pub fn app(state: Arc<AppState>) -> Router {
+    crate::pages::routes()
+        .merge(crate::manage::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            security::guard,
+        ))
+        .with_state(state)
+}
+
+pub(crate) type St = State<Arc<AppState>>;
+pub(crate) type Fields = Form<HashMap<String, String>>;
+
+fn pending(state: &AppState) -> usize {
+    state
+        .store
+        .proposals(None, Some(ProposalStatus::Pending))
+        .map_or(0, |p| p.len())
+}
+
+pub(crate) fn render(state: &AppState, session: &Session, title: &str, body: Markup) -> Response {
+    let html = page(title, session, pending(state), body).into_string();
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
+}
+
+/// Where pages send a visitor who is not logged in.
+pub(crate) fn login_redirect() -> Response {
+    Redirect::to("/login").into_response()
+}
+
+pub(crate) fn forbidden() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        "the form is stale or was not sent by this site; reload and try again",
+    )
+        .into_response()
+}
+
+pub(crate) fn vault_error(state: &AppState, session: &Session, e: &VaultError) -> Response {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut r = render(
+        state,
+        session,
+        "Could not do that",
+        html! { (flash(false, &e.to_string())) p { a href="/proposals" { "Back to proposals" } } },
+    );
+    *r.status_mut() = status;
+    r
+}
