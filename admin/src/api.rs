@@ -29,7 +29,7 @@ use serde_json::{Value, json};
 use crate::AppState;
 use crate::socket::Peer;
 
-pub fn router(state: Arc<AppState>) -> Router {
+pub(crate) fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/api/proposals", get(list))
         .route("/api/proposals/{id}", get(show))

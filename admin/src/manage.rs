@@ -20,7 +20,7 @@ use crate::respond::{Fields, St, forbidden, login_redirect, render};
 use crate::security::{Session, csrf_ok};
 use crate::views::flash;
 
-pub fn routes() -> Router<Arc<AppState>> {
+pub(crate) fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/vaults", get(vaults).post(create_vault))
         .route("/vaults/{vault}/policy", post(set_policy))
@@ -50,7 +50,7 @@ pub fn routes() -> Router<Arc<AppState>> {
 }
 
 /// A form post refused before it acts: the login page or 403 (boxed: responses are large).
-pub struct Reject(Box<Response>);
+pub(crate) struct Reject(Box<Response>);
 
 impl axum::response::IntoResponse for Reject {
     fn into_response(self) -> Response {

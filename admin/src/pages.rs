@@ -25,7 +25,7 @@ use crate::views::{CSS, flash};
 
 /// The pages' routes (the vault management pages are [`crate::manage::routes`]); the session
 /// guard and the state are applied by [`crate::respond::app`].
-pub fn routes() -> Router<Arc<AppState>> {
+pub(crate) fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/", get(|| async { Redirect::to("/proposals") }))
         .route("/healthz", get(|| async { "ok" }))

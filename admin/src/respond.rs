@@ -18,7 +18,7 @@ use crate::security::{self, Session};
 use crate::views::{flash, page};
 
 /// The web app: the pages and the management routes, behind the session guard.
-pub fn app(state: Arc<AppState>) -> Router {
+pub(crate) fn app(state: Arc<AppState>) -> Router {
     crate::pages::routes()
         .merge(crate::manage::routes())
         .layer(axum::middleware::from_fn_with_state(

@@ -35,21 +35,21 @@ use axum::response::{IntoResponse, Response};
 use crate::AppState;
 use crate::socket::Peer;
 
-pub const COOKIE: &str = "airlock_admin";
+pub(crate) const COOKIE: &str = "airlock_admin";
 /// A session unused this long is gone.
-pub const IDLE: Duration = Duration::from_secs(12 * 3600);
+pub(crate) const IDLE: Duration = Duration::from_secs(12 * 3600);
 /// Most anonymous sessions (login and setup forms) held; the oldest goes first.
-pub const MAX_ANONYMOUS: usize = 1000;
+pub(crate) const MAX_ANONYMOUS: usize = 1000;
 /// Most logged-in sessions held; the oldest goes first.
-pub const MAX_LOGGED_IN: usize = 1000;
+pub(crate) const MAX_LOGGED_IN: usize = 1000;
 /// Login attempts per operator name per client per minute.
-pub const LOGIN_FAILURES: u32 = 5;
+pub(crate) const LOGIN_FAILURES: u32 = 5;
 /// Login attempts per client per minute, whatever the name.
-pub const CLIENT_FAILURES: u32 = 20;
+pub(crate) const CLIENT_FAILURES: u32 = 20;
 const WINDOW: Duration = Duration::from_secs(60);
 /// Password verifications (Argon2, 19 MiB each) running at once, and waiting.
-pub const VERIFY_CONCURRENCY: usize = 4;
-pub const VERIFY_QUEUE: usize = 16;
+pub(crate) const VERIFY_CONCURRENCY: usize = 4;
+pub(crate) const VERIFY_QUEUE: usize = 16;
 
 /// One browser session (anonymous until login).
 #[derive(Clone, Debug)]
@@ -301,7 +301,7 @@ impl Sessions {
 }
 
 /// Constant-time comparison of a posted CSRF token with the session's.
-pub fn csrf_ok(session: &Session, posted: Option<&String>) -> bool {
+pub(crate) fn csrf_ok(session: &Session, posted: Option<&String>) -> bool {
     !session.csrf.is_empty()
         && posted.is_some_and(|p| {
             subtle::ConstantTimeEq::ct_eq(p.as_bytes(), session.csrf.as_bytes()).into()
@@ -340,7 +340,7 @@ fn same_origin(headers: &HeaderMap, host: &str) -> bool {
         .is_some_and(|r| r == expected || r.starts_with(&format!("{expected}/")))
 }
 
-pub fn set_cookie(session: &Session) -> HeaderValue {
+pub(crate) fn set_cookie(session: &Session) -> HeaderValue {
     let v = format!("{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict", session.id);
     HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
@@ -363,7 +363,7 @@ fn misdirected() -> Response {
 /// Middleware for the JSON API (its own socket): the pages' Host allow-list, and no request
 /// that a browser marks as coming from another site (`Origin` or `Sec-Fetch-Site` other than
 /// same-origin). Automation (curl, scripts) sends neither.
-pub async fn api_guard(req: Request, next: Next) -> Response {
+pub(crate) async fn api_guard(req: Request, next: Next) -> Response {
     let h = req.headers();
     let Some(host) = loopback_host(h) else {
         return misdirected();
@@ -381,7 +381,11 @@ pub async fn api_guard(req: Request, next: Next) -> Response {
 }
 
 /// Middleware: Host and Origin checks, the session, and security headers.
-pub async fn guard(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+pub(crate) async fn guard(
+    State(state): State<Arc<AppState>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let Some(host) = loopback_host(req.headers()) else {
         return misdirected();
     };

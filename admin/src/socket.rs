@@ -10,7 +10,7 @@ use std::path::Path;
 use tokio::net::{UnixListener, UnixStream};
 
 /// Binds the socket (replacing a stale one) with the modes above.
-pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+pub(crate) fn bind(path: &Path) -> std::io::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))?;
@@ -22,7 +22,7 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 }
 
 /// The peer, when it may use the admin socket.
-pub fn allowed(stream: &UnixStream, socket_gid: u32) -> Option<Peer> {
+pub(crate) fn allowed(stream: &UnixStream, socket_gid: u32) -> Option<Peer> {
     let cred = stream.peer_cred().ok()?;
     let own = rustix::process::getuid().as_raw();
     let ok = cred.uid() == own
@@ -51,20 +51,20 @@ fn supplementary_groups(pid: i32) -> Vec<u32> {
 }
 
 /// The axum listener over the socket, dropping connections from peers not [`allowed`].
-pub struct PeerChecked {
+pub(crate) struct PeerChecked {
     pub listener: UnixListener,
     pub gid: u32,
 }
 
 /// Who is on the other end of a socket connection (for audit records), as the kernel says.
 #[derive(Clone, Copy, Debug)]
-pub struct Peer {
+pub(crate) struct Peer {
     pub uid: u32,
 }
 
 impl Peer {
     /// The audit actor for a change made through the JSON API.
-    pub fn actor(&self) -> String {
+    pub(crate) fn actor(&self) -> String {
         format!("admin-socket uid={}", self.uid)
     }
 }

@@ -5,7 +5,7 @@ use maud::{DOCTYPE, Markup, html};
 
 use crate::security::Session;
 
-pub const CSS: &str = r#"
+pub(crate) const CSS: &str = r#"
 :root { --fg:#1d2330; --muted:#5b6475; --line:#dfe3ea; --bg:#f6f7f9; --card:#fff; --accent:#2f5bea; --ok:#1f7a4d; --bad:#b42318; }
 * { box-sizing: border-box; }
 body { margin:0; font: 16px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; color:var(--fg); background:var(--bg); }
@@ -39,7 +39,7 @@ code { font-size:.9em; overflow-wrap:anywhere; }
 "#;
 
 /// The page frame: navigation (with the pending count) for a logged-in operator.
-pub fn page(title: &str, session: &Session, pending: usize, body: Markup) -> Markup {
+pub(crate) fn page(title: &str, session: &Session, pending: usize, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -71,6 +71,6 @@ pub fn page(title: &str, session: &Session, pending: usize, body: Markup) -> Mar
     }
 }
 
-pub fn flash(ok: bool, text: &str) -> Markup {
+pub(crate) fn flash(ok: bool, text: &str) -> Markup {
     html! { div class={ "flash " (if ok { "ok" } else { "bad" }) } { (text) } }
 }

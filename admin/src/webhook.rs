@@ -20,7 +20,7 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where to send, parsed from the config's `webhook_url`.
 #[derive(Clone, Debug)]
-pub struct Webhook {
+pub(crate) struct Webhook {
     tls: bool,
     host: String,
     port: u16,
@@ -28,7 +28,7 @@ pub struct Webhook {
 }
 
 impl Webhook {
-    pub fn parse(url: &str) -> Result<Self, String> {
+    pub(crate) fn parse(url: &str) -> Result<Self, String> {
         let (tls, rest) = match url.split_once("://") {
             Some(("https", r)) => (true, r),
             Some(("http", r)) => (false, r),
@@ -67,7 +67,7 @@ fn slack_escape(text: &str) -> String {
         .replace('>', "&gt;")
 }
 
-pub fn message(p: &ProposalRecord, approval_url: Option<&str>) -> serde_json::Value {
+pub(crate) fn message(p: &ProposalRecord, approval_url: Option<&str>) -> serde_json::Value {
     let hosts: Vec<&str> = p
         .services
         .iter()
@@ -157,7 +157,7 @@ fn post_once(hook: &Webhook, body: &[u8]) -> Result<u16, String> {
 }
 
 /// Sends with retries; logs the outcome (never the body's secrets: it has none).
-pub fn deliver(hook: &Webhook, body: &serde_json::Value) {
+pub(crate) fn deliver(hook: &Webhook, body: &serde_json::Value) {
     let bytes = body.to_string().into_bytes();
     for attempt in 1..=ATTEMPTS {
         match post_once(hook, &bytes) {
@@ -170,7 +170,7 @@ pub fn deliver(hook: &Webhook, body: &serde_json::Value) {
 }
 
 /// Watches for new proposals and notifies each once.
-pub fn watch(state: Arc<AppState>, hook: Webhook, approval_base: Option<String>) {
+pub(crate) fn watch(state: Arc<AppState>, hook: Webhook, approval_base: Option<String>) {
     let mut seen = state
         .store
         .proposals(None, None)

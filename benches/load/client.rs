@@ -11,7 +11,7 @@ use crate::upstream::HOST;
 
 /// How to reach the upstream.
 #[derive(Clone)]
-pub enum Route {
+pub(crate) enum Route {
     Direct {
         addr: SocketAddr,
         tls: Arc<rustls::ClientConfig>,
@@ -23,9 +23,9 @@ pub enum Route {
     },
 }
 
-pub type Conn = BufReader<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>;
+pub(crate) type Conn = BufReader<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>;
 
-pub fn tls_config(ca_der: &[u8]) -> Arc<rustls::ClientConfig> {
+pub(crate) fn tls_config(ca_der: &[u8]) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(rustls_pki_types::CertificateDer::from(ca_der.to_vec()))
@@ -41,7 +41,7 @@ pub fn tls_config(ca_der: &[u8]) -> Arc<rustls::ClientConfig> {
 }
 
 /// Opens a connection with TLS done.
-pub fn open(route: &Route) -> std::io::Result<Conn> {
+pub(crate) fn open(route: &Route) -> std::io::Result<Conn> {
     let (sock, tls) = match route {
         Route::Direct { addr, tls } => (TcpStream::connect(addr)?, tls.clone()),
         Route::Airlock { proxy, auth, tls } => {
@@ -78,7 +78,12 @@ pub fn open(route: &Route) -> std::io::Result<Conn> {
 }
 
 /// Sends one request and reads the whole response; returns the body length.
-pub fn request(c: &mut Conn, method: &str, path: &str, body: &[u8]) -> std::io::Result<usize> {
+pub(crate) fn request(
+    c: &mut Conn,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> std::io::Result<usize> {
     let w = c.get_mut();
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Bearer placeholder\r\ncontent-length: {}\r\n\r\n",
@@ -99,7 +104,10 @@ pub fn request(c: &mut Conn, method: &str, path: &str, body: &[u8]) -> std::io::
 }
 
 /// Reads a response, calling `on_data` with each piece of body as it arrives.
-pub fn read_response(c: &mut Conn, mut on_data: impl FnMut(&[u8])) -> std::io::Result<usize> {
+pub(crate) fn read_response(
+    c: &mut Conn,
+    mut on_data: impl FnMut(&[u8]),
+) -> std::io::Result<usize> {
     let mut line = String::new();
     c.read_line(&mut line)?;
     if !line.starts_with("HTTP/1.1 2") {
@@ -155,7 +163,7 @@ pub fn read_response(c: &mut Conn, mut on_data: impl FnMut(&[u8])) -> std::io::R
 }
 
 /// `GET /healthz` on a proxy port (plain HTTP, one connection per call), as JSON.
-pub fn health(proxy: SocketAddr) -> serde_json::Value {
+pub(crate) fn health(proxy: SocketAddr) -> serde_json::Value {
     let Ok(mut s) = TcpStream::connect(proxy) else {
         return serde_json::Value::Null;
     };

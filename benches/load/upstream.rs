@@ -9,15 +9,15 @@ use std::sync::Arc;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 
-pub const HOST: &str = "api.bench.test";
+pub(crate) const HOST: &str = "api.bench.test";
 
-pub struct Upstream {
+pub(crate) struct Upstream {
     pub addr: SocketAddr,
     pub ca_file: PathBuf,
     pub ca_der: Vec<u8>,
 }
 
-pub fn start(dir: &Path) -> Upstream {
+pub(crate) fn start(dir: &Path) -> Upstream {
     let ca_key = KeyPair::generate().expect("key");
     let mut ca_params = CertificateParams::default();
     ca_params
@@ -159,7 +159,7 @@ fn serve<S: Read + Write>(stream: S) {
 }
 
 /// Microseconds since the Unix epoch (both ends of the SSE measurement run on this machine).
-pub fn now_us() -> u64 {
+pub(crate) fn now_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)

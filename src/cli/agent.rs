@@ -5,7 +5,7 @@ use serde_json::json;
 use super::output::{self, rfc3339};
 use super::{AgentCmd, CliError, Ctx, TokenCmd};
 
-pub fn run(ctx: &Ctx, cmd: AgentCmd) -> Result<(), CliError> {
+pub(super) fn run(ctx: &Ctx, cmd: AgentCmd) -> Result<(), CliError> {
     let store = ctx.open_store()?;
     match cmd {
         AgentCmd::Create { name, vaults } => {
@@ -54,7 +54,7 @@ pub fn run(ctx: &Ctx, cmd: AgentCmd) -> Result<(), CliError> {
     Ok(())
 }
 
-pub fn token(ctx: &Ctx, cmd: TokenCmd) -> Result<(), CliError> {
+pub(super) fn token(ctx: &Ctx, cmd: TokenCmd) -> Result<(), CliError> {
     let TokenCmd::Mint { vault, ttl, agent } = cmd;
     let (minted, expires_at) =
         ctx.open_store()?

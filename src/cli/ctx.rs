@@ -99,7 +99,7 @@ impl Ctx {
 }
 
 /// All of stdin, at most `limit` bytes (one more is read to notice a longer input).
-pub fn read_stdin(limit: u64) -> Result<Secret, CliError> {
+pub(super) fn read_stdin(limit: u64) -> Result<Secret, CliError> {
     let mut raw = Vec::new();
     std::io::stdin()
         .take(limit + 1)
@@ -112,7 +112,7 @@ pub fn read_stdin(limit: u64) -> Result<Secret, CliError> {
 }
 
 /// Reads one value from stdin under product.md's rules.
-pub fn read_stdin_value(what: &str) -> Result<Secret, CliError> {
+pub(super) fn read_stdin_value(what: &str) -> Result<Secret, CliError> {
     let raw = read_stdin(MAX_STDIN)?;
     if raw.len() as u64 > MAX_STDIN {
         return Err(CliError::Usage(format!(

@@ -9,7 +9,7 @@ use crate::vault::fleet::Fleet;
 use crate::vault::setup::{self, CA_CERT_FILE, CA_KEY_FILE};
 use crate::vault::{Store, StoreError, VaultError};
 
-pub fn run(ctx: &Ctx, cmd: FleetCmd) -> Result<(), CliError> {
+pub(super) fn run(ctx: &Ctx, cmd: FleetCmd) -> Result<(), CliError> {
     let fleet = ctx.file.fleet("cli")?.ok_or_else(|| {
         CliError::Usage(
             "fleet commands need the fleet's store: set store_url in the config or $AIRLOCK_STORE_URL".into(),

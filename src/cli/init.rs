@@ -4,7 +4,7 @@ use super::{CliError, Ctx, InitArgs};
 use crate::vault::records::KeyMode;
 use crate::vault::setup::{self, CA_CERT_FILE, InitOutcome};
 
-pub fn run(ctx: &Ctx, args: InitArgs) -> Result<(), CliError> {
+pub(super) fn run(ctx: &Ctx, args: InitArgs) -> Result<(), CliError> {
     let sources = ctx.key_sources(args.master_key_file, args.passphrase_file)?;
     let dir = ctx.data_dir.display();
     match setup::init(&ctx.data_dir, &sources, ctx.store_options(), &ctx.actor)? {
@@ -32,7 +32,7 @@ pub fn run(ctx: &Ctx, args: InitArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-pub fn ca_export(ctx: &Ctx) -> Result<(), CliError> {
+pub(super) fn ca_export(ctx: &Ctx) -> Result<(), CliError> {
     ctx.open_store()?;
     let path = ctx.data_dir.join(CA_CERT_FILE);
     let pem = std::fs::read_to_string(&path).map_err(|source| CliError::Io {
@@ -43,7 +43,7 @@ pub fn ca_export(ctx: &Ctx) -> Result<(), CliError> {
     Ok(())
 }
 
-pub fn serve(ctx: &Ctx, args: Box<crate::serve::ServeArgs>) -> Result<(), CliError> {
+pub(super) fn serve(ctx: &Ctx, args: Box<crate::serve::ServeArgs>) -> Result<(), CliError> {
     let sources = ctx.key_sources(args.master_key_file.clone(), args.passphrase_file.clone())?;
     let mut settings = crate::serve::Settings::resolve(ctx.data_dir.clone(), &ctx.file, &args);
     settings.config_file.clone_from(&ctx.config_path);

@@ -13,7 +13,7 @@ fn read(ctx: &Ctx, vault: &str, after: u64) -> Result<Vec<(u64, Row)>, CliError>
 }
 
 /// `--hosts`: refused hosts of `vault`, most recently tried first, and how to add one.
-pub fn hosts(ctx: &Ctx, vault: &str, json: bool) -> Result<(), CliError> {
+pub(super) fn hosts(ctx: &Ctx, vault: &str, json: bool) -> Result<(), CliError> {
     ctx.open_store()?.vault(vault)?;
     let tried = requestlog::hosts_tried(&read(ctx, vault, 0)?);
     if json {
@@ -44,7 +44,7 @@ pub fn hosts(ctx: &Ctx, vault: &str, json: bool) -> Result<(), CliError> {
     Ok(())
 }
 
-pub fn run(ctx: &Ctx, vault: &str, follow: bool, json: bool) -> Result<(), CliError> {
+pub(super) fn run(ctx: &Ctx, vault: &str, follow: bool, json: bool) -> Result<(), CliError> {
     ctx.open_store()?.vault(vault)?;
     let read = |after| read(ctx, vault, after);
     if !json {

@@ -10,7 +10,7 @@ use super::output::{self, rfc3339};
 use super::{CliError, Ctx, OperatorCmd};
 use crate::secret::Secret;
 
-pub fn run(ctx: &Ctx, cmd: OperatorCmd) -> Result<(), CliError> {
+pub(super) fn run(ctx: &Ctx, cmd: OperatorCmd) -> Result<(), CliError> {
     let store = ctx.open_store()?;
     match cmd {
         OperatorCmd::Add { name } => {

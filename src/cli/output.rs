@@ -7,7 +7,7 @@ use super::CliError;
 pub use crate::vault::rfc3339;
 
 /// Prints `value` as one line of JSON.
-pub fn json(value: &serde_json::Value) -> Result<(), CliError> {
+pub(super) fn json(value: &serde_json::Value) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer(&mut out, value).map_err(|e| CliError::Io {
         what: "stdout".into(),
@@ -21,7 +21,7 @@ pub fn json(value: &serde_json::Value) -> Result<(), CliError> {
 
 /// Prints rows under a header, columns padded to their widest cell. A reader that goes away
 /// (`| head`) ends the output quietly.
-pub fn table(header: &[&str], rows: &[Vec<String>]) {
+pub(super) fn table(header: &[&str], rows: &[Vec<String>]) {
     let mut out = std::io::stdout().lock();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
@@ -51,7 +51,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
 }
 
 /// Prints a freshly minted token alone on the last line of stdout.
-pub fn token_last_line(token: &crate::secret::Secret) -> Result<(), CliError> {
+pub(super) fn token_last_line(token: &crate::secret::Secret) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
     out.write_all(token.expose())
         .and_then(|()| out.write_all(b"\n"))

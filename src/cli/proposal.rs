@@ -11,7 +11,7 @@ use crate::vault::proposals::{inert, review_json};
 use crate::vault::records::{ProposalRecord, ProposalStatus, ServiceChange, SlotAction};
 use crate::vault::review::{Review, ServiceDiff};
 
-pub fn run(ctx: &Ctx, cmd: ProposalCmd) -> Result<(), CliError> {
+pub(super) fn run(ctx: &Ctx, cmd: ProposalCmd) -> Result<(), CliError> {
     let store = ctx.open_store()?;
     match cmd {
         ProposalCmd::List {

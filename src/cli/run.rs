@@ -100,7 +100,7 @@ fn withhold(child: &mut Command, credential_keys: &[String]) -> (Vec<String>, Ve
     (removed, replaced)
 }
 
-pub fn run(ctx: &Ctx, args: RunArgs) -> Result<std::process::ExitCode, CliError> {
+pub(super) fn run(ctx: &Ctx, args: RunArgs) -> Result<std::process::ExitCode, CliError> {
     if args.print_guide {
         print!("{}", crate::proxy::agent_api::GUIDE);
         return Ok(std::process::ExitCode::SUCCESS);
@@ -449,7 +449,7 @@ fn tls_to(
 }
 
 /// The user's NO_PROXY, extended (not replaced) with the loopback names.
-pub fn extended_no_proxy(existing: Option<String>) -> String {
+pub(super) fn extended_no_proxy(existing: Option<String>) -> String {
     let mut entries: Vec<String> = existing
         .unwrap_or_default()
         .split(',')

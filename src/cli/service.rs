@@ -10,7 +10,7 @@ use super::{CliError, CredentialCmd, Ctx, ServiceCmd};
 use crate::spec::ServiceFile;
 use crate::vault::oauth::{Import, Settings};
 
-pub fn run(ctx: &Ctx, cmd: ServiceCmd) -> Result<(), CliError> {
+pub(super) fn run(ctx: &Ctx, cmd: ServiceCmd) -> Result<(), CliError> {
     if let ServiceCmd::Catalog { json } = cmd {
         return catalog(json);
     }
@@ -125,7 +125,7 @@ fn catalog(json: bool) -> Result<(), CliError> {
     Ok(())
 }
 
-pub fn credential(ctx: &Ctx, cmd: CredentialCmd) -> Result<(), CliError> {
+pub(super) fn credential(ctx: &Ctx, cmd: CredentialCmd) -> Result<(), CliError> {
     let store = ctx.open_store()?;
     match cmd {
         CredentialCmd::Set { vault, key } => {

@@ -5,7 +5,7 @@ use serde_json::json;
 use super::output::{self, rfc3339};
 use super::{AuditCmd, CliError, Ctx, VaultCmd};
 
-pub fn run(ctx: &Ctx, cmd: VaultCmd) -> Result<(), CliError> {
+pub(super) fn run(ctx: &Ctx, cmd: VaultCmd) -> Result<(), CliError> {
     let store = ctx.open_store()?;
     match cmd {
         VaultCmd::Create { name } => {
@@ -52,7 +52,7 @@ fn policy_word(p: crate::vault::UnmatchedPolicy) -> &'static str {
     }
 }
 
-pub fn audit(ctx: &Ctx, cmd: AuditCmd) -> Result<(), CliError> {
+pub(super) fn audit(ctx: &Ctx, cmd: AuditCmd) -> Result<(), CliError> {
     let AuditCmd::List { limit, json } = cmd;
     let records = ctx.open_store()?.audit_log(limit)?;
     if json {

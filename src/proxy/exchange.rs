@@ -29,7 +29,7 @@ use crate::requestlog::Row;
 
 /// Request bodies up to this size are read whole before they go out on a reused upstream
 /// connection, so the request can be sent again if that connection turns out to be dead.
-pub const RETRY_BODY_MAX: u64 = 1024 * 1024;
+pub(super) const RETRY_BODY_MAX: u64 = 1024 * 1024;
 
 /// Runs one exchange for `req`, which arrived on `client` for `target`. `absolute_ok` is set for
 /// plain-HTTP proxying, where the target is absolute-form.

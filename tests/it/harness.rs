@@ -5,14 +5,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 /// A data dir in a temp dir plus helpers to run commands against it.
-pub struct Env {
+pub(crate) struct Env {
     pub tmp: tempfile::TempDir,
     pub data_dir: PathBuf,
 }
 
 /// What one command did.
 #[derive(Debug)]
-pub struct Run {
+pub(crate) struct Run {
     pub code: i32,
     pub stdout: String,
     pub stderr: String,
@@ -20,14 +20,14 @@ pub struct Run {
 
 impl Run {
     #[track_caller]
-    pub fn ok(self) -> Self {
+    pub(crate) fn ok(self) -> Self {
         assert_eq!(self.code, 0, "command failed: {self:?}");
         self
     }
 
     /// Asserts failure with exactly one line of reason on stderr, and returns that line.
     #[track_caller]
-    pub fn fails(&self) -> &str {
+    pub(crate) fn fails(&self) -> &str {
         assert_ne!(self.code, 0, "command unexpectedly succeeded: {self:?}");
         let lines: Vec<_> = self.stderr.lines().collect();
         assert_eq!(lines.len(), 1, "expected one line on stderr: {self:?}");
@@ -35,17 +35,17 @@ impl Run {
         lines[0]
     }
 
-    pub fn last_line(&self) -> &str {
+    pub(crate) fn last_line(&self) -> &str {
         self.stdout.lines().last().unwrap_or_default()
     }
 }
 
-pub fn bin() -> &'static str {
+pub(crate) fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_airlock")
 }
 
 /// A `Command` for airlock with a clean environment (no inherited AIRLOCK_* variables).
-pub fn command(args: &[&str]) -> Command {
+pub(crate) fn command(args: &[&str]) -> Command {
     let mut c = Command::new(bin());
     c.args(args);
     for var in [
@@ -59,7 +59,7 @@ pub fn command(args: &[&str]) -> Command {
     c
 }
 
-pub fn output(mut c: Command, stdin: Option<&[u8]>) -> Run {
+pub(crate) fn output(mut c: Command, stdin: Option<&[u8]>) -> Run {
     c.stdin(if stdin.is_some() {
         Stdio::piped()
     } else {
@@ -85,71 +85,71 @@ pub fn output(mut c: Command, stdin: Option<&[u8]>) -> Run {
 
 impl Env {
     /// A temp dir with no data dir in it yet.
-    pub fn empty() -> Self {
+    pub(crate) fn empty() -> Self {
         let tmp = tempfile::tempdir().expect("tempdir");
         let data_dir = tmp.path().join("data");
         Self { tmp, data_dir }
     }
 
     /// A temp dir with `airlock init` done.
-    pub fn init() -> Self {
+    pub(crate) fn init() -> Self {
         let env = Self::empty();
         env.run(&["init"]).ok();
         env
     }
 
     /// `airlock --data-dir D ARGS` (the global flag first, so it never lands after a `--`).
-    pub fn command(&self, args: &[&str]) -> Command {
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
         let mut c = command(&[]);
         c.arg("--data-dir").arg(&self.data_dir).args(args);
         c
     }
 
-    pub fn run(&self, args: &[&str]) -> Run {
+    pub(crate) fn run(&self, args: &[&str]) -> Run {
         output(self.command(args), None)
     }
 
-    pub fn run_stdin(&self, args: &[&str], stdin: &[u8]) -> Run {
+    pub(crate) fn run_stdin(&self, args: &[&str], stdin: &[u8]) -> Run {
         output(self.command(args), Some(stdin))
     }
 
-    pub fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.tmp.path().join(name)
     }
 
-    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+    pub(crate) fn write(&self, name: &str, text: &str) -> PathBuf {
         let p = self.path(name);
         std::fs::write(&p, text).expect("write");
         p
     }
 
     /// `service set -f` with `yaml` (through a file in the temp dir).
-    pub fn set_services(&self, yaml: &str) {
+    pub(crate) fn set_services(&self, yaml: &str) {
         let file = self.write("services.yaml", yaml);
         self.run(&["service", "set", "-f", file.to_str().expect("utf-8 path")])
             .ok();
     }
 
     /// Creates agent `name` with default vault `vault`; its token.
-    pub fn agent_token(&self, name: &str, vault: &str) -> String {
+    pub(crate) fn agent_token(&self, name: &str, vault: &str) -> String {
         self.run(&["agent", "create", name, "--vault", vault])
             .ok()
             .last_line()
             .to_owned()
     }
 
-    pub fn store(&self) -> airlock::vault::Store {
+    pub(crate) fn store(&self) -> airlock::vault::Store {
         airlock::vault::Store::open(&self.data_dir, Default::default()).expect("open store")
     }
 
-    pub fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u64 {
         self.store().generation().expect("generation")
     }
 }
 
 /// Every file under `dir` with the SHA-256 of its bytes, for before/after comparisons. LMDB's
 /// `lock.mdb` (the reader table, rewritten by every open, holding no data) is left out.
-pub fn snapshot(dir: &Path) -> Vec<(PathBuf, String)> {
+pub(crate) fn snapshot(dir: &Path) -> Vec<(PathBuf, String)> {
     files(dir)
         .into_iter()
         .filter(|(p, _)| !p.ends_with("lock.mdb"))
@@ -164,7 +164,7 @@ pub fn snapshot(dir: &Path) -> Vec<(PathBuf, String)> {
 }
 
 /// Every file under `dir` with its bytes (LMDB files included).
-pub fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+pub(crate) fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
@@ -185,7 +185,7 @@ pub fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 
 /// The HTTP status codes curl reports for `args` (direct, never through a proxy), one after
 /// another when `args` names several URLs.
-pub fn http_codes(args: &[&str]) -> String {
+pub(crate) fn http_codes(args: &[&str]) -> String {
     let mut c = Command::new("curl");
     c.args([
         "-sS",
@@ -201,12 +201,12 @@ pub fn http_codes(args: &[&str]) -> String {
 }
 
 /// Whether `needle` occurs anywhere in `hay`.
-pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+pub(crate) fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
 /// A per-run random canary value (security.md J-01).
-pub fn canary() -> String {
+pub(crate) fn canary() -> String {
     let n: u128 = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(7, |d| d.as_nanos());
@@ -214,12 +214,12 @@ pub fn canary() -> String {
 }
 
 /// A small tmpfs mounted on a temp dir (disk-full tests; needs root), unmounted on drop.
-pub struct Tmpfs {
+pub(crate) struct Tmpfs {
     pub dir: tempfile::TempDir,
 }
 
 impl Tmpfs {
-    pub fn mount(size: &str) -> Self {
+    pub(crate) fn mount(size: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let st = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
@@ -233,7 +233,7 @@ impl Tmpfs {
         Self { dir }
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
 }
@@ -246,14 +246,14 @@ impl Drop for Tmpfs {
 
 /// `airlock serve` running as nobody (uid 65534), from copies of both binaries in a fresh 0755
 /// directory, over a data dir made by `init`; `env` is set for both. Killed on drop.
-pub struct ServeAsNobody {
+pub(crate) struct ServeAsNobody {
     pub child: std::process::Child,
     pub data: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl ServeAsNobody {
-    pub fn start(serve_args: &[&str], env: &[(&str, &str)]) -> Self {
+    pub(crate) fn start(serve_args: &[&str], env: &[(&str, &str)]) -> Self {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))

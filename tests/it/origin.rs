@@ -38,7 +38,7 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, 
 
 /// One request as the origin received it.
 #[derive(Clone, Debug)]
-pub struct Recorded {
+pub(crate) struct Recorded {
     pub head: String,
     pub body: Vec<u8>,
     pub sni: Option<String>,
@@ -46,7 +46,7 @@ pub struct Recorded {
 }
 
 impl Recorded {
-    pub fn header(&self, name: &str) -> Vec<String> {
+    pub(crate) fn header(&self, name: &str) -> Vec<String> {
         self.head
             .lines()
             .skip(1)
@@ -56,12 +56,12 @@ impl Recorded {
             .collect()
     }
 
-    pub fn request_line(&self) -> &str {
+    pub(crate) fn request_line(&self) -> &str {
         self.head.lines().next().unwrap_or_default()
     }
 }
 
-pub struct Origin {
+pub(crate) struct Origin {
     /// Where `/repo.git/...` is served from with `git http-backend`, once set.
     pub git_root: Arc<Mutex<Option<PathBuf>>>,
     /// The stand-in OAuth server's state.
@@ -75,17 +75,17 @@ pub struct Origin {
 
 impl Origin {
     /// An HTTPS origin whose certificate names `hosts`.
-    pub fn https(dir: &std::path::Path, hosts: &[&str]) -> Self {
+    pub(crate) fn https(dir: &std::path::Path, hosts: &[&str]) -> Self {
         Self::https_with(dir, hosts, false)
     }
 
     /// As [`Origin::https`]; with `expired`, the certificate's validity ended yesterday.
-    pub fn https_with(dir: &std::path::Path, hosts: &[&str], expired: bool) -> Self {
+    pub(crate) fn https_with(dir: &std::path::Path, hosts: &[&str], expired: bool) -> Self {
         Self::https_opts(dir, hosts, expired, Duration::from_secs(30))
     }
 
     /// As [`Origin::https`], closing connections idle for `idle`.
-    pub fn https_idle(dir: &std::path::Path, hosts: &[&str], idle: Duration) -> Self {
+    pub(crate) fn https_idle(dir: &std::path::Path, hosts: &[&str], idle: Duration) -> Self {
         Self::https_opts(dir, hosts, false, idle)
     }
 
@@ -128,7 +128,7 @@ impl Origin {
     }
 
     /// A plain-HTTP origin.
-    pub fn http(dir: &std::path::Path) -> Self {
+    pub(crate) fn http(dir: &std::path::Path) -> Self {
         Self::start(None, dir.join("none.pem"), Duration::from_secs(30))
     }
 
@@ -180,7 +180,7 @@ impl Origin {
         }
     }
 
-    pub fn recorded(&self) -> Vec<Recorded> {
+    pub(crate) fn recorded(&self) -> Vec<Recorded> {
         self.requests.lock().unwrap().clone()
     }
 }
@@ -617,7 +617,7 @@ fn anthropic_events() -> Vec<String> {
 /// every access token issued stays valid for `lifetime` from its grant, as real providers keep an
 /// old token working after a refresh, until [`OAuthStandIn::revoke_all`].
 #[derive(Debug)]
-pub struct OAuthStandIn {
+pub(crate) struct OAuthStandIn {
     pub prefix: String,
     pub refresh_token: String,
     /// The newest access token.
@@ -657,14 +657,14 @@ impl Default for OAuthStandIn {
 
 impl OAuthStandIn {
     /// Makes `token` valid for `lifetime` from now (the token imported before any grant).
-    pub fn issue(&mut self, token: &str) {
+    pub(crate) fn issue(&mut self, token: &str) {
         let until = std::time::Instant::now() + Duration::from_secs(self.lifetime);
         self.valid.insert(token.to_owned(), until);
         self.access_token = token.to_owned();
     }
 
     /// Revokes every access token issued so far (the API answers 401 to them).
-    pub fn revoke_all(&mut self) {
+    pub(crate) fn revoke_all(&mut self) {
         self.valid.clear();
     }
 }
@@ -815,7 +815,7 @@ fn rec_is_websocket(r: &Recorded) -> bool {
 }
 
 /// RFC 6455 Sec-WebSocket-Accept for a key.
-pub fn ws_accept(key: &str) -> String {
+pub(crate) fn ws_accept(key: &str) -> String {
     let d = ring::digest::digest(
         &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
         format!("{key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11").as_bytes(),
@@ -823,7 +823,7 @@ pub fn ws_accept(key: &str) -> String {
     data_encoding::BASE64.encode(d.as_ref())
 }
 
-pub fn now_ms() -> u128 {
+pub(crate) fn now_ms() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis())

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-pub struct Postgres {
+pub(crate) struct Postgres {
     pub dir: tempfile::TempDir,
     bin: PathBuf,
     /// Set by [`Postgres::start_tls`]: TCP on this loopback port, TLS and passwords required.
@@ -33,7 +33,7 @@ fn as_nobody(program: &Path) -> Command {
 }
 
 impl Postgres {
-    pub fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
         let pg = Self {
@@ -58,7 +58,7 @@ impl Postgres {
 
     /// As [`Postgres::start`], also listening on a loopback TCP port that takes only TLS (with
     /// `cert_pem`/`key_pem`) and SCRAM passwords; the role `airlock` gets `password`.
-    pub fn start_tls(cert_pem: &str, key_pem: &str, password: &str) -> Self {
+    pub(crate) fn start_tls(cert_pem: &str, key_pem: &str, password: &str) -> Self {
         let mut pg = Self::start();
         pg.ctl("stop");
         let data = pg.data();
@@ -104,7 +104,7 @@ impl Postgres {
     }
 
     /// The TCP port of a cluster started with [`Postgres::start_tls`].
-    pub fn tcp_port(&self) -> u16 {
+    pub(crate) fn tcp_port(&self) -> u16 {
         self.tcp_port.expect("started with start_tls")
     }
 
@@ -129,16 +129,16 @@ impl Postgres {
         assert!(out.status.success(), "pg_ctl {action}: {out:?}");
     }
 
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.ctl("stop");
     }
 
-    pub fn restart(&self) {
+    pub(crate) fn restart(&self) {
         self.ctl("start");
     }
 
     /// The `store_url` of this cluster (its Unix socket).
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!(
             "host={} port={} user=airlock dbname=postgres",
             self.dir.path().display(),
@@ -147,7 +147,7 @@ impl Postgres {
     }
 
     /// `pg_dump` of the whole database, for the canary sweep.
-    pub fn dump(&self) -> String {
+    pub(crate) fn dump(&self) -> String {
         let out = as_nobody(&self.bin.join("pg_dump"))
             .args(["-h"])
             .arg(self.dir.path())

@@ -9,7 +9,7 @@ use crate::harness::{Env, Run, canary, output};
 use crate::origin::Origin;
 use crate::proxy_harness::{Proxy, RawClient, connect};
 
-pub const SERVICES: &str = r#"
+pub(crate) const SERVICES: &str = r#"
 services:
   - name: openai
     host: api.openai.com
@@ -37,7 +37,7 @@ services:
     auth: {type: basic, username: GIT_USER, password: GIT_TOKEN}
 "#;
 
-pub const HOSTS: &[&str] = &[
+pub(crate) const HOSTS: &[&str] = &[
     "api.openai.com",
     "api.anthropic.com",
     "team.atlassian.net",
@@ -48,7 +48,7 @@ pub const HOSTS: &[&str] = &[
 ];
 
 /// A vault with the services above, an agent, an origin for every host and a running proxy.
-pub struct Setup {
+pub(crate) struct Setup {
     pub env: Env,
     pub origin: Origin,
     pub proxy: Proxy,
@@ -58,13 +58,18 @@ pub struct Setup {
 }
 
 impl Setup {
-    pub fn new(driver: &str) -> Self {
+    pub(crate) fn new(driver: &str) -> Self {
         Self::with(driver, &[], true, true)
     }
 
     /// `extra` flags for serve; see [`Proxy::for_origin`] for `trusted` and `loopback_allowed`.
     /// Driver `auto` means `$AIRLOCK_TEST_DRIVER` when set (tests/run.sh reruns with `epoll`).
-    pub fn with(driver: &str, extra: &[&str], trusted: bool, loopback_allowed: bool) -> Self {
+    pub(crate) fn with(
+        driver: &str,
+        extra: &[&str],
+        trusted: bool,
+        loopback_allowed: bool,
+    ) -> Self {
         Self::build(
             driver,
             extra,
@@ -76,7 +81,7 @@ impl Setup {
 
     /// As [`Setup::with`] (trusted, loopback allowed), with an origin that closes connections
     /// idle for `idle`.
-    pub fn with_idle_origin(extra: &[&str], idle: Duration) -> Self {
+    pub(crate) fn with_idle_origin(extra: &[&str], idle: Duration) -> Self {
         Self::build("auto", extra, true, true, idle)
     }
 
@@ -132,22 +137,22 @@ impl Setup {
     }
 
     /// The data plane's `/metrics` text (serve must run with `--metrics-listen`).
-    pub fn metrics(&self) -> String {
+    pub(crate) fn metrics(&self) -> String {
         let addr = self.proxy.metrics.as_ref().expect("--metrics-listen");
         let mut c = std::process::Command::new("curl");
         c.args(["-sS", "--noproxy", "*", &format!("http://{addr}/metrics")]);
         output(c, None).ok().stdout
     }
 
-    pub fn secret(&self, key: &str) -> &str {
+    pub(crate) fn secret(&self, key: &str) -> &str {
         &self.secrets.iter().find(|(k, _)| *k == key).unwrap().1
     }
 
-    pub fn ca(&self) -> std::path::PathBuf {
+    pub(crate) fn ca(&self) -> std::path::PathBuf {
         self.env.data_dir.join("ca.pem")
     }
 
-    pub fn curl(&self, args: &[&str]) -> Run {
+    pub(crate) fn curl(&self, args: &[&str]) -> Run {
         let mut c = std::process::Command::new("curl");
         c.args([
             "-sS",
@@ -165,7 +170,7 @@ impl Setup {
         run
     }
 
-    pub fn raw(&self, host: &str) -> RawClient {
+    pub(crate) fn raw(&self, host: &str) -> RawClient {
         let ca = std::fs::read(self.ca()).unwrap();
         RawClient::open(
             self.proxy.addr,
@@ -178,13 +183,13 @@ impl Setup {
     }
 
     #[track_caller]
-    pub fn assert_no_secret(&self, text: &str) {
+    pub(crate) fn assert_no_secret(&self, text: &str) {
         for (k, v) in &self.secrets {
             assert!(!text.contains(v.as_str()), "{k} reached the client: {text}");
         }
     }
 
-    pub fn last(&self) -> crate::origin::Recorded {
+    pub(crate) fn last(&self) -> crate::origin::Recorded {
         self.origin
             .recorded()
             .last()

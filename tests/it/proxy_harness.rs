@@ -11,7 +11,7 @@ use crate::harness::Env;
 use crate::origin::Origin;
 
 /// `airlock serve` as a child process; killed on drop.
-pub struct Proxy {
+pub(crate) struct Proxy {
     child: Child,
     pub addr: SocketAddr,
     pub stderr: Arc<Mutex<String>>,
@@ -25,7 +25,7 @@ pub struct Proxy {
 
 impl Proxy {
     /// Starts serve on 127.0.0.1:0 with 2 workers and `extra` flags; waits for `ready`.
-    pub fn start(env: &Env, extra: &[&str]) -> Self {
+    pub(crate) fn start(env: &Env, extra: &[&str]) -> Self {
         let mut c = env.command(&["serve", "--listen", "127.0.0.1:0", "--workers", "2"]);
         if !extra.contains(&"--admin-listen") {
             c.arg("--no-admin");
@@ -86,7 +86,7 @@ impl Proxy {
 
     /// Serve with an origin standing in for `hosts` through `--resolve`. `trusted`: the origin's
     /// CA is given as `--upstream-ca-file`; `loopback_allowed`: `--network-allow 127.0.0.1/32`.
-    pub fn for_origin(
+    pub(crate) fn for_origin(
         env: &Env,
         origin: &Origin,
         hosts: &[&str],
@@ -113,20 +113,20 @@ impl Proxy {
         Self::start(env, &refs)
     }
 
-    pub fn url(&self, token: &str, vault: &str) -> String {
+    pub(crate) fn url(&self, token: &str, vault: &str) -> String {
         format!("http://{token}:{vault}@{}", self.addr)
     }
 
-    pub fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Waits up to `limit` for the process to exit; its exit code, if it did.
-    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+    pub(crate) fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
         let end = std::time::Instant::now() + limit;
         while std::time::Instant::now() < end {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -146,7 +146,11 @@ impl Drop for Proxy {
 }
 
 /// Sends a CONNECT and returns the socket and the proxy's response head.
-pub fn connect(proxy: SocketAddr, authority: &str, auth: Option<&str>) -> (TcpStream, String) {
+pub(crate) fn connect(
+    proxy: SocketAddr,
+    authority: &str,
+    auth: Option<&str>,
+) -> (TcpStream, String) {
     let mut s = TcpStream::connect(proxy).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut req = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n");
@@ -175,13 +179,13 @@ fn read_head<R: Read>(r: &mut R) -> String {
 }
 
 /// A TLS client inside a CONNECT tunnel that writes raw bytes.
-pub struct RawClient {
+pub(crate) struct RawClient {
     pub tls: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
 }
 
 impl RawClient {
     /// CONNECTs to `host:443` and does TLS with `sni`, trusting the CA in `ca_pem`.
-    pub fn open(
+    pub(crate) fn open(
         proxy: SocketAddr,
         host: &str,
         sni: &str,
@@ -214,13 +218,13 @@ impl RawClient {
     }
 
     /// Writes `raw` and reads one response (head plus a Content-Length body).
-    pub fn send(&mut self, raw: &[u8]) -> String {
+    pub(crate) fn send(&mut self, raw: &[u8]) -> String {
         self.tls.write_all(raw).unwrap();
         self.tls.flush().unwrap();
         self.response()
     }
 
-    pub fn response(&mut self) -> String {
+    pub(crate) fn response(&mut self) -> String {
         let head = read_head(&mut self.tls);
         let len = head
             .lines()
