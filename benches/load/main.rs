@@ -2,12 +2,17 @@
 //!
 //! `cargo bench --bench load -- [--duration SECS] [--connections N] [--rate REQ_PER_S]
 //! [--workers N] [--driver auto|io-uring|epoll] [--idle N] [--bulk-mib N] [--sse-events N]
-//! [--sse-ms MS] [--fleet N] [--quick]`
+//! [--sse-ms MS] [--fleet N] [--rounds N] [--binary PATH] [--no-peer] [--quick]`
 //!
-//! It starts a loopback HTTPS upstream with its own CA and `airlock serve` (the real binary) with
-//! a vault whose service points at that upstream through `--resolve`, then runs each scenario
-//! straight at the upstream and through airlock: keep-alive closed loop, fixed-rate open loop,
-//! a new tunnel per request, SSE, bulk download and upload, and idle tunnels for memory. With
+//! It starts a loopback HTTPS upstream with its own CA and `airlock serve` (the real binary, or
+//! `--binary` for an A/B) with a vault whose service points at that upstream through
+//! `--resolve`, then runs each scenario straight at the upstream and through airlock, `--rounds`
+//! times (3; the order alternating), and reports the median and range of each figure:
+//! keep-alive closed loop with airlock's CPU per request, a new tunnel per request, bulk
+//! download and upload; then, paired (both routes at the same moment, "added" taken per pair,
+//! never as a difference of two percentiles), a fixed-rate open loop and SSE; and idle tunnels
+//! for memory. When `mitmdump` is installed (`pip install mitmproxy`) the same keep-alive and
+//! download run through mitmproxy doing the same injection, and the table shows airlock ÷ it. With
 //! `--fleet N` it also starts a PostgreSQL cluster and a two-node fleet ([`fleet`]): the time
 //! from a write acknowledged on one node to its being served on the other, over N writes, and
 //! keep-alive throughput through a fleet node beside the single node's. It prints a table and,
@@ -44,6 +49,12 @@ struct Opts {
     sse_ms: u64,
     /// Writes timed across a two-node fleet; 0: no fleet run.
     fleet: usize,
+    /// Rounds of every scenario, direct and airlock alternating; figures are medians.
+    rounds: usize,
+    /// The `airlock` binary (another build, for an A/B).
+    binary: std::path::PathBuf,
+    /// Whether to run mitmproxy as the peer when it is installed.
+    peer: bool,
 }
 
 fn opts() -> Opts {
@@ -58,6 +69,9 @@ fn opts() -> Opts {
         sse_events: 50,
         sse_ms: 20,
         fleet: 0,
+        rounds: 3,
+        binary: env!("CARGO_BIN_EXE_airlock").into(),
+        peer: true,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -74,6 +88,12 @@ fn opts() -> Opts {
             "--sse-events" => o.sse_events = next().parse().unwrap_or(50),
             "--sse-ms" => o.sse_ms = next().parse().unwrap_or(20),
             "--fleet" => o.fleet = next().parse().unwrap_or(100),
+            "--rounds" => o.rounds = next().parse().unwrap_or(3).max(1),
+            "--binary" => o.binary = next().into(),
+            "--no-peer" => {
+                o.peer = false;
+                i -= 1;
+            }
             "--quick" => {
                 (
                     o.duration,
@@ -83,7 +103,8 @@ fn opts() -> Opts {
                     o.bulk_mib,
                     o.sse_events,
                     o.sse_ms,
-                ) = (Duration::from_millis(300), 2, 200, 20, 1, 5, 5);
+                    o.rounds,
+                ) = (Duration::from_millis(300), 2, 200, 20, 1, 5, 5, 1);
                 i -= 1;
             }
             _ => i -= 1, // `--bench` and unknown flags take no value
@@ -172,7 +193,7 @@ fn setup_vault(dir: &std::path::Path) -> String {
 fn serve(o: &Opts, dir: &std::path::Path, up: &upstream::Upstream, extra: &[&str]) -> Airlock {
     let resolve = format!("{}:443:{}", upstream::HOST, up.addr);
     let workers = o.workers.to_string();
-    let mut c = Command::new(env!("CARGO_BIN_EXE_airlock"));
+    let mut c = Command::new(&o.binary);
     c.arg("--data-dir").arg(dir.join("data")).args(extra);
     // One token drives the whole load: the per-agent limits are off here.
     c.args([
@@ -338,39 +359,63 @@ fn closed_loop(route: &Route, o: &Opts) -> (f64, Histogram<u64>, u64) {
     (n as f64 / start.elapsed().as_secs_f64(), all, n)
 }
 
-/// Open loop: requests scheduled at a fixed total rate; latency counts from the scheduled time.
-fn open_loop(route: &Route, o: &Opts) -> Histogram<u64> {
+/// Paired open loop: each connection holds one direct and one airlock connection and, at a fixed
+/// total rate, sends one request on each back to back (the order alternating). Returns each
+/// route's service times and, per pair, airlock's minus direct's: "added" is read from pairs
+/// taken at the same moment, never from two independent runs.
+fn paired_open_loop(
+    direct: &Route,
+    through: &Route,
+    o: &Opts,
+) -> (Histogram<u64>, Histogram<u64>, Vec<i64>) {
     let per_conn = (o.rate as f64 / o.connections as f64).max(1.0);
     let interval = Duration::from_secs_f64(1.0 / per_conn);
     let threads: Vec<_> = (0..o.connections)
         .map(|i| {
-            let route = route.clone();
+            let (direct, through) = (direct.clone(), through.clone());
             let duration = o.duration;
             std::thread::spawn(move || {
-                let mut h = hist();
-                let mut c = client::open(&route).expect("open");
+                let (mut hd, mut ha, mut added) = (hist(), hist(), Vec::new());
+                let mut d = client::open(&direct).expect("open");
+                let mut a = client::open(&through).expect("open");
                 let start = Instant::now() + interval.mul_f64(i as f64 / 16.0);
                 let mut k = 0u32;
                 loop {
                     let at = start + interval * k;
                     if at > start + duration {
-                        return h;
+                        return (hd, ha, added);
                     }
                     if let Some(wait) = at.checked_duration_since(Instant::now()) {
                         std::thread::sleep(wait);
                     }
-                    client::request(&mut c, "GET", "/small", b"").expect("request");
-                    let _ = h.record(at.elapsed().as_micros() as u64);
+                    let time = |c: &mut client::Conn| {
+                        let t = Instant::now();
+                        client::request(c, "GET", "/small", b"").expect("request");
+                        t.elapsed().as_micros() as i64
+                    };
+                    let (td, ta) = if k % 2 == 0 {
+                        let td = time(&mut d);
+                        (td, time(&mut a))
+                    } else {
+                        let ta = time(&mut a);
+                        (time(&mut d), ta)
+                    };
+                    let _ = hd.record(td.max(1) as u64);
+                    let _ = ha.record(ta.max(1) as u64);
+                    added.push(ta - td);
                     k += 1;
                 }
             })
         })
         .collect();
-    let mut all = hist();
+    let (mut hd, mut ha, mut added) = (hist(), hist(), Vec::new());
     for t in threads {
-        all.add(t.join().expect("thread")).expect("add");
+        let (d, a, x) = t.join().expect("thread");
+        hd.add(d).expect("add");
+        ha.add(a).expect("add");
+        added.extend(x);
     }
-    all
+    (hd, ha, added)
 }
 
 /// A new connection (and tunnel) per request.
@@ -399,8 +444,8 @@ fn tunnels(route: &Route, o: &Opts) -> (f64, Histogram<u64>) {
     (all.len() as f64 / start.elapsed().as_secs_f64(), all)
 }
 
-/// SSE: time to first byte, and each event's delay from the upstream's send time.
-fn sse(route: &Route, o: &Opts) -> (u64, Histogram<u64>) {
+/// SSE: time to first byte, and each event's delay from the upstream's send time, by event.
+fn sse(route: &Route, o: &Opts) -> (u64, Vec<u64>) {
     let mut c = client::open(route).expect("open");
     let w = c.get_mut();
     let t = Instant::now();
@@ -414,7 +459,7 @@ fn sse(route: &Route, o: &Opts) -> (u64, Histogram<u64>) {
     .expect("write");
     w.flush().expect("flush");
     let mut ttfb = None;
-    let mut delays = hist();
+    let mut delays = Vec::new();
     client::read_response(&mut c, |piece| {
         ttfb.get_or_insert(t.elapsed().as_micros() as u64);
         let text = String::from_utf8_lossy(piece);
@@ -423,11 +468,27 @@ fn sse(route: &Route, o: &Opts) -> (u64, Histogram<u64>) {
             .skip(1)
             .filter_map(|e| e.trim().parse::<u64>().ok())
         {
-            let _ = delays.record(upstream::now_us().saturating_sub(sent).max(1));
+            delays.push(upstream::now_us().saturating_sub(sent).max(1));
         }
     })
     .expect("sse");
     (ttfb.unwrap_or(0), delays)
+}
+
+/// SSE direct and through airlock at once: per event, the delay through airlock minus the
+/// direct one (paired by event); and both times to first byte.
+fn paired_sse(direct: &Route, through: &Route, o: &Opts) -> (i64, Vec<i64>) {
+    std::thread::scope(|s| {
+        let d = s.spawn(|| sse(direct, o));
+        let a = sse(through, o);
+        let d = d.join().expect("sse");
+        let added =
+            a.1.iter()
+                .zip(&d.1)
+                .map(|(a, d)| *a as i64 - *d as i64)
+                .collect();
+        (a.0 as i64 - d.0 as i64, added)
+    })
 }
 
 /// Bulk download and upload, MB/s.
@@ -462,6 +523,170 @@ fn proc_field(pid: u32, file: &str, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// One round's figures: each scenario once straight at the upstream and once through airlock
+/// (and through mitmproxy when it runs).
+#[derive(Clone, Debug, Default)]
+struct Round {
+    ka_direct: f64,
+    ka_airlock: f64,
+    cpu_us: f64,
+    tunnels_direct: f64,
+    tunnels_airlock: f64,
+    down_direct: f64,
+    down_airlock: f64,
+    up_direct: f64,
+    up_airlock: f64,
+    ka_peer: Option<f64>,
+    down_peer: Option<f64>,
+}
+
+/// Round `i`; odd rounds go through airlock first, so neither route always runs on a machine
+/// warmed (or tired) by the other.
+fn round(
+    i: usize,
+    o: &Opts,
+    direct: &Route,
+    through: &Route,
+    peer: Option<&Route>,
+    pid: u32,
+) -> Round {
+    let mut r = Round::default();
+    let airlock_first = i % 2 == 1;
+    let run_airlock = |r: &mut Round| {
+        let cpu0 = proc_field(pid, "stat", "");
+        let (rps, _, n) = closed_loop(through, o);
+        r.ka_airlock = rps;
+        r.cpu_us = (proc_field(pid, "stat", "") - cpu0) as f64 / n.max(1) as f64;
+        (r.tunnels_airlock, _) = tunnels(through, o);
+        (r.down_airlock, r.up_airlock) = bulk(through, o);
+    };
+    if airlock_first {
+        run_airlock(&mut r);
+    }
+    r.ka_direct = closed_loop(direct, o).0;
+    (r.tunnels_direct, _) = tunnels(direct, o);
+    (r.down_direct, r.up_direct) = bulk(direct, o);
+    if !airlock_first {
+        run_airlock(&mut r);
+    }
+    if let Some(peer) = peer {
+        r.ka_peer = Some(closed_loop(peer, o).0);
+        r.down_peer = Some(bulk(peer, o).0);
+    }
+    r
+}
+
+/// Median, smallest and largest.
+fn spread(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    let median = match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    };
+    (
+        median,
+        v.first().copied().unwrap_or(0.0),
+        v.last().copied().unwrap_or(0.0),
+    )
+}
+
+/// The value at quantile `q` of signed samples.
+fn quantile(v: &mut [i64], q: f64) -> i64 {
+    v.sort_unstable();
+    v.get(((v.len() as f64 - 1.0) * q).round() as usize)
+        .copied()
+        .unwrap_or(0)
+}
+
+/// `median [min–max]`, rounded to `digits`.
+fn show((m, lo, hi): (f64, f64, f64), digits: usize) -> String {
+    format!("{m:.digits$} [{lo:.digits$}–{hi:.digits$}]")
+}
+
+/// mitmproxy doing the same injection, when `mitmdump` is on the PATH (`pip install mitmproxy`):
+/// an addon sends the bench host to the loopback upstream and sets the same bearer header.
+struct Peer {
+    child: Child,
+    route: Route,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn mitmproxy(dir: &std::path::Path, up: &upstream::Upstream) -> Option<Peer> {
+    let found = Command::new("mitmdump")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        println!("mitmproxy: not installed (pip install mitmproxy), no peer row");
+        return None;
+    }
+    let conf = dir.join("mitmproxy");
+    std::fs::create_dir_all(&conf).expect("confdir");
+    let addon = dir.join("inject.py");
+    std::fs::write(
+        &addon,
+        format!(
+            "class Inject:\n    def server_connect(self, data):\n        data.server.address = ('127.0.0.1', {})\n    def request(self, flow):\n        flow.request.headers['authorization'] = 'Bearer sk-bench-secret-value'\naddons = [Inject()]\n",
+            up.addr.port()
+        ),
+    )
+    .expect("addon");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let child = Command::new("mitmdump")
+        .args([
+            "-q",
+            "--listen-host",
+            "127.0.0.1",
+            "--listen-port",
+            &port.to_string(),
+        ])
+        .args(["--set", &format!("confdir={}", conf.display())])
+        .args([
+            "--set",
+            &format!("ssl_verify_upstream_trusted_ca={}", up.ca_file.display()),
+        ])
+        .args([
+            "--set",
+            "flow_detail=0",
+            "--set",
+            "stream_large_bodies=1m",
+            "-s",
+        ])
+        .arg(&addon)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mitmdump");
+    let proxy: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let ca = conf.join("mitmproxy-ca-cert.pem");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(ca.exists() && std::net::TcpStream::connect(proxy).is_ok()) {
+        assert!(Instant::now() < deadline, "mitmdump did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pem = std::fs::read(&ca).expect("mitmproxy ca");
+    let der = rustls_pki_types::pem::PemObject::from_pem_slice(&pem)
+        .map(|c: rustls_pki_types::CertificateDer| c.to_vec())
+        .expect("ca der");
+    let route = Route::Airlock {
+        proxy,
+        auth: "peer:default".into(),
+        tls: client::tls_config(&der),
+    };
+    Some(Peer { child, route })
+}
+
 fn main() {
     let o = opts();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -471,11 +696,15 @@ fn main() {
         addr: up.addr,
         tls: client::tls_config(&up.ca_der),
     };
-    let ca_der = ca_der(dir.path());
     let through = Route::Airlock {
         proxy: al.proxy,
         auth: format!("{token}:default"),
-        tls: client::tls_config(&ca_der),
+        tls: client::tls_config(&ca_der(dir.path())),
+    };
+    let peer = if o.peer {
+        mitmproxy(dir.path(), &up)
+    } else {
+        None
     };
     let pid = al.child.id();
     let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
@@ -486,23 +715,32 @@ fn main() {
         .unwrap_or_default();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "machine: {cores} cores, {cpu_model}; airlock workers {}, driver {}",
-        o.workers, al.driver
+        "machine: {cores} cores, {cpu_model}; airlock {} workers, driver {}; {} rounds",
+        o.workers, al.driver, o.rounds
     );
     println!("generator, upstream and airlock share the cores (no pinning)");
 
-    let (rps_d, h_d, _) = closed_loop(&direct, &o);
-    let cpu0 = proc_field(pid, "stat", "");
-    let (rps_a, h_a, n_a) = closed_loop(&through, &o);
-    let cpu_per_req = (proc_field(pid, "stat", "") - cpu0) as f64 / n_a.max(1) as f64;
-    let ol_d = open_loop(&direct, &o);
-    let ol_a = open_loop(&through, &o);
-    let (tps_d, th_d) = tunnels(&direct, &o);
-    let (tps_a, th_a) = tunnels(&through, &o);
-    let (ttfb_d, ev_d) = sse(&direct, &o);
-    let (ttfb_a, ev_a) = sse(&through, &o);
-    let (down_d, upl_d) = bulk(&direct, &o);
-    let (down_a, upl_a) = bulk(&through, &o);
+    let mut rounds = Vec::new();
+    let (mut ol_d, mut ol_a, mut added) = (hist(), hist(), Vec::new());
+    let (mut sse_ttfb, mut sse_added) = (Vec::new(), Vec::new());
+    for i in 0..o.rounds {
+        rounds.push(round(
+            i,
+            &o,
+            &direct,
+            &through,
+            peer.as_ref().map(|p| &p.route),
+            pid,
+        ));
+        let (d, a, x) = paired_open_loop(&direct, &through, &o);
+        ol_d.add(d).expect("add");
+        ol_a.add(a).expect("add");
+        added.extend(x);
+        let (ttfb, events) = paired_sse(&direct, &through, &o);
+        sse_ttfb.push(ttfb as f64);
+        sse_added.extend(events);
+        eprintln!("round {} of {} done", i + 1, o.rounds);
+    }
     let rss0 = proc_field(pid, "status", "VmRSS:");
     let idle: Vec<_> = (0..o.idle)
         .map(|_| client::open(&through).expect("idle tunnel"))
@@ -512,117 +750,141 @@ fn main() {
     let per_tunnel = (rss1.saturating_sub(rss0)) as f64 / o.idle.max(1) as f64;
     drop(idle);
 
+    let of = |f: fn(&Round) -> f64| spread(rounds.iter().map(f).collect());
+    let ratio = |a: fn(&Round) -> f64, b: fn(&Round) -> f64| {
+        spread(rounds.iter().map(|r| a(r) / b(r)).collect())
+    };
     let q = |h: &Histogram<u64>, p: f64| h.value_at_quantile(p);
-    println!("\n{:<44} {:>14} {:>14}", "scenario", "direct", "airlock");
-    println!(
-        "{:<44} {:>14.0} {:>14.0}",
+    let (added_p50, added_p99) = (quantile(&mut added, 0.5), quantile(&mut added, 0.99));
+    let (sse_p50, sse_p99) = (
+        quantile(&mut sse_added, 0.5),
+        quantile(&mut sse_added, 0.99),
+    );
+    let row = |name: String, d: String, a: String| println!("{name:<46} {d:>24} {a:>24}");
+    println!("\nmedian [range] over {} rounds", o.rounds);
+    row("scenario".into(), "direct".into(), "airlock".into());
+    row(
         format!("keep-alive closed loop, {} conns: req/s", o.connections),
-        rps_d,
-        rps_a
+        show(of(|r| r.ka_direct), 0),
+        show(of(|r| r.ka_airlock), 0),
     );
-    for (name, p) in [("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999)] {
-        println!(
-            "{:<44} {:>14} {:>14}",
-            format!("  latency {name} (µs)"),
-            q(&h_d, p),
-            q(&h_a, p)
-        );
-    }
-    println!(
-        "{:<44} {:>14} {:>14}",
-        format!("open loop {} req/s: p50 (µs)", o.rate),
-        q(&ol_d, 0.5),
-        q(&ol_a, 0.5)
+    row(
+        "  airlock ÷ direct".into(),
+        "".into(),
+        show(ratio(|r| r.ka_airlock, |r| r.ka_direct), 3),
     );
-    println!(
-        "{:<44} {:>14} {:>14}",
-        "  p99 (µs)",
-        q(&ol_d, 0.99),
-        q(&ol_a, 0.99)
+    row(
+        "  airlock CPU per request (µs)".into(),
+        "-".into(),
+        show(of(|r| r.cpu_us), 1),
     );
-    println!(
-        "{:<44} {:>14.0} {:>14.0}",
-        "new tunnel per request: tunnels/s", tps_d, tps_a
+    row(
+        format!("open loop {} req/s, paired: p50 / p99 (µs)", o.rate),
+        format!("{}/{}", q(&ol_d, 0.5), q(&ol_d, 0.99)),
+        format!("{}/{}", q(&ol_a, 0.5), q(&ol_a, 0.99)),
     );
-    println!(
-        "{:<44} {:>14} {:>14}",
-        "  p50 / p99 (µs)",
-        format!("{}/{}", q(&th_d, 0.5), q(&th_d, 0.99)),
-        format!("{}/{}", q(&th_a, 0.5), q(&th_a, 0.99))
+    row(
+        "  added by airlock, per pair: p50 / p99 (µs)".into(),
+        "".into(),
+        format!("{added_p50}/{added_p99}"),
     );
-    println!(
-        "{:<44} {:>14} {:>14}",
-        format!("SSE {} events: time to first byte (µs)", o.sse_events),
-        ttfb_d,
-        ttfb_a
+    row(
+        "new tunnel per request: tunnels/s".into(),
+        show(of(|r| r.tunnels_direct), 0),
+        show(of(|r| r.tunnels_airlock), 0),
     );
-    println!(
-        "{:<44} {:>14} {:>14}",
-        "  event delay p50 / p99 (µs)",
-        format!("{}/{}", q(&ev_d, 0.5), q(&ev_d, 0.99)),
-        format!("{}/{}", q(&ev_a, 0.5), q(&ev_a, 0.99))
+    row(
+        format!("SSE {} events: added time to first byte (µs)", o.sse_events),
+        "".into(),
+        show(spread(sse_ttfb.clone()), 0),
     );
-    println!(
-        "{:<44} {:>14.0} {:>14.0}",
+    row(
+        "  added event delay, per event: p50 / p99 (µs)".into(),
+        "".into(),
+        format!("{sse_p50}/{sse_p99}"),
+    );
+    row(
         format!("bulk {} MiB download (MB/s)", o.bulk_mib),
-        down_d,
-        down_a
+        show(of(|r| r.down_direct), 0),
+        show(of(|r| r.down_airlock), 0),
     );
-    println!(
-        "{:<44} {:>14.0} {:>14.0}",
+    row(
+        "  airlock ÷ direct".into(),
+        "".into(),
+        show(ratio(|r| r.down_airlock, |r| r.down_direct), 3),
+    );
+    row(
         format!("bulk {} MiB upload (MB/s)", o.bulk_mib),
-        upl_d,
-        upl_a
+        show(of(|r| r.up_direct), 0),
+        show(of(|r| r.up_airlock), 0),
     );
-    println!(
-        "{:<44} {:>14} {:>14.1}",
+    row(
         format!("idle intercepted tunnels ({}): KiB each", o.idle),
-        "-",
-        per_tunnel
+        "-".into(),
+        format!("{per_tunnel:.1}"),
     );
-    println!(
-        "{:<44} {:>14} {:>14.1}",
-        "airlock CPU per request (µs, closed loop)", "-", cpu_per_req
-    );
-    let json = serde_json::json!({
+    let mut json = serde_json::json!({
         "cores": cores,
         "cpu": cpu_model,
         "driver": al.driver,
         "workers": o.workers,
         "connections": o.connections,
-        "keepalive_rps_direct": rps_d.round(),
-        "keepalive_rps_airlock": rps_a.round(),
-        "keepalive_ratio": (rps_a / rps_d * 1000.0).round() / 1000.0,
-        "keepalive_p99_us_airlock": q(&h_a, 0.99),
+        "rounds": o.rounds,
+        "keepalive_rps_direct": of(|r| r.ka_direct).0.round(),
+        "keepalive_rps_airlock": of(|r| r.ka_airlock).0.round(),
+        "keepalive_ratio": ratio(|r| r.ka_airlock, |r| r.ka_direct).0,
+        "keepalive_ratio_range": [ratio(|r| r.ka_airlock, |r| r.ka_direct).1, ratio(|r| r.ka_airlock, |r| r.ka_direct).2],
+        "airlock_cpu_us_per_req": of(|r| r.cpu_us).0,
         "open_loop_rate": o.rate,
-        "added_p50_us": q(&ol_a, 0.5) as i64 - q(&ol_d, 0.5) as i64,
-        "added_p99_us": q(&ol_a, 0.99) as i64 - q(&ol_d, 0.99) as i64,
-        "tunnels_per_s_direct": tps_d.round(),
-        "tunnels_per_s_airlock": tps_a.round(),
-        "sse_added_ttfb_us": ttfb_a as i64 - ttfb_d as i64,
-        "sse_added_event_p99_us": q(&ev_a, 0.99) as i64 - q(&ev_d, 0.99) as i64,
-        "sse_event_p99_us_airlock": q(&ev_a, 0.99),
-        "bulk_mb_s_direct": down_d.round(),
-        "bulk_mb_s_airlock": down_a.round(),
-        "bulk_upload_mb_s_direct": upl_d.round(),
-        "bulk_upload_mb_s_airlock": upl_a.round(),
+        "added_p50_us": added_p50,
+        "added_p99_us": added_p99,
+        "tunnels_per_s_direct": of(|r| r.tunnels_direct).0.round(),
+        "tunnels_per_s_airlock": of(|r| r.tunnels_airlock).0.round(),
+        "sse_added_ttfb_us": spread(sse_ttfb).0,
+        "sse_added_event_p50_us": sse_p50,
+        "sse_added_event_p99_us": sse_p99,
+        "bulk_mb_s_direct": of(|r| r.down_direct).0.round(),
+        "bulk_mb_s_airlock": of(|r| r.down_airlock).0.round(),
+        "bulk_ratio": ratio(|r| r.down_airlock, |r| r.down_direct).0,
+        "bulk_upload_mb_s_direct": of(|r| r.up_direct).0.round(),
+        "bulk_upload_mb_s_airlock": of(|r| r.up_airlock).0.round(),
         "idle_tunnel_rss_kib": (per_tunnel * 10.0).round() / 10.0,
-        "airlock_cpu_us_per_req": (cpu_per_req * 10.0).round() / 10.0,
     });
-    let mut json = json;
+    if peer.is_some() {
+        let ka = ratio(|r| r.ka_airlock, |r| r.ka_peer.unwrap_or(f64::NAN));
+        let down = ratio(|r| r.down_airlock, |r| r.down_peer.unwrap_or(f64::NAN));
+        row(
+            "mitmproxy, same injection: keep-alive req/s".into(),
+            show(spread(rounds.iter().filter_map(|r| r.ka_peer).collect()), 0),
+            format!("airlock ÷ it {}", show(ka, 1)),
+        );
+        row(
+            "  bulk download (MB/s)".into(),
+            show(
+                spread(rounds.iter().filter_map(|r| r.down_peer).collect()),
+                0,
+            ),
+            format!("airlock ÷ it {}", show(down, 1)),
+        );
+        json["peer_keepalive_ratio"] = ka.0.into();
+        json["peer_bulk_ratio"] = down.0.into();
+    }
     if o.fleet > 0 {
         let (rps_fleet, prop) = fleet(&o, &up);
-        println!(
-            "{:<44} {:>14.0} {:>14.0}",
-            "fleet: keep-alive req/s, one node vs fleet node", rps_a, rps_fleet
+        let rps_a = of(|r| r.ka_airlock).0;
+        row(
+            "fleet: keep-alive req/s, one node vs fleet node".into(),
+            format!("{rps_a:.0}"),
+            format!("{rps_fleet:.0}"),
         );
-        println!(
-            "{:<44} {:>14} {:>14}",
-            format!("fleet: write on a to served on b, {} writes", o.fleet),
-            "p50 (µs)",
-            "p99 (µs)"
+        row(
+            format!(
+                "fleet: write on a to served on b, {} writes: p50 / p99 (µs)",
+                o.fleet
+            ),
+            "".into(),
+            format!("{}/{}", q(&prop, 0.5), q(&prop, 0.99)),
         );
-        println!("{:<44} {:>14} {:>14}", "", q(&prop, 0.5), q(&prop, 0.99));
         json["fleet_keepalive_rps_node"] = rps_fleet.round().into();
         json["fleet_keepalive_ratio_to_single"] =
             ((rps_fleet / rps_a * 1000.0).round() / 1000.0).into();
