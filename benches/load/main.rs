@@ -393,7 +393,7 @@ fn paired_open_loop(
                         client::request(c, "GET", "/small", b"").expect("request");
                         t.elapsed().as_micros() as i64
                     };
-                    let (td, ta) = if k % 2 == 0 {
+                    let (td, ta) = if k.is_multiple_of(2) {
                         let td = time(&mut d);
                         (td, time(&mut a))
                     } else {
@@ -551,7 +551,7 @@ fn round(
     pid: u32,
 ) -> Round {
     let mut r = Round::default();
-    let airlock_first = i % 2 == 1;
+    let airlock_first = !i.is_multiple_of(2);
     let run_airlock = |r: &mut Round| {
         let cpu0 = proc_field(pid, "stat", "");
         let (rps, _, n) = closed_loop(through, o);
