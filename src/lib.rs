@@ -1,31 +1,25 @@
 //! airlock: a credential-brokering proxy for AI agents.
 //!
-//! The library holds everything the `airlock` binary and the admin process share:
-//! [`vault`] (sealed LMDB store and keys), [`spec`] (service definitions), [`config`] (the TOML
-//! file and `serve` settings), [`names`], [`secret`] and the [`cli`]; and the data plane:
-//! [`serve`] (workers), [`proxy`], [`http`], [`policy`], [`oauth`] (the token refresher), [`tls`] and
-//! [`netguard`].
+//! The `airlock` binary's library: the [`cli`] and the data plane: [`serve`] (workers),
+//! [`proxy`], [`http`], [`policy`], [`oauth`] (the token refresher), [`scrub`], [`netguard`],
+//! [`metrics`], [`follower`] (fleet mode) and [`supervise`]. What it shares with the admin
+//! process (the vault, specs, config, request log) is the `airlock-core` crate, re-exported here
+//! under the same paths.
 
 #![deny(unsafe_code)]
 
-pub mod catalog;
+pub use airlock_core::{
+    catalog, config, fsutil, logging, names, requestlog, secret, spec, tls, vault,
+};
+
 pub mod cli;
-pub mod config;
 pub mod follower;
-pub mod fsutil;
 pub mod http;
-pub mod logging;
 pub mod metrics;
-pub mod names;
 pub mod netguard;
 pub mod oauth;
 pub mod policy;
 pub mod proxy;
-pub mod requestlog;
 pub mod scrub;
-pub mod secret;
 pub mod serve;
-pub mod spec;
 pub mod supervise;
-pub mod tls;
-pub mod vault;

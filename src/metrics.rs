@@ -49,14 +49,21 @@ impl RequestMetrics {
     }
 }
 
-/// The request-log writer feeds the shared counters.
-impl crate::requestlog::Observe for Arc<Mutex<RequestMetrics>> {
+/// What the request-log writer feeds: the counters the metrics endpoint renders.
+#[derive(Debug)]
+pub struct Feed(pub Arc<Mutex<RequestMetrics>>);
+
+impl crate::requestlog::Observe for Feed {
     fn row(&mut self, row: &Row) {
-        self.lock().unwrap_or_else(|p| p.into_inner()).observe(row);
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .observe(row);
     }
 
     fn dropped(&mut self, rows: u64) {
-        self.lock()
+        self.0
+            .lock()
             .unwrap_or_else(|p| p.into_inner())
             .dropped_log_rows += rows;
     }

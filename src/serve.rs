@@ -510,7 +510,10 @@ pub fn run(
         agent_limits: (settings.agent_rate, settings.agent_max_in_flight),
         api_base: format!("http://{local}"),
         ca_pem,
-        log: crate::requestlog::start(&settings.data_dir, request_metrics.clone())?,
+        log: crate::requestlog::start(
+            &settings.data_dir,
+            crate::metrics::Feed(request_metrics.clone()),
+        )?,
         oauth,
         workers: settings.workers.get(),
     };

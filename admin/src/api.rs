@@ -14,10 +14,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use airlock::secret::Secret;
-use airlock::vault::VaultError;
-use airlock::vault::proposals::review_json;
-use airlock::vault::records::{ProposalRecord, ProposalStatus};
+use airlock_core::secret::Secret;
+use airlock_core::vault::VaultError;
+use airlock_core::vault::proposals::review_json;
+use airlock_core::vault::records::{ProposalRecord, ProposalStatus};
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -92,7 +92,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         Ok(l) => l,
         Err(e) => return error(&e),
     };
-    let now = airlock::vault::now();
+    let now = airlock_core::vault::now();
     let mut counts = [0u64; 4];
     for p in &proposals {
         counts[match p.status_at(now) {
@@ -201,7 +201,7 @@ async fn vaults(State(state): State<Arc<AppState>>) -> Response {
 
 async fn audit(State(state): State<Arc<AppState>>) -> Response {
     match state.store.audit_log(500) {
-        Ok(l) => Json(l.iter().map(|r| json!({"at": airlock::vault::rfc3339(r.at), "actor": r.actor, "action": r.action, "target": r.target, "detail": r.detail})).collect::<Vec<_>>()).into_response(),
+        Ok(l) => Json(l.iter().map(|r| json!({"at": airlock_core::vault::rfc3339(r.at), "actor": r.actor, "action": r.action, "target": r.target, "detail": r.detail})).collect::<Vec<_>>()).into_response(),
         Err(e) => error(&e),
     }
 }

@@ -21,8 +21,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use airlock::config::{AdminListen, FileConfig};
-use airlock::vault::{Store, StoreOptions};
+use airlock_core::config::{AdminListen, FileConfig};
+use airlock_core::vault::{Store, StoreOptions};
 use anyhow::Context;
 use clap::Parser;
 
@@ -56,13 +56,13 @@ pub struct AppState {
 }
 
 fn main() -> anyhow::Result<()> {
-    airlock::secret::harden_process();
+    airlock_core::secret::harden_process();
     let args = Args::parse();
     let file = match &args.config {
         Some(p) => FileConfig::load(p)?,
         None => FileConfig::default(),
     };
-    let log = airlock::logging::init(file.log_level);
+    let log = airlock_core::logging::init(file.log_level);
     let data_dir = args
         .data_dir
         .clone()
@@ -120,7 +120,7 @@ fn main() -> anyhow::Result<()> {
 /// SIGHUP (`systemctl reload airlock-admin`): reads the config file again and applies its
 /// `log_level`; the other keys this process reads (data_dir, map_size_mib, webhook_url,
 /// admin_url) apply at the next start. A file that does not load changes nothing.
-async fn reload_on_sighup(config: Option<PathBuf>, log: airlock::logging::LogHandle) {
+async fn reload_on_sighup(config: Option<PathBuf>, log: airlock_core::logging::LogHandle) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         tracing::warn!("cannot watch for SIGHUP; reload by restarting");

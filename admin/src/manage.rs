@@ -6,9 +6,9 @@
 
 use std::sync::Arc;
 
-use airlock::secret::Secret;
-use airlock::spec::ServiceFile;
-use airlock::vault::{UnmatchedPolicy, VaultError};
+use airlock_core::secret::Secret;
+use airlock_core::spec::ServiceFile;
+use airlock_core::vault::{UnmatchedPolicy, VaultError};
 use axum::Router;
 use axum::extract::{Extension, Path};
 use axum::response::Response;
@@ -127,7 +127,7 @@ fn vaults_page(state: &AppState, session: &Session, note: Option<Markup>) -> Res
                         input type="hidden" name="csrf" value=(session.csrf);
                         label for={ "template-" (v.name) } { "Or add a well-known provider from the catalog" }
                         select id={ "template-" (v.name) } name="template" {
-                            @for t in airlock::catalog::TEMPLATES {
+                            @for t in airlock_core::catalog::TEMPLATES {
                                 option value=(t.name) { (t.title) " (" (t.host) ", key " (t.keys.join(", ")) ")" }
                             }
                         }
@@ -143,7 +143,7 @@ fn vaults_page(state: &AppState, session: &Session, note: Option<Markup>) -> Res
                         tbody { @for (k, c) in state.store.credentials(&v.name).unwrap_or_default() { tr {
                             td { code { (k) } }
                             td { @if let Some(m) = &c.oauth { "OAuth: " (m.status()) } @else { "static" } }
-                            td.muted { (airlock::vault::rfc3339(c.created_at)) } td.muted { (airlock::vault::rfc3339(c.updated_at)) }
+                            td.muted { (airlock_core::vault::rfc3339(c.created_at)) } td.muted { (airlock_core::vault::rfc3339(c.updated_at)) }
                             td { (button(session, &format!("/vaults/{}/credentials/{k}/delete", v.name), "delete")) }
                         } } }
                     }
@@ -258,7 +258,7 @@ async fn add_from_catalog(
         .map(str::to_owned)
         .collect();
     let name = Some(field(&f, "name").trim()).filter(|n| !n.is_empty());
-    let r = airlock::catalog::find(field(&f, "template"))
+    let r = airlock_core::catalog::find(field(&f, "template"))
         .and_then(|t| t.service(name, &keys))
         .map_err(|e| VaultError::Invalid(e.to_string()))
         .and_then(|spec| {
@@ -341,7 +341,7 @@ async fn set_oauth_credential(
     Path(vault): Path<String>,
     f: Fields,
 ) -> Result<Response, Reject> {
-    use airlock::vault::oauth::{Import, RequestFormat, Settings};
+    use airlock_core::vault::oauth::{Import, RequestFormat, Settings};
     let who = actor(&session, &f)?;
     let key = field(&f, "key").to_owned();
     let given = |name| Some(field(&f, name).trim().to_owned()).filter(|v| !v.is_empty());
@@ -416,7 +416,7 @@ fn agents_page(state: &AppState, session: &Session, note: Option<Markup>) -> Res
                 thead { tr { th { "Agent" } th { "Vaults" } th { "Status" } th { "Created" } th { "" } } }
                 tbody { @for a in &list { tr {
                     td { (a.name) } td { (a.vaults.join(", ")) } td { (if a.revoked { "revoked" } else { "active" }) }
-                    td.muted { (airlock::vault::rfc3339(a.created_at)) }
+                    td.muted { (airlock_core::vault::rfc3339(a.created_at)) }
                     td { @if !a.revoked {
                         (button(session, &format!("/agents/{}/rotate", a.name), "rotate token")) " "
                         (button(session, &format!("/agents/{}/revoke", a.name), "revoke"))
@@ -502,13 +502,13 @@ async fn mint_token(
 ) -> Result<Response, Reject> {
     let who = actor(&session, &f)?;
     let vault = field(&f, "vault");
-    let note = match airlock::config::parse_duration(field(&f, "ttl")) {
+    let note = match airlock_core::config::parse_duration(field(&f, "ttl")) {
         Err(e) => flash(false, &e),
         Ok(ttl) => match state.store.mint_token(&who, vault, ttl, None) {
             Ok((m, expires)) => token_note(
                 &format!(
                     "Scoped token for {vault}, expires {}.",
-                    airlock::vault::rfc3339(expires)
+                    airlock_core::vault::rfc3339(expires)
                 ),
                 &m.token,
             ),

@@ -6,11 +6,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use airlock::secret::Secret;
-use airlock::vault::now;
-use airlock::vault::proposals::inert;
-use airlock::vault::records::{ProposalRecord, ProposalStatus, ServiceChange, SlotAction};
-use airlock::vault::review::{Review, ServiceDiff};
+use airlock_core::secret::Secret;
+use airlock_core::vault::now;
+use airlock_core::vault::proposals::inert;
+use airlock_core::vault::records::{ProposalRecord, ProposalStatus, ServiceChange, SlotAction};
+use airlock_core::vault::review::{Review, ServiceDiff};
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -213,7 +213,7 @@ async fn proposals(State(state): St, Extension(session): Extension<Session>) -> 
                         td { a href={ "/proposals/" (p.id) } { (p.hosts().join(", ")) } }
                         td { (p.vault) }
                         td { (p.agent.as_deref().unwrap_or("-")) }
-                        td.muted { (airlock::vault::rfc3339(p.created_at)) }
+                        td.muted { (airlock_core::vault::rfc3339(p.created_at)) }
                     } } }
                 }
             }
@@ -429,7 +429,7 @@ async fn requests(
         return login_redirect();
     }
     let vault = q.get("vault").filter(|v| !v.is_empty()).map(String::as_str);
-    let mut rows = airlock::requestlog::read(&state.data_dir, vault, 0).unwrap_or_default();
+    let mut rows = airlock_core::requestlog::read(&state.data_dir, vault, 0).unwrap_or_default();
     let skip = rows.len().saturating_sub(200);
     rows.drain(..skip);
     rows.reverse();
@@ -442,7 +442,7 @@ async fn requests(
             table {
                 thead { tr { th { "Time" } th { "Request" } th { "Status" } th { "Service" } th { "Agent" } th { "Error" } } }
                 tbody { @for (_, r) in &rows { tr {
-                    td.muted { (airlock::vault::rfc3339(r.at_ms / 1000)) }
+                    td.muted { (airlock_core::vault::rfc3339(r.at_ms / 1000)) }
                     td { (r.method) " " code { (r.host) (r.path) } }
                     td { (r.status) } td { (r.service.as_deref().unwrap_or("-")) } td { (r.agent.as_deref().unwrap_or("-")) } td { (r.error.as_deref().unwrap_or("")) }
                 } } }
@@ -457,8 +457,8 @@ async fn hosts_tried(State(state): St, Extension(session): Extension<Session>) -
     if session.operator.is_none() {
         return login_redirect();
     }
-    let rows = airlock::requestlog::read(&state.data_dir, None, 0).unwrap_or_default();
-    let tried = airlock::requestlog::hosts_tried(&rows);
+    let rows = airlock_core::requestlog::read(&state.data_dir, None, 0).unwrap_or_default();
+    let tried = airlock_core::requestlog::hosts_tried(&rows);
     render(
         &state,
         &session,
@@ -468,7 +468,7 @@ async fn hosts_tried(State(state): St, Extension(session): Extension<Session>) -
             @for t in &tried {
                 div.card {
                     h2 { code { (t.host) } " · vault " (t.vault) }
-                    p.muted { (t.tries) " tries, last " (airlock::vault::rfc3339(t.last_ms / 1000)) " by " (t.agents.join(", ")) }
+                    p.muted { (t.tries) " tries, last " (airlock_core::vault::rfc3339(t.last_ms / 1000)) " by " (t.agents.join(", ")) }
                     form method="post" action={ "/vaults/" (t.vault) "/services" } {
                         input type="hidden" name="csrf" value=(session.csrf);
                         label for={ "yaml-" (t.vault) "-" (t.host) } { "Serve it: edit the name and the credential key, then save (set the credential on the Vaults page)" }
@@ -510,7 +510,7 @@ async fn audit(State(state): St, Extension(session): Extension<Session>) -> Resp
             table {
                 thead { tr { th { "Time" } th { "Who" } th { "Action" } th { "Target" } th { "Detail" } } }
                 tbody { @for r in &list { tr {
-                    td.muted { (airlock::vault::rfc3339(r.at)) } td { (r.actor) } td { (r.action) } td { (r.target) } td.muted { (r.detail) }
+                    td.muted { (airlock_core::vault::rfc3339(r.at)) } td { (r.actor) } td { (r.action) } td { (r.target) } td.muted { (r.detail) }
                 } } }
             }
         },

@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use airlock::vault::VaultError;
-use airlock::vault::records::ProposalStatus;
+use airlock_core::vault::VaultError;
+use airlock_core::vault::records::ProposalStatus;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};

@@ -11,7 +11,7 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
 
-use airlock::vault::records::{ProposalRecord, ServiceChange};
+use airlock_core::vault::records::{ProposalRecord, ServiceChange};
 
 use crate::AppState;
 
@@ -80,7 +80,7 @@ pub(crate) fn message(p: &ProposalRecord, approval_url: Option<&str>) -> serde_j
     // Agent text goes out inert (review B12): Slack markup (`<!channel>`, `<url|label>`) escaped,
     // bidi and zero-width characters shown as escapes.
     let said: String = p.user_message.chars().take(200).collect();
-    let said = slack_escape(&airlock::vault::proposals::inert(&said));
+    let said = slack_escape(&airlock_core::vault::proposals::inert(&said));
     let link = approval_url.map_or_else(
         || format!("run `airlock proposal show {}`", p.id),
         |u| format!("review: {u}"),

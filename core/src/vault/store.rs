@@ -197,7 +197,7 @@ impl Store {
 
     /// Opens or creates the environment for `init`. The store counts as initialised only once
     /// `init`'s transaction (which writes the format) commits.
-    pub(crate) fn create(data_dir: &Path, opts: StoreOptions) -> Result<Self, StoreError> {
+    pub fn create(data_dir: &Path, opts: StoreOptions) -> Result<Self, StoreError> {
         let dir = data_dir.join(ENV_DIR);
         let modes = crate::fsutil::Modes::of(data_dir);
         let io = |source| StoreError::Io {
