@@ -335,6 +335,17 @@ pub enum ServeError {
         worker: usize,
         source: std::io::Error,
     },
+    /// A thread beside the workers (the watcher, the OAuth refresher, the follower) or the
+    /// signal handler could not start.
+    #[error("starting {what}: {source}")]
+    Start {
+        what: &'static str,
+        source: std::io::Error,
+    },
+}
+
+fn start_failed(what: &'static str) -> impl FnOnce(std::io::Error) -> ServeError {
+    move |source| ServeError::Start { what, source }
 }
 
 /// The proxy port's TLS config, when it speaks TLS: a leaf from airlock's CA for
@@ -413,13 +424,12 @@ fn join_fleet(store: &mut Store, settings: &Settings) -> Result<Option<String>, 
 }
 
 /// Starts the data plane and serves until the process ends.
-pub fn run(
-    settings: Settings,
+/// Opens (creating it on first start) and unlocks the vault; joins the fleet when configured.
+fn open_vault(
+    settings: &Settings,
     sources: &KeySources,
     actor: &str,
-    reload: &Reload,
-) -> Result<(), ServeError> {
-    crate::secret::harden_process();
+) -> Result<(Store, Option<String>, setup::Unlocked), ServeError> {
     // A fleet node's data dir comes from `fleet join`; a fresh standalone vault would only be in
     // the way of it.
     if settings.fleet.is_some()
@@ -440,7 +450,7 @@ pub fn run(
         );
     }
     let mut store = Store::open(&settings.data_dir, settings.store).map_err(VaultError::from)?;
-    let fleet_node = join_fleet(&mut store, &settings)?;
+    let fleet_node = join_fleet(&mut store, settings)?;
     if store.reclaimed_readers > 0 {
         tracing::warn!(
             slots = store.reclaimed_readers,
@@ -448,6 +458,17 @@ pub fn run(
         );
     }
     let unlocked = setup::unlock(&store, &settings.data_dir, sources)?;
+    Ok((store, fleet_node, unlocked))
+}
+
+pub fn run(
+    settings: Settings,
+    sources: &KeySources,
+    actor: &str,
+    reload: &Reload,
+) -> Result<(), ServeError> {
+    crate::secret::harden_process();
+    let (store, fleet_node, unlocked) = open_vault(&settings, sources, actor)?;
     let ca_path = settings.data_dir.join(CA_CERT_FILE);
     let ca_pem = std::fs::read_to_string(&ca_path).map_err(|source| VaultError::Io {
         path: ca_path,
@@ -527,12 +548,69 @@ pub fn run(
     shared.prewarm(&policy);
     shared.policy.store(policy);
 
+    let (handles, driver_name) = start_workers(listeners, &shared, settings.driver)?;
+    start_threads(&shared, &settings, oauth_inbox, local)?;
+    tracing::info!(
+        workers = handles.len(),
+        driver = driver_name,
+        "data plane listening on {local}"
+    );
+    let mut signals =
+        Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(start_failed("the signal handler"))?;
+    let metrics_addr = match settings.metrics_listen {
+        AdminListen::Addr(addr) => crate::metrics::serve(addr, request_metrics, gauges(&shared))
+            .map_err(|source| ServeError::Bind {
+                listen: addr,
+                source,
+            })?
+            .to_string(),
+        AdminListen::None => "none".to_owned(),
+    };
+    let admin_socket = admin_addrs
+        .socket
+        .as_ref()
+        .map_or("none".to_owned(), |p| format!("unix:{}", p.display()));
+    let admin_api = admin_addrs
+        .api_socket
+        .as_ref()
+        .map_or("none".to_owned(), |p| format!("unix:{}", p.display()));
+    let admin_http = admin_addrs.http.as_deref().unwrap_or("none");
+    // Published before the ready line, so whoever waits for "ready" finds it.
+    let published = publish(&settings.data_dir, local, shared.proxy_tls.is_some());
+    println!(
+        "ready proxy={local} admin={admin_socket} admin_api={admin_api} admin_http={admin_http} metrics={metrics_addr}"
+    );
+    notify(b"READY=1");
+    serve_until_stopped(
+        &mut signals,
+        &shared,
+        &settings,
+        reload,
+        &provider,
+        &admin_addrs,
+    );
+    if let Some(path) = published {
+        let _ = std::fs::remove_file(path);
+    }
+    if let Some((admin, _)) = &admin {
+        admin.stop();
+    }
+    drop(handles);
+    Ok(())
+}
+
+/// Starts one worker thread per listener and waits until each is accepting; returns their
+/// handles and the I/O driver they run.
+fn start_workers(
+    listeners: Vec<StdListener>,
+    shared: &Arc<Shared>,
+    driver: Driver,
+) -> Result<(Vec<std::thread::JoinHandle<()>>, &'static str), ServeError> {
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut handles = Vec::new();
     for (i, listener) in listeners.into_iter().enumerate() {
         let shared = shared.clone();
         let ready = ready_tx.clone();
-        let driver = settings.driver;
         let handle = std::thread::Builder::new()
             .name(format!("airlock-worker-{i}"))
             .spawn(move || worker(i, driver, listener, shared, ready))
@@ -553,16 +631,22 @@ pub fn run(
             }
         }
     }
-    crate::oauth::start(shared.clone(), oauth_inbox).map_err(|source| ServeError::Worker {
-        worker: usize::MAX,
-        source,
-    })?;
+    Ok((handles, driver_name))
+}
+
+/// The threads beside the workers: the OAuth refresher, the fleet follower, and the watcher
+/// that recompiles the policy when the vault's generation moves.
+fn start_threads(
+    shared: &Arc<Shared>,
+    settings: &Settings,
+    oauth_inbox: crate::oauth::Inbox,
+    local: SocketAddr,
+) -> Result<(), ServeError> {
+    crate::oauth::start(shared.clone(), oauth_inbox)
+        .map_err(start_failed("the OAuth refresher"))?;
     if let Some(mut fleet) = settings.fleet.clone() {
         fleet.set_listen(local.to_string());
-        crate::follower::start(shared.clone(), fleet).map_err(|source| ServeError::Worker {
-            worker: usize::MAX,
-            source,
-        })?;
+        crate::follower::start(shared.clone(), fleet).map_err(start_failed("the follower"))?;
     }
     let watcher = shared.clone();
     std::thread::Builder::new()
@@ -585,101 +669,75 @@ pub fn run(
                 }
             }
         })
-        .map_err(|source| ServeError::Worker {
-            worker: usize::MAX,
-            source,
-        })?;
-    tracing::info!(
-        workers = handles.len(),
-        driver = driver_name,
-        "data plane listening on {local}"
-    );
-    let mut signals =
-        Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|source| ServeError::Worker {
-            worker: usize::MAX,
-            source,
-        })?;
-    let metrics_addr = match settings.metrics_listen {
-        AdminListen::Addr(addr) => {
-            let s = shared.clone();
-            let gauges = move || {
-                let t = s.stats.totals();
-                crate::metrics::Gauges {
-                    connections: s.stats.connections.load(Ordering::Relaxed) as u64,
-                    in_flight: t.in_flight,
-                    tunnels: t.tunnels,
-                    upstream_dialled: t.upstream_dialled,
-                    upstream_reused: t.upstream_reused,
-                    pool_discarded: t.pool_discarded,
-                    retried: t.retried,
-                    leaf_mints: s.certs.mints(),
-                    leaf_hits: s.certs.hits(),
-                    limited_agent: s.agent_limits.refused.load(Ordering::Relaxed),
-                    limited_auth: s.auth_failures.refused.load(Ordering::Relaxed),
-                    limited_mint: s.mint_limiter.refused.load(Ordering::Relaxed),
-                    limited_refusals: s.refusals.refused.load(Ordering::Relaxed),
-                    limited_token_mints: s.token_mints.refused.load(Ordering::Relaxed),
-                    fleet: s
-                        .fleet
-                        .as_ref()
-                        .map(|f| (s.policy().generation, f.contact_age().as_secs_f64())),
-                }
-            };
-            let bound =
-                crate::metrics::serve(addr, request_metrics.clone(), gauges).map_err(|source| {
-                    ServeError::Bind {
-                        listen: addr,
-                        source,
-                    }
-                })?;
-            bound.to_string()
+        .map_err(start_failed("the watcher"))?;
+    Ok(())
+}
+
+/// What the metrics endpoint reads from the data plane at each scrape.
+fn gauges(shared: &Arc<Shared>) -> impl Fn() -> crate::metrics::Gauges + Send + 'static {
+    let s = shared.clone();
+    move || {
+        let t = s.stats.totals();
+        crate::metrics::Gauges {
+            connections: s.stats.connections.load(Ordering::Relaxed) as u64,
+            in_flight: t.in_flight,
+            tunnels: t.tunnels,
+            upstream_dialled: t.upstream_dialled,
+            upstream_reused: t.upstream_reused,
+            pool_discarded: t.pool_discarded,
+            retried: t.retried,
+            leaf_mints: s.certs.mints(),
+            leaf_hits: s.certs.hits(),
+            limited_agent: s.agent_limits.refused.load(Ordering::Relaxed),
+            limited_auth: s.auth_failures.refused.load(Ordering::Relaxed),
+            limited_mint: s.mint_limiter.refused.load(Ordering::Relaxed),
+            limited_refusals: s.refusals.refused.load(Ordering::Relaxed),
+            limited_token_mints: s.token_mints.refused.load(Ordering::Relaxed),
+            fleet: s
+                .fleet
+                .as_ref()
+                .map(|f| (s.policy().generation, f.contact_age().as_secs_f64())),
         }
-        AdminListen::None => "none".to_owned(),
-    };
-    let admin_socket = admin_addrs
-        .socket
-        .as_ref()
-        .map_or("none".to_owned(), |p| format!("unix:{}", p.display()));
-    let admin_api = admin_addrs
-        .api_socket
-        .as_ref()
-        .map_or("none".to_owned(), |p| format!("unix:{}", p.display()));
-    let admin_http = admin_addrs.http.as_deref().unwrap_or("none");
-    // Published before the ready line, so whoever waits for "ready" finds it.
-    let published = publish(&settings.data_dir, local, shared.proxy_tls.is_some());
-    println!(
-        "ready proxy={local} admin={admin_socket} admin_api={admin_api} admin_http={admin_http} metrics={metrics_addr}"
-    );
-    notify(b"READY=1");
-    for signal in signals.forever() {
-        if signal == SIGHUP {
-            notify(b"RELOADING=1");
-            let admin_http = admin_addrs.http.as_deref();
-            reload_config(&shared, &settings, reload, &provider, admin_http);
-            notify(b"READY=1");
-            continue;
+    }
+}
+
+/// Serves until SIGTERM or SIGINT, re-reading the config on SIGHUP; then takes no new requests
+/// and waits (at most [`SHUTDOWN_GRACE`]) for those in flight.
+fn serve_until_stopped(
+    signals: &mut Signals,
+    shared: &Shared,
+    settings: &Settings,
+    reload: &Reload,
+    provider: &Arc<rustls::crypto::CryptoProvider>,
+    admin_addrs: &crate::supervise::AdminAddrs,
+) {
+    if let Some(signal) = signals.forever().find(|&signal| {
+        if signal != SIGHUP {
+            return true;
         }
+        notify(b"RELOADING=1");
+        reload_config(
+            shared,
+            settings,
+            reload,
+            provider,
+            admin_addrs.http.as_deref(),
+        );
+        notify(b"READY=1");
+        false
+    }) {
         tracing::info!(
             signal,
             "shutting down: no new requests; waiting for in-flight ones"
         );
-        shared.shutdown.store(true, Ordering::SeqCst);
-        let deadline = std::time::Instant::now() + SHUTDOWN_GRACE;
-        while shared.stats.totals().in_flight > 0 && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        // Let the request-log writer commit its last batch.
-        std::thread::sleep(Duration::from_millis(300));
-        break;
     }
-    if let Some(path) = published {
-        let _ = std::fs::remove_file(path);
+    shared.shutdown.store(true, Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + SHUTDOWN_GRACE;
+    while shared.stats.totals().in_flight > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
     }
-    if let Some((admin, _)) = &admin {
-        admin.stop();
-    }
-    drop(handles);
-    Ok(())
+    // Let the request-log writer commit its last batch.
+    std::thread::sleep(Duration::from_millis(300));
 }
 
 /// The file in the data dir where a running `serve` says where it listens (`airlock run` finds
