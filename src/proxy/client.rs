@@ -83,7 +83,9 @@ where
             return None;
         }
         let in_flight = shared.stats.in_flight();
-        let result = match step(&mut conn, raw).await {
+        // Boxed: an idle connection's task then holds no room for an exchange in progress
+        // (several KiB), only while one runs.
+        let result = match Box::pin(step(&mut conn, raw)).await {
             Next::Done(result) => result,
             Next::HandOff(raw) => return Some((conn, raw)),
         };
@@ -91,7 +93,7 @@ where
         match result {
             Ok(Outcome::KeepAlive) => {}
             Ok(Outcome::Upgraded(up, secrets)) => {
-                response::upgraded(conn, up, &secrets).await;
+                Box::pin(response::upgraded(conn, up, &secrets)).await;
                 return None;
             }
             Ok(Outcome::Close) | Err(ExchangeError::Abort) => return None,

@@ -51,13 +51,16 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
     let Some(tls) = shared.proxy_tls.clone() else {
         return serve_io(shared, tcp, peer).await;
     };
-    let accepted = monoio::time::timeout(
+    let acceptor = TlsAcceptor::from(tls);
+    let accepted = Box::pin(monoio::time::timeout(
         shared.limits().header_timeout,
-        TlsAcceptor::from(tls).accept(tcp),
-    )
+        acceptor.accept(tcp),
+    ))
     .await;
     if let Ok(Ok(io)) = accepted {
-        serve_io(shared, io, peer).await;
+        // Boxed: TLS in TLS makes this the largest state of all, and a connection's task is
+        // sized for its largest state; plain connections should not pay for it.
+        Box::pin(serve_io(shared, io, peer)).await;
     }
 }
 

@@ -39,8 +39,12 @@ pub(super) async fn serve<S: Split + AsyncReadRent + AsyncWriteRent + 'static>(
     let (tcp, early) = client.into_parts();
     let io = PrefixedReadIo::new(tcp, Cursor::new(early));
     let acceptor = TlsAcceptor::from(config);
-    let accept = acceptor.accept(io);
-    let Ok(Ok(tls)) = monoio::time::timeout(shared.limits().header_timeout, accept).await else {
+    // Boxed, like the exchange: the handshake's state is needed once, not for the tunnel's life.
+    let accept = Box::pin(monoio::time::timeout(
+        shared.limits().header_timeout,
+        acceptor.accept(io),
+    ));
+    let Ok(Ok(tls)) = accept.await else {
         return; // includes an SNI that names another host (row 3)
     };
     let tunnel = Tunnel {
