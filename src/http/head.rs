@@ -58,19 +58,24 @@ pub struct RequestHead<'a> {
 impl<'a> RequestHead<'a> {
     /// The single value of a header, or an error if it appears more than once.
     pub fn one(&self, name: &str) -> Result<Option<&'a [u8]>, HttpError> {
-        one(&self.headers, name)
+        one(self.headers.iter().map(|h| (h.name, h.value)), name)
     }
 }
 
-fn one<'a>(headers: &[httparse::Header<'a>], name: &str) -> Result<Option<&'a [u8]>, HttpError> {
+/// The single value of header `name` among `(name, value)` pairs, or an error if it appears
+/// more than once.
+pub fn one<'a>(
+    headers: impl Iterator<Item = (&'a str, &'a [u8])>,
+    name: &str,
+) -> Result<Option<&'a [u8]>, HttpError> {
     let mut found = None;
-    for h in headers.iter().filter(|h| h.name.eq_ignore_ascii_case(name)) {
+    for (_, value) in headers.filter(|(n, _)| n.eq_ignore_ascii_case(name)) {
         if found.is_some() {
             return Err(HttpError::BadRequest(
                 "a header that must appear once appears twice",
             ));
         }
-        found = Some(h.value);
+        found = Some(value);
     }
     Ok(found)
 }

@@ -99,16 +99,7 @@ impl Request {
 
     /// The single value of a header, or an error if it appears more than once.
     pub fn one(&self, name: &str) -> Result<Option<&[u8]>, HttpError> {
-        let mut found = None;
-        for h in self.headers().filter(|h| h.name.eq_ignore_ascii_case(name)) {
-            if found.is_some() {
-                return Err(HttpError::BadRequest(
-                    "a header that must appear once appears twice",
-                ));
-            }
-            found = Some(h.value);
-        }
-        Ok(found)
+        head::one(self.headers().map(|h| (h.name, h.value)), name)
     }
 
     /// The values of every `Connection` header (the names they list are hop-by-hop).
