@@ -5,8 +5,9 @@
 //! for what is limited apart from requests: leaf mints per vault, refused CONNECTs and scoped-token
 //! mints per agent.
 //!
-//! A request takes no lock: its connection found the agent's atomics once ([`AgentLimits::bucket`]);
-//! the maps behind mutexes are used once per connection, failure, mint or refusal.
+//! A request in a tunnel takes no lock: its connection found the agent's atomics once
+//! ([`AgentLimits::bucket`]); the maps behind mutexes are used once per connection (per request
+//! for plain HTTP, which authenticates every request anyway), failure, mint or refusal.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
