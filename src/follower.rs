@@ -127,7 +127,7 @@ fn follow(shared: &Shared, fleet: &Fleet, state: &FleetState, warned: &mut bool)
         }
         // Per-agent limits hold fleet-wide: each node enforces its share among live nodes.
         match Fleet::live_nodes(&mut client) {
-            Ok(n) => shared.agent_limits.set_share(n),
+            Ok(n) => shared.limiters.agents.set_share(n),
             Err(e) => return e.to_string(),
         }
         state.contact();

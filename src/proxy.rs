@@ -72,20 +72,10 @@ pub struct Shared {
     pub log: crate::requestlog::Sink,
     /// Set on SIGTERM/SIGINT: finish in-flight requests, take no new ones.
     pub shutdown: AtomicBool,
-    /// Bounds on-demand leaf minting (row 39), per vault, so one vault's flood of new hosts does
-    /// not refuse another's (review B11).
-    pub mint_limiter: limits::Buckets<String>,
-    /// Refused CONNECTs (`no_service`) per agent: past it, 429 and no request-log row, so one
-    /// agent cannot flush the request log (review B6).
-    pub refusals: limits::Buckets<crate::vault::tokens::TokenHash>,
-    /// `POST /v1/tokens` per agent (review B3).
-    pub token_mints: limits::Buckets<crate::vault::tokens::TokenHash>,
+    /// The per-agent budgets and the limiters of mints, refusals and failed authentications.
+    pub limiters: limits::Limiters,
     /// Counted where it happens, per worker; summed by the metrics endpoint.
     pub stats: stats::Stats,
-    /// Per agent token: request rate and in-flight cap.
-    pub agent_limits: limits::AgentLimits,
-    /// Failed authentications per client address (row 51).
-    pub auth_failures: limits::AuthFailures,
     /// Asks the OAuth refresher thread for renewed access tokens.
     pub oauth: crate::oauth::Refresher,
     /// Fleet mode: this node and how fresh its copy of the vault is.
@@ -132,15 +122,8 @@ impl Shared {
             ca_pem: p.ca_pem,
             log: p.log,
             shutdown: AtomicBool::new(false),
-            mint_limiter: limits::Buckets::new(limits::MINT_BURST, limits::MINT_PER_SECOND),
-            refusals: limits::Buckets::new(limits::REFUSAL_BURST, limits::REFUSALS_PER_SECOND),
-            token_mints: limits::Buckets::new(
-                limits::TOKEN_MINT_BURST,
-                limits::TOKEN_MINTS_PER_SECOND,
-            ),
+            limiters: limits::Limiters::new(rate, in_flight),
             stats: stats::Stats::new(p.workers),
-            agent_limits: limits::AgentLimits::new(rate, in_flight),
-            auth_failures: limits::AuthFailures::default(),
             oauth: p.oauth,
             fleet: None,
             proxy_tls: None,

@@ -688,11 +688,11 @@ fn gauges(shared: &Arc<Shared>) -> impl Fn() -> crate::metrics::Gauges + Send + 
             retried: t.retried,
             leaf_mints: s.certs.mints(),
             leaf_hits: s.certs.hits(),
-            limited_agent: s.agent_limits.refused.load(Ordering::Relaxed),
-            limited_auth: s.auth_failures.refused.load(Ordering::Relaxed),
-            limited_mint: s.mint_limiter.refused.load(Ordering::Relaxed),
-            limited_refusals: s.refusals.refused.load(Ordering::Relaxed),
-            limited_token_mints: s.token_mints.refused.load(Ordering::Relaxed),
+            limited_agent: s.limiters.agents.refused.load(Ordering::Relaxed),
+            limited_auth: s.limiters.auth_failures.refused.load(Ordering::Relaxed),
+            limited_mint: s.limiters.mints.refused.load(Ordering::Relaxed),
+            limited_refusals: s.limiters.refusals.refused.load(Ordering::Relaxed),
+            limited_token_mints: s.limiters.token_mints.refused.load(Ordering::Relaxed),
             fleet: s
                 .fleet
                 .as_ref()
@@ -800,7 +800,8 @@ fn reload_config(
     };
     shared.set_tunables(tunables, new.limits);
     shared
-        .agent_limits
+        .limiters
+        .agents
         .set(new.agent_rate, new.agent_max_in_flight);
     reload.log.set(new.log_level);
     let pending = started.restart_only_changes(&new);

@@ -118,7 +118,7 @@ async fn route(shared: &Arc<Shared>, req: ApiRequest, peer: IpAddr) -> Result<Re
     // Row 51: the agent API's bearer checks count towards the same per-address limit.
     let id = authenticate(shared, &req)
         .await
-        .map_err(|e| shared.auth_failures.refuse(peer, e))?;
+        .map_err(|e| shared.limiters.auth_failures.refuse(peer, e))?;
     if req.method == "GET" {
         return authed(shared, &id, &req);
     }
@@ -173,7 +173,7 @@ fn health(shared: &Shared) -> Result<Reply, ProxyError> {
                 "node": fleet.node,
                 "applied_seq": shared.policy().generation,
                 "store_contact_age_secs": fleet.contact_age().as_secs_f64(),
-                "live_nodes": shared.agent_limits.share(),
+                "live_nodes": shared.limiters.agents.share(),
             },
         }),
     )
@@ -315,7 +315,7 @@ fn mint(shared: &Shared, id: &Identity, body: &[u8]) -> Result<Reply, ProxyError
         serde_json::from_slice(body)
             .map_err(|e| ProxyError::new(ErrorKind::BadRequest, e.to_string()))?
     };
-    if !shared.token_mints.try_take(&id.limit_key) {
+    if !shared.limiters.token_mints.try_take(&id.limit_key) {
         return Err(ProxyError::new(
             ErrorKind::RateLimited,
             "too many token mints for this agent; retry shortly",

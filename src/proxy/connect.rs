@@ -139,7 +139,7 @@ async fn connect<S: Split + AsyncReadRent + AsyncWriteRent + 'static>(
     let id = match auth::authenticate_first(&shared, auth_header, None).await {
         Ok(id) => id,
         Err(e) => {
-            let e = shared.auth_failures.refuse(peer, e);
+            let e = shared.limiters.auth_failures.refuse(peer, e);
             return reply_and_close(&mut client, &e).await;
         }
     };

@@ -50,7 +50,7 @@ pub(super) async fn serve<S: Split + AsyncReadRent + AsyncWriteRent + 'static>(
     let tunnel = Tunnel {
         shared: &shared,
         target: &target,
-        bucket: shared.agent_limits.bucket(id.limit_key),
+        bucket: shared.limiters.agents.bucket(id.limit_key),
         id: &id,
         checked: Checked::default(),
     };
@@ -68,7 +68,7 @@ async fn leaf<S: AsyncReadRent + AsyncWriteRent>(
     target: &Target,
     id: &Identity,
 ) -> Option<Arc<rustls::ServerConfig>> {
-    if !shared.certs.contains(&target.host) && !shared.mint_limiter.try_take(&id.vault) {
+    if !shared.certs.contains(&target.host) && !shared.limiters.mints.try_take(&id.vault) {
         let e = ProxyError::new(ErrorKind::RateLimited, "too many new hosts; retry shortly");
         reply_and_close(client, &e).await;
         return None;
@@ -111,7 +111,7 @@ impl Tunnel<'_> {
         self.checked.recheck(&shared.store, self.id)?;
         let policy = shared.policy();
         let vault = policy.vault(&self.id.vault).ok_or(ExchangeError::Abort)?;
-        let permit = shared.agent_limits.admit(&self.bucket)?;
+        let permit = shared.limiters.agents.admit(&self.bucket)?;
         let mut entry = Entry::new(self.id, &self.target.host);
         let result = match Request::parse(raw) {
             Ok(req) => {

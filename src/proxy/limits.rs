@@ -29,6 +29,36 @@ pub const REFUSALS_PER_SECOND: f64 = 5.0;
 /// `POST /v1/tokens` per agent: a burst, then this many per second (review B3).
 pub const TOKEN_MINT_BURST: f64 = 10.0;
 pub const TOKEN_MINTS_PER_SECOND: f64 = 1.0;
+/// Every limiter of the proxy, each with its own map and refusal count.
+#[derive(Debug)]
+pub struct Limiters {
+    /// Per agent: request rate and in-flight cap.
+    pub agents: AgentLimits,
+    /// Failed authentications per client address (row 51).
+    pub auth_failures: AuthFailures,
+    /// On-demand leaf mints (row 39), per vault, so one vault's flood of new hosts does not
+    /// refuse another's (review B11).
+    pub mints: Buckets<String>,
+    /// Refused CONNECTs (`no_service`) per agent: past it, 429 and no request-log row, so one
+    /// agent cannot flush the request log (review B6).
+    pub refusals: Buckets<TokenHash>,
+    /// `POST /v1/tokens` per agent (review B3).
+    pub token_mints: Buckets<TokenHash>,
+}
+
+impl Limiters {
+    /// The limiters at their defaults, agents at `rate` per second and `in_flight` (0: off).
+    pub fn new(rate: u32, in_flight: u32) -> Self {
+        Self {
+            agents: AgentLimits::new(rate, in_flight),
+            auth_failures: AuthFailures::default(),
+            mints: Buckets::new(MINT_BURST, MINT_PER_SECOND),
+            refusals: Buckets::new(REFUSAL_BURST, REFUSALS_PER_SECOND),
+            token_mints: Buckets::new(TOKEN_MINT_BURST, TOKEN_MINTS_PER_SECOND),
+        }
+    }
+}
+
 /// Failed authentications per address per window before 429.
 pub const AUTH_FAILURES: u32 = 20;
 const AUTH_WINDOW: Duration = Duration::from_secs(60);

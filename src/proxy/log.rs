@@ -69,7 +69,7 @@ pub(super) fn refuse_unmatched(
     req: &Request,
     refused: ProxyError,
 ) -> ProxyError {
-    if !shared.refusals.try_take(&id.limit_key) {
+    if !shared.limiters.refusals.try_take(&id.limit_key) {
         return ProxyError::new(
             ErrorKind::RateLimited,
             "too many requests to hosts without a service; propose access instead",

@@ -27,7 +27,7 @@ pub(super) async fn serve<S: AsyncReadRent + AsyncWriteRent>(
 ) -> Result<Outcome, ExchangeError> {
     let id = auth::authenticate_first(shared, req.one("proxy-authorization")?, None)
         .await
-        .map_err(|e| shared.auth_failures.refuse(peer, e))?;
+        .map_err(|e| shared.limiters.auth_failures.refuse(peer, e))?;
     let target = target_of(req.target())?;
     let policy = shared.policy();
     let vault = policy
@@ -42,8 +42,8 @@ pub(super) async fn serve<S: AsyncReadRent + AsyncWriteRent>(
         };
         return Err(refuse_unmatched(shared, &id, &target.host, req, refused).into());
     }
-    let bucket = shared.agent_limits.bucket(id.limit_key);
-    let _permit = shared.agent_limits.admit(&bucket)?;
+    let bucket = shared.limiters.agents.bucket(id.limit_key);
+    let _permit = shared.limiters.agents.admit(&bucket)?;
     let mut entry = Entry::new(&id, &target.host);
     entry.request(req);
     let row = &mut entry.row;
