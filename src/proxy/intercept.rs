@@ -47,14 +47,13 @@ pub(super) async fn serve<S: Split + AsyncReadRent + AsyncWriteRent + 'static>(
     let Ok(Ok(tls)) = accept.await else {
         return; // includes an SNI that names another host (row 3)
     };
-    let tunnel = Tunnel {
+    let mut tunnel = Tunnel {
         shared: &shared,
         target: &target,
         bucket: shared.limiters.agents.bucket(id.limit_key),
         id: &id,
         checked: Checked::default(),
     };
-    let mut tunnel = tunnel;
     client::requests(&shared, BufConn::new(tls), async |conn, raw| {
         Next::Done(tunnel.request(conn, raw).await)
     })

@@ -18,7 +18,6 @@ pub struct Request {
     raw: Zeroizing<Vec<u8>>,
     method: Range<usize>,
     target: Range<usize>,
-    version: u8,
     headers: Vec<(Range<usize>, Range<usize>)>,
     framing: Result<Framing, HttpError>,
     close: bool,
@@ -53,11 +52,9 @@ impl Request {
         let (method, target) = (at(req.method.as_bytes()), at(req.target.as_bytes()));
         let framing = head::request_framing(&req);
         let close = head::wants_close(req.version, &req.headers);
-        let version = req.version;
         Ok(Self {
             method,
             target,
-            version,
             headers,
             framing,
             close,
@@ -83,11 +80,6 @@ impl Request {
     pub fn path(&self) -> &str {
         let t = self.target();
         t.split_once('?').map_or(t, |(p, _)| p)
-    }
-
-    /// Minor version: 0 or 1.
-    pub fn version(&self) -> u8 {
-        self.version
     }
 
     pub fn headers(&self) -> impl Iterator<Item = Header<'_>> {
