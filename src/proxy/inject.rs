@@ -60,9 +60,10 @@ pub(super) fn prepare<'v>(
     check_path(path).map_err(|m| ProxyError::new(ErrorKind::BadPath, m))?;
     let framing = req.framing()?;
     let service = service_for(vault, target, path, api_base)?;
-    let websocket = is_websocket(req);
+    let connection = req.connection();
+    let websocket = is_websocket(req, &connection);
     let mut head = request_line(service, req.method(), path, query, target)?;
-    let expect_continue = headers(&mut head, req, service, websocket)?;
+    let expect_continue = headers(&mut head, req, &connection, service, websocket)?;
     match framing {
         Framing::Length(n) => head.extend_from_slice(format!("content-length: {n}\r\n").as_bytes()),
         Framing::Chunked => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
@@ -163,9 +164,9 @@ fn service_for<'v>(
 }
 
 /// A WebSocket handshake: `GET` with `Connection: upgrade` and `Upgrade: websocket`.
-fn is_websocket(req: &Request) -> bool {
+fn is_websocket(req: &Request, connection: &[&[u8]]) -> bool {
     req.method() == "GET"
-        && req.connection().iter().any(|v| {
+        && connection.iter().any(|v| {
             v.split(|&b| b == b',')
                 .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
         })
@@ -201,10 +202,10 @@ fn request_line(
 fn headers(
     out: &mut Vec<u8>,
     req: &Request,
+    connection: &[&[u8]],
     service: &Service,
     websocket: bool,
 ) -> Result<bool, ProxyError> {
-    let connection = req.connection();
     let credentialed = service.drop_authorization;
     if websocket {
         out.extend_from_slice(b"connection: upgrade\r\nupgrade: websocket\r\n");
@@ -221,7 +222,7 @@ fn headers(
             continue;
         }
         let dropped = name.eq_ignore_ascii_case("host")
-            || head::is_hop_by_hop(name, &connection)
+            || head::is_hop_by_hop(name, connection)
             || name.get(..6).is_some_and(|p| p.eq_ignore_ascii_case("proxy-"))
             || name.contains('_')
             // compressed bodies and frames would hide an echo from the scrubber
