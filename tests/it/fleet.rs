@@ -95,6 +95,20 @@ impl Node {
         curl_via(&self.proxy().url(token, "default"), &ca, url)
     }
 
+    /// Waits until this node reports proposal `id` applied, which means it serves it.
+    fn wait_applied(&self, token: &str, id: &str) {
+        let end = Instant::now() + Duration::from_secs(5);
+        let path = format!("/v1/proposals/{id}");
+        loop {
+            let (_, status) = self.api("GET", &path, Some(token), None);
+            if status["status"] == "applied" {
+                return;
+            }
+            assert!(Instant::now() < end, "never applied: {status}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn applied(&self) -> u64 {
         self.api("GET", "/healthz", None, None).1["fleet"]["applied_seq"]
             .as_u64()
@@ -276,16 +290,7 @@ fn fleet_approval_on_one_node_is_served_by_all() {
         &other,
     );
     assert_eq!(r.code, 0, "{r:?}");
-    let end = Instant::now() + Duration::from_secs(5);
-    let path = format!("/v1/proposals/{id}");
-    loop {
-        let (_, status) = c.api("GET", &path, Some(&f.token), None);
-        if status["status"] == "applied" {
-            break;
-        }
-        assert!(Instant::now() < end, "never applied on c: {status}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    c.wait_applied(&f.token, &id);
     // Applied on c means served on c, at once.
     let r = c.curl(&f.token, "https://other.example.net/x");
     assert!(r.stdout.ends_with(" 200"), "{r:?}");
@@ -319,19 +324,12 @@ fn fleet_approval_on_one_node_is_served_by_all() {
         Some(json!({"digest": digest, "values": {"JIRA2_KEY": jira2}})),
     );
     assert_eq!(code, 200, "{v}");
-    let end = Instant::now() + Duration::from_secs(5);
-    loop {
-        let r = a.curl(&f.token, "https://team.atlassian.net/v3/issue");
-        if r.stdout.ends_with(" 200") {
-            f.last_carried("authorization", &format!("Bearer {jira2}"));
-            break;
-        }
-        assert!(
-            Instant::now() < end,
-            "node a never served the API's approval: {r:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // Until a applies it, a serves team.atlassian.net with the older jira service: wait for
+    // `applied` there, after which the narrower v3 service must win at once.
+    a.wait_applied(&f.token, &id2.to_string());
+    let r = a.curl(&f.token, "https://team.atlassian.net/v3/issue");
+    assert!(r.stdout.ends_with(" 200"), "{r:?}");
+    f.last_carried("authorization", &format!("Bearer {jira2}"));
 
     let dump = f.pg.dump();
     assert!(dump.contains("airlock_changes"), "the dump is of the fleet");
