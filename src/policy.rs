@@ -68,6 +68,25 @@ pub struct Service {
     pub error: Option<ServiceFault>,
     /// The OAuth credential it injects, if any (the first, when it uses several).
     pub oauth: Option<OAuthUse>,
+    /// An `aws-sigv4` service's keys: each request is signed as it leaves (`proxy::sigv4`).
+    pub sigv4: Option<Box<SigV4Keys>>,
+}
+
+impl Service {
+    /// Whether requests to it carry a credential (the request log must be writable).
+    pub fn injects(&self) -> bool {
+        !self.inject.is_empty() || self.sigv4.is_some()
+    }
+}
+
+/// A compiled `aws-sigv4` service's keys and scope.
+#[derive(Debug)]
+pub struct SigV4Keys {
+    pub access_key_id: Secret,
+    pub secret_access_key: Secret,
+    pub session_token: Option<Secret>,
+    pub region: String,
+    pub service: String,
 }
 
 /// A token younger than this many seconds is not renewed because an upstream answered 401 (the
@@ -165,6 +184,7 @@ impl Policy {
                     }
                 };
                 let inject = injected_headers(&spec.auth, &mut open);
+                let sigv4 = sigv4_keys(&spec, &mut open);
                 let substitutions: Vec<Substitution> = spec
                     .substitutions
                     .iter()
@@ -178,6 +198,9 @@ impl Policy {
                         }
                     })
                     .collect();
+                if sigv4.is_none() && matches!(spec.auth, AuthSpec::AwsSigv4 { .. }) {
+                    error = Some(ServiceFault::CredentialMissing); // no region or service
+                }
                 for (_, value) in &inject {
                     scrub.push(value.clone());
                     if let Some(at) = memchr::memchr(b' ', value.expose()) {
@@ -194,6 +217,7 @@ impl Policy {
                     substitutions,
                     error,
                     oauth,
+                    sigv4,
                 });
             }
             vaults.insert(
@@ -254,8 +278,32 @@ fn injected_headers(
             .iter()
             .map(|(name, template)| (name.to_ascii_lowercase(), expand(template, open)))
             .collect(),
-        AuthSpec::Passthrough => Vec::new(),
+        AuthSpec::AwsSigv4 { .. } | AuthSpec::Passthrough => Vec::new(),
     }
+}
+
+/// An `aws-sigv4` service's opened keys and its scope.
+fn sigv4_keys(
+    spec: &crate::spec::ServiceSpec,
+    open: &mut impl FnMut(&str) -> Secret,
+) -> Option<Box<SigV4Keys>> {
+    let AuthSpec::AwsSigv4 {
+        access_key_id,
+        secret_access_key,
+        session_token,
+        ..
+    } = &spec.auth
+    else {
+        return None;
+    };
+    let (region, service) = spec.aws_scope()?;
+    Some(Box::new(SigV4Keys {
+        access_key_id: open(access_key_id),
+        secret_access_key: open(secret_access_key),
+        session_token: session_token.as_deref().map(&mut *open),
+        region,
+        service,
+    }))
 }
 
 /// Replaces each `{{ KEY }}` in a validated template with the opened credential.
@@ -378,6 +426,7 @@ mod tests {
             substitutions: vec![],
             error: None,
             oauth: None,
+            sigv4: None,
         }
     }
 

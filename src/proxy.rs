@@ -9,6 +9,7 @@
 //! - [`plain`]: plain-HTTP proxying; [`agent_api`]: origin-form requests;
 //! - [`inject`]: the authority and path checks, the service match and the upstream head;
 //! - [`exchange`]: the gates, sending upstream (pool, retry, OAuth renewal);
+//! - [`sigv4`]: AWS Signature Version 4 for `aws-sigv4` services, applied by [`exchange`];
 //! - [`response`]: the response head and body, masked; upgraded relays;
 //! - [`log`]: the request-log entry of each request;
 //! - [`upstream`] (dialing and the pool), [`auth`], [`limits`], [`stats`], [`error`] and
@@ -34,6 +35,7 @@ pub mod outcome;
 mod plain;
 pub mod request;
 mod response;
+pub mod sigv4;
 pub mod stats;
 mod tunnel;
 pub mod upstream;

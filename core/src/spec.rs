@@ -59,7 +59,54 @@ pub enum AuthSpec {
     Custom {
         headers: BTreeMap<String, String>,
     },
+    /// AWS Signature Version 4: every request is signed as it leaves. `region` and `service`
+    /// default to what an `amazonaws.com` host names ([`aws_scope`]).
+    AwsSigv4 {
+        access_key_id: String,
+        secret_access_key: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session_token: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        region: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        service: Option<String>,
+    },
     Passthrough,
+}
+
+/// The region and signing name an AWS endpoint host names: `s3.us-west-2.amazonaws.com` is
+/// (`us-west-2`, `s3`), `bucket.s3.eu-west-1.amazonaws.com` and `s3.dualstack.eu-west-1...` too,
+/// `bedrock-runtime.us-east-1.amazonaws.com` is (`us-east-1`, `bedrock`), the global
+/// `s3.amazonaws.com` is (`us-east-1`, `s3`). `None` for any other host, or a pattern whose
+/// wildcard stands where the region or service would be.
+pub fn aws_scope(host: &str) -> Option<(String, String)> {
+    let host = host.split(['/', ':']).next()?.trim_start_matches("*.");
+    let labels: Vec<&str> = host.strip_suffix(".amazonaws.com")?.split('.').collect();
+    let signing = |label: &str| match label {
+        "bedrock-runtime" | "bedrock-agent-runtime" | "bedrock-agent" => "bedrock".to_owned(),
+        l if l.starts_with("s3") => "s3".to_owned(),
+        l => l.to_owned(),
+    };
+    let Some(at) = labels.iter().rposition(|l| is_aws_region(l)) else {
+        return (labels.last() == Some(&"s3")).then(|| ("us-east-1".into(), "s3".into()));
+    };
+    let service = labels[..at]
+        .iter()
+        .rev()
+        .find(|l| **l != "dualstack" && **l != "fips")?;
+    Some((labels[at].to_owned(), signing(service)))
+}
+
+/// `us-east-1`, `eu-central-2`, `us-gov-west-1`, `ap-southeast-3` and the like.
+fn is_aws_region(label: &str) -> bool {
+    let parts: Vec<&str> = label.split('-').collect();
+    parts.len() >= 3
+        && parts[0].len() == 2
+        && parts[0].bytes().all(|b| b.is_ascii_lowercase())
+        && parts[1..parts.len() - 1]
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
+        && parts[parts.len() - 1].parse::<u8>().is_ok()
 }
 
 /// A placeholder replaced by a credential in the named request surfaces only (R6).
@@ -185,6 +232,37 @@ impl ServiceSpec {
                     }
                 }
             }
+            AuthSpec::AwsSigv4 {
+                access_key_id,
+                secret_access_key,
+                session_token,
+                region,
+                service,
+            } => {
+                key("auth.access_key_id", access_key_id)?;
+                key("auth.secret_access_key", secret_access_key)?;
+                if let Some(t) = session_token {
+                    key("auth.session_token", t)?;
+                }
+                let label = |v: &str| {
+                    !v.is_empty()
+                        && v.len() <= 64
+                        && v.bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                };
+                for (name, v) in [("auth.region", region), ("auth.service", service)] {
+                    if v.as_deref().is_some_and(|v| !label(v)) {
+                        return Err(field(name, "must be 1-64 of [a-z0-9-]".into()));
+                    }
+                }
+                self.aws_scope().ok_or_else(|| {
+                    field(
+                        "auth",
+                        "the host names no AWS region and service: set auth.region and auth.service"
+                            .into(),
+                    )
+                })?;
+            }
             AuthSpec::Passthrough => {
                 if !self.substitutions.is_empty() {
                     return Err(field(
@@ -244,6 +322,15 @@ impl ServiceSpec {
                     keys.extend(template_keys(t).unwrap_or_default());
                 }
             }
+            AuthSpec::AwsSigv4 {
+                access_key_id,
+                secret_access_key,
+                session_token,
+                ..
+            } => {
+                keys.extend([access_key_id.as_str(), secret_access_key.as_str()]);
+                keys.extend(session_token.as_deref());
+            }
             AuthSpec::Passthrough => {}
         }
         keys.extend(self.substitutions.iter().map(|s| s.key.as_str()));
@@ -268,6 +355,21 @@ impl ServiceSpec {
                 .map(|(n, t)| format!("{n}: {t}"))
                 .collect::<Vec<_>>()
                 .join("; "),
+            AuthSpec::AwsSigv4 {
+                access_key_id,
+                secret_access_key,
+                session_token,
+                ..
+            } => {
+                let (region, service) = self.aws_scope().unwrap_or_default();
+                let token = session_token
+                    .as_ref()
+                    .map(|t| format!(" with session token <{t}>"))
+                    .unwrap_or_default();
+                format!(
+                    "AWS SigV4 signed for {service} in {region} with <{access_key_id}>:<{secret_access_key}>{token}"
+                )
+            }
             AuthSpec::Passthrough => "no credential (passthrough)".to_owned(),
         };
         let mut out = format!("{} · {} · {auth}", self.host, self.auth_type());
@@ -297,8 +399,25 @@ impl ServiceSpec {
             AuthSpec::Basic { .. } => "basic",
             AuthSpec::ApiKey { .. } => "api-key",
             AuthSpec::Custom { .. } => "custom",
+            AuthSpec::AwsSigv4 { .. } => "aws-sigv4",
             AuthSpec::Passthrough => "passthrough",
         }
+    }
+
+    /// An `aws-sigv4` service's region and signing name: as configured, else from its host.
+    pub fn aws_scope(&self) -> Option<(String, String)> {
+        let AuthSpec::AwsSigv4 {
+            region, service, ..
+        } = &self.auth
+        else {
+            return None;
+        };
+        let derived = aws_scope(&self.host);
+        let region = region
+            .clone()
+            .or_else(|| derived.as_ref().map(|d| d.0.clone()))?;
+        let service = service.clone().or_else(|| derived.map(|d| d.1))?;
+        Some((region, service))
     }
 }
 
@@ -461,6 +580,60 @@ services:
         assert!(matches!(e, SpecError::DuplicateMatcher { .. }), "{e}");
         a.host = "a.example.com/v1/*".into();
         check_unique_matchers(&[a, b]).unwrap();
+    }
+
+    #[test]
+    fn aws_scopes_from_hosts() {
+        let scope = |h: &str| aws_scope(h).map(|(r, s)| format!("{r}/{s}"));
+        assert_eq!(scope("s3.us-west-2.amazonaws.com").unwrap(), "us-west-2/s3");
+        assert_eq!(
+            scope("*.s3.eu-west-1.amazonaws.com").unwrap(),
+            "eu-west-1/s3"
+        );
+        assert_eq!(
+            scope("s3.dualstack.eu-west-1.amazonaws.com").unwrap(),
+            "eu-west-1/s3"
+        );
+        assert_eq!(scope("s3.amazonaws.com").unwrap(), "us-east-1/s3");
+        assert_eq!(
+            scope("bedrock-runtime.us-east-1.amazonaws.com/model/*").unwrap(),
+            "us-east-1/bedrock"
+        );
+        assert_eq!(
+            scope("dynamodb.us-gov-west-1.amazonaws.com:443").unwrap(),
+            "us-gov-west-1/dynamodb"
+        );
+        assert_eq!(scope("api.example.com"), None);
+        assert_eq!(scope("*.us-east-1.amazonaws.com"), None);
+        assert_eq!(scope("amazonaws.com.evil.example"), None);
+
+        let mut s = spec(AuthSpec::AwsSigv4 {
+            access_key_id: "AWS_KEY_ID".into(),
+            secret_access_key: "AWS_SECRET".into(),
+            session_token: None,
+            region: None,
+            service: None,
+        });
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("auth.region and auth.service"), "{e}");
+        if let AuthSpec::AwsSigv4 {
+            region, service, ..
+        } = &mut s.auth
+        {
+            *region = Some("eu-north-1".into());
+            *service = Some("execute-api".into());
+        }
+        s.validate().unwrap();
+        assert_eq!(
+            s.aws_scope().unwrap(),
+            ("eu-north-1".to_owned(), "execute-api".to_owned())
+        );
+        let keys: Vec<_> = s.credential_keys().into_iter().collect();
+        assert_eq!(keys, ["AWS_KEY_ID", "AWS_SECRET"]);
+        let y = "services:\n  - name: aws-s3\n    host: s3.us-east-1.amazonaws.com\n    auth: {type: aws-sigv4, access_key_id: A, secret_access_key: B, session_token: C}\n";
+        let f = ServiceFile::from_yaml(y).unwrap();
+        f.services[0].validate().unwrap();
+        assert_eq!(f.services[0].auth_type(), "aws-sigv4");
     }
 
     #[test]

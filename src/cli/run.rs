@@ -27,13 +27,18 @@ use super::{CliError, Ctx};
 use crate::vault::setup::CA_CERT_FILE;
 use crate::vault::tokens::TokenHash;
 
-/// CA variables pointing at a bundle file.
+/// CA variables pointing at a bundle file: OpenSSL and most runtimes, Python requests (and
+/// google-auth through it), curl, git, Deno, the AWS SDKs and CLI (which ignore
+/// `SSL_CERT_FILE`), the gcloud CLI, and gRPC (Google's gRPC client libraries).
 const BUNDLE_VARS: &[&str] = &[
     "SSL_CERT_FILE",
     "REQUESTS_CA_BUNDLE",
     "CURL_CA_BUNDLE",
     "GIT_SSL_CAINFO",
     "DENO_CERT",
+    "AWS_CA_BUNDLE",
+    "CLOUDSDK_CORE_CUSTOM_CA_CERTS_FILE",
+    "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH",
 ];
 /// System bundles, first found is combined with airlock's CA.
 const SYSTEM_BUNDLES: &[&str] = &[

@@ -87,10 +87,18 @@ kinds! {
     TokenRevoked = 407 "token_revoked" Client,
     VaultMismatch = 407 "vault_mismatch" Client,
     RateLimited = 429 "rate_limited" Client,
+    /// An `aws-sigv4` request whose body is chunk-signed by the agent's SDK.
+    SigV4StreamingSigned = 400 "sigv4_streaming_signed" Client,
+    /// An `aws-sigv4` request (not S3) whose body is too large or unframed to be hashed.
+    SigV4BodyTooLarge = 413 "sigv4_body_too_large" Client,
     UpstreamUnreachable = 502 "upstream_unreachable" Upstream,
     UpstreamTlsError = 502 "upstream_tls_error" Upstream,
     UpstreamProtocolError = 502 "upstream_protocol_error" Upstream,
     UpstreamTimeout = 504 "upstream_timeout" Upstream,
+    /// The configured upstream proxy refused the CONNECT (other than for its credentials).
+    UpstreamProxyRefused = 502 "upstream_proxy_refused" Upstream,
+    /// The configured upstream proxy refused airlock's credentials (407).
+    UpstreamProxyAuth = 502 "upstream_proxy_auth" Airlock,
     OAuthRefreshFailed = 502 "oauth_refresh_failed" Upstream,
     CredentialMissing = 502 "credential_missing" Airlock,
     CredentialIntegrity = 502 "credential_integrity" Airlock,

@@ -4,6 +4,9 @@
 //! streamed with the proxy's own framing, and the response handed to [`super::response`]. The
 //! head holding injected values is zeroized after the write.
 //!
+//! An `aws-sigv4` service's request is signed here, once its payload hash is known
+//! ([`super::sigv4`]): a body the signature covers is read whole first.
+//!
 //! A service injecting an OAuth credential waits for the refresher when its access token has
 //! expired; when the upstream answers 401 and the body is held, the token is renewed and the
 //! request sent once more with the new one (the 401 never reaches the agent). A 401 to a streamed
@@ -19,12 +22,13 @@ use super::inject::{self, Prepared};
 use super::outcome::{ExchangeError, Outcome};
 use super::request::Request;
 use super::response::{self, COALESCE_MAX, Head};
+use super::sigv4::{self, Payload};
 use super::upstream::{self, PoolKey, Target, Upstream};
 use crate::http::HttpError;
 use crate::http::body::{self, RelayError};
 use crate::http::head::Framing;
 use crate::http::io::BufConn;
-use crate::policy::{OAuthUse, VaultPolicy};
+use crate::policy::{OAuthUse, SigV4Keys, VaultPolicy};
 use crate::requestlog::Row;
 
 /// Request bodies up to this size are read whole before they go out on a reused upstream
@@ -55,7 +59,12 @@ pub(super) async fn exchange<C: AsyncReadRent + AsyncWriteRent>(
         retry_401: false,
     };
     let Some(oauth) = oauth else {
-        return call.send(None).await.map_err(AttemptError::into_exchange);
+        let held = match call.prepared.service.sigv4.as_deref() {
+            Some(keys) => call.sign(keys, req).await?,
+            None => None,
+        };
+        let sent = call.send(held.as_deref()).await;
+        return sent.map_err(AttemptError::into_exchange);
     };
     let again = Again {
         req,
@@ -83,7 +92,7 @@ fn gates<C>(
         return Err(HttpError::BodyTooLarge(cap).into());
     }
     // Row 60: no injection goes unrecorded for longer than one batch interval.
-    if !prepared.service.inject.is_empty() && !shared.log.healthy() {
+    if prepared.service.injects() && !shared.log.healthy() {
         let m = "the request log cannot be written";
         return Err(ProxyError::new(ErrorKind::AuditUnavailable, m).into());
     }
@@ -231,6 +240,28 @@ impl<C: AsyncReadRent + AsyncWriteRent> Call<'_, C> {
             }
             other => other,
         }
+    }
+
+    /// Signs an `aws-sigv4` request, reading its body first when the signature covers it;
+    /// returns the body so read.
+    async fn sign(
+        &mut self,
+        keys: &SigV4Keys,
+        req: &Request,
+    ) -> Result<Option<Vec<u8>>, ExchangeError> {
+        let declared = req.one("x-amz-content-sha256").ok().flatten();
+        let (hash, held) = match sigv4::payload(keys, self.prepared.framing, declared)? {
+            Payload::Hash => {
+                let body = match self.prepared.framing {
+                    Framing::Length(n) => self.hold_body(n).await?,
+                    _ => Vec::new(),
+                };
+                (sigv4::hash(&body), Some(body))
+            }
+            Payload::Declared(d) => (d.to_owned(), None),
+        };
+        sigv4::sign(keys, &mut self.prepared.head, &hash, crate::vault::now());
+        Ok(held)
     }
 
     /// The whole body when it is empty or a `Content-Length` of at most [`RETRY_BODY_MAX`] (so

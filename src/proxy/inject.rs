@@ -3,8 +3,10 @@
 //! (row 7) and framed (R2), matched to a service of the vault, and re-serialised for the
 //! upstream: hop-by-hop, proxy and `Connection`-named headers dropped, the agent's
 //! `Authorization` and the injected header names dropped on credentialed services, placeholders
-//! substituted only on the surfaces declared for them (row 26), injected values added last. The
-//! head it builds holds secrets: it is [`Zeroizing`] and zeroized once written.
+//! substituted only on the surfaces declared for them (row 26), injected values added last; an
+//! `aws-sigv4` service's request loses the agent's signature here and is signed in
+//! [`super::exchange`] once its payload is known. The head it builds holds secrets: it is
+//! [`Zeroizing`] and zeroized once written.
 
 use std::borrow::Cow;
 
@@ -12,6 +14,7 @@ use zeroize::Zeroizing;
 
 use super::error::{ErrorKind, ProxyError, no_service};
 use super::request::Request;
+use super::sigv4;
 use super::upstream::Target;
 use crate::http::head::{self, Framing};
 use crate::policy::{Service, ServiceFault, VaultPolicy, check_path};
@@ -187,7 +190,12 @@ fn request_line(
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(&substitute(service, Surface::Path, path.as_bytes())?);
-    if let Some(q) = query {
+    // A presigned URL's signature is the agent's: airlock signs in headers instead.
+    let query = match query {
+        Some(q) if service.sigv4.is_some() => Some(Cow::Owned(sigv4::strip_presign(q))),
+        q => q.map(Cow::Borrowed),
+    };
+    if let Some(q) = query.filter(|q| !q.is_empty()) {
         out.push(b'?');
         out.extend_from_slice(&substitute(service, Surface::Query, q.as_bytes())?);
     }
@@ -230,7 +238,8 @@ fn headers(
                 && (name.eq_ignore_ascii_case("accept-encoding")
                     || name.eq_ignore_ascii_case("sec-websocket-extensions")
                     || name.eq_ignore_ascii_case("authorization")))
-            || service.inject.iter().any(|(n, _)| name.eq_ignore_ascii_case(n));
+            || service.inject.iter().any(|(n, _)| name.eq_ignore_ascii_case(n))
+            || (service.sigv4.is_some() && sigv4::is_signature_header(name));
         if dropped {
             continue;
         }
