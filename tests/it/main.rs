@@ -6,6 +6,7 @@
 
 mod admin;
 mod cli;
+mod cloud;
 mod fleet;
 mod hardening;
 mod hardening_admin;

@@ -1,0 +1,297 @@
+//! Cloud providers and corporate networks: `aws-sigv4` services driven by the real AWS SDK for
+//! Python against a stand-in AWS endpoint that checks signatures with botocore's signer
+//! (`tests/cloud/aws_standin.py`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+
+use crate::harness::{Env, Run, canary, output};
+use crate::proxy_harness::Proxy;
+
+/// A test CA and a leaf for `hosts`, as PEM files in `dir`: (ca, cert, key).
+fn test_pki(dir: &Path, hosts: &[&str]) -> (PathBuf, PathBuf, PathBuf) {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::default();
+    ca.distinguished_name
+        .push(DnType::CommonName, "stand-in cloud CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let mut leaf =
+        CertificateParams::new(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>()).unwrap();
+    leaf.use_authority_key_identifier_extension = true;
+    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
+    let paths = (
+        dir.join("cloud-ca.pem"),
+        dir.join("cloud-cert.pem"),
+        dir.join("cloud-key.pem"),
+    );
+    std::fs::write(&paths.0, ca_cert.pem()).unwrap();
+    std::fs::write(&paths.1, leaf_cert.pem()).unwrap();
+    std::fs::write(&paths.2, leaf_key.serialize_pem()).unwrap();
+    paths
+}
+
+/// A Python helper server from `tests/cloud`, killed on drop.
+struct Helper {
+    child: Child,
+    port: u16,
+}
+
+impl Helper {
+    /// Starts `script` with `args` and `env`, and waits for it to write its port to `port_file`.
+    fn start(script: &str, args: &[&Path], port_file: &Path, env: &[(&str, &str)]) -> Self {
+        let mut c = Command::new("python3");
+        c.arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/cloud")
+                .join(script),
+        );
+        c.args(args).envs(env.iter().copied()).stdin(Stdio::null());
+        let mut child = c.spawn().expect("python3");
+        let end = Instant::now() + Duration::from_secs(20);
+        let port = loop {
+            if let Ok(p) = std::fs::read_to_string(port_file) {
+                break p.trim().parse().unwrap();
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("{script} exited: {status}");
+            }
+            assert!(Instant::now() < end, "{script} did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Self { child, port }
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const AWS_HOSTS: [&str; 2] = [
+    "s3.us-west-2.amazonaws.com",
+    "bedrock-runtime.us-east-1.amazonaws.com",
+];
+
+const AWS_SERVICES: &str = r#"
+services:
+  - name: aws-s3
+    host: s3.us-west-2.amazonaws.com
+    auth: {type: aws-sigv4, access_key_id: AWS_KEY_ID, secret_access_key: AWS_SECRET, session_token: AWS_TOKEN}
+  - name: bedrock
+    host: bedrock-runtime.us-east-1.amazonaws.com
+    auth: {type: aws-sigv4, access_key_id: AWS_KEY_ID, secret_access_key: AWS_SECRET, session_token: AWS_TOKEN}
+"#;
+
+/// The stand-in AWS endpoint, airlock in front of it, and the vault's AWS keys.
+struct Aws {
+    env: Env,
+    proxy: Proxy,
+    /// Kept for its lifetime: the stand-in stops when the test ends.
+    _standin: Helper,
+    log: PathBuf,
+    secrets: Vec<(&'static str, String)>,
+}
+
+impl Aws {
+    fn new() -> Self {
+        let env = Env::init();
+        let base = canary();
+        let secrets = vec![
+            (
+                "AWS_KEY_ID",
+                format!("AKIA{}", base.to_uppercase().replace('-', "")),
+            ),
+            ("AWS_SECRET", format!("{base}-aws-secret/+key")),
+            ("AWS_TOKEN", format!("{base}-aws-session-token")),
+        ];
+        for (k, v) in &secrets {
+            env.run_stdin(&["credential", "set", k], v.as_bytes()).ok();
+        }
+        env.set_services(AWS_SERVICES);
+        let dir = env.tmp.path();
+        let (ca, cert, key) = test_pki(dir, &AWS_HOSTS);
+        let (port_file, log) = (dir.join("aws.port"), dir.join("aws.log"));
+        let standin = Helper::start(
+            "aws_standin.py",
+            &[&cert, &key, &port_file, &log],
+            &port_file,
+            &[
+                ("STANDIN_KEY_ID", &secrets[0].1),
+                ("STANDIN_SECRET", &secrets[1].1),
+                ("STANDIN_TOKEN", &secrets[2].1),
+            ],
+        );
+        let mut args = vec![
+            "--network-allow".to_owned(),
+            "127.0.0.1/32".into(),
+            "--upstream-ca-file".into(),
+            ca.display().to_string(),
+        ];
+        for h in AWS_HOSTS {
+            args.extend([
+                "--resolve".into(),
+                format!("{h}:443:127.0.0.1:{}", standin.port),
+            ]);
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let proxy = Proxy::start(&env, &refs);
+        Self {
+            env,
+            proxy,
+            _standin: standin,
+            log,
+            secrets,
+        }
+    }
+
+    /// `airlock run` of `cmd` with dummy AWS keys and none of this process's AWS settings.
+    fn run(&self, cmd: &[&str]) -> Run {
+        let proxy = format!("http://{}", self.proxy.addr);
+        let mut args = vec!["run", "--proxy", proxy.as_str(), "--"];
+        args.extend_from_slice(cmd);
+        let mut c = self.env.command(&args);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("AWS_") || k.ends_with("_PROXY") || k.ends_with("_proxy") {
+                c.env_remove(k);
+            }
+        }
+        c.env("AWS_ACCESS_KEY_ID", "AKIDDUMMYAGENTKEY")
+            .env("AWS_SECRET_ACCESS_KEY", "dummy-agent-secret")
+            .env("AWS_EC2_METADATA_DISABLED", "true");
+        output(c, None)
+    }
+
+    /// The stand-in's verdicts, one per request it received.
+    fn verdicts(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[track_caller]
+    fn assert_no_secret(&self, text: &str) {
+        for (k, v) in &self.secrets {
+            assert!(!text.contains(v.as_str()), "{k} reached the agent: {text}");
+        }
+    }
+}
+
+/// boto3 with dummy keys through `airlock run` (which sets AWS_CA_BUNDLE): S3 put/get of a small
+/// object and of one over the signing buffer (9 MiB), a Bedrock invoke, a Bedrock event stream
+/// whose first event arrives before the stand-in sends the rest, and a client that signs
+/// nothing. Every request the stand-in received carries a signature botocore's signer recomputes
+/// with the vault's keys; the agent's output and environment hold none of them.
+#[test]
+fn boto3_s3_and_bedrock_are_signed_by_airlock() {
+    let aws = Aws::new();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cloud/aws_agent.py");
+    let r = aws.run(&["python3", script.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:?}\nstand-in: {:?}", aws.verdicts());
+    for line in [
+        "s3 ok",
+        "bedrock invoke ok",
+        "bedrock stream ok",
+        "unsigned client ok",
+    ] {
+        assert!(r.stdout.contains(line), "{line}: {r:?}");
+    }
+    assert!(r.stdout.contains("AWS_CA_BUNDLE"), "{r:?}");
+    aws.assert_no_secret(&r.stdout);
+    aws.assert_no_secret(&r.stderr);
+    let verdicts = aws.verdicts();
+    assert!(verdicts.len() >= 7, "{verdicts:?}");
+    for v in &verdicts {
+        assert_eq!(v["verified"], true, "{v}");
+    }
+    // The 9 MiB S3 body went as the SDK declared it (unsigned, over TLS); Bedrock bodies hashed.
+    let payloads: Vec<&str> = verdicts
+        .iter()
+        .filter_map(|v| v["payload"].as_str())
+        .collect();
+    assert!(
+        payloads.iter().any(|p| p.len() == 64),
+        "no hashed payload: {payloads:?}"
+    );
+}
+
+/// A vault secret that does not match what AWS holds: the stand-in refuses the signature and
+/// the SDK reports AWS's error code. A Bedrock body airlock cannot hash (over 8 MiB) is refused
+/// before anything goes upstream with `sigv4_body_too_large`; an SDK's chunk-signed stream with
+/// `sigv4_streaming_signed`.
+#[test]
+fn sigv4_refusals_are_clear() {
+    let aws = Aws::new();
+    let big = aws.env.tmp.path().join("big.json");
+    std::fs::write(&big, vec![b'x'; 9 * 1024 * 1024]).unwrap();
+    let before = aws.verdicts().len();
+    let url = "https://bedrock-runtime.us-east-1.amazonaws.com/model/m/invoke";
+    let r = aws.run(&[
+        "curl",
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-D",
+        "-",
+        "--data-binary",
+        &format!("@{}", big.display()),
+        url,
+    ]);
+    assert!(r.stdout.contains("\r\n\r\nHTTP/1.1 413 "), "{r:?}");
+    assert!(
+        r.stdout.contains("x-airlock-error: sigv4_body_too_large"),
+        "{r:?}"
+    );
+    let r = aws.run(&[
+        "curl",
+        "-sS",
+        "-D",
+        "-",
+        "-H",
+        "x-amz-content-sha256: STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+        "-X",
+        "PUT",
+        "--data-binary",
+        "abc",
+        "https://s3.us-west-2.amazonaws.com/agent-bucket/k",
+    ]);
+    assert!(r.stdout.contains("\r\n\r\nHTTP/1.1 400 "), "{r:?}");
+    assert!(
+        r.stdout.contains("x-airlock-error: sigv4_streaming_signed"),
+        "{r:?}"
+    );
+    assert_eq!(
+        aws.verdicts().len(),
+        before,
+        "a refused request reached AWS"
+    );
+
+    aws.env
+        .run_stdin(&["credential", "set", "AWS_SECRET"], b"not-what-aws-holds")
+        .ok();
+    let script = "import boto3, botocore\nc = boto3.client('bedrock-runtime', region_name='us-east-1')\ntry:\n    c.invoke_model(modelId='m', body=b'{}')\nexcept botocore.exceptions.ClientError as e:\n    print('code', e.response['Error']['Code'], e.response['ResponseMetadata']['HTTPStatusCode'])\n";
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = aws.run(&["python3", "-c", script]);
+        if r.stdout.contains("code InvalidSignatureException 403") {
+            break;
+        }
+        assert!(Instant::now() < end, "{r:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let last = aws.verdicts().pop().unwrap();
+    assert_eq!(last["reason"], "signature mismatch", "{last}");
+}
