@@ -23,10 +23,11 @@ use certs_cache::{Ca, LeafCache};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::config::{AdminListen, Cidr, Driver, FileConfig, HumanDuration, ResolveRule};
+use crate::config::{AdminListen, Cidr, Driver, FileConfig, HumanDuration, ProxyUrl, ResolveRule};
 use crate::logging::{LogHandle, LogLevel};
 use crate::netguard::Guard;
 use crate::policy::Policy;
+use crate::proxy::upstream::egress::EgressProxy;
 use crate::proxy::{Limits, Shared, Tunables, connect};
 use crate::vault::keys::KeySources;
 use crate::vault::setup::{self, CA_CERT_FILE};
@@ -42,6 +43,11 @@ pub struct Settings {
     pub resolve: Vec<ResolveRule>,
     pub upstream_ca_file: Option<PathBuf>,
     pub guard: Guard,
+    /// The corporate proxy upstream connections leave through, its password file and the hosts
+    /// reached directly.
+    pub upstream_proxy: Option<ProxyUrl>,
+    pub upstream_proxy_password_file: Option<PathBuf>,
+    pub no_proxy: Vec<String>,
     pub admin_listen: AdminListen,
     pub metrics_listen: AdminListen,
     pub store: StoreOptions,
@@ -99,6 +105,15 @@ pub struct ServeArgs {
     /// Allow upstream addresses in this CIDR even when private
     #[arg(long, value_name = "CIDR")]
     pub network_allow: Vec<Cidr>,
+    /// Reach upstreams through this HTTP proxy (CONNECT): http://[USER@]HOST:PORT [default: direct]
+    #[arg(long, value_name = "URL")]
+    pub upstream_proxy: Option<ProxyUrl>,
+    /// File holding the upstream proxy's password (Basic auth with the URL's user)
+    #[arg(long, value_name = "F")]
+    pub upstream_proxy_password_file: Option<PathBuf>,
+    /// Reach HOST (and its subdomains; an IP; `*` for all) directly, not through the upstream proxy (repeatable)
+    #[arg(long, value_name = "HOST")]
+    pub no_proxy: Vec<String>,
     /// Serve the proxy port over TLS with a certificate from airlock's CA for NAME (repeat for
     /// more names; DNS names or IP addresses)
     #[arg(long, value_name = "NAME")]
@@ -167,6 +182,19 @@ impl Settings {
                     || file.allow_private_ranges.unwrap_or(false),
                 allow,
             },
+            upstream_proxy: args.upstream_proxy.clone().or(file.upstream_proxy.clone()),
+            upstream_proxy_password_file: args
+                .upstream_proxy_password_file
+                .clone()
+                .or(file.upstream_proxy_password_file.clone()),
+            no_proxy: if args.no_proxy.is_empty() {
+                file.no_proxy.clone()
+            } else {
+                args.no_proxy.clone()
+            }
+            .iter()
+            .map(|h| h.trim().to_ascii_lowercase())
+            .collect(),
             admin_listen: if args.no_admin || file.admin == Some(false) {
                 AdminListen::None
             } else {
@@ -231,8 +259,42 @@ impl Settings {
             guard: self.guard.clone(),
             resolve: self.resolve.clone(),
             upstream_tls: Arc::new(upstream_tls),
+            egress: self.egress()?.map(Arc::new),
             admin_base: self.approval_base(admin_http),
         })
+    }
+
+    /// The upstream proxy, its password read from its file (again on each reload).
+    fn egress(&self) -> Result<Option<EgressProxy>, ServeError> {
+        let Some(url) = &self.upstream_proxy else {
+            return Ok(None);
+        };
+        let authorization = match (&url.user, &self.upstream_proxy_password_file) {
+            (Some(user), Some(file)) => {
+                let password =
+                    crate::secret::Secret::new(std::fs::read(file).map_err(|e| {
+                        ServeError::UpstreamProxy(format!("{}: {e}", file.display()))
+                    })?);
+                let password = password.expose().trim_ascii_end();
+                let mut pair = zeroize::Zeroizing::new(format!("{user}:").into_bytes());
+                pair.extend_from_slice(password);
+                let encoded = data_encoding::BASE64.encode(&pair);
+                Some(crate::secret::Secret::new(
+                    format!("Basic {encoded}").into_bytes(),
+                ))
+            }
+            (None, Some(_)) => {
+                let m = "upstream_proxy_password_file is set but upstream_proxy names no user";
+                return Err(ServeError::UpstreamProxy(m.into()));
+            }
+            (_, None) => None,
+        };
+        Ok(Some(EgressProxy {
+            host: url.host.clone(),
+            port: url.port,
+            authorization,
+            no_proxy: self.no_proxy.clone(),
+        }))
     }
 
     /// Where approval links point: `admin_url`, else the admin listener bound at start.
@@ -324,6 +386,8 @@ pub enum ServeError {
     InUse(SocketAddr),
     #[error("upstream TLS: {0}")]
     Tls(String),
+    #[error("upstream proxy: {0}")]
+    UpstreamProxy(String),
     #[error(transparent)]
     RequestLog(#[from] crate::requestlog::LogError),
     #[error("certificate authority: {0}")]

@@ -43,6 +43,15 @@ pub struct FileConfig {
     /// CIDRs allowed as upstream addresses even when private.
     #[serde(default)]
     pub network_allow: Vec<Cidr>,
+    /// Reach upstreams through this HTTP proxy with CONNECT: `http://[USER@]HOST:PORT` (a
+    /// corporate egress proxy). Default: direct.
+    pub upstream_proxy: Option<ProxyUrl>,
+    /// File holding the upstream proxy's password (Basic auth with the URL's user).
+    pub upstream_proxy_password_file: Option<PathBuf>,
+    /// Hosts reached directly, not through `upstream_proxy`: `example.com` (it and its
+    /// subdomains), `.example.com` (the same), an IP address, or `*` (every host).
+    #[serde(default)]
+    pub no_proxy: Vec<String>,
     /// Prometheus metrics listener: an address, or `none`.
     pub metrics_listen: Option<AdminListen>,
     /// LMDB map size in MiB (address space; the file grows as needed). Default 1024.
@@ -262,6 +271,58 @@ impl FromStr for ResolveRule {
     }
 }
 
+/// `upstream_proxy`: an `http://` proxy URL with an optional user and no password (the
+/// password is read from a file).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxyUrl {
+    pub host: String,
+    pub port: u16,
+    pub user: Option<String>,
+}
+
+impl FromStr for ProxyUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = |why: &str| format!("{s:?} {why} (e.g. http://proxy.corp.example:3128)");
+        let rest = s
+            .strip_prefix("http://")
+            .ok_or_else(|| bad("is not an http:// proxy URL"))?;
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.contains(['/', '?', '#']) {
+            return Err(bad("has a path"));
+        }
+        let (user, authority) = match rest.rsplit_once('@') {
+            Some((u, _)) if u.contains(':') => {
+                return Err(bad(
+                    "holds a password: put it in upstream_proxy_password_file",
+                ));
+            }
+            Some((u, a)) if !u.is_empty() => (Some(u.to_owned()), a),
+            Some(_) => return Err(bad("has an empty user")),
+            None => (None, rest),
+        };
+        let (host, port) = authority
+            .rsplit_once(':')
+            .filter(|(h, _)| !h.ends_with(':') || h.starts_with('['))
+            .ok_or_else(|| bad("names no port"))?;
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| bad("names no valid port"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.parse::<IpAddr>().is_err() {
+            crate::spec::host::check_dns_name(&host.to_ascii_lowercase())
+                .map_err(|e| bad(&e.to_string()))?;
+        }
+        Ok(Self {
+            host: host.to_ascii_lowercase(),
+            port,
+            user,
+        })
+    }
+}
+
 /// An IP network in CIDR notation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Cidr {
@@ -312,7 +373,7 @@ macro_rules! deserialize_from_str {
         }
     )*};
 }
-deserialize_from_str!(AdminListen, ResolveRule, Cidr, HumanDuration);
+deserialize_from_str!(AdminListen, ResolveRule, Cidr, HumanDuration, ProxyUrl);
 
 /// Parses a duration such as `90s`, `15m`, `1h` or `7d`.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -323,6 +384,28 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proxy_urls() {
+        let p: ProxyUrl = "http://alice@proxy.corp.example:3128".parse().unwrap();
+        assert_eq!(
+            (p.host.as_str(), p.port, p.user.as_deref()),
+            ("proxy.corp.example", 3128, Some("alice"))
+        );
+        let p: ProxyUrl = "http://[::1]:8080/".parse().unwrap();
+        assert_eq!((p.host.as_str(), p.port, p.user), ("::1", 8080, None));
+        for (bad, why) in [
+            ("https://p:1", "http://"),
+            ("http://a:secret@p:1", "upstream_proxy_password_file"),
+            ("http://p", "port"),
+            ("http://p:0", "port"),
+            ("http://p:1/x", "path"),
+            ("http://bad_name:1", "invalid label"),
+        ] {
+            let e = bad.parse::<ProxyUrl>().unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn full_file_parses() {

@@ -4,8 +4,10 @@
 //! vault, scheme, host and port, so two vaults never share a connection; a connection is pooled
 //! only after a cleanly framed exchange (R2), kept at most [`Limits::pool_idle`], and probed
 //! before reuse: anything that arrived while it sat idle (bytes or the upstream's close) means it
-//! is dropped, never used ([`probe`]).
+//! is dropped, never used ([`probe`]). With `upstream_proxy` set, connections leave through that
+//! proxy ([`egress`]).
 
+pub mod egress;
 mod probe;
 
 use std::cell::RefCell;
@@ -233,36 +235,72 @@ pub fn vet(guard: &crate::netguard::Guard, addrs: &[SocketAddr]) -> Result<(), P
     Ok(())
 }
 
-/// Resolves and vets `target`'s addresses and connects to the first that answers in time (the
-/// opaque tunnel's dial, and the first half of every upstream's).
+/// Connects to `target` (the opaque tunnel's dial, and the first half of every upstream's):
+/// directly, to the first vetted address that answers in time, or through the upstream proxy
+/// when one is configured for its host ([`egress`]).
 pub async fn connect_tcp(shared: &Shared, target: &Target) -> Result<TcpStream, ProxyError> {
-    let addrs = resolve(shared, target).await?;
+    let tunables = shared.tunables();
+    let Some(proxy) = tunables
+        .egress
+        .as_deref()
+        .filter(|p| p.applies_to(&target.host))
+    else {
+        let addrs = resolve(shared, target).await?;
+        let what = format!("{}:{}", target.host, target.port);
+        return dial_first(shared, &addrs, &what).await;
+    };
+    // The proxy resolves names: vet what airlock knows of the target without resolving it.
+    let rule = tunables
+        .resolve
+        .iter()
+        .find(|r| r.host == target.host && r.port == target.port);
+    let authority = match rule {
+        Some(r) => {
+            vet(&tunables.guard, &[r.addr])?;
+            r.addr.to_string()
+        }
+        None => {
+            if let Some(ip) = egress::vetted_as(&target.host) {
+                vet(&tunables.guard, &[SocketAddr::new(ip, target.port)])?;
+            }
+            egress::authority(&target.host, target.port)
+        }
+    };
+    let at = proxy.target();
+    let what = format!("the upstream proxy {}:{}", at.host, at.port);
+    let tcp = dial_first(shared, &resolve(shared, &at).await?, &what).await?;
+    egress::connect(tcp, proxy, &authority, shared.limits().connect_timeout).await
+}
+
+/// Connects to the first of `addrs` (already vetted) that answers in time; `what` names the
+/// destination in the error.
+async fn dial_first(
+    shared: &Shared,
+    addrs: &[SocketAddr],
+    what: &str,
+) -> Result<TcpStream, ProxyError> {
     let unreachable = |e: io::Error| {
         ProxyError::new(
             ErrorKind::UpstreamUnreachable,
-            format!("connecting to {}:{}: {e}", target.host, target.port),
+            format!("connecting to {what}: {e}"),
         )
     };
     let mut last = None;
-    let mut tcp = None;
-    for addr in addrs {
+    for &addr in addrs {
         match monoio::time::timeout(
             shared.limits().connect_timeout,
             TcpStream::connect_addr(addr),
         )
         .await
         {
-            Ok(Ok(s)) => {
-                tcp = Some(s);
-                break;
-            }
+            Ok(Ok(s)) => return Ok(s),
             Ok(Err(e)) => last = Some(e),
             Err(_) => last = Some(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
         }
     }
-    let tcp =
-        tcp.ok_or_else(|| unreachable(last.unwrap_or_else(|| io::Error::other("no address"))))?;
-    Ok(tcp)
+    Err(unreachable(
+        last.unwrap_or_else(|| io::Error::other("no address")),
+    ))
 }
 
 async fn dial(shared: &Shared, target: &Target) -> Result<(UpIo, ProbeSwitch), ProxyError> {
@@ -467,6 +505,7 @@ mod tests {
                 guard,
                 resolve: vec![],
                 upstream_tls: Arc::new(client_config(provider, None).unwrap()),
+                egress: None,
                 admin_base: None,
             },
             limits: Limits {

@@ -1,6 +1,6 @@
 //! Cloud providers and corporate networks: `aws-sigv4` services driven by the real AWS SDK for
 //! Python against a stand-in AWS endpoint that checks signatures with botocore's signer
-//! (`tests/cloud/aws_standin.py`).
+//! (`tests/cloud/aws_standin.py`), and `upstream_proxy` through a real forward proxy (tinyproxy).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 
 use crate::harness::{Env, Run, canary, output};
+use crate::proxy::Setup;
 use crate::proxy_harness::Proxy;
 
 /// A test CA and a leaf for `hosts`, as PEM files in `dir`: (ca, cert, key).
@@ -294,4 +295,136 @@ fn sigv4_refusals_are_clear() {
     }
     let last = aws.verdicts().pop().unwrap();
     assert_eq!(last["reason"], "signature mismatch", "{last}");
+}
+
+/// Debian's tinyproxy as the corporate egress proxy, on 127.0.0.2 (so the SSRF guard can tell
+/// it from the origin on 127.0.0.1), with Basic auth when `user` is set; killed on drop.
+struct Tinyproxy {
+    child: Child,
+    port: u16,
+}
+
+impl Tinyproxy {
+    fn start(dir: &Path, user: Option<(&str, &str)>) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.2:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let auth = user
+            .map(|(u, p)| format!("BasicAuth {u} {p}\n"))
+            .unwrap_or_default();
+        let conf = dir.join(format!("tinyproxy-{port}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "Port {port}\nListen 127.0.0.2\nTimeout 30\nMaxClients 50\nAllow 127.0.0.0/8\nDisableViaHeader Yes\nLogLevel Connect\n{auth}"
+            ),
+        )
+        .unwrap();
+        let child = Command::new("tinyproxy")
+            .args(["-d", "-c"])
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tinyproxy (tests/run.sh installs it)");
+        let end = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.2", port)).is_err() {
+            assert!(Instant::now() < end, "tinyproxy did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, port }
+    }
+
+    fn url(&self, user: Option<&str>) -> String {
+        let user = user.map(|u| format!("{u}@")).unwrap_or_default();
+        format!("http://{user}127.0.0.2:{}", self.port)
+    }
+}
+
+impl Drop for Tinyproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `upstream_proxy`: every upstream connection leaves through a real forward proxy (tinyproxy),
+/// which carries only the TLS tunnel; without it the request fails, and `no_proxy` hosts go
+/// direct.
+#[test]
+fn upstream_proxy_carries_every_upstream_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = Tinyproxy::start(dir.path(), None);
+    let url = tiny.url(None);
+    let extra = [
+        "--network-allow",
+        "127.0.0.2/32",
+        "--upstream-proxy",
+        &url,
+        "--no-proxy",
+        "api.anthropic.com",
+    ];
+    let s = Setup::with("auto", &extra, true, true);
+    let r = s.curl(&[
+        "-H",
+        "Authorization: Bearer placeholder",
+        "https://api.openai.com/v1/through-proxy",
+    ]);
+    assert!(r.stdout.contains("GET /v1/through-proxy"), "{r:?}");
+    assert_eq!(
+        s.last().header("authorization"),
+        [format!("Bearer {}", s.secret("OPENAI_KEY"))]
+    );
+    drop(tiny);
+    // Nothing goes around the proxy: with it gone, the same request fails (the pooled
+    // connection is dropped first, so a fresh dial is needed).
+    std::thread::sleep(Duration::from_secs(4));
+    let r = s.curl(&["-sS", "-D", "-", "https://api.openai.com/v1/no-proxy-left"]);
+    assert!(
+        r.stdout.contains("x-airlock-error: upstream_unreachable"),
+        "{r:?}"
+    );
+    assert!(r.stdout.contains("the upstream proxy 127.0.0.2"), "{r:?}");
+    // ... but a no_proxy host is reached directly.
+    let r = s.curl(&["https://api.anthropic.com/v1/direct"]);
+    assert!(r.stdout.contains("GET /v1/direct"), "{r:?}");
+}
+
+/// A proxy that wants Basic auth: the right password (from the password file) opens the tunnel;
+/// a wrong one gives `upstream_proxy_auth`. The proxy's own address is vetted by the SSRF guard:
+/// not allowed, `destination_blocked`.
+#[test]
+fn upstream_proxy_auth_and_guard() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = Tinyproxy::start(dir.path(), Some(("alice", "corp-pass-7")));
+    let url = tiny.url(Some("alice"));
+    let good = dir.path().join("good");
+    std::fs::write(&good, "corp-pass-7\n").unwrap();
+    let bad = dir.path().join("bad");
+    std::fs::write(&bad, "wrong").unwrap();
+    for (file, allow, expect) in [
+        (&good, "127.0.0.2/32", "GET /v1/auth-proxy"),
+        (&bad, "127.0.0.2/32", "x-airlock-error: upstream_proxy_auth"),
+        (
+            &good,
+            "127.0.0.3/32",
+            "x-airlock-error: destination_blocked",
+        ),
+    ] {
+        let file = file.to_str().unwrap();
+        let extra = [
+            "--network-allow",
+            allow,
+            "--upstream-proxy",
+            &url,
+            "--upstream-proxy-password-file",
+            file,
+        ];
+        let s = Setup::with("auto", &extra, true, true);
+        let r = s.curl(&["-sS", "-D", "-", "https://api.openai.com/v1/auth-proxy"]);
+        assert!(r.stdout.contains(expect), "{expect}: {r:?}");
+    }
 }
