@@ -23,6 +23,9 @@ pub enum Auth {
     },
     /// Several headers, one key each.
     Headers(&'static [&'static str]),
+    /// AWS Signature Version 4 with an access key id and a secret access key; the region and
+    /// service come from the host.
+    AwsSigv4,
 }
 
 /// One provider.
@@ -43,6 +46,24 @@ pub struct Template {
 
 /// The built-in templates, by name.
 pub const TEMPLATES: &[Template] = &[
+    Template {
+        name: "bedrock",
+        title: "Amazon Bedrock runtime (us-east-1; another region: the same service with its host)",
+        host: "bedrock-runtime.us-east-1.amazonaws.com",
+        auth: Auth::AwsSigv4,
+        keys: &["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"],
+        sdk: "AWS SigV4 signed by the SDK with any dummy keys (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY); airlock re-signs",
+        obtain: "https://console.aws.amazon.com/iam/home#/users (an access key of a user or role allowed bedrock:InvokeModel*)",
+    },
+    Template {
+        name: "aws-s3",
+        title: "Amazon S3 (us-east-1, path-style; another region: the same service with its host)",
+        host: "s3.us-east-1.amazonaws.com",
+        auth: Auth::AwsSigv4,
+        keys: &["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"],
+        sdk: "AWS SigV4 signed by the SDK with any dummy keys; configure path-style addressing (or add a *.s3.REGION.amazonaws.com service for virtual-hosted buckets)",
+        obtain: "https://console.aws.amazon.com/iam/home#/users (an access key allowed the bucket's s3:* actions)",
+    },
     Template {
         name: "anthropic",
         title: "Anthropic API",
@@ -278,6 +299,13 @@ impl Template {
                     .map(|(n, k)| ((*n).to_owned(), format!("{{{{ {k} }}}}")))
                     .collect::<BTreeMap<_, _>>(),
             },
+            Auth::AwsSigv4 => AuthSpec::AwsSigv4 {
+                access_key_id: keys[0].clone(),
+                secret_access_key: keys[1].clone(),
+                session_token: None,
+                region: None,
+                service: None,
+            },
         };
         Ok(ServiceSpec {
             name: service.unwrap_or(self.name).to_owned(),
@@ -334,7 +362,7 @@ mod tests {
             assert_eq!(keys, want, "{}", t.name);
             assert!(t.obtain.starts_with("https://"), "{}", t.name);
         }
-        assert!(TEMPLATES.len() >= 18);
+        assert!(TEMPLATES.len() >= 20);
     }
 
     #[test]
