@@ -229,7 +229,8 @@ pub enum CredentialCmd {
     },
     /// Import an OAuth token pair; `serve` keeps its access token fresh with the refresh token.
     /// Reads a token file from stdin (or --from): an OAuth token response, Claude Code's
-    /// ~/.claude/.credentials.json, Codex's ~/.codex/auth.json, or a bare refresh token
+    /// ~/.claude/.credentials.json, Codex's ~/.codex/auth.json, a bare refresh token, or a Google
+    /// service-account key file (access tokens minted with its key, RFC 7523)
     Oauth {
         #[arg(long, default_value = "default")]
         vault: String,
@@ -240,7 +241,7 @@ pub enum CredentialCmd {
         /// The OAuth client id [default: the agent's own, for a recognised file]
         #[arg(long, value_name = "ID")]
         client_id: Option<String>,
-        /// Scope to ask for on refresh [default: none sent]
+        /// Scope to ask for on refresh [default: none sent; cloud-platform for a service account]
         #[arg(long)]
         scope: Option<String>,
         /// How the refresh request's body is encoded [default: form, or the agent's own]

@@ -1,4 +1,6 @@
-//! Keeps OAuth credentials fresh (`vault::oauth` has the record and import formats).
+//! Keeps OAuth credentials fresh (`vault::oauth` has the record and import formats): renews
+//! access tokens with the refresh-token grant, or, for a Google service account, mints them with
+//! a JWT grant signed by the account's key ([`jwt_assertion`], ring's RSA PKCS#1 SHA-256).
 //!
 //! One thread per data-plane process, `airlock-oauth`, with its own small monoio runtime, does
 //! every refresh: ahead of expiry ([`OAuthMeta::refresh_at`]), and when a worker asks because an
@@ -270,7 +272,8 @@ async fn serve(shared: &Shared, entry: &Entry, asks: &[Ask]) -> Answer {
     answer
 }
 
-/// One refresh-token grant (RFC 6749 section 6) against the credential's token endpoint.
+/// One grant against the credential's token endpoint: the refresh-token grant (RFC 6749
+/// section 6), or a service account's JWT grant (RFC 7523).
 async fn exchange(
     shared: &Shared,
     meta: &OAuthMeta,
@@ -284,10 +287,9 @@ async fn exchange(
         host: endpoint.host.clone(),
         port: endpoint.port,
     };
-    let body = request_body(meta, tokens)
-        .ok_or_else(|| fail(FailureCode::Rejected, "a stored token is not UTF-8".into()))?;
+    let body = request_body(meta, tokens).map_err(|e| fail(FailureCode::Rejected, e))?;
     let content_type = match meta.request {
-        RequestFormat::Form => "application/x-www-form-urlencoded",
+        RequestFormat::Form | RequestFormat::JwtBearer => "application/x-www-form-urlencoded",
         RequestFormat::Json => "application/json",
     };
     let mut request = Zeroizing::new(
@@ -396,23 +398,33 @@ async fn exchange(
     ))
 }
 
-/// The grant's body, form-encoded or JSON. `None` when a stored value is not UTF-8.
-fn request_body(meta: &OAuthMeta, tokens: &OAuthTokens) -> Option<Zeroizing<Vec<u8>>> {
-    fn text(s: &Secret) -> Option<&str> {
-        std::str::from_utf8(s.expose()).ok()
+/// The grant's body: the refresh-token grant form-encoded or JSON, or a service account's JWT
+/// grant (form-encoded).
+fn request_body(meta: &OAuthMeta, tokens: &OAuthTokens) -> Result<Zeroizing<Vec<u8>>, String> {
+    fn text(s: &Secret) -> Result<&str, String> {
+        std::str::from_utf8(s.expose()).map_err(|_| "a stored token is not UTF-8".to_owned())
     }
-    let mut fields = vec![
-        ("grant_type", "refresh_token"),
-        ("refresh_token", text(&tokens.refresh)?),
-        ("client_id", meta.client_id.as_str()),
-    ];
+    let assertion;
+    let mut fields = if meta.request == RequestFormat::JwtBearer {
+        assertion = jwt_assertion(meta, &tokens.refresh, now())?;
+        vec![
+            ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+            ("assertion", assertion.as_str()),
+        ]
+    } else {
+        vec![
+            ("grant_type", "refresh_token"),
+            ("refresh_token", text(&tokens.refresh)?),
+            ("client_id", meta.client_id.as_str()),
+        ]
+    };
     if let Some(secret) = &tokens.client_secret {
         fields.push(("client_secret", text(secret)?));
     }
-    if let Some(scope) = &meta.scope {
+    if let (Some(scope), false) = (&meta.scope, meta.request == RequestFormat::JwtBearer) {
         fields.push(("scope", scope));
     }
-    Some(Zeroizing::new(match meta.request {
+    Ok(Zeroizing::new(match meta.request {
         RequestFormat::Json => {
             let map: serde_json::Map<String, serde_json::Value> = fields
                 .into_iter()
@@ -422,7 +434,7 @@ fn request_body(meta: &OAuthMeta, tokens: &OAuthTokens) -> Option<Zeroizing<Vec<
             drop(map);
             out
         }
-        RequestFormat::Form => {
+        RequestFormat::Form | RequestFormat::JwtBearer => {
             let mut out = Vec::new();
             for (i, (k, v)) in fields.into_iter().enumerate() {
                 if i > 0 {
@@ -435,6 +447,47 @@ fn request_body(meta: &OAuthMeta, tokens: &OAuthTokens) -> Option<Zeroizing<Vec<
             out
         }
     }))
+}
+
+/// A service account's signed JWT (RFC 7523, as Google's token endpoint takes it): RS256 with
+/// the account's private key (the sealed "refresh token"), issued by the account (`client_id`)
+/// for the token endpoint, asking for `scope`, valid for an hour from `now`.
+fn jwt_assertion(
+    meta: &OAuthMeta,
+    key_pem: &Secret,
+    now: u64,
+) -> Result<Zeroizing<String>, String> {
+    use ring::signature::{RSA_PKCS1_SHA256, RsaKeyPair};
+    let der = crate::vault::oauth::rsa_pkcs8(key_pem.expose())?;
+    let key = RsaKeyPair::from_pkcs8(&der).map_err(|e| format!("the private key: {e}"))?;
+    let mut header = serde_json::json!({"alg": "RS256", "typ": "JWT"});
+    if let Some(kid) = &meta.key_id {
+        header["kid"] = kid.as_str().into();
+    }
+    let claims = serde_json::json!({
+        "iss": meta.client_id,
+        "scope": meta.scope.as_deref().unwrap_or(crate::vault::oauth::GOOGLE_DEFAULT_SCOPE),
+        "aud": meta.token_endpoint,
+        "iat": now,
+        "exp": now + 3600,
+    });
+    let b64 = data_encoding::BASE64URL_NOPAD;
+    let mut jwt = Zeroizing::new(format!(
+        "{}.{}",
+        b64.encode(header.to_string().as_bytes()),
+        b64.encode(claims.to_string().as_bytes())
+    ));
+    let mut signature = vec![0; key.public().modulus_len()];
+    key.sign(
+        &RSA_PKCS1_SHA256,
+        &ring::rand::SystemRandom::new(),
+        jwt.as_bytes(),
+        &mut signature,
+    )
+    .map_err(|_| "signing the JWT grant failed".to_owned())?;
+    jwt.push('.');
+    jwt.push_str(&b64.encode(&signature));
+    Ok(jwt)
 }
 
 /// How far a token response has arrived.
@@ -535,6 +588,7 @@ mod tests {
             client_id: "cli ent".into(),
             scope: Some("a b".into()),
             request,
+            key_id: None,
             expires_at: 0,
             obtained_at: 0,
             version: 1,

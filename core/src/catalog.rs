@@ -56,6 +56,15 @@ pub const TEMPLATES: &[Template] = &[
         obtain: "https://console.aws.amazon.com/iam/home#/users (an access key of a user or role allowed bedrock:InvokeModel*)",
     },
     Template {
+        name: "vertex",
+        title: "Google Vertex AI (global endpoint; a region: the same service with REGION-aiplatform.googleapis.com)",
+        host: "aiplatform.googleapis.com",
+        auth: Auth::Bearer,
+        keys: &["GOOGLE_SERVICE_ACCOUNT"],
+        sdk: "Authorization: Bearer with an access token; import the service account's JSON key with `airlock credential oauth GOOGLE_SERVICE_ACCOUNT --from key.json` and airlock mints the tokens",
+        obtain: "https://console.cloud.google.com/iam-admin/serviceaccounts (Keys, Add key, JSON; a role such as Vertex AI User)",
+    },
+    Template {
         name: "aws-s3",
         title: "Amazon S3 (us-east-1, path-style; another region: the same service with its host)",
         host: "s3.us-east-1.amazonaws.com",
@@ -362,7 +371,7 @@ mod tests {
             assert_eq!(keys, want, "{}", t.name);
             assert!(t.obtain.starts_with("https://"), "{}", t.name);
         }
-        assert!(TEMPLATES.len() >= 20);
+        assert!(TEMPLATES.len() >= 21);
     }
 
     #[test]

@@ -428,3 +428,162 @@ fn upstream_proxy_auth_and_guard() {
         assert!(r.stdout.contains(expect), "{expect}: {r:?}");
     }
 }
+
+const GOOGLE_HOSTS: [&str; 3] = [
+    "oauth2.googleapis.com",
+    "us-central1-aiplatform.googleapis.com",
+    "europe-west4-aiplatform.googleapis.com",
+];
+
+/// A service-account key file (a fresh 2048-bit RSA key from openssl) for `email`, with the
+/// account's certificate beside it: (key file, certificate file, private key PEM).
+fn service_account(dir: &Path, name: &str, email: &str) -> (PathBuf, PathBuf, String) {
+    let key = dir.join(format!("{name}-key.pem"));
+    let cert = dir.join(format!("{name}-cert.pem"));
+    let openssl = |args: &[&str]| {
+        let mut c = Command::new("openssl");
+        c.args(args);
+        output(c, None).ok()
+    };
+    let key_s = key.to_str().unwrap();
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        key_s,
+    ]);
+    let cert_s = cert.to_str().unwrap();
+    openssl(&[
+        "req", "-x509", "-new", "-key", key_s, "-subj", "/CN=sa", "-days", "2", "-out", cert_s,
+    ]);
+    let pem = std::fs::read_to_string(&key).unwrap();
+    let file = dir.join(format!("{name}.json"));
+    let json = serde_json::json!({
+        "type": "service_account",
+        "project_id": "agents",
+        "private_key_id": "kid-1",
+        "private_key": pem,
+        "client_email": email,
+        "client_id": "1234",
+        "token_uri": "https://oauth2.googleapis.com/token",
+    });
+    std::fs::write(&file, json.to_string()).unwrap();
+    (file, cert, pem)
+}
+
+/// A Google service account: its key file imported as a credential, airlock mints access tokens
+/// with a JWT grant the stand-in token endpoint verifies with google-auth (signature, key id,
+/// audience, issuer, scope), 16 concurrent first requests share one grant, the token is renewed
+/// before it expires, and a key the endpoint does not know gives `oauth_refresh_failed`. Neither
+/// the key nor a minted token reaches the agent.
+#[test]
+fn google_service_account_tokens_are_minted_and_renewed() {
+    let env = Env::init();
+    let dir = env.tmp.path();
+    let email = "agent@agents.iam.gserviceaccount.com";
+    let (good, sa_cert, good_pem) = service_account(dir, "good", email);
+    let (bad, _, bad_pem) = service_account(dir, "bad", email);
+    for (key, file) in [("GCP_SA", &good), ("GCP_OTHER", &bad)] {
+        let r = env.run(&["credential", "oauth", key, "--from", file.to_str().unwrap()]);
+        assert!(
+            r.stdout
+                .contains("token endpoint https://oauth2.googleapis.com/token"),
+            "{r:?}"
+        );
+    }
+    env.set_services(
+        r#"
+services:
+  - name: vertex
+    host: us-central1-aiplatform.googleapis.com
+    auth: {type: bearer, token: GCP_SA}
+  - name: vertex-eu
+    host: europe-west4-aiplatform.googleapis.com
+    auth: {type: bearer, token: GCP_OTHER}
+"#,
+    );
+    let token = env.agent_token("bot", "default");
+    let (ca, cert, key) = test_pki(dir, &GOOGLE_HOSTS);
+    let (port_file, log) = (dir.join("google.port"), dir.join("google.log"));
+    let _standin = Helper::start(
+        "google_standin.py",
+        &[&cert, &key, &port_file, &log],
+        &port_file,
+        &[
+            ("STANDIN_SA_CERT", sa_cert.to_str().unwrap()),
+            ("STANDIN_KID", "kid-1"),
+            ("STANDIN_CLIENT_EMAIL", email),
+            ("STANDIN_TTL", "6"),
+        ],
+    );
+    let port = std::fs::read_to_string(&port_file).unwrap();
+    let mut args = vec![
+        "--network-allow".to_owned(),
+        "127.0.0.1/32".into(),
+        "--upstream-ca-file".into(),
+        ca.display().to_string(),
+    ];
+    for h in GOOGLE_HOSTS {
+        args.extend(["--resolve".into(), format!("{h}:443:127.0.0.1:{port}")]);
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let proxy = Proxy::start(&env, &refs);
+    let proxy_url = proxy.url(&token, "default");
+    let agent_ca = env.data_dir.join("ca.pem");
+    let curl = |url: &str| {
+        let mut c = Command::new("curl");
+        c.args(["-sS", "--max-time", "20", "-w", " %{http_code}", "-H"])
+            .arg("Authorization: Bearer placeholder")
+            .args(["--proxy", &proxy_url, "--cacert"])
+            .arg(&agent_ca)
+            .arg(url);
+        let r = output(c, None);
+        for secret in [&good_pem, &bad_pem] {
+            let body = secret.lines().nth(1).unwrap();
+            assert!(!r.stdout.contains(body), "a private key reached the agent");
+        }
+        assert!(
+            !r.stdout.contains("ya29."),
+            "a minted token reached the agent: {r:?}"
+        );
+        r
+    };
+    // The stand-in's grants, good or refused (serve renews GCP_OTHER too, on its own).
+    let grants = |ok: bool| {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["kind"] == "grant" && v["ok"] == ok)
+            .count()
+    };
+    let url = "https://us-central1-aiplatform.googleapis.com/v1/projects/agents/locations/us-central1/publishers/google/models/gemini:predict";
+    let runs: Vec<Run> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..16).map(|_| s.spawn(|| curl(url))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for r in &runs {
+        assert!(
+            r.stdout.ends_with(" 200") && r.stdout.contains("minted ok"),
+            "{r:?}"
+        );
+    }
+    assert_eq!(grants(true), 1, "16 first requests, one grant");
+    // Tokens live 6 s: renewed ahead of expiry, so a request after 7 s still succeeds.
+    std::thread::sleep(Duration::from_secs(7));
+    let r = curl(url);
+    assert!(r.stdout.ends_with(" 200"), "{r:?}");
+    assert!(grants(true) >= 2, "not renewed");
+    // A key the endpoint does not know: the grant is refused, the request gets a clear code.
+    let r = curl("https://europe-west4-aiplatform.googleapis.com/v1/x");
+    assert!(
+        r.stdout.ends_with(" 502") && r.stdout.contains("oauth_refresh_failed"),
+        "{r:?}"
+    );
+    assert!(grants(false) >= 1, "the unknown key was never refused");
+    let list = env.run(&["credential", "list"]).ok();
+    assert!(list.stdout.contains("failing (rejected)"), "{list:?}");
+}

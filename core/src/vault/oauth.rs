@@ -7,8 +7,9 @@
 //! together as one value ([`OAuthTokens`]), bound to the vault and key like any credential.
 //!
 //! This module owns the record shape, the import formats an operator pastes ([`Import::parse`]:
-//! an RFC 6749 token response, Claude Code's `.credentials.json`, Codex's `auth.json`, or a bare
-//! refresh token) and the store writes. It does no network I/O, and opens tokens only through the
+//! an RFC 6749 token response, Claude Code's `.credentials.json`, Codex's `auth.json`, a bare
+//! refresh token, or a Google service-account key file, whose private key is sealed where a
+//! refresh token would be) and the store writes. It does no network I/O, and opens tokens only through the
 //! data plane's [`Opener`].
 
 use serde::{Deserialize, Serialize};
@@ -21,15 +22,24 @@ use super::{Store, VaultError, now};
 use crate::names;
 use crate::secret::{Secret, check_value};
 
-/// How a refresh request's body is written: RFC 6749's form encoding, or JSON (Anthropic's and
-/// OpenAI's token endpoints, as Claude Code and Codex call them).
+/// How a renewal's request is written: the refresh-token grant in RFC 6749's form encoding or
+/// in JSON (Anthropic's and OpenAI's token endpoints, as Claude Code and Codex call them), or a
+/// service account's signed JWT grant (RFC 7523, Google's), for which the sealed "refresh
+/// token" is the account's private key.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum RequestFormat {
     #[default]
     Form,
     Json,
+    #[serde(rename = "jwt-bearer")]
+    JwtBearer,
 }
+
+/// The scope a Google service account asks for when none is given.
+pub const GOOGLE_DEFAULT_SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
+/// Google's token endpoint, when a key file names none.
+pub const GOOGLE_TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
 
 /// The clear part of an OAuth credential.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq, Serialize)]
@@ -41,6 +51,9 @@ pub struct OAuthMeta {
     pub scope: Option<String>,
     #[serde(default)]
     pub request: RequestFormat,
+    /// A service account's key id (the JWT header's `kid`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
     /// When the access token expires (Unix seconds); 0 when unknown.
     pub expires_at: u64,
     /// When the access token was obtained or imported (Unix seconds).
@@ -226,6 +239,46 @@ pub struct Import {
     pub tokens: OAuthTokens,
     pub expires_at: u64,
     pub preset: Option<Preset>,
+    /// Set for a Google service-account key file (its private key is `tokens.refresh`).
+    pub service_account: Option<ServiceAccount>,
+}
+
+/// The clear part of a Google service-account key file.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct ServiceAccount {
+    pub client_email: String,
+    #[serde(default)]
+    pub private_key_id: Option<String>,
+    #[serde(default)]
+    pub token_uri: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ServiceAccountFile {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(flatten)]
+    account: ServiceAccount,
+    private_key: Text,
+}
+
+/// The DER of a PEM `PRIVATE KEY` (PKCS#8) block, checked to be an RSA key ring signs with.
+pub fn rsa_pkcs8(pem: &[u8]) -> Result<Zeroizing<Vec<u8>>, String> {
+    let text = std::str::from_utf8(pem).map_err(|_| "the private key is not PEM text")?;
+    let body = text
+        .split("-----BEGIN PRIVATE KEY-----")
+        .nth(1)
+        .and_then(|rest| rest.split("-----END PRIVATE KEY-----").next())
+        .ok_or("the private key is not a PEM PRIVATE KEY (PKCS#8) block")?;
+    let b64: Zeroizing<String> = Zeroizing::new(body.split_whitespace().collect());
+    let der = Zeroizing::new(
+        data_encoding::BASE64
+            .decode(b64.as_bytes())
+            .map_err(|_| "the private key's PEM is not base64")?,
+    );
+    ring::signature::RsaKeyPair::from_pkcs8(&der)
+        .map_err(|e| format!("the private key is not a usable RSA key: {e}"))?;
+    Ok(der)
 }
 
 /// Token endpoints and client ids of agents whose login files airlock recognises, as found in
@@ -294,6 +347,22 @@ impl Import {
     /// `auth.json`, or a bare refresh token on one line.
     pub fn parse(raw: &[u8]) -> Result<Self, String> {
         let trimmed = raw.trim_ascii();
+        if let Ok(f) = serde_json::from_slice::<ServiceAccountFile>(trimmed)
+            && f.kind == "service_account"
+        {
+            rsa_pkcs8(f.private_key.as_bytes())?;
+            check_value(f.account.client_email.as_bytes())
+                .map_err(|e| format!("client_email: {e}"))?;
+            return Ok(Self {
+                tokens: OAuthTokens {
+                    refresh: Secret::new(f.private_key.as_bytes().to_vec()),
+                    ..OAuthTokens::default()
+                },
+                expires_at: 0,
+                preset: None,
+                service_account: Some(f.account),
+            });
+        }
         if !trimmed.starts_with(b"{") {
             let refresh = Secret::new(trimmed.to_vec());
             check_value(refresh.expose()).map_err(|e| format!("the refresh token: {e}"))?;
@@ -307,6 +376,7 @@ impl Import {
                 },
                 expires_at: 0,
                 preset: None,
+                service_account: None,
             });
         }
         let bad = |e: serde_json::Error| format!("the token file does not parse: {e}");
@@ -341,6 +411,7 @@ impl Import {
             tokens,
             expires_at,
             preset,
+            service_account: None,
         })
     }
 }
@@ -364,6 +435,7 @@ pub struct Settings {
     pub client_id: String,
     pub scope: Option<String>,
     pub request: RequestFormat,
+    pub key_id: Option<String>,
 }
 
 impl Settings {
@@ -376,6 +448,23 @@ impl Settings {
         scope: Option<String>,
         request: Option<RequestFormat>,
     ) -> Result<Self, String> {
+        if let Some(sa) = &import.service_account {
+            if request.is_some_and(|r| r != RequestFormat::JwtBearer) {
+                return Err("a service-account key is renewed with the JWT grant only".into());
+            }
+            return Ok(Self {
+                token_endpoint: token_endpoint
+                    .or(sa.token_uri.clone())
+                    .unwrap_or_else(|| GOOGLE_TOKEN_URI.to_owned()),
+                client_id: client_id.unwrap_or_else(|| sa.client_email.clone()),
+                scope: Some(scope.unwrap_or_else(|| GOOGLE_DEFAULT_SCOPE.to_owned())),
+                request: RequestFormat::JwtBearer,
+                key_id: sa.private_key_id.clone(),
+            });
+        }
+        if request == Some(RequestFormat::JwtBearer) {
+            return Err("the JWT grant needs a service-account key file (--from)".into());
+        }
         let preset = import.preset;
         Ok(Self {
             token_endpoint: token_endpoint
@@ -386,6 +475,7 @@ impl Settings {
                 .ok_or("a client id (--client-id) is required for this token file")?,
             scope,
             request: request.or(preset.map(|p| p.request)).unwrap_or_default(),
+            key_id: None,
         })
     }
 }
@@ -434,6 +524,7 @@ impl Store {
         for (what, v) in [
             ("client id", Some(settings.client_id.as_str())),
             ("scope", settings.scope.as_deref()),
+            ("key id", settings.key_id.as_deref()),
         ] {
             if let Some(v) = v {
                 check_value(v.as_bytes())
@@ -460,6 +551,7 @@ impl Store {
                     client_id: settings.client_id.clone(),
                     scope: settings.scope.clone(),
                     request: settings.request,
+                    key_id: settings.key_id.clone(),
                     // Only a refresh token: expired, so the first request waits for a refresh.
                     expires_at: if import.tokens.access.is_empty() {
                         1
@@ -592,6 +684,25 @@ mod tests {
     }
 
     #[test]
+    fn service_account_files_are_checked() {
+        let file = |key: &str| {
+            format!(
+                r#"{{"type":"service_account","client_email":"a@p.iam.gserviceaccount.com","private_key":{key:?},"private_key_id":"k1"}}"#
+            )
+        };
+        let e = Import::parse(file("not a key").as_bytes()).unwrap_err();
+        assert!(e.contains("PEM PRIVATE KEY"), "{e}");
+        let e = Import::parse(
+            file("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").as_bytes(),
+        )
+        .unwrap_err();
+        assert!(e.contains("not a usable RSA key"), "{e}");
+        // A JSON file of another type is not a service account.
+        let e = Import::parse(br#"{"type":"authorized_user","refresh_token":"r"}"#).unwrap();
+        assert!(e.service_account.is_none());
+    }
+
+    #[test]
     fn imports_each_shape() {
         let rfc =
             Import::parse(br#"{"access_token":"a","refresh_token":"r","expires_in":60}"#).unwrap();
@@ -638,6 +749,7 @@ mod tests {
             client_id: "c".into(),
             scope: None,
             request: RequestFormat::Form,
+            key_id: None,
         };
         let import = |refresh: &str| Import::parse(refresh.as_bytes()).unwrap();
         assert!(
@@ -718,6 +830,7 @@ mod tests {
             client_id: String::new(),
             scope: None,
             request: RequestFormat::Form,
+            key_id: None,
             expires_at: 1000 + 3600,
             obtained_at: 1000,
             version: 1,
