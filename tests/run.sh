@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 # System packages the tests use (real clients and tools). Installed only when missing.
 need_apt=()
 for pair in curl:curl python3:python3 chromium:chromium setpriv:util-linux git:git fiu-run:fiu-utils go:golang-go \
-    tinyproxy:tinyproxy; do
+    tinyproxy:tinyproxy openssl:openssl; do
     cmd=${pair%%:*}; pkg=${pair#*:}
     command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
@@ -25,13 +25,14 @@ if ((${#need_apt[@]})); then
 fi
 
 # Real clients driven by the integration tests: curl and Chromium (above), Node (on the machine
-# image), Python requests, httpx, the official openai and anthropic SDKs and the AWS SDK (boto3,
-# whose botocore also checks signatures in the stand-in AWS endpoint), git.
+# image), Python requests, httpx, the official openai and anthropic SDKs, the AWS SDK (boto3,
+# whose botocore also checks signatures in the stand-in AWS endpoint) and google-auth (which
+# checks service-account grants in the stand-in Google token endpoint), git.
 command -v node >/dev/null 2>&1 || { echo "tests/run.sh: node is required" >&2; exit 1; }
-if ! python3 -c 'import requests, httpx, openai, anthropic, lmdb, boto3' 2>/dev/null; then
+if ! python3 -c 'import requests, httpx, openai, anthropic, lmdb, boto3, google.auth' 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check \
         requests==2.34.2 httpx==0.28.1 openai==3.57.0 anthropic==2.14.0 lmdb==3.0.0 \
-        boto3==1.43.11
+        boto3==1.43.11 google-auth==2.63.0
 fi
 # The admin UI's browser test: playwright-core (no browser download; it drives Debian's chromium).
 if [ ! -d tests/browser/node_modules/playwright-core ]; then

@@ -1,6 +1,8 @@
 //! Cloud providers and corporate networks: `aws-sigv4` services driven by the real AWS SDK for
 //! Python against a stand-in AWS endpoint that checks signatures with botocore's signer
-//! (`tests/cloud/aws_standin.py`), and `upstream_proxy` through a real forward proxy (tinyproxy).
+//! (`tests/cloud/aws_standin.py`), Google service accounts against a stand-in token endpoint
+//! that checks grants with google-auth (`tests/cloud/google_standin.py`), and `upstream_proxy`
+//! through a real forward proxy (tinyproxy).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
