@@ -397,7 +397,8 @@ fn upstream_proxy_carries_every_upstream_connection() {
 
 /// A proxy that wants Basic auth: the right password (from the password file) opens the tunnel;
 /// a wrong one gives `upstream_proxy_auth`. The proxy's own address is vetted by the SSRF guard:
-/// not allowed, `destination_blocked`.
+/// not allowed, `destination_blocked`. The password reaches no answer, no log line (at trace
+/// level) and not the upstream.
 #[test]
 fn upstream_proxy_auth_and_guard() {
     let dir = tempfile::tempdir().unwrap();
@@ -424,10 +425,21 @@ fn upstream_proxy_auth_and_guard() {
             &url,
             "--upstream-proxy-password-file",
             file,
+            "--log-level",
+            "trace",
         ];
         let s = Setup::with("auto", &extra, true, true);
         let r = s.curl(&["-sS", "-D", "-", "https://api.openai.com/v1/auth-proxy"]);
         assert!(r.stdout.contains(expect), "{expect}: {r:?}");
+        // The proxy's password is in no answer and no log line, plain or as Basic auth.
+        let basic = data_encoding::BASE64.encode(b"alice:corp-pass-7");
+        let upstream: String = s.origin.recorded().iter().map(|q| q.head.clone()).collect();
+        for text in [&r.stdout, &s.proxy.stderr(), &upstream] {
+            assert!(
+                !text.contains("corp-pass-7") && !text.contains(&basic),
+                "{text}"
+            );
+        }
     }
 }
 
@@ -479,8 +491,9 @@ fn service_account(dir: &Path, name: &str, email: &str) -> (PathBuf, PathBuf, St
 /// A Google service account: its key file imported as a credential, airlock mints access tokens
 /// with a JWT grant the stand-in token endpoint verifies with google-auth (signature, key id,
 /// audience, issuer, scope), 16 concurrent first requests share one grant, the token is renewed
-/// before it expires, and a key the endpoint does not know gives `oauth_refresh_failed`. Neither
-/// the key nor a minted token reaches the agent.
+/// before it expires, a key the endpoint does not know gives `oauth_refresh_failed`, and a token
+/// endpoint at a metadata address is refused by the SSRF guard. Neither the key nor a minted
+/// token reaches the agent.
 #[test]
 fn google_service_account_tokens_are_minted_and_renewed() {
     let env = Env::init();
@@ -496,6 +509,19 @@ fn google_service_account_tokens_are_minted_and_renewed() {
             "{r:?}"
         );
     }
+    // A token endpoint at a metadata address (here through --resolve): the SSRF guard refuses it.
+    let ssrf = "https://metadata.google.internal/token";
+    let file = good.to_str().unwrap();
+    env.run(&[
+        "credential",
+        "oauth",
+        "GCP_SSRF",
+        "--from",
+        file,
+        "--token-endpoint",
+        ssrf,
+    ])
+    .ok();
     env.set_services(
         r#"
 services:
@@ -505,6 +531,9 @@ services:
   - name: vertex-eu
     host: europe-west4-aiplatform.googleapis.com
     auth: {type: bearer, token: GCP_OTHER}
+  - name: vertex-asia
+    host: asia-east1-aiplatform.googleapis.com
+    auth: {type: bearer, token: GCP_SSRF}
 "#,
     );
     let token = env.agent_token("bot", "default");
@@ -531,6 +560,10 @@ services:
     for h in GOOGLE_HOSTS {
         args.extend(["--resolve".into(), format!("{h}:443:127.0.0.1:{port}")]);
     }
+    args.extend([
+        "--resolve".into(),
+        "metadata.google.internal:443:169.254.169.254".into(),
+    ]);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let proxy = Proxy::start(&env, &refs);
     let proxy_url = proxy.url(&token, "default");
@@ -586,6 +619,17 @@ services:
         "{r:?}"
     );
     assert!(grants(false) >= 1, "the unknown key was never refused");
+    let r = curl("https://asia-east1-aiplatform.googleapis.com/v1/x");
+    assert!(
+        r.stdout.ends_with(" 502") && r.stdout.contains("oauth_refresh_failed"),
+        "{r:?}"
+    );
     let list = env.run(&["credential", "list"]).ok();
     assert!(list.stdout.contains("failing (rejected)"), "{list:?}");
+    let ssrf = list
+        .stdout
+        .lines()
+        .find(|l| l.contains("GCP_SSRF"))
+        .unwrap();
+    assert!(ssrf.contains("destination_blocked"), "{list:?}");
 }
