@@ -9,8 +9,8 @@
 //! This module owns the record shape, the import formats an operator pastes ([`Import::parse`]:
 //! an RFC 6749 token response, Claude Code's `.credentials.json`, Codex's `auth.json`, a bare
 //! refresh token, or a Google service-account key file, whose private key is sealed where a
-//! refresh token would be) and the store writes. It does no network I/O, and opens tokens only through the
-//! data plane's [`Opener`].
+//! refresh token would be) and the store writes. It does no network I/O, and opens tokens only
+//! through the data plane's [`Opener`].
 
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -342,7 +342,8 @@ struct CodexFile {
 }
 
 impl Import {
-    /// Reads what an operator pasted or pointed at: a token response (`access_token`,
+    /// Reads what an operator pasted or pointed at: a Google service-account key file (`"type":
+    /// "service_account"`, its RSA key checked), a token response (`access_token`,
     /// `refresh_token`, `expires_in` or `expires_at`), Claude Code's `.credentials.json`, Codex's
     /// `auth.json`, or a bare refresh token on one line.
     pub fn parse(raw: &[u8]) -> Result<Self, String> {
