@@ -227,7 +227,7 @@ async fn serve(shared: &Shared, entry: &Entry, asks: &[Ask]) -> Answer {
         .open_oauth(&shared.opener, &entry.vault, &entry.key)
     {
         Ok(Some((meta, _))) if meta.version != entry.meta.version => return Ok(()),
-        Ok(Some((meta, tokens))) => exchange(shared, &meta, &tokens)
+        Ok(Some((meta, tokens))) => exchange(shared, &entry.vault, &meta, &tokens)
             .await
             .map(|(tokens, expires_at)| (meta.version, tokens, expires_at))
             .map_err(|f| (meta.version, f)),
@@ -276,6 +276,7 @@ async fn serve(shared: &Shared, entry: &Entry, asks: &[Ask]) -> Answer {
 /// section 6), or a service account's JWT grant (RFC 7523).
 async fn exchange(
     shared: &Shared,
+    vault: &str,
     meta: &OAuthMeta,
     tokens: &OAuthTokens,
 ) -> Result<(OAuthTokens, u64), Failure> {
@@ -310,7 +311,7 @@ async fn exchange(
         )
     };
     let (status, body) = monoio::time::timeout(REQUEST_TIMEOUT, async {
-        let mut up = upstream::dial_new(shared, &target)
+        let mut up = upstream::dial_new(shared, vault, &target)
             .await
             .map_err(unavailable)?;
         let (written, mut sent) = up.conn.io.write_all(std::mem::take(&mut *request)).await;

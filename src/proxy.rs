@@ -214,8 +214,8 @@ pub struct Tunables {
     pub guard: Guard,
     pub resolve: Vec<ResolveRule>,
     pub upstream_tls: Arc<rustls::ClientConfig>,
-    /// The corporate proxy upstream connections leave through, if any.
-    pub egress: Option<Arc<upstream::egress::EgressProxy>>,
+    /// The corporate proxies upstream connections leave through, global and per vault.
+    pub egress: upstream::egress::Egress,
     /// `http://host:port` of the admin UI, for `approval_url`s (none when it has no HTTP listener).
     pub admin_base: Option<String>,
 }

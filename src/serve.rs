@@ -12,6 +12,7 @@
 //! take no new requests and in-flight ones get [`SHUTDOWN_GRACE`] to finish before the process
 //! exits.
 
+use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
@@ -23,11 +24,13 @@ use certs_cache::{Ca, LeafCache};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::config::{AdminListen, Cidr, Driver, FileConfig, HumanDuration, ProxyUrl, ResolveRule};
+use crate::config::{
+    AdminListen, Cidr, Driver, FileConfig, HumanDuration, ProxyUrl, ResolveRule, VaultProxy,
+};
 use crate::logging::{LogHandle, LogLevel};
 use crate::netguard::Guard;
 use crate::policy::Policy;
-use crate::proxy::upstream::egress::EgressProxy;
+use crate::proxy::upstream::egress::{Egress, EgressProxy};
 use crate::proxy::{Limits, Shared, Tunables, connect};
 use crate::vault::keys::KeySources;
 use crate::vault::setup::{self, CA_CERT_FILE};
@@ -48,6 +51,8 @@ pub struct Settings {
     pub upstream_proxy: Option<ProxyUrl>,
     pub upstream_proxy_password_file: Option<PathBuf>,
     pub no_proxy: Vec<String>,
+    /// Vaults with an upstream proxy of their own (or none).
+    pub vault_upstream_proxy: BTreeMap<String, VaultProxy>,
     pub admin_listen: AdminListen,
     pub metrics_listen: AdminListen,
     pub store: StoreOptions,
@@ -195,6 +200,7 @@ impl Settings {
             .iter()
             .map(|h| h.trim().to_ascii_lowercase())
             .collect(),
+            vault_upstream_proxy: file.vault_upstream_proxy.clone(),
             admin_listen: if args.no_admin || file.admin == Some(false) {
                 AdminListen::None
             } else {
@@ -259,42 +265,38 @@ impl Settings {
             guard: self.guard.clone(),
             resolve: self.resolve.clone(),
             upstream_tls: Arc::new(upstream_tls),
-            egress: self.egress()?.map(Arc::new),
+            egress: self.egress()?,
             admin_base: self.approval_base(admin_http),
         })
     }
 
-    /// The upstream proxy, its password read from its file (again on each reload).
-    fn egress(&self) -> Result<Option<EgressProxy>, ServeError> {
-        let Some(url) = &self.upstream_proxy else {
-            return Ok(None);
-        };
-        let authorization = match (&url.user, &self.upstream_proxy_password_file) {
-            (Some(user), Some(file)) => {
-                let password =
-                    crate::secret::Secret::new(std::fs::read(file).map_err(|e| {
-                        ServeError::UpstreamProxy(format!("{}: {e}", file.display()))
-                    })?);
-                let password = password.expose().trim_ascii_end();
-                let mut pair = zeroize::Zeroizing::new(format!("{user}:").into_bytes());
-                pair.extend_from_slice(password);
-                let encoded = data_encoding::BASE64.encode(&pair);
-                Some(crate::secret::Secret::new(
-                    format!("Basic {encoded}").into_bytes(),
-                ))
-            }
-            (None, Some(_)) => {
-                let m = "upstream_proxy_password_file is set but upstream_proxy names no user";
-                return Err(ServeError::UpstreamProxy(m.into()));
-            }
-            (_, None) => None,
-        };
-        Ok(Some(EgressProxy {
-            host: url.host.clone(),
-            port: url.port,
-            authorization,
-            no_proxy: self.no_proxy.clone(),
-        }))
+    /// The upstream proxies, global and per vault, their passwords read from their files (again
+    /// on each reload).
+    fn egress(&self) -> Result<Egress, ServeError> {
+        let default = self.upstream_proxy.as_ref().map(|url| {
+            egress_proxy(
+                url,
+                self.upstream_proxy_password_file.as_deref(),
+                &self.no_proxy,
+            )
+        });
+        let mut by_vault = HashMap::new();
+        for (vault, own) in &self.vault_upstream_proxy {
+            let no_proxy: Vec<String> = own
+                .no_proxy
+                .iter()
+                .map(|h| h.trim().to_ascii_lowercase())
+                .collect();
+            let proxy = own
+                .url
+                .as_ref()
+                .map(|url| egress_proxy(url, own.password_file.as_deref(), &no_proxy));
+            by_vault.insert(vault.clone(), proxy.transpose()?);
+        }
+        Ok(Egress {
+            default: default.transpose()?,
+            by_vault,
+        })
     }
 
     /// Where approval links point: `admin_url`, else the admin listener bound at start.
@@ -410,6 +412,42 @@ pub enum ServeError {
 
 fn start_failed(what: &'static str) -> impl FnOnce(std::io::Error) -> ServeError {
     move |source| ServeError::Start { what, source }
+}
+
+/// One upstream proxy: `url`, Basic auth with its user and the password in `password_file`.
+fn egress_proxy(
+    url: &ProxyUrl,
+    password_file: Option<&std::path::Path>,
+    no_proxy: &[String],
+) -> Result<EgressProxy, ServeError> {
+    let authorization = match (&url.user, password_file) {
+        (Some(user), Some(file)) => {
+            let password = crate::secret::Secret::new(
+                std::fs::read(file)
+                    .map_err(|e| ServeError::UpstreamProxy(format!("{}: {e}", file.display())))?,
+            );
+            let mut pair = zeroize::Zeroizing::new(format!("{user}:").into_bytes());
+            pair.extend_from_slice(password.expose().trim_ascii_end());
+            let encoded = zeroize::Zeroizing::new(data_encoding::BASE64.encode(&pair));
+            Some(crate::secret::Secret::new(
+                format!("Basic {}", encoded.as_str()).into_bytes(),
+            ))
+        }
+        (None, Some(_)) => {
+            let m = format!(
+                "a password file is set but {}:{} names no user",
+                url.host, url.port
+            );
+            return Err(ServeError::UpstreamProxy(m));
+        }
+        (_, None) => None,
+    };
+    Ok(EgressProxy {
+        host: url.host.clone(),
+        port: url.port,
+        authorization,
+        no_proxy: no_proxy.to_vec(),
+    })
 }
 
 /// The proxy port's TLS config, when it speaks TLS: a leaf from airlock's CA for

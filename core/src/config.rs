@@ -52,6 +52,10 @@ pub struct FileConfig {
     /// subdomains), `.example.com` (the same), an IP address, or `*` (every host).
     #[serde(default)]
     pub no_proxy: Vec<String>,
+    /// Per-vault upstream proxies, replacing the global one for that vault's connections:
+    /// `[vault_upstream_proxy.NAME]` with `url` (none: direct), `password_file`, `no_proxy`.
+    #[serde(default)]
+    pub vault_upstream_proxy: std::collections::BTreeMap<String, VaultProxy>,
     /// Prometheus metrics listener: an address, or `none`.
     pub metrics_listen: Option<AdminListen>,
     /// LMDB map size in MiB (address space; the file grows as needed). Default 1024.
@@ -269,6 +273,17 @@ impl FromStr for ResolveRule {
         };
         Ok(Self { host, port, addr })
     }
+}
+
+/// A vault's own upstream proxy (`[vault_upstream_proxy.NAME]`); without `url` the vault's
+/// connections go direct.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct VaultProxy {
+    pub url: Option<ProxyUrl>,
+    pub password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub no_proxy: Vec<String>,
 }
 
 /// `upstream_proxy`: an `http://` proxy URL with an optional user and no password (the

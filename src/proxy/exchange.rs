@@ -54,6 +54,7 @@ pub(super) async fn exchange<C: AsyncReadRent + AsyncWriteRent>(
         shared,
         client,
         prepared,
+        vault: &vault.name,
         key: (vault.id, target.clone()),
         row,
         retry_401: false,
@@ -133,6 +134,7 @@ impl Again<'_> {
             shared,
             client,
             prepared,
+            vault: self.vault,
             key: (vault.id, self.target.clone()),
             row,
             retry_401: false,
@@ -182,6 +184,8 @@ struct Call<'a, C> {
     shared: &'a Shared,
     client: &'a mut BufConn<C>,
     prepared: Prepared<'a>,
+    /// The vault's name (its upstream proxy) and the pool key (its id and the target).
+    vault: &'a str,
     key: PoolKey,
     row: &'a mut Row,
     /// A 401 is not relayed: the caller renews the OAuth token and sends the request again.
@@ -223,7 +227,7 @@ impl<C: AsyncReadRent + AsyncWriteRent> Call<'_, C> {
     /// sent again, once, on a fresh connection, provided no response byte arrived. A body that
     /// must stream cannot be sent twice. `held` is the body when the caller already read it.
     async fn send(&mut self, held: Option<&[u8]>) -> Result<Outcome, AttemptError> {
-        let up = upstream::get(self.shared, &self.key).await?;
+        let up = upstream::get(self.shared, self.vault, &self.key).await?;
         if !up.reused {
             return self.attempt(up, held).await;
         }
@@ -235,7 +239,7 @@ impl<C: AsyncReadRent + AsyncWriteRent> Call<'_, C> {
         match self.attempt(up, held).await {
             Err(AttemptError::BeforeResponse(_)) if held.is_some() => {
                 self.shared.stats.retried();
-                let up = upstream::dial_new(self.shared, &self.key.1).await?;
+                let up = upstream::dial_new(self.shared, self.vault, &self.key.1).await?;
                 self.attempt(up, held).await
             }
             other => other,

@@ -20,7 +20,7 @@ pub(super) async fn serve<S: Split + AsyncReadRent + AsyncWriteRent>(
     target: Target,
     id: Identity,
 ) {
-    let up = match upstream::connect_tcp(&shared, &target).await {
+    let up = match upstream::connect_tcp(&shared, &id.vault, &target).await {
         Ok(up) => up,
         Err(e) => return reply_and_close(&mut client, &e).await,
     };

@@ -121,7 +121,7 @@ thread_local! {
 
 /// Takes an idle pooled connection that is still clean, or dials a new one. Pooled connections
 /// older than [`Limits::pool_idle`], or on which anything arrived while idle, are closed.
-pub async fn get(shared: &Shared, key: &PoolKey) -> Result<Upstream, ProxyError> {
+pub async fn get(shared: &Shared, vault: &str, key: &PoolKey) -> Result<Upstream, ProxyError> {
     let max_idle = shared.limits().pool_idle;
     while let Some(mut idle) = POOL.with(|p| p.borrow_mut().get_mut(key).and_then(Vec::pop)) {
         if idle.since.elapsed() < max_idle && clean(&mut idle.conn, &idle.probe).await {
@@ -134,7 +134,7 @@ pub async fn get(shared: &Shared, key: &PoolKey) -> Result<Upstream, ProxyError>
         }
         shared.stats.pool_discarded();
     }
-    dial_new(shared, &key.1).await
+    dial_new(shared, vault, &key.1).await
 }
 
 /// Whether nothing arrived on an idle connection: no bytes (an unsolicited response, a TLS
@@ -148,9 +148,13 @@ async fn clean(conn: &mut BufConn<UpIo>, probe: &ProbeSwitch) -> bool {
 }
 
 /// Dials a new connection, bypassing the pool.
-pub async fn dial_new(shared: &Shared, target: &Target) -> Result<Upstream, ProxyError> {
+pub async fn dial_new(
+    shared: &Shared,
+    vault: &str,
+    target: &Target,
+) -> Result<Upstream, ProxyError> {
     shared.stats.upstream(false);
-    let (io, probe) = dial(shared, target).await?;
+    let (io, probe) = dial(shared, vault, target).await?;
     Ok(Upstream {
         conn: BufConn::new(io),
         reused: false,
@@ -235,16 +239,16 @@ pub fn vet(guard: &crate::netguard::Guard, addrs: &[SocketAddr]) -> Result<(), P
     Ok(())
 }
 
-/// Connects to `target` (the opaque tunnel's dial, and the first half of every upstream's):
-/// directly, to the first vetted address that answers in time, or through the upstream proxy
-/// when one is configured for its host ([`egress`]).
-pub async fn connect_tcp(shared: &Shared, target: &Target) -> Result<TcpStream, ProxyError> {
+/// Connects `vault`'s request to `target` (the opaque tunnel's dial, and the first half of every
+/// upstream's): directly, to the first vetted address that answers in time, or through the
+/// upstream proxy configured for the vault and host ([`egress`]).
+pub async fn connect_tcp(
+    shared: &Shared,
+    vault: &str,
+    target: &Target,
+) -> Result<TcpStream, ProxyError> {
     let tunables = shared.tunables();
-    let Some(proxy) = tunables
-        .egress
-        .as_deref()
-        .filter(|p| p.applies_to(&target.host))
-    else {
+    let Some(proxy) = tunables.egress.route(vault, &target.host) else {
         let addrs = resolve(shared, target).await?;
         let what = format!("{}:{}", target.host, target.port);
         return dial_first(shared, &addrs, &what).await;
@@ -303,8 +307,12 @@ async fn dial_first(
     ))
 }
 
-async fn dial(shared: &Shared, target: &Target) -> Result<(UpIo, ProbeSwitch), ProxyError> {
-    let tcp = connect_tcp(shared, target).await?;
+async fn dial(
+    shared: &Shared,
+    vault: &str,
+    target: &Target,
+) -> Result<(UpIo, ProbeSwitch), ProxyError> {
+    let tcp = connect_tcp(shared, vault, target).await?;
     let _ = tcp.set_nodelay(true);
     let (tcp, probe) = ProbeTcp::new(tcp);
     match target.scheme {
@@ -505,7 +513,7 @@ mod tests {
                 guard,
                 resolve: vec![],
                 upstream_tls: Arc::new(client_config(provider, None).unwrap()),
-                egress: None,
+                egress: Default::default(),
                 admin_base: None,
             },
             limits: Limits {
@@ -553,8 +561,8 @@ mod tests {
             .unwrap();
         let (first, second) = rt.block_on(async {
             (
-                dial_new(&shared, &target).await.map(|_| ()),
-                dial_new(&shared, &target).await.map(|_| ()),
+                dial_new(&shared, "default", &target).await.map(|_| ()),
+                dial_new(&shared, "default", &target).await.map(|_| ()),
             )
         });
         assert!(first.is_ok(), "{first:?}");

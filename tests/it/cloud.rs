@@ -633,3 +633,51 @@ services:
         .unwrap();
     assert!(ssrf.contains("destination_blocked"), "{list:?}");
 }
+
+/// `[vault_upstream_proxy.NAME]`: a vault's own proxy replaces the global one (which here leads
+/// nowhere), and a vault table without `url` goes direct; both apply on a config reload.
+#[test]
+fn a_vault_may_have_its_own_upstream_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = Tinyproxy::start(dir.path(), None);
+    let dead = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+    let dead_url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let config = dir.path().join("airlock.toml");
+    let own = format!(
+        "[vault_upstream_proxy.default]\nurl = {:?}\n",
+        tiny.url(None)
+    );
+    std::fs::write(&config, &own).unwrap();
+    let cfg = config.to_str().unwrap();
+    let extra = [
+        "--config",
+        cfg,
+        "--network-allow",
+        "127.0.0.2/32",
+        "--upstream-proxy",
+        &dead_url,
+    ];
+    let s = Setup::with("auto", &extra, true, true);
+    let r = s.curl(&["-sS", "-D", "-", "https://api.openai.com/v1/own-proxy"]);
+    assert!(r.stdout.contains("GET /v1/own-proxy"), "{r:?}");
+    drop(tiny);
+    std::thread::sleep(Duration::from_secs(4)); // the pooled connection expires
+    let r = s.curl(&["-sS", "-D", "-", "https://api.openai.com/v1/own-proxy-gone"]);
+    assert!(r.stdout.contains("upstream_unreachable"), "{r:?}");
+    // The vault goes direct after a reload, though the global proxy still leads nowhere.
+    std::fs::write(&config, "[vault_upstream_proxy.default]\n").unwrap();
+    Command::new("kill")
+        .args(["-HUP", &s.proxy.pid().to_string()])
+        .status()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = s.curl(&["-sS", "-D", "-", "https://api.openai.com/v1/direct-vault"]);
+        if r.stdout.contains("GET /v1/direct-vault") {
+            break;
+        }
+        assert!(Instant::now() < end, "{r:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

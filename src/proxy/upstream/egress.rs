@@ -1,5 +1,6 @@
-//! The upstream proxy (`upstream_proxy`): a corporate HTTP proxy every upstream connection
-//! leaves through, with HTTP CONNECT and optional Basic auth, except for the `no_proxy` hosts.
+//! The upstream proxy (`upstream_proxy`, or a vault's own in `[vault_upstream_proxy.NAME]`): a
+//! corporate HTTP proxy every upstream connection leaves through, with HTTP CONNECT and optional
+//! Basic auth, except for the `no_proxy` hosts.
 //!
 //! The SSRF guard still decides (R4): the proxy's own addresses are vetted like any upstream's
 //! (a proxy on a private network needs its CIDR in `network_allow`); a target is vetted by what
@@ -8,6 +9,7 @@
 //! speaks only the CONNECT exchange; TLS with the upstream runs over the tunnel it returns, so
 //! the proxy never sees a request or a credential.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -21,6 +23,24 @@ use crate::secret::Secret;
 
 /// Longest CONNECT response head read from the proxy.
 const HEAD_MAX: usize = 8 * 1024;
+
+/// The upstream proxies: the global one and the vaults' own (`None`: that vault goes direct).
+#[derive(Debug, Default)]
+pub struct Egress {
+    pub default: Option<EgressProxy>,
+    pub by_vault: HashMap<String, Option<EgressProxy>>,
+}
+
+impl Egress {
+    /// The proxy `vault`'s connections to `host` leave through, if any.
+    pub fn route(&self, vault: &str, host: &str) -> Option<&EgressProxy> {
+        let proxy = match self.by_vault.get(vault) {
+            Some(own) => own.as_ref(),
+            None => self.default.as_ref(),
+        };
+        proxy.filter(|p| p.applies_to(host))
+    }
+}
 
 /// A configured upstream proxy.
 #[derive(Debug)]
@@ -201,6 +221,23 @@ mod tests {
         assert!(p.applies_to("notcorp.example"));
         assert!(p.applies_to("api.openai.com"));
         assert!(!proxy(&["*"]).applies_to("api.openai.com"));
+    }
+
+    #[test]
+    fn vaults_may_have_their_own_proxy_or_none() {
+        let egress = Egress {
+            default: Some(proxy(&[])),
+            by_vault: [
+                ("direct".to_owned(), None),
+                ("own".to_owned(), Some(proxy(&["skip.example"]))),
+            ]
+            .into(),
+        };
+        assert!(egress.route("default", "a.example").is_some());
+        assert!(egress.route("direct", "a.example").is_none());
+        assert!(egress.route("own", "a.example").is_some());
+        assert!(egress.route("own", "skip.example").is_none());
+        assert!(Egress::default().route("default", "a.example").is_none());
     }
 
     #[test]
