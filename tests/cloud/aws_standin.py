@@ -18,7 +18,6 @@ import http.server
 import json
 import os
 import re
-import ssl
 import struct
 import sys
 import threading
@@ -28,6 +27,8 @@ import zlib
 from botocore.auth import S3SigV4Auth, SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+
+import standin
 
 CERT, KEY, PORT_FILE, LOG_FILE = sys.argv[1:5]
 KEY_ID = os.environ["STANDIN_KEY_ID"]
@@ -183,11 +184,4 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.flush()
 
 
-server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-context.load_cert_chain(CERT, KEY)
-server.socket = context.wrap_socket(server.socket, server_side=True)
-with open(PORT_FILE + ".tmp", "w") as f:
-    f.write(str(server.server_address[1]))
-os.rename(PORT_FILE + ".tmp", PORT_FILE)
-server.serve_forever()
+standin.serve_tls(Handler, CERT, KEY, PORT_FILE)

@@ -15,13 +15,14 @@ import http.server
 import json
 import os
 import secrets
-import ssl
 import sys
 import threading
 import time
 import urllib.parse
 
 import google.auth.jwt
+
+import standin
 
 CERT, KEY, PORT_FILE, LOG_FILE = sys.argv[1:5]
 SA_CERT = open(os.environ["STANDIN_SA_CERT"]).read()
@@ -97,11 +98,4 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-context.load_cert_chain(CERT, KEY)
-server.socket = context.wrap_socket(server.socket, server_side=True)
-with open(PORT_FILE + ".tmp", "w") as f:
-    f.write(str(server.server_address[1]))
-os.rename(PORT_FILE + ".tmp", PORT_FILE)
-server.serve_forever()
+standin.serve_tls(Handler, CERT, KEY, PORT_FILE)

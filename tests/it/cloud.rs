@@ -75,6 +75,28 @@ impl Helper {
     }
 }
 
+impl Helper {
+    /// `airlock serve` for `env` with this stand-in answering for `hosts` (`--resolve`, its CA
+    /// trusted, loopback allowed), plus `extra` flags.
+    fn serve_in_front(&self, env: &Env, ca: &Path, hosts: &[&str], extra: &[&str]) -> Proxy {
+        let mut args = vec![
+            "--network-allow".to_owned(),
+            "127.0.0.1/32".into(),
+            "--upstream-ca-file".into(),
+            ca.display().to_string(),
+        ];
+        for h in hosts {
+            args.extend([
+                "--resolve".into(),
+                format!("{h}:443:127.0.0.1:{}", self.port),
+            ]);
+        }
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        Proxy::start(env, &refs)
+    }
+}
+
 impl Drop for Helper {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -136,20 +158,7 @@ impl Aws {
                 ("STANDIN_TOKEN", &secrets[2].1),
             ],
         );
-        let mut args = vec![
-            "--network-allow".to_owned(),
-            "127.0.0.1/32".into(),
-            "--upstream-ca-file".into(),
-            ca.display().to_string(),
-        ];
-        for h in AWS_HOSTS {
-            args.extend([
-                "--resolve".into(),
-                format!("{h}:443:127.0.0.1:{}", standin.port),
-            ]);
-        }
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let proxy = Proxy::start(&env, &refs);
+        let proxy = standin.serve_in_front(&env, &ca, &AWS_HOSTS, &[]);
         Self {
             env,
             proxy,
@@ -539,7 +548,7 @@ services:
     let token = env.agent_token("bot", "default");
     let (ca, cert, key) = test_pki(dir, &GOOGLE_HOSTS);
     let (port_file, log) = (dir.join("google.port"), dir.join("google.log"));
-    let _standin = Helper::start(
+    let standin = Helper::start(
         "google_standin.py",
         &[&cert, &key, &port_file, &log],
         &port_file,
@@ -550,22 +559,8 @@ services:
             ("STANDIN_TTL", "6"),
         ],
     );
-    let port = std::fs::read_to_string(&port_file).unwrap();
-    let mut args = vec![
-        "--network-allow".to_owned(),
-        "127.0.0.1/32".into(),
-        "--upstream-ca-file".into(),
-        ca.display().to_string(),
-    ];
-    for h in GOOGLE_HOSTS {
-        args.extend(["--resolve".into(), format!("{h}:443:127.0.0.1:{port}")]);
-    }
-    args.extend([
-        "--resolve".into(),
-        "metadata.google.internal:443:169.254.169.254".into(),
-    ]);
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let proxy = Proxy::start(&env, &refs);
+    let metadata = ["--resolve", "metadata.google.internal:443:169.254.169.254"];
+    let proxy = standin.serve_in_front(&env, &ca, &GOOGLE_HOSTS, &metadata);
     let proxy_url = proxy.url(&token, "default");
     let agent_ca = env.data_dir.join("ca.pem");
     let curl = |url: &str| {
