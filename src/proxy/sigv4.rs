@@ -103,7 +103,7 @@ pub fn hash(body: &[u8]) -> String {
 /// Signs the finished upstream `head` (ending in the empty line) with `keys` at `now` (Unix
 /// seconds): inserts `x-amz-date`, `x-amz-content-sha256` (= `payload_hash`), the session token
 /// if any, and `authorization` before the empty line.
-pub fn sign(keys: &Keys, head: &mut Zeroizing<Vec<u8>>, payload_hash: &str, now: u64) {
+pub fn sign(keys: &Keys, head: &mut Vec<u8>, payload_hash: &str, now: u64) {
     let stamp: String = crate::vault::rfc3339(now)
         .chars()
         .filter(|c| *c != '-' && *c != ':')
