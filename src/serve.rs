@@ -196,10 +196,7 @@ impl Settings {
                 file.no_proxy.clone()
             } else {
                 args.no_proxy.clone()
-            }
-            .iter()
-            .map(|h| h.trim().to_ascii_lowercase())
-            .collect(),
+            },
             vault_upstream_proxy: file.vault_upstream_proxy.clone(),
             admin_listen: if args.no_admin || file.admin == Some(false) {
                 AdminListen::None
@@ -282,15 +279,10 @@ impl Settings {
         });
         let mut by_vault = HashMap::new();
         for (vault, own) in &self.vault_upstream_proxy {
-            let no_proxy: Vec<String> = own
-                .no_proxy
-                .iter()
-                .map(|h| h.trim().to_ascii_lowercase())
-                .collect();
             let proxy = own
                 .url
                 .as_ref()
-                .map(|url| egress_proxy(url, own.password_file.as_deref(), &no_proxy));
+                .map(|url| egress_proxy(url, own.password_file.as_deref(), &own.no_proxy));
             by_vault.insert(vault.clone(), proxy.transpose()?);
         }
         Ok(Egress {
@@ -414,7 +406,8 @@ fn start_failed(what: &'static str) -> impl FnOnce(std::io::Error) -> ServeError
     move |source| ServeError::Start { what, source }
 }
 
-/// One upstream proxy: `url`, Basic auth with its user and the password in `password_file`.
+/// One upstream proxy: `url`, Basic auth with its user and the password in `password_file`, and
+/// the `no_proxy` entries normalised.
 fn egress_proxy(
     url: &ProxyUrl,
     password_file: Option<&std::path::Path>,
@@ -446,7 +439,10 @@ fn egress_proxy(
         host: url.host.clone(),
         port: url.port,
         authorization,
-        no_proxy: no_proxy.to_vec(),
+        no_proxy: no_proxy
+            .iter()
+            .map(|h| h.trim().to_ascii_lowercase())
+            .collect(),
     })
 }
 
