@@ -47,6 +47,8 @@ fn benches(c: &mut Criterion) {
             },
             substitutions: vec![],
             enabled: true,
+            rules: vec![],
+            rules_default: None,
         })
         .collect();
     specs.push(ServiceSpec {
@@ -57,13 +59,15 @@ fn benches(c: &mut Criterion) {
         },
         substitutions: vec![],
         enabled: true,
+        rules: vec![],
+        rules_default: None,
     });
     store.set_services(actor, "default", specs, false).unwrap();
     let token = store
         .create_agent(actor, "bench", &["default".to_owned()])
         .unwrap();
     let unlocked = setup::unlock(&store, dir.path(), &KeySources::default()).unwrap();
-    let policy = Policy::compile(&store, &unlocked.opener).unwrap();
+    let policy = Policy::compile(&store, &unlocked.opener, &Policy::default()).unwrap();
     let vault = policy.vault("default").unwrap();
     let target = Target {
         scheme: Scheme::Https,

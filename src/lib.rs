@@ -1,7 +1,7 @@
 //! airlock: a credential-brokering proxy for AI agents.
 //!
 //! The `airlock` binary's library: the [`cli`] and the data plane: [`serve`] (workers),
-//! [`proxy`], [`http`], [`policy`], [`oauth`] (the token refresher), [`scrub`], [`netguard`],
+//! [`proxy`], [`http`], [`policy`] (with [`rules`]), [`oauth`] (the token refresher), [`scrub`], [`netguard`],
 //! [`metrics`], [`follower`] (fleet mode) and [`supervise`]. What it shares with the admin
 //! process (the vault, specs, config, request log) is the `airlock-core` crate, re-exported here
 //! under the same paths.
@@ -20,6 +20,7 @@ pub mod netguard;
 pub mod oauth;
 pub mod policy;
 pub mod proxy;
+pub mod rules;
 pub mod scrub;
 pub mod serve;
 pub mod supervise;

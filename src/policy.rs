@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 
+use crate::rules::Rules;
 use crate::scrub::Masker;
 use crate::secret::Secret;
 use crate::spec::{AuthSpec, HostName, HostPattern, PathPattern, Scheme, Surface, template_keys};
@@ -70,6 +71,8 @@ pub struct Service {
     pub oauth: Option<OAuthUse>,
     /// An `aws-sigv4` service's keys: each request is signed as it leaves (`proxy::sigv4`).
     pub sigv4: Option<Box<SigV4Keys>>,
+    /// Its request rules; `None` when every request is allowed.
+    pub rules: Option<Box<Rules>>,
 }
 
 impl Service {
@@ -143,8 +146,9 @@ pub fn percent_encode(raw: &[u8]) -> Vec<u8> {
 }
 
 impl Policy {
-    /// Reads every vault and service and opens the credentials they use.
-    pub fn compile(store: &Store, opener: &Opener) -> Result<Self, VaultError> {
+    /// Reads every vault and service and opens the credentials they use. `previous` is the
+    /// policy being replaced: `limit` rules keep their buckets.
+    pub fn compile(store: &Store, opener: &Opener, previous: &Policy) -> Result<Self, VaultError> {
         let generation = store.generation()?;
         let mut vaults = HashMap::new();
         for v in store.vaults()? {
@@ -208,6 +212,11 @@ impl Policy {
                     }
                 }
                 scrub.extend(substitutions.iter().map(|s| s.encoded.clone()));
+                let before = previous
+                    .vault(&v.name)
+                    .and_then(|p| p.services.iter().find(|s| s.name == spec.name))
+                    .and_then(|s| s.rules.as_deref());
+                let rules = Rules::compile(&spec.rules, spec.rules_default(), before);
                 services.push(Service {
                     name: spec.name.clone(),
                     pattern,
@@ -218,6 +227,7 @@ impl Policy {
                     error,
                     oauth,
                     sigv4,
+                    rules,
                 });
             }
             vaults.insert(
@@ -427,6 +437,7 @@ mod tests {
             error: None,
             oauth: None,
             sigv4: None,
+            rules: None,
         }
     }
 

@@ -285,7 +285,7 @@ impl Shared {
         if generation == self.policy().generation {
             return Ok(false);
         }
-        let policy = Policy::compile(&self.store, &self.opener)?;
+        let policy = Policy::compile(&self.store, &self.opener, &self.policy())?;
         self.prewarm(&policy);
         self.policy.store(policy);
         Ok(true)

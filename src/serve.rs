@@ -598,7 +598,7 @@ pub fn run(
             listen: settings.listen,
             source,
         })?;
-    let policy = Policy::compile(&store, &unlocked.opener)?;
+    let policy = Policy::compile(&store, &unlocked.opener, &Policy::default())?;
     let admin = if settings.start_admin {
         crate::supervise::Admin::start(
             &settings.data_dir,

@@ -322,6 +322,8 @@ impl Template {
             auth,
             substitutions: Vec::new(),
             enabled: true,
+            rules: vec![],
+            rules_default: None,
         })
     }
 

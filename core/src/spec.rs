@@ -7,12 +7,14 @@
 //! store's check, since it needs the vault. This module does no matching or injection.
 
 pub mod host;
+pub mod rule;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
 pub use self::host::{HostName, HostPattern, PathPattern, Scheme};
+pub use self::rule::{PathGlob, RuleAction, RuleSpec};
 use crate::names;
 
 /// A service file: `services: [...]`.
@@ -33,6 +35,12 @@ pub struct ServiceSpec {
     pub substitutions: Vec<Substitution>,
     #[serde(default = "enabled_default")]
     pub enabled: bool,
+    /// Request rules, checked in order after the service matched ([`rule`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<RuleSpec>,
+    /// What happens to a request no rule matched: `allow` (when unset), `deny` or `hold`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules_default: Option<RuleAction>,
 }
 
 fn enabled_default() -> bool {
@@ -272,6 +280,7 @@ impl ServiceSpec {
                 }
             }
         }
+        self.check_rules().map_err(|r| field("rules", r))?;
         let mut placeholders = BTreeSet::new();
         for sub in &self.substitutions {
             key("substitutions.key", &sub.key)?;
@@ -302,6 +311,26 @@ impl ServiceSpec {
             }
         }
         Ok(host)
+    }
+
+    /// At most [`rule::MAX_RULES`] rules with distinct names; a default that is not `limit`.
+    fn check_rules(&self) -> Result<(), String> {
+        if self.rules.len() > rule::MAX_RULES {
+            return Err(format!("at most {} rules", rule::MAX_RULES));
+        }
+        let mut names = BTreeSet::new();
+        if let Some(r) = self.rules.iter().find(|r| !names.insert(r.name.as_str())) {
+            return Err(format!("rule {:?} appears twice", r.name));
+        }
+        if self.rules_default == Some(RuleAction::Limit) {
+            return Err("rules_default is allow, deny or hold".into());
+        }
+        Ok(())
+    }
+
+    /// What a request no rule matched meets.
+    pub fn rules_default(&self) -> RuleAction {
+        self.rules_default.unwrap_or(RuleAction::Allow)
     }
 
     /// Every credential key this service needs, in a stable order.
@@ -385,6 +414,11 @@ impl ServiceSpec {
                 sub.placeholder,
                 surfaces.join(", ")
             ));
+        }
+        if !self.rules.is_empty() || self.rules_default.is_some() {
+            let rules: Vec<String> = self.rules.iter().map(RuleSpec::describe).collect();
+            out.push_str(&format!(" · rules: {}", rules.join("; ")));
+            out.push_str(&format!(" · otherwise {}", self.rules_default().as_str()));
         }
         if !self.enabled {
             out.push_str(" · disabled");
@@ -533,6 +567,8 @@ services:
             auth,
             substitutions: vec![],
             enabled: true,
+            rules: vec![],
+            rules_default: None,
         }
     }
 

@@ -23,6 +23,7 @@ fn service(name: &str, host: &str) -> Service {
         error: None,
         oauth: None,
         sigv4: None,
+        rules: None,
     }
 }
 

@@ -73,7 +73,7 @@ pub struct Cell {
 
 impl Cell {
     /// Takes one token at `now` (nanoseconds since the epoch) if there is one.
-    fn try_take(&self, now: u64, burst: f64, rate: f64) -> bool {
+    pub(crate) fn try_take(&self, now: u64, burst: f64, rate: f64) -> bool {
         let interval = (1e9 / rate) as u64;
         let window = (burst * 1e9 / rate) as u64;
         let mut full_at = self.full_at.load(Ordering::Relaxed);

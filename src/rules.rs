@@ -1,0 +1,492 @@
+//! A service's request rules, compiled once per vault generation with the rest of the policy
+//! ([`Rules::compile`]) and evaluated per request ([`Rules::evaluate`]) with no lock, no
+//! allocation for ordinary paths and no I/O. Evaluation is pure: it names the rule that decides
+//! and its action; taking a `limit` rule's token and holding a request are the exchange's steps.
+//!
+//! Order (documented in the README): rules naming the requesting agent first, then the rules for
+//! every agent, each group in file order; the first rule whose conditions all hold decides; when
+//! none does, the service's `rules_default` (allow unless stated).
+//!
+//! What a rule is matched against is what the upstream will act on (security rows 96, 97):
+//! - the path with percent-encoded unreserved characters decoded (`%72efunds` is `refunds`),
+//!   `;` parameters cut from each segment (`/refunds;x`) and a trailing `/` dropped; a path with
+//!   an encoded `/` or `\`, a raw `\`, or a segment that normalises to empty, `.` or `..` is
+//!   refused (`rule_path_ambiguous`) rather than guessed at, when any rule names a path;
+//! - the method in any case, and also each method an `X-HTTP-Method-Override`, `X-HTTP-Method`
+//!   or `X-Method-Override` header or a `_method` query parameter names: the request is judged
+//!   as each, and the strictest outcome wins (deny, then hold, then limit, then allow);
+//! - query keys percent-decoded; header names in any case.
+//!
+//! A `limit` rule's bucket is carried from one compiled policy to the next (same vault, service,
+//! rule name and rate), so a vault write does not refill it.
+
+use std::borrow::Cow;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use crate::proxy::limits::Cell;
+use crate::proxy::request::Request;
+use crate::spec::{RuleAction, RuleSpec};
+
+/// Headers through which frameworks let a request name another method.
+const METHOD_OVERRIDES: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// A service's compiled rules.
+#[derive(Debug)]
+pub struct Rules {
+    rules: Vec<Rule>,
+    default: RuleAction,
+    /// Whether any rule names a path (the path must then normalise unambiguously).
+    paths: bool,
+}
+
+/// One compiled rule.
+#[derive(Debug)]
+pub struct Rule {
+    pub spec: RuleSpec,
+    /// A `limit` rule's bucket: a burst of `per_minute`, then `per_minute` a minute.
+    limit: Option<Arc<Cell>>,
+}
+
+/// What the rules decided for a request: the action and the rule that decided it (`None`: the
+/// service's default).
+#[derive(Clone, Copy, Debug)]
+pub struct Verdict<'r> {
+    pub action: RuleAction,
+    pub rule: Option<&'r Rule>,
+}
+
+impl Verdict<'_> {
+    /// The verdict of a service without rules.
+    pub const ALLOW: Verdict<'static> = Verdict {
+        action: RuleAction::Allow,
+        rule: None,
+    };
+
+    /// The deciding rule's name, for the request log.
+    pub fn name(&self) -> Option<&str> {
+        self.rule.map(|r| r.spec.name.as_str())
+    }
+}
+
+/// A path the rules cannot judge without guessing how the upstream reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AmbiguousPath;
+
+impl Rules {
+    /// Compiles `specs`; `None` when there is nothing to check (no rules, default allow).
+    /// `previous` is the same service's rules in the policy being replaced.
+    pub fn compile(
+        specs: &[RuleSpec],
+        default: RuleAction,
+        previous: Option<&Rules>,
+    ) -> Option<Box<Self>> {
+        if specs.is_empty() && default == RuleAction::Allow {
+            return None;
+        }
+        let (agent, general): (Vec<&RuleSpec>, Vec<&RuleSpec>) =
+            specs.iter().partition(|s| !s.agents.is_empty());
+        let rules = agent
+            .into_iter()
+            .chain(general)
+            .map(|spec| {
+                let limit = spec.per_minute.map(|n| {
+                    previous
+                        .and_then(|p| p.rules.iter().find(|r| r.spec.name == spec.name))
+                        .filter(|r| r.spec.per_minute == Some(n))
+                        .and_then(|r| r.limit.clone())
+                        .unwrap_or_default()
+                });
+                Rule {
+                    spec: spec.clone(),
+                    limit,
+                }
+            })
+            .collect::<Vec<_>>();
+        let paths = rules.iter().any(|r| r.spec.path.is_some());
+        Some(Box::new(Self {
+            rules,
+            default,
+            paths,
+        }))
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    pub fn default_action(&self) -> RuleAction {
+        self.default
+    }
+
+    /// Judges `req` (whose path and query `inject` split off) for `agent`.
+    pub fn evaluate<'r>(
+        &'r self,
+        agent: Option<&str>,
+        req: &Request,
+        path: &str,
+        query: Option<&str>,
+    ) -> Result<Verdict<'r>, AmbiguousPath> {
+        let path = if self.paths {
+            normalise(path)?
+        } else {
+            Cow::Borrowed(path)
+        };
+        let facts = Facts {
+            agent,
+            req,
+            path: &path,
+            query,
+        };
+        let mut verdict = self.decide(&facts, req.method());
+        for header in req.headers() {
+            if METHOD_OVERRIDES
+                .iter()
+                .any(|h| header.name.eq_ignore_ascii_case(h))
+            {
+                let other = std::str::from_utf8(header.value).unwrap_or("?");
+                verdict = stricter(verdict, self.decide(&facts, other.trim()));
+            }
+        }
+        for value in query_values(query, "_method") {
+            verdict = stricter(verdict, self.decide(&facts, &value));
+        }
+        Ok(verdict)
+    }
+
+    /// The first rule matching the request as `method`, else the default.
+    fn decide(&self, facts: &Facts<'_>, method: &str) -> Verdict<'_> {
+        self.rules.iter().find(|r| r.applies(facts, method)).map_or(
+            Verdict {
+                action: self.default,
+                rule: None,
+            },
+            |r| Verdict {
+                action: r.spec.action,
+                rule: Some(r),
+            },
+        )
+    }
+}
+
+/// The request as the rules see it.
+struct Facts<'a> {
+    agent: Option<&'a str>,
+    req: &'a Request,
+    /// Normalised when any rule names a path.
+    path: &'a str,
+    query: Option<&'a str>,
+}
+
+impl Rule {
+    fn applies(&self, f: &Facts<'_>, method: &str) -> bool {
+        let s = &self.spec;
+        (s.agents.is_empty() || f.agent.is_some_and(|a| s.agents.iter().any(|x| x == a)))
+            && (s.methods.is_empty() || s.methods.iter().any(|m| m.eq_ignore_ascii_case(method)))
+            && s.path.as_ref().is_none_or(|g| g.matches(segments(f.path)))
+            && s.query.iter().all(|k| query_has(f.query, k))
+            && s.headers
+                .iter()
+                .all(|h| f.req.headers().any(|x| x.name.eq_ignore_ascii_case(h)))
+    }
+
+    /// Takes one request from a `limit` rule's bucket; always true for other rules.
+    pub fn take(&self) -> bool {
+        let (Some(cell), Some(n)) = (&self.limit, self.spec.per_minute) else {
+            return true;
+        };
+        static EPOCH: OnceLock<Instant> = OnceLock::new();
+        let now = EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64;
+        cell.try_take(now, f64::from(n), f64::from(n) / 60.0)
+    }
+}
+
+/// The stricter of two verdicts: deny, then hold, then limit, then allow.
+fn stricter<'r>(a: Verdict<'r>, b: Verdict<'r>) -> Verdict<'r> {
+    let rank = |v: &Verdict<'_>| match v.action {
+        RuleAction::Deny => 3,
+        RuleAction::Hold => 2,
+        RuleAction::Limit => 1,
+        RuleAction::Allow => 0,
+    };
+    if rank(&b) > rank(&a) { b } else { a }
+}
+
+/// The segments of a normalised path (none for `/`).
+fn segments(path: &str) -> impl Iterator<Item = &str> {
+    path.split('/').skip(1).filter(|s| !s.is_empty())
+}
+
+/// The path as the upstream will act on it (see the module doc), or [`AmbiguousPath`].
+pub fn normalise(path: &str) -> Result<Cow<'_, str>, AmbiguousPath> {
+    let simple = !path.bytes().any(|b| b == b'%' || b == b';' || b == b'\\')
+        && (path.len() == 1 || !path.ends_with('/'));
+    if simple {
+        return Ok(Cow::Borrowed(path));
+    }
+    if path.contains('\\') {
+        return Err(AmbiguousPath);
+    }
+    let mut out = String::with_capacity(path.len());
+    let mut segs = path.split('/').skip(1).peekable();
+    while let Some(seg) = segs.next() {
+        let decoded = decode_unreserved(seg.split(';').next().unwrap_or_default())?;
+        match decoded.as_str() {
+            // A trailing `/` is dropped; any other empty segment is refused.
+            "" if segs.peek().is_none() => {}
+            "" | "." | ".." => return Err(AmbiguousPath),
+            _ => {
+                out.push('/');
+                out.push_str(&decoded);
+            }
+        }
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    Ok(Cow::Owned(out))
+}
+
+/// Decodes `%XX` escapes of unreserved characters; refuses an encoded `/` or `\`; keeps every
+/// other escape as written.
+fn decode_unreserved(seg: &str) -> Result<String, AmbiguousPath> {
+    let b = seg.as_bytes();
+    let mut out = String::with_capacity(seg.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && let Some(v) = b.get(i + 1..i + 3).and_then(hex_byte)
+        {
+            if v == b'/' || v == b'\\' {
+                return Err(AmbiguousPath);
+            }
+            if v.is_ascii_alphanumeric() || b"-._~".contains(&v) {
+                out.push(char::from(v));
+            } else {
+                out.push_str(&seg[i..i + 3]);
+            }
+            i += 3;
+            continue;
+        }
+        out.push(char::from(b[i]));
+        i += 1;
+    }
+    Ok(out)
+}
+
+fn hex_byte(two: &[u8]) -> Option<u8> {
+    let s = std::str::from_utf8(two).ok()?;
+    u8::from_str_radix(s, 16).ok()
+}
+
+/// Percent-decodes a query component (`+` is a space).
+fn decode_component(s: &str) -> Cow<'_, str> {
+    if !s.bytes().any(|b| b == b'%' || b == b'+') {
+        return Cow::Borrowed(s);
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                if let Some(v) = b.get(i + 1..i + 3).and_then(hex_byte) {
+                    out.push(v);
+                    i += 3;
+                    continue;
+                }
+                out.push(b'%');
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
+
+fn query_has(query: Option<&str>, key: &str) -> bool {
+    query.is_some_and(|q| {
+        q.split('&')
+            .any(|pair| decode_component(pair.split('=').next().unwrap_or_default()) == key)
+    })
+}
+
+/// The decoded values of `key` in the query.
+fn query_values<'q>(query: Option<&'q str>, key: &'q str) -> impl Iterator<Item = String> + 'q {
+    query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter_map(move |pair| {
+            let (k, v) = pair.split_once('=')?;
+            (decode_component(k) == key).then(|| decode_component(v).into_owned())
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The rules of a service file whose one service has `yaml` as its rules.
+    fn specs(yaml: &str) -> Vec<RuleSpec> {
+        let rules: String = yaml.lines().map(|l| format!("      {l}\n")).collect();
+        let file = format!(
+            "services:\n  - name: svc\n    host: a.example\n    auth: {{type: passthrough}}\n    rules:\n{rules}"
+        );
+        let mut f = crate::spec::ServiceFile::from_yaml(&file).unwrap();
+        f.services.remove(0).rules
+    }
+
+    fn rules(yaml: &str, default: RuleAction) -> Box<Rules> {
+        Rules::compile(&specs(yaml), default, None).unwrap()
+    }
+
+    fn judge(
+        r: &Rules,
+        agent: Option<&str>,
+        head: &str,
+    ) -> Result<(RuleAction, String), AmbiguousPath> {
+        let raw = format!("{head}\r\nHost: a.example\r\n\r\n");
+        let req = Request::parse(raw.into_bytes()).unwrap();
+        let target = req.target().to_owned();
+        let (path, query) = target
+            .split_once('?')
+            .map_or((target.as_str(), None), |(p, q)| (p, Some(q)));
+        let v = r.evaluate(agent, &req, path, query)?;
+        Ok((v.action, v.name().unwrap_or("-").to_owned()))
+    }
+
+    const STRIPE: &str = r#"
+- {name: cleanup-may-delete, agents: [cleanup], methods: [DELETE], action: allow}
+- {name: no-deletes, methods: [DELETE], path: "/v1/*", action: deny}
+- {name: refunds-need-a-person, methods: [POST], path: "/v1/refunds", action: hold}
+- {name: slow-charges, methods: [POST], path: "/v1/charges", action: limit, per_minute: 2}
+- {name: expand-needs-key, query: ["expand[]"], headers: [idempotency-key], action: deny}
+"#;
+
+    #[test]
+    fn first_match_agents_first_then_default() {
+        let r = rules(STRIPE, RuleAction::Allow);
+        let j = |agent, head| judge(&r, agent, head).unwrap();
+        assert_eq!(
+            j(None, "DELETE /v1/customers/c1 HTTP/1.1"),
+            (RuleAction::Deny, "no-deletes".into())
+        );
+        assert_eq!(
+            j(Some("cleanup"), "DELETE /v1/customers/c1 HTTP/1.1"),
+            (RuleAction::Allow, "cleanup-may-delete".into())
+        );
+        assert_eq!(
+            j(Some("bot"), "delete /v1/customers/c1 HTTP/1.1").0,
+            RuleAction::Deny,
+            "method case"
+        );
+        assert_eq!(j(None, "POST /v1/refunds HTTP/1.1").0, RuleAction::Hold);
+        assert_eq!(j(None, "POST /v1/charges HTTP/1.1").0, RuleAction::Limit);
+        assert_eq!(
+            j(None, "GET /v1/charges HTTP/1.1"),
+            (RuleAction::Allow, "-".into())
+        );
+        let r2 = rules(STRIPE, RuleAction::Deny);
+        assert_eq!(
+            judge(&r2, None, "GET /v1/charges HTTP/1.1").unwrap(),
+            (RuleAction::Deny, "-".into())
+        );
+    }
+
+    #[test]
+    fn query_and_header_conditions() {
+        let r = rules(STRIPE, RuleAction::Allow);
+        let raw =
+            b"GET /v1/x?expand%5B%5D=a HTTP/1.1\r\nHost: a\r\nIdempotency-Key: 1\r\n\r\n".to_vec();
+        let req = Request::parse(raw).unwrap();
+        let v = r
+            .evaluate(None, &req, "/v1/x", Some("expand%5B%5D=a"))
+            .unwrap();
+        assert_eq!(v.name(), Some("expand-needs-key"));
+        let v = r.evaluate(None, &req, "/v1/x", Some("other=a")).unwrap();
+        assert_eq!(v.action, RuleAction::Allow);
+    }
+
+    /// Security rows 96, 97: spellings of a denied path or method.
+    #[test]
+    fn bypass_spellings_are_normalised_or_refused() {
+        let r = rules(STRIPE, RuleAction::Allow);
+        let j = |head: &str| judge(&r, None, head);
+        for same in [
+            "POST /v1/%72efunds HTTP/1.1",
+            "POST /v1/refunds/ HTTP/1.1",
+            "POST /v1/refunds;jsessionid=1 HTTP/1.1",
+            "POST /v1/refunds?x=1 HTTP/1.1",
+            "post /v1/refunds HTTP/1.1",
+            "GET /v1/refunds?_method=POST HTTP/1.1",
+        ] {
+            let (action, name) = j(same).unwrap();
+            assert_eq!(
+                (action, name.as_str()),
+                (RuleAction::Hold, "refunds-need-a-person"),
+                "{same}"
+            );
+        }
+        for ambiguous in [
+            "POST /v1%2Frefunds HTTP/1.1",
+            "POST /v1/..;/v1/refunds HTTP/1.1",
+            "POST /v1\\refunds HTTP/1.1",
+            "POST /v1/;x/refunds HTTP/1.1",
+            "POST /v1/%5Crefunds HTTP/1.1",
+        ] {
+            assert_eq!(j(ambiguous), Err(AmbiguousPath), "{ambiguous}");
+        }
+        // A method override is judged as well; the strictest outcome wins.
+        let raw =
+            b"POST /v1/customers/c1 HTTP/1.1\r\nHost: a\r\nX-HTTP-Method-Override: delete\r\n\r\n"
+                .to_vec();
+        let req = Request::parse(raw).unwrap();
+        assert_eq!(
+            r.evaluate(None, &req, "/v1/customers/c1", None)
+                .unwrap()
+                .action,
+            RuleAction::Deny
+        );
+        assert_eq!(
+            j("GET /v1/customers/c1?_method=DELETE HTTP/1.1").unwrap().0,
+            RuleAction::Deny
+        );
+    }
+
+    #[test]
+    fn limits_survive_recompilation() {
+        let specs = specs(STRIPE);
+        let first = Rules::compile(&specs, RuleAction::Allow, None).unwrap();
+        let slow = |r: &Rules| {
+            r.rules
+                .iter()
+                .find(|r| r.spec.name == "slow-charges")
+                .unwrap()
+                .take()
+        };
+        assert!(slow(&first) && slow(&first));
+        assert!(!slow(&first), "a burst of per_minute");
+        let second = Rules::compile(&specs, RuleAction::Allow, Some(&first)).unwrap();
+        assert!(!slow(&second), "the bucket is carried over");
+        assert!(Rules::compile(&[], RuleAction::Allow, None).is_none());
+    }
+
+    #[test]
+    fn normalisation() {
+        assert_eq!(normalise("/a/b").unwrap(), "/a/b");
+        assert_eq!(normalise("/").unwrap(), "/");
+        assert_eq!(normalise("/a/%7Eb%20c/").unwrap(), "/a/~b%20c");
+        assert_eq!(normalise("/a;x/b;y").unwrap(), "/a/b");
+        assert!(normalise("/a/%2e%2E").is_err());
+        assert!(normalise("/a/%2f").is_err());
+        assert_eq!(normalise("/;x").unwrap(), "/");
+        assert!(normalise("/;x/a").is_err());
+        // Paths are case-sensitive, as most APIs are: another spelling is another path.
+        assert_eq!(normalise("/v1/REFUNDS").unwrap(), "/v1/REFUNDS");
+    }
+}
