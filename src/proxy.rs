@@ -8,7 +8,8 @@
 //! - [`tunnel`]: the opaque tunnel for unmatched hosts, when the vault allows it;
 //! - [`plain`]: plain-HTTP proxying; [`agent_api`]: origin-form requests;
 //! - [`inject`]: the authority and path checks, the service match and the upstream head;
-//! - [`exchange`]: the gates, sending upstream (pool, retry, OAuth renewal);
+//! - [`exchange`]: the gates, the service's rules, sending upstream (pool, retry, OAuth renewal);
+//! - [`hold`]: a request a `hold` rule stopped, waiting for an operator;
 //! - [`sigv4`]: AWS Signature Version 4 for `aws-sigv4` services, applied by [`exchange`];
 //! - [`response`]: the response head and body, masked; upgraded relays;
 //! - [`log`]: the request-log entry of each request;
@@ -27,6 +28,7 @@ mod client;
 pub mod connect;
 pub mod error;
 mod exchange;
+pub mod hold;
 pub mod inject;
 mod intercept;
 pub mod limits;
@@ -86,6 +88,9 @@ pub struct Shared {
     pub proxy_tls: Option<Arc<rustls::ServerConfig>>,
     /// Client addresses allowed to connect (`client_networks`); empty: any.
     pub client_networks: Vec<crate::config::Cidr>,
+    /// Who holds requests here (`NODE/PID-STARTED`; NODE is the fleet node, or `local`): a
+    /// restart rejects the held requests of this node's earlier runs ([`hold`]).
+    pub hold_node: String,
 }
 
 /// What [`Shared::new`] needs; everything else starts empty or at its default.
@@ -130,6 +135,7 @@ impl Shared {
             fleet: None,
             proxy_tls: None,
             client_networks: Vec::new(),
+            hold_node: hold::node_id("local"),
         }
     }
 }
@@ -218,6 +224,8 @@ pub struct Tunables {
     pub egress: upstream::egress::Egress,
     /// `http://host:port` of the admin UI, for `approval_url`s (none when it has no HTTP listener).
     pub admin_base: Option<String>,
+    /// How long a held request waits for an operator.
+    pub hold_timeout: std::time::Duration,
 }
 
 impl Shared {

@@ -78,6 +78,8 @@ pub struct Settings {
     pub fleet: Option<crate::vault::fleet::Fleet>,
     /// Fleet mode: fail credentialed requests closed past this long without the store.
     pub fleet_max_staleness: Option<Duration>,
+    /// How long a held request waits for an operator (reloadable).
+    pub hold_timeout: Duration,
 }
 
 /// `serve` flags, each overriding the config file.
@@ -138,6 +140,9 @@ pub struct ServeArgs {
     /// Longest an upstream connection idles in the pool and is still reused; 0s = never reuse [default: 3s]
     #[arg(long, value_name = "DURATION")]
     pub upstream_idle_timeout: Option<HumanDuration>,
+    /// How long a request held by a hold rule waits for an operator [default: 120s]
+    #[arg(long, value_name = "DURATION")]
+    pub hold_timeout: Option<HumanDuration>,
     /// Largest request body in bytes [default: no cap]
     #[arg(long, value_name = "BYTES")]
     pub max_body_bytes: Option<u64>,
@@ -243,6 +248,10 @@ impl Settings {
             },
             fleet: None,
             fleet_max_staleness: file.fleet_max_staleness.map(|d| d.0),
+            hold_timeout: args
+                .hold_timeout
+                .or(file.hold_timeout)
+                .map_or(DEFAULT_HOLD_TIMEOUT, |d| d.0),
         }
     }
 
@@ -264,6 +273,7 @@ impl Settings {
             upstream_tls: Arc::new(upstream_tls),
             egress: self.egress()?,
             admin_base: self.approval_base(admin_http),
+            hold_timeout: self.hold_timeout,
         })
     }
 
@@ -637,6 +647,7 @@ pub fn run(
         workers: settings.workers.get(),
     };
     let shared = Arc::new(Shared {
+        hold_node: crate::proxy::hold::node_id(fleet_node.as_deref().unwrap_or("local")),
         fleet: fleet_node
             .map(|node| crate::follower::FleetState::new(node, settings.fleet_max_staleness)),
         proxy_tls,
@@ -645,6 +656,7 @@ pub fn run(
     });
     shared.prewarm(&policy);
     shared.policy.store(policy);
+    crate::proxy::hold::reject_stale(&shared);
 
     let (handles, driver_name) = start_workers(listeners, &shared, settings.driver)?;
     start_threads(&shared, &settings, oauth_inbox, local)?;
@@ -861,6 +873,8 @@ fn publish(data_dir: &std::path::Path, proxy: SocketAddr, tls: bool) -> Option<P
 
 /// Per agent token defaults: 200 requests per second (burst 400) and 64 in flight.
 pub const DEFAULT_AGENT_RATE: u32 = 200;
+/// How long a held request waits for an operator when nothing says otherwise.
+pub const DEFAULT_HOLD_TIMEOUT: Duration = Duration::from_secs(120);
 pub const DEFAULT_AGENT_IN_FLIGHT: u32 = 64;
 
 /// How long in-flight requests may take to finish after SIGTERM.

@@ -67,6 +67,8 @@ pub struct FileConfig {
     /// Longest an upstream connection may sit idle in the pool and still be reused (`0s`: never
     /// reuse). Default 3s, under the 5 s keep-alive of common servers.
     pub upstream_idle_timeout: Option<HumanDuration>,
+    /// How long a request held by a `hold` rule waits for an operator. Default 120s.
+    pub hold_timeout: Option<HumanDuration>,
     /// Largest request body accepted, in bytes. Default: no cap (bodies stream).
     pub max_body_bytes: Option<u64>,
     /// Most client connections open at once per process; more get 503 `overloaded`. Default 10000.

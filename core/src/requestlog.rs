@@ -63,6 +63,9 @@ pub struct Row {
     pub latency_us: u64,
     pub service: Option<String>,
     pub error: Option<String>,
+    /// The request rule that decided it, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
 }
 
 /// Failures opening or reading the request log.

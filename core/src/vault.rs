@@ -13,6 +13,7 @@
 //! [`seal::Opener::open`], which only `unlock`'s caller (the data plane) holds.
 
 pub mod fleet;
+pub mod holds;
 pub mod keys;
 pub mod oauth;
 pub mod operators;

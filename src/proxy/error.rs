@@ -91,6 +91,20 @@ kinds! {
     SigV4StreamingSigned = 400 "sigv4_streaming_signed" Client,
     /// An `aws-sigv4` request (not S3) whose body is too large or unframed to be hashed.
     SigV4BodyTooLarge = 413 "sigv4_body_too_large" Client,
+    /// A request rule of the service refuses it (`action: deny`, or `rules_default: deny`).
+    RuleDenied = 403 "rule_denied" Client,
+    /// A `limit` rule's rate is used up.
+    RuleLimited = 429 "rule_limited" Client,
+    /// The path cannot be judged by the service's rules without guessing (an encoded `/`, `..;`).
+    RulePathAmbiguous = 400 "rule_path_ambiguous" Client,
+    /// An operator rejected a held request.
+    HoldRejected = 403 "hold_rejected" Client,
+    /// No operator answered a held request within `hold_timeout`.
+    HoldTimedOut = 403 "hold_timed_out" Client,
+    /// A held request's body is chunked or over the hold buffer.
+    HoldBodyTooLarge = 413 "hold_body_too_large" Client,
+    /// Too many requests of the vault are already waiting for an operator.
+    TooManyHolds = 429 "too_many_holds" Client,
     UpstreamUnreachable = 502 "upstream_unreachable" Upstream,
     UpstreamTlsError = 502 "upstream_tls_error" Upstream,
     UpstreamProtocolError = 502 "upstream_protocol_error" Upstream,

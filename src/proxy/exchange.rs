@@ -16,8 +16,11 @@
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use zeroize::{Zeroize, Zeroizing};
 
+use std::sync::Arc;
+
 use super::Shared;
 use super::error::{ErrorKind, ProxyError};
+use super::hold;
 use super::inject::{self, Prepared};
 use super::outcome::{ExchangeError, Outcome};
 use super::request::Request;
@@ -30,26 +33,44 @@ use crate::http::head::Framing;
 use crate::http::io::BufConn;
 use crate::policy::{OAuthUse, SigV4Keys, VaultPolicy};
 use crate::requestlog::Row;
+use crate::rules::{Rule, Verdict};
+use crate::spec::RuleAction;
 
 /// Request bodies up to this size are read whole before they go out on a reused upstream
 /// connection, so the request can be sent again if that connection turns out to be dead.
 pub(super) const RETRY_BODY_MAX: u64 = 1024 * 1024;
 
-/// Runs one exchange for `req`, which arrived on `client` for `target`. `absolute_ok` is set for
-/// plain-HTTP proxying, where the target is absolute-form.
+/// Where a request goes and for whom.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Route<'a> {
+    pub(super) target: &'a Target,
+    pub(super) vault: &'a VaultPolicy,
+    /// The agent the token belongs to (the service's per-agent rules).
+    pub(super) agent: Option<&'a str>,
+    /// Plain-HTTP proxying, where the target is absolute-form.
+    pub(super) absolute_ok: bool,
+}
+
+/// Runs one exchange for `req`, which arrived on `client`.
 pub(super) async fn exchange<C: AsyncReadRent + AsyncWriteRent>(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     client: &mut BufConn<C>,
     req: &Request,
-    target: &Target,
-    vault: &VaultPolicy,
-    absolute_ok: bool,
+    route: Route<'_>,
     row: &mut Row,
 ) -> Result<Outcome, ExchangeError> {
-    let prepared = inject::prepare(req, target, vault, absolute_ok, &shared.api_base)?;
+    let Route {
+        target,
+        vault,
+        agent,
+        absolute_ok,
+    } = route;
+    let prepared = inject::prepare(req, target, vault, agent, absolute_ok, &shared.api_base)?;
     row.service = Some(prepared.service.name.clone());
+    row.rule = prepared.verdict.name().map(str::to_owned);
     gates(shared, client, &prepared)?;
     let oauth = prepared.service.oauth.clone();
+    let verdict = prepared.verdict;
     let mut call = Call {
         shared,
         client,
@@ -58,7 +79,9 @@ pub(super) async fn exchange<C: AsyncReadRent + AsyncWriteRent>(
         key: (vault.id, target.clone()),
         row,
         retry_401: false,
+        early: None,
     };
+    call.apply(verdict, req, target, agent).await?;
     let Some(oauth) = oauth else {
         let held = match call.prepared.service.sigv4.as_deref() {
             Some(keys) => call.sign(keys, req).await?,
@@ -119,7 +142,7 @@ impl Again<'_> {
     /// Sends the request with the token the current policy holds (no second renewal).
     async fn send<C: AsyncReadRent + AsyncWriteRent>(
         self,
-        shared: &Shared,
+        shared: &Arc<Shared>,
         client: &mut BufConn<C>,
         row: &mut Row,
         held: Option<Vec<u8>>,
@@ -129,7 +152,15 @@ impl Again<'_> {
             ProxyError::new(ErrorKind::VaultMismatch, "the vault no longer exists")
         })?;
         let api_base = &shared.api_base;
-        let prepared = inject::prepare(self.req, self.target, vault, self.absolute_ok, api_base)?;
+        // Judged by the rules already: this is the same request, sent once more.
+        let prepared = inject::prepare(
+            self.req,
+            self.target,
+            vault,
+            None,
+            self.absolute_ok,
+            api_base,
+        )?;
         let mut call = Call {
             shared,
             client,
@@ -138,6 +169,7 @@ impl Again<'_> {
             key: (vault.id, self.target.clone()),
             row,
             retry_401: false,
+            early: None,
         };
         let sent = call.send(held.as_deref()).await;
         sent.map_err(AttemptError::into_exchange)
@@ -181,7 +213,7 @@ impl From<ProxyError> for AttemptError {
 
 /// One prepared request on its way upstream.
 struct Call<'a, C> {
-    shared: &'a Shared,
+    shared: &'a Arc<Shared>,
     client: &'a mut BufConn<C>,
     prepared: Prepared<'a>,
     /// The vault's name (its upstream proxy) and the pool key (its id and the target).
@@ -190,9 +222,75 @@ struct Call<'a, C> {
     row: &'a mut Row,
     /// A 401 is not relayed: the caller renews the OAuth token and sends the request again.
     retry_401: bool,
+    /// The body, when a hold read it before anything else could ([`Call::apply`]).
+    early: Option<Vec<u8>>,
 }
 
 impl<C: AsyncReadRent + AsyncWriteRent> Call<'_, C> {
+    /// Carries out the rules' verdict: a denial or a spent limit refuses the request; a hold
+    /// reads its body and waits for an operator ([`hold`]).
+    async fn apply(
+        &mut self,
+        verdict: Verdict<'_>,
+        req: &Request,
+        target: &Target,
+        agent: Option<&str>,
+    ) -> Result<(), ExchangeError> {
+        let service = &self.prepared.service.name;
+        let by = || {
+            verdict.name().map_or_else(
+                || format!("service {service}'s rules_default"),
+                |r| format!("rule {r} of service {service}"),
+            )
+        };
+        let hint = || {
+            verdict
+                .rule
+                .map(|r| r.spec.hint.clone())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| {
+                    format!(
+                        "the rules are listed at {}/v1/discover",
+                        self.shared.api_base
+                    )
+                })
+        };
+        match verdict.action {
+            RuleAction::Allow => Ok(()),
+            RuleAction::Deny => {
+                let m = format!("{} refuses {} {}", by(), req.method(), req.path());
+                Err(ProxyError::new(ErrorKind::RuleDenied, m)
+                    .hint(hint())
+                    .into())
+            }
+            RuleAction::Limit if verdict.rule.is_none_or(Rule::take) => Ok(()),
+            RuleAction::Limit => {
+                let m = format!("{} allows no more requests like this one for now", by());
+                Err(ProxyError::new(ErrorKind::RuleLimited, m)
+                    .hint(hint())
+                    .into())
+            }
+            RuleAction::Hold => {
+                let body = match self.prepared.framing {
+                    Framing::Empty => Vec::new(),
+                    Framing::Length(n) if n <= hold::HOLD_BODY_MAX => self.hold_body(n).await?,
+                    _ => {
+                        let m = format!(
+                            "{} holds this request for an operator, which needs a Content-Length body of at most {} bytes",
+                            by(),
+                            hold::HOLD_BODY_MAX
+                        );
+                        return Err(ProxyError::new(ErrorKind::HoldBodyTooLarge, m).into());
+                    }
+                };
+                let held = hold::describe(req, target, &self.prepared, &body, self.shared);
+                hold::wait(self.shared, self.vault, agent, held).await?;
+                self.early = Some(body);
+                Ok(())
+            }
+        }
+    }
+
     /// The OAuth branch of [`exchange`]: renew first when the token expired; renew and send
     /// again after a 401 when the body is held.
     async fn with_oauth(
@@ -204,7 +302,8 @@ impl<C: AsyncReadRent + AsyncWriteRent> Call<'_, C> {
         let renew = || shared.oauth.renew(again.vault, &oauth.key, oauth.version);
         if oauth.stale(now) {
             renew().await?;
-            return again.send(shared, self.client, self.row, None).await;
+            let early = self.early.take();
+            return again.send(shared, self.client, self.row, early).await;
         }
         let held = self.hold_if_small().await?;
         self.retry_401 = held.is_some() && oauth.renewable_on_401(now);
@@ -227,6 +326,8 @@ impl<C: AsyncReadRent + AsyncWriteRent> Call<'_, C> {
     /// sent again, once, on a fresh connection, provided no response byte arrived. A body that
     /// must stream cannot be sent twice. `held` is the body when the caller already read it.
     async fn send(&mut self, held: Option<&[u8]>) -> Result<Outcome, AttemptError> {
+        let early = self.early.take();
+        let held = held.or(early.as_deref());
         let up = upstream::get(self.shared, self.vault, &self.key).await?;
         if !up.reused {
             return self.attempt(up, held).await;
@@ -271,6 +372,9 @@ impl<C: AsyncReadRent + AsyncWriteRent> Call<'_, C> {
     /// The whole body when it is empty or a `Content-Length` of at most [`RETRY_BODY_MAX`] (so
     /// the request can be sent twice); `None` for a body that must stream.
     async fn hold_if_small(&mut self) -> Result<Option<Vec<u8>>, ExchangeError> {
+        if let Some(body) = self.early.take() {
+            return Ok(Some(body));
+        }
         Ok(match self.prepared.framing {
             Framing::Empty => Some(Vec::new()),
             Framing::Length(n) if n <= RETRY_BODY_MAX => Some(self.hold_body(n).await?),
@@ -281,6 +385,9 @@ impl<C: AsyncReadRent + AsyncWriteRent> Call<'_, C> {
     /// Reads a `Content-Length` body of `n` bytes from the client (answering `Expect:
     /// 100-continue` first, since the client waits for it).
     async fn hold_body(&mut self, n: u64) -> Result<Vec<u8>, ExchangeError> {
+        if let Some(body) = self.early.take() {
+            return Ok(body);
+        }
         let n = usize::try_from(n).map_err(|_| ExchangeError::Abort)?;
         if self.prepared.expect_continue && self.client.buffered().len() < n {
             self.continue_100().await?;

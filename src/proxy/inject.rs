@@ -18,6 +18,7 @@ use super::sigv4;
 use super::upstream::Target;
 use crate::http::head::{self, Framing};
 use crate::policy::{Service, ServiceFault, VaultPolicy, check_path};
+use crate::rules::Verdict;
 use crate::scrub::Masker;
 use crate::spec::Surface;
 
@@ -34,6 +35,8 @@ pub(super) struct Prepared<'v> {
     pub(super) expect_continue: bool,
     /// A WebSocket handshake: `Upgrade: websocket` is forwarded (other upgrades are dropped).
     pub(super) websocket: bool,
+    /// What the service's rules decided (carried out by the exchange).
+    pub(super) verdict: Verdict<'v>,
 }
 
 /// The `Host` value for an authority: the port only when it is not the scheme's default.
@@ -45,13 +48,14 @@ pub fn host_header(t: &Target) -> String {
     }
 }
 
-/// Checks `req` against `target`, matches its service in `vault` and builds the upstream head.
-/// `absolute_ok` is set for plain-HTTP proxying, where the target is absolute-form; `api_base`
-/// goes into the `no_service` hint.
+/// Checks `req` against `target`, matches its service in `vault`, judges it by the service's
+/// rules for `agent` and builds the upstream head. `absolute_ok` is set for plain-HTTP proxying,
+/// where the target is absolute-form; `api_base` goes into the `no_service` hint.
 pub(super) fn prepare<'v>(
     req: &Request,
     target: &Target,
     vault: &'v VaultPolicy,
+    agent: Option<&str>,
     absolute_ok: bool,
     api_base: &str,
 ) -> Result<Prepared<'v>, ProxyError> {
@@ -63,6 +67,15 @@ pub(super) fn prepare<'v>(
     check_path(path).map_err(|m| ProxyError::new(ErrorKind::BadPath, m))?;
     let framing = req.framing()?;
     let service = service_for(vault, target, path, api_base)?;
+    let verdict = match service.rules.as_deref() {
+        None => Verdict::ALLOW,
+        Some(rules) => rules.evaluate(agent, req, path, query).map_err(|_| {
+            let m = "the path cannot be matched against the service's rules unambiguously \
+                     (an encoded / or \\, an empty segment, or ..;)";
+            ProxyError::new(ErrorKind::RulePathAmbiguous, m)
+                .hint("send the path as the API documents it")
+        })?,
+    };
     let connection = req.connection();
     let websocket = is_websocket(req, &connection);
     let mut head = request_line(service, req.method(), path, query, target)?;
@@ -82,6 +95,7 @@ pub(super) fn prepare<'v>(
         client_close: req.wants_close(),
         expect_continue,
         websocket,
+        verdict,
     })
 }
 
@@ -265,7 +279,7 @@ pub fn upstream_head(
     vault: &VaultPolicy,
 ) -> Result<usize, ProxyError> {
     let req = Request::parse(raw.to_vec())?;
-    Ok(prepare(&req, target, vault, false, "")?.head.len())
+    Ok(prepare(&req, target, vault, None, false, "")?.head.len())
 }
 
 /// Replaces placeholders allowed on `surface`; a placeholder on a surface not declared for it is

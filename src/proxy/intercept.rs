@@ -14,7 +14,7 @@ use super::Shared;
 use super::auth::{Checked, Identity};
 use super::client::{self, Next, established, reply_and_close};
 use super::error::{ErrorKind, ProxyError};
-use super::exchange;
+use super::exchange::{self, Route};
 use super::limits::AgentBucket;
 use super::log::Entry;
 use super::outcome::{ExchangeError, Outcome};
@@ -90,7 +90,7 @@ async fn leaf<S: AsyncReadRent + AsyncWriteRent>(
 
 /// What every request of one intercepted tunnel shares.
 struct Tunnel<'a> {
-    shared: &'a Shared,
+    shared: &'a Arc<Shared>,
     target: &'a Target,
     id: &'a Identity,
     /// The agent's limits, looked up once for the tunnel.
@@ -116,7 +116,13 @@ impl Tunnel<'_> {
             Ok(req) => {
                 entry.request(&req);
                 let row = &mut entry.row;
-                exchange::exchange(shared, conn, &req, self.target, vault, false, row).await
+                let route = Route {
+                    target: self.target,
+                    vault,
+                    agent: self.id.agent.as_deref(),
+                    absolute_ok: false,
+                };
+                exchange::exchange(shared, conn, &req, route, row).await
             }
             Err(e) => Err(e.into()),
         };

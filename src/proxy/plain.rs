@@ -9,7 +9,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
 use super::connect::parse_authority;
 use super::error::{ErrorKind, ProxyError, no_service};
-use super::exchange;
+use super::exchange::{self, Route};
 use super::log::{Entry, refuse_unmatched};
 use super::outcome::{ExchangeError, Outcome};
 use super::request::Request;
@@ -47,7 +47,13 @@ pub(super) async fn serve<S: AsyncReadRent + AsyncWriteRent>(
     let mut entry = Entry::new(&id, &target.host);
     entry.request(req);
     let row = &mut entry.row;
-    let result = exchange::exchange(shared, client, req, &target, vault, true, row).await;
+    let route = Route {
+        target: &target,
+        vault,
+        agent: id.agent.as_deref(),
+        absolute_ok: true,
+    };
+    let result = exchange::exchange(shared, client, req, route, row).await;
     entry.finish(shared, &result);
     result
 }

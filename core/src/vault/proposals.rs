@@ -140,7 +140,7 @@ fn check_text(field: &str, text: &str, cap: usize) -> Result<(), VaultError> {
     Ok(())
 }
 
-fn digest(
+pub(super) fn digest(
     vault: &str,
     services: &[ServiceChange],
     slots: &[CredentialSlot],
@@ -271,7 +271,11 @@ impl Store {
             let pending = t
                 .scan::<ProposalRecord>(t.dbs().proposals, "proposals", b"")?
                 .iter()
-                .filter(|(_, p)| p.vault == vault && p.status_at(at) == ProposalStatus::Pending)
+                .filter(|(_, p)| {
+                    p.vault == vault
+                        && p.held.is_none()
+                        && p.status_at(at) == ProposalStatus::Pending
+                })
                 .count();
             if pending >= MAX_PENDING {
                 return Err(VaultError::TooManyPending {
@@ -295,6 +299,7 @@ impl Store {
                 decided_by: None,
                 reason: None,
                 applied_generation: None,
+                held: None,
             };
             t.put(t.dbs().proposals, &record.id.to_be_bytes(), &record)?;
             let who = agent.map_or_else(|| "agent".to_owned(), |a| format!("agent:{a}"));
@@ -500,7 +505,7 @@ pub fn review_json(store: &Store, p: &ProposalRecord) -> Result<serde_json::Valu
 }
 
 /// A proposal that can still be decided (row 49): pending, not expired, unchanged.
-fn decidable(
+pub(super) fn decidable(
     p: Option<ProposalRecord>,
     id: u64,
     digest: Option<&str>,

@@ -193,6 +193,31 @@ pub struct ProposalRecord {
     pub reason: Option<String>,
     /// The vault generation that carries the applied change.
     pub applied_generation: Option<u64>,
+    /// A request held by a `hold` rule: approving the proposal lets it go upstream
+    /// ([`super::holds`]); such a proposal changes no service or credential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<HeldRequest>,
+}
+
+/// What an operator sees of a held request: never a header value, a query value or a whole body.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq, Serialize)]
+pub struct HeldRequest {
+    pub service: String,
+    /// The rule that held it; `None`: the service's `rules_default: hold`.
+    pub rule: Option<String>,
+    pub method: String,
+    /// The authority, with its port when not the scheme's default.
+    pub host: String,
+    /// Without the query.
+    pub path: String,
+    pub query_keys: Vec<String>,
+    pub header_names: Vec<String>,
+    pub body_bytes: u64,
+    /// The start of the body with the values of secret-looking fields redacted.
+    pub body_preview: String,
+    /// The serve process waiting on it (its start time and pid): a restarted serve rejects
+    /// what it held.
+    pub node: String,
 }
 
 impl ProposalRecord {

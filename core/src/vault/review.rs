@@ -227,6 +227,7 @@ mod tests {
             decided_by: None,
             reason: None,
             applied_generation: None,
+            held: None,
         }
     }
 

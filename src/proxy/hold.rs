@@ -1,0 +1,149 @@
+//! The hold step: a request a `hold` rule stopped (its body already read, at most
+//! [`HOLD_BODY_MAX`]) is stored as a held-request proposal off the worker thread, then waits
+//! while an operator is asked (admin UI, CLI, webhook). Approved: the exchange forwards it with
+//! the credential; rejected or past `hold_timeout`: `403 hold_rejected` / `403 hold_timed_out`,
+//! and nothing goes upstream. The wait reads the proposal's status from LMDB (a read, no lock)
+//! every [`POLL`]; it holds no state another request touches.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Shared;
+use super::error::{ErrorKind, ProxyError};
+use super::exchange::RETRY_BODY_MAX;
+use super::inject::Prepared;
+use super::request::Request;
+use super::upstream::Target;
+use crate::vault::VaultError;
+use crate::vault::records::{HeldRequest, ProposalStatus};
+
+/// Largest body a held request may have (it waits in memory).
+pub(super) const HOLD_BODY_MAX: u64 = RETRY_BODY_MAX;
+/// How often a held request looks for the operator's answer.
+const POLL: Duration = Duration::from_millis(200);
+/// How long past its expiry a held request still looks for an approval (a fleet's approval
+/// may take a moment to reach this node).
+const GRACE_SECS: u64 = 1;
+
+/// This run's name for its held requests.
+pub fn node_id(node: &str) -> String {
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!("{node}/{}-{started}", std::process::id())
+}
+
+/// Rejects the held requests of this node's earlier runs: their agents are gone.
+pub fn reject_stale(shared: &Shared) {
+    let prefix = shared.hold_node.split('/').next().unwrap_or_default();
+    match shared
+        .store
+        .reject_held(&format!("{prefix}/"), &shared.hold_node)
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(n, "rejected requests held before this start"),
+        Err(e) => tracing::warn!("rejecting requests held before this start failed: {e}"),
+    }
+}
+
+/// What the operator is shown of a request to be held: never a header or query value.
+pub(super) fn describe(
+    req: &Request,
+    target: &Target,
+    prepared: &Prepared<'_>,
+    body: &[u8],
+    shared: &Shared,
+) -> HeldRequest {
+    let t = req.target();
+    // An absolute-form target (plain HTTP) is cut to its path.
+    let path_and_query = match t.split_once("://") {
+        Some((_, rest)) => rest.find('/').map_or("/", |i| &rest[i..]),
+        None => t,
+    };
+    let (path, query) = path_and_query
+        .split_once('?')
+        .map_or((path_and_query, ""), |(p, q)| (p, q));
+    let content_type = req
+        .headers()
+        .find(|h| h.name.eq_ignore_ascii_case("content-type"))
+        .map(|h| String::from_utf8_lossy(h.value).into_owned())
+        .unwrap_or_default();
+    let mut header_names: Vec<String> = req
+        .headers()
+        .map(|h| h.name.to_ascii_lowercase())
+        .filter(|n| n != "proxy-authorization")
+        .collect();
+    header_names.dedup();
+    let mut preview = crate::vault::holds::preview(body, &content_type).into_bytes();
+    // The agent holds no secret, but a response may have echoed one into its context.
+    prepared.scrub.mask(&mut preview);
+    HeldRequest {
+        service: prepared.service.name.clone(),
+        rule: prepared.verdict.name().map(str::to_owned),
+        method: req.method().to_owned(),
+        host: super::inject::host_header(target),
+        path: path.to_owned(),
+        query_keys: query
+            .split('&')
+            .filter_map(|p| p.split('=').next())
+            .filter(|k| !k.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        header_names,
+        body_bytes: body.len() as u64,
+        body_preview: String::from_utf8_lossy(&preview).into_owned(),
+        node: shared.hold_node.clone(),
+    }
+}
+
+/// Asks for `held` and waits for the answer: `Ok` once approved.
+pub(super) async fn wait(
+    shared: &Arc<Shared>,
+    vault: &str,
+    agent: Option<&str>,
+    held: HeldRequest,
+) -> Result<(), ProxyError> {
+    let ttl = shared.tunables().hold_timeout.as_secs().max(1);
+    let (s, v, a) = (shared.clone(), vault.to_owned(), agent.map(str::to_owned));
+    let created = monoio::spawn_blocking(move || s.store.create_hold(&v, a.as_deref(), held, ttl))
+        .await
+        .unwrap_or_else(|_| Err(VaultError::Invalid("the write did not run".into())));
+    let record = created.map_err(|e| match e {
+        VaultError::TooManyPending { max, .. } => ProxyError::new(
+            ErrorKind::TooManyHolds,
+            format!("{max} requests of this vault already wait for an operator"),
+        ),
+        e => ProxyError::new(
+            ErrorKind::StorageUnavailable,
+            format!("holding the request: {e}"),
+        ),
+    })?;
+    let id = record.id;
+    tracing::info!(id, vault, "a request waits for an operator");
+    let asked = shared
+        .approval_url(id)
+        .map_or_else(|| format!("proposal {id}"), |u| u);
+    loop {
+        monoio::time::sleep(POLL).await;
+        let p = shared.store.proposal(id).map_err(|e| {
+            ProxyError::new(
+                ErrorKind::StorageUnavailable,
+                format!("reading the hold: {e}"),
+            )
+        })?;
+        match p.status {
+            ProposalStatus::Applied => return Ok(()),
+            ProposalStatus::Rejected => {
+                let why = p.reason.map(|r| format!(": {r}")).unwrap_or_default();
+                let m = format!("an operator rejected this request ({asked}){why}");
+                return Err(ProxyError::new(ErrorKind::HoldRejected, m));
+            }
+            _ if crate::vault::now() >= p.expires_at + GRACE_SECS => {
+                let m = format!("no operator answered within {ttl} s ({asked})");
+                return Err(ProxyError::new(ErrorKind::HoldTimedOut, m)
+                    .hint("ask the user to approve it, then send the request again"));
+            }
+            _ => {}
+        }
+    }
+}
