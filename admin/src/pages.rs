@@ -42,6 +42,7 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/proposals/{id}/reject", post(reject))
         .route("/requests", get(requests))
         .route("/hosts", get(hosts_tried))
+        .route("/rules", get(rules))
         .route("/audit", get(audit))
 }
 
@@ -309,6 +310,16 @@ fn proposal_body(
             @if !p.user_message.is_empty() { h2 { "The agent says" } p.message { (inert(&p.user_message)) } }
             @if let Some(r) = &p.reason { p { "Reason: " (r) } }
         }
+        @if let Some(h) = &p.held {
+            div.card.held {
+                h2 { "Held request" }
+                p.muted { "A request rule stopped this request. Approve to send it with the credential; reject to refuse it. Nothing else changes." }
+                dl {
+                    @for (name, value) in h.lines() { dt { (name) } dd { code { (value) } } }
+                    @if !h.body_preview.is_empty() { dt { "body preview" } dd { pre.message { (h.body_preview) } } }
+                }
+            }
+        }
         @match review {
             Some(r) => { @for d in &r.services { (service_card(d)) } }
             None => { @for c in &p.services {
@@ -444,9 +455,73 @@ async fn requests(
                 tbody { @for (_, r) in &rows { tr {
                     td.muted { (airlock_core::vault::rfc3339(r.at_ms / 1000)) }
                     td { (r.method) " " code { (r.host) (r.path) } }
-                    td { (r.status) } td { (r.service.as_deref().unwrap_or("-")) } td { (r.agent.as_deref().unwrap_or("-")) } td { (r.error.as_deref().unwrap_or("")) }
+                    td { (r.status) }
+                    td { (r.service.as_deref().unwrap_or("-")) @if let Some(rule) = &r.rule { br; span.muted { "rule " (rule) } } }
+                    td { (r.agent.as_deref().unwrap_or("-")) } td { (r.error.as_deref().unwrap_or("")) }
                 } } }
             }
+        },
+    )
+}
+
+/// Every service's request rules with their hits in the request log: how many requests each
+/// rule decided, and how many of those it refused or held.
+async fn rules(State(state): St, Extension(session): Extension<Session>) -> Response {
+    if session.operator.is_none() {
+        return login_redirect();
+    }
+    let rows = airlock_core::requestlog::read(&state.data_dir, None, 0).unwrap_or_default();
+    // (vault, service, rule) -> (decided, refused or held)
+    let mut hits: HashMap<(&str, &str, &str), (u64, u64)> = HashMap::new();
+    for (_, r) in &rows {
+        if let (Some(service), Some(rule)) = (&r.service, &r.rule) {
+            let e = hits
+                .entry((r.vault.as_str(), service.as_str(), rule.as_str()))
+                .or_default();
+            e.0 += 1;
+            e.1 += u64::from(r.error.is_some());
+        }
+    }
+    let vaults = state.store.vaults().unwrap_or_default();
+    let with_rules: Vec<_> = vaults
+        .iter()
+        .map(|v| {
+            let services = state.store.services(&v.name).unwrap_or_default();
+            let services: Vec<_> = services
+                .into_iter()
+                .filter(|s| !s.spec.rules.is_empty() || s.spec.rules_default.is_some())
+                .collect();
+            (v, services)
+        })
+        .filter(|(_, s)| !s.is_empty())
+        .collect();
+    render(
+        &state,
+        &session,
+        "Request rules",
+        html! {
+            p.muted { "Rules naming the agent are checked first, then the others, in order; the first that matches decides. Hits count the request log's rows." }
+            @if with_rules.is_empty() { p { "No service has rules. Add " code { "rules:" } " to a service (see the README)." } }
+            @for (v, services) in &with_rules { @for s in services {
+                div.card {
+                    h2 { "Vault " (v.name) " · service " code { (s.spec.name) } }
+                    table {
+                        thead { tr { th { "Rule" } th { "Action" } th { "When" } th { "Hits" } th { "Refused or held" } } }
+                        tbody {
+                            @for r in &s.spec.rules {
+                                @let (decided, refused) = hits.get(&(v.name.as_str(), s.spec.name.as_str(), r.name.as_str())).copied().unwrap_or_default();
+                                tr {
+                                    td { code { (r.name) } }
+                                    td { (r.per_minute.map_or_else(|| r.action.as_str().to_owned(), |n| format!("limit {n}/min"))) }
+                                    td { code { (r.conditions()) } }
+                                    td { (decided) } td { (refused) }
+                                }
+                            }
+                            tr { td { "(no rule matched)" } td { (s.spec.rules_default().as_str()) } td { "" } td { "" } td { "" } }
+                        }
+                    }
+                }
+            } }
         },
     )
 }

@@ -35,6 +35,7 @@ form.inline { display:inline; } form.inline button { margin:0; padding:.2rem .6r
 .warn { color:var(--bad); } .flash.reuse { font-size:1.05rem; border:2px solid var(--bad); }
 label.confirm { display:block; margin:.8rem 0; font-weight:600; color:var(--bad); }
 code { font-size:.9em; overflow-wrap:anywhere; }
+dl { display:grid; grid-template-columns:max-content 1fr; gap:.3rem 1rem; margin:0; } dt { font-weight:600; color:var(--muted); } dd { margin:0; }
 @media (max-width: 600px) { th:nth-child(n+4), td:nth-child(n+4) { display:none; } }
 "#;
 
@@ -58,6 +59,7 @@ pub(crate) fn page(title: &str, session: &Session, pending: usize, body: Markup)
                         a href="/agents" { "Agents" }
                         a href="/requests" { "Requests" }
                         a href="/hosts" { "Hosts tried" }
+                        a href="/rules" { "Rules" }
                         a href="/audit" { "Audit" }
                         form.inline method="post" action="/logout" {
                             input type="hidden" name="csrf" value=(session.csrf);

@@ -85,6 +85,18 @@ pub(crate) fn message(p: &ProposalRecord, approval_url: Option<&str>) -> serde_j
         || format!("run `airlock proposal show {}`", p.id),
         |u| format!("review: {u}"),
     );
+    if let Some(h) = &p.held {
+        let text = format!(
+            "airlock: {} has a request waiting in vault {} (proposal {}): {}. Answer before {}; {}",
+            p.agent.as_deref().unwrap_or("an agent"),
+            p.vault,
+            p.id,
+            slack_escape(&h.summary()),
+            airlock_core::vault::rfc3339(p.expires_at),
+            link,
+        );
+        return serde_json::json!({ "text": text });
+    }
     let text = format!(
         "airlock: {} asks for access in vault {} (proposal {}): hosts {}; credentials {}. {}{}",
         p.agent.as_deref().unwrap_or("an agent"),

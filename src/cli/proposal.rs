@@ -148,6 +148,15 @@ fn show(p: &ProposalRecord, review: Option<&Review>) {
             println!("\nWARNING: {w} (approve needs --allow-credential-reuse)");
         }
     }
+    if let Some(h) = &p.held {
+        println!("\nHeld request (approve to send it, reject to refuse it):");
+        for (name, value) in h.lines() {
+            println!("  {name}: {value}");
+        }
+        if !h.body_preview.is_empty() {
+            println!("  body preview: {}", h.body_preview.replace('\n', "\n    "));
+        }
+    }
     if !p.user_message.is_empty() {
         println!(
             "\nThe agent says:\n  {}",

@@ -17,6 +17,7 @@ use super::outcome::{ExchangeError, Outcome};
 use super::request::Request;
 use crate::http::head::Framing;
 use crate::http::io::BufConn;
+use crate::spec::RuleSpec;
 use crate::vault::now;
 use crate::vault::records::{ProposalRecord, ProposalStatus, ServiceChange};
 use crate::vault::tokens::TokenKind;
@@ -221,7 +222,20 @@ fn discover(shared: &Shared, id: &Identity) -> Result<Reply, ProxyError> {
         .map_err(ProxyError::from)?
         .into_iter()
         .filter(|s| s.spec.enabled)
-        .map(|s| json!({"name": s.spec.name, "host": s.spec.host, "auth": s.spec.auth_type()}))
+        .map(|s| {
+            let mut entry =
+                json!({"name": s.spec.name, "host": s.spec.host, "auth": s.spec.auth_type()});
+            // The rules that apply to this agent, so a well-behaved agent does not try.
+            let mine = |r: &&RuleSpec| {
+                r.agents.is_empty() || id.agent.as_ref().is_some_and(|a| r.agents.contains(a))
+            };
+            let rules: Vec<&RuleSpec> = s.spec.rules.iter().filter(mine).collect();
+            if !rules.is_empty() || s.spec.rules_default.is_some() {
+                entry["rules"] = json!(rules);
+                entry["rules_default"] = json!(s.spec.rules_default());
+            }
+            entry
+        })
         .collect();
     let credentials: Vec<String> = shared
         .store

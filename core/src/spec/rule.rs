@@ -161,8 +161,17 @@ impl TryFrom<RawRule> for RuleSpec {
 }
 
 impl RuleSpec {
-    /// The rule in one line for a reviewer: `name: action [per minute] when conditions`.
+    /// The rule in one line for a reviewer: `name: action [per minute] conditions`.
     pub fn describe(&self) -> String {
+        let action = match self.per_minute {
+            Some(n) => format!("limit {n}/min"),
+            None => self.action.as_str().to_owned(),
+        };
+        format!("{}: {action} {}", self.name, self.conditions())
+    }
+
+    /// The conditions in words: `DELETE /v1/*`, or `every request`.
+    pub fn conditions(&self) -> String {
         let mut when = Vec::new();
         if !self.agents.is_empty() {
             when.push(format!("agent {}", self.agents.join("|")));
@@ -179,14 +188,10 @@ impl RuleSpec {
         if !self.headers.is_empty() {
             when.push(format!("header {}", self.headers.join(", ")));
         }
-        let action = match self.per_minute {
-            Some(n) => format!("limit {n}/min"),
-            None => self.action.as_str().to_owned(),
-        };
         if when.is_empty() {
-            format!("{}: {action} every request", self.name)
+            "every request".to_owned()
         } else {
-            format!("{}: {action} {}", self.name, when.join(" "))
+            when.join(" ")
         }
     }
 }

@@ -500,7 +500,7 @@ pub fn review_json(store: &Store, p: &ProposalRecord) -> Result<serde_json::Valu
         })).collect::<Vec<_>>(),
         "message": p.message, "user_message": p.user_message, "digest": p.digest,
         "created_at": super::rfc3339(p.created_at), "expires_at": super::rfc3339(p.expires_at),
-        "decided_by": p.decided_by, "reason": p.reason,
+        "decided_by": p.decided_by, "reason": p.reason, "held": p.held,
     }))
 }
 

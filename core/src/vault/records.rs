@@ -220,9 +220,54 @@ pub struct HeldRequest {
     pub node: String,
 }
 
+impl HeldRequest {
+    /// `POST api.stripe.com/v1/refunds, held by rule R of service S`.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} {}{}, held by {}",
+            self.method,
+            self.host,
+            self.path,
+            self.by()
+        )
+    }
+
+    /// What held it: `rule R of service S`, or the service's default.
+    fn by(&self) -> String {
+        self.rule.as_deref().map_or_else(
+            || format!("service {}'s rules_default", self.service),
+            |r| format!("rule {r} of service {}", self.service),
+        )
+    }
+
+    /// The request for a reviewer, one fact per line (every part already inert text).
+    pub fn lines(&self) -> Vec<(&'static str, String)> {
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "-".to_owned()
+            } else {
+                v.join(", ")
+            }
+        };
+        vec![
+            (
+                "request",
+                format!("{} {}{}", self.method, self.host, self.path),
+            ),
+            ("held by", self.by()),
+            ("query keys", list(&self.query_keys)),
+            ("headers", list(&self.header_names)),
+            ("body", format!("{} bytes", self.body_bytes)),
+        ]
+    }
+}
+
 impl ProposalRecord {
     /// The hosts (or, for removals, the service names) a proposal touches.
     pub fn hosts(&self) -> Vec<&str> {
+        if let Some(h) = &self.held {
+            return vec![h.host.as_str()];
+        }
         self.services
             .iter()
             .map(|c| match c {
