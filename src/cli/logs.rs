@@ -72,7 +72,7 @@ fn print_row(r: &Row, json: bool) {
         return;
     }
     println!(
-        "{:<20}  {:<7} {:<28} {:<32} {:>6} {:>9} {:>8.1}  {:<12} {:<12} {}",
+        "{:<20}  {:<7} {:<28} {:<32} {:>6} {:>9} {:>8.1}  {:<12} {:<12} {}{}",
         rfc3339(r.at_ms / 1000),
         r.method,
         r.host,
@@ -82,6 +82,10 @@ fn print_row(r: &Row, json: bool) {
         r.latency_us as f64 / 1000.0,
         r.service.as_deref().unwrap_or("-"),
         r.agent.as_deref().unwrap_or("-"),
-        r.error.as_deref().unwrap_or("")
+        r.error.as_deref().unwrap_or(""),
+        r.rule
+            .as_deref()
+            .map(|n| format!(" rule={n}"))
+            .unwrap_or_default()
     );
 }

@@ -515,7 +515,7 @@ mod tests {
                 upstream_tls: Arc::new(client_config(provider, None).unwrap()),
                 egress: Default::default(),
                 admin_base: None,
-                hold_timeout: std::time::Duration::from_secs(1),
+                hold_timeout: Duration::from_secs(1),
             },
             limits: Limits {
                 max_connections: 4,

@@ -57,7 +57,7 @@ fn propose(s: &Setup, user_message: &str) -> Value {
     serde_json::from_str(&output(c, None).ok().stdout).unwrap()
 }
 
-fn artifacts() -> PathBuf {
+pub(crate) fn artifacts() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser-artifacts");
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -502,10 +502,11 @@ fn management_pages_act_through_the_store() {
     }
 }
 
-/// The webhook: one Slack-compatible message per new proposal, with the approval link and no
-/// secret (an agent-supplied value stays sealed).
-#[test]
-fn webhook_notifies_new_proposals_without_secrets() {
+/// A Slack-compatible webhook receiver on 127.0.0.1: its address and the bodies it received.
+pub(crate) fn webhook_sink() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
     use std::io::{Read, Write};
     let hook = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let hook_addr = hook.local_addr().unwrap();
@@ -539,6 +540,14 @@ fn webhook_notifies_new_proposals_without_secrets() {
             }
         }
     });
+    (hook_addr, got)
+}
+
+/// The webhook: one Slack-compatible message per new proposal, with the approval link and no
+/// secret (an agent-supplied value stays sealed).
+#[test]
+fn webhook_notifies_new_proposals_without_secrets() {
+    let (hook_addr, got) = webhook_sink();
     let cfg_dir = tempfile::tempdir().unwrap();
     let cfg = cfg_dir.path().join("airlock.toml");
     std::fs::write(&cfg, format!("webhook_url = \"http://{hook_addr}/hook\"\nadmin_url = \"https://airlock.example.com/\"\n")).unwrap();

@@ -20,6 +20,7 @@ mod proxy;
 mod proxy_harness;
 mod proxy_tls;
 mod rows;
+mod rules;
 mod run;
 mod storage;
 mod vault_keys;

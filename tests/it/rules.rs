@@ -1,0 +1,598 @@
+//! Request rules end to end (issue #18): a real serve, a real HTTPS origin, curl as the agent.
+//! Allow, deny and limit rules, the per-agent override, query and header conditions, the
+//! spellings that must not get around a rule (security rows 96, 97), what the agent is told
+//! (discover, error codes, hints), the request log; and held requests approved in headless
+//! Chromium, rejected on the CLI, timed out, and rejected by a restart, with the webhook told.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::admin::{PASSWORD, admin_url, artifacts, webhook_sink};
+use crate::harness::{Run, output};
+use crate::proxy::Setup;
+use crate::proxy_harness::Proxy;
+
+const RULED: &str = r#"
+services:
+  - name: openai
+    host: api.openai.com
+    auth: {type: bearer, token: OPENAI_KEY}
+    rules:
+      - {name: no-deletes, methods: [DELETE], path: "/v1/*", action: deny, hint: "archive it instead"}
+      - {name: cleanup-may-delete, agents: [cleanup], methods: [DELETE], action: allow}
+      - {name: slow-files, methods: [POST], path: "/v1/files", action: limit, per_minute: 3}
+      - {name: no-confirmed-dry-runs, query: [dry_run], headers: [x-confirm], action: deny}
+      - {name: refunds-need-a-person, methods: [POST], path: "/v1/refunds", action: hold}
+"#;
+
+/// curl through the proxy as the holder of `token`: the status, then the headers and body.
+fn curl_as(s: &Setup, token: &str, args: &[&str]) -> Run {
+    let mut c = std::process::Command::new("curl");
+    c.args([
+        "-sS",
+        "-i",
+        "--suppress-connect-headers",
+        "--max-time",
+        "60",
+        "--proxy",
+    ])
+    .arg(s.proxy.url(token, "default"))
+    .arg("--cacert")
+    .arg(s.ca())
+    .args(args);
+    let run = output(c, None);
+    s.assert_no_secret(&run.stdout);
+    run
+}
+
+fn status(run: &Run) -> u16 {
+    run.stdout
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The `x-airlock-error` code of a response printed by `curl -i`.
+fn code(run: &Run) -> String {
+    run.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("x-airlock-error: "))
+        .unwrap_or("")
+        .trim()
+        .to_owned()
+}
+
+fn origin_count(s: &Setup) -> usize {
+    s.origin.recorded().len()
+}
+
+/// Waits until the proxy serves the rules just set (the watcher polls every 100 ms).
+fn wait_for_rules(s: &Setup) {
+    let start = Instant::now();
+    loop {
+        let r = s.curl(&[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "DELETE",
+            "https://api.openai.com/v1/x",
+        ]);
+        if r.stdout == "403" {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "rules not applied: {r:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn rules_allow_deny_limit_and_per_agent_override() {
+    let s = Setup::new("auto");
+    s.env.set_services(RULED);
+    wait_for_rules(&s);
+    let cleanup = s.env.agent_token("cleanup", "default");
+    let before = origin_count(&s);
+
+    // Deny: 403 with the rule, the hint, and nothing upstream.
+    let r = curl_as(
+        &s,
+        &s.token,
+        &["-X", "DELETE", "https://api.openai.com/v1/files/f1"],
+    );
+    assert_eq!(
+        (status(&r), code(&r).as_str()),
+        (403, "rule_denied"),
+        "{r:?}"
+    );
+    assert!(
+        r.stdout.contains("no-deletes") && r.stdout.contains("archive it instead"),
+        "{r:?}"
+    );
+    // Rows 96, 97: other spellings of the same request meet the same rule, or are refused.
+    for args in [
+        &["-X", "delete", "https://api.openai.com/v1/files/f1"][..],
+        &["-X", "DELETE", "https://api.openai.com/v1/%66iles/f1"],
+        &["-X", "DELETE", "https://api.openai.com/v1/files;x=1/f1"],
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "X-HTTP-Method-Override: DELETE",
+            "https://api.openai.com/v1/files/f1",
+        ],
+        &[
+            "-X",
+            "GET",
+            "https://api.openai.com/v1/files/f1?_method=DELETE",
+        ],
+    ] {
+        let r = curl_as(&s, &s.token, args);
+        assert_eq!(
+            (status(&r), code(&r).as_str()),
+            (403, "rule_denied"),
+            "{args:?}: {r:?}"
+        );
+    }
+    for path in ["/v1%2Ffiles/f1", "/v1/..;/v1/files/f1"] {
+        let r = curl_as(
+            &s,
+            &s.token,
+            &[
+                "--path-as-is",
+                "-X",
+                "DELETE",
+                &format!("https://api.openai.com{path}"),
+            ],
+        );
+        assert_eq!(
+            (status(&r), code(&r).as_str()),
+            (400, "rule_path_ambiguous"),
+            "{path}: {r:?}"
+        );
+    }
+    assert_eq!(
+        origin_count(&s),
+        before,
+        "a refused request reached the upstream"
+    );
+
+    // The per-agent override: the cleanup agent may delete, with the credential injected.
+    let r = curl_as(
+        &s,
+        &cleanup,
+        &["-X", "DELETE", "https://api.openai.com/v1/files/f1"],
+    );
+    assert_eq!(status(&r), 200, "{r:?}");
+    let last = s.last();
+    assert!(
+        last.request_line().starts_with("DELETE /v1/files/f1 "),
+        "{}",
+        last.head
+    );
+    assert_eq!(
+        last.header("authorization"),
+        [format!("Bearer {}", s.secret("OPENAI_KEY"))]
+    );
+
+    // Limit: a burst of per_minute, then 429.
+    let posts: Vec<u16> = (0..4)
+        .map(|_| {
+            status(&curl_as(
+                &s,
+                &s.token,
+                &["-X", "POST", "-d", "x", "https://api.openai.com/v1/files"],
+            ))
+        })
+        .collect();
+    assert_eq!(posts, [200, 200, 200, 429]);
+    let r = curl_as(
+        &s,
+        &s.token,
+        &["-X", "POST", "-d", "x", "https://api.openai.com/v1/files"],
+    );
+    assert_eq!(code(&r), "rule_limited", "{r:?}");
+
+    // Query and header conditions: both must be present.
+    let q = "https://api.openai.com/v1/runs?dry_run=1";
+    assert_eq!(
+        status(&curl_as(&s, &s.token, &["-H", "X-Confirm: yes", q])),
+        403
+    );
+    assert_eq!(status(&curl_as(&s, &s.token, &[q])), 200);
+    assert_eq!(
+        status(&curl_as(
+            &s,
+            &s.token,
+            &["-H", "X-Confirm: yes", "https://api.openai.com/v1/runs"]
+        )),
+        200
+    );
+    // No rule: the default, allow.
+    assert_eq!(
+        status(&curl_as(
+            &s,
+            &s.token,
+            &["https://api.openai.com/v1/models"]
+        )),
+        200
+    );
+
+    // The agent is told which rules apply to it (not the cleanup agent's own).
+    let mut c = std::process::Command::new("curl");
+    c.args([
+        "-sS",
+        "--noproxy",
+        "*",
+        "-H",
+        &format!("Authorization: Bearer {}", s.token),
+    ])
+    .arg(format!("http://{}/v1/discover", s.proxy.addr));
+    let d: Value = serde_json::from_str(&output(c, None).ok().stdout).unwrap();
+    let openai = d["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "openai")
+        .unwrap();
+    let names: Vec<&str> = openai["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "no-deletes",
+            "slow-files",
+            "no-confirmed-dry-runs",
+            "refunds-need-a-person"
+        ]
+    );
+    assert_eq!(openai["rules_default"], "allow");
+    assert_eq!(openai["rules"][0]["hint"], "archive it instead");
+
+    // The request log names the rule of every decided request.
+    std::thread::sleep(Duration::from_millis(600));
+    let rows: Vec<Value> = s
+        .env
+        .run(&["logs", "--vault", "default", "--json"])
+        .ok()
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let with = |rule: &str, error: Option<&str>| {
+        rows.iter()
+            .filter(|r| r["rule"] == rule && r["error"].as_str() == error)
+            .count()
+    };
+    assert!(with("no-deletes", Some("rule_denied")) >= 6, "{rows:?}");
+    assert_eq!(with("cleanup-may-delete", None), 1);
+    assert_eq!(with("slow-files", Some("rule_limited")), 2);
+    assert_eq!(with("slow-files", None), 3);
+}
+
+#[test]
+fn malformed_rules_are_refused_with_their_line() {
+    let s = crate::harness::Env::init();
+    for (rule, want) in [
+        ("{name: slow, action: limit}", "per_minute"),
+        (
+            "{name: no-deletes, methods: [DELETE], path: \"/v1/**\", action: deny}",
+            "**",
+        ),
+        ("{name: no-deletes, action: deny, colour: red}", "colour"),
+        (
+            "{name: held, action: hold, per_minute: 3}",
+            "only a limit rule",
+        ),
+    ] {
+        let yaml = format!(
+            "services:\n  - name: openai\n    host: api.openai.com\n    auth: {{type: bearer, token: K}}\n    rules:\n      - {{name: fine, action: allow}}\n      - {rule}\n"
+        );
+        let file = s.write("bad.yaml", &yaml);
+        let r = s.run(&["service", "set", "-f", file.to_str().unwrap()]);
+        let e = r.fails();
+        assert!(e.contains(want) && e.contains("line 7"), "{rule}: {e}");
+    }
+    let dup = "services:\n  - name: openai\n    host: api.openai.com\n    auth: {type: bearer, token: K}\n    rules:\n      - {name: same, action: allow}\n      - {name: same, action: deny}\n";
+    let file = s.write("dup.yaml", dup);
+    let e = s
+        .run(&["service", "set", "-f", file.to_str().unwrap()])
+        .fails()
+        .to_owned();
+    assert!(e.contains("\"same\" appears twice"), "{e}");
+}
+
+/// A POST held by a rule, sent from a thread: its curl output once answered.
+fn held_post(s: &Setup, path: &'static str, body: &'static str) -> std::thread::JoinHandle<Run> {
+    let (url, ca) = (s.proxy.url(&s.token, "default"), s.ca());
+    std::thread::spawn(move || {
+        let mut c = std::process::Command::new("curl");
+        let quiet = "--suppress-connect-headers";
+        c.args([
+            "-sS",
+            "-i",
+            quiet,
+            "--max-time",
+            "90",
+            "--proxy",
+            &url,
+            "--cacert",
+        ])
+        .arg(ca)
+        .args([
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            body,
+        ])
+        .arg(format!("https://api.openai.com{path}"));
+        output(c, None)
+    })
+}
+
+/// Waits for a pending held request; its proposal id.
+fn wait_held(s: &Setup, already: &[u64]) -> u64 {
+    let start = Instant::now();
+    loop {
+        let out = s
+            .env
+            .run(&["proposal", "list", "--status", "pending", "--json"])
+            .ok()
+            .stdout;
+        let list: Vec<Value> = serde_json::from_str(&out).unwrap_or_default();
+        if let Some(id) = list
+            .iter()
+            .filter(|p| !p["held"].is_null())
+            .filter_map(|p| p["id"].as_u64())
+            .find(|id| !already.contains(id))
+        {
+            return id;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "no held request: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn held_requests_wait_for_an_operator() {
+    let (hook_addr, hooks) = webhook_sink();
+    let cfg = tempfile::tempdir().unwrap();
+    let cfg_file = cfg.path().join("airlock.toml");
+    std::fs::write(
+        &cfg_file,
+        format!("webhook_url = \"http://{hook_addr}/hook\"\nhold_timeout = \"60s\"\n"),
+    )
+    .unwrap();
+    let s = Setup::with(
+        "auto",
+        &[
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--config",
+            cfg_file.to_str().unwrap(),
+        ],
+        true,
+        true,
+    );
+    s.env
+        .run_stdin(
+            &["operator", "add", "alice"],
+            format!("{PASSWORD}\n").as_bytes(),
+        )
+        .ok();
+    s.env.set_services(RULED);
+    wait_for_rules(&s);
+    let before = origin_count(&s);
+
+    // Approved in the browser: forwarded whole, with the credential.
+    let body = r#"{"charge":"ch_1","amount":500,"api_key":"not-for-the-operator"}"#;
+    let waiting = held_post(&s, "/v1/refunds?expand=charge", body);
+    let id = wait_held(&s, &[]);
+    let shown = s
+        .env
+        .run(&["proposal", "show", &id.to_string()])
+        .ok()
+        .stdout;
+    assert!(
+        shown.contains("POST api.openai.com/v1/refunds")
+            && shown.contains("rule refunds-need-a-person of service openai"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("query keys: expand")
+            && shown.contains("[redacted]")
+            && !shown.contains("not-for-the-operator"),
+        "{shown}"
+    );
+    assert_eq!(origin_count(&s), before, "a held request went upstream");
+    let dir = artifacts();
+    let mut c = std::process::Command::new("node");
+    c.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser"));
+    c.args([
+        "hold.mjs",
+        &admin_url(&s),
+        "alice",
+        PASSWORD,
+        &id.to_string(),
+    ])
+    .arg(&dir);
+    let r = output(c, None);
+    assert_eq!(r.code, 0, "browser run failed: {r:?}");
+    let answered = waiting.join().unwrap();
+    assert_eq!(status(&answered), 200, "{answered:?}");
+    let last = s.last();
+    assert!(
+        last.request_line()
+            .starts_with("POST /v1/refunds?expand=charge "),
+        "{}",
+        last.head
+    );
+    assert_eq!(last.body, body.as_bytes());
+    assert_eq!(
+        last.header("authorization"),
+        [format!("Bearer {}", s.secret("OPENAI_KEY"))]
+    );
+    assert!(dir.join("hold-proposal.png").metadata().unwrap().len() > 1000);
+
+    // Rejected on the CLI: the agent gets the reason, the upstream nothing.
+    let count = origin_count(&s);
+    let waiting = held_post(&s, "/v1/refunds", r#"{"charge":"ch_2"}"#);
+    let id2 = wait_held(&s, &[id]);
+    s.env
+        .run(&[
+            "proposal",
+            "reject",
+            &id2.to_string(),
+            "--reason",
+            "not this one",
+        ])
+        .ok();
+    let answered = waiting.join().unwrap();
+    assert_eq!(
+        (status(&answered), code(&answered).as_str()),
+        (403, "hold_rejected"),
+        "{answered:?}"
+    );
+    assert!(answered.stdout.contains("not this one"), "{answered:?}");
+    assert_eq!(origin_count(&s), count);
+
+    // The webhook announced both, with the request and no value.
+    let start = Instant::now();
+    while hooks.lock().unwrap().len() < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "webhook: {:?}",
+            hooks.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let msgs = hooks.lock().unwrap().clone();
+    assert!(
+        msgs.iter()
+            .all(|m| m.contains("POST api.openai.com/v1/refunds")
+                && m.contains("refunds-need-a-person")),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs.iter()
+            .all(|m| !m.contains("not-for-the-operator") && !m.contains(s.secret("OPENAI_KEY")))
+    );
+
+    // A body over the hold buffer, or chunked, is refused before anyone is asked.
+    let r = curl_as(
+        &s,
+        &s.token,
+        &[
+            "-H",
+            "transfer-encoding: chunked",
+            "-d",
+            "x",
+            "https://api.openai.com/v1/refunds",
+        ],
+    );
+    assert_eq!(
+        (status(&r), code(&r).as_str()),
+        (413, "hold_body_too_large"),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn held_requests_time_out_and_do_not_survive_a_restart() {
+    let mut s = Setup::with("auto", &["--hold-timeout", "2s"], true, true);
+    s.env.set_services(RULED);
+    wait_for_rules(&s);
+    let count = origin_count(&s);
+    let started = Instant::now();
+    let r = curl_as(
+        &s,
+        &s.token,
+        &["-d", "{}", "https://api.openai.com/v1/refunds"],
+    );
+    assert_eq!(
+        (status(&r), code(&r).as_str()),
+        (403, "hold_timed_out"),
+        "{r:?}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "answered before the timeout"
+    );
+    wait_status(&s, "expired");
+
+    // Held when serve stops: the next start rejects it and says why.
+    restart(&mut s, &["--hold-timeout", "60s"]);
+    let waiting = held_post(&s, "/v1/refunds", "{}");
+    let held = wait_held(&s, &[]);
+    restart(&mut s, &[]);
+    let cut = waiting.join().unwrap();
+    assert_ne!(status(&cut), 200, "{cut:?}");
+    let p: Value = serde_json::from_str(
+        &s.env
+            .run(&["proposal", "show", &held.to_string(), "--json"])
+            .ok()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(p["status"], "rejected", "{p}");
+    assert!(p["reason"].as_str().unwrap().contains("restarted"), "{p}");
+    assert_eq!(origin_count(&s), count, "a held request went upstream");
+}
+
+/// Stops serve and starts it again on the same data dir with `extra` flags.
+fn restart(s: &mut Setup, extra: &[&str]) {
+    let killed = std::process::Command::new("kill")
+        .arg(s.proxy.pid().to_string())
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    s.proxy.wait_exit(Duration::from_secs(10));
+    s.proxy = Proxy::for_origin(
+        &s.env,
+        &s.origin,
+        crate::proxy::HOSTS,
+        "auto",
+        extra,
+        true,
+        true,
+    );
+}
+
+/// Waits for a held request with `status`; its id.
+fn wait_status(s: &Setup, status: &str) -> u64 {
+    let start = Instant::now();
+    loop {
+        let out = s
+            .env
+            .run(&["proposal", "list", "--status", status, "--json"])
+            .ok()
+            .stdout;
+        let list: Vec<Value> = serde_json::from_str(&out).unwrap_or_default();
+        if let Some(id) = list
+            .iter()
+            .filter(|p| !p["held"].is_null())
+            .find_map(|p| p["id"].as_u64())
+        {
+            return id;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no {status} hold: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
