@@ -506,7 +506,7 @@ async fn rules(State(state): St, Extension(session): Extension<Session>) -> Resp
                 div.card {
                     h2 { "Vault " (v.name) " · service " code { (s.spec.name) } }
                     table {
-                        thead { tr { th { "Rule" } th { "Action" } th { "When" } th { "Hits" } th { "Refused or held" } } }
+                        thead { tr { th { "Rule" } th { "Action" } th { "When" } th { "Hits" } th { "Refused" } } }
                         tbody {
                             @for r in &s.spec.rules {
                                 @let (decided, refused) = hits.get(&(v.name.as_str(), s.spec.name.as_str(), r.name.as_str())).copied().unwrap_or_default();
