@@ -1,6 +1,7 @@
 //! Micro benchmarks of the per-request hot pieces (criterion): head parse, matching over 1,000
 //! services, building the upstream head with injection, scrubbing a 16 KiB response chunk of
-//! a vault's 24 secrets, leaf minting, opening a credential and looking up a token. `cargo bench --bench micro`; CI runs it with `-- --test` (once each).
+//! a vault's 24 secrets, leaf minting, opening a credential, looking up a token, and judging a
+//! request by 100 request rules. `cargo bench --bench micro`; CI runs it with `-- --test` (once each).
 
 // A benchmark: setup failures should stop it loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -69,6 +70,23 @@ fn benches(c: &mut Criterion) {
     let unlocked = setup::unlock(&store, dir.path(), &KeySources::default()).unwrap();
     let policy = Policy::compile(&store, &unlocked.opener, &Policy::default()).unwrap();
     let vault = policy.vault("default").unwrap();
+    store.create_vault(actor, "ruled").unwrap();
+    store
+        .set_credential(
+            actor,
+            "ruled",
+            "OPENAI_KEY",
+            &Secret::new(b"sk-bench-ruled".to_vec()),
+        )
+        .unwrap();
+    let ruled_specs = airlock::spec::ServiceFile::from_yaml(&hundred_rules_yaml())
+        .unwrap()
+        .services;
+    store
+        .set_services(actor, "ruled", ruled_specs, false)
+        .unwrap();
+    let ruled_policy = Policy::compile(&store, &unlocked.opener, &Policy::default()).unwrap();
+    let ruled_vault = ruled_policy.vault("ruled").unwrap();
     let target = Target {
         scheme: Scheme::Https,
         host: "api.openai.com".into(),
@@ -158,9 +176,57 @@ fn benches(c: &mut Criterion) {
             black_box(s.push(black_box(&chunk)));
         })
     });
+    // Request rules: 100 rules (path globs, methods, query and header conditions) that the
+    // request meets none of, so every one is checked; then the same request against no rules.
+    let rules = hundred_rules();
+    let req = airlock::proxy::request::Request::parse(HEAD.to_vec()).unwrap();
+    c.bench_function("rules_100_evaluate", |b| {
+        b.iter(|| {
+            rules
+                .evaluate(Some("bench"), black_box(&req), "/v1/chat/completions", None)
+                .unwrap()
+                .action
+        })
+    });
+    c.bench_function("inject_and_rebuild_head_100_rules", |b| {
+        b.iter(|| {
+            airlock::proxy::inject::upstream_head(black_box(HEAD), &target, ruled_vault).unwrap()
+        })
+    });
     c.bench_function("vault_generation_read", |b| {
         b.iter(|| store.generation().unwrap())
     });
+}
+
+/// 100 rules none of which [`HEAD`] meets: 25 each of method-and-path, inner globs, query and
+/// header conditions, and rules for another agent.
+fn hundred_rules_yaml() -> String {
+    let mut y = String::from(
+        "services:\n  - name: ruled\n    host: api.openai.com\n    auth: {type: bearer, token: OPENAI_KEY}\n    rules:\n",
+    );
+    for i in 0..25 {
+        y.push_str(&format!(
+            "      - {{name: deny-{i}, methods: [DELETE], path: \"/v1/things-{i}/*\", action: deny}}\n"
+        ));
+        y.push_str(&format!(
+            "      - {{name: hold-{i}, methods: [POST], path: \"/v1/charges/*/refund-{i}\", action: hold}}\n"
+        ));
+        y.push_str(&format!(
+            "      - {{name: query-{i}, query: [key-{i}], action: deny}}\n"
+        ));
+        y.push_str(&format!(
+            "      - {{name: agent-{i}, agents: [other-{i}], headers: [x-h-{i}], action: limit, per_minute: 10}}\n"
+        ));
+    }
+    y
+}
+
+fn hundred_rules() -> Box<airlock::rules::Rules> {
+    let spec = airlock::spec::ServiceFile::from_yaml(&hundred_rules_yaml())
+        .unwrap()
+        .services
+        .remove(0);
+    airlock::rules::Rules::compile(&spec.rules, spec.rules_default(), None).unwrap()
 }
 
 criterion_group!(micro, benches);

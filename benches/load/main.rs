@@ -2,7 +2,7 @@
 //!
 //! `cargo bench --bench load -- [--duration SECS] [--connections N] [--rate REQ_PER_S]
 //! [--workers N] [--driver auto|io-uring|epoll] [--idle N] [--bulk-mib N] [--sse-events N]
-//! [--sse-ms MS] [--fleet N] [--rounds N] [--binary PATH] [--no-peer] [--quick]`
+//! [--sse-ms MS] [--fleet N] [--rules N] [--rounds N] [--binary PATH] [--no-peer] [--quick]`
 //!
 //! It starts a loopback HTTPS upstream with its own CA and `airlock serve` (the real binary, or
 //! `--binary` for an A/B) with a vault whose service points at that upstream through
@@ -15,7 +15,10 @@
 //! download run through mitmproxy doing the same injection, and the table shows airlock ÷ it. With
 //! `--fleet N` it also starts a PostgreSQL cluster and a two-node fleet ([`fleet`]): the time
 //! from a write acknowledged on one node to its being served on the other, over N writes, and
-//! keep-alive throughput through a fleet node beside the single node's. It prints a table and,
+//! keep-alive throughput through a fleet node beside the single node's. With `--rules N` a second
+//! airlock serves the same service with N request rules (none of which the load meets, so every
+//! one is checked), and each round's keep-alive loop runs through both, alternating: the cost of
+//! rules as a ratio. It prints a table and,
 //! last, one line of JSON with every figure. No timing is asserted anywhere.
 
 // A benchmark tool: any setup failure should stop it loudly.
@@ -55,6 +58,8 @@ struct Opts {
     binary: std::path::PathBuf,
     /// Whether to run mitmproxy as the peer when it is installed.
     peer: bool,
+    /// Request rules on the service of a second airlock; 0: no such run.
+    rules: usize,
 }
 
 fn opts() -> Opts {
@@ -72,6 +77,7 @@ fn opts() -> Opts {
         rounds: 3,
         binary: env!("CARGO_BIN_EXE_airlock").into(),
         peer: true,
+        rules: 0,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -88,6 +94,7 @@ fn opts() -> Opts {
             "--sse-events" => o.sse_events = next().parse().unwrap_or(50),
             "--sse-ms" => o.sse_ms = next().parse().unwrap_or(20),
             "--fleet" => o.fleet = next().parse().unwrap_or(100),
+            "--rules" => o.rules = next().parse().unwrap_or(100),
             "--rounds" => o.rounds = next().parse().unwrap_or(3).max(1),
             "--binary" => o.binary = next().into(),
             "--no-peer" => {
@@ -163,8 +170,24 @@ fn ca_der(dir: &std::path::Path) -> Vec<u8> {
         .expect("ca der")
 }
 
-/// A vault with the bench service and agent in `dir`; the agent's token.
-fn setup_vault(dir: &std::path::Path) -> String {
+/// `n` request rules that a `GET` of the load never meets: methods and paths, inner globs,
+/// query keys, and rules for other agents with header conditions.
+fn rules_yaml(n: usize) -> String {
+    let mut y = String::from("    rules:\n");
+    for i in 0..n {
+        y.push_str(&match i % 4 {
+            0 => format!("      - {{name: deny-{i}, methods: [DELETE], path: \"/v1/things-{i}/*\", action: deny}}\n"),
+            1 => format!("      - {{name: hold-{i}, methods: [POST], path: \"/v1/charges/*/refund-{i}\", action: hold}}\n"),
+            2 => format!("      - {{name: query-{i}, query: [key-{i}], action: deny}}\n"),
+            _ => format!("      - {{name: agent-{i}, agents: [other-{i}], headers: [x-h-{i}], action: limit, per_minute: 10}}\n"),
+        });
+    }
+    y
+}
+
+/// A vault with the bench service (with `rules` request rules) and agent in `dir`; the agent's
+/// token.
+fn setup_vault(dir: &std::path::Path, rules: usize) -> String {
     airlock(&["init"], dir, None);
     airlock(
         &["credential", "set", "BENCH_KEY"],
@@ -172,7 +195,12 @@ fn setup_vault(dir: &std::path::Path) -> String {
         Some(b"sk-bench-secret-value"),
     );
     let yaml = dir.join("services.yaml");
-    std::fs::write(&yaml, format!("services:\n  - name: bench\n    host: {}\n    auth: {{type: bearer, token: BENCH_KEY}}\n", upstream::HOST)).expect("yaml");
+    let rules = if rules > 0 {
+        rules_yaml(rules)
+    } else {
+        String::new()
+    };
+    std::fs::write(&yaml, format!("services:\n  - name: bench\n    host: {}\n    auth: {{type: bearer, token: BENCH_KEY}}\n{rules}", upstream::HOST)).expect("yaml");
     airlock(
         &["service", "set", "-f", yaml.to_str().expect("path")],
         dir,
@@ -250,8 +278,13 @@ fn serve(o: &Opts, dir: &std::path::Path, up: &upstream::Upstream, extra: &[&str
     }
 }
 
-fn start_airlock(o: &Opts, dir: &std::path::Path, up: &upstream::Upstream) -> (Airlock, String) {
-    let token = setup_vault(dir);
+fn start_airlock(
+    o: &Opts,
+    dir: &std::path::Path,
+    up: &upstream::Upstream,
+    rules: usize,
+) -> (Airlock, String) {
+    let token = setup_vault(dir, rules);
     (serve(o, dir, up, &[]), token)
 }
 
@@ -270,7 +303,7 @@ fn fleet(o: &Opts, up: &upstream::Upstream) -> (f64, Histogram<u64>) {
         path.to_str().expect("path").to_owned()
     };
     let (cfg_a, cfg_b) = (config(a.path()), config(b.path()));
-    let token = setup_vault(a.path());
+    let token = setup_vault(a.path(), 0);
     airlock(
         &["--config", &cfg_a, "fleet", "init", "--node", "a"],
         a.path(),
@@ -538,6 +571,8 @@ struct Round {
     up_airlock: f64,
     ka_peer: Option<f64>,
     down_peer: Option<f64>,
+    /// Keep-alive req/s through the airlock whose service has `--rules` rules.
+    ka_rules: Option<f64>,
 }
 
 /// Round `i`; odd rounds go through airlock first, so neither route always runs on a machine
@@ -548,15 +583,21 @@ fn round(
     direct: &Route,
     through: &Route,
     peer: Option<&Route>,
+    ruled: Option<&Route>,
     pid: u32,
 ) -> Round {
     let mut r = Round::default();
     let airlock_first = !i.is_multiple_of(2);
     let run_airlock = |r: &mut Round| {
+        let ruled_first = ruled.filter(|_| airlock_first);
+        r.ka_rules = ruled_first.map(|route| closed_loop(route, o).0);
         let cpu0 = proc_field(pid, "stat", "");
         let (rps, _, n) = closed_loop(through, o);
         r.ka_airlock = rps;
         r.cpu_us = (proc_field(pid, "stat", "") - cpu0) as f64 / n.max(1) as f64;
+        if ruled_first.is_none() {
+            r.ka_rules = ruled.map(|route| closed_loop(route, o).0);
+        }
         (r.tunnels_airlock, _) = tunnels(through, o);
         (r.down_airlock, r.up_airlock) = bulk(through, o);
     };
@@ -691,7 +732,17 @@ fn main() {
     let o = opts();
     let dir = tempfile::tempdir().expect("tempdir");
     let up = upstream::start(dir.path());
-    let (al, token) = start_airlock(&o, dir.path(), &up);
+    let (al, token) = start_airlock(&o, dir.path(), &up, 0);
+    let ruled_dir = tempfile::tempdir().expect("tempdir");
+    let ruled = (o.rules > 0).then(|| {
+        let (al, token) = start_airlock(&o, ruled_dir.path(), &up, o.rules);
+        let route = Route::Airlock {
+            proxy: al.proxy,
+            auth: format!("{token}:default"),
+            tls: client::tls_config(&ca_der(ruled_dir.path())),
+        };
+        (al, route)
+    });
     let direct = Route::Direct {
         addr: up.addr,
         tls: client::tls_config(&up.ca_der),
@@ -730,6 +781,7 @@ fn main() {
             &direct,
             &through,
             peer.as_ref().map(|p| &p.route),
+            ruled.as_ref().map(|(_, route)| route),
             pid,
         ));
         let (d, a, x) = paired_open_loop(&direct, &through, &o);
@@ -868,6 +920,29 @@ fn main() {
         );
         json["peer_keepalive_ratio"] = ka.0.into();
         json["peer_bulk_ratio"] = down.0.into();
+    }
+    if ruled.is_some() {
+        let with = ratio(|r| r.ka_rules.unwrap_or(f64::NAN), |r| r.ka_airlock);
+        row(
+            format!("keep-alive with {} request rules: req/s", o.rules),
+            "-".into(),
+            show(
+                spread(rounds.iter().filter_map(|r| r.ka_rules).collect()),
+                0,
+            ),
+        );
+        row(
+            "  ÷ the same without rules".into(),
+            "".into(),
+            show(with, 3),
+        );
+        json["rules"] = o.rules.into();
+        json["keepalive_rps_rules"] = spread(rounds.iter().filter_map(|r| r.ka_rules).collect())
+            .0
+            .round()
+            .into();
+        json["keepalive_rules_ratio"] = with.0.into();
+        json["keepalive_rules_ratio_range"] = serde_json::json!([with.1, with.2]);
     }
     if o.fleet > 0 {
         let (rps_fleet, prop) = fleet(&o, &up);

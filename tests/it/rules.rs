@@ -596,3 +596,64 @@ fn wait_status(s: &Setup, status: &str) -> u64 {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Proposals may carry rules: the review shows them (added, or beside the old service when
+/// they change), a malformed rule is refused at submission, and once approved they are served.
+#[test]
+fn proposals_carry_rules_and_the_review_shows_them() {
+    let s = Setup::new("auto");
+    let propose = |body: Value| {
+        let mut c = std::process::Command::new("curl");
+        c.args([
+            "-sS",
+            "--noproxy",
+            "*",
+            "-H",
+            &format!("Authorization: Bearer {}", s.token),
+        ])
+        .args(["--data-binary", &body.to_string()])
+        .arg(format!("http://{}/v1/proposals", s.proxy.addr));
+        serde_json::from_str::<Value>(&output(c, None).ok().stdout).unwrap()
+    };
+    let service = |rules: Value| {
+        serde_json::json!({"services": [{"action": "set", "name": "openai", "host": "api.openai.com",
+            "auth": {"type": "bearer", "token": "OPENAI_KEY"}, "rules": rules}]})
+    };
+    let bad = propose(service(
+        serde_json::json!([{"name": "x1x", "action": "limit"}]),
+    ));
+    assert_eq!(bad["error"], "bad_request", "{bad}");
+    assert!(
+        bad["message"].as_str().unwrap().contains("per_minute"),
+        "{bad}"
+    );
+
+    let p = propose(service(serde_json::json!([
+        {"name": "no-deletes", "methods": ["delete"], "path": "/v1/*", "action": "deny"}
+    ])));
+    let id = p["id"].as_u64().unwrap().to_string();
+    let shown = s.env.run(&["proposal", "show", &id]).ok().stdout;
+    assert!(shown.contains("REPLACES service openai"), "{shown}");
+    assert!(
+        shown.contains("rules: no-deletes: deny DELETE /v1/* · otherwise allow"),
+        "{shown}"
+    );
+    s.env.run(&["proposal", "approve", &id]).ok();
+    wait_for_rules(&s);
+
+    let p = propose(service(serde_json::json!([])));
+    let id = p["id"].as_u64().unwrap().to_string();
+    let shown = s.env.run(&["proposal", "show", &id]).ok().stdout;
+    let was = shown
+        .lines()
+        .find(|l| l.contains("was:"))
+        .unwrap_or_default();
+    let now = shown
+        .lines()
+        .find(|l| l.contains("now:"))
+        .unwrap_or_default();
+    assert!(
+        was.contains("no-deletes") && !now.contains("rules"),
+        "{shown}"
+    );
+}
