@@ -122,7 +122,7 @@ pub(super) async fn wait(
     tracing::info!(id, vault, "a request waits for an operator");
     let asked = shared
         .approval_url(id)
-        .map_or_else(|| format!("proposal {id}"), |u| u);
+        .unwrap_or_else(|| format!("proposal {id}"));
     loop {
         monoio::time::sleep(POLL).await;
         let p = shared.store.proposal(id).map_err(|e| {

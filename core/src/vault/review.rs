@@ -19,8 +19,8 @@ use crate::spec::ServiceSpec;
 pub enum ServiceDiff {
     Add(ServiceSpec),
     Replace {
-        old: ServiceSpec,
-        new: ServiceSpec,
+        old: Box<ServiceSpec>,
+        new: Box<ServiceSpec>,
     },
     /// Set to exactly what is there already.
     Same(ServiceSpec),
@@ -84,8 +84,8 @@ pub fn review(current: &[ServiceSpec], stored: &BTreeSet<String>, p: &ProposalRe
                     None => ServiceDiff::Add(new.clone()),
                     Some(old) if *old == new => ServiceDiff::Same(new.clone()),
                     Some(old) => ServiceDiff::Replace {
-                        old: (*old).clone(),
-                        new: new.clone(),
+                        old: Box::new((*old).clone()),
+                        new: Box::new(new.clone()),
                     },
                 }
             }
@@ -248,8 +248,8 @@ mod tests {
         assert_eq!(
             r.services,
             vec![ServiceDiff::Replace {
-                old: api.clone(),
-                new: repoint
+                old: Box::new(api.clone()),
+                new: Box::new(repoint)
             }]
         );
         assert_eq!(
