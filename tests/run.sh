@@ -68,7 +68,7 @@ cargo build --locked --workspace
 cargo test --locked --workspace "$@"
 # The data-plane tests again on the epoll driver (the first run used io_uring where available).
 if [ "$#" -eq 0 ]; then
-    AIRLOCK_TEST_DRIVER=epoll cargo test --locked --test it -- proxy:: rows:: hardening:: oauth:: proxy_tls::
+    AIRLOCK_TEST_DRIVER=epoll cargo test --locked --test it -- proxy:: rows:: hardening:: oauth:: proxy_tls:: rules::
 fi
 # The .deb: built, installed in a clean Debian root (debootstrap) and run the way its systemd
 # units run it. It needs root; without root it says so and the rest of the suite still counts.
