@@ -2,17 +2,11 @@
 // log in, open a proposal, paste the credential, approve, check the audit log, and check that the
 // UI refuses to be framed. Screenshots of each page go to the artifacts directory.
 // Usage: node approve.mjs ADMIN_URL OPERATOR PASSWORD PROPOSAL_ID KEY VALUE ARTIFACT_DIR
-import { chromium } from 'playwright-core';
+import { launch, check, shooter } from './common.mjs';
 
 const [adminUrl, operator, password, id, key, value, artifacts] = process.argv.slice(2);
-const shot = (page, name) => page.screenshot({ path: `${artifacts}/${name}.png`, fullPage: true });
-const check = (cond, what) => { if (!cond) throw new Error(`check failed: ${what}`); };
-
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-         '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-});
+const shot = shooter(artifacts);
+const browser = await launch();
 try {
   const page = await browser.newPage({ viewport: { width: 390, height: 844 } }); // a phone
   await page.goto(`${adminUrl}/proposals/${id}`);

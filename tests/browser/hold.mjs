@@ -2,17 +2,11 @@
 // check what is shown (method, host, path, the rule, a redacted body preview), approve with the
 // keyboard (Tab to the button, Enter), and check the confirmation.
 // Usage: node hold.mjs ADMIN_URL OPERATOR PASSWORD PROPOSAL_ID ARTIFACT_DIR
-import { chromium } from 'playwright-core';
+import { launch, check, shooter } from './common.mjs';
 
 const [adminUrl, operator, password, id, artifacts] = process.argv.slice(2);
-const shot = (page, name) => page.screenshot({ path: `${artifacts}/${name}.png`, fullPage: true });
-const check = (cond, what) => { if (!cond) throw new Error(`check failed: ${what}`); };
-
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-         '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-});
+const shot = shooter(artifacts);
+const browser = await launch();
 try {
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
   await page.goto(`${adminUrl}/login`);

@@ -46,6 +46,18 @@ fn curl_as(s: &Setup, token: &str, args: &[&str]) -> Run {
     run
 }
 
+/// The agent API as the bot agent: a GET, or a POST of `body`; the JSON answer.
+fn agent_api(s: &Setup, path: &str, body: Option<Value>) -> Value {
+    let mut c = std::process::Command::new("curl");
+    c.args(["-sS", "--noproxy", "*", "-H"])
+        .arg(format!("Authorization: Bearer {}", s.token));
+    if let Some(b) = body {
+        c.args(["--data-binary", &b.to_string()]);
+    }
+    c.arg(format!("http://{}{path}", s.proxy.addr));
+    serde_json::from_str(&output(c, None).ok().stdout).unwrap()
+}
+
 fn status(run: &Run) -> u16 {
     run.stdout
         .split_whitespace()
@@ -226,16 +238,7 @@ fn rules_allow_deny_limit_and_per_agent_override() {
     );
 
     // The agent is told which rules apply to it (not the cleanup agent's own).
-    let mut c = std::process::Command::new("curl");
-    c.args([
-        "-sS",
-        "--noproxy",
-        "*",
-        "-H",
-        &format!("Authorization: Bearer {}", s.token),
-    ])
-    .arg(format!("http://{}/v1/discover", s.proxy.addr));
-    let d: Value = serde_json::from_str(&output(c, None).ok().stdout).unwrap();
+    let d = agent_api(&s, "/v1/discover", None);
     let openai = d["services"]
         .as_array()
         .unwrap()
@@ -341,13 +344,13 @@ fn held_post(s: &Setup, path: &'static str, body: &'static str) -> std::thread::
     })
 }
 
-/// Waits for a pending held request; its proposal id.
-fn wait_held(s: &Setup, already: &[u64]) -> u64 {
+/// Waits for a held request with `status` that is not in `already`; its proposal id.
+fn wait_held(s: &Setup, status: &str, already: &[u64]) -> u64 {
     let start = Instant::now();
     loop {
         let out = s
             .env
-            .run(&["proposal", "list", "--status", "pending", "--json"])
+            .run(&["proposal", "list", "--status", status, "--json"])
             .ok()
             .stdout;
         let list: Vec<Value> = serde_json::from_str(&out).unwrap_or_default();
@@ -361,7 +364,7 @@ fn wait_held(s: &Setup, already: &[u64]) -> u64 {
         }
         assert!(
             start.elapsed() < Duration::from_secs(15),
-            "no held request: {out}"
+            "no {status} held request: {out}"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -401,7 +404,7 @@ fn held_requests_wait_for_an_operator() {
     // Approved in the browser: forwarded whole, with the credential.
     let body = r#"{"charge":"ch_1","amount":500,"api_key":"not-for-the-operator"}"#;
     let waiting = held_post(&s, "/v1/refunds?expand=charge", body);
-    let id = wait_held(&s, &[]);
+    let id = wait_held(&s, "pending", &[]);
     let shown = s
         .env
         .run(&["proposal", "show", &id.to_string()])
@@ -451,7 +454,7 @@ fn held_requests_wait_for_an_operator() {
     // Rejected on the CLI: the agent gets the reason, the upstream nothing.
     let count = origin_count(&s);
     let waiting = held_post(&s, "/v1/refunds", r#"{"charge":"ch_2"}"#);
-    let id2 = wait_held(&s, &[id]);
+    let id2 = wait_held(&s, "pending", &[id]);
     s.env
         .run(&[
             "proposal",
@@ -532,12 +535,12 @@ fn held_requests_time_out_and_do_not_survive_a_restart() {
         started.elapsed() >= Duration::from_secs(2),
         "answered before the timeout"
     );
-    wait_status(&s, "expired");
+    wait_held(&s, "expired", &[]);
 
     // Held when serve stops: the next start rejects it and says why.
     restart(&mut s, &["--hold-timeout", "60s"]);
     let waiting = held_post(&s, "/v1/refunds", "{}");
-    let held = wait_held(&s, &[]);
+    let held = wait_held(&s, "pending", &[]);
     restart(&mut s, &[]);
     let cut = waiting.join().unwrap();
     assert_ne!(status(&cut), 200, "{cut:?}");
@@ -572,49 +575,12 @@ fn restart(s: &mut Setup, extra: &[&str]) {
     );
 }
 
-/// Waits for a held request with `status`; its id.
-fn wait_status(s: &Setup, status: &str) -> u64 {
-    let start = Instant::now();
-    loop {
-        let out = s
-            .env
-            .run(&["proposal", "list", "--status", status, "--json"])
-            .ok()
-            .stdout;
-        let list: Vec<Value> = serde_json::from_str(&out).unwrap_or_default();
-        if let Some(id) = list
-            .iter()
-            .filter(|p| !p["held"].is_null())
-            .find_map(|p| p["id"].as_u64())
-        {
-            return id;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "no {status} hold: {out}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// Proposals may carry rules: the review shows them (added, or beside the old service when
 /// they change), a malformed rule is refused at submission, and once approved they are served.
 #[test]
 fn proposals_carry_rules_and_the_review_shows_them() {
     let s = Setup::new("auto");
-    let propose = |body: Value| {
-        let mut c = std::process::Command::new("curl");
-        c.args([
-            "-sS",
-            "--noproxy",
-            "*",
-            "-H",
-            &format!("Authorization: Bearer {}", s.token),
-        ])
-        .args(["--data-binary", &body.to_string()])
-        .arg(format!("http://{}/v1/proposals", s.proxy.addr));
-        serde_json::from_str::<Value>(&output(c, None).ok().stdout).unwrap()
-    };
+    let propose = |body: Value| agent_api(&s, "/v1/proposals", Some(body));
     let service = |rules: Value| {
         serde_json::json!({"services": [{"action": "set", "name": "openai", "host": "api.openai.com",
             "auth": {"type": "bearer", "token": "OPENAI_KEY"}, "rules": rules}]})

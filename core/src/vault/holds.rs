@@ -9,7 +9,7 @@
 //! names (never their values) and a short body preview with secret-looking fields redacted
 //! ([`preview`]). The body itself stays in the data plane's memory.
 
-use super::proposals::{decidable, digest};
+use super::proposals::{decidable, digest, pending};
 use super::records::{HeldRequest, ProposalRecord, ProposalStatus};
 use super::store::Store;
 use super::{VaultError, now};
@@ -47,16 +47,7 @@ impl Store {
         );
         self.write(|t| {
             let at = now();
-            let pending = t
-                .scan::<ProposalRecord>(t.dbs().proposals, "proposals", b"")?
-                .iter()
-                .filter(|(_, p)| {
-                    p.vault == vault
-                        && p.held.is_some()
-                        && p.status_at(at) == ProposalStatus::Pending
-                })
-                .count();
-            if pending >= MAX_PENDING_HOLDS {
+            if pending(t, vault, true, at)? >= MAX_PENDING_HOLDS {
                 return Err(VaultError::TooManyPending {
                     vault: vault.to_owned(),
                     max: MAX_PENDING_HOLDS,

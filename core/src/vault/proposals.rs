@@ -268,16 +268,7 @@ impl Store {
         let digest = digest(vault, &services, &slots, &new.message, &new.user_message);
         self.write(|t| {
             let at = now();
-            let pending = t
-                .scan::<ProposalRecord>(t.dbs().proposals, "proposals", b"")?
-                .iter()
-                .filter(|(_, p)| {
-                    p.vault == vault
-                        && p.held.is_none()
-                        && p.status_at(at) == ProposalStatus::Pending
-                })
-                .count();
-            if pending >= MAX_PENDING {
+            if pending(t, vault, false, at)? >= MAX_PENDING {
                 return Err(VaultError::TooManyPending {
                     vault: vault.to_owned(),
                     max: MAX_PENDING,
@@ -505,6 +496,25 @@ pub fn review_json(store: &Store, p: &ProposalRecord) -> Result<serde_json::Valu
 }
 
 /// A proposal that can still be decided (row 49): pending, not expired, unchanged.
+/// How many proposals of `vault` are pending at `at`: held requests (`held`) or the others.
+pub(super) fn pending<T: Transaction>(
+    t: &Txn<T>,
+    vault: &str,
+    held: bool,
+    at: u64,
+) -> Result<usize, VaultError> {
+    Ok(
+        t.scan::<ProposalRecord>(t.dbs().proposals, "proposals", b"")?
+            .iter()
+            .filter(|(_, p)| {
+                p.vault == vault
+                    && p.held.is_some() == held
+                    && p.status_at(at) == ProposalStatus::Pending
+            })
+            .count(),
+    )
+}
+
 pub(super) fn decidable(
     p: Option<ProposalRecord>,
     id: u64,
