@@ -9,6 +9,7 @@
 #![deny(unsafe_code)]
 
 mod api;
+mod logs;
 mod manage;
 mod pages;
 mod respond;

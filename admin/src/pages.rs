@@ -21,7 +21,7 @@ use maud::{Markup, html};
 use crate::AppState;
 use crate::respond::{Fields, St, forbidden, login_redirect, render, vault_error};
 use crate::security::{self, Client, Session, csrf_ok};
-use crate::views::{CSS, flash};
+use crate::views::{CSS, LIVE_JS, flash};
 
 /// The pages' routes (the vault management pages are [`crate::manage::routes`]); the session
 /// guard and the state are applied by [`crate::respond::app`].
@@ -33,6 +33,10 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
             "/static/app.css",
             get(|| async { ([(header::CONTENT_TYPE, "text/css")], CSS) }),
         )
+        .route(
+            "/static/live.js",
+            get(|| async { ([(header::CONTENT_TYPE, "text/javascript")], LIVE_JS) }),
+        )
         .route("/login", get(login_form).post(login))
         .route("/logout", post(logout))
         .route("/setup", get(setup_form).post(setup))
@@ -40,10 +44,8 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/proposals/{id}", get(proposal))
         .route("/proposals/{id}/approve", post(approve))
         .route("/proposals/{id}/reject", post(reject))
-        .route("/requests", get(requests))
         .route("/hosts", get(hosts_tried))
         .route("/rules", get(rules))
-        .route("/audit", get(audit))
 }
 
 async fn login_form(State(state): St, Extension(session): Extension<Session>) -> Response {
@@ -251,12 +253,51 @@ fn proposal_page(
     } else {
         None
     };
+    let body = proposal_body(session, p, review.as_ref(), note);
     render(
         state,
         session,
         &format!("Proposal {}", p.id),
-        proposal_body(session, p, review.as_ref(), note),
+        html! { (body) (agent_activity(state, p)) },
     )
+}
+
+/// What the proposing agent did lately in the proposal's vault: its newest requests and the
+/// hosts it was refused for want of a service, next to what it asks for.
+fn agent_activity(state: &AppState, p: &ProposalRecord) -> Markup {
+    let Some(agent) = &p.agent else {
+        return html! {};
+    };
+    let filter = airlock_core::requestlog::Filter {
+        vault: Some(p.vault.clone()),
+        agent: Some(agent.clone()),
+        ..Default::default()
+    };
+    let recent = airlock_core::requestlog::page(&state.data_dir, &filter, None, 500)
+        .unwrap_or_default()
+        .rows;
+    let refused = airlock_core::requestlog::hosts_tried(&recent);
+    html! {
+        div.card {
+            h2 { "What " (agent) " did lately" }
+            @if recent.is_empty() { p.muted { "No requests in the log." } }
+            @if !refused.is_empty() {
+                p { "Hosts refused for want of a service: "
+                    @for (i, t) in refused.iter().enumerate() { @if i > 0 { ", " } code { (t.host) } " (" (t.tries) ")" } }
+            }
+            @if !recent.is_empty() {
+                table.log {
+                    thead { tr { th scope="col" { "Time" } th scope="col" { "Request" } th scope="col" { "Status" } th scope="col" { "Error" } } }
+                    tbody { @for (_, r) in recent.iter().take(10) { tr {
+                        td.muted.nowrap { (airlock_core::vault::rfc3339(r.at_ms / 1000)) }
+                        td { code { (r.method) " " (r.host) (r.path) } }
+                        td.nowrap { (r.status) } td { (r.error.as_deref().unwrap_or("")) }
+                    } } }
+                }
+                p { a href={ "/requests?vault=" (p.vault) "&agent=" (agent) } { "All of its requests →" } }
+            }
+        }
+    }
 }
 
 /// One service change as the operator reviews it: every field that decides where a credential
@@ -431,39 +472,6 @@ async fn reject(
     }
 }
 
-async fn requests(
-    State(state): St,
-    Extension(session): Extension<Session>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    if session.operator.is_none() {
-        return login_redirect();
-    }
-    let vault = q.get("vault").filter(|v| !v.is_empty()).map(String::as_str);
-    let mut rows = airlock_core::requestlog::read(&state.data_dir, vault, 0).unwrap_or_default();
-    let skip = rows.len().saturating_sub(200);
-    rows.drain(..skip);
-    rows.reverse();
-    render(
-        &state,
-        &session,
-        "Requests",
-        html! {
-            form method="get" action="/requests" { label for="vault" { "Vault" } input id="vault" type="text" name="vault" value=(vault.unwrap_or("")); button { "Filter" } }
-            table {
-                thead { tr { th { "Time" } th { "Request" } th { "Status" } th { "Service" } th { "Agent" } th { "Error" } } }
-                tbody { @for (_, r) in &rows { tr {
-                    td.muted { (airlock_core::vault::rfc3339(r.at_ms / 1000)) }
-                    td { (r.method) " " code { (r.host) (r.path) } }
-                    td { (r.status) }
-                    td { (r.service.as_deref().unwrap_or("-")) @if let Some(rule) = &r.rule { br; span.muted { "rule " (rule) } } }
-                    td { (r.agent.as_deref().unwrap_or("-")) } td { (r.error.as_deref().unwrap_or("")) }
-                } } }
-            }
-        },
-    )
-}
-
 /// Every service's request rules with their hits in the request log: how many requests each
 /// rule decided, and how many of those it refused or held.
 async fn rules(State(state): St, Extension(session): Extension<Session>) -> Response {
@@ -568,26 +576,5 @@ fn service_draft(host: &str) -> String {
         .collect();
     format!(
         "services:\n  - name: {name}\n    host: {host}\n    auth: {{type: bearer, token: KEY}}\n"
-    )
-}
-
-async fn audit(State(state): St, Extension(session): Extension<Session>) -> Response {
-    if session.operator.is_none() {
-        return login_redirect();
-    }
-    let mut list = state.store.audit_log(200).unwrap_or_default();
-    list.reverse();
-    render(
-        &state,
-        &session,
-        "Audit log",
-        html! {
-            table {
-                thead { tr { th { "Time" } th { "Who" } th { "Action" } th { "Target" } th { "Detail" } } }
-                tbody { @for r in &list { tr {
-                    td.muted { (airlock_core::vault::rfc3339(r.at)) } td { (r.actor) } td { (r.action) } td { (r.target) } td.muted { (r.detail) }
-                } } }
-            }
-        },
     )
 }

@@ -21,6 +21,7 @@ use crate::views::{flash, page};
 pub(crate) fn app(state: Arc<AppState>) -> Router {
     crate::pages::routes()
         .merge(crate::manage::routes())
+        .merge(crate::logs::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             security::guard,

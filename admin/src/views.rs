@@ -36,7 +36,52 @@ form.inline { display:inline; } form.inline button { margin:0; padding:.2rem .6r
 label.confirm { display:block; margin:.8rem 0; font-weight:600; color:var(--bad); }
 code { font-size:.9em; overflow-wrap:anywhere; }
 dl { display:grid; grid-template-columns:max-content 1fr; gap:.3rem 1rem; margin:0; } dt { font-weight:600; color:var(--muted); } dd { margin:0; }
+th { white-space:nowrap; } .nowrap { white-space:nowrap; }
+select, input, textarea { max-width:100%; } main { overflow-wrap:anywhere; }
+form.filters { display:grid; grid-template-columns:repeat(auto-fill, minmax(9.5rem, 1fr)); gap:.2rem .8rem; align-items:end; margin-bottom:.8rem; }
+form.filters label { margin:.2rem 0; font-size:.9rem; } form.filters select { width:100%; padding:.5rem; border:1px solid var(--line); border-radius:8px; font:inherit; background:#fff; }
+form.filters .actions button { margin:0; width:100%; }
+.tools { font-size:.95rem; } a { color:var(--accent); } nav a { color:var(--fg); }
+table.log td { font-size:.92rem; }
 @media (max-width: 600px) { th:nth-child(n+4), td:nth-child(n+4) { display:none; } }
+"#;
+
+/// The request log's live mode: polls `/requests/live` for rows newer than the newest shown
+/// (with the page's filter) and adds them at the top, as text.
+pub(crate) const LIVE_JS: &str = r#"
+const table = document.querySelector('table.log[data-live]');
+if (table) {
+  let after = table.dataset.after;
+  const params = new URLSearchParams(location.search);
+  params.delete('live');
+  params.delete('before');
+  const poll = async () => {
+    params.set('after', after);
+    try {
+      const r = await fetch('/requests/live?' + params, { credentials: 'same-origin' });
+      if (r.ok) {
+        const page = await r.json();
+        after = page.last;
+        const body = table.tBodies[0];
+        for (const cells of page.rows) {
+          const tr = document.createElement('tr');
+          cells.forEach((text, i) => {
+            const td = document.createElement('td');
+            if (i === 1) { const c = document.createElement('code'); c.textContent = text; td.append(c); }
+            else { td.textContent = text; }
+            if (i === 0) td.className = 'muted nowrap';
+            if (i === 2) td.className = 'nowrap';
+            tr.append(td);
+          });
+          body.insertBefore(tr, body.firstChild);
+        }
+      }
+    } finally {
+      setTimeout(poll, 1000);
+    }
+  };
+  setTimeout(poll, 1000);
+}
 "#;
 
 /// The page frame: navigation (with the pending count) for a logged-in operator.

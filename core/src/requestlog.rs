@@ -290,6 +290,109 @@ fn last_seq(env: &Environment, db: Database) -> Option<u64> {
 
 /// LMDB's `MDB_LAST` cursor op (position at the last key), as lmdb-rkv-sys defines it.
 const MDB_LAST: u32 = 6;
+/// LMDB's `MDB_PREV` and `MDB_SET_RANGE` cursor ops.
+const MDB_PREV: u32 = 12;
+const MDB_SET_RANGE: u32 = 17;
+
+/// What the request-log views filter on; every part optional, all must hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Filter {
+    pub vault: Option<String>,
+    pub service: Option<String>,
+    pub agent: Option<String>,
+    /// The status class: 2 for 2xx ... 5 for 5xx; 0 for requests that got no status (aborted).
+    pub class: Option<u16>,
+    pub error: Option<String>,
+    /// Unix milliseconds, inclusive.
+    pub since_ms: Option<u64>,
+    /// Unix milliseconds, exclusive.
+    pub until_ms: Option<u64>,
+}
+
+impl Filter {
+    pub fn admits(&self, r: &Row) -> bool {
+        let is = |want: &Option<String>, have: Option<&str>| {
+            want.as_deref().is_none_or(|w| have == Some(w))
+        };
+        is(&self.vault, Some(&r.vault))
+            && is(&self.service, r.service.as_deref())
+            && is(&self.agent, r.agent.as_deref())
+            && is(&self.error, r.error.as_deref())
+            && self.class.is_none_or(|c| r.status / 100 == c)
+            && self.since_ms.is_none_or(|t| r.at_ms >= t)
+            && self.until_ms.is_none_or(|t| r.at_ms < t)
+    }
+}
+
+/// One page of rows, newest first, and the cursor of the page after it.
+#[derive(Debug, Default)]
+pub struct Page {
+    pub rows: Vec<(u64, Row)>,
+    /// Pass as `before` for older rows; `None` at the oldest.
+    pub older: Option<u64>,
+}
+
+/// Rows older than sequence number `before` (the newest when `None`) that `filter` admits,
+/// newest first, at most `limit`. Reads backwards from the cursor and stops at the page's end
+/// or (rows being about in time order) a minute before `since_ms`, so a page costs about what
+/// it scans, not the whole log.
+pub fn page(
+    data_dir: &Path,
+    filter: &Filter,
+    before: Option<u64>,
+    limit: usize,
+) -> Result<Page, LogError> {
+    let path = data_dir.join(DIR);
+    if !path.join("data.mdb").exists() {
+        return Ok(Page::default());
+    }
+    let (env, db) = open_env(data_dir)?;
+    let err = |source| LogError::Lmdb {
+        path: path.clone(),
+        source,
+    };
+    let txn = env.begin_ro_txn().map_err(err)?;
+    let cursor = txn.open_ro_cursor(db).map_err(err)?;
+    let start = match before {
+        // The first key at or after `before`, then one back; or the last key.
+        Some(b) => match cursor.get(Some(&b.to_be_bytes()), None, MDB_SET_RANGE) {
+            Ok(_) => cursor.get(None, None, MDB_PREV),
+            Err(lmdb::Error::NotFound) => cursor.get(None, None, MDB_LAST),
+            Err(e) => Err(e),
+        },
+        None => cursor.get(None, None, MDB_LAST),
+    };
+    let mut out = Page::default();
+    let mut at = match start {
+        Ok(kv) => Some(kv),
+        Err(lmdb::Error::NotFound) => None,
+        Err(e) => return Err(err(e)),
+    };
+    let floor = filter.since_ms.map(|t| t.saturating_sub(60_000));
+    while let Some((Some(k), v)) = at {
+        let Ok(seq) = <[u8; 8]>::try_from(k).map(u64::from_be_bytes) else {
+            break;
+        };
+        if let Ok(row) = serde_json::from_slice::<Row>(v) {
+            if floor.is_some_and(|f| row.at_ms < f) {
+                break;
+            }
+            if filter.admits(&row) {
+                if out.rows.len() == limit {
+                    out.older = out.rows.last().map(|(s, _)| *s);
+                    break;
+                }
+                out.rows.push((seq, row));
+            }
+        }
+        at = match cursor.get(None, None, MDB_PREV) {
+            Ok(kv) => Some(kv),
+            Err(lmdb::Error::NotFound) => None,
+            Err(e) => return Err(err(e)),
+        };
+    }
+    Ok(out)
+}
 
 /// A host an agent tried and was refused for want of a service (`no_service`, or
 /// `plaintext_refused` for plain HTTP to a TLS-only service), from the request log.

@@ -890,3 +890,47 @@ fn oauth_credentials_imported_in_the_ui() {
     let audit = s.env.run(&["audit", "list", "--json"]).ok().stdout;
     assert!(audit.contains("credential.oauth.set"), "{audit}");
 }
+
+/// Issue #17's log views in Chromium: filters, pages by cursor, export, the audit filter, no
+/// wrapped heading or sideways scroll, and live mode (tests/browser/logs.mjs).
+#[test]
+fn request_log_filters_pages_exports_and_follows_live() {
+    let s = with_admin();
+    // 110 requests on one connection, then three refused for want of a service.
+    let urls: Vec<String> = (0..110)
+        .map(|i| format!("https://api.openai.com/v1/p{i}"))
+        .collect();
+    let mut args = vec!["-sS", "-o", "/dev/null"];
+    args.extend(urls.iter().map(String::as_str));
+    assert_eq!(s.curl(&args).code, 0);
+    for _ in 0..3 {
+        s.curl(&["https://other.example.net/x"]);
+    }
+    std::thread::sleep(Duration::from_millis(600)); // one request-log batch
+    let dir = artifacts();
+    let mut c = std::process::Command::new("node");
+    c.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser"));
+    c.args([
+        "logs.mjs",
+        &admin_url(&s),
+        "alice",
+        PASSWORD,
+        &s.proxy.url(&s.token, "default"),
+    ])
+    .arg(s.ca())
+    .arg(&dir);
+    let r = output(c, None);
+    assert_eq!(r.code, 0, "browser run failed: {r:?}");
+    assert!(r.stdout.contains("\"ok\":true"), "{r:?}");
+    for shot in [
+        "logs-filtered",
+        "logs-requests-desktop",
+        "logs-requests-phone",
+        "logs-live",
+    ] {
+        assert!(
+            dir.join(format!("{shot}.png")).metadata().unwrap().len() > 1000,
+            "{shot}"
+        );
+    }
+}

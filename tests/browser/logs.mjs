@@ -1,0 +1,86 @@
+// The admin UI's log views in headless Chromium: filters narrow the request log, pages by
+// cursor, CSV and JSON export of a filtered view, the audit log's filter, headings that never
+// wrap and no horizontal scroll at desktop width (and headings whole on a phone), and live mode
+// showing a request sent after the page opened within two seconds.
+// Usage: node logs.mjs ADMIN_URL OPERATOR PASSWORD PROXY_URL CA_FILE ARTIFACT_DIR
+import { execFileSync } from 'node:child_process';
+import { launch, check, shooter } from './common.mjs';
+
+const [adminUrl, operator, password, proxyUrl, caFile, artifacts] = process.argv.slice(2);
+const shot = shooter(artifacts);
+const browser = await launch();
+const rows = (page) => page.$$eval('table.log tbody tr', (trs) => trs.map((tr) => [...tr.cells].map((c) => c.textContent.trim())));
+try {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  await page.goto(`${adminUrl}/login`);
+  await page.fill('#name', operator);
+  await page.fill('#password', password);
+  await Promise.all([page.waitForNavigation(), page.click('button[type=submit]')]);
+
+  // Pages by cursor: 100 rows, then the older ones.
+  await page.goto(`${adminUrl}/requests`);
+  const first = await rows(page);
+  check(first.length === 100, `a page holds 100 rows, got ${first.length}`);
+  await Promise.all([page.waitForNavigation(), page.click('a[rel=next]')]);
+  const second = await rows(page);
+  check(second.length > 0 && second.length < 100, `the older page, got ${second.length}`);
+  check(!second.some((r) => first.some((f) => f.join() === r.join() && r[1].includes('/v1/p'))), 'pages do not overlap');
+
+  // Filters narrow the rows: status class, then error code, then agent.
+  await page.goto(`${adminUrl}/requests`);
+  await page.selectOption('#f-class', '4');
+  await Promise.all([page.waitForNavigation(), page.click('form.filters button')]);
+  const refused = await rows(page);
+  check(refused.length === 3 && refused.every((r) => r[2] === '403'), `4xx only: ${JSON.stringify(refused)}`);
+  await page.fill('#f-error', 'rule_denied');
+  await Promise.all([page.waitForNavigation(), page.click('form.filters button')]);
+  check((await rows(page)).length === 0, 'no rule_denied rows');
+  await page.goto(`${adminUrl}/requests?agent=nobody`);
+  check((await rows(page)).length === 0, 'an unknown agent has no rows');
+  await page.goto(`${adminUrl}/requests?class=4&error=no_service`);
+  await shot(page, 'logs-filtered');
+
+  // Export of the filtered view.
+  const csv = await page.evaluate(() => fetch('/requests.csv?class=4').then((r) => r.text()));
+  const lines = csv.split('\r\n').filter(Boolean);
+  check(lines[0].startsWith('time,vault,agent,method,host,path,status') && lines.length === 4, `csv: ${csv}`);
+  const json = await page.evaluate(() => fetch('/requests.json?class=4').then((r) => r.json()));
+  check(json.length === 3 && json.every((r) => r.status === 403 && r.error === 'no_service'), `json: ${JSON.stringify(json)}`);
+
+  // The audit log's filter.
+  await page.goto(`${adminUrl}/audit?action=agent.`);
+  const audit = await page.$$eval('table.log tbody tr', (trs) => trs.map((tr) => tr.cells[2].textContent));
+  check(audit.length > 0 && audit.every((a) => a.startsWith('agent.')), `audit filter: ${audit}`);
+
+  // Layout: no heading wraps mid-word; no horizontal scroll at desktop width.
+  for (const [width, height, name] of [[1280, 900, 'desktop'], [390, 844, 'phone']]) {
+    await page.setViewportSize({ width, height });
+    for (const path of ['requests', 'audit', 'rules', 'proposals', 'vaults', 'agents', 'hosts']) {
+      await page.goto(`${adminUrl}/${path}`);
+      const wrapped = await page.$$eval('th', (ths) => ths.filter((th) => {
+        const range = document.createRange();
+        range.selectNodeContents(th);
+        return new Set([...range.getClientRects()].map((r) => Math.round(r.top))).size > 1;
+      }).map((th) => th.textContent));
+      check(wrapped.length === 0, `${path} at ${width}px: headings wrap: ${wrapped}`);
+      if (name === 'desktop') {
+        const wide = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+        check(wide <= 0, `${path} scrolls sideways by ${wide}px at ${width}px`);
+      }
+      await shot(page, `logs-${path}-${name}`);
+    }
+  }
+
+  // Live: a request sent after the page opened shows within two seconds.
+  await page.setViewportSize({ width: 1280, height: 900 });
+  await page.goto(`${adminUrl}/requests?live=1`);
+  execFileSync('curl', ['-sS', '-o', '/dev/null', '--proxy', proxyUrl, '--cacert', caFile, 'https://api.openai.com/v1/live-marker']);
+  const sent = Date.now();
+  await page.waitForFunction(() => document.querySelector('table.log tbody').textContent.includes('/v1/live-marker'), null, { timeout: 5000 });
+  const took = Date.now() - sent;
+  check(took <= 2000, `the live row took ${took} ms`);
+  await shot(page, 'logs-live');
+  console.log(JSON.stringify({ ok: true, live_ms: took }));
+} finally {
+  await browser.close();
+}
