@@ -11,6 +11,7 @@
 mod api;
 mod logs;
 mod manage;
+mod overview;
 mod pages;
 mod respond;
 mod security;

@@ -27,7 +27,6 @@ use crate::views::{CSS, LIVE_JS, flash};
 /// guard and the state are applied by [`crate::respond::app`].
 pub(crate) fn routes() -> Router<Arc<AppState>> {
     Router::new()
-        .route("/", get(|| async { Redirect::to("/proposals") }))
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/static/app.css",
@@ -110,7 +109,7 @@ async fn login(
     }
     state.sessions.login_succeeded(&name, &client);
     let fresh = state.sessions.login(&session.id, &name);
-    let mut r = Redirect::to("/proposals").into_response();
+    let mut r = Redirect::to("/").into_response();
     r.headers_mut()
         .insert(header::SET_COOKIE, security::set_cookie(&fresh));
     r

@@ -22,6 +22,7 @@ pub(crate) fn app(state: Arc<AppState>) -> Router {
     crate::pages::routes()
         .merge(crate::manage::routes())
         .merge(crate::logs::routes())
+        .merge(crate::overview::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             security::guard,

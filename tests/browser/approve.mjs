@@ -15,7 +15,7 @@ try {
   await page.fill('#name', operator);
   await page.fill('#password', password);
   await Promise.all([page.waitForNavigation(), page.click('button[type=submit]')]);
-  check(page.url().endsWith('/proposals'), `logged in, got ${page.url()}`);
+  check(new URL(page.url()).pathname === '/', `logged in to the overview, got ${page.url()}`);
   check((await page.textContent('.badge'))?.trim() === '1', 'the pending count is shown');
   await shot(page, '2-proposals');
   await page.goto(`${adminUrl}/proposals/${id}`);

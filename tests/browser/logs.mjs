@@ -17,6 +17,15 @@ try {
   await page.fill('#password', password);
   await Promise.all([page.waitForNavigation(), page.click('button[type=submit]')]);
 
+  // The overview is the landing page; its charts show the requests the test sent.
+  check(new URL(page.url()).pathname === '/', `landed on the overview, got ${page.url()}`);
+  const labels = await page.$$eval('svg[role=img]', (svgs) => svgs.map((s) => s.getAttribute('aria-label')));
+  check(labels.length === 2 && labels.every((l) => /: 11[3-9] requests \(11[0-6] 2xx\/3xx, 3 4xx/.test(l)), `charts: ${labels}`);
+  check(await page.$$eval('svg rect.c-ok', (r) => r.length) > 0, 'bars are drawn');
+  const overview = await page.textContent('main');
+  check(overview.includes('openai') && overview.includes('no_service') && overview.includes('other.example.net') && overview.includes('bot'), 'services, error codes, refused hosts and agents');
+  await shot(page, 'overview');
+
   // Pages by cursor: 100 rows, then the older ones.
   await page.goto(`${adminUrl}/requests`);
   const first = await rows(page);
@@ -55,7 +64,7 @@ try {
   // Layout: no heading wraps mid-word; no horizontal scroll at desktop width.
   for (const [width, height, name] of [[1280, 900, 'desktop'], [390, 844, 'phone']]) {
     await page.setViewportSize({ width, height });
-    for (const path of ['requests', 'audit', 'rules', 'proposals', 'vaults', 'agents', 'hosts']) {
+    for (const path of ['', 'requests', 'audit', 'rules', 'proposals', 'vaults', 'agents', 'hosts']) {
       await page.goto(`${adminUrl}/${path}`);
       const wrapped = await page.$$eval('th', (ths) => ths.filter((th) => {
         const range = document.createRange();
@@ -67,7 +76,7 @@ try {
         const wide = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
         check(wide <= 0, `${path} scrolls sideways by ${wide}px at ${width}px`);
       }
-      await shot(page, `logs-${path}-${name}`);
+      await shot(page, `logs-${path || 'overview'}-${name}`);
     }
   }
 

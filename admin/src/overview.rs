@@ -1,0 +1,279 @@
+//! The overview, the landing page after login: pending proposals and held requests first; then
+//! per vault, from the request log of the last day (read here, in the admin process, never on
+//! the request path): requests over the last hour and day as charts by status class, requests,
+//! errors and p50 / p99 latency per service, error codes, hosts refused for want of a service,
+//! and the agents active. Charts are SVG drawn on the server (no script, no external fetch), each
+//! with a text summary and per-bar titles, so they read without colour.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use airlock_core::requestlog::{self, Filter, Row};
+use airlock_core::vault::now;
+use airlock_core::vault::records::ProposalStatus;
+use axum::Router;
+use axum::extract::{Extension, State};
+use axum::response::Response;
+use axum::routing::get;
+use maud::{Markup, html};
+
+use crate::AppState;
+use crate::respond::{St, login_redirect, render};
+use crate::security::Session;
+
+/// Rows read for the overview at most (the log keeps about 200,000).
+const READ_MAX: usize = 200_000;
+/// Status classes charted: 2xx and 3xx, 4xx, 5xx and no status.
+const CLASSES: [(&str, &str); 3] = [
+    ("ok", "2xx/3xx"),
+    ("client", "4xx"),
+    ("failed", "5xx or none"),
+];
+
+pub(crate) fn routes() -> Router<Arc<AppState>> {
+    Router::new().route("/", get(overview))
+}
+
+/// Counts per time bucket and status class.
+type Buckets = Vec<[u64; 3]>;
+
+/// One vault's day, as the overview shows it.
+#[derive(Default)]
+struct VaultDay {
+    hour: Buckets,
+    day: Buckets,
+    services: BTreeMap<String, ServiceDay>,
+    errors: BTreeMap<String, u64>,
+    /// Agent → (requests in the last hour, in the last day).
+    agents: BTreeMap<String, (u64, u64)>,
+    rows: Vec<(u64, Row)>,
+}
+
+#[derive(Default)]
+struct ServiceDay {
+    requests: u64,
+    errors: u64,
+    latencies_us: Vec<u64>,
+}
+
+fn class(r: &Row) -> usize {
+    match r.status {
+        200..=399 => 0,
+        400..=499 => 1,
+        _ => 2,
+    }
+}
+
+/// The last day of the request log, per vault.
+fn vault_days(state: &AppState, now_ms: u64) -> BTreeMap<String, VaultDay> {
+    let day_ms = 86_400_000;
+    let filter = Filter {
+        since_ms: Some(now_ms.saturating_sub(day_ms)),
+        ..Filter::default()
+    };
+    let rows = requestlog::page(&state.data_dir, &filter, None, READ_MAX)
+        .map(|p| p.rows)
+        .unwrap_or_default();
+    let mut out: BTreeMap<String, VaultDay> = BTreeMap::new();
+    for (seq, r) in rows {
+        let v = out.entry(r.vault.clone()).or_insert_with(|| VaultDay {
+            hour: vec![[0; 3]; 12],
+            day: vec![[0; 3]; 24],
+            ..VaultDay::default()
+        });
+        let age = now_ms.saturating_sub(r.at_ms);
+        let c = class(&r);
+        if let Some(b) = v
+            .day
+            .get_mut(23usize.saturating_sub((age / 3_600_000) as usize))
+        {
+            b[c] += 1;
+        }
+        let in_hour = age < 3_600_000;
+        if in_hour
+            && let Some(b) = v
+                .hour
+                .get_mut(11usize.saturating_sub((age / 300_000) as usize))
+        {
+            b[c] += 1;
+        }
+        if let Some(s) = &r.service {
+            let sd = v.services.entry(s.clone()).or_default();
+            sd.requests += 1;
+            sd.errors += u64::from(r.error.is_some());
+            sd.latencies_us.push(r.latency_us);
+        }
+        if let Some(e) = &r.error {
+            *v.errors.entry(e.clone()).or_default() += 1;
+        }
+        if let Some(a) = &r.agent {
+            let e = v.agents.entry(a.clone()).or_default();
+            e.0 += u64::from(in_hour);
+            e.1 += 1;
+        }
+        v.rows.push((seq, r));
+    }
+    for v in out.values_mut() {
+        for s in v.services.values_mut() {
+            s.latencies_us.sort_unstable();
+        }
+    }
+    out
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.1} ms", us as f64 / 1000.0)
+}
+
+/// One bar of a chart: its class and `x`, `y`, height in the chart's units.
+type Bar = (&'static str, f64, f64, f64);
+
+/// A stacked bar chart of `buckets` (oldest first), `step` naming one bucket ("5 minutes").
+fn chart(title: &str, buckets: &Buckets, step: &str, ago: impl Fn(usize) -> String) -> Markup {
+    let (w, h, pad) = (600.0, 120.0, 18.0);
+    let max = buckets
+        .iter()
+        .map(|b| b.iter().sum::<u64>())
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let slot = w / buckets.len() as f64;
+    let totals: [u64; 3] = buckets.iter().fold([0; 3], |mut t, b| {
+        for i in 0..3 {
+            t[i] += b[i];
+        }
+        t
+    });
+    let summary = format!(
+        "{title}: {} requests ({} {}, {} {}, {} {}), in bars of {step}",
+        totals.iter().sum::<u64>(),
+        totals[0],
+        CLASSES[0].1,
+        totals[1],
+        CLASSES[1].1,
+        totals[2],
+        CLASSES[2].1
+    );
+    let bars: Vec<(String, Vec<Bar>)> = buckets
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let title = format!(
+                "{}: {} {}, {} {}, {} {}",
+                ago(i),
+                b[0],
+                CLASSES[0].1,
+                b[1],
+                CLASSES[1].1,
+                b[2],
+                CLASSES[2].1
+            );
+            let mut y = h;
+            let rects = b
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| **n > 0)
+                .map(|(c, n)| {
+                    let height = *n as f64 / max as f64 * (h - 4.0);
+                    y -= height;
+                    (CLASSES[c].0, i as f64 * slot + 1.0, y, height)
+                })
+                .collect();
+            (title, rects)
+        })
+        .collect();
+    html! {
+        figure.chart {
+            figcaption { strong { (title) } " · " (summary.split_once(": ").map_or("", |(_, s)| s)) }
+            svg viewBox={ "0 0 " (w) " " (h + pad) } role="img" aria-label=(summary) {
+                @for (title, rects) in &bars {
+                    g {
+                        title { (title) }
+                        @for (c, x, y, height) in rects {
+                            rect class={ "c-" (c) } x=(format!("{x:.1}")) y=(format!("{y:.1}")) width=(format!("{:.1}", slot - 2.0)) height=(format!("{height:.1}")) {}
+                        }
+                    }
+                }
+                line x1="0" y1=(h) x2=(w) y2=(h) class="axis" {}
+                text x="0" y=(h + pad - 4.0) class="tick" { (ago(0)) }
+                text x=(w) y=(h + pad - 4.0) class="tick end" { "now" }
+            }
+        }
+    }
+}
+
+async fn overview(State(state): St, Extension(session): Extension<Session>) -> Response {
+    if session.operator.is_none() {
+        return login_redirect();
+    }
+    let pending = state
+        .store
+        .proposals(None, Some(ProposalStatus::Pending))
+        .unwrap_or_default();
+    let now_ms = now() * 1000;
+    let days = vault_days(&state, now_ms);
+    let vaults = state.store.vaults().unwrap_or_default();
+    render(
+        &state,
+        &session,
+        "Overview",
+        html! {
+            div.card {
+                h2 { "Waiting for you" }
+                @if pending.is_empty() { p.muted { "No proposal or held request is pending." } }
+                @else { ul.plain { @for p in &pending { li {
+                    a href={ "/proposals/" (p.id) } {
+                        @if let Some(h) = &p.held { "Held request " (p.id) ": " (h.summary()) }
+                        @else { "Proposal " (p.id) ": " (p.hosts().join(", ")) }
+                    }
+                    " · vault " (p.vault) " · from " (p.agent.as_deref().unwrap_or("an agent"))
+                } } } }
+            }
+            @for v in &vaults {
+                @let empty = VaultDay::default();
+                @let d = days.get(&v.name).unwrap_or(&empty);
+                section.card aria-labelledby={ "v-" (v.name) } {
+                    h2 id={ "v-" (v.name) } { "Vault " (v.name) }
+                    @if d.rows.is_empty() { p.muted { "No requests in the last day." } }
+                    @else {
+                        div.legend aria-hidden="true" { @for (c, name) in CLASSES { span { i class={ "key c-" (c) } {} (name) } } }
+                        (chart("Last hour", &d.hour, "5 minutes", |i| format!("{} min ago", (12 - i) * 5)))
+                        (chart("Last day", &d.day, "1 hour", |i| format!("{} h ago", 24 - i)))
+                        h3 { "Services, last day" }
+                        table {
+                            thead { tr { th scope="col" { "Service" } th scope="col" { "Requests" } th scope="col" { "Errors" } th scope="col" { "p50" } th scope="col" { "p99" } } }
+                            tbody { @for (name, s) in &d.services {
+                                tr { td { code { (name) } } td { (s.requests) } td { (s.errors) } td.nowrap { (ms(percentile(&s.latencies_us, 0.5))) } td.nowrap { (ms(percentile(&s.latencies_us, 0.99))) } }
+                            } }
+                        }
+                        div.cols {
+                            div {
+                                h3 { "Error codes" }
+                                @if d.errors.is_empty() { p.muted { "None." } }
+                                ul.plain { @for (code, n) in &d.errors { li { a href={ "/requests?vault=" (v.name) "&error=" (code) } { code { (code) } } " " (n) } } }
+                            }
+                            div {
+                                h3 { "Hosts refused" }
+                                @let tried = requestlog::hosts_tried(&d.rows);
+                                @if tried.is_empty() { p.muted { "None." } }
+                                ul.plain { @for t in tried.iter().take(10) { li { code { (t.host) } " " (t.tries) } } }
+                            }
+                            div {
+                                h3 { "Agents active" }
+                                ul.plain { @for (a, (hour, day)) in &d.agents { li { (a) ": " (hour) " in the hour, " (day) " in the day" } } }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
