@@ -34,8 +34,9 @@ if ! python3 -c 'import requests, httpx, openai, anthropic, lmdb, boto3, google.
         requests==2.34.2 httpx==0.28.1 openai==3.57.0 anthropic==2.14.0 lmdb==3.0.0 \
         boto3==1.43.11 google-auth==2.63.0
 fi
-# The admin UI's browser test: playwright-core (no browser download; it drives Debian's chromium).
-if [ ! -d tests/browser/node_modules/playwright-core ]; then
+# The admin UI's browser tests: playwright-core (no browser download; it drives Debian's chromium)
+# and axe-core (the accessibility check, run inside the pages).
+if [ ! -d tests/browser/node_modules/playwright-core ] || [ ! -d tests/browser/node_modules/axe-core ]; then
     (cd tests/browser && npm ci --no-audit --no-fund --silent)
 fi
 # Node 24, whose fetch honours the proxy variables (NODE_USE_ENV_PROXY=1): the binary that npm's

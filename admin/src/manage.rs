@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use airlock_core::secret::Secret;
 use airlock_core::spec::ServiceFile;
+use airlock_core::vault::records::VaultRecord;
 use airlock_core::vault::{UnmatchedPolicy, VaultError};
 use axum::Router;
 use axum::extract::{Extension, Path};
@@ -23,6 +24,7 @@ use crate::views::flash;
 pub(crate) fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/vaults", get(vaults).post(create_vault))
+        .route("/vaults/{vault}", get(vault_page))
         .route("/vaults/{vault}/policy", post(set_policy))
         .route("/vaults/{vault}/services", post(set_services))
         .route("/vaults/{vault}/services/template", post(add_from_catalog))
@@ -99,86 +101,148 @@ fn vaults_page(state: &AppState, session: &Session, note: Option<Markup>) -> Res
         "Vaults",
         html! {
             @if let Some(n) = note { (n) }
-            @for v in &vaults {
-                div.card {
-                    h2 { (v.name) }
-                    p {
-                        "Hosts without a service: " strong { (format!("{:?}", v.policy).to_lowercase()) } " "
-                        (button(session, &format!("/vaults/{}/policy", v.name), if v.policy == UnmatchedPolicy::Deny { "allow opaque tunnels" } else { "deny them" }))
-                    }
-                    table {
-                        thead { tr { th { "Service" } th { "Host" } th { "Auth" } th { "Enabled" } th { "" } } }
-                        tbody { @for s in state.store.services(&v.name).unwrap_or_default() { tr {
-                            td { (s.spec.name) } td { code { (s.spec.host) } } td { (s.spec.auth_type()) }
-                            td { (if s.spec.enabled { "yes" } else { "no" }) }
-                            td {
-                                (button(session, &format!("/vaults/{}/services/{}/toggle", v.name, s.spec.name), if s.spec.enabled { "disable" } else { "enable" }))
-                                " " (button(session, &format!("/vaults/{}/services/{}/remove", v.name, s.spec.name), "remove"))
-                            }
-                        } } }
-                    }
-                    form method="post" action={ "/vaults/" (v.name) "/services" } {
-                        input type="hidden" name="csrf" value=(session.csrf);
-                        label for={ "yaml-" (v.name) } { "Add or replace services (YAML, as for " code { "airlock service set" } ")" }
-                        textarea id={ "yaml-" (v.name) } name="yaml" rows="5" placeholder="services:\n  - name: stripe\n    host: api.stripe.com\n    auth: {type: bearer, token: STRIPE_KEY}" {}
-                        button { "Save services" }
-                    }
-                    form method="post" action={ "/vaults/" (v.name) "/services/template" } {
-                        input type="hidden" name="csrf" value=(session.csrf);
-                        label for={ "template-" (v.name) } { "Or add a well-known provider from the catalog" }
-                        select id={ "template-" (v.name) } name="template" {
-                            @for t in airlock_core::catalog::TEMPLATES {
-                                option value=(t.name) { (t.title) " (" (t.host) ", key " (t.keys.join(", ")) ")" }
-                            }
-                        }
-                        label for={ "tname-" (v.name) } { "Service name (default: the template's)" }
-                        input id={ "tname-" (v.name) } type="text" name="name";
-                        label for={ "tkeys-" (v.name) } { "Credential key(s), comma separated (default: the template's; set the credential first)" }
-                        input id={ "tkeys-" (v.name) } type="text" name="credentials";
-                        button { "Add from the catalog" }
-                    }
-                    h2 { "Credentials" }
-                    table {
-                        thead { tr { th { "Key" } th { "Kind" } th { "Created" } th { "Updated" } th { "" } } }
-                        tbody { @for (k, c) in state.store.credentials(&v.name).unwrap_or_default() { tr {
-                            td { code { (k) } }
-                            td { @if let Some(m) = &c.oauth { "OAuth: " (m.status()) } @else { "static" } }
-                            td.muted { (airlock_core::vault::rfc3339(c.created_at)) } td.muted { (airlock_core::vault::rfc3339(c.updated_at)) }
-                            td { (button(session, &format!("/vaults/{}/credentials/{k}/delete", v.name), "delete")) }
-                        } } }
-                    }
-                    form method="post" action={ "/vaults/" (v.name) "/credentials" } {
-                        input type="hidden" name="csrf" value=(session.csrf);
-                        label for={ "key-" (v.name) } { "Set or replace a credential (values are never shown again)" }
-                        input id={ "key-" (v.name) } type="text" name="key" placeholder="STRIPE_KEY" required;
-                        input type="password" name="value" placeholder="value" autocomplete="off" required;
-                        button { "Seal credential" }
-                    }
-                    form method="post" action={ "/vaults/" (v.name) "/credentials/oauth" } {
-                        input type="hidden" name="csrf" value=(session.csrf);
-                        label for={ "okey-" (v.name) } { "Import an OAuth token pair (airlock renews the access token with the refresh token)" }
-                        input id={ "okey-" (v.name) } type="text" name="key" placeholder="CLAUDE_OAUTH" required;
-                        label for={ "otokens-" (v.name) } { "Token file: a token response, Claude Code's .credentials.json, Codex's auth.json, or a bare refresh token" }
-                        textarea id={ "otokens-" (v.name) } name="tokens" rows="3" autocomplete="off" spellcheck="false" required {}
-                        label for={ "oendpoint-" (v.name) } { "Token endpoint (https://; default: the agent's own, for a recognised file)" }
-                        input id={ "oendpoint-" (v.name) } type="url" name="token_endpoint" placeholder="https://auth.example.com/oauth/token";
-                        label for={ "oclient-" (v.name) } { "Client id (default: the agent's own, for a recognised file)" }
-                        input id={ "oclient-" (v.name) } type="text" name="client_id";
-                        label for={ "oformat-" (v.name) } { "Refresh request body" }
-                        select id={ "oformat-" (v.name) } name="request" {
-                            option value="" { "default (form, or the agent's own)" }
-                            option value="form" { "form (RFC 6749)" }
-                            option value="json" { "JSON" }
-                        }
-                        button { "Import OAuth credential" }
-                    }
-                }
+            table {
+                thead { tr { th scope="col" { "Vault" } th scope="col" { "Services" } th scope="col" { "Credentials" } th scope="col" { "Hosts without a service" } } }
+                tbody { @for v in &vaults { tr {
+                    td { a href={ "/vaults/" (v.name) } { (v.name) } }
+                    td { (state.store.services(&v.name).map_or(0, |s| s.len())) }
+                    td { (state.store.credentials(&v.name).map_or(0, |c| c.len())) }
+                    td { (format!("{:?}", v.policy).to_lowercase()) }
+                } } }
             }
+            @for v in &vaults { (vault_card(state, session, v)) }
             form.card method="post" action="/vaults" {
                 input type="hidden" name="csrf" value=(session.csrf);
                 label for="new-vault" { "New vault" }
                 input id="new-vault" type="text" name="name" placeholder="team-a" required;
                 button { "Create vault" }
+            }
+        },
+    )
+}
+
+/// One vault's services, credentials and the forms that change them.
+fn vault_card(state: &AppState, session: &Session, v: &VaultRecord) -> Markup {
+    html! {
+    div.card {
+        h2 { (v.name) }
+        p {
+            "Hosts without a service: " strong { (format!("{:?}", v.policy).to_lowercase()) } " "
+            (button(session, &format!("/vaults/{}/policy", v.name), if v.policy == UnmatchedPolicy::Deny { "allow opaque tunnels" } else { "deny them" }))
+        }
+        table {
+            thead { tr { th { "Service" } th { "Host" } th { "Auth" } th { "Enabled" } th { span.sr { "Actions" } } } }
+            tbody { @for s in state.store.services(&v.name).unwrap_or_default() { tr {
+                td { (s.spec.name) } td { code { (s.spec.host) } } td { (s.spec.auth_type()) }
+                td { (if s.spec.enabled { "yes" } else { "no" }) }
+                td {
+                    (button(session, &format!("/vaults/{}/services/{}/toggle", v.name, s.spec.name), if s.spec.enabled { "disable" } else { "enable" }))
+                    " " (button(session, &format!("/vaults/{}/services/{}/remove", v.name, s.spec.name), "remove"))
+                }
+            } } }
+        }
+        form method="post" action={ "/vaults/" (v.name) "/services" } {
+            input type="hidden" name="csrf" value=(session.csrf);
+            label for={ "yaml-" (v.name) } { "Add or replace services (YAML, as for " code { "airlock service set" } ")" }
+            textarea id={ "yaml-" (v.name) } name="yaml" rows="5" placeholder="services:\n  - name: stripe\n    host: api.stripe.com\n    auth: {type: bearer, token: STRIPE_KEY}" {}
+            button { "Save services" }
+        }
+        form method="post" action={ "/vaults/" (v.name) "/services/template" } {
+            input type="hidden" name="csrf" value=(session.csrf);
+            label for={ "template-" (v.name) } { "Or add a well-known provider from the catalog" }
+            select id={ "template-" (v.name) } name="template" {
+                @for t in airlock_core::catalog::TEMPLATES {
+                    option value=(t.name) { (t.title) " (" (t.host) ", key " (t.keys.join(", ")) ")" }
+                }
+            }
+            label for={ "tname-" (v.name) } { "Service name (default: the template's)" }
+            input id={ "tname-" (v.name) } type="text" name="name";
+            label for={ "tkeys-" (v.name) } { "Credential key(s), comma separated (default: the template's; set the credential first)" }
+            input id={ "tkeys-" (v.name) } type="text" name="credentials";
+            button { "Add from the catalog" }
+        }
+        h2 { "Credentials" }
+        table {
+            thead { tr { th { "Key" } th { "Kind" } th { "Created" } th { "Updated" } th { span.sr { "Actions" } } } }
+            tbody { @for (k, c) in state.store.credentials(&v.name).unwrap_or_default() { tr {
+                td { code { (k) } }
+                td { @if let Some(m) = &c.oauth { "OAuth: " (m.status()) } @else { "static" } }
+                td.muted { (airlock_core::vault::rfc3339(c.created_at)) } td.muted { (airlock_core::vault::rfc3339(c.updated_at)) }
+                td { (button(session, &format!("/vaults/{}/credentials/{k}/delete", v.name), "delete")) }
+            } } }
+        }
+        form method="post" action={ "/vaults/" (v.name) "/credentials" } {
+            input type="hidden" name="csrf" value=(session.csrf);
+            label for={ "key-" (v.name) } { "Set or replace a credential (values are never shown again)" }
+            input id={ "key-" (v.name) } type="text" name="key" placeholder="STRIPE_KEY" required;
+            input type="password" name="value" placeholder="value" autocomplete="off" required;
+            button { "Seal credential" }
+        }
+        form method="post" action={ "/vaults/" (v.name) "/credentials/oauth" } {
+            input type="hidden" name="csrf" value=(session.csrf);
+            label for={ "okey-" (v.name) } { "Import an OAuth token pair (airlock renews the access token with the refresh token)" }
+            input id={ "okey-" (v.name) } type="text" name="key" placeholder="CLAUDE_OAUTH" required;
+            label for={ "otokens-" (v.name) } { "Token file: a token response, Claude Code's .credentials.json, Codex's auth.json, or a bare refresh token" }
+            textarea id={ "otokens-" (v.name) } name="tokens" rows="3" autocomplete="off" spellcheck="false" required {}
+            label for={ "oendpoint-" (v.name) } { "Token endpoint (https://; default: the agent's own, for a recognised file)" }
+            input id={ "oendpoint-" (v.name) } type="url" name="token_endpoint" placeholder="https://auth.example.com/oauth/token";
+            label for={ "oclient-" (v.name) } { "Client id (default: the agent's own, for a recognised file)" }
+            input id={ "oclient-" (v.name) } type="text" name="client_id";
+            label for={ "oformat-" (v.name) } { "Refresh request body" }
+            select id={ "oformat-" (v.name) } name="request" {
+                option value="" { "default (form, or the agent's own)" }
+                option value="form" { "form (RFC 6749)" }
+                option value="json" { "JSON" }
+            }
+            button { "Import OAuth credential" }
+        }
+    }
+    }
+}
+
+/// One vault on its own: its card, then the agents that may use it with their live scoped
+/// tokens counted (never listed), so the page does not grow with the tokens.
+async fn vault_page(
+    state: St,
+    Extension(session): Extension<Session>,
+    Path(name): Path<String>,
+) -> Response {
+    if session.operator.is_none() {
+        return login_redirect();
+    }
+    let v = match state.store.vault(&name) {
+        Ok(v) => v,
+        Err(e) => return crate::respond::vault_error(&state, &session, &e),
+    };
+    let agents: Vec<_> = state
+        .store
+        .agents()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|a| a.vaults.contains(&v.name))
+        .collect();
+    let scoped = state.store.scoped_token_counts(&v.name).unwrap_or_default();
+    render(
+        &state,
+        &session,
+        &format!("Vault {}", v.name),
+        html! {
+            (vault_card(&state, &session, &v))
+            div.card {
+                h2 { "Agents and their scoped tokens" }
+                table {
+                    thead { tr { th scope="col" { "Agent" } th scope="col" { "Status" } th scope="col" { "Live scoped tokens" } } }
+                    tbody {
+                        @for a in &agents { tr {
+                            td { (a.name) } td { (if a.revoked { "revoked" } else { "active" }) }
+                            td { (scoped.get(&a.name).copied().unwrap_or(0)) }
+                        } }
+                        @for (who, n) in scoped.iter().filter(|(who, _)| !agents.iter().any(|a| &&a.name == who)) { tr {
+                            td { (who) } td.muted { "no agent (minted by)" } td { (n) }
+                        } }
+                    }
+                }
+                p { a href={ "/requests?vault=" (v.name) } { "Its request log →" } }
             }
         },
     )
@@ -413,7 +477,7 @@ fn agents_page(state: &AppState, session: &Session, note: Option<Markup>) -> Res
         html! {
             @if let Some(n) = note { (n) }
             table {
-                thead { tr { th { "Agent" } th { "Vaults" } th { "Status" } th { "Created" } th { "" } } }
+                thead { tr { th { "Agent" } th { "Vaults" } th { "Status" } th { "Created" } th { span.sr { "Actions" } } } }
                 tbody { @for a in &list { tr {
                     td { (a.name) } td { (a.vaults.join(", ")) } td { (if a.revoked { "revoked" } else { "active" }) }
                     td.muted { (airlock_core::vault::rfc3339(a.created_at)) }

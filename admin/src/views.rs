@@ -36,7 +36,7 @@ form.inline { display:inline; } form.inline button { margin:0; padding:.2rem .6r
 label.confirm { display:block; margin:.8rem 0; font-weight:600; color:var(--bad); }
 code { font-size:.9em; overflow-wrap:anywhere; }
 dl { display:grid; grid-template-columns:max-content 1fr; gap:.3rem 1rem; margin:0; } dt { font-weight:600; color:var(--muted); } dd { margin:0; }
-th { white-space:nowrap; } .nowrap { white-space:nowrap; }
+th { white-space:nowrap; } .sr { position:absolute; width:1px; height:1px; overflow:hidden; clip-path:inset(50%); white-space:nowrap; } .nowrap { white-space:nowrap; }
 select, input, textarea { max-width:100%; } main { overflow-wrap:anywhere; }
 form.filters { display:grid; grid-template-columns:repeat(auto-fill, minmax(9.5rem, 1fr)); gap:.2rem .8rem; align-items:end; margin-bottom:.8rem; }
 form.filters label { margin:.2rem 0; font-size:.9rem; } form.filters select { width:100%; padding:.5rem; border:1px solid var(--line); border-radius:8px; font:inherit; background:#fff; }

@@ -922,6 +922,7 @@ fn request_log_filters_pages_exports_and_follows_live() {
     let r = output(c, None);
     assert_eq!(r.code, 0, "browser run failed: {r:?}");
     assert!(r.stdout.contains("\"ok\":true"), "{r:?}");
+    eprintln!("browser: {}", r.stdout.trim());
     for shot in [
         "logs-filtered",
         "logs-requests-desktop",

@@ -654,6 +654,24 @@ impl Store {
         self.read(|t| Ok(find_agent(t, name)))?
     }
 
+    /// The live scoped tokens of `vault`, counted by who holds them: the agent, or for a token of
+    /// no agent, who minted it (`-` when unknown). Counts only: no page lists every token.
+    pub fn scoped_token_counts(&self, vault: &str) -> Result<BTreeMap<String, u64>, VaultError> {
+        let at = now();
+        let all = self.read(|t| t.scan::<TokenRecord>(t.dbs().tokens, "tokens", b""))?;
+        let mut out = BTreeMap::new();
+        for (_, r) in all {
+            if r.kind == TokenKind::Scoped
+                && r.vault.as_deref() == Some(vault)
+                && r.expires_at.is_none_or(|e| e > at)
+            {
+                let who = r.agent.or(r.label).unwrap_or_else(|| "-".to_owned());
+                *out.entry(who).or_default() += 1;
+            }
+        }
+        Ok(out)
+    }
+
     /// The newest `limit` audit records, oldest first.
     pub fn audit_log(&self, limit: usize) -> Result<Vec<AuditRecord>, VaultError> {
         let all = self.read(|t| t.scan::<AuditRecord>(t.dbs().audit, "audit", b""))?;
