@@ -140,11 +140,9 @@ async fn requests(
     }
     let filter = filter_of(&q);
     let before = q.get("before").and_then(|b| b.parse().ok());
-    let page = requestlog::page(&state.data_dir, &filter, before, PAGE).unwrap_or_default();
-    let newest = page
-        .rows
-        .first()
-        .map_or_else(|| latest(&state), |(s, _)| *s);
+    let log = state.log.rows();
+    let (rows, older) = log.page(before, PAGE, |r| filter.admits(r));
+    let newest = log.rows.last().map_or(0, |(s, _)| *s);
     let live = q.contains_key("live") && before.is_none();
     let kept = keep(&q);
     let selected = |k: &str, v: &str| q.get(k).map(String::as_str) == Some(v);
@@ -176,23 +174,15 @@ async fn requests(
             }
             table.log data-live=[live.then_some("1")] data-after=(newest) {
                 thead { tr { @for h in HEADINGS { th scope="col" { (h) } } } }
-                tbody { @for (_, r) in &page.rows { (row_markup(r)) } }
+                tbody { @for (_, r) in &rows { (row_markup(r)) } }
             }
-            @if page.rows.is_empty() { p.muted { "No requests match." } }
-            @if let Some(older) = page.older {
+            @if rows.is_empty() { p.muted { "No requests match." } }
+            @if let Some(older) = older {
                 p { a rel="next" href={ "/requests?before=" (older) "&" (kept) } { "Older requests →" } }
             }
             @if live { script src="/static/live.js" {} }
         },
     )
-}
-
-/// The newest sequence number in the log (where live mode starts when a page is empty).
-fn latest(state: &AppState) -> u64 {
-    requestlog::page(&state.data_dir, &Filter::default(), None, 1)
-        .ok()
-        .and_then(|p| p.rows.first().map(|(s, _)| *s))
-        .unwrap_or(0)
 }
 
 /// Rows newer than `after` that the filter admits, oldest first, for the live script:
@@ -222,9 +212,10 @@ async fn live(
 
 /// The filtered view, newest first, up to [`EXPORT_MAX`] rows.
 fn exported(state: &AppState, q: &HashMap<String, String>) -> Vec<Row> {
-    requestlog::page(&state.data_dir, &filter_of(q), None, EXPORT_MAX)
-        .map(|p| p.rows.into_iter().map(|(_, r)| r).collect())
-        .unwrap_or_default()
+    let filter = filter_of(q);
+    let log = state.log.rows();
+    let (rows, _) = log.page(None, EXPORT_MAX, |r| filter.admits(r));
+    rows.into_iter().map(|(_, r)| r.clone()).collect()
 }
 
 fn attachment(name: &str, content_type: &'static str, body: String) -> Response {

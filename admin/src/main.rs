@@ -9,6 +9,7 @@
 #![deny(unsafe_code)]
 
 mod api;
+mod logcache;
 mod logs;
 mod manage;
 mod overview;
@@ -55,6 +56,8 @@ pub struct AppState {
     pub store: Store,
     pub sessions: security::Sessions,
     pub data_dir: PathBuf,
+    /// The request log, decoded once and kept current ([`logcache`]).
+    pub(crate) log: Arc<logcache::LogCache>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -93,10 +96,13 @@ fn main() -> anyhow::Result<()> {
         .map(webhook::Webhook::parse)
         .transpose()
         .map_err(anyhow::Error::msg)?;
+    let request_log = Arc::new(logcache::LogCache::default());
+    request_log.start(data_dir.clone());
     let state = Arc::new(AppState {
         store,
         sessions: security::Sessions::default(),
         data_dir,
+        log: request_log,
     });
     // Blocking work is Argon2 alone; a few threads, reused, keep its 19 MiB buffers in a few
     // malloc arenas instead of one per thread ever started (review B9).

@@ -1,6 +1,6 @@
 //! The overview, the landing page after login: pending proposals and held requests first; then
-//! per vault, from the request log of the last day (read here, in the admin process, never on
-//! the request path): requests over the last hour and day as charts by status class, requests,
+//! per vault, from the request log of the last day (the admin process's copy, [`crate::logcache`],
+//! never the request path): requests over the last hour and day as charts by status class, requests,
 //! errors and p50 / p99 latency per service, error codes, hosts refused for want of a service,
 //! and the agents active. Charts are SVG drawn on the server (no script, no external fetch), each
 //! with a text summary and per-bar titles, so they read without colour.
@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use airlock_core::requestlog::{self, Filter, Row};
+use airlock_core::requestlog::{self, Row};
 use airlock_core::vault::now;
 use airlock_core::vault::records::ProposalStatus;
 use axum::Router;
@@ -21,8 +21,6 @@ use crate::AppState;
 use crate::respond::{St, login_redirect, render};
 use crate::security::Session;
 
-/// Rows read for the overview at most (the log keeps about 200,000).
-const READ_MAX: usize = 200_000;
 /// Status classes charted: 2xx and 3xx, 4xx, 5xx and no status.
 const CLASSES: [(&str, &str); 3] = [
     ("ok", "2xx/3xx"),
@@ -37,22 +35,24 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
 /// Counts per time bucket and status class.
 type Buckets = Vec<[u64; 3]>;
 
-/// One vault's day, as the overview shows it.
+/// One vault's day, as the overview shows it (names borrowed from the cached rows).
 #[derive(Default)]
-struct VaultDay {
+struct VaultDay<'a> {
+    requests: u64,
     hour: Buckets,
     day: Buckets,
-    services: BTreeMap<String, ServiceDay>,
-    errors: BTreeMap<String, u64>,
+    services: BTreeMap<&'a str, ServiceDay>,
+    errors: BTreeMap<&'a str, u64>,
     /// Agent → (requests in the last hour, in the last day).
-    agents: BTreeMap<String, (u64, u64)>,
-    rows: Vec<(u64, Row)>,
+    agents: BTreeMap<&'a str, (u64, u64)>,
 }
 
 #[derive(Default)]
 struct ServiceDay {
     requests: u64,
     errors: u64,
+    /// Requests by status class.
+    classes: [u64; 3],
     latencies_us: Vec<u64>,
 }
 
@@ -65,24 +65,21 @@ fn class(r: &Row) -> usize {
 }
 
 /// The last day of the request log, per vault.
-fn vault_days(state: &AppState, now_ms: u64) -> BTreeMap<String, VaultDay> {
+fn vault_days(rows: &[(u64, Row)], now_ms: u64) -> BTreeMap<&str, VaultDay<'_>> {
     let day_ms = 86_400_000;
-    let filter = Filter {
-        since_ms: Some(now_ms.saturating_sub(day_ms)),
-        ..Filter::default()
-    };
-    let rows = requestlog::page(&state.data_dir, &filter, None, READ_MAX)
-        .map(|p| p.rows)
-        .unwrap_or_default();
-    let mut out: BTreeMap<String, VaultDay> = BTreeMap::new();
-    for (seq, r) in rows {
-        let v = out.entry(r.vault.clone()).or_insert_with(|| VaultDay {
+    let mut out: BTreeMap<&str, VaultDay<'_>> = BTreeMap::new();
+    for (_, r) in rows {
+        let age = now_ms.saturating_sub(r.at_ms);
+        if age >= day_ms {
+            continue;
+        }
+        let v = out.entry(r.vault.as_str()).or_insert_with(|| VaultDay {
             hour: vec![[0; 3]; 12],
             day: vec![[0; 3]; 24],
             ..VaultDay::default()
         });
-        let age = now_ms.saturating_sub(r.at_ms);
-        let c = class(&r);
+        v.requests += 1;
+        let c = class(r);
         if let Some(b) = v
             .day
             .get_mut(23usize.saturating_sub((age / 3_600_000) as usize))
@@ -98,35 +95,38 @@ fn vault_days(state: &AppState, now_ms: u64) -> BTreeMap<String, VaultDay> {
             b[c] += 1;
         }
         if let Some(s) = &r.service {
-            let sd = v.services.entry(s.clone()).or_default();
+            let sd = v.services.entry(s.as_str()).or_default();
             sd.requests += 1;
             sd.errors += u64::from(r.error.is_some());
+            sd.classes[c] += 1;
             sd.latencies_us.push(r.latency_us);
         }
         if let Some(e) = &r.error {
-            *v.errors.entry(e.clone()).or_default() += 1;
+            *v.errors.entry(e.as_str()).or_default() += 1;
         }
         if let Some(a) = &r.agent {
-            let e = v.agents.entry(a.clone()).or_default();
+            let e = v.agents.entry(a.as_str()).or_default();
             e.0 += u64::from(in_hour);
             e.1 += 1;
-        }
-        v.rows.push((seq, r));
-    }
-    for v in out.values_mut() {
-        for s in v.services.values_mut() {
-            s.latencies_us.sort_unstable();
         }
     }
     out
 }
 
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
+/// The p50 and p99 of `v` (reordered in place; linear time, no sort).
+fn percentiles(v: &mut [u64]) -> (u64, u64) {
+    if v.is_empty() {
+        return (0, 0);
     }
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
+    let last = v.len() - 1;
+    let (i50, i99) = (last / 2, (last as f64 * 0.99).round() as usize);
+    let p99 = *v.select_nth_unstable(i99).1;
+    let p50 = if i50 < i99 {
+        *v[..i99].select_nth_unstable(i50).1
+    } else {
+        p99
+    };
+    (p50, p99)
 }
 
 fn ms(us: u64) -> String {
@@ -210,6 +210,32 @@ fn chart(title: &str, buckets: &Buckets, step: &str, ago: impl Fn(usize) -> Stri
     }
 }
 
+/// One service's requests as a horizontal bar split by status class, scaled to the busiest
+/// service (`most`), with the numbers as its accessible name.
+fn split(classes: &[u64; 3], most: u64) -> Markup {
+    let label = format!(
+        "{} {}, {} {}, {} {}",
+        classes[0], CLASSES[0].1, classes[1], CLASSES[1].1, classes[2], CLASSES[2].1
+    );
+    let mut x = 0.0;
+    let parts: Vec<(&str, f64, f64)> = classes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+        .map(|(c, n)| {
+            let w = *n as f64 / most as f64 * 200.0;
+            x += w;
+            (CLASSES[c].0, x - w, w)
+        })
+        .collect();
+    html! {
+        svg.split viewBox="0 0 200 12" role="img" aria-label=(label) {
+            title { (label) }
+            @for (c, x, w) in &parts { rect class={ "c-" (c) } x=(format!("{x:.1}")) y="0" width=(format!("{w:.1}")) height="12" {} }
+        }
+    }
+}
+
 async fn overview(State(state): St, Extension(session): Extension<Session>) -> Response {
     if session.operator.is_none() {
         return login_redirect();
@@ -219,7 +245,10 @@ async fn overview(State(state): St, Extension(session): Extension<Session>) -> R
         .proposals(None, Some(ProposalStatus::Pending))
         .unwrap_or_default();
     let now_ms = now() * 1000;
-    let days = vault_days(&state, now_ms);
+    let log = state.log.rows();
+    let today = log.since(now_ms.saturating_sub(86_400_000));
+    let days = vault_days(today, now_ms);
+    let refused = requestlog::hosts_tried(today);
     let vaults = state.store.vaults().unwrap_or_default();
     render(
         &state,
@@ -239,19 +268,21 @@ async fn overview(State(state): St, Extension(session): Extension<Session>) -> R
             }
             @for v in &vaults {
                 @let empty = VaultDay::default();
-                @let d = days.get(&v.name).unwrap_or(&empty);
+                @let d = days.get(v.name.as_str()).unwrap_or(&empty);
                 section.card aria-labelledby={ "v-" (v.name) } {
                     h2 id={ "v-" (v.name) } { "Vault " (v.name) }
-                    @if d.rows.is_empty() { p.muted { "No requests in the last day." } }
+                    @if d.requests == 0 { p.muted { "No requests in the last day." } }
                     @else {
                         div.legend aria-hidden="true" { @for (c, name) in CLASSES { span { i class={ "key c-" (c) } {} (name) } } }
                         (chart("Last hour", &d.hour, "5 minutes", |i| format!("{} min ago", (12 - i) * 5)))
                         (chart("Last day", &d.day, "1 hour", |i| format!("{} h ago", 24 - i)))
                         h3 { "Services, last day" }
+                        @let most = d.services.values().map(|s| s.requests).max().unwrap_or(1).max(1);
                         table {
-                            thead { tr { th scope="col" { "Service" } th scope="col" { "Requests" } th scope="col" { "Errors" } th scope="col" { "p50" } th scope="col" { "p99" } } }
+                            thead { tr { th scope="col" { "Service" } th scope="col" { "Requests" } th scope="col" { "By status" } th scope="col" { "Errors" } th scope="col" { "p50" } th scope="col" { "p99" } } }
                             tbody { @for (name, s) in &d.services {
-                                tr { td { code { (name) } } td { (s.requests) } td { (s.errors) } td.nowrap { (ms(percentile(&s.latencies_us, 0.5))) } td.nowrap { (ms(percentile(&s.latencies_us, 0.99))) } }
+                                @let (p50, p99) = percentiles(&mut s.latencies_us.clone());
+                                tr { td { code { (name) } } td { (s.requests) } td { (split(&s.classes, most)) } td { (s.errors) } td.nowrap { (ms(p50)) } td.nowrap { (ms(p99)) } }
                             } }
                         }
                         div.cols {
@@ -262,9 +293,9 @@ async fn overview(State(state): St, Extension(session): Extension<Session>) -> R
                             }
                             div {
                                 h3 { "Hosts refused" }
-                                @let tried = requestlog::hosts_tried(&d.rows);
+                                @let tried: Vec<_> = refused.iter().filter(|t| t.vault == v.name).take(10).collect();
                                 @if tried.is_empty() { p.muted { "None." } }
-                                ul.plain { @for t in tried.iter().take(10) { li { code { (t.host) } " " (t.tries) } } }
+                                ul.plain { @for t in &tried { li { code { (t.host) } " " (t.tries) } } }
                             }
                             div {
                                 h3 { "Agents active" }
@@ -276,4 +307,17 @@ async fn overview(State(state): St, Extension(session): Extension<Session>) -> R
             }
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_without_sorting() {
+        let mut v: Vec<u64> = (1..=1000).rev().collect();
+        assert_eq!(percentiles(&mut v), (500, 990));
+        assert_eq!(percentiles(&mut [7]), (7, 7));
+        assert_eq!(percentiles(&mut []), (0, 0));
+    }
 }

@@ -267,14 +267,12 @@ fn agent_activity(state: &AppState, p: &ProposalRecord) -> Markup {
     let Some(agent) = &p.agent else {
         return html! {};
     };
-    let filter = airlock_core::requestlog::Filter {
-        vault: Some(p.vault.clone()),
-        agent: Some(agent.clone()),
-        ..Default::default()
-    };
-    let recent = airlock_core::requestlog::page(&state.data_dir, &filter, None, 500)
-        .unwrap_or_default()
-        .rows;
+    let log = state.log.rows();
+    let (mine, _) = log.page(None, 500, |r| {
+        r.vault == p.vault && r.agent.as_deref() == Some(agent.as_str())
+    });
+    let recent: Vec<(u64, airlock_core::requestlog::Row)> = mine.into_iter().cloned().collect();
+    drop(log);
     let refused = airlock_core::requestlog::hosts_tried(&recent);
     html! {
         div.card {
@@ -477,10 +475,11 @@ async fn rules(State(state): St, Extension(session): Extension<Session>) -> Resp
     if session.operator.is_none() {
         return login_redirect();
     }
-    let rows = airlock_core::requestlog::read(&state.data_dir, None, 0).unwrap_or_default();
-    // (vault, service, rule) -> (decided, refused or held)
+    let log = state.log.rows();
+    let rows = log.rows.as_slice();
+    // (vault, service, rule) -> (decided, refused)
     let mut hits: HashMap<(&str, &str, &str), (u64, u64)> = HashMap::new();
-    for (_, r) in &rows {
+    for (_, r) in rows {
         if let (Some(service), Some(rule)) = (&r.service, &r.rule) {
             let e = hits
                 .entry((r.vault.as_str(), service.as_str(), rule.as_str()))
@@ -539,8 +538,7 @@ async fn hosts_tried(State(state): St, Extension(session): Extension<Session>) -
     if session.operator.is_none() {
         return login_redirect();
     }
-    let rows = airlock_core::requestlog::read(&state.data_dir, None, 0).unwrap_or_default();
-    let tried = airlock_core::requestlog::hosts_tried(&rows);
+    let tried = airlock_core::requestlog::hosts_tried(&state.log.rows().rows);
     render(
         &state,
         &session,

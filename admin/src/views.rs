@@ -45,7 +45,7 @@ form.filters .actions button { margin:0; width:100%; }
 table.log td { font-size:.92rem; }
 figure.chart { margin:.8rem 0; } figure.chart svg { width:100%; height:auto; display:block; } figcaption { font-size:.95rem; margin-bottom:.3rem; }
 .c-ok { fill:#1f7a4d; background:#1f7a4d; } .c-client { fill:#b7791f; background:#b7791f; } .c-failed { fill:#b42318; background:#b42318; }
-.axis { stroke:var(--line); } .tick { font-size:11px; fill:var(--muted); } .tick.end { text-anchor:end; }
+.axis { stroke:var(--line); } svg.split { width:10rem; height:.8rem; display:block; margin-top:.35rem; } .tick { font-size:11px; fill:var(--muted); } .tick.end { text-anchor:end; }
 .legend { display:flex; gap:1rem; font-size:.9rem; } .legend .key { display:inline-block; width:.8rem; height:.8rem; border-radius:2px; margin-right:.3rem; vertical-align:middle; }
 ul.plain { list-style:none; padding:0; margin:.3rem 0; } ul.plain li { margin:.2rem 0; }
 .cols { display:grid; grid-template-columns:repeat(auto-fit, minmax(14rem, 1fr)); gap:0 1.5rem; }

@@ -290,9 +290,8 @@ fn last_seq(env: &Environment, db: Database) -> Option<u64> {
 
 /// LMDB's `MDB_LAST` cursor op (position at the last key), as lmdb-rkv-sys defines it.
 const MDB_LAST: u32 = 6;
-/// LMDB's `MDB_PREV` and `MDB_SET_RANGE` cursor ops.
-const MDB_PREV: u32 = 12;
-const MDB_SET_RANGE: u32 = 17;
+/// LMDB's `MDB_FIRST` cursor op.
+const MDB_FIRST: u32 = 0;
 
 /// What the request-log views filter on; every part optional, all must hold.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -324,27 +323,11 @@ impl Filter {
     }
 }
 
-/// One page of rows, newest first, and the cursor of the page after it.
-#[derive(Debug, Default)]
-pub struct Page {
-    pub rows: Vec<(u64, Row)>,
-    /// Pass as `before` for older rows; `None` at the oldest.
-    pub older: Option<u64>,
-}
-
-/// Rows older than sequence number `before` (the newest when `None`) that `filter` admits,
-/// newest first, at most `limit`. Reads backwards from the cursor and stops at the page's end
-/// or (rows being about in time order) a minute before `since_ms`, so a page costs about what
-/// it scans, not the whole log.
-pub fn page(
-    data_dir: &Path,
-    filter: &Filter,
-    before: Option<u64>,
-    limit: usize,
-) -> Result<Page, LogError> {
+/// The oldest sequence number the log holds (rows below it were deleted by retention).
+pub fn first_seq(data_dir: &Path) -> Result<Option<u64>, LogError> {
     let path = data_dir.join(DIR);
     if !path.join("data.mdb").exists() {
-        return Ok(Page::default());
+        return Ok(None);
     }
     let (env, db) = open_env(data_dir)?;
     let err = |source| LogError::Lmdb {
@@ -353,45 +336,12 @@ pub fn page(
     };
     let txn = env.begin_ro_txn().map_err(err)?;
     let cursor = txn.open_ro_cursor(db).map_err(err)?;
-    let start = match before {
-        // The first key at or after `before`, then one back; or the last key.
-        Some(b) => match cursor.get(Some(&b.to_be_bytes()), None, MDB_SET_RANGE) {
-            Ok(_) => cursor.get(None, None, MDB_PREV),
-            Err(lmdb::Error::NotFound) => cursor.get(None, None, MDB_LAST),
-            Err(e) => Err(e),
-        },
-        None => cursor.get(None, None, MDB_LAST),
-    };
-    let mut out = Page::default();
-    let mut at = match start {
-        Ok(kv) => Some(kv),
-        Err(lmdb::Error::NotFound) => None,
-        Err(e) => return Err(err(e)),
-    };
-    let floor = filter.since_ms.map(|t| t.saturating_sub(60_000));
-    while let Some((Some(k), v)) = at {
-        let Ok(seq) = <[u8; 8]>::try_from(k).map(u64::from_be_bytes) else {
-            break;
-        };
-        if let Ok(row) = serde_json::from_slice::<Row>(v) {
-            if floor.is_some_and(|f| row.at_ms < f) {
-                break;
-            }
-            if filter.admits(&row) {
-                if out.rows.len() == limit {
-                    out.older = out.rows.last().map(|(s, _)| *s);
-                    break;
-                }
-                out.rows.push((seq, row));
-            }
-        }
-        at = match cursor.get(None, None, MDB_PREV) {
-            Ok(kv) => Some(kv),
-            Err(lmdb::Error::NotFound) => None,
-            Err(e) => return Err(err(e)),
-        };
-    }
-    Ok(out)
+    Ok(match cursor.get(None, None, MDB_FIRST) {
+        Ok((k, _)) => k
+            .and_then(|k| <[u8; 8]>::try_from(k).ok())
+            .map(u64::from_be_bytes),
+        Err(_) => None,
+    })
 }
 
 /// A host an agent tried and was refused for want of a service (`no_service`, or

@@ -20,7 +20,9 @@ try {
 
   // The overview is the landing page; its charts show the requests the test sent.
   check(new URL(page.url()).pathname === '/', `landed on the overview, got ${page.url()}`);
-  const labels = await page.$$eval('svg[role=img]', (svgs) => svgs.map((s) => s.getAttribute('aria-label')));
+  const labels = await page.$$eval('figure.chart svg[role=img]', (svgs) => svgs.map((s) => s.getAttribute('aria-label')));
+  const split = await page.$$eval('svg.split', (svgs) => svgs.map((s) => s.getAttribute('aria-label')));
+  check(split.length === 1 && /^11[0-6] 2xx\/3xx, 0 4xx/.test(split[0]), `the openai service's split: ${split}`);
   check(labels.length === 2 && labels.every((l) => /: 11[3-9] requests \(11[0-6] 2xx\/3xx, 3 4xx/.test(l)), `charts: ${labels}`);
   check(await page.$$eval('svg rect.c-ok', (r) => r.length) > 0, 'bars are drawn');
   const overview = await page.textContent('main');
@@ -89,7 +91,7 @@ try {
     storageState: await page.context().storageState() });
   const a11y = await audit11y.newPage();
   const minor = [];
-  for (const path of ['', 'requests', 'audit', 'rules', 'proposals', 'vaults', 'vaults/default', 'agents', 'hosts']) {
+  for (const path of ['', 'requests', 'audit', 'rules', 'proposals', 'vaults', 'vaults/default', 'agents', 'hosts', 'login']) {
     await a11y.goto(`${adminUrl}/${path}`);
     await a11y.addScriptTag({ path: axePath });
     const found = await a11y.evaluate(async () => {
