@@ -10,3 +10,9 @@ export const launch = () => chromium.launch({
 export const check = (cond, what) => { if (!cond) throw new Error(`check failed: ${what}`); };
 export const shooter = (artifacts) =>
   (page, name) => page.screenshot({ path: `${artifacts}/${name}.png`, fullPage: true });
+export const login = async (page, adminUrl, operator, password) => {
+  await page.goto(`${adminUrl}/login`);
+  await page.fill('#name', operator);
+  await page.fill('#password', password);
+  await Promise.all([page.waitForNavigation(), page.click('button[type=submit]')]);
+};

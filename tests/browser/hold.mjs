@@ -2,17 +2,14 @@
 // check what is shown (method, host, path, the rule, a redacted body preview), approve with the
 // keyboard (Tab to the button, Enter), and check the confirmation.
 // Usage: node hold.mjs ADMIN_URL OPERATOR PASSWORD PROPOSAL_ID ARTIFACT_DIR
-import { launch, check, shooter } from './common.mjs';
+import { launch, check, shooter, login } from './common.mjs';
 
 const [adminUrl, operator, password, id, artifacts] = process.argv.slice(2);
 const shot = shooter(artifacts);
 const browser = await launch();
 try {
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
-  await page.goto(`${adminUrl}/login`);
-  await page.fill('#name', operator);
-  await page.fill('#password', password);
-  await Promise.all([page.waitForNavigation(), page.click('button[type=submit]')]);
+  await login(page, adminUrl, operator, password);
   await page.goto(`${adminUrl}/proposals/${id}`);
   const text = await page.textContent('main');
   check(text.includes('Held request'), 'the held request is shown');

@@ -5,7 +5,7 @@
 // Usage: node logs.mjs ADMIN_URL OPERATOR PASSWORD PROXY_URL CA_FILE ARTIFACT_DIR
 import { execFileSync } from 'node:child_process';
 import { createRequire } from 'node:module';
-import { launch, check, shooter } from './common.mjs';
+import { launch, check, shooter, login } from './common.mjs';
 
 const [adminUrl, operator, password, proxyUrl, caFile, artifacts] = process.argv.slice(2);
 const shot = shooter(artifacts);
@@ -13,10 +13,7 @@ const browser = await launch();
 const rows = (page) => page.$$eval('table.log tbody tr', (trs) => trs.map((tr) => [...tr.cells].map((c) => c.textContent.trim())));
 try {
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
-  await page.goto(`${adminUrl}/login`);
-  await page.fill('#name', operator);
-  await page.fill('#password', password);
-  await Promise.all([page.waitForNavigation(), page.click('button[type=submit]')]);
+  await login(page, adminUrl, operator, password);
 
   // The overview is the landing page; its charts show the requests the test sent.
   check(new URL(page.url()).pathname === '/', `landed on the overview, got ${page.url()}`);

@@ -1,15 +1,12 @@
 // Every admin page with a large vault and log: answers within a time and a size budget.
 // Usage: node pages.mjs ADMIN_URL OPERATOR PASSWORD MAX_MS MAX_KIB
-import { launch, check } from './common.mjs';
+import { launch, check, login } from './common.mjs';
 
 const [adminUrl, operator, password, maxMs, maxKib] = process.argv.slice(2);
 const browser = await launch();
 try {
   const page = await browser.newPage();
-  await page.goto(`${adminUrl}/login`);
-  await page.fill('#name', operator);
-  await page.fill('#password', password);
-  await Promise.all([page.waitForNavigation(), page.click('button[type=submit]')]);
+  await login(page, adminUrl, operator, password);
   const paths = ['/', '/requests', '/requests?class=5', '/requests?error=rule_denied&range=3600',
     '/audit', '/audit?action=agent.', '/rules', '/proposals',
     '/vaults', '/vaults/default', '/agents', '/hosts'];
