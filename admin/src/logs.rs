@@ -292,8 +292,8 @@ fn csv_cell(f: &str) -> String {
     }
 }
 
-/// The audit log, newest first, filtered by who (contains), action (prefix) and target
-/// (contains), a page at a time.
+/// The audit log, newest first, filtered by who (contains), action (prefix), target (contains)
+/// and time range, a page at a time.
 async fn audit(
     State(state): St,
     Extension(session): Extension<Session>,
@@ -308,8 +308,14 @@ async fn audit(
         .get("before")
         .and_then(|b| b.parse().ok())
         .unwrap_or(u64::MAX);
+    let range: u64 = q.get("range").and_then(|r| r.parse().ok()).unwrap_or(0);
+    let since = match range {
+        0 => 0,
+        r => airlock_core::vault::now().saturating_sub(r),
+    };
     let admits = |r: &AuditRecord| {
         r.id < before
+            && r.at >= since
             && r.actor.contains(who.as_str())
             && r.action.starts_with(action.as_str())
             && r.target.contains(target.as_str())
@@ -319,11 +325,17 @@ async fn audit(
     list.reverse();
     let older = (list.len() > PAGE).then(|| list[PAGE - 1].id);
     list.truncate(PAGE);
-    let kept: String = [("who", &who), ("action", &action), ("target", &target)]
-        .iter()
-        .filter(|(_, v)| !v.is_empty())
-        .map(|(k, v)| format!("&{k}={}", urlencode(v)))
-        .collect();
+    let range_text = range.to_string();
+    let kept: String = [
+        ("who", &who),
+        ("action", &action),
+        ("target", &target),
+        ("range", &range_text),
+    ]
+    .iter()
+    .filter(|(_, v)| !v.is_empty() && v.as_str() != "0")
+    .map(|(k, v)| format!("&{k}={}", urlencode(v)))
+    .collect();
     render(
         &state,
         &session,
@@ -333,6 +345,9 @@ async fn audit(
                 div { label for="a-who" { "Who" } input id="a-who" type="text" name="who" value=(who); }
                 div { label for="a-action" { "Action (prefix)" } input id="a-action" type="text" name="action" value=(action) placeholder="proposal."; }
                 div { label for="a-target" { "Target" } input id="a-target" type="text" name="target" value=(target); }
+                div { label for="a-range" { "Time" } select id="a-range" name="range" {
+                    @for (name, secs) in RANGES { option value=(secs) selected[secs == range] { (name) } }
+                } }
                 div.actions { button { "Filter" } }
             }
             table.log {

@@ -57,7 +57,7 @@ try {
   check(json.length === 3 && json.every((r) => r.status === 403 && r.error === 'no_service'), `json: ${JSON.stringify(json)}`);
 
   // The audit log's filter.
-  await page.goto(`${adminUrl}/audit?action=agent.`);
+  await page.goto(`${adminUrl}/audit?action=agent.&range=3600`);
   const audit = await page.$$eval('table.log tbody tr', (trs) => trs.map((tr) => tr.cells[2].textContent));
   check(audit.length > 0 && audit.every((a) => a.startsWith('agent.')), `audit filter: ${audit}`);
 
