@@ -2,13 +2,17 @@
 //! memory, oldest first. A thread adds the rows the data plane's writer committed since it last
 //! looked (by sequence number) every [`REFRESH`] and drops the rows the writer's retention
 //! deleted, so a page filters and counts in memory instead of decoding up to 200,000 rows per
-//! view. Pages hold the lock only while they read. This module never writes the log.
+//! view, and summarises the last day for the overview ([`crate::daily`]) when rows arrived (at
+//! most every 2 s, at least every minute). Pages hold the lock only while they read. This module
+//! never writes the log.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use airlock_core::requestlog::{self, Row};
+
+use crate::daily::{self, Day};
 
 /// How often new rows are read.
 const REFRESH: Duration = Duration::from_millis(500);
@@ -18,12 +22,21 @@ const REFRESH: Duration = Duration::from_millis(500);
 pub(crate) struct Rows {
     pub(crate) rows: Vec<(u64, Row)>,
     last: u64,
+    /// Rows arrived since the overview's summary was made.
+    unsummarised: bool,
 }
+
+/// The overview's summary is computed again at most this often while rows arrive, and at least
+/// this often while none do (its buckets move with the clock).
+const SUMMARY_MIN: Duration = Duration::from_secs(2);
+const SUMMARY_MAX: Duration = Duration::from_secs(60);
 
 /// Shared by the pages and the refresher.
 #[derive(Debug, Default)]
 pub(crate) struct LogCache {
     inner: Mutex<Rows>,
+    /// The last day summarised for the overview, and when.
+    day: Mutex<Option<(Instant, Arc<Day>)>>,
 }
 
 impl LogCache {
@@ -40,6 +53,7 @@ impl LogCache {
         };
         let first = requestlog::first_seq(data_dir).ok().flatten();
         let mut r = self.rows();
+        r.unsummarised |= !new.is_empty();
         if let Some((seq, _)) = new.last() {
             r.last = *seq;
         }
@@ -48,6 +62,23 @@ impl LogCache {
             let gone = r.rows.partition_point(|(s, _)| *s < first);
             r.rows.drain(..gone);
         }
+        let age = self.day_slot().as_ref().map(|(at, _)| at.elapsed());
+        if age.is_none_or(|a| a >= SUMMARY_MAX || (r.unsummarised && a >= SUMMARY_MIN)) {
+            let now_ms = airlock_core::vault::now() * 1000;
+            let day = daily::summarise(r.since(now_ms.saturating_sub(daily::DAY_MS)), now_ms);
+            r.unsummarised = false;
+            drop(r);
+            *self.day_slot() = Some((Instant::now(), Arc::new(day)));
+        }
+    }
+
+    fn day_slot(&self) -> MutexGuard<'_, Option<(Instant, Arc<Day>)>> {
+        self.day.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The overview's summary of the last day, once the refresher made one.
+    pub(crate) fn day(&self) -> Option<Arc<Day>> {
+        self.day_slot().as_ref().map(|(_, d)| d.clone())
     }
 
     /// Starts the refresher thread (its first pass reads the whole log).
@@ -119,6 +150,7 @@ mod tests {
                 })
                 .collect(),
             last: 25,
+            unsummarised: false,
         };
         let (first, older) = rows.page(None, 10, |_| true);
         assert_eq!(

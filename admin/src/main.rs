@@ -9,6 +9,7 @@
 #![deny(unsafe_code)]
 
 mod api;
+mod daily;
 mod logcache;
 mod logs;
 mod manage;
@@ -58,6 +59,9 @@ pub struct AppState {
     pub data_dir: PathBuf,
     /// The request log, decoded once and kept current ([`logcache`]).
     pub(crate) log: Arc<logcache::LogCache>,
+    /// The last vault page's scoped-token counts, by vault, with the store generation and the
+    /// time they were counted (a vault page counts again after a write or ten seconds).
+    pub(crate) token_counts: manage::TokenCounts,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -103,6 +107,7 @@ fn main() -> anyhow::Result<()> {
         sessions: security::Sessions::default(),
         data_dir,
         log: request_log,
+        token_counts: Default::default(),
     });
     // Blocking work is Argon2 alone; a few threads, reused, keep its 19 MiB buffers in a few
     // malloc arenas instead of one per thread ever started (review B9).

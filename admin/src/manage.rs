@@ -4,6 +4,7 @@
 //! Each form posts the session's CSRF token and acts through the same store operations as the
 //! CLI, so the same validation and audit records apply.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use airlock_core::secret::Secret;
@@ -200,6 +201,32 @@ fn vault_card(state: &AppState, session: &Session, v: &VaultRecord) -> Markup {
     }
 }
 
+/// Scoped-token counts per vault, with the store generation and when they were counted.
+pub(crate) type TokenCounts =
+    std::sync::Mutex<HashMap<String, (u64, std::time::Instant, Arc<BTreeMap<String, u64>>)>>;
+
+/// `vault`'s live scoped tokens by holder: counted again after a vault write, or after ten
+/// seconds (tokens expire without one).
+fn token_counts(state: &AppState, vault: &str) -> Arc<BTreeMap<String, u64>> {
+    let generation = state.store.generation().unwrap_or(0);
+    let mut cache = state
+        .token_counts
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((g, at, counts)) = cache.get(vault)
+        && *g == generation
+        && at.elapsed() < std::time::Duration::from_secs(10)
+    {
+        return counts.clone();
+    }
+    let counts = Arc::new(state.store.scoped_token_counts(vault).unwrap_or_default());
+    cache.insert(
+        vault.to_owned(),
+        (generation, std::time::Instant::now(), counts.clone()),
+    );
+    counts
+}
+
 /// One vault on its own: its card, then the agents that may use it with their live scoped
 /// tokens counted (never listed), so the page does not grow with the tokens.
 async fn vault_page(
@@ -221,7 +248,7 @@ async fn vault_page(
         .into_iter()
         .filter(|a| a.vaults.contains(&v.name))
         .collect();
-    let scoped = state.store.scoped_token_counts(&v.name).unwrap_or_default();
+    let scoped = token_counts(&state, &v.name);
     render(
         &state,
         &session,

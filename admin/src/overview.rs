@@ -5,10 +5,9 @@
 //! and the agents active. Charts are SVG drawn on the server (no script, no external fetch), each
 //! with a text summary and per-bar titles, so they read without colour.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use airlock_core::requestlog::{self, Row};
+use crate::daily::{self, Buckets, VaultDay};
 use airlock_core::vault::now;
 use airlock_core::vault::records::ProposalStatus;
 use axum::Router;
@@ -30,103 +29,6 @@ const CLASSES: [(&str, &str); 3] = [
 
 pub(crate) fn routes() -> Router<Arc<AppState>> {
     Router::new().route("/", get(overview))
-}
-
-/// Counts per time bucket and status class.
-type Buckets = Vec<[u64; 3]>;
-
-/// One vault's day, as the overview shows it (names borrowed from the cached rows).
-#[derive(Default)]
-struct VaultDay<'a> {
-    requests: u64,
-    hour: Buckets,
-    day: Buckets,
-    services: BTreeMap<&'a str, ServiceDay>,
-    errors: BTreeMap<&'a str, u64>,
-    /// Agent → (requests in the last hour, in the last day).
-    agents: BTreeMap<&'a str, (u64, u64)>,
-}
-
-#[derive(Default)]
-struct ServiceDay {
-    requests: u64,
-    errors: u64,
-    /// Requests by status class.
-    classes: [u64; 3],
-    latencies_us: Vec<u64>,
-}
-
-fn class(r: &Row) -> usize {
-    match r.status {
-        200..=399 => 0,
-        400..=499 => 1,
-        _ => 2,
-    }
-}
-
-/// The last day of the request log, per vault.
-fn vault_days(rows: &[(u64, Row)], now_ms: u64) -> BTreeMap<&str, VaultDay<'_>> {
-    let day_ms = 86_400_000;
-    let mut out: BTreeMap<&str, VaultDay<'_>> = BTreeMap::new();
-    for (_, r) in rows {
-        let age = now_ms.saturating_sub(r.at_ms);
-        if age >= day_ms {
-            continue;
-        }
-        let v = out.entry(r.vault.as_str()).or_insert_with(|| VaultDay {
-            hour: vec![[0; 3]; 12],
-            day: vec![[0; 3]; 24],
-            ..VaultDay::default()
-        });
-        v.requests += 1;
-        let c = class(r);
-        if let Some(b) = v
-            .day
-            .get_mut(23usize.saturating_sub((age / 3_600_000) as usize))
-        {
-            b[c] += 1;
-        }
-        let in_hour = age < 3_600_000;
-        if in_hour
-            && let Some(b) = v
-                .hour
-                .get_mut(11usize.saturating_sub((age / 300_000) as usize))
-        {
-            b[c] += 1;
-        }
-        if let Some(s) = &r.service {
-            let sd = v.services.entry(s.as_str()).or_default();
-            sd.requests += 1;
-            sd.errors += u64::from(r.error.is_some());
-            sd.classes[c] += 1;
-            sd.latencies_us.push(r.latency_us);
-        }
-        if let Some(e) = &r.error {
-            *v.errors.entry(e.as_str()).or_default() += 1;
-        }
-        if let Some(a) = &r.agent {
-            let e = v.agents.entry(a.as_str()).or_default();
-            e.0 += u64::from(in_hour);
-            e.1 += 1;
-        }
-    }
-    out
-}
-
-/// The p50 and p99 of `v` (reordered in place; linear time, no sort).
-fn percentiles(v: &mut [u64]) -> (u64, u64) {
-    if v.is_empty() {
-        return (0, 0);
-    }
-    let last = v.len() - 1;
-    let (i50, i99) = (last / 2, (last as f64 * 0.99).round() as usize);
-    let p99 = *v.select_nth_unstable(i99).1;
-    let p50 = if i50 < i99 {
-        *v[..i99].select_nth_unstable(i50).1
-    } else {
-        p99
-    };
-    (p50, p99)
 }
 
 fn ms(us: u64) -> String {
@@ -244,11 +146,14 @@ async fn overview(State(state): St, Extension(session): Extension<Session>) -> R
         .store
         .proposals(None, Some(ProposalStatus::Pending))
         .unwrap_or_default();
-    let now_ms = now() * 1000;
-    let log = state.log.rows();
-    let today = log.since(now_ms.saturating_sub(86_400_000));
-    let days = vault_days(today, now_ms);
-    let refused = requestlog::hosts_tried(today);
+    let day = state.log.day().unwrap_or_else(|| {
+        let now_ms = now() * 1000;
+        let log = state.log.rows();
+        Arc::new(daily::summarise(
+            log.since(now_ms.saturating_sub(daily::DAY_MS)),
+            now_ms,
+        ))
+    });
     let vaults = state.store.vaults().unwrap_or_default();
     render(
         &state,
@@ -268,7 +173,7 @@ async fn overview(State(state): St, Extension(session): Extension<Session>) -> R
             }
             @for v in &vaults {
                 @let empty = VaultDay::default();
-                @let d = days.get(v.name.as_str()).unwrap_or(&empty);
+                @let d = day.vaults.get(&v.name).unwrap_or(&empty);
                 section.card aria-labelledby={ "v-" (v.name) } {
                     h2 id={ "v-" (v.name) } { "Vault " (v.name) }
                     @if d.requests == 0 { p.muted { "No requests in the last day." } }
@@ -281,8 +186,7 @@ async fn overview(State(state): St, Extension(session): Extension<Session>) -> R
                         table {
                             thead { tr { th scope="col" { "Service" } th scope="col" { "Requests" } th scope="col" { "By status" } th scope="col" { "Errors" } th scope="col" { "p50" } th scope="col" { "p99" } } }
                             tbody { @for (name, s) in &d.services {
-                                @let (p50, p99) = percentiles(&mut s.latencies_us.clone());
-                                tr { td { code { (name) } } td { (s.requests) } td { (split(&s.classes, most)) } td { (s.errors) } td.nowrap { (ms(p50)) } td.nowrap { (ms(p99)) } }
+                                tr { td { code { (name) } } td { (s.requests) } td { (split(&s.classes, most)) } td { (s.errors) } td.nowrap { (ms(s.p50_us)) } td.nowrap { (ms(s.p99_us)) } }
                             } }
                         }
                         div.cols {
@@ -293,7 +197,7 @@ async fn overview(State(state): St, Extension(session): Extension<Session>) -> R
                             }
                             div {
                                 h3 { "Hosts refused" }
-                                @let tried: Vec<_> = refused.iter().filter(|t| t.vault == v.name).take(10).collect();
+                                @let tried: Vec<_> = day.refused.iter().filter(|t| t.vault == v.name).take(10).collect();
                                 @if tried.is_empty() { p.muted { "None." } }
                                 ul.plain { @for t in &tried { li { code { (t.host) } " " (t.tries) } } }
                             }
@@ -307,17 +211,4 @@ async fn overview(State(state): St, Extension(session): Extension<Session>) -> R
             }
         },
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percentiles_without_sorting() {
-        let mut v: Vec<u64> = (1..=1000).rev().collect();
-        assert_eq!(percentiles(&mut v), (500, 990));
-        assert_eq!(percentiles(&mut [7]), (7, 7));
-        assert_eq!(percentiles(&mut []), (0, 0));
-    }
 }

@@ -1013,4 +1013,14 @@ fn pages_stay_small_and_fast_with_a_large_vault_and_log() {
     let r = output(c, None);
     eprintln!("pages: {}", r.stdout.trim());
     assert_eq!(r.code, 0, "browser run failed: {r:?}");
+    // What the admin process's copy of the log costs (reported, not asserted).
+    let serve = s.proxy.pid().to_string();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        if stat.contains("(airlock-admin)") && stat.split(' ').nth(3) == Some(serve.as_str()) {
+            let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+            let rss = status.lines().find(|l| l.starts_with("VmRSS"));
+            eprintln!("admin with 200,000 rows: {}", rss.unwrap_or("VmRSS: ?"));
+        }
+    }
 }
