@@ -70,7 +70,7 @@ try {
   // Layout: no heading wraps mid-word; no horizontal scroll at desktop width.
   for (const [width, height, name] of [[1280, 900, 'desktop'], [390, 844, 'phone']]) {
     await page.setViewportSize({ width, height });
-    for (const path of ['', 'requests', 'audit', 'rules', 'proposals', 'vaults', 'vaults/default', 'agents', 'hosts']) {
+    for (const path of ['', 'requests', 'audit', 'rules', 'proposals', 'vaults', 'vaults/default', 'agents', 'hosts', 'login']) {
       await page.goto(`${adminUrl}/${path}`);
       // (A heading only for screen readers, `.sr`, is drawn 1px wide on purpose.)
       const wrapped = await page.$$eval('th', (ths) => ths.filter((th) => !th.querySelector('.sr')).filter((th) => {
