@@ -64,7 +64,6 @@ fn filter_of(q: &HashMap<String, String>) -> Filter {
         class: text("class").and_then(|c| c.parse().ok()),
         error: text("error"),
         since_ms: since,
-        until_ms: None,
     }
 }
 

@@ -294,7 +294,7 @@ const MDB_LAST: u32 = 6;
 const MDB_FIRST: u32 = 0;
 
 /// What the request-log views filter on; every part optional, all must hold.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Filter {
     pub vault: Option<String>,
     pub service: Option<String>,
@@ -304,8 +304,6 @@ pub struct Filter {
     pub error: Option<String>,
     /// Unix milliseconds, inclusive.
     pub since_ms: Option<u64>,
-    /// Unix milliseconds, exclusive.
-    pub until_ms: Option<u64>,
 }
 
 impl Filter {
@@ -319,7 +317,6 @@ impl Filter {
             && is(&self.error, r.error.as_deref())
             && self.class.is_none_or(|c| r.status / 100 == c)
             && self.since_ms.is_none_or(|t| r.at_ms >= t)
-            && self.until_ms.is_none_or(|t| r.at_ms < t)
     }
 }
 
