@@ -124,19 +124,35 @@ pub fn recheck(store: &Store, id: &Identity) -> Result<(), ProxyError> {
 
 /// Per-connection memo of the last successful check: a full re-check runs only when the vault
 /// generation moved (every revocation bumps it) or the token's expiry passed, so revocation is
-/// still seen on the very next request while an unchanged vault costs one counter read.
+/// still seen on the very next request. The generation itself (a read transaction, which takes
+/// a reader slot under LMDB's lock) is read only when the store's last commit moved, which an
+/// unchanged vault answers from its meta page: no lock and no shared write per request.
 #[derive(Debug, Default)]
-pub struct Checked(Option<u64>);
+pub struct Checked(Option<Memo>);
+
+/// What the last successful check saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Memo {
+    commit: u64,
+    generation: u64,
+}
 
 impl Checked {
     pub fn recheck(&mut self, store: &Store, id: &Identity) -> Result<(), ProxyError> {
-        let generation = store.generation().ok();
         let expired = id.expires_at.is_some_and(|e| e <= now());
-        if generation.is_none() || generation != self.0 || expired {
+        let commit = store.last_commit().ok();
+        if !expired && commit.is_some() && commit == self.0.map(|m| m.commit) {
+            return Ok(());
+        }
+        let generation = store.generation().ok();
+        let memo = commit
+            .zip(generation)
+            .map(|(commit, generation)| Memo { commit, generation });
+        if expired || memo.is_none() || generation != self.0.map(|m| m.generation) {
             self.0 = None;
             recheck(store, id)?;
-            self.0 = generation;
         }
+        self.0 = memo;
         Ok(())
     }
 }

@@ -391,6 +391,15 @@ impl Store {
     }
 
     /// The current generation (bumped by every write).
+    /// The id of the last write committed to the store by any process: it moves with every
+    /// commit, so an unchanged id means nothing was written since it was read. Read from the
+    /// map's meta pages without a transaction (no reader slot, no lock, no write), so a worker
+    /// can ask per request; [`Store::generation`] is what to compare when it moved.
+    pub fn last_commit(&self) -> Result<u64, StoreError> {
+        let info = self.env.info().map_err(lmdb_err("env info"))?;
+        Ok(info.last_txnid() as u64)
+    }
+
     pub fn generation(&self) -> Result<u64, StoreError> {
         self.read(|t| t.meta_u64(META_GENERATION))
             .map(|g| g.unwrap_or(0))
@@ -576,5 +585,34 @@ fn corrupt(db: &'static str, key: &[u8], source: RecordError) -> StoreError {
         db,
         key: String::from_utf8_lossy(key).into_owned(),
         source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The data plane's per-request token re-check trusts an unchanged `last_commit`: it must
+    /// move with every commit (of this or another handle on the same files) and with nothing else.
+    #[test]
+    fn last_commit_moves_with_every_write_and_only_then() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(dir.path(), StoreOptions::default()).unwrap();
+        store
+            .write(|t| {
+                t.put_meta_u64(META_FORMAT, u64::from(FORMAT_VERSION))
+                    .map_err(StoreError::from)
+            })
+            .unwrap();
+        let other = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let first = store.last_commit().unwrap();
+        store.generation().unwrap();
+        assert_eq!(store.last_commit().unwrap(), first, "a read commits nothing");
+        other
+            .write(|t| t.put_meta_u64(b"test", 1).map_err(StoreError::from))
+            .unwrap();
+        let second = store.last_commit().unwrap();
+        assert!(second > first, "{first} -> {second}");
+        assert_eq!(other.last_commit().unwrap(), second);
     }
 }
