@@ -599,17 +599,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::create(dir.path(), StoreOptions::default()).unwrap();
         store
-            .write(|t| {
-                t.put_meta_u64(META_FORMAT, u64::from(FORMAT_VERSION))
-                    .map_err(StoreError::from)
-            })
+            .write::<_, StoreError>(|t| t.put_meta_u64(META_FORMAT, u64::from(FORMAT_VERSION)))
             .unwrap();
         let other = Store::open(dir.path(), StoreOptions::default()).unwrap();
         let first = store.last_commit().unwrap();
         store.generation().unwrap();
-        assert_eq!(store.last_commit().unwrap(), first, "a read commits nothing");
+        assert_eq!(
+            store.last_commit().unwrap(),
+            first,
+            "a read commits nothing"
+        );
         other
-            .write(|t| t.put_meta_u64(b"test", 1).map_err(StoreError::from))
+            .write::<_, StoreError>(|t| t.put_meta_u64(b"test", 1))
             .unwrap();
         let second = store.last_commit().unwrap();
         assert!(second > first, "{first} -> {second}");
