@@ -131,7 +131,7 @@ pub fn recheck(store: &Store, id: &Identity) -> Result<(), ProxyError> {
 pub struct Checked(Option<Memo>);
 
 /// What the last successful check saw.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 struct Memo {
     commit: u64,
     generation: u64,

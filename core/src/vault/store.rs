@@ -390,7 +390,6 @@ impl Store {
         Ok(total.saturating_sub(used) >= headroom)
     }
 
-    /// The current generation (bumped by every write).
     /// The id of the last write committed to the store by any process: it moves with every
     /// commit, so an unchanged id means nothing was written since it was read. Read from the
     /// map's meta pages without a transaction (no reader slot, no lock, no write), so a worker
@@ -400,6 +399,7 @@ impl Store {
         Ok(info.last_txnid() as u64)
     }
 
+    /// The current generation (bumped by every write).
     pub fn generation(&self) -> Result<u64, StoreError> {
         self.read(|t| t.meta_u64(META_GENERATION))
             .map(|g| g.unwrap_or(0))
