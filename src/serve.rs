@@ -1024,22 +1024,21 @@ fn blocking_pool() -> Box<monoio::blocking::DefaultThreadPool> {
 /// (before 6.1) gets a plain ring.
 fn uring_runtime()
 -> std::io::Result<monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>>> {
-    let mut flags = io_uring::IoUring::builder();
-    flags
+    let build = |ring: io_uring::Builder| {
+        monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .uring_builder(ring)
+            .enable_timer()
+            .attach_thread_pool(blocking_pool())
+            .build()
+    };
+    let mut tuned = io_uring::IoUring::builder();
+    tuned
         .setup_coop_taskrun()
         .setup_single_issuer()
         .setup_defer_taskrun();
-    let tuned = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-        .uring_builder(flags)
-        .enable_timer()
-        .attach_thread_pool(blocking_pool())
-        .build();
-    match tuned {
+    match build(tuned) {
         Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
-            monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-                .enable_timer()
-                .attach_thread_pool(blocking_pool())
-                .build()
+            build(io_uring::IoUring::builder())
         }
         built => built,
     }
