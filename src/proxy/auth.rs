@@ -122,37 +122,24 @@ pub fn recheck(store: &Store, id: &Identity) -> Result<(), ProxyError> {
     resolve_vault(store, id.token, &id.vault, ErrorKind::TokenRevoked).map(|_| ())
 }
 
-/// Per-connection memo of the last successful check: a full re-check runs only when the vault
-/// generation moved (every revocation bumps it) or the token's expiry passed, so revocation is
-/// still seen on the very next request. The generation itself (a read transaction, which takes
-/// a reader slot under LMDB's lock) is read only when the store's last commit moved, which an
-/// unchanged vault answers from its meta page: no lock and no shared write per request.
+/// Per-connection memo of the last successful check: a full re-check runs only when anything
+/// was committed to the store since (every revocation is a commit) or the token's expiry passed,
+/// so revocation is still seen on the very next request. An unchanged store answers from its
+/// meta page ([`Store::last_commit`]): no read transaction, so no lock and no shared write per
+/// request.
 #[derive(Debug, Default)]
-pub struct Checked(Option<Memo>);
-
-/// What the last successful check saw.
-#[derive(Debug, Clone, Copy)]
-struct Memo {
-    commit: u64,
-    generation: u64,
-}
+pub struct Checked(Option<u64>);
 
 impl Checked {
     pub fn recheck(&mut self, store: &Store, id: &Identity) -> Result<(), ProxyError> {
         let expired = id.expires_at.is_some_and(|e| e <= now());
+        // Read before the check, so a commit that lands during it moves the id again.
         let commit = store.last_commit().ok();
-        if !expired && commit.is_some() && commit == self.0.map(|m| m.commit) {
-            return Ok(());
-        }
-        let generation = store.generation().ok();
-        let memo = commit
-            .zip(generation)
-            .map(|(commit, generation)| Memo { commit, generation });
-        if expired || memo.is_none() || generation != self.0.map(|m| m.generation) {
+        if expired || commit.is_none() || commit != self.0 {
             self.0 = None;
             recheck(store, id)?;
+            self.0 = commit;
         }
-        self.0 = memo;
         Ok(())
     }
 }

@@ -393,7 +393,7 @@ impl Store {
     /// The id of the last write committed to the store by any process: it moves with every
     /// commit, so an unchanged id means nothing was written since it was read. Read from the
     /// map's meta pages without a transaction (no reader slot, no lock, no write), so a worker
-    /// can ask per request; [`Store::generation`] is what to compare when it moved.
+    /// can ask per request.
     pub fn last_commit(&self) -> Result<u64, StoreError> {
         let info = self.env.info().map_err(lmdb_err("env info"))?;
         Ok(info.last_txnid() as u64)
