@@ -33,6 +33,7 @@ pub mod inject;
 mod intercept;
 pub mod limits;
 mod log;
+pub(crate) use log::FLUSH_INTERVAL as LOG_FLUSH_INTERVAL;
 pub mod outcome;
 mod plain;
 pub mod request;

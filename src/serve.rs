@@ -846,8 +846,12 @@ fn serve_until_stopped(
     while shared.stats.totals().in_flight > 0 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    // Let the request-log writer commit its last batch.
-    std::thread::sleep(Duration::from_millis(300));
+    // Let the workers hand over their last rows and the request-log writer commit them.
+    std::thread::sleep(
+        crate::proxy::LOG_FLUSH_INTERVAL
+            + crate::requestlog::BATCH_INTERVAL
+            + Duration::from_millis(50),
+    );
 }
 
 /// The file in the data dir where a running `serve` says where it listens (`airlock run` finds

@@ -539,21 +539,100 @@ fn bulk(route: &Route, o: &Opts) -> (f64, f64) {
     (down, up)
 }
 
-fn proc_field(pid: u32, file: &str, key: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default();
-    if file == "stat" {
-        // utime + stime, fields 14 and 15, in clock ticks (USER_HZ is 100 on Linux).
-        let after = text.rsplit(')').next().unwrap_or_default();
-        let f: Vec<u64> = after
-            .split_whitespace()
-            .map(|v| v.parse().unwrap_or(0))
-            .collect();
-        return (f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) * 10_000;
-    }
+/// A `KEY: N kB` field of `/proc/PID/status`, in KiB.
+fn status_kib(pid: u32, key: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     text.lines()
         .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// A process's (`pid`, or `self`) user and kernel CPU so far, in µs: utime and stime, fields 14
+/// and 15 of `/proc/PID/stat`, in clock ticks (USER_HZ is 100 on Linux).
+fn cpu_split(pid: &str) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = text.rsplit(')').next().unwrap_or_default();
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    let field = |i: usize| f.get(i).copied().unwrap_or(0) * 10_000;
+    (field(11), field(12))
+}
+
+/// The machine's (busy, idle) time so far across all cores, in clock ticks (`/proc/stat`).
+fn machine_ticks() -> (u64, u64) {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<u64> = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
+    (f.iter().sum::<u64>() - idle, idle)
+}
+
+/// TCP segments the machine has sent (`OutSegs` of `/proc/net/snmp`).
+fn tcp_out_segs() -> u64 {
+    let text = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (
+        tcp.next().unwrap_or_default(),
+        tcp.next().unwrap_or_default(),
+    );
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "OutSegs")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Where the CPU went during one keep-alive closed loop, per request (µs) and as the machine's
+/// idle share: what the run costs beside airlock's own figure.
+#[derive(Clone, Copy, Debug, Default)]
+struct Spent {
+    /// This process's CPU (the generator and the upstream) per request.
+    harness_us: f64,
+    /// airlock's user and kernel CPU per request (0 on the direct route).
+    airlock_user_us: f64,
+    airlock_kernel_us: f64,
+    /// The share of the machine's cores left idle.
+    idle: f64,
+    /// TCP segments sent on the machine (all of them loopback here) per request.
+    segments: f64,
+}
+
+/// Runs the closed loop on `route`, accounting the CPU of this process and of `pid`.
+fn closed_loop_spent(route: &Route, o: &Opts, pid: Option<u32>) -> (f64, Spent) {
+    let airlock = || pid.map_or((0, 0), |p| cpu_split(&p.to_string()));
+    let (me0, al0, m0, s0) = (
+        cpu_split("self"),
+        airlock(),
+        machine_ticks(),
+        tcp_out_segs(),
+    );
+    let (rps, _, n) = closed_loop(route, o);
+    let (me1, al1, m1, s1) = (
+        cpu_split("self"),
+        airlock(),
+        machine_ticks(),
+        tcp_out_segs(),
+    );
+    let per = |a: u64, b: u64| (b - a) as f64 / n.max(1) as f64;
+    let (busy, idle) = (m1.0 - m0.0, m1.1 - m0.1);
+    let spent = Spent {
+        harness_us: per(me0.0 + me0.1, me1.0 + me1.1),
+        airlock_user_us: per(al0.0, al1.0),
+        airlock_kernel_us: per(al0.1, al1.1),
+        idle: idle as f64 / (busy + idle).max(1) as f64,
+        segments: per(s0, s1),
+    };
+    (rps, spent)
 }
 
 /// One round's figures: each scenario once straight at the upstream and once through airlock
@@ -562,7 +641,8 @@ fn proc_field(pid: u32, file: &str, key: &str) -> u64 {
 struct Round {
     ka_direct: f64,
     ka_airlock: f64,
-    cpu_us: f64,
+    spent_direct: Spent,
+    spent_airlock: Spent,
     tunnels_direct: f64,
     tunnels_airlock: f64,
     down_direct: f64,
@@ -591,10 +671,7 @@ fn round(
     let run_airlock = |r: &mut Round| {
         let ruled_first = ruled.filter(|_| airlock_first);
         r.ka_rules = ruled_first.map(|route| closed_loop(route, o).0);
-        let cpu0 = proc_field(pid, "stat", "");
-        let (rps, _, n) = closed_loop(through, o);
-        r.ka_airlock = rps;
-        r.cpu_us = (proc_field(pid, "stat", "") - cpu0) as f64 / n.max(1) as f64;
+        (r.ka_airlock, r.spent_airlock) = closed_loop_spent(through, o, Some(pid));
         if ruled_first.is_none() {
             r.ka_rules = ruled.map(|route| closed_loop(route, o).0);
         }
@@ -604,7 +681,7 @@ fn round(
     if airlock_first {
         run_airlock(&mut r);
     }
-    r.ka_direct = closed_loop(direct, o).0;
+    (r.ka_direct, r.spent_direct) = closed_loop_spent(direct, o, None);
     (r.tunnels_direct, _) = tunnels(direct, o);
     (r.down_direct, r.up_direct) = bulk(direct, o);
     if !airlock_first {
@@ -615,6 +692,11 @@ fn round(
         r.down_peer = Some(bulk(peer, o).0);
     }
     r
+}
+
+/// airlock's CPU per keep-alive request, user and kernel.
+fn cpu_us(r: &Round) -> f64 {
+    r.spent_airlock.airlock_user_us + r.spent_airlock.airlock_kernel_us
 }
 
 /// Median, smallest and largest.
@@ -793,12 +875,12 @@ fn main() {
         sse_added.extend(events);
         eprintln!("round {} of {} done", i + 1, o.rounds);
     }
-    let rss0 = proc_field(pid, "status", "VmRSS:");
+    let rss0 = status_kib(pid, "VmRSS:");
     let idle: Vec<_> = (0..o.idle)
         .map(|_| client::open(&through).expect("idle tunnel"))
         .collect();
     std::thread::sleep(Duration::from_millis(500));
-    let rss1 = proc_field(pid, "status", "VmRSS:");
+    let rss1 = status_kib(pid, "VmRSS:");
     let per_tunnel = (rss1.saturating_sub(rss0)) as f64 / o.idle.max(1) as f64;
     drop(idle);
 
@@ -828,7 +910,31 @@ fn main() {
     row(
         "  airlock CPU per request (µs)".into(),
         "-".into(),
-        show(of(|r| r.cpu_us), 1),
+        show(of(cpu_us), 1),
+    );
+    row(
+        "    of it user / kernel (µs)".into(),
+        "-".into(),
+        format!(
+            "{:.1} / {:.1}",
+            of(|r| r.spent_airlock.airlock_user_us).0,
+            of(|r| r.spent_airlock.airlock_kernel_us).0
+        ),
+    );
+    row(
+        "  generator + upstream CPU per request (µs)".into(),
+        show(of(|r| r.spent_direct.harness_us), 1),
+        show(of(|r| r.spent_airlock.harness_us), 1),
+    );
+    row(
+        "  TCP segments sent per request".into(),
+        show(of(|r| r.spent_direct.segments), 1),
+        show(of(|r| r.spent_airlock.segments), 1),
+    );
+    row(
+        "  cores idle during the loop (%)".into(),
+        show(of(|r| r.spent_direct.idle * 100.0), 0),
+        show(of(|r| r.spent_airlock.idle * 100.0), 0),
     );
     row(
         format!("open loop {} req/s, paired: p50 / p99 (µs)", o.rate),
@@ -886,7 +992,15 @@ fn main() {
         "keepalive_rps_airlock": of(|r| r.ka_airlock).0.round(),
         "keepalive_ratio": ratio(|r| r.ka_airlock, |r| r.ka_direct).0,
         "keepalive_ratio_range": [ratio(|r| r.ka_airlock, |r| r.ka_direct).1, ratio(|r| r.ka_airlock, |r| r.ka_direct).2],
-        "airlock_cpu_us_per_req": of(|r| r.cpu_us).0,
+        "airlock_cpu_us_per_req": of(cpu_us).0,
+        "airlock_user_us_per_req": of(|r| r.spent_airlock.airlock_user_us).0,
+        "airlock_kernel_us_per_req": of(|r| r.spent_airlock.airlock_kernel_us).0,
+        "harness_cpu_us_per_req_direct": of(|r| r.spent_direct.harness_us).0,
+        "harness_cpu_us_per_req_airlock": of(|r| r.spent_airlock.harness_us).0,
+        "idle_share_direct": of(|r| r.spent_direct.idle).0,
+        "tcp_segments_per_req_direct": of(|r| r.spent_direct.segments).0,
+        "tcp_segments_per_req_airlock": of(|r| r.spent_airlock.segments).0,
+        "idle_share_airlock": of(|r| r.spent_airlock.idle).0,
         "open_loop_rate": o.rate,
         "added_p50_us": added_p50,
         "added_p99_us": added_p99,

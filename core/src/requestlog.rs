@@ -2,13 +2,14 @@
 //! query, status, bytes, latency, service, error code), never a secret or a query string.
 //!
 //! Rows go to a separate LMDB environment (`<data-dir>/requests/`), so the high-volume log never
-//! touches the vault's generation. Workers hand rows to [`Sink::record`] (a channel send, no I/O on
-//! the hot path); one writer thread commits them in one batch every 250 ms and keeps about the
-//! newest [`RETENTION`] rows, deleting the oldest first but never a vault's newest
-//! [`VAULT_FLOOR`]: another vault's traffic cannot evict them (review B6). While the last batch write failed, [`Sink::healthy`] is false
-//! and the data plane refuses requests that would inject a credential (row 60), so injection never
-//! goes unrecorded for longer than one batch interval. The writer sleeps and drains the channel,
-//! so sending a row never wakes a thread.
+//! touches the vault's generation. Workers hand rows to [`Sink::record_all`] in batches (one
+//! channel send per batch, no I/O on the hot path); one writer thread commits them in one batch
+//! every [`BATCH_INTERVAL`] and keeps about the newest [`RETENTION`] rows, deleting the oldest
+//! first but never a vault's newest [`VAULT_FLOOR`]: another vault's traffic cannot evict them
+//! (review B6). While the last batch write failed, [`Sink::healthy`] is false and the data plane
+//! refuses requests that would inject a credential (row 60), so injection never goes unrecorded
+//! for longer than one batch interval plus the data plane's hand-over delay (50 ms). The writer
+//! sleeps and drains the channel, so sending never wakes a thread.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -42,7 +43,7 @@ const KEEP: Retention = Retention {
     floor: VAULT_FLOOR,
 };
 /// How often the writer commits what workers sent.
-const BATCH_INTERVAL: Duration = Duration::from_millis(250);
+pub const BATCH_INTERVAL: Duration = Duration::from_millis(250);
 /// Rows kept in memory while writes fail.
 const MAX_PENDING: usize = 65_536;
 
@@ -110,14 +111,19 @@ fn open_env(data_dir: &Path) -> Result<(Environment, Database), LogError> {
 /// The workers' side: cheap to clone, never blocks.
 #[derive(Clone, Debug)]
 pub struct Sink {
-    tx: Sender<Row>,
+    tx: Sender<Vec<Row>>,
     healthy: Arc<AtomicBool>,
 }
 
 impl Sink {
     pub fn record(&self, row: Row) {
+        self.record_all(vec![row]);
+    }
+
+    /// Hands a batch of rows to the writer: one channel send, however many rows.
+    pub fn record_all(&self, rows: Vec<Row>) {
         // The writer only stops with the process; a failed send loses nothing that matters then.
-        let _ = self.tx.send(row);
+        let _ = self.tx.send(rows);
     }
 
     /// False while the last batch write failed.
@@ -160,7 +166,7 @@ pub fn start(data_dir: &Path, metrics: impl Observe) -> Result<Sink, LogError> {
 fn writer(
     env: Environment,
     db: Database,
-    rx: Receiver<Row>,
+    rx: Receiver<Vec<Row>>,
     healthy: Arc<AtomicBool>,
     mut metrics: impl Observe,
 ) {
@@ -173,9 +179,9 @@ fn writer(
         std::thread::sleep(BATCH_INTERVAL);
         loop {
             match rx.try_recv() {
-                Ok(row) => {
-                    metrics.row(&row);
-                    batch.push(row);
+                Ok(rows) => {
+                    rows.iter().for_each(|row| metrics.row(row));
+                    batch.extend(rows);
                 }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {

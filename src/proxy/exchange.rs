@@ -18,7 +18,6 @@ use zeroize::{Zeroize, Zeroizing};
 
 use std::sync::Arc;
 
-use super::Shared;
 use super::error::{ErrorKind, ProxyError};
 use super::hold;
 use super::inject::{self, Prepared};
@@ -27,6 +26,7 @@ use super::request::Request;
 use super::response::{self, COALESCE_MAX, Head};
 use super::sigv4::{self, Payload};
 use super::upstream::{self, PoolKey, Target, Upstream};
+use super::{Limits, Shared};
 use crate::http::HttpError;
 use crate::http::body::{self, RelayError};
 use crate::http::head::Framing;
@@ -68,11 +68,13 @@ pub(super) async fn exchange<C: AsyncReadRent + AsyncWriteRent>(
     let prepared = inject::prepare(req, target, vault, agent, absolute_ok, &shared.api_base)?;
     row.service = Some(prepared.service.name.clone());
     row.rule = prepared.verdict.name().map(str::to_owned);
-    gates(shared, client, &prepared)?;
+    let limits = shared.limits();
+    gates(shared, &limits, client, &prepared)?;
     let oauth = prepared.service.oauth.clone();
     let verdict = prepared.verdict;
     let mut call = Call {
         shared,
+        limits,
         client,
         prepared,
         vault: &vault.name,
@@ -102,6 +104,7 @@ pub(super) async fn exchange<C: AsyncReadRent + AsyncWriteRent>(
 /// What is refused before anything goes upstream.
 fn gates<C>(
     shared: &Shared,
+    limits: &Limits,
     client: &BufConn<C>,
     prepared: &Prepared<'_>,
 ) -> Result<(), ExchangeError> {
@@ -110,7 +113,7 @@ fn gates<C>(
         body::check_chunked_prefix(client.buffered())?;
     }
     // Row 16: a declared length over the cap is refused before anything goes upstream.
-    if let (Framing::Length(n), Some(cap)) = (prepared.framing, shared.limits().body_cap)
+    if let (Framing::Length(n), Some(cap)) = (prepared.framing, limits.body_cap)
         && n > cap
     {
         return Err(HttpError::BodyTooLarge(cap).into());
@@ -163,6 +166,7 @@ impl Again<'_> {
         )?;
         let mut call = Call {
             shared,
+            limits: shared.limits(),
             client,
             prepared,
             vault: self.vault,
@@ -214,6 +218,8 @@ impl From<ProxyError> for AttemptError {
 /// One prepared request on its way upstream.
 struct Call<'a, C> {
     shared: &'a Arc<Shared>,
+    /// The timeouts and caps, read once for the request.
+    limits: Limits,
     client: &'a mut BufConn<C>,
     prepared: Prepared<'a>,
     /// The vault's name (its upstream proxy) and the pool key (its id and the target).
@@ -392,7 +398,7 @@ impl<C: AsyncReadRent + AsyncWriteRent> Call<'_, C> {
         if self.prepared.expect_continue && self.client.buffered().len() < n {
             self.continue_100().await?;
         }
-        let idle = self.shared.limits().idle_timeout;
+        let idle = self.limits.idle_timeout;
         while self.client.buffered().len() < n {
             match monoio::time::timeout(idle, self.client.fill()).await {
                 Ok(Ok(k)) if k > 0 => {}
@@ -419,7 +425,7 @@ impl<C: AsyncReadRent + AsyncWriteRent> Call<'_, C> {
         held: Option<&[u8]>,
     ) -> Result<Outcome, AttemptError> {
         self.send_request(&mut up, held).await?;
-        let read = response::read_final(self.shared, &mut up.conn, &self.prepared, self.retry_401);
+        let read = response::read_final(&self.limits, &mut up.conn, &self.prepared, self.retry_401);
         let head = match read.await {
             Ok(head) => head,
             Err(e) if e.nothing_arrived && e.error.kind().retry_on_fresh_connection() => {
@@ -439,8 +445,8 @@ impl<C: AsyncReadRent + AsyncWriteRent> Call<'_, C> {
             }
         };
         self.row.status = f.status;
-        let (shared, scrub) = (self.shared, self.prepared.scrub);
-        Ok(response::relay(shared, self.client, up, &self.key, f, scrub, self.row).await?)
+        let (limits, scrub) = (&self.limits, self.prepared.scrub);
+        Ok(response::relay(limits, self.client, up, &self.key, f, scrub, self.row).await?)
     }
 
     /// Writes the head (then zeroizes it) and the body: held, small enough to go in the head's
@@ -473,11 +479,10 @@ impl<C: AsyncReadRent + AsyncWriteRent> Call<'_, C> {
         if self.prepared.expect_continue && framing != Framing::Empty {
             self.continue_100().await?;
         }
-        let limits = self.shared.limits();
         let opts = body::Opts {
             output: body::output_for(framing),
-            cap: limits.body_cap,
-            read_timeout: limits.idle_timeout,
+            cap: self.limits.body_cap,
+            read_timeout: self.limits.idle_timeout,
         };
         match body::relay(self.client, &mut up.conn, framing, opts, None).await {
             Ok(_) => {}

@@ -127,7 +127,7 @@ impl Tunnel<'_> {
             Err(e) => Err(e.into()),
         };
         drop(permit);
-        entry.finish(shared, &result);
+        entry.finish(&shared.log, &result);
         result
     }
 }

@@ -2,15 +2,53 @@
 //! request is admitted, filled in by the exchange (service, status, bytes) and written when it
 //! ends; and [`refuse_unmatched`], which records a request to a host without a service under the
 //! agent's refusal budget.
+//!
+//! Finished rows wait in their worker's own buffer and go to the request log's writer
+//! [`FLUSH_ROWS`] at a time, or [`FLUSH_INTERVAL`] after the first of them: one channel send per
+//! batch, so a request writes no cache line another thread shares.
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::cell::RefCell;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::Shared;
 use super::auth::Identity;
 use super::error::{ErrorKind, ProxyError};
 use super::outcome::{ExchangeError, Outcome};
 use super::request::Request;
-use crate::requestlog::Row;
+use crate::requestlog::{Row, Sink};
+
+/// Rows a worker gathers before handing them over at once.
+const FLUSH_ROWS: usize = 64;
+/// Longest a finished row waits in its worker before it is handed over.
+pub(crate) const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
+
+thread_local! {
+    /// This worker's finished rows not yet handed to the writer.
+    static PENDING: RefCell<Vec<Row>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Queues `row` on this worker: a full batch is handed over now; the first row of a batch
+/// starts a timer that hands over whatever is queued when it fires.
+fn record(log: &Sink, row: Row) {
+    let (first, full) = PENDING.with_borrow_mut(|rows| {
+        rows.push(row);
+        let full = (rows.len() >= FLUSH_ROWS).then(|| std::mem::take(rows));
+        (rows.len() == 1, full)
+    });
+    if let Some(rows) = full {
+        log.record_all(rows);
+    }
+    if first {
+        let log = log.clone();
+        monoio::spawn(async move {
+            monoio::time::sleep(FLUSH_INTERVAL).await;
+            let rows = PENDING.with_borrow_mut(std::mem::take);
+            if !rows.is_empty() {
+                log.record_all(rows);
+            }
+        });
+    }
+}
 
 /// A request-log row being filled in.
 #[derive(Debug)]
@@ -45,7 +83,7 @@ impl Entry {
     }
 
     /// Completes the row with the outcome and hands it to the request log.
-    pub(super) fn finish(mut self, shared: &Shared, result: &Result<Outcome, ExchangeError>) {
+    pub(super) fn finish(mut self, log: &Sink, result: &Result<Outcome, ExchangeError>) {
         self.row.latency_us = self.started.elapsed().as_micros() as u64;
         match result {
             Err(ExchangeError::Respond(e)) => {
@@ -55,7 +93,7 @@ impl Entry {
             Err(ExchangeError::Abort) => self.row.error = Some("aborted".to_owned()),
             Ok(_) => {}
         }
-        shared.log.record(self.row);
+        record(log, self.row);
     }
 }
 
@@ -78,6 +116,53 @@ pub(super) fn refuse_unmatched(
     }
     let mut entry = Entry::new(id, host);
     entry.row.method = req.method().to_owned();
-    entry.finish(shared, &Err(ExchangeError::Respond(refused.clone())));
+    entry.finish(&shared.log, &Err(ExchangeError::Respond(refused.clone())));
     refused
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+    use crate::requestlog::{self, Observe};
+
+    /// Counts the rows the request log's writer takes.
+    struct Count(Arc<AtomicU64>);
+
+    impl Observe for Count {
+        fn row(&mut self, _: &Row) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+        fn dropped(&mut self, _: u64) {}
+    }
+
+    #[test]
+    fn rows_reach_the_writer_in_full_batches_and_after_the_flush_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let taken = Arc::new(AtomicU64::new(0));
+        let sink = requestlog::start(dir.path(), Count(taken.clone())).unwrap();
+        let wait = requestlog::BATCH_INTERVAL + FLUSH_INTERVAL;
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let row = |i| Row {
+                vault: "default".into(),
+                path: format!("/{i}"),
+                ..Row::default()
+            };
+            for i in 0..FLUSH_ROWS + 3 {
+                record(&sink, row(i));
+            }
+            // The full batch went at once; the three after it wait in this worker.
+            assert_eq!(PENDING.with_borrow(Vec::len), 3);
+            monoio::time::sleep(wait).await;
+            monoio::time::sleep(wait).await;
+            assert_eq!(PENDING.with_borrow(Vec::len), 0);
+        });
+        assert_eq!(taken.load(Ordering::Relaxed), FLUSH_ROWS as u64 + 3);
+    }
 }

@@ -54,7 +54,7 @@ pub(super) async fn serve<S: AsyncReadRent + AsyncWriteRent>(
         absolute_ok: true,
     };
     let result = exchange::exchange(shared, client, req, route, row).await;
-    entry.finish(shared, &result);
+    entry.finish(&shared.log, &result);
     result
 }
 

@@ -4,9 +4,11 @@
 //! names are upstream text too), relaying the body through the [`Scrubber`], returning a cleanly
 //! framed upstream connection to the pool (R2), and relaying an upgraded connection.
 
+use std::time::Duration;
+
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Split, Splitable};
 
-use super::Shared;
+use super::Limits;
 use super::error::{ErrorKind, ProxyError};
 use super::inject::Prepared;
 use super::outcome::{ExchangeError, Outcome};
@@ -55,7 +57,7 @@ fn protocol_error(m: &str) -> ProxyError {
 
 /// Reads heads from `conn` until the final one. With `retry_401`, a 401 is not relayed.
 pub(super) async fn read_final(
-    shared: &Shared,
+    limits: &Limits,
     conn: &mut BufConn<UpIo>,
     prepared: &Prepared<'_>,
     retry_401: bool,
@@ -66,10 +68,12 @@ pub(super) async fn read_final(
     };
     let mut first = true;
     loop {
-        let n = read_head(shared, conn).await.map_err(|error| HeadError {
-            error,
-            nothing_arrived: first && conn.buffered().is_empty(),
-        })?;
+        let n = read_head(limits.response_timeout, conn)
+            .await
+            .map_err(|error| HeadError {
+                error,
+                nothing_arrived: first && conn.buffered().is_empty(),
+            })?;
         first = false;
         let resp = head::parse_response(&conn.buffered()[..n])
             .map_err(|e| bad(protocol_error(&e.to_string())))?;
@@ -114,7 +118,7 @@ pub(super) async fn read_final(
 /// Sends the final head and body to the agent, masked, and pools the upstream connection when
 /// the exchange was cleanly framed.
 pub(super) async fn relay<C: AsyncReadRent + AsyncWriteRent>(
-    shared: &Shared,
+    limits: &Limits,
     client: &mut BufConn<C>,
     mut up: Upstream,
     key: &PoolKey,
@@ -122,7 +126,6 @@ pub(super) async fn relay<C: AsyncReadRent + AsyncWriteRent>(
     scrub: &Masker,
     row: &mut Row,
 ) -> Result<Outcome, ExchangeError> {
-    let limits = shared.limits();
     let mut out = f.out;
     let small = match f.framing {
         Framing::Length(n) if n <= COALESCE_MAX && n as usize <= up.conn.buffered().len() => {
@@ -167,7 +170,7 @@ fn one_value(headers: &[httparse::Header<'_>], name: &str, value: &[u8]) -> bool
 }
 
 /// Waits for a complete response head; returns its length.
-async fn read_head(shared: &Shared, conn: &mut BufConn<UpIo>) -> Result<usize, ProxyError> {
+async fn read_head(timeout: Duration, conn: &mut BufConn<UpIo>) -> Result<usize, ProxyError> {
     loop {
         if let Some(n) = head::find_end(conn.buffered()) {
             return Ok(n);
@@ -175,7 +178,7 @@ async fn read_head(shared: &Shared, conn: &mut BufConn<UpIo>) -> Result<usize, P
         if conn.buffered().len() > MAX_HEAD {
             return Err(protocol_error("the upstream response head is too large"));
         }
-        match monoio::time::timeout(shared.limits().response_timeout, conn.fill()).await {
+        match monoio::time::timeout(timeout, conn.fill()).await {
             Err(_) => {
                 let m = "the upstream did not answer in time";
                 return Err(ProxyError::new(ErrorKind::UpstreamTimeout, m));
