@@ -4,6 +4,7 @@
 //! names are upstream text too), relaying the body through the [`Scrubber`], returning a cleanly
 //! framed upstream connection to the pool (R2), and relaying an upgraded connection.
 
+use std::io::Write as _;
 use std::time::Duration;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Split, Splitable};
@@ -208,7 +209,8 @@ fn response_head(
         .map(|h| h.value)
         .collect();
     let mut out = Vec::with_capacity(512);
-    out.extend_from_slice(format!("HTTP/1.1 {} {}\r\n", resp.status, resp.reason).as_bytes());
+    // Writing to a `Vec` cannot fail (and leaves no `String` behind to free).
+    let _ = write!(out, "HTTP/1.1 {} {}\r\n", resp.status, resp.reason);
     scrub.mask(&mut out);
     let keep_length = method == "HEAD" || resp.status == 304;
     for h in &resp.headers {
@@ -226,7 +228,7 @@ fn response_head(
     }
     match (framing, body::output_for(framing)) {
         (Framing::Length(n), _) => {
-            out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes())
+            let _ = write!(out, "content-length: {n}\r\n");
         }
         (Framing::Empty, _)
             if !keep_length && resp.status != 204 && !(100..200).contains(&resp.status) =>
