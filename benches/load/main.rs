@@ -8,10 +8,11 @@
 //! `--binary` for an A/B) with a vault whose service points at that upstream through
 //! `--resolve`, then runs each scenario straight at the upstream and through airlock, `--rounds`
 //! times (3; the order alternating), and reports the median and range of each figure:
-//! keep-alive closed loop with airlock's CPU per request, a new tunnel per request, bulk
-//! download and upload; then, paired (both routes at the same moment, "added" taken per pair,
-//! never as a difference of two percentiles), a fixed-rate open loop and SSE; and idle tunnels
-//! for memory. When `mitmdump` is installed (`pip install mitmproxy`) the same keep-alive and
+//! keep-alive closed loop with airlock's CPU per request (user and kernel), the generator's and
+//! upstream's own CPU per request on each route and the TCP segments sent per request; a new
+//! tunnel per request; bulk download and upload; then, paired (both routes at the same moment,
+//! "added" taken per pair, never as a difference of two percentiles), a fixed-rate open loop and
+//! SSE; and idle tunnels for memory. When `mitmdump` is installed (`pip install mitmproxy`) the same keep-alive and
 //! download run through mitmproxy doing the same injection, and the table shows airlock ÷ it. With
 //! `--fleet N` it also starts a PostgreSQL cluster and a two-node fleet ([`fleet`]): the time
 //! from a write acknowledged on one node to its being served on the other, over N writes, and

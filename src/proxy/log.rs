@@ -23,7 +23,8 @@ const FLUSH_ROWS: usize = 64;
 pub(crate) const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
 
 thread_local! {
-    /// This worker's finished rows not yet handed to the writer.
+    /// This worker's finished rows not yet handed to the writer. A process has one request
+    /// log, so the rows need not remember which sink they are for.
     static PENDING: RefCell<Vec<Row>> = const { RefCell::new(Vec::new()) };
 }
 
