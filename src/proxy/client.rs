@@ -1,14 +1,17 @@
 //! The client side of a connection: reading request heads (with the slowloris and size limits),
 //! the one request loop that plain-HTTP, agent-API and intercepted connections share
 //! ([`requests`]), and the replies airlock writes itself (errors, `200 Connection established`).
-//! What a request means is up to the step the loop hands it to.
+//! What a request means is up to the step the loop hands it to. An error airlock itself is to
+//! blame for is also told to the operator, in the service's log ([`warn_operator`]).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
 
 use super::Shared;
-use super::error::ProxyError;
+use super::error::{Blame, ErrorKind, ProxyError};
 use super::outcome::{ExchangeError, Outcome};
 use super::request::Request;
 use super::response;
@@ -115,6 +118,7 @@ pub(super) async fn reply_and_close<S: AsyncReadRent + AsyncWriteRent>(
 ) {
     const LINGER: Duration = Duration::from_millis(500);
     const DRAIN: usize = 1024 * 1024;
+    warn_operator(e);
     let _ = conn.write_all(e.response(true)).await;
     let _ = conn.flush().await;
     let _ = conn.io.shutdown().await;
@@ -131,6 +135,50 @@ pub(super) async fn reply_and_close<S: AsyncReadRent + AsyncWriteRent>(
             }
             _ => return,
         }
+    }
+}
+
+/// Shortest time between two log lines about the same kind of error from one worker.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+thread_local! {
+    /// Per kind of error: when this worker last logged one, and how many it answered since
+    /// without a line.
+    static WARNED: RefCell<HashMap<ErrorKind, (Instant, u64)>> = RefCell::new(HashMap::new());
+}
+
+/// Logs an error that airlock itself is to blame for ([`Blame::Airlock`]: a credential that
+/// cannot be opened, the request log or the store unwritable, the connection cap, a stale fleet
+/// node, the corporate proxy refusing airlock): the agent's answer says what happened, the
+/// operator reads it here. Errors of the agent or the upstream are the request log's. At most
+/// one line per kind per worker every [`WARN_EVERY`], counting those answered in between.
+fn warn_operator(e: &ProxyError) {
+    if e.kind().blame() != Blame::Airlock {
+        return;
+    }
+    let now = Instant::now();
+    let suppressed = WARNED.with_borrow_mut(|warned| match warned.get_mut(&e.kind()) {
+        Some((last, quiet)) if now.duration_since(*last) < WARN_EVERY => {
+            *quiet += 1;
+            None
+        }
+        Some((last, quiet)) => {
+            *last = now;
+            Some(std::mem::take(quiet))
+        }
+        None => {
+            warned.insert(e.kind(), (now, 0));
+            Some(0)
+        }
+    });
+    if let Some(suppressed) = suppressed {
+        tracing::warn!(
+            code = e.code(),
+            suppressed,
+            "answered {}: {}",
+            e.status(),
+            e.message()
+        );
     }
 }
 

@@ -356,6 +356,21 @@ mod tests {
             listed, codes,
             "README.md's error codes and ErrorKind differ"
         );
+        let start = readme
+            .find("errors that airlock itself is to blame for (")
+            .expect("the README names airlock's own errors");
+        let end = start
+            + readme[start..]
+                .find(", and the vault")
+                .expect("end of that list");
+        let ours: std::collections::BTreeSet<&str> =
+            readme[start..end].split('`').skip(1).step_by(2).collect();
+        let blamed: std::collections::BTreeSet<&str> = ErrorKind::ALL
+            .iter()
+            .filter(|k| k.blame() == Blame::Airlock)
+            .map(|k| k.code())
+            .collect();
+        assert_eq!(ours, blamed, "README.md's list of airlock's own errors");
         for k in ErrorKind::ALL {
             let blame_fits = match k.blame() {
                 Blame::Client => k.status() < 500,
