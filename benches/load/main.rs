@@ -12,9 +12,10 @@
 //! upstream's own CPU per request on each route and the TCP segments sent per request; a new
 //! tunnel per request; bulk download and upload; then, paired (both routes at the same moment,
 //! "added" taken per pair, never as a difference of two percentiles), a fixed-rate open loop and
-//! SSE; and idle tunnels for memory. When `mitmdump` is installed (`pip install mitmproxy`) the same keep-alive and
-//! download run through mitmproxy doing the same injection, and the table shows airlock ÷ it. With
-//! `--fleet N` it also starts a PostgreSQL cluster and a two-node fleet ([`fleet`]): the time
+//! SSE; and idle tunnels for memory. When `mitmdump` is installed (`pip install mitmproxy`) the
+//! same keep-alive and download run through mitmproxy doing the same injection, and the table
+//! shows airlock ÷ it. With `--fleet N` it also starts a PostgreSQL cluster and a two-node fleet
+//! ([`fleet`]): the time
 //! from a write acknowledged on one node to its being served on the other, over N writes, and
 //! keep-alive throughput through a fleet node beside the single node's. With `--rules N` a second
 //! airlock serves the same service with N request rules (none of which the load meets, so every
@@ -624,8 +625,9 @@ fn closed_loop_spent(route: &Route, o: &Opts, pid: Option<u32>) -> (f64, Spent) 
         machine_ticks(),
         tcp_out_segs(),
     );
-    let per = |a: u64, b: u64| (b - a) as f64 / n.max(1) as f64;
-    let (busy, idle) = (m1.0 - m0.0, m1.1 - m0.1);
+    // Counters read as 0 when a file could not be read: never a negative difference.
+    let per = |a: u64, b: u64| b.saturating_sub(a) as f64 / n.max(1) as f64;
+    let (busy, idle) = (m1.0.saturating_sub(m0.0), m1.1.saturating_sub(m0.1));
     let spent = Spent {
         harness_us: per(me0.0 + me0.1, me1.0 + me1.1),
         airlock_user_us: per(al0.0, al1.0),
