@@ -5,23 +5,24 @@
 //! [--sse-ms MS] [--fleet N] [--rules N] [--rounds N] [--binary PATH] [--no-peer] [--quick]`
 //!
 //! It starts a loopback HTTPS upstream with its own CA and `airlock serve` (the real binary, or
-//! `--binary` for an A/B) with a vault whose service points at that upstream through
-//! `--resolve`, then runs each scenario straight at the upstream and through airlock, `--rounds`
-//! times (3; the order alternating), and reports the median and range of each figure:
-//! keep-alive closed loop with airlock's CPU per request (user and kernel), the generator's and
-//! upstream's own CPU per request on each route and the TCP segments sent per request; a new
-//! tunnel per request; bulk download and upload; then, paired (both routes at the same moment,
-//! "added" taken per pair, never as a difference of two percentiles), a fixed-rate open loop and
-//! SSE; and idle tunnels for memory. When `mitmdump` is installed (`pip install mitmproxy`) the
-//! same keep-alive and download run through mitmproxy doing the same injection, and the table
-//! shows airlock ÷ it. With `--fleet N` it also starts a PostgreSQL cluster and a two-node fleet
-//! ([`fleet`]): the time
-//! from a write acknowledged on one node to its being served on the other, over N writes, and
-//! keep-alive throughput through a fleet node beside the single node's. With `--rules N` a second
-//! airlock serves the same service with N request rules (none of which the load meets, so every
-//! one is checked), and each round's keep-alive loop runs through both, alternating: the cost of
-//! rules as a ratio. It prints a table and,
-//! last, one line of JSON with every figure. No timing is asserted anywhere.
+//! `--binary` for an A/B) with a vault whose service points at that upstream through `--resolve`,
+//! then runs each scenario straight at the upstream and through airlock, `--rounds` times (3; the
+//! order alternating), and reports the median and range of each figure: keep-alive closed loop with
+//! airlock's CPU per request (user and kernel), the generator's and upstream's own CPU per request
+//! on each route and the TCP segments sent per request, and the same loop through airlock's opaque
+//! tunnel (a second vault, `open`, has no service and tunnels unmatched hosts: airlock only moves
+//! bytes, the floor any interception is built on); a new tunnel per request; bulk download and
+//! upload; then, paired (both routes at the same moment, "added" taken per pair, never as a
+//! difference of two percentiles), a fixed-rate open loop (through the interception and through the
+//! opaque tunnel) and SSE; and idle tunnels for memory. When `mitmdump` is installed (`pip install
+//! mitmproxy`) the same keep-alive and download run through mitmproxy doing the same injection, and
+//! the table shows airlock ÷ it. With `--fleet N` it also starts a PostgreSQL cluster and a
+//! two-node fleet ([`fleet`]): the time from a write acknowledged on one node to its being served
+//! on the other, over N writes, and keep-alive throughput through a fleet node beside the single
+//! node's. With `--rules N` a second airlock serves the same service with N request rules (none of
+//! which the load meets, so every one is checked), and each round's keep-alive loop runs through
+//! both, alternating: the cost of rules as a ratio. It prints a table and, last, one line of JSON
+//! with every figure. No timing is asserted anywhere.
 
 // A benchmark tool: any setup failure should stop it loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -187,9 +188,10 @@ fn rules_yaml(n: usize) -> String {
     y
 }
 
-/// A vault with the bench service (with `rules` request rules) and agent in `dir`; the agent's
-/// token.
-fn setup_vault(dir: &std::path::Path, rules: usize) -> String {
+/// A vault with the bench service (with `rules` request rules) and agent in `dir`, and a vault
+/// `open` with no service whose unmatched hosts are tunnelled, with an agent of its own; the two
+/// agents' tokens.
+fn setup_vault(dir: &std::path::Path, rules: usize) -> (String, String) {
     airlock(&["init"], dir, None);
     airlock(
         &["credential", "set", "BENCH_KEY"],
@@ -208,15 +210,16 @@ fn setup_vault(dir: &std::path::Path, rules: usize) -> String {
         dir,
         None,
     );
-    airlock(
-        &["agent", "create", "bench", "--vault", "default"],
-        dir,
-        None,
-    )
-    .lines()
-    .last()
-    .unwrap_or_default()
-    .to_owned()
+    airlock(&["vault", "create", "open"], dir, None);
+    airlock(&["vault", "policy", "open", "tunnel"], dir, None);
+    let token = |name: &str, vault: &str| {
+        airlock(&["agent", "create", name, "--vault", vault], dir, None)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    (token("bench", "default"), token("opaque", "open"))
 }
 
 /// `airlock serve` on `dir` against the upstream, with `extra` global flags (a config file).
@@ -285,9 +288,9 @@ fn start_airlock(
     dir: &std::path::Path,
     up: &upstream::Upstream,
     rules: usize,
-) -> (Airlock, String) {
-    let token = setup_vault(dir, rules);
-    (serve(o, dir, up, &[]), token)
+) -> (Airlock, (String, String)) {
+    let tokens = setup_vault(dir, rules);
+    (serve(o, dir, up, &[]), tokens)
 }
 
 /// The fleet figures: a PostgreSQL cluster, node a made the fleet's first node and node b joined
@@ -305,7 +308,7 @@ fn fleet(o: &Opts, up: &upstream::Upstream) -> (f64, Histogram<u64>) {
         path.to_str().expect("path").to_owned()
     };
     let (cfg_a, cfg_b) = (config(a.path()), config(b.path()));
-    let token = setup_vault(a.path(), 0);
+    let (token, _) = setup_vault(a.path(), 0);
     airlock(
         &["--config", &cfg_a, "fleet", "init", "--node", "a"],
         a.path(),
@@ -646,6 +649,9 @@ struct Round {
     ka_airlock: f64,
     spent_direct: Spent,
     spent_airlock: Spent,
+    /// Keep-alive through airlock's opaque tunnel (no TLS or HTTP in airlock).
+    ka_opaque: f64,
+    spent_opaque: Spent,
     tunnels_direct: f64,
     tunnels_airlock: f64,
     down_direct: f64,
@@ -658,23 +664,33 @@ struct Round {
     ka_rules: Option<f64>,
 }
 
+/// The routes a round runs: straight at the upstream, through airlock's interception and its
+/// opaque tunnel, and, when they run, through mitmproxy and the airlock with request rules.
+struct Routes<'a> {
+    direct: &'a Route,
+    through: &'a Route,
+    opaque: &'a Route,
+    peer: Option<&'a Route>,
+    ruled: Option<&'a Route>,
+}
+
 /// Round `i`; odd rounds go through airlock first, so neither route always runs on a machine
-/// warmed (or tired) by the other.
-fn round(
-    i: usize,
-    o: &Opts,
-    direct: &Route,
-    through: &Route,
-    peer: Option<&Route>,
-    ruled: Option<&Route>,
-    pid: u32,
-) -> Round {
+/// warmed (or tired) by the other. `pid` is airlock's.
+fn round(i: usize, o: &Opts, routes: &Routes<'_>, pid: u32) -> Round {
+    let Routes {
+        direct,
+        through,
+        opaque,
+        peer,
+        ruled,
+    } = *routes;
     let mut r = Round::default();
     let airlock_first = !i.is_multiple_of(2);
     let run_airlock = |r: &mut Round| {
         let ruled_first = ruled.filter(|_| airlock_first);
         r.ka_rules = ruled_first.map(|route| closed_loop(route, o).0);
         (r.ka_airlock, r.spent_airlock) = closed_loop_spent(through, o, Some(pid));
+        (r.ka_opaque, r.spent_opaque) = closed_loop_spent(opaque, o, Some(pid));
         if ruled_first.is_none() {
             r.ka_rules = ruled.map(|route| closed_loop(route, o).0);
         }
@@ -817,10 +833,10 @@ fn main() {
     let o = opts();
     let dir = tempfile::tempdir().expect("tempdir");
     let up = upstream::start(dir.path());
-    let (al, token) = start_airlock(&o, dir.path(), &up, 0);
+    let (al, (token, opaque_token)) = start_airlock(&o, dir.path(), &up, 0);
     let ruled_dir = tempfile::tempdir().expect("tempdir");
     let ruled = (o.rules > 0).then(|| {
-        let (al, token) = start_airlock(&o, ruled_dir.path(), &up, o.rules);
+        let (al, (token, _)) = start_airlock(&o, ruled_dir.path(), &up, o.rules);
         let route = Route::Airlock {
             proxy: al.proxy,
             auth: format!("{token}:default"),
@@ -836,6 +852,12 @@ fn main() {
         proxy: al.proxy,
         auth: format!("{token}:default"),
         tls: client::tls_config(&ca_der(dir.path())),
+    };
+    // The same airlock splicing bytes for a vault without the service: TLS is end to end.
+    let opaque = Route::Airlock {
+        proxy: al.proxy,
+        auth: format!("{opaque_token}:open"),
+        tls: client::tls_config(&up.ca_der),
     };
     let peer = if o.peer {
         mitmproxy(dir.path(), &up)
@@ -856,23 +878,24 @@ fn main() {
     );
     println!("generator, upstream and airlock share the cores (no pinning)");
 
+    let routes = Routes {
+        direct: &direct,
+        through: &through,
+        opaque: &opaque,
+        peer: peer.as_ref().map(|p| &p.route),
+        ruled: ruled.as_ref().map(|(_, route)| route),
+    };
     let mut rounds = Vec::new();
     let (mut ol_d, mut ol_a, mut added) = (hist(), hist(), Vec::new());
+    let mut added_opaque = Vec::new();
     let (mut sse_ttfb, mut sse_added) = (Vec::new(), Vec::new());
     for i in 0..o.rounds {
-        rounds.push(round(
-            i,
-            &o,
-            &direct,
-            &through,
-            peer.as_ref().map(|p| &p.route),
-            ruled.as_ref().map(|(_, route)| route),
-            pid,
-        ));
+        rounds.push(round(i, &o, &routes, pid));
         let (d, a, x) = paired_open_loop(&direct, &through, &o);
         ol_d.add(d).expect("add");
         ol_a.add(a).expect("add");
         added.extend(x);
+        added_opaque.extend(paired_open_loop(&direct, &opaque, &o).2);
         let (ttfb, events) = paired_sse(&direct, &through, &o);
         sse_ttfb.push(ttfb as f64);
         sse_added.extend(events);
@@ -893,6 +916,10 @@ fn main() {
     };
     let q = |h: &Histogram<u64>, p: f64| h.value_at_quantile(p);
     let (added_p50, added_p99) = (quantile(&mut added, 0.5), quantile(&mut added, 0.99));
+    let (opaque_p50, opaque_p99) = (
+        quantile(&mut added_opaque, 0.5),
+        quantile(&mut added_opaque, 0.99),
+    );
     let (sse_p50, sse_p99) = (
         quantile(&mut sse_added, 0.5),
         quantile(&mut sse_added, 0.99),
@@ -940,6 +967,30 @@ fn main() {
         show(of(|r| r.spent_airlock.idle * 100.0), 0),
     );
     row(
+        "keep-alive through the opaque tunnel: req/s".into(),
+        "-".into(),
+        show(of(|r| r.ka_opaque), 0),
+    );
+    row(
+        "  opaque ÷ direct".into(),
+        "".into(),
+        show(ratio(|r| r.ka_opaque, |r| r.ka_direct), 3),
+    );
+    row(
+        "  airlock CPU per request, user / kernel (µs)".into(),
+        "-".into(),
+        format!(
+            "{:.1} / {:.1}",
+            of(|r| r.spent_opaque.airlock_user_us).0,
+            of(|r| r.spent_opaque.airlock_kernel_us).0
+        ),
+    );
+    row(
+        "  generator + upstream CPU per request (µs)".into(),
+        "-".into(),
+        show(of(|r| r.spent_opaque.harness_us), 1),
+    );
+    row(
         format!("open loop {} req/s, paired: p50 / p99 (µs)", o.rate),
         format!("{}/{}", q(&ol_d, 0.5), q(&ol_d, 0.99)),
         format!("{}/{}", q(&ol_a, 0.5), q(&ol_a, 0.99)),
@@ -948,6 +999,11 @@ fn main() {
         "  added by airlock, per pair: p50 / p99 (µs)".into(),
         "".into(),
         format!("{added_p50}/{added_p99}"),
+    );
+    row(
+        "  added by the opaque tunnel: p50 / p99 (µs)".into(),
+        "".into(),
+        format!("{opaque_p50}/{opaque_p99}"),
     );
     row(
         "new tunnel per request: tunnels/s".into(),
@@ -1004,9 +1060,16 @@ fn main() {
         "tcp_segments_per_req_direct": of(|r| r.spent_direct.segments).0,
         "tcp_segments_per_req_airlock": of(|r| r.spent_airlock.segments).0,
         "idle_share_airlock": of(|r| r.spent_airlock.idle).0,
+        "keepalive_rps_opaque": of(|r| r.ka_opaque).0.round(),
+        "keepalive_opaque_ratio": ratio(|r| r.ka_opaque, |r| r.ka_direct).0,
+        "opaque_user_us_per_req": of(|r| r.spent_opaque.airlock_user_us).0,
+        "opaque_kernel_us_per_req": of(|r| r.spent_opaque.airlock_kernel_us).0,
+        "harness_cpu_us_per_req_opaque": of(|r| r.spent_opaque.harness_us).0,
         "open_loop_rate": o.rate,
         "added_p50_us": added_p50,
         "added_p99_us": added_p99,
+        "opaque_added_p50_us": opaque_p50,
+        "opaque_added_p99_us": opaque_p99,
         "tunnels_per_s_direct": of(|r| r.tunnels_direct).0.round(),
         "tunnels_per_s_airlock": of(|r| r.tunnels_airlock).0.round(),
         "sse_added_ttfb_us": spread(sse_ttfb).0,
