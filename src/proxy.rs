@@ -7,6 +7,7 @@
 //! - [`intercept`]: the leaf, the TLS accept and the tunnel's requests;
 //! - [`tunnel`]: the opaque tunnel for unmatched hosts, when the vault allows it;
 //! - [`plain`]: plain-HTTP proxying; [`agent_api`]: origin-form requests;
+//! - [`peer`]: the agent's end of a connection: its address, and whether it hung up;
 //! - [`inject`]: the authority and path checks, the service match and the upstream head;
 //! - [`exchange`]: the gates, the service's rules, sending upstream (pool, retry, OAuth renewal);
 //! - [`hold`]: a request a `hold` rule stopped, waiting for an operator;
@@ -35,6 +36,7 @@ pub mod limits;
 mod log;
 pub(crate) use log::FLUSH_INTERVAL as LOG_FLUSH_INTERVAL;
 pub mod outcome;
+mod peer;
 mod plain;
 pub mod request;
 mod response;

@@ -3,7 +3,7 @@
 //! and is intercepted, tunnelled or denied before any TLS ([`connect`]); absolute-form `http://`
 //! is plain proxying ([`super::plain`]); origin-form is the agent API ([`super::agent_api`]).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -14,6 +14,7 @@ use monoio_rustls::TlsAcceptor;
 use super::client::{self, Next, reply_and_close};
 use super::error::{ErrorKind, ProxyError, no_service};
 use super::log::refuse_unmatched;
+use super::peer::Peer;
 use super::request::Request;
 use super::upstream::Target;
 use super::{Shared, agent_api, auth, intercept, plain, tunnel};
@@ -40,16 +41,14 @@ pub async fn accepted(shared: Arc<Shared>, tcp: TcpStream) {
 /// `proxy_tls_cert`), so a token sent to it never crosses a network in clear text.
 async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
     let _ = tcp.set_nodelay(true);
-    let peer = tcp
-        .peer_addr()
-        .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+    let peer = Peer::of(&tcp);
     if !shared.client_networks.is_empty()
-        && !shared.client_networks.iter().any(|n| n.contains(peer))
+        && !shared.client_networks.iter().any(|n| n.contains(peer.addr))
     {
         return;
     }
     let Some(tls) = shared.proxy_tls.clone() else {
-        return serve_io(shared, tcp, peer).await;
+        return serve_io(shared, tcp, &peer).await;
     };
     let acceptor = TlsAcceptor::from(tls);
     let accepted = Box::pin(monoio::time::timeout(
@@ -60,7 +59,7 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
     if let Ok(Ok(io)) = accepted {
         // Boxed: TLS in TLS makes this the largest state of all, and a connection's task is
         // sized for its largest state; plain connections should not pay for it.
-        Box::pin(serve_io(shared, io, peer)).await;
+        Box::pin(serve_io(shared, io, &peer)).await;
     }
 }
 
@@ -68,7 +67,7 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
 async fn serve_io<S: Split + AsyncReadRent + AsyncWriteRent + 'static>(
     shared: Arc<Shared>,
     io: S,
-    peer: IpAddr,
+    peer: &Peer,
 ) {
     let s = &shared;
     let handed = client::requests(s, BufConn::new(io), async |client, raw| {
@@ -83,7 +82,7 @@ async fn serve_io<S: Split + AsyncReadRent + AsyncWriteRent + 'static>(
         Next::Done(if absolute {
             plain::serve(s, client, &req, peer).await
         } else {
-            agent_api::handle(s, client, &req, peer).await
+            agent_api::handle(s, client, &req, peer.addr).await
         })
     })
     .await;
@@ -126,7 +125,7 @@ async fn connect<S: Split + AsyncReadRent + AsyncWriteRent + 'static>(
     shared: Arc<Shared>,
     mut client: BufConn<S>,
     req: Request,
-    peer: IpAddr,
+    peer: &Peer,
 ) {
     let auth_header = match req.one("proxy-authorization") {
         Ok(h) => h,
@@ -139,7 +138,7 @@ async fn connect<S: Split + AsyncReadRent + AsyncWriteRent + 'static>(
     let id = match auth::authenticate_first(&shared, auth_header, None).await {
         Ok(id) => id,
         Err(e) => {
-            let e = shared.limiters.auth_failures.refuse(peer, e);
+            let e = shared.limiters.auth_failures.refuse(peer.addr, e);
             return reply_and_close(&mut client, &e).await;
         }
     };
@@ -161,7 +160,7 @@ async fn connect<S: Split + AsyncReadRent + AsyncWriteRent + 'static>(
         }
     };
     match unmatched {
-        None => intercept::serve(shared, client, target, id).await,
+        None => intercept::serve(shared, client, target, id, peer).await,
         Some(UnmatchedPolicy::Tunnel) => tunnel::serve(shared, client, target, id).await,
         Some(UnmatchedPolicy::Deny) => {
             let refused = no_service(&target.host, port, &shared.api_base);

@@ -22,6 +22,7 @@ use super::error::{ErrorKind, ProxyError};
 use super::hold;
 use super::inject::{self, Prepared};
 use super::outcome::{ExchangeError, Outcome};
+use super::peer::Peer;
 use super::request::Request;
 use super::response::{self, COALESCE_MAX, Head};
 use super::sigv4::{self, Payload};
@@ -49,6 +50,8 @@ pub(super) struct Route<'a> {
     pub(super) agent: Option<&'a str>,
     /// Plain-HTTP proxying, where the target is absolute-form.
     pub(super) absolute_ok: bool,
+    /// The agent's end of the connection (a held request stops waiting when it hangs up).
+    pub(super) peer: &'a Peer,
 }
 
 /// Runs one exchange for `req`, which arrived on `client`.
@@ -64,6 +67,7 @@ pub(super) async fn exchange<C: AsyncReadRent + AsyncWriteRent>(
         vault,
         agent,
         absolute_ok,
+        ..
     } = route;
     let prepared = inject::prepare(req, target, vault, agent, absolute_ok, &shared.api_base)?;
     row.service = Some(prepared.service.name.clone());
@@ -83,7 +87,7 @@ pub(super) async fn exchange<C: AsyncReadRent + AsyncWriteRent>(
         retry_401: false,
         early: None,
     };
-    call.apply(verdict, req, target, agent).await?;
+    call.apply(verdict, req, route).await?;
     let Some(oauth) = oauth else {
         let held = match call.prepared.service.sigv4.as_deref() {
             Some(keys) => call.sign(keys, req).await?,
@@ -239,8 +243,7 @@ impl<C: AsyncReadRent + AsyncWriteRent> Call<'_, C> {
         &mut self,
         verdict: Verdict<'_>,
         req: &Request,
-        target: &Target,
-        agent: Option<&str>,
+        route: Route<'_>,
     ) -> Result<(), ExchangeError> {
         let service = &self.prepared.service.name;
         let by = || {
@@ -289,8 +292,8 @@ impl<C: AsyncReadRent + AsyncWriteRent> Call<'_, C> {
                         return Err(ProxyError::new(ErrorKind::HoldBodyTooLarge, m).into());
                     }
                 };
-                let held = hold::describe(req, target, &self.prepared, &body, self.shared);
-                hold::wait(self.shared, self.vault, agent, held).await?;
+                let held = hold::describe(req, route.target, &self.prepared, &body, self.shared);
+                hold::wait(self.shared, self.vault, route.agent, held, route.peer).await?;
                 self.early = Some(body);
                 Ok(())
             }

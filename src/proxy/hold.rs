@@ -1,9 +1,10 @@
 //! The hold step: a request a `hold` rule stopped (its body already read, at most
-//! [`HOLD_BODY_MAX`]) is stored as a held-request proposal off the worker thread, then waits
-//! while an operator is asked (admin UI, CLI, webhook). Approved: the exchange forwards it with
-//! the credential; rejected or past `hold_timeout`: `403 hold_rejected` / `403 hold_timed_out`,
-//! and nothing goes upstream. The wait reads the proposal's status from LMDB (a read, no lock)
-//! every [`POLL`]; it holds no state another request touches.
+//! [`HOLD_BODY_MAX`]) is stored as a held-request proposal off the worker thread, then waits while
+//! an operator is asked (admin UI, CLI, webhook). Approved: the exchange forwards it with the
+//! credential; rejected or past `hold_timeout`: `403 hold_rejected` / `403 hold_timed_out`, and
+//! nothing goes upstream. An agent that hangs up while its request waits withdraws it: the proposal
+//! is rejected with the reason, and an approval cannot send it. The wait reads the proposal's
+//! status from LMDB (a read, no lock) every [`POLL`]; it holds no state another request touches.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +13,8 @@ use super::Shared;
 use super::error::{ErrorKind, ProxyError};
 use super::exchange::RETRY_BODY_MAX;
 use super::inject::Prepared;
+use super::outcome::ExchangeError;
+use super::peer::Peer;
 use super::request::Request;
 use super::upstream::Target;
 use crate::vault::VaultError;
@@ -24,6 +27,8 @@ const POLL: Duration = Duration::from_millis(200);
 /// How long past its expiry a held request still looks for an approval (a fleet's approval
 /// may take a moment to reach this node).
 const GRACE_SECS: u64 = 1;
+/// The reason a held request whose agent hung up is rejected with.
+const WITHDRAWN: &str = "the agent disconnected; the request was not sent";
 
 /// This run's name for its held requests.
 pub fn node_id(node: &str) -> String {
@@ -96,13 +101,16 @@ pub(super) fn describe(
     }
 }
 
-/// Asks for `held` and waits for the answer: `Ok` once approved.
+/// Asks for `held` and waits for the answer: `Ok` once approved. When the agent hangs up
+/// (`peer`) first, the request is withdrawn (rejected on airlock's behalf, so the operator sees
+/// why) and nothing is sent, whatever the answer.
 pub(super) async fn wait(
     shared: &Arc<Shared>,
     vault: &str,
     agent: Option<&str>,
     held: HeldRequest,
-) -> Result<(), ProxyError> {
+    peer: &Peer,
+) -> Result<(), ExchangeError> {
     let ttl = shared.tunables().hold_timeout.as_secs().max(1);
     let (s, v, a) = (shared.clone(), vault.to_owned(), agent.map(str::to_owned));
     let created = monoio::spawn_blocking(move || s.store.create_hold(&v, a.as_deref(), held, ttl))
@@ -125,6 +133,10 @@ pub(super) async fn wait(
         .unwrap_or_else(|| format!("proposal {id}"));
     loop {
         monoio::time::sleep(POLL).await;
+        if peer.gone() {
+            withdraw(shared, id).await;
+            return Err(ExchangeError::Abort);
+        }
         let p = shared.store.proposal(id).map_err(|e| {
             ProxyError::new(
                 ErrorKind::StorageUnavailable,
@@ -136,14 +148,32 @@ pub(super) async fn wait(
             ProposalStatus::Rejected => {
                 let why = p.reason.map(|r| format!(": {r}")).unwrap_or_default();
                 let m = format!("an operator rejected this request ({asked}){why}");
-                return Err(ProxyError::new(ErrorKind::HoldRejected, m));
+                return Err(ProxyError::new(ErrorKind::HoldRejected, m).into());
             }
             _ if crate::vault::now() >= p.expires_at + GRACE_SECS => {
                 let m = format!("no operator answered within {ttl} s ({asked})");
                 return Err(ProxyError::new(ErrorKind::HoldTimedOut, m)
-                    .hint("ask the user to approve it, then send the request again"));
+                    .hint("ask the user to approve it, then send the request again")
+                    .into());
             }
             _ => {}
         }
+    }
+}
+
+/// Rejects held request `id` on airlock's behalf: its agent hung up while it waited. An answer
+/// that came first (the operator's) stands; the request is not sent either way.
+async fn withdraw(shared: &Arc<Shared>, id: u64) {
+    let s = shared.clone();
+    let done = monoio::spawn_blocking(move || {
+        s.store
+            .reject_proposal("airlock", id, WITHDRAWN, None)
+            .map(|_| ())
+    })
+    .await
+    .unwrap_or_else(|_| Err(VaultError::Invalid("the write did not run".into())));
+    match done {
+        Ok(()) => tracing::info!(id, "the agent hung up; its held request is withdrawn"),
+        Err(e) => tracing::info!(id, "the agent hung up; its held request was not sent ({e})"),
     }
 }

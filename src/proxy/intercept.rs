@@ -18,6 +18,7 @@ use super::exchange::{self, Route};
 use super::limits::AgentBucket;
 use super::log::Entry;
 use super::outcome::{ExchangeError, Outcome};
+use super::peer::Peer;
 use super::request::Request;
 use super::upstream::Target;
 use crate::http::io::BufConn;
@@ -28,6 +29,7 @@ pub(super) async fn serve<S: Split + AsyncReadRent + AsyncWriteRent + 'static>(
     mut client: BufConn<S>,
     target: Target,
     id: Identity,
+    peer: &Peer,
 ) {
     let Some(config) = leaf(&shared, &mut client, &target, &id).await else {
         return;
@@ -52,6 +54,7 @@ pub(super) async fn serve<S: Split + AsyncReadRent + AsyncWriteRent + 'static>(
         target: &target,
         bucket: shared.limiters.agents.bucket(id.limit_key),
         id: &id,
+        peer,
         checked: Checked::default(),
     };
     client::requests(&shared, BufConn::new(tls), async |conn, raw| {
@@ -93,6 +96,7 @@ struct Tunnel<'a> {
     shared: &'a Arc<Shared>,
     target: &'a Target,
     id: &'a Identity,
+    peer: &'a Peer,
     /// The agent's limits, looked up once for the tunnel.
     bucket: Arc<AgentBucket>,
     checked: Checked,
@@ -121,6 +125,7 @@ impl Tunnel<'_> {
                     vault,
                     agent: self.id.agent.as_deref(),
                     absolute_ok: false,
+                    peer: self.peer,
                 };
                 exchange::exchange(shared, conn, &req, route, row).await
             }

@@ -2,7 +2,6 @@
 //! request, and injection only for `http://` services (R5). A host served only over TLS is
 //! refused with `plaintext_refused`, so a credential never goes out in clear text.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
@@ -12,6 +11,7 @@ use super::error::{ErrorKind, ProxyError, no_service};
 use super::exchange::{self, Route};
 use super::log::{Entry, refuse_unmatched};
 use super::outcome::{ExchangeError, Outcome};
+use super::peer::Peer;
 use super::request::Request;
 use super::upstream::Target;
 use super::{Shared, auth};
@@ -23,11 +23,11 @@ pub(super) async fn serve<S: AsyncReadRent + AsyncWriteRent>(
     shared: &Arc<Shared>,
     client: &mut BufConn<S>,
     req: &Request,
-    peer: IpAddr,
+    peer: &Peer,
 ) -> Result<Outcome, ExchangeError> {
     let id = auth::authenticate_first(shared, req.one("proxy-authorization")?, None)
         .await
-        .map_err(|e| shared.limiters.auth_failures.refuse(peer, e))?;
+        .map_err(|e| shared.limiters.auth_failures.refuse(peer.addr, e))?;
     let target = target_of(req.target())?;
     let policy = shared.policy();
     let vault = policy
@@ -52,6 +52,7 @@ pub(super) async fn serve<S: AsyncReadRent + AsyncWriteRent>(
         vault,
         agent: id.agent.as_deref(),
         absolute_ok: true,
+        peer,
     };
     let result = exchange::exchange(shared, client, req, route, row).await;
     entry.finish(&shared.log, &result);

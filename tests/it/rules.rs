@@ -318,30 +318,34 @@ fn malformed_rules_are_refused_with_their_line() {
 
 /// A POST held by a rule, sent from a thread: its curl output once answered.
 fn held_post(s: &Setup, path: &'static str, body: &'static str) -> std::thread::JoinHandle<Run> {
+    let c = held_post_command(s, path, body);
+    std::thread::spawn(move || output(c, None))
+}
+
+/// The curl command of [`held_post`].
+fn held_post_command(s: &Setup, path: &str, body: &str) -> std::process::Command {
     let (url, ca) = (s.proxy.url(&s.token, "default"), s.ca());
-    std::thread::spawn(move || {
-        let mut c = std::process::Command::new("curl");
-        let quiet = "--suppress-connect-headers";
-        c.args([
-            "-sS",
-            "-i",
-            quiet,
-            "--max-time",
-            "90",
-            "--proxy",
-            &url,
-            "--cacert",
-        ])
-        .arg(ca)
-        .args([
-            "-H",
-            "content-type: application/json",
-            "--data-binary",
-            body,
-        ])
-        .arg(format!("https://api.openai.com{path}"));
-        output(c, None)
-    })
+    let mut c = std::process::Command::new("curl");
+    let quiet = "--suppress-connect-headers";
+    c.args([
+        "-sS",
+        "-i",
+        quiet,
+        "--max-time",
+        "90",
+        "--proxy",
+        &url,
+        "--cacert",
+    ])
+    .arg(ca)
+    .args([
+        "-H",
+        "content-type: application/json",
+        "--data-binary",
+        body,
+    ])
+    .arg(format!("https://api.openai.com{path}"));
+    c
 }
 
 /// Waits for a held request with `status` that is not in `already`; its proposal id.
@@ -515,7 +519,7 @@ fn held_requests_wait_for_an_operator() {
 }
 
 #[test]
-fn held_requests_time_out_and_do_not_survive_a_restart() {
+fn held_requests_time_out_and_do_not_outlive_their_agent_or_a_restart() {
     let mut s = Setup::with("auto", &["--hold-timeout", "2s"], true, true);
     s.env.set_services(RULED);
     wait_for_rules(&s);
@@ -537,8 +541,43 @@ fn held_requests_time_out_and_do_not_survive_a_restart() {
     );
     wait_held(&s, "expired", &[]);
 
-    // Held when serve stops: the next start rejects it and says why.
+    // The agent hangs up while its request waits: withdrawn, and an approval cannot send it.
     restart(&mut s, &["--hold-timeout", "60s"]);
+    let mut agent = held_post_command(&s, "/v1/refunds", "{}")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let gone = wait_held(&s, "pending", &[]);
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    let show = || -> Value {
+        let out = s
+            .env
+            .run(&["proposal", "show", &gone.to_string(), "--json"]);
+        serde_json::from_str(&out.ok().stdout).unwrap()
+    };
+    let start = Instant::now();
+    while show()["status"] != "rejected" {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "not withdrawn: {}",
+            show()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let p = show();
+    assert_eq!(p["decided_by"], "airlock", "{p}");
+    assert!(
+        p["reason"].as_str().unwrap().contains("disconnected"),
+        "{p}"
+    );
+    let approve = s.env.run(&["proposal", "approve", &gone.to_string()]);
+    assert_ne!(approve.code, 0, "approved a withdrawn request: {approve:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(origin_count(&s), count, "a withdrawn request went upstream");
+
+    // Held when serve stops: the next start rejects it and says why.
     let waiting = held_post(&s, "/v1/refunds", "{}");
     let held = wait_held(&s, "pending", &[]);
     restart(&mut s, &[]);
