@@ -12,15 +12,14 @@ use airlock_core::requestlog::{self, Filter, Row};
 use airlock_core::vault::records::AuditRecord;
 use airlock_core::vault::rfc3339;
 use axum::Router;
-use axum::extract::{Extension, Query, State};
+use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use maud::{Markup, html};
 
 use crate::AppState;
-use crate::respond::{St, login_redirect, render};
-use crate::security::Session;
+use crate::respond::{SignedIn, St, render};
 
 /// Rows on a page of either log.
 const PAGE: usize = 100;
@@ -129,14 +128,7 @@ fn row_markup(r: &Row) -> Markup {
     } }
 }
 
-async fn requests(
-    State(state): St,
-    Extension(session): Extension<Session>,
-    Query(q): Params,
-) -> Response {
-    if session.operator.is_none() {
-        return login_redirect();
-    }
+async fn requests(State(state): St, SignedIn(session): SignedIn, Query(q): Params) -> Response {
     let filter = filter_of(&q);
     let before = q.get("before").and_then(|b| b.parse().ok());
     let log = state.log.rows();
@@ -186,14 +178,7 @@ async fn requests(
 
 /// Rows newer than `after` that the filter admits, oldest first, for the live script:
 /// `{"last": SEQ, "rows": [[cell, ...], ...]}`.
-async fn live(
-    State(state): St,
-    Extension(session): Extension<Session>,
-    Query(q): Params,
-) -> Response {
-    if session.operator.is_none() {
-        return login_redirect();
-    }
+async fn live(State(state): St, _: SignedIn, Query(q): Params) -> Response {
     let filter = filter_of(&q);
     let after = q.get("after").and_then(|a| a.parse().ok()).unwrap_or(0);
     let rows =
@@ -231,27 +216,13 @@ fn attachment(name: &str, content_type: &'static str, body: String) -> Response 
         .into_response()
 }
 
-async fn export_json(
-    State(state): St,
-    Extension(session): Extension<Session>,
-    Query(q): Params,
-) -> Response {
-    if session.operator.is_none() {
-        return login_redirect();
-    }
+async fn export_json(State(state): St, _: SignedIn, Query(q): Params) -> Response {
     let rows = exported(&state, &q);
     let body = serde_json::to_string(&rows).unwrap_or_default();
     attachment("requests.json", "application/json", body)
 }
 
-async fn export_csv(
-    State(state): St,
-    Extension(session): Extension<Session>,
-    Query(q): Params,
-) -> Response {
-    if session.operator.is_none() {
-        return login_redirect();
-    }
+async fn export_csv(State(state): St, _: SignedIn, Query(q): Params) -> Response {
     let mut out = String::from(
         "time,vault,agent,method,host,path,status,bytes,latency_us,service,rule,error\r\n",
     );
@@ -293,14 +264,7 @@ fn csv_cell(f: &str) -> String {
 
 /// The audit log, newest first, filtered by who (contains), action (prefix), target (contains)
 /// and time range, a page at a time.
-async fn audit(
-    State(state): St,
-    Extension(session): Extension<Session>,
-    Query(q): Params,
-) -> Response {
-    if session.operator.is_none() {
-        return login_redirect();
-    }
+async fn audit(State(state): St, SignedIn(session): SignedIn, Query(q): Params) -> Response {
     let text = |k: &str| q.get(k).map(|v| v.trim().to_owned()).unwrap_or_default();
     let (who, action, target) = (text("who"), text("action"), text("target"));
     let before: u64 = q

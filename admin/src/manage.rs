@@ -18,7 +18,7 @@ use axum::routing::{get, post};
 use maud::{Markup, html};
 
 use crate::AppState;
-use crate::respond::{Fields, St, forbidden, login_redirect, render};
+use crate::respond::{Fields, SignedIn, St, forbidden, login_redirect, render};
 use crate::security::{Session, csrf_ok};
 use crate::views::flash;
 
@@ -87,10 +87,7 @@ fn button(session: &Session, action: &str, label: &str) -> Markup {
     html! { form.inline method="post" action=(action) { input type="hidden" name="csrf" value=(session.csrf); button { (label) } } }
 }
 
-async fn vaults(state: St, Extension(session): Extension<Session>) -> Response {
-    if session.operator.is_none() {
-        return login_redirect();
-    }
+async fn vaults(state: St, SignedIn(session): SignedIn) -> Response {
     vaults_page(&state, &session, None)
 }
 
@@ -229,14 +226,7 @@ fn token_counts(state: &AppState, vault: &str) -> Arc<BTreeMap<String, u64>> {
 
 /// One vault on its own: its card, then the agents that may use it with their live scoped
 /// tokens counted (never listed), so the page does not grow with the tokens.
-async fn vault_page(
-    state: St,
-    Extension(session): Extension<Session>,
-    Path(name): Path<String>,
-) -> Response {
-    if session.operator.is_none() {
-        return login_redirect();
-    }
+async fn vault_page(state: St, SignedIn(session): SignedIn, Path(name): Path<String>) -> Response {
     let v = match state.store.vault(&name) {
         Ok(v) => v,
         Err(e) => return crate::respond::vault_error(&state, &session, &e),
@@ -483,10 +473,7 @@ async fn delete_credential(
     Ok(vaults_page(&state, &session, Some(note)))
 }
 
-async fn agents(state: St, Extension(session): Extension<Session>) -> Response {
-    if session.operator.is_none() {
-        return login_redirect();
-    }
+async fn agents(state: St, SignedIn(session): SignedIn) -> Response {
     agents_page(&state, &session, None)
 }
 

@@ -11,14 +11,13 @@ use crate::daily::{self, Buckets, VaultDay};
 use airlock_core::vault::now;
 use airlock_core::vault::records::ProposalStatus;
 use axum::Router;
-use axum::extract::{Extension, State};
+use axum::extract::State;
 use axum::response::Response;
 use axum::routing::get;
 use maud::{Markup, html};
 
 use crate::AppState;
-use crate::respond::{St, login_redirect, render};
-use crate::security::Session;
+use crate::respond::{SignedIn, St, render};
 
 /// Status classes charted: 2xx and 3xx, 4xx, 5xx and no status.
 const CLASSES: [(&str, &str); 3] = [
@@ -138,10 +137,7 @@ fn split(classes: &[u64; 3], most: u64) -> Markup {
     }
 }
 
-async fn overview(State(state): St, Extension(session): Extension<Session>) -> Response {
-    if session.operator.is_none() {
-        return login_redirect();
-    }
+async fn overview(State(state): St, SignedIn(session): SignedIn) -> Response {
     let pending = state
         .store
         .proposals(None, Some(ProposalStatus::Pending))

@@ -19,7 +19,7 @@ use axum::{Form, Router};
 use maud::{Markup, html};
 
 use crate::AppState;
-use crate::respond::{Fields, St, forbidden, login_redirect, render, vault_error};
+use crate::respond::{Fields, SignedIn, St, forbidden, login_redirect, render, vault_error};
 use crate::security::{self, Client, Session, csrf_ok};
 use crate::views::{CSS, LIVE_JS, flash};
 
@@ -191,10 +191,7 @@ fn status_cell(s: ProposalStatus) -> Markup {
     html! { span class={ "status " (word) } { (word) } }
 }
 
-async fn proposals(State(state): St, Extension(session): Extension<Session>) -> Response {
-    if session.operator.is_none() {
-        return login_redirect();
-    }
+async fn proposals(State(state): St, SignedIn(session): SignedIn) -> Response {
     let list = match state.store.proposals(None, None) {
         Ok(l) => l,
         Err(e) => return vault_error(&state, &session, &e),
@@ -223,14 +220,7 @@ async fn proposals(State(state): St, Extension(session): Extension<Session>) -> 
     )
 }
 
-async fn proposal(
-    State(state): St,
-    Extension(session): Extension<Session>,
-    Path(id): Path<u64>,
-) -> Response {
-    if session.operator.is_none() {
-        return login_redirect();
-    }
+async fn proposal(State(state): St, SignedIn(session): SignedIn, Path(id): Path<u64>) -> Response {
     match state.store.proposal(id) {
         Ok(p) => proposal_page(&state, &session, &p, None),
         Err(e) => vault_error(&state, &session, &e),
@@ -471,10 +461,7 @@ async fn reject(
 
 /// Every service's request rules with their hits in the request log: how many requests each
 /// rule decided, and how many of those it refused or held.
-async fn rules(State(state): St, Extension(session): Extension<Session>) -> Response {
-    if session.operator.is_none() {
-        return login_redirect();
-    }
+async fn rules(State(state): St, SignedIn(session): SignedIn) -> Response {
     let log = state.log.rows();
     let rows = log.rows.as_slice();
     // (vault, service, rule) -> (decided, refused)
@@ -534,10 +521,7 @@ async fn rules(State(state): St, Extension(session): Extension<Session>) -> Resp
 
 /// Hosts agents tried that have no service, per vault, each with a service form filled in for
 /// it: one step from "the agent wanted this" to serving it.
-async fn hosts_tried(State(state): St, Extension(session): Extension<Session>) -> Response {
-    if session.operator.is_none() {
-        return login_redirect();
-    }
+async fn hosts_tried(State(state): St, SignedIn(session): SignedIn) -> Response {
     let tried = airlock_core::requestlog::hosts_tried(&state.log.rows().rows);
     render(
         &state,

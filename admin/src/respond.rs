@@ -1,13 +1,15 @@
 //! What every page handler answers with (a rendered page, the login redirect, the stale-form
-//! refusal, a vault error) and the app that mounts the pages and the management routes behind the
-//! session guard. The page modules use this; it uses neither.
+//! refusal, a vault error), the [`SignedIn`] extractor that sends a visitor who is not logged in
+//! to the login page before a handler runs, and the app that mounts the pages and the management
+//! routes behind the session guard. The page modules use this; it uses neither.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use airlock_core::vault::VaultError;
 use airlock_core::vault::records::ProposalStatus;
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Form, Router};
@@ -48,6 +50,21 @@ pub(crate) fn render(state: &AppState, session: &Session, title: &str, body: Mar
 /// Where pages send a visitor who is not logged in.
 pub(crate) fn login_redirect() -> Response {
     Redirect::to("/login").into_response()
+}
+
+/// The session of a logged-in operator. As a handler's argument it answers every other visitor
+/// with the login redirect before the handler runs, so no page repeats that check.
+pub(crate) struct SignedIn(pub(crate) Session);
+
+impl<S: Send + Sync> FromRequestParts<S> for SignedIn {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Response> {
+        match parts.extensions.get::<Session>() {
+            Some(session) if session.operator.is_some() => Ok(Self(session.clone())),
+            _ => Err(login_redirect()),
+        }
+    }
 }
 
 pub(crate) fn forbidden() -> Response {

@@ -204,11 +204,24 @@ impl Browser {
 fn row48_row49_row50_admin_request_security() {
     let s = with_admin();
     let b = Browser::new(&s);
-    assert_eq!(
-        b.req("GET", "/proposals", &[], &[]).0,
-        303,
-        "pages need a login"
-    );
+    for page in [
+        "/",
+        "/proposals",
+        "/proposals/1",
+        "/hosts",
+        "/rules",
+        "/vaults",
+        "/vaults/default",
+        "/agents",
+        "/requests",
+        "/requests/live",
+        "/requests.json",
+        "/requests.csv",
+        "/audit",
+    ] {
+        // A GET page answers 303 only with the login redirect.
+        assert_eq!(b.req("GET", page, &[], &[]).0, 303, "{page} needs a login");
+    }
     assert_eq!(b.req("GET", "/login", &[], &["Host: evil.example"]).0, 421);
     assert_eq!(b.login("wrong password!"), 401);
     assert_eq!(b.login(PASSWORD), 303);
