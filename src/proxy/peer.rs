@@ -6,7 +6,9 @@
 //! The question is answered without reading: the connection's bytes belong to its TLS layer and
 //! request loop, and a read abandoned halfway would lose them. A `poll` that does not wait
 //! reports the peer's close (`POLLRDHUP`, `POLLHUP`) or a failed connection (`POLLERR`);
-//! bytes waiting to be read (a pipelined request) are not a close.
+//! bytes waiting to be read (a pipelined request) are not a close. A client that shuts down only
+//! its sending side after a request (allowed, but no agent's HTTP/1.1 client does it) counts as
+//! gone.
 //!
 //! It uses `unsafe` once, with its SAFETY note: to borrow the socket's fd for that poll. A
 //! [`Peer`] is made from the connection's `TcpStream` by the task that owns the stream, lent
