@@ -17,8 +17,8 @@ use super::outcome::ExchangeError;
 use super::peer::Peer;
 use super::request::Request;
 use super::upstream::Target;
-use crate::vault::VaultError;
 use crate::vault::records::{HeldRequest, ProposalStatus};
+use crate::vault::{Store, VaultError};
 
 /// Largest body a held request may have (it waits in memory).
 pub(super) const HOLD_BODY_MAX: u64 = RETRY_BODY_MAX;
@@ -112,10 +112,11 @@ pub(super) async fn wait(
     peer: &Peer,
 ) -> Result<(), ExchangeError> {
     let ttl = shared.tunables().hold_timeout.as_secs().max(1);
-    let (s, v, a) = (shared.clone(), vault.to_owned(), agent.map(str::to_owned));
-    let created = monoio::spawn_blocking(move || s.store.create_hold(&v, a.as_deref(), held, ttl))
-        .await
-        .unwrap_or_else(|_| Err(VaultError::Invalid("the write did not run".into())));
+    let (v, a) = (vault.to_owned(), agent.map(str::to_owned));
+    let created = off_worker(shared, move |store| {
+        store.create_hold(&v, a.as_deref(), held, ttl)
+    })
+    .await;
     let record = created.map_err(|e| match e {
         VaultError::TooManyPending { max, .. } => ProxyError::new(
             ErrorKind::TooManyHolds,
@@ -164,16 +165,23 @@ pub(super) async fn wait(
 /// Rejects held request `id` on airlock's behalf: its agent hung up while it waited. An answer
 /// that came first (the operator's) stands; the request is not sent either way.
 async fn withdraw(shared: &Arc<Shared>, id: u64) {
-    let s = shared.clone();
-    let done = monoio::spawn_blocking(move || {
-        s.store
-            .reject_proposal("airlock", id, WITHDRAWN, None)
-            .map(|_| ())
+    let done = off_worker(shared, move |store| {
+        store.reject_proposal("airlock", id, WITHDRAWN, None)
     })
-    .await
-    .unwrap_or_else(|_| Err(VaultError::Invalid("the write did not run".into())));
+    .await;
     match done {
-        Ok(()) => tracing::info!(id, "the agent hung up; its held request is withdrawn"),
+        Ok(_) => tracing::info!(id, "the agent hung up; its held request is withdrawn"),
         Err(e) => tracing::info!(id, "the agent hung up; its held request was not sent ({e})"),
     }
+}
+
+/// Runs a store write on the blocking pool, not on the worker (a durable commit).
+async fn off_worker<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    write: impl FnOnce(&Store) -> Result<T, VaultError> + Send + 'static,
+) -> Result<T, VaultError> {
+    let s = shared.clone();
+    monoio::spawn_blocking(move || write(&s.store))
+        .await
+        .unwrap_or_else(|_| Err(VaultError::Invalid("the write did not run".into())))
 }
