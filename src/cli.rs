@@ -107,30 +107,51 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum FleetCmd {
-    /// Create the fleet's tables and move this data dir's vault into the fleet (the first node)
+    /// Create the fleet's tables and move this data dir's vault into the fleet (the first node).
+    /// The root key comes as for `serve`: the fleet's change log is authenticated with a key
+    /// derived from it
     Init {
         /// This node's name [default: the host name]
         #[arg(long)]
         node: Option<String>,
+        #[command(flatten)]
+        key: RootKeyArgs,
     },
     /// Make a fresh data dir a node of the fleet: it copies the vault and the CA from the store.
-    /// The root key comes as for `serve` (master.key in the data dir, a file, or a passphrase)
+    /// The root key comes as for `serve` (master.key in the data dir, a file, or a passphrase);
+    /// a key that does not open the fleet's vault is refused before anything is written
     Join {
         /// This node's name [default: the host name]
         #[arg(long)]
         node: Option<String>,
-        /// Use the 32-byte root key in this file (raw or 64 hex digits)
-        #[arg(long, value_name = "F")]
-        master_key_file: Option<PathBuf>,
-        /// Read the passphrase from this file
-        #[arg(long, value_name = "F", conflicts_with = "master_key_file")]
-        passphrase_file: Option<PathBuf>,
+        #[command(flatten)]
+        key: RootKeyArgs,
     },
-    /// The fleet's nodes: applied position, lag behind the log, last heartbeat
+    /// The fleet's nodes: applied position, lag behind the log, last heartbeat, and any node
+    /// that stopped following because a change did not verify
     Status {
         #[arg(long)]
         json: bool,
     },
+    /// Once, after every node runs this version: authenticate a change log written by an older
+    /// airlock (this node's vault becomes the checkpoint every node follows from). On the other
+    /// nodes, `serve` picks the key up from the root key at start
+    Upgrade {
+        #[command(flatten)]
+        key: RootKeyArgs,
+    },
+}
+
+/// Where a fleet command finds the root key, besides `$CREDENTIALS_DIRECTORY/master-key`,
+/// `<data-dir>/master.key` and `$AIRLOCK_PASSPHRASE`.
+#[derive(Args, Debug)]
+pub struct RootKeyArgs {
+    /// Use the 32-byte root key in this file (raw or 64 hex digits)
+    #[arg(long, value_name = "F")]
+    pub master_key_file: Option<PathBuf>,
+    /// Read the passphrase from this file
+    #[arg(long, value_name = "F", conflicts_with = "master_key_file")]
+    pub passphrase_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

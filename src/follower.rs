@@ -9,15 +9,21 @@
 //! second while the workers go on serving what was applied last (and the agent limits keep the
 //! last share of live nodes they had); [`FleetState`] says how long
 //! ago the store was last heard from, for `/healthz`, the metrics and `fleet_max_staleness`.
+//! A change that does not verify (`FleetError::Rejected`: forged, altered, reordered, replayed,
+//! or after a deleted row) or a log that needs `fleet upgrade` stops the following, not the
+//! serving: nothing of it is applied, the node says so once in its log, in `/healthz`
+//! (`degraded`), the metrics (`airlock_fleet_log_rejected`) and its heartbeat (`fleet status`),
+//! and checks again every second, so it resumes on its own once the log is repaired.
 //! Nothing here runs on a worker thread.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use postgres::fallible_iterator::FallibleIterator;
 
 use crate::proxy::Shared;
+use crate::vault::StoreError;
 use crate::vault::fleet::{CHANNEL, Fleet};
 
 /// How long the follower waits for a notification before polling.
@@ -34,6 +40,10 @@ pub struct FleetState {
     last_asked_ms: AtomicU64,
     /// Past this without contact, credentialed requests fail closed.
     pub max_staleness: Option<Duration>,
+    /// Set while the log holds a change this node refuses (read without the lock).
+    refusing: AtomicBool,
+    /// Why, for `/healthz` and the heartbeat.
+    problem: Mutex<Option<String>>,
 }
 
 fn now_ms() -> u64 {
@@ -50,7 +60,36 @@ impl FleetState {
             last_contact_ms: AtomicU64::new(now_ms()),
             last_asked_ms: AtomicU64::new(0),
             max_staleness,
+            refusing: AtomicBool::new(false),
+            problem: Mutex::new(None),
         }
+    }
+
+    /// What stops this node following the log, if anything.
+    pub fn problem(&self) -> Option<String> {
+        if !self.refusing.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.problem
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Records what stops the following (or that nothing does); logs a change of it once.
+    fn set_problem(&self, problem: Option<String>) {
+        let mut slot = self.problem.lock().unwrap_or_else(PoisonError::into_inner);
+        if *slot == problem {
+            return;
+        }
+        match &problem {
+            Some(p) => {
+                tracing::error!("the fleet's change log is refused, serving what is applied: {p}")
+            }
+            None => tracing::info!("the fleet's change log verifies again; following it"),
+        }
+        self.refusing.store(problem.is_some(), Ordering::Relaxed);
+        *slot = problem;
     }
 
     fn contact(&self) {
@@ -119,10 +158,21 @@ fn follow(shared: &Shared, fleet: &Fleet, state: &FleetState, warned: &mut bool)
     }
     loop {
         let applied = match Fleet::catch_up_with(&mut client, &shared.store) {
-            Ok(a) => a,
+            Ok(a) => {
+                state.set_problem(None);
+                a
+            }
+            Err(StoreError::Fleet(e)) if e.is_log_problem() => {
+                state.set_problem(Some(e.to_string()));
+                match shared.store.generation() {
+                    Ok(g) => g,
+                    Err(e) => return e.to_string(),
+                }
+            }
             Err(e) => return e.to_string(),
         };
-        if let Err(e) = fleet.heartbeat(&mut client, &state.node, applied) {
+        let problem = state.problem();
+        if let Err(e) = fleet.heartbeat(&mut client, &state.node, applied, problem.as_deref()) {
             return e.to_string();
         }
         // Per-agent limits hold fleet-wide: each node enforces its share among live nodes.

@@ -87,8 +87,18 @@ pub struct Gauges {
     pub limited_mint: u64,
     pub limited_refusals: u64,
     pub limited_token_mints: u64,
-    /// Fleet mode: the applied change and seconds since the store was last heard from.
-    pub fleet: Option<(u64, f64)>,
+    pub fleet: Option<FleetGauges>,
+}
+
+/// Fleet mode's gauges.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FleetGauges {
+    /// The last change of the log this node applied.
+    pub applied: u64,
+    /// Seconds since the store was last heard from.
+    pub contact_age: f64,
+    /// Whether the node refuses a change of the log (and so stopped following it).
+    pub log_rejected: bool,
 }
 
 fn label(v: &str) -> String {
@@ -201,15 +211,21 @@ pub fn render(m: &RequestMetrics, g: Gauges) -> String {
          airlock_rate_limited_total{{limit=\"token_mint\"}} {}",
         g.limited_agent, g.limited_auth, g.limited_mint, g.limited_refusals, g.limited_token_mints
     );
-    if let Some((applied, age)) = g.fleet {
+    if let Some(f) = g.fleet {
         let _ = writeln!(
             out,
             "# HELP airlock_fleet_applied_seq The last change of the fleet's log this node applied.\n\
              # TYPE airlock_fleet_applied_seq gauge\n\
-             airlock_fleet_applied_seq {applied}\n\
+             airlock_fleet_applied_seq {}\n\
              # HELP airlock_fleet_store_contact_age_seconds Seconds since this node last heard from the fleet's store.\n\
              # TYPE airlock_fleet_store_contact_age_seconds gauge\n\
-             airlock_fleet_store_contact_age_seconds {age:.3}"
+             airlock_fleet_store_contact_age_seconds {:.3}\n\
+             # HELP airlock_fleet_log_rejected 1 while this node refuses a change of the fleet's log that does not verify (it serves what it had).\n\
+             # TYPE airlock_fleet_log_rejected gauge\n\
+             airlock_fleet_log_rejected {}",
+            f.applied,
+            f.contact_age,
+            u8::from(f.log_rejected)
         );
     }
     out

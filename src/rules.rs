@@ -13,9 +13,17 @@
 //!   an encoded `/` or `\`, a raw `\`, or a segment that normalises to empty, `.` or `..` is
 //!   refused (`rule_path_ambiguous`) rather than guessed at, when any rule names a path;
 //! - the method in any case, and also each method an `X-HTTP-Method-Override`, `X-HTTP-Method`
-//!   or `X-Method-Override` header or a `_method` query parameter names: the request is judged
-//!   as each, and the strictest outcome wins (deny, then hold, then limit, then allow);
-//! - query keys percent-decoded; header names in any case.
+//!   or `X-Method-Override` header, a `_method` query parameter, or (judged by the exchange once
+//!   the body is read, [`body_methods`]) a `_method` field of a form or JSON body names: the
+//!   request is judged as each, and the strictest outcome wins (deny, then hold, then limit,
+//!   then allow);
+//! - query keys percent-decoded, pairs split at `&` and `;` (older Rack), and a key with an
+//!   index (`expand[0]`, `expand[]`, `expand`) matching a rule key of the same name written
+//!   bare or with `[]` (review #75);
+//! - header names in any case, `_` the same as `-` (WSGI, Rack and PHP read `Idempotency_Key`
+//!   as `Idempotency-Key`; review #74).
+//!
+//! Not matched (README, request rules): the fields of a form body against `query:` conditions.
 //!
 //! A `limit` rule's bucket is carried from one compiled policy to the next (same vault, service,
 //! rule name and rate), so a vault write does not refill it.
@@ -42,6 +50,9 @@ pub struct Rules {
     default: RuleAction,
     /// Whether any rule names a path (the path must then normalise unambiguously).
     paths: bool,
+    /// Every method a rule names, upper-case, once each (a `_method` body field matters only
+    /// when judging the request as one of them would be stricter).
+    methods: Vec<String>,
 }
 
 /// One compiled rule.
@@ -108,10 +119,17 @@ impl Rules {
             })
             .collect::<Vec<_>>();
         let paths = rules.iter().any(|r| r.spec.path.is_some());
+        let mut methods: Vec<String> = rules
+            .iter()
+            .flat_map(|r| r.spec.methods.iter().map(|m| m.to_ascii_uppercase()))
+            .collect();
+        methods.sort();
+        methods.dedup();
         Some(Box::new(Self {
             rules,
             default,
             paths,
+            methods,
         }))
     }
 
@@ -123,6 +141,20 @@ impl Rules {
         self.default
     }
 
+    /// Whether a `_method` in the body could make `verdict` stricter: judging the request as
+    /// some method a rule names is. Only then does the exchange read the body to look.
+    pub fn body_method_matters(
+        &self,
+        agent: Option<&str>,
+        req: &Request,
+        path: &str,
+        query: Option<&str>,
+        verdict: Verdict<'_>,
+    ) -> bool {
+        self.evaluate_with(agent, req, path, query, &self.methods)
+            .is_ok_and(|worst| rank(&worst) > rank(&verdict))
+    }
+
     /// Judges `req` (whose path and query `inject` split off) for `agent`.
     pub fn evaluate<'r>(
         &'r self,
@@ -130,6 +162,19 @@ impl Rules {
         req: &Request,
         path: &str,
         query: Option<&str>,
+    ) -> Result<Verdict<'r>, AmbiguousPath> {
+        self.evaluate_with(agent, req, path, query, &[])
+    }
+
+    /// As [`Rules::evaluate`], judging the request also as each of `more` methods (the
+    /// `_method` fields of its body).
+    pub fn evaluate_with<'r>(
+        &'r self,
+        agent: Option<&str>,
+        req: &Request,
+        path: &str,
+        query: Option<&str>,
+        more: &[String],
     ) -> Result<Verdict<'r>, AmbiguousPath> {
         let path = if self.paths {
             normalise(path)?
@@ -144,16 +189,16 @@ impl Rules {
         };
         let mut verdict = self.decide(&facts, req.method());
         for header in req.headers() {
-            if METHOD_OVERRIDES
-                .iter()
-                .any(|h| header.name.eq_ignore_ascii_case(h))
-            {
+            if METHOD_OVERRIDES.iter().any(|h| same_header(header.name, h)) {
                 let other = std::str::from_utf8(header.value).unwrap_or("?");
                 verdict = stricter(verdict, self.decide(&facts, other.trim()));
             }
         }
         for value in query_values(query, "_method") {
             verdict = stricter(verdict, self.decide(&facts, &value));
+        }
+        for method in more {
+            verdict = stricter(verdict, self.decide(&facts, method));
         }
         Ok(verdict)
     }
@@ -191,7 +236,7 @@ impl Rule {
             && s.query.iter().all(|k| query_has(f.query, k))
             && s.headers
                 .iter()
-                .all(|h| f.req.headers().any(|x| x.name.eq_ignore_ascii_case(h)))
+                .all(|h| f.req.headers().any(|x| same_header(x.name, h)))
     }
 
     /// Takes one request from a `limit` rule's bucket; always true for other rules.
@@ -205,14 +250,18 @@ impl Rule {
     }
 }
 
-/// The stricter of two verdicts: deny, then hold, then limit, then allow.
-fn stricter<'r>(a: Verdict<'r>, b: Verdict<'r>) -> Verdict<'r> {
-    let rank = |v: &Verdict<'_>| match v.action {
+/// How strict a verdict is: deny, then hold, then limit, then allow.
+fn rank(v: &Verdict<'_>) -> u8 {
+    match v.action {
         RuleAction::Deny => 3,
         RuleAction::Hold => 2,
         RuleAction::Limit => 1,
         RuleAction::Allow => 0,
-    };
+    }
+}
+
+/// The stricter of two verdicts.
+fn stricter<'r>(a: Verdict<'r>, b: Verdict<'r>) -> Verdict<'r> {
     if rank(&b) > rank(&a) { b } else { a }
 }
 
@@ -309,22 +358,85 @@ fn decode_component(s: &str) -> Cow<'_, str> {
     Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
+/// Header names as frameworks read them: any case, `_` the same as `-`.
+fn same_header(a: &str, b: &str) -> bool {
+    let fold = |c: u8| {
+        if c == b'_' {
+            b'-'
+        } else {
+            c.to_ascii_lowercase()
+        }
+    };
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| fold(x) == fold(y))
+}
+
+/// The `key=value` pairs of a query or form body, split where any framework splits them.
+fn pairs(query: &str) -> impl Iterator<Item = &str> {
+    query.split(['&', ';']).filter(|p| !p.is_empty())
+}
+
+/// Whether a decoded query key is what a rule key names: the same, or the same name with an
+/// index (`expand[0]`, `expand[]`) when the rule key is bare or ends in `[]`.
+fn key_matches(got: &str, rule: &str) -> bool {
+    if got == rule {
+        return true;
+    }
+    let base = rule.strip_suffix("[]").unwrap_or(rule);
+    !base.contains('[')
+        && got
+            .strip_prefix(base)
+            .is_some_and(|rest| rest.is_empty() || (rest.starts_with('[') && rest.ends_with(']')))
+}
+
 fn query_has(query: Option<&str>, key: &str) -> bool {
     query.is_some_and(|q| {
-        q.split('&')
-            .any(|pair| decode_component(pair.split('=').next().unwrap_or_default()) == key)
+        pairs(q).any(|pair| {
+            key_matches(
+                &decode_component(pair.split('=').next().unwrap_or_default()),
+                key,
+            )
+        })
     })
 }
 
 /// The decoded values of `key` in the query.
 fn query_values<'q>(query: Option<&'q str>, key: &'q str) -> impl Iterator<Item = String> + 'q {
-    query
-        .into_iter()
-        .flat_map(|q| q.split('&'))
-        .filter_map(move |pair| {
-            let (k, v) = pair.split_once('=')?;
-            (decode_component(k) == key).then(|| decode_component(v).into_owned())
-        })
+    query.into_iter().flat_map(pairs).filter_map(move |pair| {
+        let (k, v) = pair.split_once('=')?;
+        (decode_component(k) == key).then(|| decode_component(v).into_owned())
+    })
+}
+
+/// A body whose `_method` cannot be read without parsing it as its framework would (multipart).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AmbiguousBody;
+
+/// The methods a body's `_method` fields name, by its `Content-Type` (review W1): a form
+/// (`application/x-www-form-urlencoded`) field (percent-decoded), a JSON object's top-level
+/// string (escapes decoded); a JSON `_method` that is not a string, or a multipart body that
+/// mentions `method` at all, is [`AmbiguousBody`]. Other bodies name none.
+pub fn body_methods(content_type: &[u8], body: &[u8]) -> Result<Vec<String>, AmbiguousBody> {
+    let ct = String::from_utf8_lossy(content_type).to_ascii_lowercase();
+    let essence = ct.split(';').next().unwrap_or_default().trim();
+    if essence == "application/x-www-form-urlencoded" {
+        let text = String::from_utf8_lossy(body);
+        return Ok(query_values(Some(&text), "_method").collect());
+    }
+    if essence == "application/json" || essence.ends_with("+json") {
+        return match serde_json::from_slice::<serde_json::Value>(body) {
+            Ok(serde_json::Value::Object(map)) => match map.get("_method") {
+                None => Ok(Vec::new()),
+                Some(serde_json::Value::String(m)) => Ok(vec![m.clone()]),
+                Some(_) => Err(AmbiguousBody),
+            },
+            _ => Ok(Vec::new()),
+        };
+    }
+    // A part's name may be quoted or encoded in several ways: any mention is refused.
+    if essence == "multipart/form-data" && memchr::memmem::find(body, b"method").is_some() {
+        return Err(AmbiguousBody);
+    }
+    Ok(Vec::new())
 }
 
 #[cfg(test)]
@@ -456,6 +568,105 @@ mod tests {
             j("GET /v1/customers/c1?_method=DELETE HTTP/1.1").unwrap().0,
             RuleAction::Deny
         );
+    }
+
+    /// Row 104 (review #74, #75): header names with `_` for `-`, `;` query separators and
+    /// indexed keys meet the rule written for the usual spelling.
+    #[test]
+    fn row104_header_and_query_spellings_meet_their_rule() {
+        let r = rules(STRIPE, RuleAction::Allow);
+        let with = |head: &str, header: &str| {
+            let raw = format!("{head}\r\nHost: a.example\r\n{header}\r\n\r\n");
+            let req = Request::parse(raw.into_bytes()).unwrap();
+            let target = req.target().to_owned();
+            let (path, query) = target
+                .split_once('?')
+                .map_or((target.as_str(), None), |(p, q)| (p, Some(q)));
+            r.evaluate(None, &req, path, query).unwrap().action
+        };
+        for (target, header) in [
+            ("GET /v1/x?expand[]=a", "Idempotency-Key: 1"),
+            ("GET /v1/x?expand[]=a", "Idempotency_Key: 1"),
+            ("GET /v1/x?expand[]=a", "IDEMPOTENCY_key: 1"),
+            ("GET /v1/x?expand[0]=a", "Idempotency-Key: 1"),
+            ("GET /v1/x?expand%5B1%5D=a", "Idempotency-Key: 1"),
+            ("GET /v1/x?expand=a", "Idempotency-Key: 1"),
+            ("GET /v1/x?a=1;expand[]=x", "Idempotency-Key: 1"),
+            ("POST /v1/customers/c1", "X_HTTP_Method_Override: DELETE"),
+        ] {
+            let head = format!("{target} HTTP/1.1");
+            assert_eq!(with(&head, header), RuleAction::Deny, "{target} {header}");
+        }
+        for (target, header) in [
+            ("GET /v1/x?expanded=a", "Idempotency-Key: 1"),
+            ("GET /v1/x?expand[]=a", "Idempotency-Keys: 1"),
+            ("GET /v1/x?x_expand[]=a", "Idempotency-Key: 1"),
+        ] {
+            let head = format!("{target} HTTP/1.1");
+            assert_eq!(with(&head, header), RuleAction::Allow, "{target} {header}");
+        }
+        assert!(
+            !key_matches("expand[0]", "expand[a]"),
+            "a named index is exact"
+        );
+        assert!(key_matches("expand[a]", "expand[a]"));
+    }
+
+    /// Row 105 (review W1): a body's `_method`, by content type; and whether it could matter.
+    #[test]
+    fn row105_body_method_fields() {
+        let m = |ct: &str, body: &str| body_methods(ct.as_bytes(), body.as_bytes());
+        let form = "application/x-www-form-urlencoded";
+        assert_eq!(m(form, "a=1&_method=DELETE"), Ok(vec!["DELETE".to_owned()]));
+        assert_eq!(
+            m(form, "%5Fmethod=delete;b=2"),
+            Ok(vec!["delete".to_owned()])
+        );
+        assert_eq!(
+            m("Application/JSON; charset=utf-8", r#"{"_method":"DELETE"}"#),
+            Ok(vec!["DELETE".to_owned()])
+        );
+        assert_eq!(
+            m("application/json", r#"{"\u005fmethod":"DELETE"}"#),
+            Ok(vec!["DELETE".to_owned()])
+        );
+        assert_eq!(
+            m("application/vnd.api+json", r#"{"_method":["DELETE"]}"#),
+            Err(AmbiguousBody)
+        );
+        assert_eq!(
+            m(
+                "multipart/form-data; boundary=x",
+                "--x\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE"
+            ),
+            Err(AmbiguousBody)
+        );
+        assert_eq!(
+            m(
+                "multipart/form-data; boundary=x",
+                "--x\r\nContent-Disposition: form-data; name=\"file\""
+            ),
+            Ok(vec![])
+        );
+        assert_eq!(m("text/plain", "_method=DELETE"), Ok(vec![]));
+        assert_eq!(m("application/json", "[1, 2]"), Ok(vec![]));
+        let r = rules(STRIPE, RuleAction::Allow);
+        let matters = |head: &str| {
+            let raw = format!("{head} HTTP/1.1\r\nHost: a.example\r\n\r\n");
+            let req = Request::parse(raw.into_bytes()).unwrap();
+            let path = req.target().to_owned();
+            let v = r.evaluate(None, &req, &path, None).unwrap();
+            r.body_method_matters(None, &req, &path, None, v)
+        };
+        assert!(matters("POST /v1/customers/c1"), "as DELETE it is denied");
+        assert!(!matters("POST /other"), "no rule names a method here");
+        assert!(!matters("DELETE /v1/customers/c1"), "already the strictest");
+        let raw = b"POST /v1/customers/c1 HTTP/1.1\r\nHost: a\r\n\r\n".to_vec();
+        let req = Request::parse(raw).unwrap();
+        let v = r
+            .evaluate_with(None, &req, "/v1/customers/c1", None, &["delete".to_owned()])
+            .unwrap();
+        assert_eq!(v.action, RuleAction::Deny);
     }
 
     #[test]

@@ -558,14 +558,18 @@ fn open_vault(
         );
     }
     let mut store = Store::open(&settings.data_dir, settings.store).map_err(VaultError::from)?;
-    let fleet_node = join_fleet(&mut store, settings)?;
     if store.reclaimed_readers > 0 {
         tracing::warn!(
             slots = store.reclaimed_readers,
             "reclaimed stale LMDB reader slots left by killed processes"
         );
     }
-    let unlocked = setup::unlock(&store, &settings.data_dir, sources)?;
+    let (unlocked, root) = setup::unlock_keeping_root(&store, &settings.data_dir, sources)?;
+    // A node upgraded from a log without tags takes its log key from the root key, which has
+    // just been shown to open this vault.
+    crate::vault::fleet::Fleet::keep_key(&store, &root).map_err(VaultError::from)?;
+    drop(root);
+    let fleet_node = join_fleet(&mut store, settings)?;
     Ok((store, fleet_node, unlocked))
 }
 
@@ -803,10 +807,11 @@ fn gauges(shared: &Arc<Shared>) -> impl Fn() -> crate::metrics::Gauges + Send + 
             limited_mint: s.limiters.mints.refused.load(Ordering::Relaxed),
             limited_refusals: s.limiters.refusals.refused.load(Ordering::Relaxed),
             limited_token_mints: s.limiters.token_mints.refused.load(Ordering::Relaxed),
-            fleet: s
-                .fleet
-                .as_ref()
-                .map(|f| (s.policy().generation, f.contact_age().as_secs_f64())),
+            fleet: s.fleet.as_ref().map(|f| crate::metrics::FleetGauges {
+                applied: s.policy().generation,
+                contact_age: f.contact_age().as_secs_f64(),
+                log_rejected: f.problem().is_some(),
+            }),
         }
     }
 }

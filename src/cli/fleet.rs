@@ -1,11 +1,14 @@
-//! `airlock fleet init|join|status`: making data dirs nodes of a fleet (`vault::fleet`) and
-//! showing where each node stands.
+//! `airlock fleet init|join|status|upgrade`: making data dirs nodes of a fleet (`vault::fleet`),
+//! showing where each node stands, and authenticating a log an older airlock wrote. Each command
+//! that writes the log checks the root key against the vault (or, joining, against the fleet)
+//! before anything is written.
 
 use serde_json::json;
 
 use super::output;
-use super::{CliError, Ctx, FleetCmd};
-use crate::vault::fleet::Fleet;
+use super::{CliError, Ctx, FleetCmd, RootKeyArgs};
+use crate::vault::fleet::{Fleet, LogKey};
+use crate::vault::keys::KeySources;
 use crate::vault::setup::{self, CA_CERT_FILE, CA_KEY_FILE};
 use crate::vault::{Store, StoreError, VaultError};
 
@@ -16,7 +19,7 @@ pub(super) fn run(ctx: &Ctx, cmd: FleetCmd) -> Result<(), CliError> {
         )
     })?;
     match cmd {
-        FleetCmd::Init { node } => {
+        FleetCmd::Init { node, key } => {
             let node = node_name(node)?;
             // A write by a running serve between the snapshot and the marker would be lost.
             if let Some(pid) = serving_pid(&ctx.data_dir) {
@@ -26,28 +29,31 @@ pub(super) fn run(ctx: &Ctx, cmd: FleetCmd) -> Result<(), CliError> {
                 )));
             }
             let store = Store::open(&ctx.data_dir, ctx.store_options())?;
-            let marker = fleet.init(&store, &ctx.data_dir, &node)?;
+            let root = setup::root_key(&store, &ctx.data_dir, &sources(ctx, key)?)?;
+            let marker = fleet.init(&store, &ctx.data_dir, &node, &root)?;
             println!(
                 "created fleet {} with this data dir as node {node} at change {}",
                 marker.fleet_id,
                 store.generation()?
             );
         }
-        FleetCmd::Join {
-            node,
-            master_key_file,
-            passphrase_file,
-        } => {
+        FleetCmd::Join { node, key } => {
             let node = node_name(node)?;
-            let sources = ctx.key_sources(master_key_file, passphrase_file)?;
-            let (fleet_id, reached) = join(ctx, &fleet, &node)?;
-            let store = Store::open(&ctx.data_dir, ctx.store_options())?;
-            setup::unlock(&store, &ctx.data_dir, &sources).map_err(|e| {
-                CliError::Usage(format!(
-                    "joined fleet {fleet_id}, but the root key given does not open its vault ({e}); give this node the fleet's root key before serving"
-                ))
-            })?;
+            let (fleet_id, reached) = join(ctx, &fleet, &node, &sources(ctx, key)?)?;
             println!("joined fleet {fleet_id} as node {node} at change {reached}");
+        }
+        FleetCmd::Upgrade { key } => {
+            let store = Store::open(&ctx.data_dir, ctx.store_options())?;
+            let root = setup::root_key(&store, &ctx.data_dir, &sources(ctx, key)?)?;
+            match fleet.upgrade(&store, &root)? {
+                Some(seq) => println!(
+                    "the fleet's change log is authenticated from change {seq} on (a checkpoint of this node's vault); every node follows it once it runs this version"
+                ),
+                None => println!(
+                    "the fleet's change log is already authenticated; this node holds its key and is at change {}",
+                    store.generation()?
+                ),
+            }
         }
         FleetCmd::Status { json } => {
             let status = fleet.status().map_err(StoreError::from)?;
@@ -73,14 +79,33 @@ pub(super) fn run(ctx: &Ctx, cmd: FleetCmd) -> Result<(), CliError> {
                     &["NODE", "LISTEN", "APPLIED", "LAG", "HEARTBEAT", "VERSION"],
                     &rows,
                 );
+                for n in &status.nodes {
+                    if let Some(problem) = &n.problem {
+                        println!(
+                            "node {} stopped following the log: {}",
+                            n.name,
+                            crate::vault::proposals::inert(problem)
+                        );
+                    }
+                }
             }
         }
     }
     Ok(())
 }
 
-/// Writes the fleet's CA files into a fresh data dir, creates its store and applies the log.
-fn join(ctx: &Ctx, fleet: &Fleet, node: &str) -> Result<(String, u64), CliError> {
+fn sources(ctx: &Ctx, key: RootKeyArgs) -> Result<KeySources, CliError> {
+    ctx.key_sources(key.master_key_file, key.passphrase_file)
+}
+
+/// Checks the root key against the fleet, then writes the fleet's CA files into a fresh data
+/// dir, creates its store and applies the log.
+fn join(
+    ctx: &Ctx,
+    fleet: &Fleet,
+    node: &str,
+    sources: &KeySources,
+) -> Result<(String, u64), CliError> {
     match Store::open(&ctx.data_dir, ctx.store_options()) {
         Err(StoreError::NotInitialised(_)) => {}
         Ok(_) => {
@@ -92,15 +117,25 @@ fn join(ctx: &Ctx, fleet: &Fleet, node: &str) -> Result<(String, u64), CliError>
         Err(e) => return Err(e.into()),
     }
     let (fleet_id, ca_pem, ca_key) = fleet.ca_files().map_err(StoreError::from)?;
+    let log_key: LogKey = fleet.join_key(sources, &ctx.data_dir, &fleet_id, &ca_key)?;
     let io = |path: std::path::PathBuf| move |source| VaultError::Io { path, source };
     crate::fsutil::ensure_dir(&ctx.data_dir, 0o700).map_err(io(ctx.data_dir.clone()))?;
     let cert = ctx.data_dir.join(CA_CERT_FILE);
-    crate::fsutil::write_atomic(&cert, ca_pem.as_bytes(), 0o644).map_err(io(cert.clone()))?;
     let key = ctx.data_dir.join(CA_KEY_FILE);
-    crate::fsutil::write_atomic(&key, &ca_key, 0o600).map_err(io(key.clone()))?;
-    let store = Store::create(&ctx.data_dir, ctx.store_options())?;
-    let reached = fleet.join(&store, &fleet_id, node)?;
-    Ok((fleet_id, reached))
+    let written = (|| {
+        crate::fsutil::write_atomic(&cert, ca_pem.as_bytes(), 0o644).map_err(io(cert.clone()))?;
+        crate::fsutil::write_atomic(&key, &ca_key, 0o600).map_err(io(key.clone()))?;
+        let store = Store::create(&ctx.data_dir, ctx.store_options())?;
+        Ok::<_, CliError>(fleet.join(&store, &fleet_id, node, &log_key)?)
+    })();
+    if written.is_err() {
+        // A log that does not verify (or a failed write) leaves no half-made node behind.
+        for file in [&cert, &key] {
+            let _ = std::fs::remove_file(file);
+        }
+        let _ = std::fs::remove_dir_all(ctx.data_dir.join(crate::vault::store::ENV_DIR));
+    }
+    Ok((fleet_id, written?))
 }
 
 /// The pid of a `serve` running on `data_dir` (from its runtime file), if one is alive.

@@ -102,6 +102,14 @@ pub fn parse_request(head: &[u8]) -> Result<RequestHead<'_>, HttpError> {
     let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
         return Err(HttpError::BadRequest("malformed request line"));
     };
+    // RFC 9112 has no fragment in a request target. Upstreams that split one off (Python's
+    // urlsplit, Node's URL, Puma) act on the path before it, which rules would not have seen:
+    // refused in every form (review B1).
+    if target.contains('#') {
+        return Err(HttpError::BadRequest(
+            "a request target has no fragment (`#`)",
+        ));
+    }
     Ok(RequestHead {
         method,
         target,
@@ -282,6 +290,25 @@ mod tests {
             );
         }
         assert!(parse_request(b"GET / HTTP/1.1\r\nHost: a\r\nX: a\tb\r\n\r\n").is_ok());
+    }
+
+    /// Row 100: a fragment in the request target, in origin, absolute and authority form.
+    #[test]
+    fn row100_fragment_in_a_request_target_is_refused() {
+        for target in [
+            "/v1/refunds#",
+            "/v1/charges#3",
+            "/v1/refunds?x=1#y",
+            "https://rul.example.com/v1/refunds#",
+            "api.example.com:443#@evil",
+        ] {
+            let raw = format!("POST {target} HTTP/1.1\r\nHost: a\r\n\r\n");
+            assert!(
+                matches!(parse_request(raw.as_bytes()), Err(HttpError::BadRequest(_))),
+                "{target}"
+            );
+        }
+        assert!(parse_request(b"POST /v1/refunds%23 HTTP/1.1\r\nHost: a\r\n\r\n").is_ok());
     }
 
     /// security.md rows 9-11 (B-01..B-03).

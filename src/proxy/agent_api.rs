@@ -160,21 +160,30 @@ fn public(shared: &Shared, req: &ApiRequest) -> Option<Result<Reply, ProxyError>
 
 /// `{"status": "ok"}`; in fleet mode also the node, its applied position and how long ago it
 /// last heard from the store, and 503 `stale` once `fleet_max_staleness` passed (a balancer's
-/// health check then sends agents elsewhere).
+/// health check then sends agents elsewhere). A node that refuses a change of the log answers
+/// 200 `degraded` with the reason: it still serves what it had, and a forged row that every
+/// node refuses must not take the whole fleet out of the balancer.
 fn health(shared: &Shared) -> Result<Reply, ProxyError> {
     let Some(fleet) = &shared.fleet else {
         return json_reply(200, json!({"status": "ok"}));
     };
     let stale = fleet.stale();
+    let problem = fleet.problem();
+    let status = match (stale, &problem) {
+        (true, _) => "stale",
+        (false, Some(_)) => "degraded",
+        (false, None) => "ok",
+    };
     json_reply(
         if stale { 503 } else { 200 },
         json!({
-            "status": if stale { "stale" } else { "ok" },
+            "status": status,
             "fleet": {
                 "node": fleet.node,
                 "applied_seq": shared.policy().generation,
                 "store_contact_age_secs": fleet.contact_age().as_secs_f64(),
                 "live_nodes": shared.limiters.agents.share(),
+                "problem": problem,
             },
         }),
     )

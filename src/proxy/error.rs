@@ -97,6 +97,9 @@ kinds! {
     RuleLimited = 429 "rule_limited" Client,
     /// The path cannot be judged by the service's rules without guessing (an encoded `/`, `..;`).
     RulePathAmbiguous = 400 "rule_path_ambiguous" Client,
+    /// A body may name another method (`_method`) that the service's rules would judge, but it
+    /// cannot be read first (chunked, over the hold buffer) or parsed as its framework would.
+    RuleMethodAmbiguous = 400 "rule_method_ambiguous" Client,
     /// An operator rejected a held request.
     HoldRejected = 403 "hold_rejected" Client,
     /// No operator answered a held request within `hold_timeout`.

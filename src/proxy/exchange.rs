@@ -87,6 +87,7 @@ pub(super) async fn exchange<C: AsyncReadRent + AsyncWriteRent>(
         retry_401: false,
         early: None,
     };
+    let verdict = call.judge_body(verdict, req, route).await?;
     call.apply(verdict, req, route).await?;
     let Some(oauth) = oauth else {
         let held = match call.prepared.service.sigv4.as_deref() {
@@ -236,7 +237,67 @@ struct Call<'a, C> {
     early: Option<Vec<u8>>,
 }
 
-impl<C: AsyncReadRent + AsyncWriteRent> Call<'_, C> {
+impl<'a, C: AsyncReadRent + AsyncWriteRent> Call<'a, C> {
+    /// Review W1: Rails, Laravel and Symfony act on a `_method` field of a form or JSON body.
+    /// When one could make the verdict stricter (the service's rules name a method that would),
+    /// the body is read (a `Content-Length` of at most [`hold::HOLD_BODY_MAX`], kept for
+    /// sending) and each `_method` in it judged like the query's; a body that cannot be read
+    /// first or parsed as its framework would is refused (`rule_method_ambiguous`).
+    async fn judge_body(
+        &mut self,
+        verdict: Verdict<'a>,
+        req: &Request,
+        route: Route<'_>,
+    ) -> Result<Verdict<'a>, ExchangeError> {
+        let service = self.prepared.service;
+        let (Some(rules), Some(content_type)) = (
+            service.rules.as_deref(),
+            req.one("content-type").ok().flatten(),
+        ) else {
+            return Ok(verdict);
+        };
+        if self.prepared.framing == Framing::Empty {
+            return Ok(verdict);
+        }
+        let (path, query) = inject::path_and_query(req, route.target, route.absolute_ok)?;
+        if !rules.body_method_matters(route.agent, req, path, query, verdict) {
+            return Ok(verdict);
+        }
+        let ambiguous = |why: &str| {
+            let m = format!(
+                "service {}'s rules judge methods, and this body may name another (`_method`): {why}",
+                service.name
+            );
+            ProxyError::new(ErrorKind::RuleMethodAmbiguous, m)
+                .hint("send the method itself, with a Content-Length body")
+        };
+        let body = match self.prepared.framing {
+            Framing::Length(n) if n <= hold::HOLD_BODY_MAX => self.hold_body(n).await?,
+            _ => {
+                let why = format!(
+                    "a body that is not Content-Length of at most {} bytes cannot be read first",
+                    hold::HOLD_BODY_MAX
+                );
+                return Err(ambiguous(&why).into());
+            }
+        };
+        let methods = crate::rules::body_methods(content_type, &body)
+            .map_err(|_| ambiguous("a multipart body that mentions it is not parsed"))?;
+        self.early = Some(body);
+        if methods.is_empty() {
+            return Ok(verdict);
+        }
+        rules
+            .evaluate_with(route.agent, req, path, query, &methods)
+            .map_err(|_| {
+                ProxyError::new(
+                    ErrorKind::RulePathAmbiguous,
+                    "the path cannot be matched against the service's rules unambiguously",
+                )
+                .into()
+            })
+    }
+
     /// Carries out the rules' verdict: a denial or a spent limit refuses the request; a hold
     /// reads its body and waits for an operator ([`hold`]).
     async fn apply(

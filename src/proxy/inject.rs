@@ -60,10 +60,7 @@ pub(super) fn prepare<'v>(
     api_base: &str,
 ) -> Result<Prepared<'v>, ProxyError> {
     check_host(req, target)?;
-    let path_and_query = path_and_query(req, target, absolute_ok)?;
-    let (path, query) = path_and_query
-        .split_once('?')
-        .map_or((path_and_query, None), |(p, q)| (p, Some(q)));
+    let (path, query) = path_and_query(req, target, absolute_ok)?;
     check_path(path).map_err(|m| ProxyError::new(ErrorKind::BadPath, m))?;
     let framing = req.framing()?;
     let service = service_for(vault, target, path, api_base)?;
@@ -128,7 +125,18 @@ fn names_target(authority: &str, target: &Target) -> bool {
 }
 
 /// The path and query of the target; row 2: an absolute-form target names the same authority.
-fn path_and_query<'r>(
+pub(super) fn path_and_query<'r>(
+    req: &'r Request,
+    target: &Target,
+    absolute_ok: bool,
+) -> Result<(&'r str, Option<&'r str>), ProxyError> {
+    let both = origin_form(req, target, absolute_ok)?;
+    Ok(both
+        .split_once('?')
+        .map_or((both, None), |(p, q)| (p, Some(q))))
+}
+
+fn origin_form<'r>(
     req: &'r Request,
     target: &Target,
     absolute_ok: bool,

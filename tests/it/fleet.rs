@@ -16,29 +16,29 @@ use crate::proxy::{HOSTS, SERVICES};
 use crate::proxy_harness::Proxy;
 
 /// One node: its data dir, config file and running serve.
-struct Node {
-    name: String,
-    env: Env,
-    config: PathBuf,
-    proxy: Option<Proxy>,
+pub(crate) struct Node {
+    pub name: String,
+    pub env: Env,
+    pub config: PathBuf,
+    pub proxy: Option<Proxy>,
     extra: Vec<String>,
 }
 
 impl Node {
     /// `airlock --config C ARGS` on this node.
-    fn run(&self, args: &[&str]) -> Run {
+    pub(crate) fn run(&self, args: &[&str]) -> Run {
         let mut all = vec!["--config", self.config.to_str().unwrap()];
         all.extend_from_slice(args);
         self.env.run(&all)
     }
 
-    fn run_stdin(&self, args: &[&str], stdin: &str) -> Run {
+    pub(crate) fn run_stdin(&self, args: &[&str], stdin: &str) -> Run {
         let mut all = vec!["--config", self.config.to_str().unwrap()];
         all.extend_from_slice(args);
         self.env.run_stdin(&all, stdin.as_bytes())
     }
 
-    fn start(&mut self, origin: &Origin) {
+    pub(crate) fn start(&mut self, origin: &Origin) {
         let mut extra: Vec<&str> = vec!["--config", self.config.to_str().unwrap()];
         extra.extend(self.extra.iter().map(String::as_str));
         self.proxy = Some(Proxy::for_origin(
@@ -46,12 +46,12 @@ impl Node {
         ));
     }
 
-    fn proxy(&self) -> &Proxy {
+    pub(crate) fn proxy(&self) -> &Proxy {
         self.proxy.as_ref().expect("serve running")
     }
 
     /// `GET path` on this node's agent API, with `token` if given: (status, JSON body).
-    fn api(
+    pub(crate) fn api(
         &self,
         method: &str,
         path: &str,
@@ -90,7 +90,7 @@ impl Node {
 
     /// curl through this node's proxy to `url` with a placeholder bearer: stdout ends with the
     /// status code.
-    fn curl(&self, token: &str, url: &str) -> Run {
+    pub(crate) fn curl(&self, token: &str, url: &str) -> Run {
         let ca = self.env.data_dir.join("ca.pem");
         curl_via(&self.proxy().url(token, "default"), &ca, url)
     }
@@ -109,7 +109,7 @@ impl Node {
         }
     }
 
-    fn applied(&self) -> u64 {
+    pub(crate) fn applied(&self) -> u64 {
         self.api("GET", "/healthz", None, None).1["fleet"]["applied_seq"]
             .as_u64()
             .unwrap_or(0)
@@ -120,18 +120,18 @@ impl Node {
     }
 }
 
-struct FleetSetup {
-    pg: Postgres,
+pub(crate) struct FleetSetup {
+    pub pg: Postgres,
     _origin_dir: tempfile::TempDir,
-    origin: Origin,
-    nodes: Vec<Node>,
+    pub origin: Origin,
+    pub nodes: Vec<Node>,
     /// The agent `bot`'s token.
-    token: String,
+    pub token: String,
     /// Credential key -> canary value.
     secrets: Vec<(String, String)>,
 }
 
-fn config(env: &Env, pg: &Postgres, extra: &str) -> PathBuf {
+pub(crate) fn config(env: &Env, pg: &Postgres, extra: &str) -> PathBuf {
     env.write(
         "airlock.toml",
         &format!("store_url = {:?}\n{extra}", pg.url()),
@@ -142,7 +142,7 @@ impl FleetSetup {
     /// Node `a` is initialised with the usual services and canary credentials, made the fleet's
     /// first node, and `b`, `c` join it with a copy of its root key; all three serve.
     /// `extra_config[i]` is appended to node i's config file.
-    fn new(extra_config: [&str; 3], serve_flags: [&[&str]; 3]) -> Self {
+    pub(crate) fn new(extra_config: [&str; 3], serve_flags: [&[&str]; 3]) -> Self {
         let pg = Postgres::start();
         let base = canary();
         let origin_dir = tempfile::tempdir().unwrap();
@@ -210,12 +210,12 @@ impl FleetSetup {
         }
     }
 
-    fn secret(&self, key: &str) -> &str {
+    pub(crate) fn secret(&self, key: &str) -> &str {
         &self.secrets.iter().find(|(k, _)| k == key).unwrap().1
     }
 
     /// Waits until every node applied the same position as node `a`'s store; returns it.
-    fn converge(&self) -> u64 {
+    pub(crate) fn converge(&self) -> u64 {
         let head = self.nodes[0].env.store().generation().unwrap();
         let end = Instant::now() + Duration::from_secs(10);
         loop {
@@ -259,8 +259,8 @@ fn curl_via(proxy: &str, ca: &std::path::Path, url: &str) -> Run {
     output(c, None)
 }
 
-const NO_EXTRA: [&str; 3] = ["", "", ""];
-const NO_FLAGS: [&[&str]; 3] = [&[], &[], &[]];
+pub(crate) const NO_EXTRA: [&str; 3] = ["", "", ""];
+pub(crate) const NO_FLAGS: [&[&str]; 3] = [&[], &[], &[]];
 
 /// Scenario 1: an agent on node b proposes a service; an operator approves it on node a (CLI);
 /// node c reports it `applied` only once it serves it, and b and c inject the new credential. A

@@ -8,6 +8,7 @@ mod admin;
 mod cli;
 mod cloud;
 mod fleet;
+mod fleet_log;
 mod hardening;
 mod hardening_admin;
 mod harness;

@@ -146,6 +146,30 @@ impl Postgres {
         )
     }
 
+    /// Runs `sql` with psql as someone who can write to the database but holds no root key (the
+    /// attacker of review B2); returns the unaligned output.
+    pub(crate) fn sql(&self, sql: &str) -> String {
+        let out = as_nobody(&self.bin.join("psql"))
+            .args(["-h"])
+            .arg(self.dir.path())
+            .args(["-p", &self.tcp_port.unwrap_or(5432).to_string()])
+            .args([
+                "-U",
+                "airlock",
+                "-d",
+                "postgres",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-At",
+                "-c",
+                sql,
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "psql {sql}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
     /// `pg_dump` of the whole database, for the canary sweep.
     pub(crate) fn dump(&self) -> String {
         let out = as_nobody(&self.bin.join("pg_dump"))

@@ -170,11 +170,106 @@ fn rules_allow_deny_limit_and_per_agent_override() {
             "{path}: {r:?}"
         );
     }
+    // Row 100 (review B1): a fragment would let an upstream that splits it off (Python's
+    // urlsplit, Node's URL) act on a path the rules never saw: refused before any rule.
+    for (method, target, url) in [
+        (
+            "DELETE",
+            "/v1/files/f1#",
+            "https://api.openai.com/v1/files/f1",
+        ),
+        ("POST", "/v1/refunds#", "https://api.openai.com/v1/refunds"),
+        ("POST", "/v1/files#3", "https://api.openai.com/v1/files"),
+    ] {
+        let r = curl_as(
+            &s,
+            &s.token,
+            &["-X", method, "-d", "x", "--request-target", target, url],
+        );
+        assert_eq!(
+            (status(&r), code(&r).as_str()),
+            (400, "bad_request"),
+            "{target}: {r:?}"
+        );
+    }
+    // Row 105 (review W1): a `_method` in a form or JSON body is judged like the query's; a
+    // body that cannot be read first is ambiguous. Row 104 (review #74, #75): `_` for `-` in a
+    // header name, `;` between query pairs.
+    let url = "https://api.openai.com/v1/files/f1";
+    for (args, expect) in [
+        (
+            &["-X", "POST", "-d", "_method=DELETE", url][..],
+            (403, "rule_denied"),
+        ),
+        (
+            &[
+                "-X",
+                "POST",
+                "-H",
+                "content-type: application/json",
+                "-d",
+                r#"{"a":1,"_method":"DELETE"}"#,
+                url,
+            ],
+            (403, "rule_denied"),
+        ),
+        (
+            &[
+                "-X",
+                "POST",
+                "-H",
+                "content-type: application/json",
+                "-H",
+                "transfer-encoding: chunked",
+                "-d",
+                r#"{"_method":"DELETE"}"#,
+                url,
+            ],
+            (400, "rule_method_ambiguous"),
+        ),
+        (
+            &[
+                "-H",
+                "X_Confirm: yes",
+                "https://api.openai.com/v1/runs?dry_run=1",
+            ],
+            (403, "rule_denied"),
+        ),
+        (
+            &[
+                "-H",
+                "X-Confirm: yes",
+                "https://api.openai.com/v1/runs?a=1;dry_run=1",
+            ],
+            (403, "rule_denied"),
+        ),
+    ] {
+        let r = curl_as(&s, &s.token, args);
+        assert_eq!((status(&r), code(&r).as_str()), expect, "{args:?}: {r:?}");
+    }
     assert_eq!(
         origin_count(&s),
         before,
         "a refused request reached the upstream"
     );
+    // A body read to look for `_method` goes upstream whole.
+    let json = r#"{"model":"m","input":"hello"}"#;
+    let r = curl_as(
+        &s,
+        &s.token,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            json,
+            "https://api.openai.com/v1/runs",
+        ],
+    );
+    assert_eq!(status(&r), 200, "{r:?}");
+    assert_eq!(s.last().body, json.as_bytes());
+    let before = origin_count(&s);
 
     // The per-agent override: the cleanup agent may delete, with the credential injected.
     let r = curl_as(

@@ -17,19 +17,46 @@
 //! plaintext secret or anything that opens one: credentials are sealed to the vault's key, whose
 //! secret half (like the CA key) is wrapped by the root key, which travels out of band.
 //!
+//! Nor can PostgreSQL write access alone change a vault (review B2): every row carries an
+//! HMAC-SHA256 tag ([`LogKey`], derived from the root key for this fleet) over its sequence
+//! number, its node, the previous row's tag and its batch, so a row cannot be forged, altered,
+//! reordered, dropped or replayed without a node noticing. A node keeps the log key and the tag of
+//! the last row it applied in its own meta (never replicated); it applies a row only when the tag
+//! verifies against that position, and otherwise applies nothing of it ([`FleetError::Rejected`])
+//! and goes on serving what it has. The chain starts at a checkpoint row (a whole snapshot that
+//! replaces the vault's content): `fleet init` writes the first, `fleet upgrade` one for a log
+//! written before rows were authenticated (untagged rows before it are skipped). The key is
+//! stored only after the root key was shown to open the vault, so a node with the wrong root key
+//! can neither join nor write.
+//!
 //! This module does blocking I/O (the `postgres` client); callers keep it off worker threads.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use ring::{hkdf, hmac};
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
-use super::store::{Change, META_GENERATION, Store, StoreError, Txn};
+use super::keys::{KeySources, RootKey};
+use super::records::KeyHeader;
+use super::store::{Change, DB_NAMES, META_GENERATION, Store, StoreError, Txn};
 use crate::secret::Secret;
 
 /// Node-local meta key: which fleet this data dir belongs to, and as which node.
 pub const META_FLEET: &[u8] = b"fleet";
+/// Node-local meta key: the [`LogKey`] (32 bytes).
+pub const META_LOG_KEY: &[u8] = b"fleet_log_key";
+/// Node-local meta key: the tag of the last row this node applied or wrote.
+pub const META_LOG_TAG: &[u8] = b"fleet_log_tag";
+/// A row's tag.
+type Tag = [u8; 32];
+/// The "previous tag" of a checkpoint, where a chain starts.
+const GENESIS: Tag = [0; 32];
+/// A batch's first byte: changes to apply, or a checkpoint that replaces the vault's content.
+const BATCH_CHANGES: u8 = 1;
+const BATCH_CHECKPOINT: u8 = 2;
 /// The advisory lock every fleet write holds (`airlock` in ASCII).
 const LOCK_KEY: i64 = 0x0061_6972_6c6f_636b;
 /// The channel writers notify and followers listen on.
@@ -57,7 +84,9 @@ CREATE TABLE IF NOT EXISTS airlock_nodes (
     applied_seq bigint NOT NULL,
     heartbeat_at timestamptz NOT NULL,
     version text NOT NULL
-);";
+);
+ALTER TABLE airlock_changes ADD COLUMN IF NOT EXISTS tag bytea;
+ALTER TABLE airlock_nodes ADD COLUMN IF NOT EXISTS problem text;";
 
 /// Fleet failures, each with a stable code.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +101,16 @@ pub enum FleetError {
     Mismatch(String),
     #[error("fleet_log_corrupt: {0}")]
     Corrupt(String),
+    #[error(
+        "fleet_log_rejected: {0}; nothing of it was applied, and this node serves what it had (see `airlock fleet status`)"
+    )]
+    Rejected(String),
+    #[error(
+        "fleet_key_mismatch: the root key given does not open the fleet's vault ({0}); nothing was written"
+    )]
+    KeyMismatch(String),
+    #[error("fleet_upgrade_needed: {0}")]
+    UpgradeNeeded(String),
 }
 
 impl FleetError {
@@ -81,9 +120,24 @@ impl FleetError {
             Self::Unconfigured(_) => "fleet_unconfigured",
             Self::Mismatch(_) => "fleet_mismatch",
             Self::Corrupt(_) => "fleet_log_corrupt",
+            Self::Rejected(_) => "fleet_log_rejected",
+            Self::KeyMismatch(_) => "fleet_key_mismatch",
+            Self::UpgradeNeeded(_) => "fleet_upgrade_needed",
         }
     }
+
+    /// Whether the log itself is at fault (not the connection): following stops until it is
+    /// repaired, and the node says so.
+    pub fn is_log_problem(&self) -> bool {
+        matches!(
+            self,
+            Self::Rejected(_) | Self::Corrupt(_) | Self::UpgradeNeeded(_)
+        )
+    }
 }
+
+/// What a node of a fleet written before rows carried tags is told.
+const UPGRADE: &str = "the fleet's change log is not authenticated yet (written by an older airlock): run `airlock fleet upgrade` once on a node with the root key";
 
 impl From<postgres::Error> for FleetError {
     fn from(e: postgres::Error) -> Self {
@@ -91,9 +145,93 @@ impl From<postgres::Error> for FleetError {
         // password.
         let mut text = e.to_string();
         if let Some(db) = e.as_db_error() {
+            // A schema from before tags: the `tag` column is missing.
+            if *db.code() == postgres::error::SqlState::UNDEFINED_COLUMN {
+                return Self::UpgradeNeeded(UPGRADE.into());
+            }
             text = format!("{}: {}", db.code().code(), db.message());
         }
         Self::Unavailable(text)
+    }
+}
+
+/// The key that authenticates a fleet's change log: HKDF-SHA256 of the root key, salted with the
+/// fleet's id. Whoever holds it can append rows every node applies, so it lives only in a node's
+/// own meta, written once the root key was shown to open the vault. Never printed.
+pub struct LogKey(Zeroizing<[u8; 32]>);
+
+impl std::fmt::Debug for LogKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogKey(<redacted>)")
+    }
+}
+
+impl LogKey {
+    pub fn derive(root: &RootKey, fleet_id: &str) -> Self {
+        struct Len32;
+        impl hkdf::KeyType for Len32 {
+            fn len(&self) -> usize {
+                32
+            }
+        }
+        let mut key = Zeroizing::new([0u8; 32]);
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, fleet_id.as_bytes()).extract(root.as_bytes());
+        // Expanding 32 bytes from SHA-256 cannot fail (the limit is 255 blocks).
+        if let Ok(okm) = prk.expand(&[b"airlock/fleet-log/v1".as_slice()], Len32) {
+            let _ = okm.fill(key.as_mut());
+        }
+        Self(key)
+    }
+
+    /// The key this node stored, if any.
+    fn stored<T: lmdb::Transaction>(t: &Txn<T>) -> Result<Option<Self>, StoreError> {
+        Ok(t.get_raw(t.dbs().meta, META_LOG_KEY)?
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .map(|b| Self(Zeroizing::new(b))))
+    }
+
+    /// The tag of a row: its sequence number, node, the previous row's tag and its batch.
+    fn tag(&self, seq: u64, node: &str, prev: &Tag, batch: &[u8]) -> Tag {
+        let key = hmac::Key::new(hmac::HMAC_SHA256, self.0.as_ref());
+        let mut ctx = hmac::Context::with_key(&key);
+        ctx.update(b"airlock/fleet-change/v1\0");
+        ctx.update(&seq.to_be_bytes());
+        ctx.update(&u64::try_from(node.len()).unwrap_or(u64::MAX).to_be_bytes());
+        ctx.update(node.as_bytes());
+        ctx.update(prev);
+        ctx.update(batch);
+        let mut out = GENESIS;
+        out.copy_from_slice(ctx.sign().as_ref());
+        out
+    }
+
+    /// Whether `row` carries the tag this key gives it after `prev` (constant time).
+    fn verifies(&self, row: &Row, prev: &Tag) -> bool {
+        let expected = self.tag(row.seq, &row.node, prev, &row.batch);
+        row.tag
+            .as_deref()
+            .is_some_and(|t| subtle::ConstantTimeEq::ct_eq(t, &expected[..]).into())
+    }
+}
+
+/// One row of the change log.
+#[derive(Debug)]
+struct Row {
+    seq: u64,
+    node: String,
+    batch: Vec<u8>,
+    /// `None` in a log written before rows were authenticated.
+    tag: Option<Vec<u8>>,
+}
+
+impl Row {
+    fn from_pg(r: &postgres::Row) -> Self {
+        Self {
+            seq: u64::try_from(r.get::<_, i64>(0)).unwrap_or(0),
+            node: r.get(1),
+            batch: r.get(2),
+            tag: r.get(3),
+        }
     }
 }
 
@@ -163,6 +301,8 @@ pub struct NodeStatus {
     pub lag: u64,
     pub heartbeat_age_secs: f64,
     pub version: String,
+    /// What stops the node following the log (a row that does not verify), as it reported.
+    pub problem: Option<String>,
 }
 
 /// What `fleet status` prints.
@@ -264,14 +404,16 @@ impl Fleet {
     /// Returns the generation reached.
     pub fn catch_up(&self, store: &Store) -> Result<u64, StoreError> {
         let after = store.generation()?;
-        let rows = self.with_client(|c| pending(c, after))?;
-        apply_rows(store, &rows)
+        let (head, rows) = self.with_client(|c| Ok((head_seq(c)?, pending(c, after)?)))?;
+        apply_rows(store, head, &rows)
     }
 
     /// As [`Fleet::catch_up`] with a caller's client (the follower's).
     pub fn catch_up_with(client: &mut postgres::Client, store: &Store) -> Result<u64, StoreError> {
-        let rows = pending(client, store.generation()?)?;
-        apply_rows(store, &rows)
+        let after = store.generation()?;
+        let head = head_seq(client)?;
+        let rows = pending(client, after)?;
+        apply_rows(store, head, &rows)
     }
 
     /// Holds the fleet-wide lock named `name` until the returned guard is dropped (a session
@@ -290,23 +432,25 @@ impl Fleet {
         })
     }
 
-    /// Records this node's heartbeat and applied position.
+    /// Records this node's heartbeat, applied position and what stops it following, if anything.
     pub fn heartbeat(
         &self,
         client: &mut postgres::Client,
         node: &str,
         applied: u64,
+        problem: Option<&str>,
     ) -> Result<(), FleetError> {
         client.execute(
-            "INSERT INTO airlock_nodes (name, listen, applied_seq, heartbeat_at, version)
-             VALUES ($1, $2, $3, now(), $4)
+            "INSERT INTO airlock_nodes (name, listen, applied_seq, heartbeat_at, version, problem)
+             VALUES ($1, $2, $3, now(), $4, $5)
              ON CONFLICT (name) DO UPDATE SET listen = $2, applied_seq = $3,
-                 heartbeat_at = now(), version = $4",
+                 heartbeat_at = now(), version = $4, problem = $5",
             &[
                 &node,
                 &self.settings.listen,
                 &seq_i64(applied),
                 &env!("CARGO_PKG_VERSION"),
+                &problem,
             ],
         )?;
         Ok(())
@@ -338,7 +482,7 @@ impl Fleet {
             let nodes = c
                 .query(
                     "SELECT name, listen, applied_seq,
-                            extract(epoch FROM now() - heartbeat_at)::float8, version
+                            extract(epoch FROM now() - heartbeat_at)::float8, version, problem
                      FROM airlock_nodes ORDER BY name",
                     &[],
                 )?
@@ -352,6 +496,7 @@ impl Fleet {
                         lag: head.saturating_sub(applied),
                         heartbeat_age_secs: r.get(3),
                         version: r.get(4),
+                        problem: r.get(5),
                     }
                 })
                 .collect();
@@ -363,9 +508,16 @@ impl Fleet {
         })
     }
 
-    /// `fleet init`: creates the schema and makes this data dir's vault the fleet's first entry.
-    /// Refused when the database already holds a fleet.
-    pub fn init(&self, store: &Store, data_dir: &Path, node: &str) -> Result<Marker, StoreError> {
+    /// `fleet init`: creates the schema and makes this data dir's vault the fleet's first entry,
+    /// a checkpoint tagged with the log key derived from `root` (which the caller checked opens
+    /// the vault). Refused when the database already holds a fleet.
+    pub fn init(
+        &self,
+        store: &Store,
+        data_dir: &Path,
+        node: &str,
+        root: &RootKey,
+    ) -> Result<Marker, StoreError> {
         if let Some(m) = store.fleet_marker()? {
             return Err(FleetError::Mismatch(format!(
                 "this data dir is already node {} of fleet {}",
@@ -388,6 +540,9 @@ impl Fleet {
             ),
             node: node.to_owned(),
         };
+        let key = LogKey::derive(root, &marker.fleet_id);
+        let batch = encode(BATCH_CHECKPOINT, &snapshot);
+        let tag = key.tag(seq, node, &GENESIS, &batch);
         self.with_client(|c| {
             let mut tx = c.transaction()?;
             tx.batch_execute(SCHEMA)?;
@@ -403,13 +558,17 @@ impl Fleet {
                 &[&marker.fleet_id, &ca_pem, &ca_key],
             )?;
             tx.execute(
-                "INSERT INTO airlock_changes (seq, node, batch) VALUES ($1, $2, $3)",
-                &[&seq_i64(seq), &node, &encode(&snapshot)],
+                "INSERT INTO airlock_changes (seq, node, batch, tag) VALUES ($1, $2, $3, $4)",
+                &[&seq_i64(seq), &node, &batch, &&tag[..]],
             )?;
             tx.commit()?;
             Ok(())
         })?;
-        mark(store, &marker, Some(seq))?;
+        let mut t = store.begin_write()?;
+        mark(&mut t, &marker, &key)?;
+        t.put_raw(t.dbs().meta, META_LOG_TAG, &tag)?;
+        t.put_meta_u64(META_GENERATION, seq)?;
+        t.commit()?;
         Ok(marker)
     }
 
@@ -430,27 +589,165 @@ impl Fleet {
         })
     }
 
-    /// `fleet join`, after the files are written and an empty store created: applies the whole
-    /// log and marks the store as node `node`.
-    pub fn join(&self, store: &Store, fleet_id: &str, node: &str) -> Result<u64, StoreError> {
-        let reached = self.catch_up(store)?;
+    /// Before `fleet join` writes anything: the root key from `sources`, checked against the
+    /// fleet. It must open the CA key the fleet holds and give the log key that verifies the
+    /// log's first checkpoint ([`FleetError::KeyMismatch`] otherwise); a passphrase is stretched
+    /// with the parameters that checkpoint names. A log with no checkpoint (written by an older
+    /// airlock) gives [`FleetError::UpgradeNeeded`].
+    pub fn join_key(
+        &self,
+        sources: &KeySources,
+        data_dir: &Path,
+        fleet_id: &str,
+        ca_key_wrapped: &[u8],
+    ) -> Result<LogKey, super::VaultError> {
+        let first = self
+            .with_client(|c| {
+                Ok(c.query_opt(
+                    "SELECT seq, node, batch, tag FROM airlock_changes WHERE tag IS NOT NULL
+                 ORDER BY seq LIMIT 1",
+                    &[],
+                )?
+                .map(|r| Row::from_pg(&r)))
+            })
+            .map_err(StoreError::from)?;
+        let first =
+            first.ok_or_else(|| StoreError::from(FleetError::UpgradeNeeded(UPGRADE.into())))?;
+        let header = decode(&first.batch)
+            .and_then(|(_, changes)| {
+                let meta = DB_NAMES.iter().position(|n| *n == "meta")?;
+                changes
+                    .into_iter()
+                    .find(|c| usize::from(c.db) == meta && c.key == super::ops::META_KEYS)
+            })
+            .and_then(|c| super::records::decode::<KeyHeader>(&c.value?).ok())
+            .ok_or_else(|| {
+                StoreError::from(FleetError::Corrupt(format!(
+                    "change {} holds no vault key header",
+                    first.seq
+                )))
+            })?;
+        let mismatch =
+            |why: String| super::VaultError::from(StoreError::from(FleetError::KeyMismatch(why)));
+        let root = super::setup::found_root(sources, data_dir, &header)?;
+        if !super::setup::opens_ca_key(&root, ca_key_wrapped) {
+            return Err(mismatch("it does not open the fleet's CA key".into()));
+        }
+        let key = LogKey::derive(&root, fleet_id);
+        if !key.verifies(&first, &GENESIS) {
+            return Err(mismatch(format!(
+                "the fleet's first checkpoint, change {}, does not verify under it",
+                first.seq
+            )));
+        }
+        Ok(key)
+    }
+
+    /// `fleet join`, after [`Fleet::join_key`], the files written and an empty store created:
+    /// applies the log from its checkpoint and marks the store as node `node`.
+    pub fn join(
+        &self,
+        store: &Store,
+        fleet_id: &str,
+        node: &str,
+        key: &LogKey,
+    ) -> Result<u64, StoreError> {
         let marker = Marker {
             fleet_id: fleet_id.to_owned(),
             node: node.to_owned(),
         };
-        mark(store, &marker, None)?;
-        Ok(reached)
+        let mut t = store.begin_write()?;
+        mark(&mut t, &marker, key)?;
+        t.commit()?;
+        self.catch_up(store)
+    }
+
+    /// Stores the log key of this node's fleet, derived from `root` (which the caller checked
+    /// opens the vault), when the node has none yet: a node upgraded from a log without tags.
+    pub fn keep_key(store: &Store, root: &RootKey) -> Result<(), StoreError> {
+        let Some(marker) = store.fleet_marker()? else {
+            return Ok(());
+        };
+        if store.read(|t| Ok(LogKey::stored(t)?.is_some()))? {
+            return Ok(());
+        }
+        let mut t = store.begin_write()?;
+        mark(&mut t, &marker, &LogKey::derive(root, &marker.fleet_id))?;
+        t.commit()
+    }
+
+    /// `fleet upgrade`: authenticates a log written by an older airlock. Adds the tag column,
+    /// applies what this node has not seen (trusted as before, this once), then appends a
+    /// checkpoint of the result from which every node follows a verified chain. On a log that
+    /// already has one, only catches this node up. Returns the checkpoint's sequence number, if
+    /// this call wrote it.
+    pub fn upgrade(&self, store: &Store, root: &RootKey) -> Result<Option<u64>, StoreError> {
+        let marker = store
+            .fleet_marker()?
+            .ok_or_else(|| FleetError::Mismatch("this data dir is not a node of a fleet".into()))?;
+        Self::keep_key(store, root)?;
+        let key = LogKey::derive(root, &marker.fleet_id);
+        let written = self.with_client(|c| {
+            let mut tx = c.transaction()?;
+            tx.batch_execute(SCHEMA)?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])?;
+            let tagged: i64 = tx
+                .query_one(
+                    "SELECT count(*) FROM airlock_changes WHERE tag IS NOT NULL",
+                    &[],
+                )?
+                .get(0);
+            if tagged > 0 {
+                tx.commit()?;
+                return Ok(None);
+            }
+            let head = head_seq(&mut tx)?;
+            let rows = pending(&mut tx, store.generation().map_err(fleet_of)?)?;
+            let mut t = store.begin_write().map_err(fleet_of)?;
+            for row in &rows {
+                let (_, changes) = decode(&row.batch).ok_or_else(|| {
+                    FleetError::Corrupt(format!("change {} does not decode", row.seq))
+                })?;
+                t.apply(&changes).map_err(fleet_of)?;
+            }
+            let seq = head + 1;
+            let batch = encode(BATCH_CHECKPOINT, &t.snapshot().map_err(fleet_of)?);
+            let tag = key.tag(seq, &marker.node, &GENESIS, &batch);
+            tx.execute(
+                "INSERT INTO airlock_changes (seq, node, batch, tag) VALUES ($1, $2, $3, $4)",
+                &[&seq_i64(seq), &marker.node, &batch, &&tag[..]],
+            )?;
+            tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &seq.to_string()])?;
+            t.put_raw(t.dbs().meta, META_LOG_TAG, &tag)
+                .map_err(fleet_of)?;
+            t.put_meta_u64(META_GENERATION, seq).map_err(fleet_of)?;
+            tx.commit()?;
+            t.commit().map_err(fleet_of)?;
+            Ok(Some(seq))
+        })?;
+        if written.is_none() {
+            self.catch_up(store)?;
+        }
+        Ok(written)
     }
 }
 
-/// Writes the node-local marker (and the generation, at `fleet init`).
-fn mark(store: &Store, marker: &Marker, generation: Option<u64>) -> Result<(), StoreError> {
-    let mut t = store.begin_write()?;
-    t.put(t.dbs().meta, META_FLEET, marker)?;
-    if let Some(g) = generation {
-        t.put_meta_u64(META_GENERATION, g)?;
+/// A store failure inside a fleet transaction, carried as a fleet error.
+fn fleet_of(e: StoreError) -> FleetError {
+    match e {
+        StoreError::Fleet(f) => f,
+        other => FleetError::Corrupt(other.to_string()),
     }
-    t.commit()
+}
+
+/// Writes the node-local marker and log key.
+fn mark(
+    t: &mut Txn<lmdb::RwTransaction<'_>>,
+    marker: &Marker,
+    key: &LogKey,
+) -> Result<(), StoreError> {
+    t.put(t.dbs().meta, META_FLEET, marker)?;
+    t.put_raw(t.dbs().meta, META_LOG_KEY, key.0.as_ref())
 }
 
 /// A failed fleet write: the fleet's doing, or the operation's own error.
@@ -493,7 +790,13 @@ fn write_locked<R, E: From<StoreError>>(
     let rows = pending(&mut tx, store.generation().map_err(op)?)?;
     let head = head_seq(&mut tx)?;
     let mut t = store.begin_write().map_err(op)?;
-    apply_in(&mut t, &rows).map_err(op)?;
+    let (key, reached) = apply_in(&mut t, head, &rows).map_err(op)?;
+    // Every row up to the head verified and applied: the new row follows the last one's tag.
+    let prev = match t.get_raw(t.dbs().meta, META_LOG_TAG).map_err(op)? {
+        Some(p) if reached == head => Tag::try_from(p).ok(),
+        _ => None,
+    };
+    let prev = prev.ok_or_else(|| FleetError::UpgradeNeeded(UPGRADE.into()))?;
     t.log = Some(Vec::new());
     let out = f(&mut t).map_err(Failed::Op)?;
     let changes = t.log.take().unwrap_or_default();
@@ -503,12 +806,15 @@ fn write_locked<R, E: From<StoreError>>(
         return Ok(out);
     }
     let seq = head + 1;
+    let batch = encode(BATCH_CHANGES, &changes);
+    let tag = key.tag(seq, &marker.node, &prev, &batch);
     tx.execute(
-        "INSERT INTO airlock_changes (seq, node, batch) VALUES ($1, $2, $3)",
-        &[&seq_i64(seq), &marker.node, &encode(&changes)],
+        "INSERT INTO airlock_changes (seq, node, batch, tag) VALUES ($1, $2, $3, $4)",
+        &[&seq_i64(seq), &marker.node, &batch, &&tag[..]],
     )?;
     tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &seq.to_string()])?;
     t.put_meta_u64(META_GENERATION, seq).map_err(op)?;
+    t.put_raw(t.dbs().meta, META_LOG_TAG, &tag).map_err(op)?;
     tx.commit()?;
     // Committed in the fleet: a failure here is repaired by the next catch-up.
     t.commit().map_err(op)?;
@@ -522,55 +828,93 @@ fn head_seq(c: &mut impl postgres::GenericClient) -> Result<u64, FleetError> {
     Ok(u64::try_from(head).unwrap_or(0))
 }
 
-fn pending(
-    c: &mut impl postgres::GenericClient,
-    after: u64,
-) -> Result<Vec<(u64, Vec<u8>)>, FleetError> {
+fn pending(c: &mut impl postgres::GenericClient, after: u64) -> Result<Vec<Row>, FleetError> {
     Ok(c.query(
-        "SELECT seq, batch FROM airlock_changes WHERE seq > $1 ORDER BY seq",
+        "SELECT seq, node, batch, tag FROM airlock_changes WHERE seq > $1 ORDER BY seq",
         &[&seq_i64(after)],
     )?
-    .into_iter()
-    .map(|r| (u64::try_from(r.get::<_, i64>(0)).unwrap_or(0), r.get(1)))
+    .iter()
+    .map(Row::from_pg)
     .collect())
 }
 
-fn apply_rows(store: &Store, rows: &[(u64, Vec<u8>)]) -> Result<u64, StoreError> {
-    if rows.is_empty() {
-        return store.generation();
-    }
+fn apply_rows(store: &Store, head: u64, rows: &[Row]) -> Result<u64, StoreError> {
     let mut t = store.begin_write()?;
-    let reached = apply_in(&mut t, rows)?;
+    let (_, reached) = apply_in(&mut t, head, rows)?;
+    if rows.is_empty() {
+        return Ok(reached);
+    }
     t.commit()?;
     Ok(reached)
 }
 
-/// Applies the rows this transaction has not seen, each setting the generation to its seq.
+/// Applies the rows this transaction has not seen, in order, each only once its tag verifies
+/// against the last one applied (the chain starting at a checkpoint); each sets the generation
+/// and the chain's position. `head` is the log's last sequence number: a log that ends before
+/// what this node applied lost rows. Returns the node's log key and the generation reached.
 fn apply_in(
     t: &mut Txn<lmdb::RwTransaction<'_>>,
-    rows: &[(u64, Vec<u8>)],
-) -> Result<u64, StoreError> {
+    head: u64,
+    rows: &[Row],
+) -> Result<(LogKey, u64), StoreError> {
+    let key = LogKey::stored(t)?.ok_or_else(|| {
+        FleetError::UpgradeNeeded(
+            "this node has no key for the fleet's change log: start `airlock serve` with the root key once, or run `airlock fleet upgrade`".into(),
+        )
+    })?;
     let mut generation = t.meta_u64(META_GENERATION)?.unwrap_or(0);
-    for (seq, batch) in rows {
-        if *seq <= generation {
+    let mut prev: Option<Tag> = t
+        .get_raw(t.dbs().meta, META_LOG_TAG)?
+        .and_then(|p| Tag::try_from(p).ok());
+    if prev.is_some() && head < generation {
+        return Err(FleetError::Rejected(format!(
+            "the change log ends at change {head}, but this node applied change {generation}: rows were deleted"
+        ))
+        .into());
+    }
+    for row in rows {
+        if row.seq <= generation {
             continue;
         }
-        let changes = decode(batch)
-            .ok_or_else(|| FleetError::Corrupt(format!("change {seq} does not decode")))?;
+        // Rows of a log written before tags, up to its checkpoint, are skipped: the checkpoint
+        // holds their result. Once on the chain, an untagged row is refused like a forged one.
+        if prev.is_none() && row.tag.is_none() {
+            continue;
+        }
+        let after = prev.unwrap_or(GENESIS);
+        let (kind, changes) = decode(&row.batch)
+            .filter(|_| key.verifies(row, &after))
+            .filter(|(kind, _)| prev.is_some() || *kind == BATCH_CHECKPOINT)
+            .ok_or_else(|| {
+                FleetError::Rejected(format!(
+                    "change {} (from node {:?}) does not verify under this fleet's key after change {generation}: it was written without the root key, or altered, reordered, replayed, or follows a deleted row",
+                    row.seq,
+                    super::proposals::inert(&row.node),
+                ))
+            })?;
+        if kind == BATCH_CHECKPOINT {
+            t.clear_replicated()?;
+        }
         t.apply(&changes)?;
-        generation = *seq;
+        generation = row.seq;
+        let tag = row.tag.as_deref().and_then(|t| Tag::try_from(t).ok());
+        prev = tag;
         t.put_meta_u64(META_GENERATION, generation)?;
+        if let Some(tag) = &prev {
+            t.put_raw(t.dbs().meta, META_LOG_TAG, tag)?;
+        }
     }
-    Ok(generation)
+    Ok((key, generation))
 }
 
 fn seq_i64(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)
 }
 
-/// `[1][for each: db u8, key len u32, key, tag u8 (0 delete, 1 put), value len u32, value]`.
-pub fn encode(changes: &[Change]) -> Vec<u8> {
-    let mut out = vec![1u8];
+/// `[kind][for each: db u8, key len u32, key, tag u8 (0 delete, 1 put), value len u32, value]`;
+/// `kind` is [`BATCH_CHANGES`] or [`BATCH_CHECKPOINT`].
+fn encode(kind: u8, changes: &[Change]) -> Vec<u8> {
+    let mut out = vec![kind];
     for c in changes {
         out.push(c.db);
         out.extend_from_slice(&(c.key.len() as u32).to_be_bytes());
@@ -587,7 +931,8 @@ pub fn encode(changes: &[Change]) -> Vec<u8> {
     out
 }
 
-pub fn decode(mut raw: &[u8]) -> Option<Vec<Change>> {
+/// The kind and changes of a batch [`encode`] made; `None` for anything else.
+fn decode(mut raw: &[u8]) -> Option<(u8, Vec<Change>)> {
     fn take<'a>(raw: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
         let (head, rest) = (raw.get(..n)?, raw.get(n..)?);
         *raw = rest;
@@ -597,7 +942,8 @@ pub fn decode(mut raw: &[u8]) -> Option<Vec<Change>> {
         let b = take(raw, 4)?;
         Some(u32::from_be_bytes(b.try_into().ok()?) as usize)
     }
-    if take(&mut raw, 1)? != [1] {
+    let kind = take(&mut raw, 1)?[0];
+    if kind != BATCH_CHANGES && kind != BATCH_CHECKPOINT {
         return None;
     }
     let mut out = Vec::new();
@@ -615,7 +961,7 @@ pub fn decode(mut raw: &[u8]) -> Option<Vec<Change>> {
         };
         out.push(Change { db, key, value });
     }
-    Some(out)
+    Some((kind, out))
 }
 
 #[cfg(test)]
@@ -636,16 +982,53 @@ mod tests {
                 value: None,
             },
         ];
-        assert_eq!(decode(&encode(&changes)), Some(changes.clone()));
-        let raw = encode(&changes);
+        let raw = encode(BATCH_CHANGES, &changes);
+        assert_eq!(decode(&raw), Some((BATCH_CHANGES, changes.clone())));
         for cut in 1..raw.len() {
             let d = decode(&raw[..cut]);
             assert!(
-                d.is_none() || d.as_ref().is_some_and(|d| d.len() < 2),
+                d.is_none() || d.as_ref().is_some_and(|d| d.1.len() < 2),
                 "{cut}"
             );
         }
-        assert!(decode(&[2]).is_none());
+        assert!(decode(&[3]).is_none());
         assert!(decode(&[]).is_none());
+    }
+
+    /// Row 101: a tag binds the sequence number, the node, the previous tag and the batch, under
+    /// a key that differs by root key and by fleet.
+    #[test]
+    fn row101_tags_bind_position_node_chain_and_content() {
+        let root = RootKey::generate().unwrap();
+        let key = LogKey::derive(&root, "f1");
+        let batch = encode(BATCH_CHANGES, &[]);
+        let prev = [7u8; 32];
+        let row = |seq: u64, node: &str, batch: &[u8], tag: Tag| Row {
+            seq,
+            node: node.into(),
+            batch: batch.to_vec(),
+            tag: Some(tag.to_vec()),
+        };
+        let tag = key.tag(5, "a", &prev, &batch);
+        assert!(key.verifies(&row(5, "a", &batch, tag), &prev));
+        assert!(!key.verifies(&row(6, "a", &batch, tag), &prev), "moved");
+        assert!(
+            !key.verifies(&row(5, "b", &batch, tag), &prev),
+            "other node"
+        );
+        assert!(
+            !key.verifies(&row(5, "a", &batch, tag), &GENESIS),
+            "other chain"
+        );
+        let altered = encode(BATCH_CHECKPOINT, &[]);
+        assert!(!key.verifies(&row(5, "a", &altered, tag), &prev), "altered");
+        let mut untagged = row(5, "a", &batch, tag);
+        untagged.tag = None;
+        assert!(!key.verifies(&untagged, &prev));
+        let other_root = LogKey::derive(&RootKey::generate().unwrap(), "f1");
+        assert!(!other_root.verifies(&row(5, "a", &batch, tag), &prev));
+        let other_fleet = LogKey::derive(&root, "f2");
+        assert!(!other_fleet.verifies(&row(5, "a", &batch, tag), &prev));
+        assert_eq!(format!("{key:?}"), "LogKey(<redacted>)");
     }
 }

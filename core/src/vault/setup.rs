@@ -135,40 +135,84 @@ pub fn unlock(
     data_dir: &Path,
     sources: &KeySources,
 ) -> Result<Unlocked, VaultError> {
-    let header = store.key_header()?;
-    let root = match sources.find(data_dir)? {
-        Some(Found::Key { key, .. }) => key,
-        Some(Found::Passphrase(p)) => match &header.kdf {
-            Some(params) => params.derive(&p)?,
-            None => {
-                return Err(KeyError::NoRootKey {
-                    data_dir: data_dir.to_owned(),
-                }
-                .into());
-            }
-        },
-        None => {
-            return Err(KeyError::NoRootKey {
-                data_dir: data_dir.to_owned(),
-            }
-            .into());
-        }
-    };
-    let secret = keys::unwrap(&root, PURPOSE_X25519, &header.wrapped_secret)?;
-    let bytes: [u8; 32] = secret.expose().try_into().map_err(|_| KeyError::Corrupt)?;
-    let opener = Opener::from_secret_bytes(bytes);
-    if opener.public_key() != ops::public_key(&header)? {
-        return Err(KeyError::Corrupt.into());
-    }
+    unlock_keeping_root(store, data_dir, sources).map(|(unlocked, _)| unlocked)
+}
+
+/// As [`unlock`], also handing back the root key (a fleet node derives its log key from it).
+pub fn unlock_keeping_root(
+    store: &Store,
+    data_dir: &Path,
+    sources: &KeySources,
+) -> Result<(Unlocked, RootKey), VaultError> {
+    let (root, opener) = checked_root(store, data_dir, sources)?;
     let key_path = data_dir.join(CA_KEY_FILE);
     let wrapped = std::fs::read(&key_path).map_err(|source| VaultError::Io {
         path: key_path,
         source,
     })?;
     let ca_key_pkcs8_der = keys::unwrap(&root, PURPOSE_CA_KEY, &wrapped)?;
-    Ok(Unlocked {
+    let header = store.key_header()?;
+    let unlocked = Unlocked {
         opener,
         ca_key_pkcs8_der,
         ca_name: header.ca_name,
+    };
+    Ok((unlocked, root))
+}
+
+/// Finds the root key and checks that it opens the vault (the X25519 secret it wraps matches
+/// the vault's public key): what fleet commands need to derive the fleet's log key.
+pub fn root_key(
+    store: &Store,
+    data_dir: &Path,
+    sources: &KeySources,
+) -> Result<RootKey, VaultError> {
+    checked_root(store, data_dir, sources).map(|(root, _)| root)
+}
+
+/// Whether `wrapped` (a CA key as `init` wrapped it) opens under `root`: a joining node's check
+/// of the root key before it writes anything.
+pub fn opens_ca_key(root: &RootKey, wrapped: &[u8]) -> bool {
+    keys::unwrap(root, PURPOSE_CA_KEY, wrapped).is_ok()
+}
+
+fn checked_root(
+    store: &Store,
+    data_dir: &Path,
+    sources: &KeySources,
+) -> Result<(RootKey, Opener), VaultError> {
+    let header = store.key_header()?;
+    let root = found_root(sources, data_dir, &header)?;
+    let secret = keys::unwrap(&root, PURPOSE_X25519, &header.wrapped_secret)?;
+    let bytes: [u8; 32] = secret.expose().try_into().map_err(|_| KeyError::Corrupt)?;
+    let opener = Opener::from_secret_bytes(bytes);
+    if opener.public_key() != ops::public_key(&header)? {
+        return Err(KeyError::Corrupt.into());
+    }
+    Ok((root, opener))
+}
+
+/// The root key from the first source found; a passphrase is stretched with the parameters
+/// `header` names. Not yet checked against anything.
+pub fn found_root(
+    sources: &KeySources,
+    data_dir: &Path,
+    header: &KeyHeader,
+) -> Result<RootKey, KeyError> {
+    Ok(match sources.find(data_dir)? {
+        Some(Found::Key { key, .. }) => key,
+        Some(Found::Passphrase(p)) => match &header.kdf {
+            Some(params) => params.derive(&p)?,
+            None => {
+                return Err(KeyError::NoRootKey {
+                    data_dir: data_dir.to_owned(),
+                });
+            }
+        },
+        None => {
+            return Err(KeyError::NoRootKey {
+                data_dir: data_dir.to_owned(),
+            });
+        }
     })
 }

@@ -29,7 +29,12 @@ const META_FORMAT: &[u8] = b"format";
 pub(crate) const META_GENERATION: &[u8] = b"generation";
 const META_NEXT_ID: &[u8] = b"next_id";
 /// Meta keys that belong to this node and never travel to a fleet (`vault::fleet`).
-pub(crate) const NODE_META: &[&[u8]] = &[META_GENERATION, super::fleet::META_FLEET];
+pub(crate) const NODE_META: &[&[u8]] = &[
+    META_GENERATION,
+    super::fleet::META_FLEET,
+    super::fleet::META_LOG_KEY,
+    super::fleet::META_LOG_TAG,
+];
 
 /// The named databases, in the order their index is written into a fleet's change log.
 pub const DB_NAMES: [&str; 9] = [
@@ -358,24 +363,7 @@ impl Store {
 
     /// Every replicated record, as changes (a fleet's first entry).
     pub fn snapshot(&self) -> Result<Vec<Change>, StoreError> {
-        self.read(|t| {
-            let mut out = Vec::new();
-            for (index, db) in t.dbs.all().into_iter().enumerate() {
-                let mut cursor = t.txn.open_ro_cursor(db).map_err(lmdb_err("cursor"))?;
-                for item in cursor.iter_start() {
-                    let (k, v) = item.map_err(lmdb_err("iterate"))?;
-                    if db.dbi() == t.dbs.meta.dbi() && NODE_META.contains(&k) {
-                        continue;
-                    }
-                    out.push(Change {
-                        db: index as u8,
-                        key: k.to_vec(),
-                        value: Some(v.to_vec()),
-                    });
-                }
-            }
-            Ok(out)
-        })
+        self.read(|t| t.snapshot())
     }
 
     /// Whether more pages are free (past the last page ever used, or on the free list) than the
@@ -469,6 +457,26 @@ impl<T: Transaction> Txn<T> {
         Ok(out)
     }
 
+    /// Every replicated record in this transaction's view, as changes (a fleet checkpoint).
+    pub fn snapshot(&self) -> Result<Vec<Change>, StoreError> {
+        let mut out = Vec::new();
+        for (index, db) in self.dbs.all().into_iter().enumerate() {
+            let mut cursor = self.txn.open_ro_cursor(db).map_err(lmdb_err("cursor"))?;
+            for item in cursor.iter_start() {
+                let (k, v) = item.map_err(lmdb_err("iterate"))?;
+                if db.dbi() == self.dbs.meta.dbi() && NODE_META.contains(&k) {
+                    continue;
+                }
+                out.push(Change {
+                    db: index as u8,
+                    key: k.to_vec(),
+                    value: Some(v.to_vec()),
+                });
+            }
+        }
+        Ok(out)
+    }
+
     pub fn meta_u64(&self, key: &[u8]) -> Result<Option<u64>, StoreError> {
         Ok(self
             .get_raw(self.dbs.meta, key)?
@@ -533,6 +541,28 @@ impl Txn<RwTransaction<'_>> {
                     Ok(()) | Err(lmdb::Error::NotFound) => {}
                     Err(e) => return Err(lmdb_err("delete")(e)),
                 },
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes every replicated record (all but [`NODE_META`]), unrecorded: a fleet checkpoint
+    /// replaces the vault's whole content.
+    pub(crate) fn clear_replicated(&mut self) -> Result<(), StoreError> {
+        for db in self.dbs.all() {
+            let keys: Vec<Vec<u8>> = {
+                let mut cursor = self.txn.open_ro_cursor(db).map_err(lmdb_err("cursor"))?;
+                cursor
+                    .iter_start()
+                    .map(|item| item.map(|(k, _)| k.to_vec()))
+                    .collect::<Result<_, _>>()
+                    .map_err(lmdb_err("iterate"))?
+            };
+            for k in keys {
+                if db.dbi() == self.dbs.meta.dbi() && NODE_META.contains(&k.as_slice()) {
+                    continue;
+                }
+                self.txn.del(db, &k, None).map_err(lmdb_err("delete"))?;
             }
         }
         Ok(())
