@@ -269,7 +269,6 @@ fn rules_allow_deny_limit_and_per_agent_override() {
     );
     assert_eq!(status(&r), 200, "{r:?}");
     assert_eq!(s.last().body, json.as_bytes());
-    let before = origin_count(&s);
 
     // The per-agent override: the cleanup agent may delete, with the credential injected.
     let r = curl_as(
