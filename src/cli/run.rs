@@ -15,8 +15,11 @@
 //!
 //! The child never inherits what would open the vault or a key itself (review B5):
 //! `AIRLOCK_PASSPHRASE` and `CREDENTIALS_DIRECTORY` are removed, and every variable named after a
-//! credential key of the vault is replaced with `placeholder` (what SDKs want anyway); stderr
-//! says which. The bundle files live in a fresh private (0700) directory of a random name.
+//! credential key of the vault is replaced with `placeholder` (what SDKs want anyway); so is
+//! every variable whose value holds a credential of the vault, whatever its name (review #109:
+//! `openai_api_key`, `MY_OPENAI_API_KEY_2`), when `run` can open the vault (the root key is
+//! readable here, as for `serve`); stderr says which, by name only. The bundle files live in a
+//! fresh private (0700) directory of a random name.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -24,7 +27,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 
 use super::{CliError, Ctx};
-use crate::vault::setup::CA_CERT_FILE;
+use crate::secret::Secret;
+use crate::vault::setup::{self, CA_CERT_FILE};
 use crate::vault::tokens::TokenHash;
 
 /// CA variables pointing at a bundle file: OpenSSL and most runtimes, Python requests (and
@@ -81,16 +85,26 @@ struct RunToken {
     ca_pem: String,
     /// The store, when minted from the data dir.
     local: bool,
-    /// The names of the vault's credentials (never values).
+    /// The names of the vault's credentials.
     credential_keys: Vec<String>,
+    /// Their values, when this process could open the vault; else why not.
+    values: Result<Vec<Secret>, String>,
 }
 
 /// Variables the agent never inherits.
 const WITHHELD: &[&str] = &["AIRLOCK_PASSPHRASE", "CREDENTIALS_DIRECTORY"];
 
+/// Shortest credential value looked for inside a longer variable (shorter ones would match by
+/// chance); a variable equal to a credential is withheld whatever its length.
+const MIN_CONTAINED: usize = 8;
+
 /// Withholds from `child` what it must not inherit (see the module docs); returns the names
 /// removed and the names replaced with `placeholder`.
-fn withhold(child: &mut Command, credential_keys: &[String]) -> (Vec<String>, Vec<String>) {
+fn withhold(
+    child: &mut Command,
+    credential_keys: &[String],
+    values: &[Secret],
+) -> (Vec<String>, Vec<String>) {
     let set = |name: &str| std::env::var_os(name).is_some();
     let mut removed = Vec::new();
     for name in WITHHELD.iter().filter(|n| set(n)) {
@@ -102,7 +116,26 @@ fn withhold(child: &mut Command, credential_keys: &[String]) -> (Vec<String>, Ve
         child.env(key, "placeholder");
         replaced.push(key.clone());
     }
+    for (name, value) in std::env::vars_os() {
+        let name = name.to_string_lossy().into_owned();
+        if replaced.contains(&name) || WITHHELD.contains(&name.as_str()) {
+            continue;
+        }
+        if holds_a_value(value.as_encoded_bytes(), values) {
+            child.env(&name, "placeholder");
+            replaced.push(name);
+        }
+    }
     (removed, replaced)
+}
+
+/// Whether `value` is one of `secrets`, or holds one of at least [`MIN_CONTAINED`] bytes.
+fn holds_a_value(value: &[u8], secrets: &[Secret]) -> bool {
+    secrets.iter().map(Secret::expose).any(|s| {
+        !s.is_empty()
+            && (value == s
+                || (s.len() >= MIN_CONTAINED && memchr::memmem::find(value, s).is_some()))
+    })
 }
 
 pub(super) fn run(ctx: &Ctx, args: RunArgs) -> Result<std::process::ExitCode, CliError> {
@@ -154,7 +187,15 @@ pub(super) fn run(ctx: &Ctx, args: RunArgs) -> Result<std::process::ExitCode, Cl
     let (host_port, proxy_with_auth) = proxy_parts(&proxy, &token.token, &token.vault)?;
     let mut child = Command::new(program);
     child.args(program_args);
-    let (removed, replaced) = withhold(&mut child, &token.credential_keys);
+    let values = token.values.as_deref().unwrap_or_else(|why| {
+        if token.local {
+            eprintln!(
+                "airlock: run: variables were compared with the vault's credentials by name only ({why})"
+            );
+        }
+        &[]
+    });
+    let (removed, replaced) = withhold(&mut child, &token.credential_keys, values);
     if !removed.is_empty() {
         eprintln!(
             "airlock: run: not passed to the agent: {}",
@@ -163,7 +204,7 @@ pub(super) fn run(ctx: &Ctx, args: RunArgs) -> Result<std::process::ExitCode, Cl
     }
     if !replaced.is_empty() {
         eprintln!(
-            "airlock: run: set to placeholder for the agent (credentials of vault {}): {}",
+            "airlock: run: set to placeholder for the agent (named after or holding credentials of vault {}): {}",
             token.vault,
             replaced.join(", ")
         );
@@ -281,17 +322,28 @@ fn mint_local(
         what: ca_path.display().to_string(),
         source,
     })?;
-    let credential_keys = store
+    let credential_keys: Vec<String> = store
         .credentials(vault)?
         .into_iter()
         .map(|(k, _)| k)
         .collect();
+    let sources = ctx.key_sources(None, None)?;
+    let values = setup::unlock(&store, &ctx.data_dir, &sources)
+        .map(|unlocked| {
+            credential_keys
+                .iter()
+                .filter_map(|k| store.open_credential(&unlocked.opener, vault, k).ok())
+                .flat_map(|opened| std::iter::once(opened.value).chain(opened.others))
+                .collect()
+        })
+        .map_err(|e| e.to_string());
     Ok(RunToken {
         token: String::from_utf8_lossy(minted.token.expose()).into_owned(),
         vault: vault.to_owned(),
         ca_pem,
         local: true,
         credential_keys,
+        values,
     })
 }
 
@@ -342,6 +394,7 @@ fn mint_remote(
         ca_pem,
         local: false,
         credential_keys,
+        values: Err("the vault is not opened by a remote run".into()),
     })
 }
 

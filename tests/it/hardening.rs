@@ -695,6 +695,40 @@ fn row83_airlock_run_withholds_secrets_from_the_agent() {
     }
 }
 
+/// Row 106 (review #109): a variable holding a credential of the vault under another name
+/// (lower case, a prefix, a suffix, inside a longer value) is withheld too, when `run` can open
+/// the vault; a value that is no credential is kept, and stderr names, never shows, what went.
+#[test]
+fn row106_airlock_run_withholds_credentials_by_value() {
+    let s = Setup::new("auto");
+    let openai = s.secret("OPENAI_KEY").to_owned();
+    let near_misses = [
+        ("openai_api_key", openai.clone()),
+        ("MY_OPENAI_API_KEY_2", openai.clone()),
+        ("AUTH_HEADER", format!("Bearer {openai}")),
+        ("UNRELATED", "kept-as-is".to_owned()),
+    ];
+    let proxy = format!("http://{}", s.proxy.addr);
+    let mut c = s.env.command(&["run", "--proxy", &proxy, "--", "env"]);
+    c.envs(near_misses.iter().map(|(k, v)| (k, v)));
+    let r = output(c, None).ok();
+    assert!(
+        !r.stdout.contains(&openai),
+        "a credential reached the agent: {}",
+        r.stdout
+    );
+    for name in ["openai_api_key", "MY_OPENAI_API_KEY_2", "AUTH_HEADER"] {
+        assert!(
+            r.stdout.contains(&format!("{name}=placeholder\n")),
+            "{name}: {}",
+            r.stdout
+        );
+        assert!(r.stderr.contains(name), "{}", r.stderr);
+    }
+    assert!(r.stdout.contains("UNRELATED=kept-as-is\n"), "{}", r.stdout);
+    assert!(!r.stderr.contains(&openai), "{}", r.stderr);
+}
+
 /// Row 84: `serve` does not pass the passphrase (or systemd's credentials directory) to
 /// `airlock-admin`, and the admin process is not dumpable (its /proc files go to root, so no
 /// other process of its user reads its memory or environment).
