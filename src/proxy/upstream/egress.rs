@@ -146,9 +146,11 @@ pub async fn connect(
             ),
         )
         .hint("check the user in upstream_proxy and upstream_proxy_password_file")),
+        // The authority may be a `--resolve` address, which is not the agent's to see (review
+        // #97): the agent knows which host it asked for.
         Some(code) => Err(ProxyError::new(
             ErrorKind::UpstreamProxyRefused,
-            format!("the upstream proxy refused CONNECT {authority} with {code}"),
+            format!("the upstream proxy refused the tunnel with {code}"),
         )),
         None => Err(ProxyError::new(
             ErrorKind::UpstreamProxyRefused,
@@ -250,6 +252,43 @@ mod tests {
             Some(Ipv4Addr::new(169, 254, 169, 254).into())
         );
         assert_eq!(vetted_as("api.openai.com"), None);
+    }
+
+    /// Row 107 (review #97): a refusal by the upstream proxy does not show the agent the address
+    /// airlock asked it for (a `--resolve` address, say).
+    #[test]
+    fn row107_a_refused_tunnel_does_not_name_the_address_asked_for() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let n = s.read(&mut buf).unwrap();
+            s.write_all(b"HTTP/1.1 403 Forbidden\r\n\r\n").unwrap();
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        });
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        let e = rt.block_on(async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let timeout = std::time::Duration::from_secs(5);
+            connect(tcp, &proxy(&[]), "10.9.8.7:40717", timeout)
+                .await
+                .err()
+                .unwrap()
+        });
+        assert!(
+            server
+                .join()
+                .unwrap()
+                .starts_with("CONNECT 10.9.8.7:40717 ")
+        );
+        assert_eq!(e.kind(), ErrorKind::UpstreamProxyRefused);
+        let m = e.message();
+        assert!(!m.contains("10.9.8.7") && m.contains("403"), "{m}");
     }
 
     #[test]
