@@ -339,6 +339,9 @@ pub enum ProposalCmd {
         /// Confirm that credentials already stored may be sent to the new hosts `show` lists
         #[arg(long)]
         allow_credential_reuse: bool,
+        /// Confirm that the request rules `show` lists as lifted may go
+        #[arg(long)]
+        allow_rule_removal: bool,
     },
     /// Reject a proposal
     Reject {

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use airlock_core::secret::Secret;
 use airlock_core::vault::VaultError;
-use airlock_core::vault::proposals::review_json;
+use airlock_core::vault::proposals::{Confirmed, review_json};
 use airlock_core::vault::records::{ProposalRecord, ProposalStatus};
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::StatusCode;
@@ -143,6 +143,10 @@ struct Decision {
     /// proposal's `review.credential_reuse`).
     #[serde(default)]
     allow_credential_reuse: bool,
+    /// The operator's confirmation that request rules may be lifted (see the proposal's
+    /// `review.rules_weakened`).
+    #[serde(default)]
+    allow_rule_removal: bool,
 }
 
 /// A proposal in its review form, or the error.
@@ -165,10 +169,16 @@ async fn approve(
         .map(|(k, v)| (k, Secret::new(v.into_bytes())))
         .collect();
     let digest = d.digest.as_deref();
-    let approved =
-        state
-            .store
-            .approve_proposal(&peer.actor(), id, digest, values, d.allow_credential_reuse);
+    let approved = state.store.approve_proposal(
+        &peer.actor(),
+        id,
+        digest,
+        values,
+        Confirmed {
+            credential_reuse: d.allow_credential_reuse,
+            rule_removal: d.allow_rule_removal,
+        },
+    );
     reply(&state, approved)
 }
 

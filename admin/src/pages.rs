@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use airlock_core::secret::Secret;
 use airlock_core::vault::now;
-use airlock_core::vault::proposals::inert;
+use airlock_core::vault::proposals::{Confirmed, inert};
 use airlock_core::vault::records::{ProposalRecord, ProposalStatus, ServiceChange, SlotAction};
 use airlock_core::vault::review::{Review, ServiceDiff};
 use axum::extract::{Extension, Path, Query, State};
@@ -323,6 +323,7 @@ fn proposal_body(
 ) -> Markup {
     let status = p.status_at(now());
     let warnings = review.map(Review::reuse_warnings).unwrap_or_default();
+    let weakened = review.map(|r| r.weakened.clone()).unwrap_or_default();
     let replaces = |key: &str| {
         review.is_some_and(|r| {
             r.credentials
@@ -333,6 +334,7 @@ fn proposal_body(
     html! {
         @if let Some(n) = note { (n) }
         @for w in &warnings { div.flash.bad.reuse { strong { "Stored credential re-used: " } (w) "." } }
+        @for w in &weakened { div.flash.bad.reuse { strong { "Request rules lifted: " } (w) "." } }
         div.card {
             p { (status_cell(status)) " · vault " strong { (p.vault) } " · from " (p.agent.as_deref().unwrap_or("an agent")) }
             @if !p.user_message.is_empty() { h2 { "The agent says" } p.message { (inert(&p.user_message)) } }
@@ -385,6 +387,12 @@ fn proposal_body(
                         " I confirm: send the stored credentials named above to the new hosts."
                     }
                 }
+                @if !weakened.is_empty() {
+                    label.confirm for="allow-rule-removal" {
+                        input id="allow-rule-removal" type="checkbox" name="allow_rule_removal" value="yes" required;
+                        " I confirm: lift the request rules named above."
+                    }
+                }
                 button type="submit" { "Approve" }
             }
             form.card method="post" action={ "/proposals/" (p.id) "/reject" } {
@@ -423,11 +431,15 @@ async fn approve(
             })
         })
         .collect();
-    let allow_reuse = f.get("allow_credential_reuse").is_some_and(|v| v == "yes");
+    let checked = |name: &str| f.get(name).is_some_and(|v| v == "yes");
+    let confirmed = Confirmed {
+        credential_reuse: checked("allow_credential_reuse"),
+        rule_removal: checked("allow_rule_removal"),
+    };
     let digest = f.get("digest").map(String::as_str);
     match state
         .store
-        .approve_proposal(&who, id, digest, values, allow_reuse)
+        .approve_proposal(&who, id, digest, values, confirmed)
     {
         Ok(p) => {
             let done = flash(true, "Approved. The agent's next request will use it.");

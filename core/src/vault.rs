@@ -97,6 +97,11 @@ pub enum VaultError {
     )]
     CredentialReuse { id: u64, warnings: Vec<String> },
     #[error(
+        "proposal {id} would lift request rules ({}); approve with --allow-rule-removal (CLI), the confirmation box (admin UI) or \"allow_rule_removal\": true (JSON API) if that is intended",
+        warnings.join("; ")
+    )]
+    RuleRemoval { id: u64, warnings: Vec<String> },
+    #[error(
         "agent {agent:?} already holds {max} live scoped tokens; revoke some or let them expire"
     )]
     TooManyTokens { agent: String, max: usize },
@@ -118,7 +123,8 @@ impl VaultError {
             | Self::InUse { .. }
             | Self::AlreadyDecided(_)
             | Self::ProposalChanged(_)
-            | Self::CredentialReuse { .. } => 409,
+            | Self::CredentialReuse { .. }
+            | Self::RuleRemoval { .. } => 409,
             Self::ProposalExpired(_) => 410,
             Self::TooManyPending { .. } | Self::TooManyTokens { .. } => 429,
             Self::Store(StoreError::Fleet(fleet::FleetError::Unavailable(_))) => 503,
@@ -146,6 +152,7 @@ impl VaultError {
             Self::ProposalExpired(_) => "proposal_expired",
             Self::ProposalChanged(_) => "proposal_changed",
             Self::CredentialReuse { .. } => "credential_reuse_unconfirmed",
+            Self::RuleRemoval { .. } => "rule_removal_unconfirmed",
             Self::HostNotAllowed { .. } => "host_not_allowed",
             Self::TooManyTokens { .. } => "too_many_tokens",
         }

@@ -7,7 +7,7 @@ use serde_json::json;
 use super::output::{self, rfc3339};
 use super::{CliError, Ctx, ProposalCmd};
 use crate::secret::{self, Secret};
-use crate::vault::proposals::{inert, review_json};
+use crate::vault::proposals::{Confirmed, inert, review_json};
 use crate::vault::records::{ProposalRecord, ProposalStatus, ServiceChange, SlotAction};
 use crate::vault::review::{Review, ServiceDiff};
 
@@ -62,15 +62,14 @@ pub(super) fn run(ctx: &Ctx, cmd: ProposalCmd) -> Result<(), CliError> {
             credentials,
             digest,
             allow_credential_reuse,
+            allow_rule_removal,
         } => {
             let values = read_values(&credentials)?;
-            let p = store.approve_proposal(
-                &ctx.actor,
-                id,
-                digest.as_deref(),
-                values,
-                allow_credential_reuse,
-            )?;
+            let confirmed = Confirmed {
+                credential_reuse: allow_credential_reuse,
+                rule_removal: allow_rule_removal,
+            };
+            let p = store.approve_proposal(&ctx.actor, id, digest.as_deref(), values, confirmed)?;
             println!(
                 "approved proposal {id}: vault {} now has {}",
                 p.vault,
@@ -146,6 +145,9 @@ fn show(p: &ProposalRecord, review: Option<&Review>) {
     if let Some(r) = review {
         for w in r.reuse_warnings() {
             println!("\nWARNING: {w} (approve needs --allow-credential-reuse)");
+        }
+        for w in &r.weakened {
+            println!("\nWARNING: {w} (approve needs --allow-rule-removal)");
         }
     }
     if let Some(h) = &p.held {

@@ -154,6 +154,81 @@ fn row66_repointing_a_stored_credential_is_shown_and_needs_confirmation() {
     );
 }
 
+/// Row 108 (review #103): a proposal that drops a service's deny and hold rules (same host,
+/// same auth) is flagged on the CLI, the JSON API and the UI, and is not approved without its
+/// own explicit confirmation.
+#[test]
+fn row108_lifting_request_rules_is_flagged_and_needs_confirmation() {
+    let s = with_admin();
+    s.env.set_services(
+        "services:\n  - name: openai\n    host: api.openai.com\n    auth: {type: bearer, token: OPENAI_KEY}\n    rules:\n      - {name: no-deletes, methods: [DELETE], action: deny}\n      - {name: refunds, methods: [POST], path: /v1/refunds, action: hold}\n",
+    );
+    let (code, p) = propose(
+        &s,
+        json!({"services": [{"action": "set", "name": "openai", "host": "api.openai.com",
+                             "auth": {"type": "bearer", "token": "OPENAI_KEY"}}],
+               "user_message": "Tidy the openai service."}),
+    );
+    assert_eq!(code, 201, "{p}");
+    let id = p["id"].as_u64().unwrap().to_string();
+    let shown = s.env.run(&["proposal", "show", &id]).ok().stdout;
+    for rule in ["no-deletes (deny)", "refunds (hold)"] {
+        assert!(
+            shown.contains(&format!(
+                "WARNING: rule {rule} of service openai is removed or changed (approve needs --allow-rule-removal)"
+            )),
+            "{shown}"
+        );
+    }
+    let refused = s.env.run(&["proposal", "approve", &id]);
+    assert!(
+        refused.fails().contains("--allow-rule-removal"),
+        "{refused:?}"
+    );
+    let (_, v) = api_socket(&s, "GET", &format!("/api/proposals/{id}"), None, &[]);
+    assert_eq!(
+        v["review"]["rules_weakened"].as_array().map(Vec::len),
+        Some(2),
+        "{v}"
+    );
+    let digest = v["digest"].as_str().unwrap().to_owned();
+    let (code, v) = api_socket(
+        &s,
+        "POST",
+        &format!("/api/proposals/{id}/approve"),
+        Some(json!({"digest": digest})),
+        &[],
+    );
+    assert_eq!(
+        (code, v["error"].as_str()),
+        (409, Some("rule_removal_unconfirmed")),
+        "{v}"
+    );
+    let b = Browser::new(&s);
+    assert_eq!(b.login(PASSWORD), 303);
+    let (_, page) = b.req("GET", &format!("/proposals/{id}"), &[], &[]);
+    assert!(
+        page.contains("Request rules lifted: ") && page.contains("name=\"allow_rule_removal\""),
+        "{page}"
+    );
+    let rules = |s: &Setup| {
+        s.env
+            .store()
+            .services("default")
+            .unwrap()
+            .iter()
+            .find(|r| r.spec.name == "openai")
+            .map(|r| r.spec.rules.len())
+    };
+    assert_eq!(rules(&s), Some(2), "nothing changed yet");
+    s.env
+        .run(&["proposal", "approve", &id, "--allow-rule-removal"])
+        .ok();
+    assert_eq!(rules(&s), Some(0));
+    let audit = s.env.run(&["audit", "list"]).ok().stdout;
+    assert!(audit.contains("rule_removal_confirmed=2"), "{audit}");
+}
+
 /// Row 67 (review #36): bidi overrides and zero-width characters in agent text are shown
 /// escaped in the UI (the CLI already did), so text cannot disguise a host.
 #[test]

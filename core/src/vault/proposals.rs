@@ -108,6 +108,14 @@ fn invalid(m: impl Into<String>) -> VaultError {
     VaultError::Invalid(m.into())
 }
 
+/// What an operator confirmed when approving a proposal: that stored credentials may go to new
+/// hosts, that request rules may be lifted. Each is needed only when the review finds it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Confirmed {
+    pub credential_reuse: bool,
+    pub rule_removal: bool,
+}
+
 /// Agent-written text made inert for display (row 50, review B12): control characters (but
 /// newline), bidirectional overrides and isolates, and zero-width characters are shown as
 /// `\u{...}` escapes, so text cannot reorder itself or hide characters on a terminal or a page.
@@ -339,14 +347,15 @@ impl Store {
     /// Applies a pending proposal: `values` fill the slots the agent left empty (every such
     /// slot must be given). With `digest`, the proposal must still have that content. A proposal
     /// that would send a stored credential to a new host is refused unless
-    /// `allow_credential_reuse` (the operator's explicit confirmation; review B1).
+    /// confirmed (the operator's explicit confirmation; review B1), and so is one that lifts
+    /// request rules (review #103).
     pub fn approve_proposal(
         &self,
         actor: &str,
         id: u64,
         digest: Option<&str>,
         values: Vec<(String, Secret)>,
-        allow_credential_reuse: bool,
+        confirmed: Confirmed,
     ) -> Result<ProposalRecord, VaultError> {
         let public = public_key(&self.key_header()?)?;
         self.write(|t| {
@@ -356,10 +365,16 @@ impl Store {
                 digest,
             )?;
             let review = review_in(t, &p)?;
-            if !review.reuse.is_empty() && !allow_credential_reuse {
+            if !review.reuse.is_empty() && !confirmed.credential_reuse {
                 return Err(VaultError::CredentialReuse {
                     id,
                     warnings: review.reuse_warnings(),
+                });
+            }
+            if !review.weakened.is_empty() && !confirmed.rule_removal {
+                return Err(VaultError::RuleRemoval {
+                    id,
+                    warnings: review.weakened.clone(),
                 });
             }
             let v: VaultRecord = t
@@ -420,6 +435,11 @@ impl Store {
             } else {
                 let keys: Vec<&str> = review.reuse.iter().map(|r| r.key.as_str()).collect();
                 format!(" credential_reuse_confirmed={}", keys.join(","))
+            };
+            let reused = if review.weakened.is_empty() {
+                reused
+            } else {
+                format!("{reused} rule_removal_confirmed={}", review.weakened.len())
             };
             t.audit(
                 actor,

@@ -3,7 +3,9 @@
 //! value; and, most important, each stored credential that would be sent to a host it is not sent
 //! to today ([`Reuse`]). An approval that re-points a stored credential needs an explicit
 //! confirmation, which [`super::Store::approve_proposal`] enforces for every caller (CLI, admin
-//! UI, JSON API).
+//! UI, JSON API). So does one that lifts request rules (review #103): a `deny`, `hold` or `limit`
+//! rule gone or changed, a stricter `rules_default` relaxed, a ruled service removed, or an
+//! `allow` rule added to a service that restricts ([`Review::weakened`]).
 //!
 //! This module computes and renders the diff; it reads nothing itself and never sees a value.
 
@@ -12,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{Value, json};
 
 use super::records::{ProposalRecord, ServiceChange, SlotAction};
-use crate::spec::ServiceSpec;
+use crate::spec::{RuleAction, ServiceSpec};
 
 /// One service change, against the vault's current services.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,6 +55,8 @@ pub struct Review {
     pub services: Vec<ServiceDiff>,
     pub credentials: Vec<SlotDiff>,
     pub reuse: Vec<Reuse>,
+    /// What the proposal would lift of the services' request rules, one sentence each.
+    pub weakened: Vec<String>,
 }
 
 /// Hosts each credential key is sent to by `services` (every service that uses the key, enabled
@@ -74,7 +78,7 @@ pub fn review(current: &[ServiceSpec], stored: &BTreeSet<String>, p: &ProposalRe
     let by_name: BTreeMap<&str, &ServiceSpec> =
         current.iter().map(|s| (s.name.as_str(), s)).collect();
     let mut after: BTreeMap<&str, &ServiceSpec> = by_name.clone();
-    let services = p
+    let services: Vec<ServiceDiff> = p
         .services
         .iter()
         .map(|change| match change {
@@ -127,11 +131,93 @@ pub fn review(current: &[ServiceSpec], stored: &BTreeSet<String>, p: &ProposalRe
             })
         })
         .collect();
+    let weakened = services
+        .iter()
+        .flat_map(|d| weakenings(d, p.agent.as_deref()))
+        .collect();
     Review {
         services,
         credentials,
         reuse,
+        weakened,
     }
+}
+
+/// How strict an action is: deny, hold, limit, allow.
+fn strictness(a: RuleAction) -> u8 {
+    match a {
+        RuleAction::Deny => 3,
+        RuleAction::Hold => 2,
+        RuleAction::Limit => 1,
+        RuleAction::Allow => 0,
+    }
+}
+
+/// Whether a service restricts anything with its rules.
+fn restricts(s: &ServiceSpec) -> bool {
+    s.rules_default() != RuleAction::Allow || s.rules.iter().any(|r| r.action != RuleAction::Allow)
+}
+
+/// What one service change lifts of the rules there are today.
+fn weakenings(d: &ServiceDiff, agent: Option<&str>) -> Vec<String> {
+    let mut out = Vec::new();
+    match d {
+        ServiceDiff::Remove(old) if restricts(old) => {
+            let names: Vec<&str> = old
+                .rules
+                .iter()
+                .filter(|r| r.action != RuleAction::Allow)
+                .map(|r| r.name.as_str())
+                .collect();
+            out.push(format!(
+                "removing service {} drops its request rules ({})",
+                old.name,
+                if names.is_empty() {
+                    format!("rules_default {}", old.rules_default().as_str())
+                } else {
+                    names.join(", ")
+                }
+            ));
+        }
+        ServiceDiff::Replace { old, new } if restricts(old) => {
+            for r in old.rules.iter().filter(|r| r.action != RuleAction::Allow) {
+                if !new.rules.contains(r) {
+                    out.push(format!(
+                        "rule {} ({}) of service {} is removed or changed",
+                        r.name,
+                        r.action.as_str(),
+                        old.name
+                    ));
+                }
+            }
+            if strictness(new.rules_default()) < strictness(old.rules_default()) {
+                out.push(format!(
+                    "service {}'s rules_default goes from {} to {}",
+                    old.name,
+                    old.rules_default().as_str(),
+                    new.rules_default().as_str()
+                ));
+            }
+            for r in new.rules.iter().filter(|r| r.action == RuleAction::Allow) {
+                if old.rules.contains(r) {
+                    continue;
+                }
+                let whom = if r.agents.is_empty() {
+                    "every agent".to_owned()
+                } else if agent.is_some_and(|a| r.agents.iter().any(|x| x == a)) {
+                    format!("{} (the proposing agent)", r.agents.join(", "))
+                } else {
+                    r.agents.join(", ")
+                };
+                out.push(format!(
+                    "rule {} of service {} is a new allow for {whom}",
+                    r.name, new.name
+                ));
+            }
+        }
+        _ => {}
+    }
+    out
 }
 
 impl Review {
@@ -179,7 +265,7 @@ impl Review {
             .map(|r| json!({"key": r.key, "new_hosts": r.new_hosts}))
             .collect();
         json!({"services": services, "credentials": credentials, "credential_reuse": reuse,
-               "warnings": self.reuse_warnings()})
+               "rules_weakened": self.weakened, "warnings": self.reuse_warnings()})
     }
 }
 
@@ -285,5 +371,51 @@ mod tests {
         );
         assert_eq!(r.services, vec![ServiceDiff::Same(api)]);
         assert!(r.reuse.is_empty());
+    }
+
+    /// Row 108 (review #103): a proposal that lifts request rules says so, one line for each
+    /// thing lifted; one that keeps or tightens them says nothing.
+    #[test]
+    fn row108_rules_lifted_by_a_proposal_are_found() {
+        let ruled = spec(
+            "{name: rul, host: rul.example.com, auth: {type: bearer, token: K}, rules: [{name: no-deletes, methods: [DELETE], action: deny}, {name: refunds, methods: [POST], path: /v1/refunds, action: hold}], rules_default: hold}",
+        );
+        let bare = spec("{name: rul, host: rul.example.com, auth: {type: bearer, token: K}}");
+        let stored: BTreeSet<String> = ["K".to_owned()].into();
+        let current = vec![ruled.clone()];
+        let mut p = proposal(vec![ServiceChange::Set(bare)], &[]);
+        p.agent = Some("bot".into());
+        let r = review(&current, &stored, &p);
+        assert_eq!(
+            r.weakened,
+            [
+                "rule no-deletes (deny) of service rul is removed or changed",
+                "rule refunds (hold) of service rul is removed or changed",
+                "service rul's rules_default goes from hold to allow",
+            ]
+        );
+        let r = review(
+            &current,
+            &stored,
+            &proposal(vec![ServiceChange::Delete { name: "rul".into() }], &[]),
+        );
+        assert_eq!(
+            r.weakened,
+            ["removing service rul drops its request rules (no-deletes, refunds)"]
+        );
+        let opened = spec(
+            "{name: rul, host: rul.example.com, auth: {type: bearer, token: K}, rules: [{name: bot-may, agents: [bot], action: allow}, {name: no-deletes, methods: [DELETE], action: deny}, {name: refunds, methods: [POST], path: /v1/refunds, action: hold}], rules_default: hold}",
+        );
+        p.services = vec![ServiceChange::Set(opened)];
+        let r = review(&current, &stored, &p);
+        assert_eq!(
+            r.weakened,
+            ["rule bot-may of service rul is a new allow for bot (the proposing agent)"]
+        );
+        let tighter = spec(
+            "{name: rul, host: rul.example.com, auth: {type: bearer, token: K}, rules: [{name: no-deletes, methods: [DELETE], action: deny}, {name: refunds, methods: [POST], path: /v1/refunds, action: hold}, {name: no-puts, methods: [PUT], action: deny}], rules_default: deny}",
+        );
+        p.services = vec![ServiceChange::Set(tighter)];
+        assert!(review(&current, &stored, &p).weakened.is_empty());
     }
 }
