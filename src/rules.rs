@@ -333,7 +333,7 @@ fn hex_byte(two: &[u8]) -> Option<u8> {
 }
 
 /// Percent-decodes a query component (`+` is a space).
-fn decode_component(s: &str) -> Cow<'_, str> {
+pub fn decode_component(s: &str) -> Cow<'_, str> {
     if !s.bytes().any(|b| b == b'%' || b == b'+') {
         return Cow::Borrowed(s);
     }

@@ -76,7 +76,8 @@ fn print_row(r: &Row, json: bool) {
         rfc3339(r.at_ms / 1000),
         r.method,
         r.host,
-        r.path,
+        // The agent chose the path: bidi and control characters escaped (review #101).
+        crate::vault::proposals::inert(&r.path),
         r.status,
         r.bytes,
         r.latency_us as f64 / 1000.0,

@@ -106,6 +106,8 @@ kinds! {
     HoldTimedOut = 403 "hold_timed_out" Client,
     /// A held request's body is chunked or over the hold buffer.
     HoldBodyTooLarge = 413 "hold_body_too_large" Client,
+    /// A held request's body is compressed (`Content-Encoding`): the operator could not read it.
+    HoldBodyEncoded = 415 "hold_body_encoded" Client,
     /// Too many requests of the vault are already waiting for an operator.
     TooManyHolds = 429 "too_many_holds" Client,
     UpstreamUnreachable = 502 "upstream_unreachable" Upstream,

@@ -341,6 +341,19 @@ impl<'a, C: AsyncReadRent + AsyncWriteRent> Call<'a, C> {
                     .into())
             }
             RuleAction::Hold => {
+                // An operator approves what they can read (review #83).
+                let encoded = req
+                    .one("content-encoding")
+                    .ok()
+                    .flatten()
+                    .is_some_and(|v| !v.trim_ascii().eq_ignore_ascii_case(b"identity"));
+                if encoded {
+                    let m = format!(
+                        "{} holds this request for an operator, who must be able to read its body: send it without Content-Encoding",
+                        by()
+                    );
+                    return Err(ProxyError::new(ErrorKind::HoldBodyEncoded, m).into());
+                }
                 let body = match self.prepared.framing {
                     Framing::Empty => Vec::new(),
                     Framing::Length(n) if n <= hold::HOLD_BODY_MAX => self.hold_body(n).await?,

@@ -17,6 +17,7 @@ use super::outcome::ExchangeError;
 use super::peer::Peer;
 use super::request::Request;
 use super::upstream::Target;
+use crate::vault::proposals::inert;
 use crate::vault::records::{HeldRequest, ProposalStatus};
 use crate::vault::{Store, VaultError};
 
@@ -87,12 +88,14 @@ pub(super) fn describe(
         rule: prepared.verdict.name().map(str::to_owned),
         method: req.method().to_owned(),
         host: super::inject::host_header(target),
-        path: path.to_owned(),
+        // The agent chose these: shown decoded, as the upstream reads them, and inert (bidi and
+        // control characters escaped; review #101).
+        path: inert(path),
         query_keys: query
-            .split('&')
+            .split(['&', ';'])
             .filter_map(|p| p.split('=').next())
             .filter(|k| !k.is_empty())
-            .map(str::to_owned)
+            .map(|k| inert(&crate::rules::decode_component(k)))
             .collect(),
         header_names,
         body_bytes: body.len() as u64,

@@ -756,3 +756,100 @@ fn proposals_carry_rules_and_the_review_shows_them() {
         "{shown}"
     );
 }
+
+/// Rows 109, 110 (review #83, #101): what a held request shows the operator. A path and query
+/// key the agent chose with a bidi override are shown escaped by `proposal show` (and a request
+/// path by `airlock logs`); a field named to look secret is named loudly; a compressed body is
+/// refused before anyone is asked, and nothing goes upstream.
+#[test]
+fn held_request_reviews_show_what_the_agent_chose() {
+    let s = Setup::new("auto");
+    s.env.set_services(
+        "services:\n  - name: openai\n    host: api.openai.com\n    auth: {type: bearer, token: OPENAI_KEY}\n    rules:\n      - {name: no-deletes, methods: [DELETE], action: deny}\n      - {name: posts-need-a-person, methods: [POST], action: hold}\n",
+    );
+    wait_for_rules(&s);
+    let before = origin_count(&s);
+    let r = curl_as(
+        &s,
+        &s.token,
+        &[
+            "-H",
+            "content-encoding: gzip",
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            "\u{1f}\u{8b}not-really-gzip",
+            "https://api.openai.com/v1/pay",
+        ],
+    );
+    assert_eq!(
+        (status(&r), code(&r).as_str()),
+        (415, "hold_body_encoded"),
+        "{r:?}"
+    );
+    let mut agent = {
+        let mut c = std::process::Command::new("curl");
+        c.args(["-sS", "--max-time", "30", "--proxy"])
+            .arg(s.proxy.url(&s.token, "default"))
+            .arg("--cacert")
+            .arg(s.ca())
+            .args([
+                "-H",
+                "content-type: application/json",
+                "--data-binary",
+                r#"{"amount":100,"destination_card":"acct_ATTACKER"}"#,
+                "--request-target",
+                "/pay/\u{202e}moc.live/x?\u{202e}yek=1",
+                "https://api.openai.com/pay",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        c.spawn().unwrap()
+    };
+    let id = wait_held(&s, "pending", &[]).to_string();
+    let shown = s.env.run(&["proposal", "show", &id]).ok().stdout;
+    assert!(
+        !shown.contains('\u{202e}'),
+        "raw bidi in the review: {shown}"
+    );
+    assert!(
+        shown.contains("/pay/\\u{202e}moc.live/x") && shown.contains("query keys: \\u{202e}yek"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(
+            "REDACTED by airlock (names look secret; values not shown): destination_card"
+        ) && !shown.contains("acct_ATTACKER"),
+        "{shown}"
+    );
+    s.env
+        .run(&["proposal", "reject", &id, "--reason", "no"])
+        .ok();
+    agent.wait().unwrap();
+    assert_eq!(
+        origin_count(&s),
+        before,
+        "a held or refused request went upstream"
+    );
+    // A request the rules let through, with the same path: `airlock logs` escapes it.
+    let r = curl_as(
+        &s,
+        &s.token,
+        &[
+            "--request-target",
+            "/\u{202e}log",
+            "https://api.openai.com/x",
+        ],
+    );
+    assert_eq!(status(&r), 200, "{r:?}");
+    let start = Instant::now();
+    loop {
+        let logs = s.env.run(&["logs", "--vault", "default"]).ok().stdout;
+        assert!(!logs.contains('\u{202e}'), "{logs}");
+        if logs.contains("/\\u{202e}log") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "{logs}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

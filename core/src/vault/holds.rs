@@ -16,8 +16,8 @@ use super::{VaultError, now};
 
 /// Requests of one vault waiting for an operator at once; past it, `too_many_holds`.
 pub const MAX_PENDING_HOLDS: usize = 20;
-/// Characters of a body shown to the operator.
-pub const PREVIEW_CHARS: usize = 1024;
+/// Characters of a body shown to the operator (each value is cut first, at [`VALUE_CHARS`]).
+pub const PREVIEW_CHARS: usize = 2048;
 
 impl Store {
     /// Stores a held request of `agent` in `vault`, pending for `ttl` seconds.
@@ -119,23 +119,39 @@ impl Store {
     }
 }
 
-/// The start of a body for the operator: JSON and form fields whose names look secret
-/// (`password`, `token`, `secret`, `key`, `authorization`, `card`, `cvc`, `ssn`) redacted,
-/// cut at [`PREVIEW_CHARS`], control characters escaped; binary bodies summarised.
+/// A body for the operator (review #83): every field name shown; the values of fields whose
+/// names look secret (`password`, `token`, `secret`, `key`, `auth`, `card`, ...) replaced by a
+/// loud [`REDACTED`] and listed first by name, so a chosen field name cannot hide a value the
+/// operator would want to see without saying so; each value cut on its own at [`VALUE_CHARS`], so
+/// one long field cannot push the others out; the whole cut at [`PREVIEW_CHARS`] with the
+/// top-level field names still listed; control, bidi and zero-width characters escaped; binary
+/// bodies summarised. Compressed bodies never get here (the data plane refuses to hold them).
 pub fn preview(body: &[u8], content_type: &str) -> String {
     if body.is_empty() {
         return String::new();
     }
     let ct = content_type.to_ascii_lowercase();
+    let mut redacted = Vec::new();
+    let mut fields = Vec::new();
     let text = if let Ok(mut json) = serde_json::from_slice::<serde_json::Value>(body) {
-        redact_json(&mut json);
+        if let serde_json::Value::Object(map) = &json {
+            fields = map.keys().cloned().collect();
+        }
+        shorten_json(&mut json, &mut redacted);
         json.to_string()
     } else if ct.starts_with("application/x-www-form-urlencoded") {
         String::from_utf8_lossy(body)
             .split('&')
             .map(|pair| match pair.split_once('=') {
-                Some((k, _)) if secret_looking(k) => format!("{k}=[redacted]"),
-                _ => pair.to_owned(),
+                Some((k, _)) if secret_looking(k) => {
+                    redacted.push(k.to_owned());
+                    format!("{k}={REDACTED}")
+                }
+                Some((k, v)) => {
+                    fields.push(k.to_owned());
+                    format!("{k}={}", cut(v))
+                }
+                None => pair.to_owned(),
             })
             .collect::<Vec<_>>()
             .join("&")
@@ -145,21 +161,43 @@ pub fn preview(body: &[u8], content_type: &str) -> String {
             Err(_) => return format!("({} bytes, not text)", body.len()),
         }
     };
-    let mut out: String = text
-        .chars()
-        .take(PREVIEW_CHARS)
-        .flat_map(|c| {
-            if c.is_control() && c != '\n' {
-                c.escape_default().collect::<Vec<_>>()
-            } else {
-                vec![c]
-            }
-        })
-        .collect();
+    let mut out = String::new();
+    if !redacted.is_empty() {
+        redacted.dedup();
+        out.push_str(&format!(
+            "REDACTED by airlock (names look secret; values not shown): {}\n",
+            redacted.join(", ")
+        ));
+    }
+    out.extend(text.chars().take(PREVIEW_CHARS).flat_map(|c| {
+        if c.is_control() && c != '\n' {
+            c.escape_default().collect::<Vec<_>>()
+        } else {
+            vec![c]
+        }
+    }));
     if text.chars().count() > PREVIEW_CHARS {
-        out.push_str(&format!(" … ({} bytes in all)", body.len()));
+        out.push_str(&format!(" … (cut; {} bytes in all)", body.len()));
+        if !fields.is_empty() {
+            out.push_str(&format!("\nall top-level fields: {}", fields.join(", ")));
+        }
     }
     super::proposals::inert(&out)
+}
+
+/// What a redacted value is shown as.
+pub const REDACTED: &str = "[REDACTED BY AIRLOCK]";
+/// Characters of one value shown before it is cut.
+pub const VALUE_CHARS: usize = 120;
+
+/// `v` cut at [`VALUE_CHARS`], saying how much was left out.
+fn cut(v: &str) -> String {
+    let n = v.chars().count();
+    if n <= VALUE_CHARS {
+        return v.to_owned();
+    }
+    let head: String = v.chars().take(VALUE_CHARS).collect();
+    format!("{head}…(+{} chars)", n - VALUE_CHARS)
 }
 
 fn secret_looking(name: &str) -> bool {
@@ -171,18 +209,21 @@ fn secret_looking(name: &str) -> bool {
     .any(|w| n.contains(w))
 }
 
-fn redact_json(v: &mut serde_json::Value) {
+/// Redacts secret-looking fields (noting their names) and cuts long strings, at every depth.
+fn shorten_json(v: &mut serde_json::Value, redacted: &mut Vec<String>) {
     match v {
         serde_json::Value::Object(map) => {
             for (k, v) in map.iter_mut() {
                 if secret_looking(k) {
-                    *v = serde_json::Value::String("[redacted]".into());
+                    redacted.push(k.clone());
+                    *v = serde_json::Value::String(REDACTED.into());
                 } else {
-                    redact_json(v);
+                    shorten_json(v, redacted);
                 }
             }
         }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(redact_json),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|i| shorten_json(i, redacted)),
+        serde_json::Value::String(s) => *s = cut(s),
         _ => {}
     }
 }
@@ -206,11 +247,63 @@ mod tests {
             b"amount=5&client_secret=abc",
             "application/x-www-form-urlencoded",
         );
-        assert_eq!(p, "amount=5&client_secret=[redacted]");
+        assert_eq!(
+            p,
+            "REDACTED by airlock (names look secret; values not shown): client_secret\namount=5&client_secret=[REDACTED BY AIRLOCK]"
+        );
         assert_eq!(preview(&[0xff, 0xfe, 0], ""), "(3 bytes, not text)");
         let long = "a".repeat(5000);
         let p = preview(long.as_bytes(), "text/plain");
-        assert!(p.len() < 1100 && p.ends_with("(5000 bytes in all)"), "{p}");
+        assert!(
+            p.len() < 2100 && p.ends_with("(cut; 5000 bytes in all)"),
+            "{p}"
+        );
         assert_eq!(preview(b"a\x1b[2Jb", "text/plain"), "a\\u{1b}[2Jb");
+    }
+
+    /// Row 109 (review #83): a padding field that sorts first cannot hide the fields after it,
+    /// a redacted field is named loudly, and bidi characters are escaped.
+    #[test]
+    fn row109_previews_show_every_field_and_say_what_they_hide() {
+        let body = serde_json::json!({
+            "aaa": "x".repeat(5000),
+            "amount": 100,
+            "destination_card": "acct_ATTACKER",
+            "note": "pay \u{202e}moc.live",
+        })
+        .to_string();
+        let p = preview(body.as_bytes(), "application/json");
+        assert!(
+            p.starts_with(
+                "REDACTED by airlock (names look secret; values not shown): destination_card\n"
+            ),
+            "{p}"
+        );
+        assert!(
+            p.contains("\"amount\":100")
+                && p.contains("\"destination_card\":\"[REDACTED BY AIRLOCK]\""),
+            "{p}"
+        );
+        assert!(p.contains("…(+4880 chars)") && p.len() < 600, "{p}");
+        assert!(p.contains("\\u{202e}") && !p.contains('\u{202e}'), "{p}");
+        // Many fields: cut, but every top-level name is listed.
+        let many: serde_json::Map<String, serde_json::Value> = (0..100)
+            .map(|i| {
+                (
+                    format!("f{i:03}"),
+                    serde_json::Value::String("v".repeat(100)),
+                )
+            })
+            .collect();
+        let p = preview(
+            serde_json::Value::Object(many).to_string().as_bytes(),
+            "application/json",
+        );
+        assert!(
+            p.contains("(cut; ")
+                && p.contains("all top-level fields: f000, f001")
+                && p.contains("f099"),
+            "{p}"
+        );
     }
 }

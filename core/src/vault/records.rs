@@ -227,7 +227,7 @@ impl HeldRequest {
             "{} {}{}, held by {}",
             self.method,
             self.host,
-            self.path,
+            super::proposals::inert(&self.path),
             self.by()
         )
     }
@@ -240,19 +240,21 @@ impl HeldRequest {
         )
     }
 
-    /// The request for a reviewer, one fact per line (every part already inert text).
+    /// The request for a reviewer, one fact per line, the agent's text made inert (bidi and
+    /// control characters escaped, also in records an older airlock stored; review #101).
     pub fn lines(&self) -> Vec<(&'static str, String)> {
+        let inert = super::proposals::inert;
         let list = |v: &[String]| {
             if v.is_empty() {
                 "-".to_owned()
             } else {
-                v.join(", ")
+                inert(&v.join(", "))
             }
         };
         vec![
             (
                 "request",
-                format!("{} {}{}", self.method, self.host, self.path),
+                format!("{} {}{}", self.method, self.host, inert(&self.path)),
             ),
             ("held by", self.by()),
             ("query keys", list(&self.query_keys)),
