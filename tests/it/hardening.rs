@@ -349,8 +349,9 @@ fn row75_rotation_ends_minted_scoped_tokens() {
     );
 }
 
-/// Row 76 (review B3): revocation works on a full store. Ordinary writes stop short of the end
-/// of the map (a headroom of a sixteenth of it, at most 1 MiB); revoking or rotating may use it.
+/// Row 76 (review B3, #66): revocation works on a full store. Ordinary writes stop short of the
+/// end of the map (a headroom of a sixteenth of it, at most 1 MiB); revoking, rotating and
+/// deleting credentials may use it.
 #[test]
 fn row76_revocation_works_on_a_full_store() {
     let env = crate::harness::Env::empty();
@@ -390,6 +391,15 @@ fn row76_revocation_works_on_a_full_store() {
         store.token(token.as_bytes()).unwrap().is_none(),
         "the revoked token is gone"
     );
+    drop(store);
+    // Review #66: deleting credentials frees space, so it may use the headroom too; afterwards
+    // ordinary writes work again.
+    for i in 0..full.unwrap() {
+        env.run(&["--config", cfg, "credential", "delete", &format!("K{i}")])
+            .ok();
+    }
+    env.run_stdin(&["--config", cfg, "credential", "set", "SMALL"], b"v")
+        .ok();
 }
 
 /// Row 77 (review B11): the per-agent rate limit is per agent: scoped tokens the agent minted

@@ -232,6 +232,40 @@ fn shorten_json(v: &mut serde_json::Value, redacted: &mut Vec<String>) {
 mod tests {
     use super::*;
 
+    /// Review #84: held requests have their own cap per vault; a vault full of holds still takes
+    /// an agent's proposal.
+    #[test]
+    fn holds_have_their_own_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        super::super::setup::init(dir.path(), &Default::default(), Default::default(), "t")
+            .unwrap();
+        let store = Store::open(dir.path(), Default::default()).unwrap();
+        let held = || HeldRequest {
+            service: "s".into(),
+            rule: Some("r".into()),
+            method: "POST".into(),
+            host: "a.example".into(),
+            path: "/x".into(),
+            query_keys: Vec::new(),
+            header_names: Vec::new(),
+            body_bytes: 0,
+            body_preview: String::new(),
+            node: "n".into(),
+        };
+        for _ in 0..MAX_PENDING_HOLDS {
+            store.create_hold("default", Some("a"), held(), 60).unwrap();
+        }
+        let over = store.create_hold("default", Some("b"), held(), 60);
+        assert_eq!(over.unwrap_err().code(), "too_many_pending");
+        let proposal: super::super::proposals::NewProposal = serde_json::from_value(
+            serde_json::json!({"credentials": [{"key": "NEW_KEY"}], "user_message": "need it"}),
+        )
+        .unwrap();
+        store
+            .create_proposal("default", Some("b"), proposal)
+            .unwrap();
+    }
+
     #[test]
     fn previews_redact_and_cut() {
         let p = preview(

@@ -382,7 +382,8 @@ impl Store {
     }
 
     pub fn delete_credential(&self, actor: &str, vault: &str, key: &str) -> Result<(), VaultError> {
-        self.write(|t| {
+        // Deleting frees space: allowed into the headroom, so a full store can be emptied (review #66).
+        self.write_reserved(|t| {
             let v = find_vault(t, vault)?;
             if let Some(s) = vault_services(t, &v)?
                 .into_iter()
