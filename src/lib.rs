@@ -2,7 +2,8 @@
 //!
 //! The `airlock` binary's library: the [`cli`] and the data plane: [`serve`] (workers),
 //! [`proxy`], [`http`], [`policy`] (with [`rules`]), [`oauth`] (the token refresher), [`scrub`], [`netguard`],
-//! [`metrics`], [`follower`] (fleet mode) and [`supervise`]. What it shares with the admin
+//! [`metrics`], [`memory`] (returning a burst's memory), [`follower`] (fleet mode) and
+//! [`supervise`]. What it shares with the admin
 //! process (the vault, specs, config, request log) is the `airlock-core` crate, re-exported here
 //! under the same paths.
 
@@ -15,6 +16,7 @@ pub use airlock_core::{
 pub mod cli;
 pub mod follower;
 pub mod http;
+pub mod memory;
 pub mod metrics;
 pub mod netguard;
 pub mod oauth;

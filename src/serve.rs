@@ -149,6 +149,9 @@ pub struct ServeArgs {
     /// Most client connections at once; more get 503 overloaded [default: 10000]
     #[arg(long, value_name = "N")]
     pub max_connections: Option<NonZeroUsize>,
+    /// Most tunnels one agent holds open at once; more get 429 rate_limited; 0 = no cap [default: 1000]
+    #[arg(long, value_name = "N")]
+    pub agent_max_connections: Option<usize>,
     /// Requests per second per agent token, burst twice that; 0 = unlimited [default: 200]
     #[arg(long, value_name = "N")]
     pub agent_requests_per_second: Option<u32>,
@@ -372,6 +375,10 @@ fn limits(file: &FileConfig, args: &ServeArgs) -> Limits {
             .max_connections
             .or(file.max_connections)
             .map_or(d.max_connections, NonZeroUsize::get),
+        agent_max_connections: args
+            .agent_max_connections
+            .or(file.agent_max_connections)
+            .unwrap_or(d.agent_max_connections),
         ..d
     }
 }
@@ -497,6 +504,31 @@ fn proxy_tls(
     Ok(Some(Arc::new(config)))
 }
 
+/// Raises the soft limit of open files to the hard one: each client connection and each
+/// upstream connection is a descriptor, and `max_connections` (10,000 by default) is more than
+/// the common soft limit of 1,024. Says so when even the hard limit is below it.
+fn raise_open_files(max_connections: usize) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit.clone()) {
+            tracing::warn!("could not raise the open-file limit: {e}");
+        }
+    }
+    let have = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    let want = u64::try_from(max_connections)
+        .unwrap_or(u64::MAX)
+        .saturating_mul(2);
+    if have < want {
+        tracing::warn!(
+            open_files = have,
+            max_connections,
+            "the open-file limit is below twice max_connections (a client and an upstream connection each); raise LimitNOFILE"
+        );
+    }
+}
+
 /// Fleet mode: attaches the fleet to the store and catches up once before serving (a store that
 /// is down is warned about; the node serves what it has). Refuses a `store_url` for a data dir
 /// that is not a fleet node, and says so for a node with no `store_url`. Returns the node name.
@@ -580,6 +612,7 @@ pub fn run(
     reload: &Reload,
 ) -> Result<(), ServeError> {
     crate::secret::harden_process();
+    raise_open_files(settings.limits.max_connections);
     let (store, fleet_node, unlocked) = open_vault(&settings, sources, actor)?;
     let ca_path = settings.data_dir.join(CA_CERT_FILE);
     let ca_pem = std::fs::read_to_string(&ca_path).map_err(|source| VaultError::Io {
@@ -766,10 +799,15 @@ fn start_threads(
     std::thread::Builder::new()
         .name("airlock-watcher".into())
         .spawn(move || {
+            let mut trimmer = crate::memory::Trimmer::default();
             for tick in 1u64.. {
                 std::thread::sleep(Duration::from_millis(100));
                 if let Err(e) = watcher.refresh() {
                     tracing::warn!("reloading the vault failed: {e}");
+                }
+                // Every second: after a burst of connections, memory goes back (review #106).
+                if tick % 10 == 0 {
+                    trimmer.observe(watcher.stats.connections.load(Ordering::Relaxed));
                 }
                 // Every 10 s: free reader slots of CLI processes killed mid-read (row 54).
                 if tick % 100 == 0

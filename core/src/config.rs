@@ -73,6 +73,9 @@ pub struct FileConfig {
     pub max_body_bytes: Option<u64>,
     /// Most client connections open at once per process; more get 503 `overloaded`. Default 10000.
     pub max_connections: Option<NonZeroUsize>,
+    /// Most tunnels one agent holds open at once; more get 429 `rate_limited`; 0 = no cap.
+    /// Default 1000.
+    pub agent_max_connections: Option<usize>,
     /// Slack-compatible webhook the admin process notifies of new proposals (https, or http to
     /// loopback). The message holds hosts, key names and the approval link; never a secret.
     pub webhook_url: Option<String>,

@@ -52,6 +52,9 @@ pub(super) async fn read_head<S: AsyncReadRent>(
     }
 }
 
+/// Longest a connection or tunnel may wait before its first request head starts.
+pub(super) const FIRST_REQUEST_WAIT: Duration = Duration::from_secs(10);
+
 /// What the step given a request wants the loop to do next.
 #[derive(Debug)]
 pub(super) enum Next {
@@ -73,8 +76,14 @@ where
     S: Split + AsyncReadRent + AsyncWriteRent,
     F: AsyncFnMut(&mut BufConn<S>, Vec<u8>) -> Next,
 {
+    // A connection (or tunnel) that has sent no request yet waits less than one between
+    // requests: idle tunnels opened for nothing go soon (review #106).
+    let limits = shared.limits();
+    let mut wait = FIRST_REQUEST_WAIT
+        .min(limits.header_timeout)
+        .min(limits.idle_timeout);
     loop {
-        let raw = match read_head(shared, &mut conn, shared.limits().idle_timeout).await {
+        let raw = match read_head(shared, &mut conn, wait).await {
             Ok(Some(raw)) => raw,
             Ok(None) => return None,
             Err(e) => {
@@ -85,6 +94,7 @@ where
         if shared.shutting_down() {
             return None;
         }
+        wait = shared.limits().idle_timeout;
         let in_flight = shared.stats.in_flight();
         // Boxed: an idle connection's task then holds no room for an exchange in progress
         // (several KiB), only while one runs.

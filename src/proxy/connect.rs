@@ -142,6 +142,17 @@ async fn connect<S: Split + AsyncReadRent + AsyncWriteRent + 'static>(
             return reply_and_close(&mut client, &e).await;
         }
     };
+    let limits = shared.limits();
+    let bucket = shared.limiters.agents.bucket(id.limit_key);
+    let _slot = match shared.limiters.open_tunnel(
+        bucket.clone(),
+        &id.vault,
+        limits.agent_max_connections,
+        limits.max_connections,
+    ) {
+        Ok(slot) => slot,
+        Err(e) => return reply_and_close(&mut client, &e).await,
+    };
     let target = Target {
         scheme: Scheme::Https,
         host,
@@ -160,7 +171,7 @@ async fn connect<S: Split + AsyncReadRent + AsyncWriteRent + 'static>(
         }
     };
     match unmatched {
-        None => intercept::serve(shared, client, target, id, peer).await,
+        None => intercept::serve(shared, client, target, id, bucket, peer).await,
         Some(UnmatchedPolicy::Tunnel) => tunnel::serve(shared, client, target, id).await,
         Some(UnmatchedPolicy::Deny) => {
             let refused = no_service(&target.host, port, &shared.api_base);

@@ -29,6 +29,7 @@ pub(super) async fn serve<S: Split + AsyncReadRent + AsyncWriteRent + 'static>(
     mut client: BufConn<S>,
     target: Target,
     id: Identity,
+    bucket: Arc<AgentBucket>,
     peer: &Peer,
 ) {
     let Some(config) = leaf(&shared, &mut client, &target, &id).await else {
@@ -52,7 +53,7 @@ pub(super) async fn serve<S: Split + AsyncReadRent + AsyncWriteRent + 'static>(
     let mut tunnel = Tunnel {
         shared: &shared,
         target: &target,
-        bucket: shared.limiters.agents.bucket(id.limit_key),
+        bucket,
         id: &id,
         peer,
         checked: Checked::default(),

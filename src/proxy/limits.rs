@@ -3,7 +3,8 @@
 //! of failed authentications per client address (security.md row 51) that refuses further
 //! failures but never a request with a valid token, and [`Buckets`], plain token buckets by key
 //! for what is limited apart from requests: leaf mints per vault, refused CONNECTs and scoped-token
-//! mints per agent.
+//! mints per agent; and the open tunnels of each agent and each vault ([`Limiters::open_tunnel`],
+//! review #106: one agent's idle tunnels must not take every connection slot).
 //!
 //! A request in a tunnel takes no lock: its connection found the agent's atomics once
 //! ([`AgentLimits::bucket`]); the maps behind mutexes are used once per connection (per request
@@ -11,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -44,6 +45,22 @@ pub struct Limiters {
     pub refusals: Buckets<TokenHash>,
     /// `POST /v1/tokens` per agent (review B3).
     pub token_mints: Buckets<TokenHash>,
+    /// Open tunnels per vault.
+    vault_tunnels: Mutex<HashMap<String, Arc<AtomicUsize>>>,
+}
+
+/// One open tunnel, counted against its agent and its vault until dropped.
+#[derive(Debug)]
+pub struct TunnelSlot {
+    agent: Arc<AgentBucket>,
+    vault: Arc<AtomicUsize>,
+}
+
+impl Drop for TunnelSlot {
+    fn drop(&mut self) {
+        self.agent.tunnels.fetch_sub(1, Ordering::Relaxed);
+        self.vault.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Limiters {
@@ -55,7 +72,42 @@ impl Limiters {
             mints: Buckets::new(MINT_BURST, MINT_PER_SECOND),
             refusals: Buckets::new(REFUSAL_BURST, REFUSALS_PER_SECOND),
             token_mints: Buckets::new(TOKEN_MINT_BURST, TOKEN_MINTS_PER_SECOND),
+            vault_tunnels: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Counts a tunnel of `agent` (its authenticated CONNECT) in `vault`: refused with 429 when
+    /// the agent holds `per_agent` already (0: no cap), and with 503 when the vault holds three
+    /// quarters of `max_connections`, so the other vaults always find room.
+    pub fn open_tunnel(
+        &self,
+        agent: Arc<AgentBucket>,
+        vault: &str,
+        per_agent: usize,
+        max_connections: usize,
+    ) -> Result<TunnelSlot, ProxyError> {
+        let counter = {
+            let mut map = self.vault_tunnels.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(vault.to_owned()).or_default().clone()
+        };
+        let before_agent = agent.tunnels.fetch_add(1, Ordering::Relaxed);
+        let before_vault = counter.fetch_add(1, Ordering::Relaxed);
+        let slot = TunnelSlot {
+            agent,
+            vault: counter,
+        };
+        if per_agent > 0 && before_agent >= per_agent {
+            self.agents.refused.fetch_add(1, Ordering::Relaxed);
+            let m = format!(
+                "this agent holds {per_agent} tunnels open already (agent_max_connections); close idle ones"
+            );
+            return Err(ProxyError::new(ErrorKind::RateLimited, m));
+        }
+        if before_vault >= max_connections.saturating_mul(3).div_ceil(4) {
+            let m = "this vault's agents hold their share of the connections; retry shortly";
+            return Err(ProxyError::new(ErrorKind::Overloaded, m));
+        }
+        Ok(slot)
     }
 }
 
@@ -172,6 +224,8 @@ pub struct AgentLimits {
 pub struct AgentBucket {
     rate: Cell,
     in_flight: AtomicU32,
+    /// Tunnels open now ([`Limiters::open_tunnel`]).
+    tunnels: AtomicUsize,
 }
 
 /// Holds one in-flight slot until dropped.
@@ -318,6 +372,30 @@ mod tests {
 
     /// Fleet mode: with three live nodes each enforces a third of the budget (in flight rounded
     /// up); back to one node, the whole budget.
+    /// Row 111: an agent's tunnels are capped, a vault holds at most three quarters of the
+    /// connections, and a dropped slot is given back.
+    #[test]
+    fn tunnels_capped_per_agent_and_vault() {
+        let l = Limiters::new(0, 0);
+        let (a, b) = (
+            Arc::new(AgentBucket::default()),
+            Arc::new(AgentBucket::default()),
+        );
+        let mut held: Vec<_> = (0..2)
+            .map(|_| l.open_tunnel(a.clone(), "v1", 2, 8).unwrap())
+            .collect();
+        let e = l.open_tunnel(a.clone(), "v1", 2, 8).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::RateLimited);
+        held.extend((0..4).map(|_| l.open_tunnel(b.clone(), "v1", 0, 8).unwrap()));
+        let e = l.open_tunnel(b.clone(), "v1", 0, 8).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Overloaded, "v1 holds 6 of 8");
+        let other = l.open_tunnel(b.clone(), "v2", 0, 8).unwrap();
+        held.remove(0);
+        l.open_tunnel(a.clone(), "v1", 2, 8).unwrap();
+        drop(other);
+        assert_eq!(b.tunnels.load(Ordering::Relaxed), 4);
+    }
+
     #[test]
     fn fleet_nodes_share_the_budget() {
         let l = AgentLimits::new(30, 4);

@@ -368,6 +368,10 @@ pub struct Limits {
     pub body_cap: Option<u64>,
     /// Most client connections open at once per process; more get 503 `overloaded` (row 37).
     pub max_connections: usize,
+    /// Most tunnels one agent holds open at once (counted once its CONNECT authenticates); more
+    /// get 429 `rate_limited`. Zero: no cap. Each vault holds at most three quarters of
+    /// `max_connections`, so one vault's agents cannot take every slot (review #106).
+    pub agent_max_connections: usize,
     /// Longest an upstream connection may sit idle in the pool and still be reused; zero turns
     /// reuse off. Well under the 5 s keep-alive of Node and uvicorn servers, so the upstream
     /// rarely closes a connection just as it is reused.
@@ -385,6 +389,7 @@ pub struct LiveLimits {
     /// `u64::MAX` for no cap.
     body_cap: AtomicU64,
     max_connections: AtomicU64,
+    agent_max_connections: AtomicU64,
     pool_idle_ns: AtomicU64,
 }
 
@@ -401,6 +406,7 @@ impl LiveLimits {
             response_timeout_ns: AtomicU64::new(0),
             body_cap: AtomicU64::new(0),
             max_connections: AtomicU64::new(0),
+            agent_max_connections: AtomicU64::new(0),
             pool_idle_ns: AtomicU64::new(0),
         };
         live.store(l);
@@ -416,6 +422,8 @@ impl LiveLimits {
         self.body_cap.store(l.body_cap.unwrap_or(u64::MAX), o);
         self.max_connections
             .store(l.max_connections.try_into().unwrap_or(u64::MAX), o);
+        self.agent_max_connections
+            .store(l.agent_max_connections.try_into().unwrap_or(u64::MAX), o);
         self.pool_idle_ns.store(nanos(l.pool_idle), o);
     }
 
@@ -429,6 +437,8 @@ impl LiveLimits {
             response_timeout: d(&self.response_timeout_ns),
             body_cap: Some(self.body_cap.load(o)).filter(|&c| c != u64::MAX),
             max_connections: usize::try_from(self.max_connections.load(o)).unwrap_or(usize::MAX),
+            agent_max_connections: usize::try_from(self.agent_max_connections.load(o))
+                .unwrap_or(usize::MAX),
             pool_idle: d(&self.pool_idle_ns),
         }
     }
@@ -443,6 +453,7 @@ impl Default for Limits {
             response_timeout: Duration::from_secs(300),
             body_cap: None,
             max_connections: 10_000,
+            agent_max_connections: 1_000,
             pool_idle: Duration::from_secs(3),
         }
     }

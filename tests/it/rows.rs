@@ -741,3 +741,193 @@ fn row62_upstream_errors_leak_no_query_or_secret() {
         );
     }
 }
+
+/// Row 111 (review #106): one agent cannot take every connection slot. Its tunnels are capped
+/// (counted once its CONNECT authenticates, 429 past it), a vault's agents hold at most three
+/// quarters of `max_connections` (503 past it), so an agent of another vault still gets in; a
+/// tunnel that sends no request is closed soon; closed tunnels give their slots back.
+#[test]
+fn row111_one_agent_cannot_take_every_connection_slot() {
+    let s = Setup::with(
+        "auto",
+        &[
+            "--max-connections",
+            "40",
+            "--agent-max-connections",
+            "20",
+            "--header-timeout",
+            "2s",
+        ],
+        true,
+        true,
+    );
+    s.env.run(&["vault", "create", "v2"]).ok();
+    let other = s.env.agent_token("other", "v2");
+    let second = s.env.agent_token("second", "default");
+    let ca = std::fs::read(s.ca()).unwrap();
+    // An agent of another vault gets in (its vault has no service: 403, not 429 or 503).
+    let other_gets_in = || {
+        let auth = format!("{other}:v2");
+        let (_, head) = connect(s.proxy.addr, "api.openai.com:443", Some(&auth));
+        head.starts_with("HTTP/1.1 403") && head.contains("no_service")
+    };
+    let start = Instant::now();
+    while !other_gets_in() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "vault v2 never served"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let open = |token: &str, vault: &str| {
+        RawClient::open(
+            s.proxy.addr,
+            "api.openai.com",
+            "api.openai.com",
+            &format!("{token}:{vault}"),
+            &ca,
+        )
+    };
+    let mut held: Vec<RawClient> = (0..20)
+        .map(|_| open(&s.token, "default").unwrap())
+        .collect();
+    let refused = open(&s.token, "default").err().unwrap_or_default();
+    assert!(
+        refused.starts_with("HTTP/1.1 429") && refused.contains("rate_limited"),
+        "{refused}"
+    );
+    // Another agent of the same vault: up to the vault's share (30 of 40), then 503.
+    let mut second_held = Vec::new();
+    let refused = loop {
+        match open(&second, "default") {
+            Ok(c) => second_held.push(c),
+            Err(head) => break head,
+        }
+        assert!(
+            second_held.len() <= 10,
+            "the vault's share was not enforced"
+        );
+    };
+    assert_eq!(second_held.len(), 10);
+    assert!(
+        refused.starts_with("HTTP/1.1 503") && refused.contains("overloaded"),
+        "{refused}"
+    );
+    // An agent of another vault still gets in (its vault has no service: 403, not 429 or 503).
+    assert!(other_gets_in(), "another vault's agent was refused");
+    // The held tunnels work; closing some gives their slots back.
+    let r = held[0].send(b"GET /v1/still-works HTTP/1.1\r\nHost: api.openai.com\r\n\r\n");
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    held.truncate(10);
+    second_held.clear();
+    let mut idle = open(&s.token, "default").unwrap();
+    // A tunnel that sends no request is closed once the first-request wait (here the 2 s
+    // header timeout) passes.
+    let start = Instant::now();
+    idle.tls
+        .sock
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let n = idle.tls.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "the idle tunnel got bytes");
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(6),
+        "{waited:?}"
+    );
+}
+
+/// The serve process's resident memory in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// Row 112 (review #106): memory returns after a burst. 10,000 tunnels (CONNECT, TLS, one
+/// request each) opened and held at once, then closed: the resident memory of serve goes back
+/// to within twice what it was before.
+#[test]
+fn row112_memory_returns_after_ten_thousand_tunnels() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    const TUNNELS: usize = 10_000;
+    const THREADS: usize = 8;
+    let mut nofile = getrlimit(Resource::Nofile);
+    nofile.current = nofile.maximum;
+    setrlimit(Resource::Nofile, nofile).unwrap();
+    let s = Setup::with(
+        "auto",
+        &[
+            "--max-connections",
+            "14000",
+            "--agent-max-connections",
+            "0",
+            "--agent-requests-per-second",
+            "0",
+        ],
+        true,
+        true,
+    );
+    let ca = std::fs::read(s.ca()).unwrap();
+    let pid = s.proxy.pid();
+    // Warm up: the first connections size the workers' pools once.
+    for _ in 0..20 {
+        let mut c = s.raw("api.openai.com");
+        let r = c.send(b"GET /warm HTTP/1.1\r\nHost: api.openai.com\r\n\r\n");
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = rss_kib(pid);
+    let auth = format!("{}:default", s.token);
+    let started = Instant::now();
+    let held: Vec<Vec<RawClient>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|_| {
+                scope.spawn(|| {
+                    (0..TUNNELS / THREADS)
+                        .map(|_| {
+                            let mut c = RawClient::open(
+                                s.proxy.addr,
+                                "api.openai.com",
+                                "api.openai.com",
+                                &auth,
+                                &ca,
+                            )
+                            .unwrap();
+                            let r = c.send(b"GET /t HTTP/1.1\r\nHost: api.openai.com\r\n\r\n");
+                            assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+                            c
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let peak = rss_kib(pid);
+    let opened = held.iter().map(Vec::len).sum::<usize>();
+    eprintln!(
+        "{opened} tunnels in {:?}: serve RSS {before} KiB before, {peak} KiB at the peak",
+        started.elapsed()
+    );
+    assert_eq!(opened, TUNNELS);
+    drop(held);
+    let start = Instant::now();
+    loop {
+        let now = rss_kib(pid);
+        if now <= before * 2 {
+            eprintln!("after closing: {now} KiB in {:?}", start.elapsed());
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "RSS stayed at {now} KiB (before {before} KiB, peak {peak} KiB)"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
