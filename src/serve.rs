@@ -512,7 +512,7 @@ fn raise_open_files(max_connections: usize) {
     let mut limit = getrlimit(Resource::Nofile);
     if limit.current != limit.maximum {
         limit.current = limit.maximum;
-        if let Err(e) = setrlimit(Resource::Nofile, limit.clone()) {
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
             tracing::warn!("could not raise the open-file limit: {e}");
         }
     }
