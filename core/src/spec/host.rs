@@ -189,14 +189,45 @@ const INTERNAL_SUFFIXES: &[&str] = &[
     "lacolhost.com",
 ];
 
+/// Hosting where anyone can get a subdomain, missing from the Public Suffix List (review #105):
+/// an agent's wildcard over one (`*.run.app`) would match hosts anyone can create. Operators can
+/// still configure such a wildcard themselves; an exact name under one is fine.
+const SHARED_HOSTING: &[&str] = &[
+    "amazonaws.com",
+    "appspot.com",
+    "azurewebsites.net",
+    "cloudfront.net",
+    "fly.dev",
+    "glitch.me",
+    "ngrok.io",
+    "ngrok-free.app",
+    "onrender.com",
+    "pages.dev",
+    "repl.co",
+    "run.app",
+    "trycloudflare.com",
+    "vercel.app",
+    "web.app",
+    "workers.dev",
+];
+
 /// Why an agent may not propose `host`, if it may not: a single-label name, a name under an
-/// internal suffix, or a wildcard-DNS service.
+/// internal suffix, a wildcard-DNS service, or a wildcard over shared hosting.
 pub fn internal(host: &HostName) -> Option<&'static str> {
     let name = match host {
         HostName::Exact(h) | HostName::Wildcard(h) => h.as_str(),
     };
     if !name.contains('.') && !matches!(host, HostName::Wildcard(_)) {
         return Some("single-label names resolve inside the local network");
+    }
+    if matches!(host, HostName::Wildcard(_))
+        && SHARED_HOSTING
+            .iter()
+            .any(|s| name == *s || name.strip_suffix(s).is_some_and(|p| p.ends_with('.')))
+    {
+        return Some(
+            "a wildcard over shared hosting (*.run.app, *.amazonaws.com, ...) would match names anyone can create; propose the exact host",
+        );
     }
     INTERNAL_SUFFIXES
         .iter()
@@ -358,12 +389,17 @@ mod tests {
             "1-2-3-4.nip.io",
             "*.sslip.io",
             "app.localtest.me",
+            "*.run.app",
+            "*.glitch.me",
+            "*.amazonaws.com",
         ] {
             assert!(refused(bad).is_some(), "{bad} was allowed");
         }
         for good in [
             "api.openai.com",
             "*.atlassian.net",
+            "my-api.run.app",
+            "bedrock-runtime.us-east-1.amazonaws.com",
             "nip.io.example.com",
             "svc.example.com",
         ] {
