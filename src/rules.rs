@@ -151,8 +151,10 @@ impl Rules {
         query: Option<&str>,
         verdict: Verdict<'_>,
     ) -> bool {
-        self.evaluate_with(agent, req, path, query, &self.methods)
-            .is_ok_and(|worst| rank(&worst) > rank(&verdict))
+        !self.methods.is_empty()
+            && self
+                .evaluate_with(agent, req, path, query, &self.methods)
+                .is_ok_and(|worst| rank(&worst) > rank(&verdict))
     }
 
     /// Judges `req` (whose path and query `inject` split off) for `agent`.

@@ -250,15 +250,15 @@ impl<'a, C: AsyncReadRent + AsyncWriteRent> Call<'a, C> {
         route: Route<'_>,
     ) -> Result<Verdict<'a>, ExchangeError> {
         let service = self.prepared.service;
-        let (Some(rules), Some(content_type)) = (
-            service.rules.as_deref(),
-            req.one("content-type").ok().flatten(),
-        ) else {
+        let Some(rules) = service.rules.as_deref() else {
             return Ok(verdict);
         };
         if self.prepared.framing == Framing::Empty {
             return Ok(verdict);
         }
+        let Some(content_type) = req.one("content-type").ok().flatten() else {
+            return Ok(verdict);
+        };
         let (path, query) = inject::path_and_query(req, route.target, route.absolute_ok)?;
         if !rules.body_method_matters(route.agent, req, path, query, verdict) {
             return Ok(verdict);
