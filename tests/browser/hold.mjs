@@ -15,7 +15,7 @@ try {
   check(text.includes('Held request'), 'the held request is shown');
   check(text.includes('POST api.openai.com/v1/refunds'), 'method, host and path are shown');
   check(text.includes('refunds-need-a-person'), 'the rule is named');
-  check(text.includes('[redacted]') && !text.includes('not-for-the-operator'), 'the body preview is redacted');
+  check(text.includes('[REDACTED BY AIRLOCK]') && !text.includes('not-for-the-operator'), 'the body preview is redacted');
   await shot(page, 'hold-proposal');
   const approve = page.locator('button:has-text("Approve")');
   await approve.focus();

@@ -515,7 +515,7 @@ fn held_requests_wait_for_an_operator() {
     );
     assert!(
         shown.contains("query keys: expand")
-            && shown.contains("[redacted]")
+            && shown.contains("[REDACTED BY AIRLOCK]")
             && !shown.contains("not-for-the-operator"),
         "{shown}"
     );
