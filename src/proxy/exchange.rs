@@ -273,6 +273,8 @@ impl<'a, C: AsyncReadRent + AsyncWriteRent> Call<'a, C> {
         };
         let body = match self.prepared.framing {
             Framing::Length(n) if n <= hold::HOLD_BODY_MAX => self.hold_body(n).await?,
+            // A hold needs the body in hand too, and refuses it with its own error.
+            _ if verdict.action == RuleAction::Hold => return Ok(verdict),
             _ => {
                 let why = format!(
                     "a body that is not Content-Length of at most {} bytes cannot be read first",
