@@ -541,9 +541,7 @@ impl Fleet {
             node: node.to_owned(),
         };
         let key = LogKey::derive(root, &marker.fleet_id);
-        let batch = encode(BATCH_CHECKPOINT, &snapshot);
-        let tag = key.tag(seq, node, &GENESIS, &batch);
-        self.with_client(|c| {
+        let tag = self.with_client(|c| {
             let mut tx = c.transaction()?;
             tx.batch_execute(SCHEMA)?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])?;
@@ -557,17 +555,13 @@ impl Fleet {
                 "INSERT INTO airlock_fleet (id, fleet_id, ca_pem, ca_key_wrapped) VALUES (1, $1, $2, $3)",
                 &[&marker.fleet_id, &ca_pem, &ca_key],
             )?;
-            tx.execute(
-                "INSERT INTO airlock_changes (seq, node, batch, tag) VALUES ($1, $2, $3, $4)",
-                &[&seq_i64(seq), &node, &batch, &&tag[..]],
-            )?;
+            let tag = append(&mut tx, &key, seq, node, &GENESIS, BATCH_CHECKPOINT, &snapshot)?;
             tx.commit()?;
-            Ok(())
+            Ok(tag)
         })?;
         let mut t = store.begin_write()?;
         mark(&mut t, &marker, &key)?;
-        t.put_raw(t.dbs().meta, META_LOG_TAG, &tag)?;
-        t.put_meta_u64(META_GENERATION, seq)?;
+        advance(&mut t, seq, Some(&tag))?;
         t.commit()?;
         Ok(marker)
     }
@@ -711,16 +705,17 @@ impl Fleet {
                 t.apply(&changes).map_err(fleet_of)?;
             }
             let seq = head + 1;
-            let batch = encode(BATCH_CHECKPOINT, &t.snapshot().map_err(fleet_of)?);
-            let tag = key.tag(seq, &marker.node, &GENESIS, &batch);
-            tx.execute(
-                "INSERT INTO airlock_changes (seq, node, batch, tag) VALUES ($1, $2, $3, $4)",
-                &[&seq_i64(seq), &marker.node, &batch, &&tag[..]],
+            let snapshot = t.snapshot().map_err(fleet_of)?;
+            let tag = append(
+                &mut tx,
+                &key,
+                seq,
+                &marker.node,
+                &GENESIS,
+                BATCH_CHECKPOINT,
+                &snapshot,
             )?;
-            tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &seq.to_string()])?;
-            t.put_raw(t.dbs().meta, META_LOG_TAG, &tag)
-                .map_err(fleet_of)?;
-            t.put_meta_u64(META_GENERATION, seq).map_err(fleet_of)?;
+            advance(&mut t, seq, Some(&tag)).map_err(fleet_of)?;
             tx.commit()?;
             t.commit().map_err(fleet_of)?;
             Ok(Some(seq))
@@ -806,19 +801,54 @@ fn write_locked<R, E: From<StoreError>>(
         return Ok(out);
     }
     let seq = head + 1;
-    let batch = encode(BATCH_CHANGES, &changes);
-    let tag = key.tag(seq, &marker.node, &prev, &batch);
-    tx.execute(
-        "INSERT INTO airlock_changes (seq, node, batch, tag) VALUES ($1, $2, $3, $4)",
-        &[&seq_i64(seq), &marker.node, &batch, &&tag[..]],
+    let tag = append(
+        &mut tx,
+        &key,
+        seq,
+        &marker.node,
+        &prev,
+        BATCH_CHANGES,
+        &changes,
     )?;
-    tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &seq.to_string()])?;
-    t.put_meta_u64(META_GENERATION, seq).map_err(op)?;
-    t.put_raw(t.dbs().meta, META_LOG_TAG, &tag).map_err(op)?;
+    advance(&mut t, seq, Some(&tag)).map_err(op)?;
     tx.commit()?;
     // Committed in the fleet: a failure here is repaired by the next catch-up.
     t.commit().map_err(op)?;
     Ok(out)
+}
+
+/// Appends row `seq`: `changes` as a batch of `kind`, tagged after `prev`, announced to the
+/// followers (they see it once the transaction commits). Returns its tag.
+fn append(
+    tx: &mut impl postgres::GenericClient,
+    key: &LogKey,
+    seq: u64,
+    node: &str,
+    prev: &Tag,
+    kind: u8,
+    changes: &[Change],
+) -> Result<Tag, FleetError> {
+    let batch = encode(kind, changes);
+    let tag = key.tag(seq, node, prev, &batch);
+    tx.execute(
+        "INSERT INTO airlock_changes (seq, node, batch, tag) VALUES ($1, $2, $3, $4)",
+        &[&seq_i64(seq), &node, &batch, &&tag[..]],
+    )?;
+    tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &seq.to_string()])?;
+    Ok(tag)
+}
+
+/// Records this node's position: the generation and, on the chain, the last row's tag.
+fn advance(
+    t: &mut Txn<lmdb::RwTransaction<'_>>,
+    seq: u64,
+    tag: Option<&Tag>,
+) -> Result<(), StoreError> {
+    t.put_meta_u64(META_GENERATION, seq)?;
+    match tag {
+        Some(tag) => t.put_raw(t.dbs().meta, META_LOG_TAG, tag),
+        None => Ok(()),
+    }
 }
 
 fn head_seq(c: &mut impl postgres::GenericClient) -> Result<u64, FleetError> {
@@ -897,12 +927,8 @@ fn apply_in(
         }
         t.apply(&changes)?;
         generation = row.seq;
-        let tag = row.tag.as_deref().and_then(|t| Tag::try_from(t).ok());
-        prev = tag;
-        t.put_meta_u64(META_GENERATION, generation)?;
-        if let Some(tag) = &prev {
-            t.put_raw(t.dbs().meta, META_LOG_TAG, tag)?;
-        }
+        prev = row.tag.as_deref().and_then(|t| Tag::try_from(t).ok());
+        advance(t, generation, prev.as_ref())?;
     }
     Ok((key, generation))
 }
