@@ -88,6 +88,7 @@ pub(super) async fn exchange<C: AsyncReadRent + AsyncWriteRent>(
         early: None,
     };
     let verdict = call.judge_body(verdict, req, route).await?;
+    call.row.rule = verdict.name().map(str::to_owned);
     call.apply(verdict, req, route).await?;
     let Some(oauth) = oauth else {
         let held = match call.prepared.service.sigv4.as_deref() {

@@ -73,6 +73,39 @@ pub(crate) struct Origin {
     pub connections: Arc<AtomicUsize>,
 }
 
+/// A test CA (written to `dir/origin-ca.pem`) and a leaf certificate it signed for `hosts`,
+/// expired yesterday with `expired`.
+pub(crate) fn certificate(
+    dir: &std::path::Path,
+    hosts: &[&str],
+    expired: bool,
+) -> (PathBuf, rcgen::Certificate, KeyPair) {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::default();
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "EchoOrigin test CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let ca_file = dir.join("origin-ca.pem");
+    std::fs::write(&ca_file, ca_cert.pem()).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let mut leaf =
+        CertificateParams::new(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>()).unwrap();
+    leaf.use_authority_key_identifier_extension = true;
+    if expired {
+        leaf.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        leaf.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    }
+    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
+    (ca_file, leaf_cert, leaf_key)
+}
+
 impl Origin {
     /// An HTTPS origin whose certificate names `hosts`.
     pub(crate) fn https(dir: &std::path::Path, hosts: &[&str]) -> Self {
@@ -90,30 +123,7 @@ impl Origin {
     }
 
     fn https_opts(dir: &std::path::Path, hosts: &[&str], expired: bool, idle: Duration) -> Self {
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca_params = CertificateParams::default();
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "EchoOrigin test CA");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-        let ca_file = dir.join("origin-ca.pem");
-        std::fs::write(&ca_file, ca_cert.pem()).unwrap();
-        let issuer = Issuer::new(ca_params, ca_key);
-        let leaf_key = KeyPair::generate().unwrap();
-        let mut leaf =
-            CertificateParams::new(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        leaf.use_authority_key_identifier_extension = true;
-        if expired {
-            leaf.not_before = rcgen::date_time_ymd(2020, 1, 1);
-            leaf.not_after = rcgen::date_time_ymd(2021, 1, 1);
-        }
-        let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
+        let (ca_file, leaf_cert, leaf_key) = certificate(dir, hosts, expired);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()

@@ -853,3 +853,204 @@ fn held_request_reviews_show_what_the_agent_chose() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The framework-like origin (`tests/origins/framework.py`), killed on drop.
+struct FrameworkOrigin {
+    child: std::process::Child,
+    port: u16,
+    log: std::path::PathBuf,
+}
+
+impl FrameworkOrigin {
+    fn start(env: &crate::harness::Env) -> (Self, std::path::PathBuf) {
+        use std::io::BufRead;
+        let (ca, cert, key) =
+            crate::origin::certificate(env.tmp.path(), &["api.openai.com"], false);
+        let cert_file = env.write("framework-cert.pem", &cert.pem());
+        let key_file = env.write("framework-key.pem", &key.serialize_pem());
+        let log = env.path("framework.log");
+        let mut child = std::process::Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/origins/framework.py"
+            ))
+            .args([&cert_file, &key_file, &log])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line.trim().parse().expect("the framework origin's port");
+        (Self { child, port, log }, ca)
+    }
+
+    /// What the origin acted on, one reading per request it received.
+    fn readings(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for FrameworkOrigin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Rows 100, 104, 105 (review 3, #72-#75): every bypass spelling of the review is sent to an
+/// origin that reads requests as Python and Node frameworks do (fragment dropped, `_method` in
+/// body or query, WSGI header names, `;` and indexed query keys). Whatever reaches it, it never
+/// acts on a request the rules deny or hold, and a limited one no more often than the limit.
+#[test]
+fn rule_bypasses_meet_an_origin_that_reads_like_a_framework() {
+    let env = crate::harness::Env::init();
+    env.run_stdin(&["credential", "set", "OPENAI_KEY"], b"sk-framework-test")
+        .ok();
+    env.set_services(RULED);
+    let token = env.agent_token("bot", "default");
+    let (origin, origin_ca) = FrameworkOrigin::start(&env);
+    let resolve = format!("api.openai.com:443:127.0.0.1:{}", origin.port);
+    let ca = origin_ca.to_str().unwrap();
+    let proxy = Proxy::start(
+        &env,
+        &[
+            "--upstream-ca-file",
+            ca,
+            "--network-allow",
+            "127.0.0.1/32",
+            "--resolve",
+            &resolve,
+        ],
+    );
+    let send = |args: &[&str]| {
+        let mut c = std::process::Command::new("curl");
+        // -g: `[0]` in a URL is sent as written, not a curl glob.
+        c.args([
+            "-sS",
+            "-g",
+            "-i",
+            "--suppress-connect-headers",
+            "--max-time",
+            "10",
+            "--proxy",
+        ])
+        .arg(proxy.url(&token, "default"))
+        .arg("--cacert")
+        .arg(env.data_dir.join("ca.pem"))
+        .args(args);
+        let run = output(c, None);
+        // Each attempt gets an HTTP answer: refused by airlock, or the origin's.
+        assert!(run.stdout.starts_with("HTTP/1.1 "), "{args:?}: {run:?}");
+        run
+    };
+    let base = "https://api.openai.com";
+    let url = |p: &str| format!("{base}{p}");
+    let (refunds, files, file, runs) = (
+        url("/v1/refunds"),
+        url("/v1/files"),
+        url("/v1/files/f1"),
+        url("/v1/runs"),
+    );
+    let json = "content-type: application/json";
+    let (get_override, dry) = (
+        format!("{file}?_method=DELETE"),
+        format!("{runs}?dry_run=1"),
+    );
+    let (dry_semicolon, dry_indexed, dry_encoded) = (
+        format!("{runs}?a=1;dry_run=1"),
+        format!("{runs}?dry_run[0]=1"),
+        format!("{runs}?dry%5Frun=1"),
+    );
+    let attempts: Vec<Vec<&str>> = vec![
+        vec![
+            "-X",
+            "POST",
+            "-d",
+            "{}",
+            "--request-target",
+            "/v1/refunds#",
+            &refunds,
+        ],
+        vec![
+            "-X",
+            "POST",
+            "-d",
+            "{}",
+            "--request-target",
+            "/v1/refunds#x",
+            &refunds,
+        ],
+        vec!["-X", "DELETE", "--request-target", "/v1/files/f1#", &file],
+        vec!["-X", "POST", "-d", "_method=DELETE", &file],
+        vec!["-X", "POST", "-d", "a=1;_method=DELETE", &file],
+        vec!["-X", "POST", "-d", "%5Fmethod=DELETE", &file],
+        vec![
+            "-X",
+            "POST",
+            "-H",
+            json,
+            "-d",
+            r#"{"_method":"DELETE"}"#,
+            &file,
+        ],
+        vec![
+            "-X",
+            "POST",
+            "-H",
+            json,
+            "-d",
+            r#"{"\u005fmethod":"DELETE"}"#,
+            &file,
+        ],
+        vec!["-X", "GET", &get_override],
+        vec!["-X", "POST", "-H", "X-HTTP-Method-Override: DELETE", &file],
+        vec!["-X", "POST", "-H", "X_HTTP_Method_Override: DELETE", &file],
+        vec!["-H", "X_Confirm: yes", &dry],
+        vec!["-H", "X-Confirm: yes", &dry_semicolon],
+        vec!["-H", "X-Confirm: yes", &dry_indexed],
+        vec!["-H", "x-confirm: yes", &dry_encoded],
+    ];
+    for args in &attempts {
+        send(args);
+    }
+    for i in 0..6 {
+        let target = format!("/v1/files#{i}");
+        send(&["-X", "POST", "-d", "x", "--request-target", &target, &files]);
+    }
+    let r = send(&[&url("/v1/models")]);
+    assert!(r.stdout.starts_with("HTTP/1.1 200"), "{r:?}");
+    let readings = origin.readings();
+    assert!(
+        readings
+            .iter()
+            .any(|r| r["method"] == "GET" && r["path"] == "/v1/models"),
+        "the origin logs what it reads: {readings:?}"
+    );
+    let has = |r: &Value, field: &str, v: &str| r[field].as_array().unwrap().iter().any(|x| x == v);
+    for r in &readings {
+        let (method, path) = (r["method"].as_str().unwrap(), r["path"].as_str().unwrap());
+        assert!(
+            !(method == "DELETE" && path.starts_with("/v1/")),
+            "denied, yet acted on: {r}"
+        );
+        assert!(
+            !(method == "POST" && path == "/v1/refunds"),
+            "held, yet acted on: {r}"
+        );
+        assert!(
+            !(has(r, "query_keys", "dry_run") && has(r, "headers", "X_CONFIRM")),
+            "denied by its query and header, yet acted on: {r}"
+        );
+    }
+    let posts = readings
+        .iter()
+        .filter(|r| r["method"] == "POST" && r["path"] == "/v1/files")
+        .count();
+    assert!(posts <= 3, "a limit of 3 a minute, acted on {posts} times");
+}
