@@ -763,7 +763,7 @@ fn proposals_carry_rules_and_the_review_shows_them() {
 /// refused before anyone is asked, and nothing goes upstream.
 #[test]
 fn held_request_reviews_show_what_the_agent_chose() {
-    let s = Setup::new("auto");
+    let s = crate::admin::with_admin();
     s.env.set_services(
         "services:\n  - name: openai\n    host: api.openai.com\n    auth: {type: bearer, token: OPENAI_KEY}\n    rules:\n      - {name: no-deletes, methods: [DELETE], action: deny}\n      - {name: posts-need-a-person, methods: [POST], action: hold}\n",
     );
@@ -821,6 +821,15 @@ fn held_request_reviews_show_what_the_agent_chose() {
             "REDACTED by airlock (names look secret; values not shown): destination_card"
         ) && !shown.contains("acct_ATTACKER"),
         "{shown}"
+    );
+    // The admin UI's card of the held request: the same, escaped.
+    let b = crate::admin::Browser::new(&s);
+    assert_eq!(b.login(PASSWORD), 303);
+    let (_, page) = b.req("GET", &format!("/proposals/{id}"), &[], &[]);
+    assert!(!page.contains('\u{202e}'), "raw bidi on the page");
+    assert!(
+        page.contains("/pay/\\u{202e}moc.live/x") && page.contains("\\u{202e}yek"),
+        "{page}"
     );
     s.env
         .run(&["proposal", "reject", &id, "--reason", "no"])
