@@ -55,6 +55,16 @@ pub(super) async fn read_head<S: AsyncReadRent>(
 /// Longest a connection or tunnel may wait before its first request head starts.
 pub(super) const FIRST_REQUEST_WAIT: Duration = Duration::from_secs(10);
 
+/// How long a connection may wait between requests once it has sent one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Between {
+    /// An intercepted tunnel, whose agent authenticated: `idle_timeout`.
+    Idle,
+    /// A connection no CONNECT authenticated (the agent API, plain proxying): the first-request
+    /// wait every time, so idle keep-alive connections cannot hold the connection cap for long.
+    Short,
+}
+
 /// What the step given a request wants the loop to do next.
 #[derive(Debug)]
 pub(super) enum Next {
@@ -70,6 +80,7 @@ pub(super) enum Next {
 pub(super) async fn requests<S, F>(
     shared: &Shared,
     mut conn: BufConn<S>,
+    between: Between,
     mut step: F,
 ) -> Option<(BufConn<S>, Request)>
 where
@@ -94,7 +105,9 @@ where
         if shared.shutting_down() {
             return None;
         }
-        wait = shared.limits().idle_timeout;
+        if let Between::Idle = between {
+            wait = shared.limits().idle_timeout;
+        }
         let in_flight = shared.stats.in_flight();
         // Boxed: an idle connection's task then holds no room for an exchange in progress
         // (several KiB), only while one runs.

@@ -11,7 +11,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
 use monoio::net::TcpStream;
 use monoio_rustls::TlsAcceptor;
 
-use super::client::{self, Next, reply_and_close};
+use super::client::{self, Between, Next, reply_and_close};
 use super::error::{ErrorKind, ProxyError, no_service};
 use super::log::refuse_unmatched;
 use super::peer::Peer;
@@ -70,7 +70,7 @@ async fn serve_io<S: Split + AsyncReadRent + AsyncWriteRent + 'static>(
     peer: &Peer,
 ) {
     let s = &shared;
-    let handed = client::requests(s, BufConn::new(io), async |client, raw| {
+    let handed = client::requests(s, BufConn::new(io), Between::Short, async |client, raw| {
         let req = match Request::parse(raw) {
             Ok(req) => req,
             Err(e) => return Next::Done(Err(ProxyError::from(e).into())),

@@ -12,7 +12,7 @@ use monoio_rustls::TlsAcceptor;
 
 use super::Shared;
 use super::auth::{Checked, Identity};
-use super::client::{self, Next, established, reply_and_close};
+use super::client::{self, Between, Next, established, reply_and_close};
 use super::error::{ErrorKind, ProxyError};
 use super::exchange::{self, Route};
 use super::limits::AgentBucket;
@@ -58,9 +58,12 @@ pub(super) async fn serve<S: Split + AsyncReadRent + AsyncWriteRent + 'static>(
         peer,
         checked: Checked::default(),
     };
-    client::requests(&shared, BufConn::new(tls), async |conn, raw| {
-        Next::Done(tunnel.request(conn, raw).await)
-    })
+    client::requests(
+        &shared,
+        BufConn::new(tls),
+        Between::Idle,
+        async |conn, raw| Next::Done(tunnel.request(conn, raw).await),
+    )
     .await;
 }
 

@@ -836,6 +836,21 @@ fn row111_one_agent_cannot_take_every_connection_slot() {
         waited >= Duration::from_millis(1500) && waited < Duration::from_secs(6),
         "{waited:?}"
     );
+    // So is a keep-alive connection no CONNECT authenticated (here the agent API's), after its
+    // request: it cannot hold a connection slot for the whole idle timeout.
+    let mut api = TcpStream::connect(s.proxy.addr).unwrap();
+    api.write_all(b"GET /healthz HTTP/1.1\r\nHost: airlock\r\n\r\n")
+        .unwrap();
+    api.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let start = Instant::now();
+    let mut answer = Vec::new();
+    api.read_to_end(&mut answer).unwrap();
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 /// The serve process's resident memory in KiB.
