@@ -14,6 +14,7 @@ mod operator;
 mod output;
 mod proposal;
 mod run;
+mod sandbox;
 mod service;
 mod vault;
 
@@ -77,6 +78,16 @@ pub enum Command {
     Config(ConfigCmd),
     /// Run an agent with its traffic through airlock (scoped token, proxy and CA variables)
     Run(run::RunArgs),
+    /// Inside `run --sandbox`: relay 127.0.0.1:PORT to the run's socket and run the command
+    #[command(hide = true)]
+    SandboxRelay {
+        #[arg(long)]
+        socket: PathBuf,
+        #[arg(long)]
+        port: u16,
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
     /// Manage the operators who log in to the admin UI (password on stdin or a prompt)
     #[command(subcommand)]
     Operator(OperatorCmd),
@@ -443,6 +454,14 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         let ctx = Ctx::new(&cli.global)?;
         return run::run(&ctx, args);
     }
+    if let Command::SandboxRelay {
+        socket,
+        port,
+        command,
+    } = &cli.command
+    {
+        return sandbox::relay_inside(socket, *port, command);
+    }
     dispatch(cli).map(|()| ExitCode::SUCCESS)
 }
 
@@ -481,6 +500,6 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
                 logs::run(&ctx, &vault, follow, json)
             }
         }
-        Command::Config(_) | Command::Run(_) => Ok(()),
+        Command::Config(_) | Command::Run(_) | Command::SandboxRelay { .. } => Ok(()),
     }
 }

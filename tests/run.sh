@@ -20,7 +20,7 @@ fetch() {
 # System packages the tests use (real clients and tools). Installed only when missing.
 need_apt=()
 for pair in curl:curl python3:python3 chromium:chromium setpriv:util-linux git:git fiu-run:fiu-utils go:golang-go \
-    tinyproxy:tinyproxy openssl:openssl; do
+    tinyproxy:tinyproxy openssl:openssl bwrap:bubblewrap; do
     cmd=${pair%%:*}; pkg=${pair#*:}
     command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done

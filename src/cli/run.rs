@@ -73,6 +73,14 @@ pub struct RunArgs {
     /// Print the agent guide (for an agent's instructions) and exit
     #[arg(long)]
     pub print_guide: bool,
+    /// Run the agent in a sandbox whose only way out is airlock (Linux, bubblewrap): a network
+    /// namespace with only loopback, the system read-only, the working directory writable,
+    /// credential files hidden
+    #[arg(long)]
+    pub sandbox: bool,
+    /// With --sandbox: a path to leave visible and writable (repeatable)
+    #[arg(long, value_name = "PATH", requires = "sandbox")]
+    pub allow_path: Vec<PathBuf>,
     /// The command to run
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -172,7 +180,8 @@ pub(super) fn run(ctx: &Ctx, args: RunArgs) -> Result<std::process::ExitCode, Cl
         revoke(ctx, &proxy, &token);
         return Err(e);
     }
-    if token.local {
+    // In the sandbox the data dir is hidden from the agent.
+    if token.local && !args.sandbox {
         warn_same_user(&ctx.data_dir);
     }
     let dir = run_dir()?;
@@ -184,9 +193,37 @@ pub(super) fn run(ctx: &Ctx, args: RunArgs) -> Result<std::process::ExitCode, Cl
             source,
         }
     })?;
-    let (host_port, proxy_with_auth) = proxy_parts(&proxy, &token.token, &token.vault)?;
-    let mut child = Command::new(program);
-    child.args(program_args);
+    let (mut child, inside) = if args.sandbox {
+        let (scheme, outside) = split_url(&proxy);
+        if scheme != "http" {
+            return Err(CliError::Usage(
+                "--sandbox relays a plain http:// proxy port (give --proxy http://...)".into(),
+            ));
+        }
+        let port = outside
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or(7480);
+        super::sandbox::relay_outside(&dir, outside.to_owned())?;
+        let sandbox = super::sandbox::Sandbox {
+            run_dir: &dir,
+            port,
+            airlock_paths: [Some(ctx.data_dir.clone()), ctx.config_path.clone()]
+                .into_iter()
+                .flatten()
+                .map(|p| std::path::absolute(&p).unwrap_or(p))
+                .collect(),
+            allowed: &args.allow_path,
+        };
+        let (child, how) = sandbox.command(program, program_args)?;
+        eprintln!("airlock: run: {how}");
+        (child, format!("http://127.0.0.1:{port}"))
+    } else {
+        let mut child = Command::new(program);
+        child.args(program_args);
+        (child, proxy.clone())
+    };
+    let (host_port, proxy_with_auth) = proxy_parts(&inside, &token.token, &token.vault)?;
     let values = token.values.as_deref().unwrap_or_else(|why| {
         if token.local {
             eprintln!(
@@ -624,7 +661,7 @@ fn spawn_and_wait(cmd: &mut Command, program: &str) -> Result<ExitStatus, CliErr
 }
 
 /// The child's exit code, or 128 + the signal that ended it (as shells report it).
-fn exit_code(status: ExitStatus) -> u8 {
+pub(super) fn exit_code(status: ExitStatus) -> u8 {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
         (Some(c), _) => u8::try_from(c).unwrap_or(1),

@@ -23,5 +23,6 @@ mod proxy_tls;
 mod rows;
 mod rules;
 mod run;
+mod sandbox;
 mod storage;
 mod vault_keys;

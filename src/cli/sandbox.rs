@@ -1,0 +1,279 @@
+//! `airlock run --sandbox`: the agent's only way out is airlock (issue "sandboxed run").
+//!
+//! The agent runs under bubblewrap (`bwrap`, Debian's `bubblewrap`: what Flatpak and the
+//! agents' own Linux sandboxes use; one well-kept setuid-free tool instead of our own namespace
+//! and mount code) in a network namespace of its own with only loopback: no route, no DNS server
+//! that answers, none of the host's loopback services, no metadata address. The proxy answers
+//! inside at `127.0.0.1:PORT` through two relays airlock owns: [`relay_inside`] (the sandbox's
+//! first process, `airlock sandbox-relay`) listens there and passes each connection to a Unix
+//! socket in the run's private directory, where [`relay_outside`] (a thread of `airlock run`)
+//! passes it on to the real proxy. Files: the system read-only, the working directory and the
+//! agents' own state directories writable, the run's directory and a fresh `/tmp`; the places
+//! credentials usually live, and airlock's data dir and config, hidden unless `--allow-path`
+//! names them. Without `bwrap`, or where namespaces are not allowed, `--sandbox` stops with one
+//! line; it never runs the agent unsandboxed.
+//!
+//! This module builds the sandbox and relays bytes; it never sees a request's content and holds
+//! no token of its own.
+
+use std::io;
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use super::CliError;
+
+/// Where credentials usually live under `$HOME`, hidden from the agent.
+const HIDDEN_IN_HOME: &[&str] = &[
+    ".ssh",
+    ".aws",
+    ".config/gcloud",
+    ".azure",
+    ".kube",
+    ".docker/config.json",
+    ".netrc",
+    ".gnupg",
+    ".local/share/keyrings",
+    ".password-store",
+    ".config/gh",
+    ".git-credentials",
+];
+/// The agents' own state, kept writable so they work as usual.
+const AGENT_STATE: &[&str] = &[
+    ".claude",
+    ".claude.json",
+    ".codex",
+    ".config/opencode",
+    ".local/share/opencode",
+    ".local/state/opencode",
+    ".openclaw",
+    ".hermes",
+    ".cache",
+    ".npm",
+];
+/// The socket inside the run's directory that the two relays meet at.
+pub(super) const SOCKET: &str = "proxy.sock";
+
+/// What the sandbox is built from.
+#[derive(Debug)]
+pub(super) struct Sandbox<'a> {
+    /// The run's private directory (CA bundle, the relay socket): visible inside.
+    pub run_dir: &'a Path,
+    /// The loopback port the proxy answers at inside.
+    pub port: u16,
+    /// airlock's data dir and config file: hidden.
+    pub airlock_paths: Vec<PathBuf>,
+    /// `--allow-path`: neither hidden nor made read-only.
+    pub allowed: &'a [PathBuf],
+}
+
+/// The `bwrap` on `PATH`, or why there is none.
+fn bwrap() -> Result<PathBuf, CliError> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("bwrap"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            CliError::Usage(
+                "--sandbox needs bubblewrap (bwrap) on PATH: apt-get install bubblewrap; the agent was not started".into(),
+            )
+        })
+}
+
+/// Checks that `bwrap` may make the namespaces here, naming the setting when it may not.
+fn check(bwrap: &Path) -> Result<(), CliError> {
+    let out = Command::new(bwrap)
+        .args(["--unshare-all", "--ro-bind", "/", "/", "--", "true"])
+        .output()
+        .map_err(|source| CliError::Io {
+            what: format!("running {}", bwrap.display()),
+            source,
+        })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let why = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    Err(CliError::Usage(format!(
+        "--sandbox cannot make namespaces here ({why}); allow user namespaces (sysctl user.max_user_namespaces, kernel.unprivileged_userns_clone, or the container's seccomp profile) or run as root; the agent was not started"
+    )))
+}
+
+impl Sandbox<'_> {
+    /// The command that runs `program args` in the sandbox, and the line that says how.
+    pub(super) fn command(
+        &self,
+        program: &str,
+        args: &[String],
+    ) -> Result<(Command, String), CliError> {
+        let bwrap = bwrap()?;
+        check(&bwrap)?;
+        let exe = std::env::current_exe().map_err(|source| CliError::Io {
+            what: "airlock's own path".into(),
+            source,
+        })?;
+        let cwd = std::env::current_dir().map_err(|source| CliError::Io {
+            what: "the working directory".into(),
+            source,
+        })?;
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        let mut c = Command::new(bwrap);
+        c.args([
+            "--unshare-all",
+            "--die-with-parent",
+            "--ro-bind",
+            "/",
+            "/",
+            "--dev",
+            "/dev",
+            "--proc",
+            "/proc",
+        ]);
+        c.arg("--tmpfs").arg(std::env::temp_dir());
+        let allowed = |p: &Path| self.allowed.iter().any(|a| p.starts_with(a));
+        let in_home = |list: &'static [&'static str]| {
+            home.iter()
+                .flat_map(move |h| list.iter().map(move |rel| h.join(rel)))
+                .filter(|p| p.exists())
+        };
+        let writable = in_home(AGENT_STATE)
+            .chain(self.allowed.iter().filter(|p| p.exists()).cloned())
+            .chain([cwd.clone(), self.run_dir.to_owned()]);
+        for path in writable {
+            c.arg("--bind").arg(&path).arg(&path);
+        }
+        // Hidden last, so a place to hide under a writable one (a data dir in the working
+        // directory) is still covered.
+        let mut hidden = Vec::new();
+        for path in in_home(HIDDEN_IN_HOME).chain(self.airlock_paths.iter().cloned()) {
+            if allowed(&path) || !path.exists() {
+                continue;
+            }
+            let path = path.canonicalize().unwrap_or(path);
+            if path.is_dir() {
+                c.arg("--tmpfs").arg(&path);
+            } else {
+                c.arg("--ro-bind").arg("/dev/null").arg(&path);
+            }
+            hidden.push(path.display().to_string());
+        }
+        c.arg("--chdir").arg(&cwd);
+        c.arg("--").arg(exe).arg("sandbox-relay");
+        c.arg("--socket").arg(self.run_dir.join(SOCKET));
+        c.arg("--port").arg(self.port.to_string());
+        c.arg("--").arg(program).args(args);
+        let how = format!(
+            "sandboxed with bubblewrap: a network namespace with only loopback (the proxy at 127.0.0.1:{} through airlock's relay), the system read-only, {} writable; hidden: {}",
+            self.port,
+            cwd.display(),
+            if hidden.is_empty() {
+                "nothing found to hide".to_owned()
+            } else {
+                hidden.join(", ")
+            }
+        );
+        Ok((c, how))
+    }
+}
+
+/// Copies both ways between `a` and `b` until either side closes.
+fn splice<A, B>(a: A, b: B)
+where
+    A: io::Read + io::Write + Send + 'static + TryCloneStream,
+    B: io::Read + io::Write + Send + 'static + TryCloneStream,
+{
+    let (Ok(mut a2), Ok(mut b2)) = (a.try_clone_stream(), b.try_clone_stream()) else {
+        return;
+    };
+    let (mut a, mut b) = (a, b);
+    let up = std::thread::spawn(move || {
+        let _ = io::copy(&mut a, &mut b2);
+        b2.shut_write();
+    });
+    let _ = io::copy(&mut b, &mut a2);
+    a2.shut_write();
+    let _ = up.join();
+}
+
+/// A stream that can be cloned and half-closed.
+trait TryCloneStream: Sized {
+    fn try_clone_stream(&self) -> io::Result<Self>;
+    fn shut_write(&self);
+}
+
+impl TryCloneStream for TcpStream {
+    fn try_clone_stream(&self) -> io::Result<Self> {
+        self.try_clone()
+    }
+    fn shut_write(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+impl TryCloneStream for UnixStream {
+    fn try_clone_stream(&self) -> io::Result<Self> {
+        self.try_clone()
+    }
+    fn shut_write(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+/// Outside: accepts on the run's socket and passes each connection to the proxy at `proxy`
+/// (`host:port`), on a thread per connection, for as long as the run lasts.
+pub(super) fn relay_outside(run_dir: &Path, proxy: String) -> Result<(), CliError> {
+    let path = run_dir.join(SOCKET);
+    let listener = UnixListener::bind(&path).map_err(|source| CliError::Io {
+        what: path.display().to_string(),
+        source,
+    })?;
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let proxy = proxy.clone();
+            std::thread::spawn(move || {
+                if let Ok(up) = TcpStream::connect(&proxy) {
+                    let _ = up.set_nodelay(true);
+                    splice(conn, up);
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+/// Inside (`airlock sandbox-relay`, the sandbox's first process): listens on `127.0.0.1:port`,
+/// passes each connection to `socket`, runs `command` and exits with its code.
+pub(super) fn relay_inside(
+    socket: &Path,
+    port: u16,
+    command: &[String],
+) -> Result<ExitCode, CliError> {
+    let Some((program, args)) = command.split_first() else {
+        return Err(CliError::Usage("sandbox-relay: no command".into()));
+    };
+    let listener = TcpListener::bind(("127.0.0.1", port)).map_err(|source| CliError::Io {
+        what: format!("127.0.0.1:{port} inside the sandbox"),
+        source,
+    })?;
+    let socket = socket.to_owned();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                let _ = conn.set_nodelay(true);
+                if let Ok(out) = UnixStream::connect(&socket) {
+                    splice(conn, out);
+                }
+            });
+        }
+    });
+    let status = Command::new(program)
+        .args(args)
+        .status()
+        .map_err(|source| CliError::Io {
+            what: format!("starting {program}"),
+            source,
+        })?;
+    Ok(ExitCode::from(super::run::exit_code(status)))
+}
