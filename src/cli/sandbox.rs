@@ -39,18 +39,22 @@ const HIDDEN_IN_HOME: &[&str] = &[
     ".config/gh",
     ".git-credentials",
 ];
-/// The agents' own state, kept writable so they work as usual.
-const AGENT_STATE: &[&str] = &[
-    ".claude",
-    ".claude.json",
-    ".codex",
-    ".config/opencode",
-    ".local/share/opencode",
-    ".local/state/opencode",
-    ".openclaw",
-    ".hermes",
-    ".cache",
-    ".npm",
+/// The agents' own state under `$HOME`, kept writable (where it exists) so they work as usual,
+/// by the program that keeps it there; the program being run gets its own created when missing.
+const AGENT_STATE: &[(&str, &[&str])] = &[
+    ("claude", &[".claude", ".claude.json"]),
+    ("codex", &[".codex"]),
+    (
+        "opencode",
+        &[
+            ".config/opencode",
+            ".local/share/opencode",
+            ".local/state/opencode",
+        ],
+    ),
+    ("openclaw", &[".openclaw"]),
+    ("hermes", &[".hermes"]),
+    ("", &[".cache", ".npm"]),
 ];
 /// The socket inside the run's directory that the two relays meet at.
 pub(super) const SOCKET: &str = "proxy.sock";
@@ -132,12 +136,21 @@ impl Sandbox<'_> {
         ]);
         c.arg("--tmpfs").arg(std::env::temp_dir());
         let allowed = |p: &Path| self.allowed.iter().any(|a| p.starts_with(a));
-        let in_home = |list: &'static [&'static str]| {
-            home.iter()
-                .flat_map(move |h| list.iter().map(move |rel| h.join(rel)))
-                .filter(|p| p.exists())
-        };
-        let writable = in_home(AGENT_STATE)
+        let hide = home
+            .iter()
+            .flat_map(|h| HIDDEN_IN_HOME.iter().map(move |rel| h.join(rel)))
+            .filter(|p| p.exists());
+        if let Some(h) = &home {
+            make_state_of(program, h);
+        }
+        let state: Vec<&'static str> = AGENT_STATE
+            .iter()
+            .flat_map(|(_, paths)| paths.iter().copied())
+            .collect();
+        let writable = home
+            .iter()
+            .flat_map(|h| state.iter().map(move |rel| h.join(rel)))
+            .filter(|p| p.exists())
             .chain(self.allowed.iter().filter(|p| p.exists()).cloned())
             .chain([cwd.clone(), self.run_dir.to_owned()]);
         for path in writable {
@@ -146,7 +159,7 @@ impl Sandbox<'_> {
         // Hidden last, so a place to hide under a writable one (a data dir in the working
         // directory) is still covered.
         let mut hidden = Vec::new();
-        for path in in_home(HIDDEN_IN_HOME).chain(self.airlock_paths.iter().cloned()) {
+        for path in hide.chain(self.airlock_paths.iter().cloned()) {
             if allowed(&path) || !path.exists() {
                 continue;
             }
@@ -174,6 +187,32 @@ impl Sandbox<'_> {
             }
         );
         Ok((c, how))
+    }
+}
+
+/// Creates the state directories of the agent `program` names (by its file name) under `home`
+/// when missing, so the agent can keep its state with the rest of `$HOME` read-only.
+fn make_state_of(program: &str, home: &Path) {
+    let name = Path::new(program)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    for (agent, paths) in AGENT_STATE {
+        if agent.is_empty() || *agent != name {
+            continue;
+        }
+        for rel in *paths {
+            let path = home.join(rel);
+            if path.exists() {
+                continue;
+            }
+            // A name with an extension is a file (`.claude.json`), the others directories.
+            let _ = if rel.ends_with(".json") {
+                std::fs::write(&path, "{}")
+            } else {
+                std::fs::create_dir_all(&path)
+            };
+        }
     }
 }
 

@@ -422,12 +422,22 @@ fn agent_program(rel: &str) -> String {
 
 /// Runs an agent program through `airlock run --agent bot` `rounds` times, 3 s apart (longer
 /// than the stand-in's keep-alive), each time expecting the stand-in's reply and no secret in its
-/// output; then every request-log row for `host` names the agent.
+/// output, then once more in `--sandbox` (its HOME given with `--allow-path`: the tests keep it
+/// under the temp dir, which the sandbox replaces); then every request-log row for `host` names
+/// the agent.
 fn run_agent_rounds(s: &Setup, args: &[&str], env: &[(&str, &str)], rounds: usize, host: &str) {
     let proxy = format!("http://{}", s.proxy.addr);
-    let mut full = vec!["run", "--proxy", proxy.as_str(), "--agent", "bot", "--"];
-    full.extend_from_slice(args);
-    for round in 0..rounds {
+    let home = env
+        .iter()
+        .find(|(k, _)| *k == "HOME")
+        .map_or("", |(_, v)| *v);
+    for round in 0..=rounds {
+        let mut full = vec!["run", "--proxy", proxy.as_str(), "--agent", "bot"];
+        if round == rounds {
+            full.extend(["--sandbox", "--allow-path", home]);
+        }
+        full.push("--");
+        full.extend_from_slice(args);
         if round > 0 {
             std::thread::sleep(Duration::from_secs(3));
         }
@@ -567,7 +577,7 @@ fn codex_through_airlock_run() {
     run_agent_rounds(&s, &args, &env, 2, "api.openai.com");
     let bearer = format!("Bearer {}", s.secret("OPENAI_KEY"));
     let sockets = upstream_requests_carry(&s, "/v1/responses", "authorization", &bearer);
-    assert_eq!(sockets, 2, "one WebSocket per call");
+    assert_eq!(sockets, 3, "one WebSocket per call (two calls, one sandboxed)");
     let upgrades = s
         .origin
         .recorded()
@@ -575,7 +585,7 @@ fn codex_through_airlock_run() {
         .filter(|r| r.request_line().starts_with("GET /v1/responses"))
         .filter(|r| r.header("upgrade") == ["websocket"])
         .count();
-    assert_eq!(upgrades, 2, "over a WebSocket");
+    assert_eq!(upgrades, 3, "over a WebSocket");
     home_holds_no(&home, s.secret("OPENAI_KEY"));
 }
 
