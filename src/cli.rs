@@ -189,6 +189,20 @@ pub enum VaultCmd {
         name: String,
         policy: UnmatchedPolicy,
     },
+    /// Add hosts to the vault's egress allowlist: reached through an opaque tunnel with no
+    /// credential (package registries, git hosts, docs), whatever the policy says of others
+    Allow {
+        name: String,
+        /// `host`, `*.host`, with `:port` when not 443
+        #[arg(required = true)]
+        hosts: Vec<String>,
+    },
+    /// Remove hosts from the vault's egress allowlist
+    Disallow {
+        name: String,
+        #[arg(required = true)]
+        hosts: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -41,6 +41,8 @@ pub struct VaultPolicy {
     /// (the bare base64 of Basic auth), and the percent-encoded form of path and query
     /// substitutions.
     pub scrub: Masker,
+    /// The egress allowlist: hosts tunnelled opaquely whatever `unmatched` says.
+    allow: Vec<HostPattern>,
 }
 
 /// Why a service cannot be served (answered 502 with the matching code).
@@ -232,7 +234,8 @@ impl Policy {
             }
             vaults.insert(
                 v.name.clone(),
-                VaultPolicy::new(v.id, v.name, v.policy, services, Masker::new(scrub)),
+                VaultPolicy::new(v.id, v.name, v.policy, services, Masker::new(scrub))
+                    .allowing(&v.allow),
             );
         }
         Ok(Self { generation, vaults })
@@ -359,7 +362,33 @@ impl VaultPolicy {
             by_host,
             by_suffix,
             scrub,
+            allow: Vec::new(),
         }
+    }
+
+    /// With the egress allowlist `entries` (entries that do not parse are skipped; the store
+    /// checked them when they were written).
+    #[must_use]
+    pub fn allowing(mut self, entries: &[String]) -> Self {
+        self.allow = entries
+            .iter()
+            .filter_map(|e| HostPattern::parse(e).ok())
+            .collect();
+        self
+    }
+
+    /// Whether the egress allowlist lets `host:port` through an opaque tunnel.
+    pub fn allows(&self, host: &str, port: u16) -> bool {
+        self.allow.iter().any(|p| {
+            p.port == port
+                && match &p.host {
+                    HostName::Exact(h) => h == host,
+                    HostName::Wildcard(suffix) => host
+                        .strip_suffix(suffix.as_str())
+                        .and_then(|l| l.strip_suffix('.'))
+                        .is_some_and(|label| !label.is_empty() && !label.contains('.')),
+                }
+        })
     }
 
     /// Services that could match `host`, most specific first: exact-host services, then
@@ -425,6 +454,31 @@ pub fn check_path(path: &str) -> Result<(), &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Row 119: the egress allowlist matches its hosts and ports, a wildcard one label only.
+    #[test]
+    fn allowlist_matches_hosts_ports_and_one_label() {
+        let v = VaultPolicy::new(
+            1,
+            "v".into(),
+            UnmatchedPolicy::Deny,
+            vec![],
+            Masker::new(vec![]),
+        )
+        .allowing(&[
+            "pypi.org".into(),
+            "*.cdn-example.com".into(),
+            "registry.example:8443".into(),
+        ]);
+        assert!(v.allows("pypi.org", 443));
+        assert!(!v.allows("pypi.org", 80));
+        assert!(!v.allows("evilpypi.org", 443));
+        assert!(v.allows("raw.cdn-example.com", 443));
+        assert!(!v.allows("a.b.cdn-example.com", 443));
+        assert!(!v.allows("cdn-example.com", 443));
+        assert!(v.allows("registry.example", 8443));
+        assert!(!v.allows("registry.example", 443));
+    }
 
     fn service(name: &str, host: &str) -> Service {
         Service {

@@ -19,12 +19,25 @@ pub(super) fn run(ctx: &Ctx, cmd: VaultCmd) -> Result<(), CliError> {
                 policy_word(policy)
             );
         }
+        VaultCmd::Allow { name, hosts } => {
+            let list = store.set_allowlist(&ctx.actor, &name, &hosts, &[])?;
+            println!("vault {name} allows: {}", list.join(", "));
+        }
+        VaultCmd::Disallow { name, hosts } => {
+            let list = store.set_allowlist(&ctx.actor, &name, &[], &hosts)?;
+            let list = if list.is_empty() {
+                "nothing".to_owned()
+            } else {
+                list.join(", ")
+            };
+            println!("vault {name} allows: {list}");
+        }
         VaultCmd::List { json } => {
             let vaults = store.vaults()?;
             if json {
                 let list: Vec<_> = vaults
                     .iter()
-                    .map(|v| json!({"name": v.name, "policy": policy_word(v.policy), "created_at": rfc3339(v.created_at)}))
+                    .map(|v| json!({"name": v.name, "policy": policy_word(v.policy), "allow": v.allow, "created_at": rfc3339(v.created_at)}))
                     .collect();
                 output::json(&json!(list))?;
             } else {
@@ -34,11 +47,12 @@ pub(super) fn run(ctx: &Ctx, cmd: VaultCmd) -> Result<(), CliError> {
                         vec![
                             v.name.clone(),
                             policy_word(v.policy).into(),
+                            v.allow.join(","),
                             rfc3339(v.created_at),
                         ]
                     })
                     .collect();
-                output::table(&["NAME", "POLICY", "CREATED"], &rows);
+                output::table(&["NAME", "POLICY", "ALLOW", "CREATED"], &rows);
             }
         }
     }

@@ -4,6 +4,7 @@
 //! `slice_mut(len..)`); parsers borrow [`BufConn::buffered`] and [`BufConn::consume`] what they
 //! used. Forwarding buffered bytes moves a slice of the buffer to the writer without copying.
 
+use std::cell::Cell;
 use std::io;
 
 use monoio::buf::{IoBuf, IoBufMut};
@@ -104,8 +105,9 @@ pub async fn forward_buffered<R, W: AsyncWriteRent>(
 }
 
 /// Pipes bytes both ways until either side closes (upgraded connections, opaque tunnels).
-/// Buffered bytes are delivered first.
-pub async fn pipe<A, B>(a: BufConn<A>, b: BufConn<B>)
+/// Buffered bytes are delivered first; `to_a` counts the bytes delivered to `a` (kept in the
+/// caller's cell, so the count survives the pipe being dropped half way).
+pub async fn pipe<A, B>(a: BufConn<A>, b: BufConn<B>, to_a: &Cell<u64>)
 where
     A: Split + AsyncReadRent + AsyncWriteRent,
     B: Split + AsyncReadRent + AsyncWriteRent,
@@ -117,11 +119,36 @@ where
     if !a_early.is_empty() && bw.write_all(a_early).await.0.is_err() {
         return;
     }
-    if !b_early.is_empty() && aw.write_all(b_early).await.0.is_err() {
-        return;
+    if !b_early.is_empty() {
+        let (res, early) = aw.write_all(b_early).await;
+        if res.is_err() {
+            return;
+        }
+        to_a.set(early.len() as u64);
     }
     monoio::select! {
         _ = monoio::io::copy(&mut ar, &mut bw) => {},
-        _ = monoio::io::copy(&mut br, &mut aw) => {},
+        _ = copy_counting(&mut br, &mut aw, to_a) => {},
+    }
+}
+
+/// Copies from `r` to `w` until `r` closes or either fails, adding what it wrote to `count`.
+async fn copy_counting<R: AsyncReadRent, W: AsyncWriteRent>(
+    r: &mut R,
+    w: &mut W,
+    count: &Cell<u64>,
+) -> io::Result<()> {
+    let mut buf = Vec::with_capacity(16 * 1024);
+    loop {
+        let (res, read) = r.read(buf).await;
+        buf = read;
+        if res? == 0 {
+            return Ok(());
+        }
+        let (res, written) = w.write_all(buf).await;
+        buf = written;
+        res?;
+        count.set(count.get() + buf.len() as u64);
+        buf.clear();
     }
 }

@@ -166,6 +166,8 @@ async fn connect<S: Split + AsyncReadRent + AsyncWriteRent + 'static>(
         };
         if vault.has_host(Scheme::Https, &target.host, port) {
             None
+        } else if vault.allows(&target.host, port) {
+            Some(UnmatchedPolicy::Tunnel)
         } else {
             Some(vault.unmatched)
         }

@@ -4,6 +4,7 @@
 //! names are upstream text too), relaying the body through the [`Scrubber`], returning a cleanly
 //! framed upstream connection to the pool (R2), and relaying an upgraded connection.
 
+use std::cell::Cell;
 use std::io::Write as _;
 use std::time::Duration;
 
@@ -261,7 +262,7 @@ where
     U: Split + AsyncReadRent + AsyncWriteRent,
 {
     if secrets.is_empty() {
-        return pipe(client, BufConn::with_buffered(up, early)).await;
+        return pipe(client, BufConn::with_buffered(up, early), &Cell::new(0)).await;
     }
     let (c_io, c_early) = client.into_parts();
     let (mut c_read, mut c_write) = c_io.into_split();

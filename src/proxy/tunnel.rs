@@ -1,6 +1,8 @@
-//! The opaque tunnel, for a CONNECT to a host without a service when the vault allows it: a
-//! vetted address (the same resolve and SSRF guard as every upstream, R4), no TLS interception,
-//! never any injection; closed within a second of the token's revocation.
+//! The opaque tunnel, for a CONNECT to a host without a service when the vault allows it (its
+//! policy is `tunnel`, or the host is on its egress allowlist): a vetted address (the same
+//! resolve and SSRF guard as every upstream, R4), no TLS interception, never any injection;
+//! closed within a second of the token's revocation. Each tunnel is one request-log row when it
+//! ends: `CONNECT`, the host, the bytes sent to the agent and how long it was open.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +12,8 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
 use super::Shared;
 use super::auth::{self, Identity};
 use super::client::{established, reply_and_close};
+use super::log::Entry;
+use super::outcome::Outcome;
 use super::upstream::{self, Target};
 use crate::http::io::{BufConn, pipe};
 
@@ -28,6 +32,10 @@ pub(super) async fn serve<S: Split + AsyncReadRent + AsyncWriteRent>(
         return;
     }
     let _open = shared.stats.tunnel();
+    let mut entry = Entry::new(&id, &target.host);
+    entry.row.method = "CONNECT".to_owned();
+    entry.row.status = 200;
+    let to_agent = std::cell::Cell::new(0);
     let store = &shared.store;
     let revoked = async {
         loop {
@@ -38,7 +46,9 @@ pub(super) async fn serve<S: Split + AsyncReadRent + AsyncWriteRent>(
         }
     };
     monoio::select! {
-        _ = pipe(client, BufConn::new(up)) => {},
+        _ = pipe(client, BufConn::new(up), &to_agent) => {},
         _ = revoked => {},
     }
+    entry.row.bytes = to_agent.get();
+    entry.finish(&shared.log, &Ok(Outcome::Close));
 }

@@ -577,7 +577,10 @@ fn codex_through_airlock_run() {
     run_agent_rounds(&s, &args, &env, 2, "api.openai.com");
     let bearer = format!("Bearer {}", s.secret("OPENAI_KEY"));
     let sockets = upstream_requests_carry(&s, "/v1/responses", "authorization", &bearer);
-    assert_eq!(sockets, 3, "one WebSocket per call (two calls, one sandboxed)");
+    assert_eq!(
+        sockets, 3,
+        "one WebSocket per call (two calls, one sandboxed)"
+    );
     let upgrades = s
         .origin
         .recorded()

@@ -1,6 +1,8 @@
 //! `airlock run --sandbox` with the real bubblewrap (Debian's `bubblewrap`; tests/run.sh installs
 //! it): what a prompt-injected agent would try to get out another way, each tried from inside
-//! with real programs (curl, Python, `env -i`), and the way through airlock, which works.
+//! with real programs (curl, Python, `env -i`), and the ways through airlock, which work: a
+//! service with its credential, a host on the vault's egress allowlist through an opaque
+//! tunnel, and a proposal for a host nobody approved.
 
 use std::net::{TcpListener, UdpSocket};
 use std::time::Duration;
@@ -27,6 +29,11 @@ fn sandboxed_run_has_no_way_out_but_airlock() {
     udp.set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
     let origin = s.origin.addr;
+    // The egress allowlist: a host without a service, tunnelled opaquely.
+    s.env
+        .run(&["vault", "allow", "default", "other.example.net"])
+        .ok();
+    std::thread::sleep(Duration::from_millis(300));
     let script = format!(
         r#"
 probe() {{ if "$@" >/dev/null 2>&1; then echo "$1-$2: OUT"; else echo "$1-$2: blocked"; fi; }}
@@ -41,6 +48,9 @@ cat "$HOME/.ssh/id_ed25519" 2>/dev/null || echo "ssh: hidden"
 ls {data}/vault >/dev/null 2>&1 && echo "data-dir: OUT" || echo "data-dir: hidden"
 echo written > made-inside && echo "cwd: writable"
 curl -sS --max-time 10 -H 'Authorization: Bearer placeholder' https://api.openai.com/v1/models -o /dev/null -w 'through-airlock: %{{http_code}}\n'
+curl -sS -k --max-time 10 https://other.example.net/allowed -o /dev/null -w 'allowlisted: %{{http_code}}\n'
+curl -sS --max-time 10 https://unlisted.example.com/x -o /dev/null -w 'unlisted: %{{http_connect}}\n' 2>/dev/null
+curl -sS -o /dev/null -w 'proposed: %{{http_code}}\n' -H "Authorization: Bearer $AIRLOCK_TOKEN" -H 'content-type: application/json' "$AIRLOCK_URL/v1/proposals" --data-binary '{{"services":[{{"action":"set","name":"unlisted","host":"unlisted.example.com","auth":{{"type":"bearer","token":"UNLISTED_KEY"}}}}],"credentials":[{{"key":"UNLISTED_KEY"}}],"user_message":"from the sandbox"}}'
 "#,
         tcp = host_tcp.local_addr().unwrap().port(),
         udp = udp.local_addr().unwrap().port(),
@@ -79,6 +89,9 @@ curl -sS --max-time 10 -H 'Authorization: Bearer placeholder' https://api.openai
         "data-dir: hidden",
         "cwd: writable",
         "through-airlock: 200",
+        "allowlisted: 200",
+        "unlisted: 403",
+        "proposed: 201",
     ] {
         assert!(r.stdout.contains(line), "{line}: {}", r.stdout);
     }
@@ -93,14 +106,55 @@ curl -sS --max-time 10 -H 'Authorization: Bearer placeholder' https://api.openai
         .origin
         .recorded()
         .into_iter()
-        .filter(|q| !q.request_line().starts_with("GET /v1/models"))
+        .filter(|q| {
+            !q.request_line().starts_with("GET /v1/models")
+                && !q.request_line().starts_with("GET /allowed")
+        })
         .collect();
     assert!(direct.is_empty(), "reached the origin directly: {direct:?}");
-    let last = s.last();
+    let models = s
+        .origin
+        .recorded()
+        .into_iter()
+        .find(|q| q.request_line().starts_with("GET /v1/models"))
+        .unwrap();
     assert_eq!(
-        last.header("authorization"),
+        models.header("authorization"),
         [format!("Bearer {}", s.secret("OPENAI_KEY"))]
     );
+    // The allowlisted tunnel carried no credential, and is a request-log row with its bytes.
+    let allowed = s
+        .origin
+        .recorded()
+        .into_iter()
+        .find(|q| q.request_line().starts_with("GET /allowed"))
+        .unwrap();
+    assert!(
+        allowed.header("authorization").is_empty(),
+        "{}",
+        allowed.head
+    );
+    let start = std::time::Instant::now();
+    loop {
+        let logs = s
+            .env
+            .run(&["logs", "--vault", "default", "--json"])
+            .ok()
+            .stdout;
+        let tunnel = logs
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|r| r["method"] == "CONNECT" && r["host"] == "other.example.net");
+        if let Some(row) = tunnel {
+            assert!(row["bytes"].as_u64().unwrap_or(0) > 0, "{row}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no tunnel row: {logs}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Row 119: without bubblewrap, `--sandbox` stops with one line and the agent never runs.

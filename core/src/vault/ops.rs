@@ -19,7 +19,7 @@ use super::tokens::{self, Minted, TokenHash, TokenKind};
 use super::{VaultError, now};
 use crate::names;
 use crate::secret::Secret;
-use crate::spec::{self, ServiceSpec};
+use crate::spec::{self, HostPattern, PathPattern, Scheme, ServiceSpec};
 
 /// Meta key of the [`KeyHeader`].
 pub const META_KEYS: &[u8] = b"keys";
@@ -266,6 +266,7 @@ impl Store {
                 name: name.to_owned(),
                 policy: UnmatchedPolicy::Deny,
                 created_at: now(),
+                allow: Vec::new(),
             };
             t.put(t.dbs().vaults, name.as_bytes(), &record)?;
             t.audit(actor, "vault.create", &format!("vault {name}"), "")?;
@@ -290,6 +291,40 @@ impl Store {
                 &format!("policy={policy:?}").to_lowercase(),
             )?;
             Ok(())
+        })
+    }
+
+    /// Adds `add` to vault `name`'s egress allowlist and removes `remove`; returns the list.
+    /// Entries are hosts or `*.` wildcards with an optional port, never a path; agents' rules
+    /// about internal hosts do not apply (the operator writes these).
+    pub fn set_allowlist(
+        &self,
+        actor: &str,
+        name: &str,
+        add: &[String],
+        remove: &[String],
+    ) -> Result<Vec<String>, VaultError> {
+        let add: Vec<String> = add
+            .iter()
+            .map(|h| allow_entry(h))
+            .collect::<Result<_, _>>()?;
+        self.write(|t| {
+            let mut v = find_vault(t, name)?;
+            v.allow
+                .retain(|h| !remove.iter().any(|r| r.eq_ignore_ascii_case(h)));
+            for h in add {
+                if !v.allow.contains(&h) {
+                    v.allow.push(h);
+                }
+            }
+            t.put(t.dbs().vaults, name.as_bytes(), &v)?;
+            t.audit(
+                actor,
+                "vault.allow",
+                &format!("vault {name}"),
+                &format!("allow={}", v.allow.join(",")),
+            )?;
+            Ok(v.allow)
         })
     }
 
@@ -745,6 +780,19 @@ fn purge_expired_tokens(
     Ok(live)
 }
 
+/// An egress allowlist entry, checked and lower-cased: a host or `*.` wildcard with an optional
+/// port, no scheme other than https, no path.
+fn allow_entry(entry: &str) -> Result<String, VaultError> {
+    let pattern = HostPattern::parse(entry).map_err(|e| VaultError::Invalid(e.to_string()))?;
+    if pattern.path != PathPattern::Any || pattern.scheme != Scheme::Https || entry.contains("://")
+    {
+        return Err(VaultError::Invalid(format!(
+            "allowlist entry {entry:?}: a host or *.host with an optional :port, no scheme or path"
+        )));
+    }
+    Ok(entry.to_ascii_lowercase())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -752,6 +800,42 @@ mod tests {
     fn store(dir: &std::path::Path) -> Store {
         super::super::setup::init(dir, &Default::default(), Default::default(), "test").unwrap();
         Store::open(dir, Default::default()).unwrap()
+    }
+
+    /// The egress allowlist takes hosts, wildcards and ports, never a scheme or a path; removal
+    /// is by entry, and each change is audited.
+    #[test]
+    fn allowlist_entries_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let add = |h: &str| store.set_allowlist("t", "default", &[h.to_owned()], &[]);
+        for bad in [
+            "https://pypi.org",
+            "http://pypi.org",
+            "pypi.org/simple",
+            "*.com",
+            "a b",
+        ] {
+            assert_eq!(add(bad).unwrap_err().code(), "bad_request", "{bad}");
+        }
+        add("PyPI.org").unwrap();
+        add("*.cdn-example.com").unwrap();
+        let list = add("registry.example:8443").unwrap();
+        assert_eq!(
+            list,
+            ["pypi.org", "*.cdn-example.com", "registry.example:8443"]
+        );
+        let list = store
+            .set_allowlist("t", "default", &[], &["pypi.org".to_owned()])
+            .unwrap();
+        assert_eq!(list, ["*.cdn-example.com", "registry.example:8443"]);
+        assert!(
+            store
+                .audit_log(10)
+                .unwrap()
+                .iter()
+                .any(|r| r.action == "vault.allow")
+        );
     }
 
     /// Row 74: expired tokens are purged by the next mint, and only live ones count against

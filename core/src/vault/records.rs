@@ -60,6 +60,10 @@ pub struct VaultRecord {
     pub name: String,
     pub policy: UnmatchedPolicy,
     pub created_at: u64,
+    /// The egress allowlist: hosts (`host`, `*.host`, with `:port` when not 443) reached through
+    /// an opaque tunnel with no credential, whatever `policy` says of other hosts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -364,6 +368,7 @@ mod tests {
             name: "a".into(),
             policy: UnmatchedPolicy::Deny,
             created_at: 0,
+            allow: Vec::new(),
         };
         let bytes = encode(&r);
         assert_eq!(bytes[0], RECORD_VERSION);

@@ -109,6 +109,7 @@ pub fn init(
             name: DEFAULT_VAULT.into(),
             policy: UnmatchedPolicy::Deny,
             created_at: now(),
+            allow: Vec::new(),
         };
         t.put(t.dbs().vaults, DEFAULT_VAULT.as_bytes(), &vault)?;
         t.audit(
