@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::harness::output;
 use crate::proxy::Setup;
 
-/// Rows 113-118: inside the sandbox, direct HTTPS (curl `--noproxy '*'`, Python without
+/// Rows 113-117, 119: inside the sandbox, direct HTTPS (curl `--noproxy '*'`, Python without
 /// `HTTPS_PROXY`, a process started with `env -i`), DNS, the host's loopback services and the
 /// metadata address, and UDP all fail; a planted `~/.ssh` key and airlock's data dir cannot be
 /// read; the working directory is writable; through airlock a service gets its credential; the
@@ -157,7 +157,7 @@ curl -sS -o /dev/null -w 'proposed: %{{http_code}}\n' -H "Authorization: Bearer 
     }
 }
 
-/// Row 119: without bubblewrap, `--sandbox` stops with one line and the agent never runs.
+/// Row 118: without bubblewrap, `--sandbox` stops with one line and the agent never runs.
 #[test]
 fn sandbox_without_bubblewrap_refuses_to_run() {
     let s = Setup::new("auto");
