@@ -912,8 +912,10 @@ fn apply_in(
             continue;
         }
         let after = prev.unwrap_or(GENESIS);
-        let (kind, changes) = decode(&row.batch)
-            .filter(|_| key.verifies(row, &after))
+        // Verified before anything of it is decoded.
+        let (kind, changes) = Some(row)
+            .filter(|row| key.verifies(row, &after))
+            .and_then(|row| decode(&row.batch))
             .filter(|(kind, _)| prev.is_some() || *kind == BATCH_CHECKPOINT)
             .ok_or_else(|| {
                 FleetError::Rejected(format!(
