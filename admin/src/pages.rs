@@ -359,6 +359,14 @@ fn proposal_body(
                 } }
             } }
         }
+        @let allow = review.map_or(&p.allow, |r| &r.allow);
+        @if !allow.is_empty() {
+            div.card {
+                h2 { "Egress allowlist" }
+                p.muted { "Hosts the agent may reach through an opaque tunnel, with no credential and nothing injected." }
+                ul { @for h in allow { li { code { (h) } } } }
+            }
+        }
         @if status == ProposalStatus::Pending {
             form.card method="post" action={ "/proposals/" (p.id) "/approve" } {
                 input type="hidden" name="csrf" value=(session.csrf);

@@ -197,6 +197,12 @@ fn show(p: &ProposalRecord, review: Option<&Review>) {
             }
         }
     }
+    for h in review.map_or(&p.allow, |r| &r.allow) {
+        println!(
+            "\nadds {h} to vault {}'s egress allowlist (an opaque tunnel, no credential)",
+            p.vault
+        );
+    }
     for c in &p.credentials {
         let replaces = review.is_some_and(|r| {
             r.credentials

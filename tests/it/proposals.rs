@@ -522,3 +522,79 @@ fn catalog_templates_in_proposals_and_on_the_cli() {
         "{table}"
     );
 }
+
+/// Row 120: an agent asks for egress allowlist hosts (a registry it needs no credential for):
+/// internal and shared-hosting wildcards are refused at once; the review shows the hosts on the
+/// CLI and the JSON API; once approved the host is reached through an opaque tunnel (the
+/// origin's own certificate, nothing injected).
+#[test]
+fn agents_propose_egress_allowlist_hosts() {
+    let s = Setup::new("auto");
+    let url = "https://other.example.net/registry";
+    let curl = |extra: &[&str]| {
+        let mut c = std::process::Command::new("curl");
+        c.args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{http_connect}",
+        ])
+        .arg("--proxy")
+        .arg(s.proxy.url(&s.token, "default"))
+        .args(extra)
+        .arg(url);
+        output(c, None)
+    };
+    assert_eq!(curl(&["-k"]).stdout, "000 403", "not allowed yet");
+    for bad in ["localhost", "*.run.app", "https://pypi.org/simple"] {
+        let (code, v) = api(
+            &s,
+            "POST",
+            "/v1/proposals",
+            &s.token,
+            Some(&json!({"allow": [bad], "user_message": "need it"})),
+        );
+        assert_eq!(code, 400, "{bad}: {v}");
+    }
+    let (code, p) = api(
+        &s,
+        "POST",
+        "/v1/proposals",
+        &s.token,
+        Some(&json!({"allow": ["other.example.net"], "user_message": "the package registry"})),
+    );
+    assert_eq!(code, 201, "{p}");
+    let id = p["id"].as_u64().unwrap().to_string();
+    let shown = s.env.run(&["proposal", "show", &id]).ok().stdout;
+    assert!(
+        shown.contains("adds other.example.net to vault default's egress allowlist"),
+        "{shown}"
+    );
+    let json_review: Value =
+        serde_json::from_str(&s.env.run(&["proposal", "show", &id, "--json"]).ok().stdout).unwrap();
+    assert_eq!(json_review["review"]["allow"], json!(["other.example.net"]));
+    s.env.run(&["proposal", "approve", &id]).ok();
+    let vaults = s.env.run(&["vault", "list", "--json"]).ok().stdout;
+    assert!(
+        vaults.contains("\"allow\":[\"other.example.net\"]"),
+        "{vaults}"
+    );
+    let ca = s.origin.ca_file.to_str().unwrap().to_owned();
+    let start = Instant::now();
+    loop {
+        let r = curl(&["--cacert", &ca]);
+        if r.stdout == "200 200" {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "{r:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let last = s
+        .origin
+        .recorded()
+        .into_iter()
+        .rfind(|q| q.request_line().starts_with("GET /registry"))
+        .unwrap();
+    assert!(last.header("authorization").is_empty(), "{}", last.head);
+}

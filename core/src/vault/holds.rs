@@ -42,6 +42,7 @@ impl Store {
             vault,
             &[],
             &[],
+            &[],
             &serde_json::to_string(&held).unwrap_or_default(),
             "",
         );
@@ -60,6 +61,7 @@ impl Store {
                 status: ProposalStatus::Pending,
                 services: Vec::new(),
                 credentials: Vec::new(),
+                allow: Vec::new(),
                 message: what,
                 user_message: String::new(),
                 digest,

@@ -782,7 +782,7 @@ fn purge_expired_tokens(
 
 /// An egress allowlist entry, checked and lower-cased: a host or `*.` wildcard with an optional
 /// port, no scheme other than https, no path.
-fn allow_entry(entry: &str) -> Result<String, VaultError> {
+pub(super) fn allow_entry(entry: &str) -> Result<String, VaultError> {
     let pattern = HostPattern::parse(entry).map_err(|e| VaultError::Invalid(e.to_string()))?;
     if pattern.path != PathPattern::Any || pattern.scheme != Scheme::Https || entry.contains("://")
     {

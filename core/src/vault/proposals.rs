@@ -47,6 +47,9 @@ pub struct NewProposal {
     pub services: Vec<serde_json::Value>,
     #[serde(default)]
     pub credentials: Vec<NewSlot>,
+    /// Hosts for the vault's egress allowlist (reached through an opaque tunnel, no credential).
+    #[serde(default)]
+    pub allow: Vec<String>,
     #[serde(default)]
     pub message: String,
     #[serde(default)]
@@ -152,13 +155,18 @@ pub(super) fn digest(
     vault: &str,
     services: &[ServiceChange],
     slots: &[CredentialSlot],
+    allow: &[String],
     message: &str,
     user_message: &str,
 ) -> String {
-    let content = serde_json::json!({
+    let mut content = serde_json::json!({
         "vault": vault, "services": services, "credentials": slots,
         "message": message, "user_message": user_message,
     });
+    // Only when present, so proposals without one keep the digest they always had.
+    if !allow.is_empty() {
+        content["allow"] = serde_json::json!(allow);
+    }
     let d = ring::digest::digest(&ring::digest::SHA256, content.to_string().as_bytes());
     data_encoding::HEXLOWER.encode(d.as_ref())
 }
@@ -178,11 +186,34 @@ impl Store {
             .enumerate()
             .map(|(i, v)| service_change(i, v))
             .collect::<Result<_, _>>()?;
-        if services.is_empty() && new.credentials.is_empty() {
+        if services.is_empty() && new.credentials.is_empty() && new.allow.is_empty() {
             return Err(invalid(
-                "a proposal needs at least one service or credential",
+                "a proposal needs at least one service, credential or allowlist host",
             ));
         }
+        if new.allow.len() > MAX_SERVICES {
+            return Err(invalid(format!(
+                "at most {MAX_SERVICES} allowlist hosts per proposal"
+            )));
+        }
+        let allow: Vec<String> = new
+            .allow
+            .iter()
+            .map(|h| {
+                let entry = super::ops::allow_entry(h)?;
+                let pattern =
+                    crate::spec::HostPattern::parse(&entry).map_err(|e| invalid(e.to_string()))?;
+                // As for services (review B12, #105): no internal, resolve-anything or
+                // shared-hosting hosts from an agent.
+                match crate::spec::host::internal(&pattern.host) {
+                    Some(reason) => Err(VaultError::HostNotAllowed {
+                        host: h.clone(),
+                        reason,
+                    }),
+                    None => Ok(entry),
+                }
+            })
+            .collect::<Result<_, _>>()?;
         if services.len() > MAX_SERVICES || new.credentials.len() > MAX_SLOTS {
             return Err(invalid(format!(
                 "at most {MAX_SERVICES} services and {MAX_SLOTS} credentials per proposal"
@@ -273,7 +304,14 @@ impl Store {
                 }
             }
         }
-        let digest = digest(vault, &services, &slots, &new.message, &new.user_message);
+        let digest = digest(
+            vault,
+            &services,
+            &slots,
+            &allow,
+            &new.message,
+            &new.user_message,
+        );
         self.write(|t| {
             let at = now();
             if pending(t, vault, false, at)? >= MAX_PENDING {
@@ -289,6 +327,7 @@ impl Store {
                 status: ProposalStatus::Pending,
                 services,
                 credentials: slots,
+                allow,
                 message: new.message,
                 user_message: new.user_message,
                 digest,
@@ -425,6 +464,15 @@ impl Store {
                 }
             }
             apply_services(t, &v, sets, &deletes, false)?;
+            if !p.allow.is_empty() {
+                let mut v = v;
+                for h in &p.allow {
+                    if !v.allow.contains(h) {
+                        v.allow.push(h.clone());
+                    }
+                }
+                t.put(t.dbs().vaults, p.vault.as_bytes(), &v)?;
+            }
             p.status = ProposalStatus::Applied;
             p.decided_at = Some(at);
             p.decided_by = Some(actor.to_owned());
@@ -488,7 +536,9 @@ fn review_in<T: Transaction>(t: &Txn<T>, p: &ProposalRecord) -> Result<Review, V
         return Ok(review(&[], &BTreeSet::new(), p));
     };
     let current: Vec<_> = vault_services(t, &v)?.into_iter().map(|r| r.spec).collect();
-    Ok(review(&current, &vault_credential_keys(t, &v)?, p))
+    let mut r = review(&current, &vault_credential_keys(t, &v)?, p);
+    r.allow.retain(|h| !v.allow.contains(h));
+    Ok(r)
 }
 
 /// The full review form of a proposal (CLI `show --json`, the admin JSON API): everything the

@@ -186,6 +186,9 @@ pub struct ProposalRecord {
     pub status: ProposalStatus,
     pub services: Vec<ServiceChange>,
     pub credentials: Vec<CredentialSlot>,
+    /// Hosts for the vault's egress allowlist.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
     pub message: String,
     pub user_message: String,
     /// SHA-256 (hex) of the content an approval is bound to.
@@ -280,6 +283,7 @@ impl ProposalRecord {
                 ServiceChange::Set(s) => s.host.as_str(),
                 ServiceChange::Delete { name } => name.as_str(),
             })
+            .chain(self.allow.iter().map(String::as_str))
             .collect()
     }
     /// The status as of `now` (pending proposals past their expiry read as expired).

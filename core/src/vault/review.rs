@@ -57,6 +57,8 @@ pub struct Review {
     pub reuse: Vec<Reuse>,
     /// What the proposal would lift of the services' request rules, one sentence each.
     pub weakened: Vec<String>,
+    /// Hosts the proposal adds to the vault's egress allowlist (opaque tunnels, no credential).
+    pub allow: Vec<String>,
 }
 
 /// Hosts each credential key is sent to by `services` (every service that uses the key, enabled
@@ -140,6 +142,7 @@ pub fn review(current: &[ServiceSpec], stored: &BTreeSet<String>, p: &ProposalRe
         credentials,
         reuse,
         weakened,
+        allow: p.allow.clone(),
     }
 }
 
@@ -265,7 +268,8 @@ impl Review {
             .map(|r| json!({"key": r.key, "new_hosts": r.new_hosts}))
             .collect();
         json!({"services": services, "credentials": credentials, "credential_reuse": reuse,
-               "rules_weakened": self.weakened, "warnings": self.reuse_warnings()})
+               "rules_weakened": self.weakened, "allow": self.allow,
+               "warnings": self.reuse_warnings()})
     }
 }
 
@@ -293,6 +297,7 @@ mod tests {
             agent: None,
             status: ProposalStatus::Pending,
             services,
+            allow: Vec::new(),
             credentials: slots
                 .iter()
                 .map(|(k, supplied)| CredentialSlot {
