@@ -306,7 +306,7 @@ impl Store {
     ) -> Result<Vec<String>, VaultError> {
         let add: Vec<String> = add
             .iter()
-            .map(|h| allow_entry(h))
+            .map(|h| allow_entry(h).map(|(entry, _)| entry))
             .collect::<Result<_, _>>()?;
         self.write(|t| {
             let mut v = find_vault(t, name)?;
@@ -780,9 +780,9 @@ fn purge_expired_tokens(
     Ok(live)
 }
 
-/// An egress allowlist entry, checked and lower-cased: a host or `*.` wildcard with an optional
-/// port, no scheme other than https, no path.
-pub(super) fn allow_entry(entry: &str) -> Result<String, VaultError> {
+/// An egress allowlist entry, checked and lower-cased, and its parsed host: a host or `*.`
+/// wildcard with an optional port, no scheme, no path.
+pub(super) fn allow_entry(entry: &str) -> Result<(String, HostPattern), VaultError> {
     let pattern = HostPattern::parse(entry).map_err(|e| VaultError::Invalid(e.to_string()))?;
     if pattern.path != PathPattern::Any || pattern.scheme != Scheme::Https || entry.contains("://")
     {
@@ -790,7 +790,7 @@ pub(super) fn allow_entry(entry: &str) -> Result<String, VaultError> {
             "allowlist entry {entry:?}: a host or *.host with an optional :port, no scheme or path"
         )));
     }
-    Ok(entry.to_ascii_lowercase())
+    Ok((entry.to_ascii_lowercase(), pattern))
 }
 
 #[cfg(test)]

@@ -200,9 +200,7 @@ impl Store {
             .allow
             .iter()
             .map(|h| {
-                let entry = super::ops::allow_entry(h)?;
-                let pattern =
-                    crate::spec::HostPattern::parse(&entry).map_err(|e| invalid(e.to_string()))?;
+                let (entry, pattern) = super::ops::allow_entry(h)?;
                 // As for services (review B12, #105): no internal, resolve-anything or
                 // shared-hosting hosts from an agent.
                 match crate::spec::host::internal(&pattern.host) {
