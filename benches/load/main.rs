@@ -14,7 +14,8 @@
 //! bytes, the floor any interception is built on); a new tunnel per request; bulk download and
 //! upload; then, paired (both routes at the same moment, "added" taken per pair, never as a
 //! difference of two percentiles), a fixed-rate open loop (through the interception and through the
-//! opaque tunnel) and SSE; and idle tunnels for memory. When `mitmdump` is installed (`pip install
+//! opaque tunnel) and SSE; idle tunnels for memory; and the start-up cost of `airlock run
+//! --sandbox` over `airlock run` (`-- true`, alternated; not measured without bubblewrap). When `mitmdump` is installed (`pip install
 //! mitmproxy`) the same keep-alive and download run through mitmproxy doing the same injection, and
 //! the table shows airlock ÷ it. With `--fleet N` it also starts a PostgreSQL cluster and a
 //! two-node fleet ([`fleet`]): the time from a write acknowledged on one node to its being served
@@ -163,6 +164,41 @@ fn airlock(args: &[&str], dir: &std::path::Path, stdin: Option<&[u8]>) -> String
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `airlock run -- true` and `airlock run --sandbox -- true` against the proxy at `proxy`, taken
+/// in turn `runs` times each: the median wall time of each in ms, with the range of the sandbox's
+/// extra cost; `None` without bubblewrap (the sandbox then refuses to start).
+fn sandbox_startup(
+    dir: &std::path::Path,
+    proxy: std::net::SocketAddr,
+    runs: usize,
+) -> Option<(f64, f64, (f64, f64, f64))> {
+    let url = format!("http://{proxy}");
+    let time = |sandbox: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_airlock"));
+        c.arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(["run", "--proxy", &url]);
+        if sandbox {
+            c.arg("--sandbox");
+        }
+        c.args(["--", "true"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let start = Instant::now();
+        let ok = c.status().is_ok_and(|s| s.success());
+        ok.then(|| start.elapsed().as_secs_f64() * 1000.0)
+    };
+    time(true)?;
+    let (mut plain, mut boxed, mut extra) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let (p, b) = (time(false)?, time(true)?);
+        plain.push(p);
+        boxed.push(b);
+        extra.push(b - p);
+    }
+    Some((spread(plain).0, spread(boxed).0, spread(extra)))
 }
 
 /// The DER of the CA of the data dir in `dir`.
@@ -1041,6 +1077,19 @@ fn main() {
         "-".into(),
         format!("{per_tunnel:.1}"),
     );
+    let startup = sandbox_startup(dir.path(), al.proxy, if o.rounds > 1 { 20 } else { 5 });
+    match startup {
+        Some((plain, boxed, extra)) => row(
+            "`airlock run -- true`: plain / --sandbox (ms)".into(),
+            format!("{plain:.1}"),
+            format!("{boxed:.1} (+{})", show(extra, 1)),
+        ),
+        None => row(
+            "`airlock run --sandbox`: not measured (no bubblewrap)".into(),
+            "-".into(),
+            "-".into(),
+        ),
+    }
     let mut json = serde_json::json!({
         "cores": cores,
         "cpu": cpu_model,
@@ -1083,6 +1132,9 @@ fn main() {
         "bulk_upload_mb_s_airlock": of(|r| r.up_airlock).0.round(),
         "idle_tunnel_rss_kib": (per_tunnel * 10.0).round() / 10.0,
     });
+    json["run_ms"] = serde_json::json!(startup.map(|s| s.0));
+    json["run_sandbox_ms"] = serde_json::json!(startup.map(|s| s.1));
+    json["run_sandbox_extra_ms"] = serde_json::json!(startup.map(|s| s.2.0));
     if peer.is_some() {
         let ka = ratio(|r| r.ka_airlock, |r| r.ka_peer.unwrap_or(f64::NAN));
         let down = ratio(|r| r.down_airlock, |r| r.down_peer.unwrap_or(f64::NAN));
