@@ -404,15 +404,13 @@ impl Fleet {
     /// Returns the generation reached.
     pub fn catch_up(&self, store: &Store) -> Result<u64, StoreError> {
         let after = store.generation()?;
-        let (head, rows) = self.with_client(|c| Ok((head_seq(c)?, pending(c, after)?)))?;
+        let (head, rows) = self.with_client(|c| log_after(c, after))?;
         apply_rows(store, head, &rows)
     }
 
     /// As [`Fleet::catch_up`] with a caller's client (the follower's).
     pub fn catch_up_with(client: &mut postgres::Client, store: &Store) -> Result<u64, StoreError> {
-        let after = store.generation()?;
-        let head = head_seq(client)?;
-        let rows = pending(client, after)?;
+        let (head, rows) = log_after(client, store.generation()?)?;
         apply_rows(store, head, &rows)
     }
 
@@ -782,8 +780,7 @@ fn write_locked<R, E: From<StoreError>>(
             fleet_id.as_deref().unwrap_or("no fleet")
         ))));
     }
-    let rows = pending(&mut tx, store.generation().map_err(op)?)?;
-    let head = head_seq(&mut tx)?;
+    let (head, rows) = log_after(&mut tx, store.generation().map_err(op)?)?;
     let mut t = store.begin_write().map_err(op)?;
     let (key, reached) = apply_in(&mut t, head, &rows).map_err(op)?;
     // Every row up to the head verified and applied: the new row follows the last one's tag.
@@ -858,6 +855,14 @@ fn head_seq(c: &mut impl postgres::GenericClient) -> Result<u64, FleetError> {
     Ok(u64::try_from(head).unwrap_or(0))
 }
 
+/// The log's last sequence number and the rows after `after`.
+fn log_after(
+    c: &mut impl postgres::GenericClient,
+    after: u64,
+) -> Result<(u64, Vec<Row>), FleetError> {
+    Ok((head_seq(c)?, pending(c, after)?))
+}
+
 fn pending(c: &mut impl postgres::GenericClient, after: u64) -> Result<Vec<Row>, FleetError> {
     Ok(c.query(
         "SELECT seq, node, batch, tag FROM airlock_changes WHERE seq > $1 ORDER BY seq",
@@ -869,13 +874,39 @@ fn pending(c: &mut impl postgres::GenericClient, after: u64) -> Result<Vec<Row>,
 }
 
 fn apply_rows(store: &Store, head: u64, rows: &[Row]) -> Result<u64, StoreError> {
+    if rows.is_empty() {
+        // Nothing to apply: the position is checked under a read transaction (a follower polls
+        // every second and must not take the write lock for nothing).
+        return store.read(|t| position(t, head).map(|(_, generation, _)| generation));
+    }
     let mut t = store.begin_write()?;
     let (_, reached) = apply_in(&mut t, head, rows)?;
-    if rows.is_empty() {
-        return Ok(reached);
-    }
     t.commit()?;
     Ok(reached)
+}
+
+/// This node's place on the chain: its log key, generation and last tag. A log that ends before
+/// what the node applied (`head`) lost rows.
+fn position<T: lmdb::Transaction>(
+    t: &Txn<T>,
+    head: u64,
+) -> Result<(LogKey, u64, Option<Tag>), StoreError> {
+    let key = LogKey::stored(t)?.ok_or_else(|| {
+        FleetError::UpgradeNeeded(
+            "this node has no key for the fleet's change log: start `airlock serve` with the root key once, or run `airlock fleet upgrade`".into(),
+        )
+    })?;
+    let generation = t.meta_u64(META_GENERATION)?.unwrap_or(0);
+    let prev = t
+        .get_raw(t.dbs().meta, META_LOG_TAG)?
+        .and_then(|p| Tag::try_from(p).ok());
+    if prev.is_some() && head < generation {
+        return Err(FleetError::Rejected(format!(
+            "the change log ends at change {head}, but this node applied change {generation}: rows were deleted"
+        ))
+        .into());
+    }
+    Ok((key, generation, prev))
 }
 
 /// Applies the rows this transaction has not seen, in order, each only once its tag verifies
@@ -887,21 +918,7 @@ fn apply_in(
     head: u64,
     rows: &[Row],
 ) -> Result<(LogKey, u64), StoreError> {
-    let key = LogKey::stored(t)?.ok_or_else(|| {
-        FleetError::UpgradeNeeded(
-            "this node has no key for the fleet's change log: start `airlock serve` with the root key once, or run `airlock fleet upgrade`".into(),
-        )
-    })?;
-    let mut generation = t.meta_u64(META_GENERATION)?.unwrap_or(0);
-    let mut prev: Option<Tag> = t
-        .get_raw(t.dbs().meta, META_LOG_TAG)?
-        .and_then(|p| Tag::try_from(p).ok());
-    if prev.is_some() && head < generation {
-        return Err(FleetError::Rejected(format!(
-            "the change log ends at change {head}, but this node applied change {generation}: rows were deleted"
-        ))
-        .into());
-    }
+    let (key, mut generation, mut prev) = position(t, head)?;
     for row in rows {
         if row.seq <= generation {
             continue;
