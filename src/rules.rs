@@ -154,7 +154,7 @@ impl Rules {
         !self.methods.is_empty()
             && self
                 .evaluate_with(agent, req, path, query, &self.methods)
-                .is_ok_and(|worst| rank(&worst) > rank(&verdict))
+                .is_ok_and(|worst| worst.action.strictness() > verdict.action.strictness())
     }
 
     /// Judges `req` (whose path and query `inject` split off) for `agent`.
@@ -252,19 +252,13 @@ impl Rule {
     }
 }
 
-/// How strict a verdict is: deny, then hold, then limit, then allow.
-fn rank(v: &Verdict<'_>) -> u8 {
-    match v.action {
-        RuleAction::Deny => 3,
-        RuleAction::Hold => 2,
-        RuleAction::Limit => 1,
-        RuleAction::Allow => 0,
-    }
-}
-
 /// The stricter of two verdicts.
 fn stricter<'r>(a: Verdict<'r>, b: Verdict<'r>) -> Verdict<'r> {
-    if rank(&b) > rank(&a) { b } else { a }
+    if b.action.strictness() > a.action.strictness() {
+        b
+    } else {
+        a
+    }
 }
 
 /// The segments of a normalised path (none for `/`).

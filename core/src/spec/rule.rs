@@ -64,6 +64,16 @@ impl RuleAction {
             Self::Hold => "hold",
         }
     }
+
+    /// How strict the action is: deny, then hold, then limit, then allow.
+    pub fn strictness(self) -> u8 {
+        match self {
+            Self::Deny => 3,
+            Self::Hold => 2,
+            Self::Limit => 1,
+            Self::Allow => 0,
+        }
+    }
 }
 
 /// A rule as written, before it is checked.

@@ -146,16 +146,6 @@ pub fn review(current: &[ServiceSpec], stored: &BTreeSet<String>, p: &ProposalRe
     }
 }
 
-/// How strict an action is: deny, hold, limit, allow.
-fn strictness(a: RuleAction) -> u8 {
-    match a {
-        RuleAction::Deny => 3,
-        RuleAction::Hold => 2,
-        RuleAction::Limit => 1,
-        RuleAction::Allow => 0,
-    }
-}
-
 /// Whether a service restricts anything with its rules.
 fn restricts(s: &ServiceSpec) -> bool {
     s.rules_default() != RuleAction::Allow || s.rules.iter().any(|r| r.action != RuleAction::Allow)
@@ -193,7 +183,7 @@ fn weakenings(d: &ServiceDiff, agent: Option<&str>) -> Vec<String> {
                     ));
                 }
             }
-            if strictness(new.rules_default()) < strictness(old.rules_default()) {
+            if new.rules_default().strictness() < old.rules_default().strictness() {
                 out.push(format!(
                     "service {}'s rules_default goes from {} to {}",
                     old.name,
