@@ -290,15 +290,10 @@ impl<'a, C: AsyncReadRent + AsyncWriteRent> Call<'a, C> {
         if methods.is_empty() {
             return Ok(verdict);
         }
-        rules
+        let verdict = rules
             .evaluate_with(route.agent, req, path, query, &methods)
-            .map_err(|_| {
-                ProxyError::new(
-                    ErrorKind::RulePathAmbiguous,
-                    "the path cannot be matched against the service's rules unambiguously",
-                )
-                .into()
-            })
+            .map_err(ProxyError::from)?;
+        Ok(verdict)
     }
 
     /// Carries out the rules' verdict: a denial or a spent limit refuses the request; a hold

@@ -18,7 +18,7 @@ use super::sigv4;
 use super::upstream::Target;
 use crate::http::head::{self, Framing};
 use crate::policy::{Service, ServiceFault, VaultPolicy, check_path};
-use crate::rules::Verdict;
+use crate::rules::{AmbiguousPath, Verdict};
 use crate::scrub::Masker;
 use crate::spec::Surface;
 
@@ -66,12 +66,7 @@ pub(super) fn prepare<'v>(
     let service = service_for(vault, target, path, api_base)?;
     let verdict = match service.rules.as_deref() {
         None => Verdict::ALLOW,
-        Some(rules) => rules.evaluate(agent, req, path, query).map_err(|_| {
-            let m = "the path cannot be matched against the service's rules unambiguously \
-                     (an encoded / or \\, an empty segment, or ..;)";
-            ProxyError::new(ErrorKind::RulePathAmbiguous, m)
-                .hint("send the path as the API documents it")
-        })?,
+        Some(rules) => rules.evaluate(agent, req, path, query)?,
     };
     let connection = req.connection();
     let websocket = is_websocket(req, &connection);
@@ -94,6 +89,15 @@ pub(super) fn prepare<'v>(
         websocket,
         verdict,
     })
+}
+
+impl From<AmbiguousPath> for ProxyError {
+    fn from(_: AmbiguousPath) -> Self {
+        let m = "the path cannot be matched against the service's rules unambiguously \
+                 (an encoded / or \\, an empty segment, or ..;)";
+        ProxyError::new(ErrorKind::RulePathAmbiguous, m)
+            .hint("send the path as the API documents it")
+    }
 }
 
 /// R1: Host is present once and names the authority (rows 1, 4).
