@@ -56,6 +56,8 @@ const AGENT_STATE: &[(&str, &[&str])] = &[
     ("hermes", &[".hermes"]),
     ("", &[".cache", ".npm"]),
 ];
+/// bubblewrap's program, found on `PATH`.
+const BWRAP: &str = "bwrap";
 /// The socket inside the run's directory that the two relays meet at.
 pub(super) const SOCKET: &str = "proxy.sock";
 
@@ -72,28 +74,19 @@ pub(super) struct Sandbox<'a> {
     pub allowed: &'a [PathBuf],
 }
 
-/// The `bwrap` on `PATH`, or why there is none.
-fn bwrap() -> Result<PathBuf, CliError> {
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join("bwrap"))
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            CliError::Usage(
-                "--sandbox needs bubblewrap (bwrap) on PATH: apt-get install bubblewrap; the agent was not started".into(),
-            )
-        })
-}
-
-/// Checks that `bwrap` may make the namespaces here, naming the setting when it may not.
-fn check(bwrap: &Path) -> Result<(), CliError> {
-    let out = Command::new(bwrap)
+/// Checks that `bwrap` is on `PATH` and may make the namespaces here, naming the fix when not.
+fn check() -> Result<(), CliError> {
+    let out = Command::new(BWRAP)
         .args(["--unshare-all", "--ro-bind", "/", "/", "--", "true"])
         .output()
-        .map_err(|source| CliError::Io {
-            what: format!("running {}", bwrap.display()),
-            source,
+        .map_err(|source| match source.kind() {
+            io::ErrorKind::NotFound => CliError::Usage(
+                "--sandbox needs bubblewrap (bwrap) on PATH: apt-get install bubblewrap; the agent was not started".into(),
+            ),
+            _ => CliError::Io {
+                what: format!("running {BWRAP}"),
+                source,
+            },
         })?;
     if out.status.success() {
         return Ok(());
@@ -111,8 +104,7 @@ impl Sandbox<'_> {
         program: &str,
         args: &[String],
     ) -> Result<(Command, String), CliError> {
-        let bwrap = bwrap()?;
-        check(&bwrap)?;
+        check()?;
         let exe = std::env::current_exe().map_err(|source| CliError::Io {
             what: "airlock's own path".into(),
             source,
@@ -122,7 +114,7 @@ impl Sandbox<'_> {
             source,
         })?;
         let home = std::env::var_os("HOME").map(PathBuf::from);
-        let mut c = Command::new(bwrap);
+        let mut c = Command::new(BWRAP);
         c.args([
             "--unshare-all",
             "--die-with-parent",
