@@ -6,6 +6,7 @@
 //! reads a credential back.
 
 mod agent;
+mod container;
 mod ctx;
 mod fleet;
 mod init;
@@ -78,6 +79,10 @@ pub enum Command {
     Config(ConfigCmd),
     /// Run an agent with its traffic through airlock (scoped token, proxy and CA variables)
     Run(run::RunArgs),
+    /// For orchestrators that start agent containers (NanoClaw): keep a relay container whose
+    /// network is only airlock, and print what each agent container gets (network, proxy
+    /// variables with a scoped token, CA files)
+    ContainerRelay(container::ContainerRelayArgs),
     /// Inside `run --sandbox`: relay 127.0.0.1:PORT to the run's socket and run the command
     #[command(hide = true)]
     SandboxRelay {
@@ -468,6 +473,10 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         let ctx = Ctx::new(&cli.global)?;
         return run::run(&ctx, args);
     }
+    if let Command::ContainerRelay(args) = cli.command {
+        let ctx = Ctx::new(&cli.global)?;
+        return container::relay(&ctx, args);
+    }
     if let Command::SandboxRelay {
         socket,
         port,
@@ -514,6 +523,9 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
                 logs::run(&ctx, &vault, follow, json)
             }
         }
-        Command::Config(_) | Command::Run(_) | Command::SandboxRelay { .. } => Ok(()),
+        Command::Config(_)
+        | Command::Run(_)
+        | Command::ContainerRelay(_)
+        | Command::SandboxRelay { .. } => Ok(()),
     }
 }

@@ -20,7 +20,7 @@ fetch() {
 # System packages the tests use (real clients and tools). Installed only when missing.
 need_apt=()
 for pair in curl:curl python3:python3 chromium:chromium setpriv:util-linux git:git fiu-run:fiu-utils go:golang-go \
-    tinyproxy:tinyproxy openssl:openssl bwrap:bubblewrap; do
+    tinyproxy:tinyproxy openssl:openssl bwrap:bubblewrap podman:podman debootstrap:debootstrap; do
     cmd=${pair%%:*}; pkg=${pair#*:}
     command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
@@ -75,6 +75,15 @@ if [ ! -x tests/hermes/bin/hermes ]; then
     python3 -m venv tests/hermes
     fetch "Hermes Agent" tests/hermes/bin/pip install --quiet --disable-pip-version-check \
         hermes-agent==0.19.0 anthropic==0.75.0
+fi
+
+# The container sandbox's agent image, built offline from Debian's packages (no registry), and
+# the Podman settings this host needs (tests/container-image.sh says which and why).
+if [ "$(id -u)" = 0 ]; then
+    fetch "the container tests' image" tests/container-image.sh
+else
+    podman image exists localhost/airlock-test:bookworm \
+        || { echo "tests/run.sh: the container tests need root once: sudo tests/container-image.sh" >&2; exit 1; }
 fi
 
 # The binaries the tests start (serve runs airlock-admin from beside airlock): `cargo test`

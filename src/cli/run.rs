@@ -73,24 +73,47 @@ pub struct RunArgs {
     /// Print the agent guide (for an agent's instructions) and exit
     #[arg(long)]
     pub print_guide: bool,
-    /// Run the agent in a sandbox whose only way out is airlock (Linux, bubblewrap): a network
-    /// namespace with only loopback, the system read-only, the working directory writable,
-    /// credential files hidden
-    #[arg(long)]
-    pub sandbox: bool,
+    /// Run the agent in a sandbox whose only way out is airlock: `--sandbox` (bubblewrap on this
+    /// host: a network namespace with only loopback, the system read-only, the working directory
+    /// writable, credential files hidden) or `--sandbox=container` (a Podman or Docker container
+    /// of --image with no network but airlock)
+    #[arg(
+        long,
+        value_name = "KIND",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "bwrap"
+    )]
+    pub sandbox: Option<SandboxKind>,
     /// With --sandbox: a path to leave visible and writable (repeatable)
     #[arg(long, value_name = "PATH", requires = "sandbox")]
     pub allow_path: Vec<PathBuf>,
+    /// With --sandbox=container: the image to run the agent in (never pulled: build or pull it
+    /// first)
+    #[arg(long, value_name = "IMAGE", requires = "sandbox")]
+    pub image: Option<String>,
+    /// With --sandbox=container: the container engine [default: podman, else docker]
+    #[arg(long, value_name = "PROGRAM", requires = "sandbox")]
+    pub engine: Option<String>,
     /// The command to run
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
 }
 
+/// How `--sandbox` keeps the agent in.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SandboxKind {
+    /// bubblewrap namespaces on this host, with the host's programs
+    Bwrap,
+    /// a Podman (or Docker) container of --image
+    Container,
+}
+
 /// A scoped token for the run and how to revoke it.
-struct RunToken {
+pub(super) struct RunToken {
     token: String,
     vault: String,
-    ca_pem: String,
+    pub(super) ca_pem: String,
     /// The store, when minted from the data dir.
     local: bool,
     /// The names of the vault's credentials.
@@ -137,6 +160,36 @@ fn withhold(
     (removed, replaced)
 }
 
+/// [`withhold`], saying on stderr what was withheld (by name).
+fn withhold_and_say(child: &mut Command, token: &RunToken) {
+    let values = token.values.as_deref().unwrap_or_else(|why| {
+        if token.local {
+            eprintln!(
+                "airlock: run: variables were compared with the vault's credentials by name only ({why})"
+            );
+        }
+        &[]
+    });
+    let (removed, replaced) = withhold(child, &token.credential_keys, values);
+    if !removed.is_empty() {
+        eprintln!(
+            "airlock: run: not passed to the agent: {}",
+            removed.join(", ")
+        );
+    }
+    if !replaced.is_empty() {
+        eprintln!(
+            "airlock: run: set to placeholder for the agent (named after or holding credentials of vault {}): {}",
+            token.vault,
+            replaced.join(", ")
+        );
+    }
+}
+
+fn no_command() -> CliError {
+    CliError::Usage("give the command to run after --, e.g. airlock run -- claude".into())
+}
+
 /// Whether `value` is one of `secrets`, or holds one of at least [`MIN_CONTAINED`] bytes.
 fn holds_a_value(value: &[u8], secrets: &[Secret]) -> bool {
     secrets.iter().map(Secret::expose).any(|s| {
@@ -151,24 +204,109 @@ pub(super) fn run(ctx: &Ctx, args: RunArgs) -> Result<std::process::ExitCode, Cl
         print!("{}", crate::proxy::agent_api::GUIDE);
         return Ok(std::process::ExitCode::SUCCESS);
     }
-    let Some((program, program_args)) = args.command.split_first() else {
-        return Err(CliError::Usage(
-            "give the command to run after --, e.g. airlock run -- claude".into(),
-        ));
-    };
+    if args.command.is_empty() {
+        return Err(no_command());
+    }
     let proxy = proxy_url(ctx, args.proxy.as_deref())?;
+    let engine = match args.sandbox {
+        Some(SandboxKind::Container) => Some(super::container::engine(args.engine.as_deref())?),
+        _ => None,
+    };
+    let token = mint(
+        ctx,
+        &proxy,
+        args.vault.as_deref(),
+        args.ttl,
+        args.agent.as_deref(),
+    )?;
+    // In the sandbox the data dir is hidden from the agent.
+    if token.local && args.sandbox.is_none() {
+        warn_same_user(&ctx.data_dir);
+    }
+    let dir = run_dir()?;
+    let status = start(ctx, &args, &proxy, &token, &dir, engine.as_deref());
+    revoke(ctx, &proxy, &token);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(std::process::ExitCode::from(exit_code(status?)))
+}
+
+/// Starts the agent (sandboxed as `args` say) with the run's variables and waits for it.
+fn start(
+    ctx: &Ctx,
+    args: &RunArgs,
+    proxy: &str,
+    token: &RunToken,
+    dir: &Path,
+    engine: Option<&str>,
+) -> Result<ExitStatus, CliError> {
+    let (program, program_args) = args.command.split_first().ok_or_else(no_command)?;
+    let (bundle, ca_only) = write_bundles(dir, &token.ca_pem)?;
+    let port = match args.sandbox {
+        Some(_) => Some(super::sandbox::relay_from(dir, proxy)?),
+        None => None,
+    };
+    let inside = port.map_or_else(|| proxy.to_owned(), |p| format!("http://127.0.0.1:{p}"));
+    let vars = agent_vars(&inside, token, &bundle, &ca_only)?;
+    let mut child = match args.sandbox {
+        None => {
+            let mut child = Command::new(program);
+            child.args(program_args);
+            child
+        }
+        Some(kind) => {
+            let (child, how) = match kind {
+                SandboxKind::Bwrap => super::sandbox::Sandbox {
+                    run_dir: dir,
+                    port: port.unwrap_or_default(),
+                    airlock_paths: [Some(ctx.data_dir.clone()), ctx.config_path.clone()]
+                        .into_iter()
+                        .flatten()
+                        .map(|p| std::path::absolute(&p).unwrap_or(p))
+                        .collect(),
+                    allowed: &args.allow_path,
+                }
+                .command(program, program_args)?,
+                SandboxKind::Container => super::container::Container {
+                    engine: engine.unwrap_or("podman"),
+                    image: args.image.as_deref().ok_or_else(|| {
+                        CliError::Usage(
+                            "--sandbox=container needs --image IMAGE (the agent's image)".into(),
+                        )
+                    })?,
+                    run_dir: dir,
+                    port: port.unwrap_or_default(),
+                    allowed: &args.allow_path,
+                }
+                .command(program, program_args, &vars)?,
+            };
+            eprintln!("airlock: run: {how}");
+            child
+        }
+    };
+    // A container inherits nothing of this environment, only `vars`.
+    if args.sandbox != Some(SandboxKind::Container) {
+        withhold_and_say(&mut child, token);
+    }
+    child.envs(vars.iter().map(|(k, v)| (k, v)));
+    spawn_and_wait(&mut child, program)
+}
+
+/// Mints the run's scoped token (from the data dir, or through the agent API with
+/// `AIRLOCK_TOKEN`) and checks that the proxy at `proxy` takes it (revoking it when not).
+pub(super) fn mint(
+    ctx: &Ctx,
+    proxy: &str,
+    vault: Option<&str>,
+    ttl: std::time::Duration,
+    agent: Option<&str>,
+) -> Result<RunToken, CliError> {
     let _ = DATA_DIR_CA.set(ctx.data_dir.join(CA_CERT_FILE));
     let agent_token = std::env::var("AIRLOCK_TOKEN")
         .ok()
         .filter(|t| !t.is_empty());
     let token = match (&agent_token, ctx.data_dir.join("vault").exists()) {
-        (Some(agent), _) => mint_remote(&proxy, agent, args.vault.as_deref(), args.ttl)?,
-        (None, true) => mint_local(
-            ctx,
-            args.vault.as_deref().unwrap_or("default"),
-            args.ttl,
-            args.agent.as_deref(),
-        )?,
+        (Some(agent_token), _) => mint_remote(proxy, agent_token, vault, ttl)?,
+        (None, true) => mint_local(ctx, vault.unwrap_or("default"), ttl, agent)?,
         (None, false) => {
             return Err(CliError::Usage(format!(
                 "no data dir at {} and no AIRLOCK_TOKEN: give an agent token in AIRLOCK_TOKEN (with AIRLOCK_URL)",
@@ -176,106 +314,53 @@ pub(super) fn run(ctx: &Ctx, args: RunArgs) -> Result<std::process::ExitCode, Cl
             )));
         }
     };
-    if let Err(e) = preflight(&proxy, &token) {
-        revoke(ctx, &proxy, &token);
+    if let Err(e) = preflight(proxy, &token) {
+        revoke(ctx, proxy, &token);
         return Err(e);
     }
-    // In the sandbox the data dir is hidden from the agent.
-    if token.local && !args.sandbox {
-        warn_same_user(&ctx.data_dir);
-    }
-    let dir = run_dir()?;
-    let bundle = write_bundle(&dir, &token.ca_pem)?;
-    let ca_only = dir.join("airlock-ca.pem");
-    crate::fsutil::write_atomic(&ca_only, token.ca_pem.as_bytes(), 0o644).map_err(|source| {
-        CliError::Io {
-            what: ca_only.display().to_string(),
-            source,
-        }
-    })?;
-    let (mut child, inside) = if args.sandbox {
-        let (scheme, outside) = split_url(&proxy);
-        if scheme != "http" {
-            return Err(CliError::Usage(
-                "--sandbox relays a plain http:// proxy port (give --proxy http://...)".into(),
-            ));
-        }
-        let port = outside
-            .rsplit_once(':')
-            .and_then(|(_, p)| p.parse().ok())
-            .unwrap_or(7480);
-        super::sandbox::relay_outside(&dir, outside.to_owned())?;
-        let sandbox = super::sandbox::Sandbox {
-            run_dir: &dir,
-            port,
-            airlock_paths: [Some(ctx.data_dir.clone()), ctx.config_path.clone()]
-                .into_iter()
-                .flatten()
-                .map(|p| std::path::absolute(&p).unwrap_or(p))
-                .collect(),
-            allowed: &args.allow_path,
-        };
-        let (child, how) = sandbox.command(program, program_args)?;
-        eprintln!("airlock: run: {how}");
-        (child, format!("http://127.0.0.1:{port}"))
-    } else {
-        let mut child = Command::new(program);
-        child.args(program_args);
-        (child, proxy.clone())
-    };
-    let (host_port, proxy_with_auth) = proxy_parts(&inside, &token.token, &token.vault)?;
-    let values = token.values.as_deref().unwrap_or_else(|why| {
-        if token.local {
-            eprintln!(
-                "airlock: run: variables were compared with the vault's credentials by name only ({why})"
-            );
-        }
-        &[]
-    });
-    let (removed, replaced) = withhold(&mut child, &token.credential_keys, values);
-    if !removed.is_empty() {
-        eprintln!(
-            "airlock: run: not passed to the agent: {}",
-            removed.join(", ")
-        );
-    }
-    if !replaced.is_empty() {
-        eprintln!(
-            "airlock: run: set to placeholder for the agent (named after or holding credentials of vault {}): {}",
-            token.vault,
-            replaced.join(", ")
-        );
-    }
-    for var in ["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"] {
-        child.env(var, &proxy_with_auth);
-    }
+    Ok(token)
+}
+
+/// The variables the agent gets: the proxy `inside` (as the agent reaches it) with the token,
+/// `NO_PROXY` extended, the CA `bundle` (airlock's CA with the roots already trusted) and
+/// `ca_only`, and the agent API; paths as the agent sees them.
+pub(super) fn agent_vars(
+    inside: &str,
+    token: &RunToken,
+    bundle: &Path,
+    ca_only: &Path,
+) -> Result<Vec<(String, String)>, CliError> {
+    let (host_port, proxy_with_auth) = proxy_parts(inside, &token.token, &token.vault)?;
     let no_proxy = extended_no_proxy(
         std::env::var("NO_PROXY")
             .ok()
             .or_else(|| std::env::var("no_proxy").ok()),
     );
-    child.env("NO_PROXY", &no_proxy).env("no_proxy", &no_proxy);
-    child.env("NODE_USE_ENV_PROXY", "1");
-    for var in BUNDLE_VARS {
-        child.env(var, &bundle);
-    }
-    child.env("NODE_EXTRA_CA_CERTS", &ca_only);
-    // Codex reads its roots from here and ignores NODE_EXTRA_CA_CERTS.
-    child.env("CODEX_CA_CERTIFICATE", &bundle);
-    child
-        .env("AIRLOCK_URL", &host_port)
-        .env("AIRLOCK_TOKEN", &token.token)
-        .env("AIRLOCK_VAULT", &token.vault);
-    let status = spawn_and_wait(&mut child, program);
-    revoke(ctx, &proxy, &token);
-    let _ = std::fs::remove_dir_all(&dir);
-    let status = status?;
-    Ok(std::process::ExitCode::from(exit_code(status)))
+    let bundle = bundle.display().to_string();
+    let mut vars: Vec<(&str, String)> = ["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"]
+        .into_iter()
+        .map(|v| (v, proxy_with_auth.clone()))
+        .collect();
+    vars.extend([
+        ("NO_PROXY", no_proxy.clone()),
+        ("no_proxy", no_proxy),
+        ("NODE_USE_ENV_PROXY", "1".into()),
+    ]);
+    vars.extend(BUNDLE_VARS.iter().map(|v| (*v, bundle.clone())));
+    vars.extend([
+        ("NODE_EXTRA_CA_CERTS", ca_only.display().to_string()),
+        // Codex reads its roots from here and ignores NODE_EXTRA_CA_CERTS.
+        ("CODEX_CA_CERTIFICATE", bundle),
+        ("AIRLOCK_URL", host_port),
+        ("AIRLOCK_TOKEN", token.token.clone()),
+        ("AIRLOCK_VAULT", token.vault.clone()),
+    ]);
+    Ok(vars.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
 }
 
 /// The proxy: `--proxy`, else `$AIRLOCK_URL`, else where a `serve` on this data dir says it
 /// listens, else the config's `listen`, else 127.0.0.1:7480.
-fn proxy_url(ctx: &Ctx, flag: Option<&str>) -> Result<String, CliError> {
+pub(super) fn proxy_url(ctx: &Ctx, flag: Option<&str>) -> Result<String, CliError> {
     let url = flag
         .map(str::to_owned)
         .or_else(|| std::env::var("AIRLOCK_URL").ok().filter(|u| !u.is_empty()))
@@ -297,7 +382,7 @@ fn proxy_url(ctx: &Ctx, flag: Option<&str>) -> Result<String, CliError> {
 }
 
 /// `("https", "host:port")` from a proxy URL.
-fn split_url(url: &str) -> (&'static str, &str) {
+pub(super) fn split_url(url: &str) -> (&'static str, &str) {
     match url.strip_prefix("https://") {
         Some(rest) => ("https", rest),
         None => ("http", url.trim_start_matches("http://")),
@@ -435,7 +520,7 @@ fn mint_remote(
     })
 }
 
-fn revoke(ctx: &Ctx, proxy: &str, token: &RunToken) {
+pub(super) fn revoke(ctx: &Ctx, proxy: &str, token: &RunToken) {
     let result = if token.local {
         ctx.open_store()
             .and_then(|s| Ok(s.revoke_token(&ctx.actor, TokenHash::of(token.token.as_bytes()))?))
@@ -561,7 +646,7 @@ pub(super) fn extended_no_proxy(existing: Option<String>) -> String {
 
 /// A new private directory for the run's files: a random name, created 0700 by this call (never
 /// one that already exists, which another user could have made; review B12).
-fn run_dir() -> Result<PathBuf, CliError> {
+pub(super) fn run_dir() -> Result<PathBuf, CliError> {
     use std::os::unix::fs::DirBuilderExt;
     let mut last = None;
     for _ in 0..8 {
@@ -583,6 +668,24 @@ fn run_dir() -> Result<PathBuf, CliError> {
     })
 }
 
+/// Writes into `dir` the agent's two CA files: airlock's CA plus the bundle the child would
+/// otherwise have trusted (`ca-bundle.pem`), and airlock's CA alone ([`CA_ONLY`]).
+pub(super) fn write_bundles(dir: &Path, ca_pem: &str) -> Result<(PathBuf, PathBuf), CliError> {
+    let ca_only = dir.join(CA_ONLY);
+    crate::fsutil::write_atomic(&ca_only, ca_pem.as_bytes(), 0o644).map_err(|source| {
+        CliError::Io {
+            what: ca_only.display().to_string(),
+            source,
+        }
+    })?;
+    Ok((write_bundle(dir, ca_pem)?, ca_only))
+}
+
+/// airlock's CA alone, for `NODE_EXTRA_CA_CERTS` (Node adds it to its own roots).
+pub(super) const CA_ONLY: &str = "airlock-ca.pem";
+/// airlock's CA plus the roots the agent trusted before.
+pub(super) const BUNDLE: &str = "ca-bundle.pem";
+
 /// airlock's CA plus the bundle the child would otherwise have trusted.
 fn write_bundle(dir: &Path, ca_pem: &str) -> Result<PathBuf, CliError> {
     let existing = BUNDLE_VARS
@@ -602,7 +705,7 @@ fn write_bundle(dir: &Path, ca_pem: &str) -> Result<PathBuf, CliError> {
         }
     }
     bundle.push_str(ca_pem);
-    let path = dir.join("ca-bundle.pem");
+    let path = dir.join(BUNDLE);
     crate::fsutil::write_atomic(&path, bundle.as_bytes(), 0o644).map_err(|source| {
         CliError::Io {
             what: path.display().to_string(),
@@ -625,7 +728,7 @@ fn warn_same_user(data_dir: &Path) {
 }
 
 /// Runs the child, forwarding SIGINT, SIGTERM and SIGHUP to it.
-fn spawn_and_wait(cmd: &mut Command, program: &str) -> Result<ExitStatus, CliError> {
+pub(super) fn spawn_and_wait(cmd: &mut Command, program: &str) -> Result<ExitStatus, CliError> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut child = cmd.spawn().map_err(|source| CliError::Io {
         what: format!("starting {program}"),

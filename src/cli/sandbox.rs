@@ -251,9 +251,26 @@ impl TryCloneStream for UnixStream {
     }
 }
 
+/// Starts the outside relay for a sandbox in `run_dir` towards the plain-HTTP proxy `proxy`
+/// (a URL); returns the port the proxy answers at inside (the same as outside, else 7480).
+pub(super) fn relay_from(run_dir: &Path, proxy: &str) -> Result<u16, CliError> {
+    let (scheme, outside) = super::run::split_url(proxy);
+    if scheme != "http" {
+        return Err(CliError::Usage(
+            "--sandbox relays a plain http:// proxy port (give --proxy http://...)".into(),
+        ));
+    }
+    let port = outside
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or(7480);
+    relay_outside(run_dir, outside.to_owned())?;
+    Ok(port)
+}
+
 /// Outside: accepts on the run's socket and passes each connection to the proxy at `proxy`
 /// (`host:port`), on a thread per connection, for as long as the run lasts.
-pub(super) fn relay_outside(run_dir: &Path, proxy: String) -> Result<(), CliError> {
+fn relay_outside(run_dir: &Path, proxy: String) -> Result<(), CliError> {
     let path = run_dir.join(SOCKET);
     let listener = UnixListener::bind(&path).map_err(|source| CliError::Io {
         what: path.display().to_string(),
@@ -274,21 +291,20 @@ pub(super) fn relay_outside(run_dir: &Path, proxy: String) -> Result<(), CliErro
 }
 
 /// Inside (`airlock sandbox-relay`, the sandbox's first process): listens on `127.0.0.1:port`,
-/// passes each connection to `socket`, runs `command` and exits with its code.
+/// passes each connection to `socket`, runs `command` and exits with its code. With no command
+/// (the relay container of `container-relay`) it prints `ready` once listening and relays until
+/// it is stopped.
 pub(super) fn relay_inside(
     socket: &Path,
     port: u16,
     command: &[String],
 ) -> Result<ExitCode, CliError> {
-    let Some((program, args)) = command.split_first() else {
-        return Err(CliError::Usage("sandbox-relay: no command".into()));
-    };
     let listener = TcpListener::bind(("127.0.0.1", port)).map_err(|source| CliError::Io {
         what: format!("127.0.0.1:{port} inside the sandbox"),
         source,
     })?;
     let socket = socket.to_owned();
-    std::thread::spawn(move || {
+    let relay = move || {
         for conn in listener.incoming().flatten() {
             let socket = socket.clone();
             std::thread::spawn(move || {
@@ -298,13 +314,15 @@ pub(super) fn relay_inside(
                 }
             });
         }
-    });
-    let status = Command::new(program)
-        .args(args)
-        .status()
-        .map_err(|source| CliError::Io {
-            what: format!("starting {program}"),
-            source,
-        })?;
+    };
+    let Some((program, args)) = command.split_first() else {
+        println!("ready");
+        let _ = io::Write::flush(&mut io::stdout());
+        relay();
+        return Ok(ExitCode::SUCCESS);
+    };
+    std::thread::spawn(relay);
+    // Signals are passed on: as a container's first process nothing else would.
+    let status = super::run::spawn_and_wait(Command::new(program).args(args), program)?;
     Ok(ExitCode::from(super::run::exit_code(status)))
 }
