@@ -166,22 +166,28 @@ fn airlock(args: &[&str], dir: &std::path::Path, stdin: Option<&[u8]>) -> String
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// `airlock run -- true` and `airlock run --sandbox -- true` against the proxy at `proxy`, taken
-/// in turn `runs` times each: the median wall time of each in ms, with the range of the sandbox's
-/// extra cost; `None` without bubblewrap (the sandbox then refuses to start).
+/// `airlock run -- true` and `airlock run SANDBOX -- true` (`sandbox` the flags) against the
+/// proxy at `proxy`, taken in turn `runs` times each: the median wall time of each in ms, with
+/// the range of the sandbox's extra cost; `None` where that sandbox cannot start (no bubblewrap;
+/// for containers no Podman or no test image).
 fn sandbox_startup(
     dir: &std::path::Path,
     proxy: std::net::SocketAddr,
     runs: usize,
+    sandbox: &[&str],
 ) -> Option<(f64, f64, (f64, f64, f64))> {
     let url = format!("http://{proxy}");
-    let time = |sandbox: bool| {
+    // The Podman settings this host needs (tests/container-image.sh).
+    let conf =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/podman/containers.conf");
+    let time = |flags: &[&str]| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_airlock"));
         c.arg("--data-dir")
             .arg(dir.join("data"))
-            .args(["run", "--proxy", &url]);
-        if sandbox {
-            c.arg("--sandbox");
+            .args(["run", "--proxy", &url])
+            .args(flags);
+        if conf.exists() {
+            c.env("CONTAINERS_CONF", &conf);
         }
         c.args(["--", "true"])
             .stdout(Stdio::null())
@@ -190,10 +196,10 @@ fn sandbox_startup(
         let ok = c.status().is_ok_and(|s| s.success());
         ok.then(|| start.elapsed().as_secs_f64() * 1000.0)
     };
-    time(true)?;
+    time(sandbox)?;
     let (mut plain, mut boxed, mut extra) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
-        let (p, b) = (time(false)?, time(true)?);
+        let (p, b) = (time(&[])?, time(sandbox)?);
         plain.push(p);
         boxed.push(b);
         extra.push(b - p);
@@ -1077,18 +1083,38 @@ fn main() {
         "-".into(),
         format!("{per_tunnel:.1}"),
     );
-    let startup = sandbox_startup(dir.path(), al.proxy, if o.rounds > 1 { 20 } else { 5 });
-    match startup {
-        Some((plain, boxed, extra)) => row(
-            "`airlock run -- true`: plain / --sandbox (ms)".into(),
-            format!("{plain:.1}"),
-            format!("{boxed:.1} (+{})", show(extra, 1)),
+    let runs = if o.rounds > 1 { 20 } else { 5 };
+    let startup = sandbox_startup(dir.path(), al.proxy, runs, &["--sandbox"]);
+    let container = sandbox_startup(
+        dir.path(),
+        al.proxy,
+        runs,
+        &[
+            "--sandbox=container",
+            "--image",
+            "localhost/airlock-test:bookworm",
+        ],
+    );
+    for (flag, measured, without) in [
+        ("--sandbox", startup, "no bubblewrap"),
+        (
+            "--sandbox=container",
+            container,
+            "no Podman or no test image: tests/container-image.sh",
         ),
-        None => row(
-            "`airlock run --sandbox`: not measured (no bubblewrap)".into(),
-            "-".into(),
-            "-".into(),
-        ),
+    ] {
+        match measured {
+            Some((plain, boxed, extra)) => row(
+                format!("`airlock run -- true`: plain / {flag} (ms)"),
+                format!("{plain:.1}"),
+                format!("{boxed:.1} (+{})", show(extra, 1)),
+            ),
+            None => row(
+                format!("`airlock run {flag}`: not measured ({without})"),
+                "-".into(),
+                "-".into(),
+            ),
+        }
     }
     let mut json = serde_json::json!({
         "cores": cores,
@@ -1135,6 +1161,8 @@ fn main() {
     json["run_ms"] = serde_json::json!(startup.map(|s| s.0));
     json["run_sandbox_ms"] = serde_json::json!(startup.map(|s| s.1));
     json["run_sandbox_extra_ms"] = serde_json::json!(startup.map(|s| s.2.0));
+    json["run_container_ms"] = serde_json::json!(container.map(|s| s.1));
+    json["run_container_extra_ms"] = serde_json::json!(container.map(|s| s.2.0));
     if peer.is_some() {
         let ka = ratio(|r| r.ka_airlock, |r| r.ka_peer.unwrap_or(f64::NAN));
         let down = ratio(|r| r.down_airlock, |r| r.down_peer.unwrap_or(f64::NAN));
