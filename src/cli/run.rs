@@ -20,6 +20,10 @@
 //! `openai_api_key`, `MY_OPENAI_API_KEY_2`), when `run` can open the vault (the root key is
 //! readable here, as for `serve`); stderr says which, by name only. The bundle files live in a
 //! fresh private (0700) directory of a random name.
+//!
+//! `--sandbox` runs the agent under bubblewrap ([`super::sandbox`]), `--sandbox=container` in a
+//! Podman or Docker container ([`super::container`]); in a container the agent inherits nothing
+//! of this environment but the run's variables.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
