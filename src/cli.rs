@@ -6,6 +6,7 @@
 //! reads a credential back.
 
 mod agent;
+mod child;
 mod container;
 mod ctx;
 mod fleet;
@@ -17,6 +18,7 @@ mod proposal;
 mod run;
 mod sandbox;
 mod service;
+mod session;
 mod vault;
 
 use std::path::PathBuf;

@@ -24,7 +24,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
-use super::run::{self, RunToken};
+use super::child::exit_code;
+use super::session::{self, RunToken};
 use super::sandbox::SOCKET;
 use super::{CliError, Ctx};
 
@@ -278,14 +279,14 @@ fn agent_settings(
     dir: &Path,
 ) -> Result<serde_json::Value, CliError> {
     let ca_dir = Path::new(CA_DIR);
-    let vars = run::agent_vars(
+    let vars = session::agent_vars(
         &format!("http://127.0.0.1:{port}"),
         token,
-        &ca_dir.join(run::BUNDLE),
-        &ca_dir.join(run::CA_ONLY),
+        &ca_dir.join(session::BUNDLE),
+        &ca_dir.join(session::CA_ONLY),
     )?;
     let network = format!("container:{name}");
-    let mounts: Vec<serde_json::Value> = [run::BUNDLE, run::CA_ONLY]
+    let mounts: Vec<serde_json::Value> = [session::BUNDLE, session::CA_ONLY]
         .iter()
         .map(|f| {
             serde_json::json!({
@@ -325,17 +326,17 @@ fn agent_settings(
 /// `airlock container-relay`: see the module docs.
 pub(super) fn relay(ctx: &Ctx, args: ContainerRelayArgs) -> Result<ExitCode, CliError> {
     let engine = engine(args.engine.as_deref())?;
-    let proxy = run::proxy_url(ctx, args.proxy.as_deref())?;
-    let token = run::mint(
+    let proxy = session::proxy_url(ctx, args.proxy.as_deref())?;
+    let token = session::mint(
         ctx,
         &proxy,
         args.vault.as_deref(),
         args.ttl,
         args.agent.as_deref(),
     )?;
-    let dir = run::run_dir()?;
+    let dir = session::run_dir()?;
     let result = serve_relay(&engine, &args, &proxy, &token, &dir);
-    run::revoke(ctx, &proxy, &token);
+    session::revoke(ctx, &proxy, &token);
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
@@ -349,7 +350,7 @@ fn serve_relay(
     token: &RunToken,
     dir: &Path,
 ) -> Result<ExitCode, CliError> {
-    run::write_bundles(dir, &token.ca_pem)?;
+    session::write_bundles(dir, &token.ca_pem)?;
     let port = super::sandbox::relay_from(dir, proxy)?;
     open_to_container_users(dir);
     // A stopped relay container of this name left behind (its removal fails while agents use
@@ -384,7 +385,7 @@ fn serve_relay(
         let _ = BufReader::new(out).read_line(&mut ready);
     }
     if ready.trim() != "ready" {
-        let status = child.wait().ok().map_or(1, run::exit_code);
+        let status = child.wait().ok().map_or(1, exit_code);
         return Err(CliError::Usage(format!(
             "the relay container {} did not start ({engine} exited with {status}; see above)",
             args.name
@@ -458,6 +459,6 @@ fn wait_or_stop(
     }
     Err(CliError::Usage(format!(
         "the relay container {name} stopped ({engine} exited with {})",
-        run::exit_code(status)
+        exit_code(status)
     )))
 }

@@ -254,7 +254,7 @@ impl TryCloneStream for UnixStream {
 /// Starts the outside relay for a sandbox in `run_dir` towards the plain-HTTP proxy `proxy`
 /// (a URL); returns the port the proxy answers at inside (the same as outside, else 7480).
 pub(super) fn relay_from(run_dir: &Path, proxy: &str) -> Result<u16, CliError> {
-    let (scheme, outside) = super::run::split_url(proxy);
+    let (scheme, outside) = super::session::split_url(proxy);
     if scheme != "http" {
         return Err(CliError::Usage(
             "--sandbox relays a plain http:// proxy port (give --proxy http://...)".into(),
@@ -323,6 +323,6 @@ pub(super) fn relay_inside(
     };
     std::thread::spawn(relay);
     // Signals are passed on: as a container's first process nothing else would.
-    let status = super::run::spawn_and_wait(Command::new(program).args(args), program)?;
-    Ok(ExitCode::from(super::run::exit_code(status)))
+    let status = super::child::spawn_and_wait(Command::new(program).args(args), program)?;
+    Ok(ExitCode::from(super::child::exit_code(status)))
 }
