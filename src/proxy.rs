@@ -25,6 +25,7 @@
 
 pub mod agent_api;
 pub mod auth;
+pub mod authority;
 mod client;
 pub mod connect;
 pub mod error;

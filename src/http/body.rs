@@ -15,6 +15,11 @@ use super::io::{BufConn, forward_buffered};
 use crate::scrub::Scrubber;
 
 /// Longest chunk-size line (size plus extensions) accepted.
+/// The largest request body airlock reads whole before sending it: to send it again when a
+/// reused upstream connection turns out dead, to show a held request to the operator, to judge
+/// a `_method` in the body. Larger bodies stream.
+pub const WHOLE_BODY_MAX: u64 = 1024 * 1024;
+
 const MAX_CHUNK_LINE: usize = 1024;
 /// Longest trailer section accepted (trailers are read and dropped).
 const MAX_TRAILERS: usize = 8 * 1024;

@@ -3,7 +3,6 @@
 //! and is intercepted, tunnelled or denied before any TLS ([`connect`]); absolute-form `http://`
 //! is plain proxying ([`super::plain`]); origin-form is the agent API ([`super::agent_api`]).
 
-use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -11,6 +10,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
 use monoio::net::TcpStream;
 use monoio_rustls::TlsAcceptor;
 
+use super::authority::parse_authority;
 use super::client::{self, Between, Next, reply_and_close};
 use super::error::{ErrorKind, ProxyError, no_service};
 use super::log::refuse_unmatched;
@@ -91,33 +91,6 @@ async fn serve_io<S: Split + AsyncReadRent + AsyncWriteRent + 'static>(
     }
 }
 
-/// Parses a CONNECT authority strictly: `host:port`, a DNS name or IP literal, port 1-65535
-/// without sign (row 5). Returns the lowercase host without a trailing dot.
-pub fn parse_authority(authority: &str) -> Result<(String, u16), ProxyError> {
-    let bad = |m: &str| ProxyError::new(ErrorKind::BadAuthority, m.to_owned());
-    let (host, port) = authority
-        .rsplit_once(':')
-        .ok_or_else(|| bad("the CONNECT target must be host:port"))?;
-    if port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad("the port must be 1-65535"));
-    }
-    let port: u16 = port
-        .parse()
-        .ok()
-        .filter(|&p| p != 0)
-        .ok_or_else(|| bad("the port must be 1-65535"))?;
-    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        let ip: Ipv6Addr = v6.parse().map_err(|_| bad("invalid IPv6 literal"))?;
-        return Ok((ip.to_string(), port));
-    }
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
-    if host.parse::<Ipv4Addr>().is_ok() {
-        return Ok((host, port));
-    }
-    crate::spec::host::check_dns_name(&host).map_err(|e| bad(&e))?;
-    Ok((host, port))
-}
-
 /// A CONNECT: the authority is checked (row 5) and the token authenticated before anything
 /// else; then a host with a service is intercepted, and any other host is denied at once
 /// (row 28: before any TLS or DNS) or tunnelled, as the vault says.
@@ -180,43 +153,5 @@ async fn connect<S: Split + AsyncReadRent + AsyncWriteRent + 'static>(
             let refused = refuse_unmatched(&shared, &id, &target.host, &req, refused);
             reply_and_close(&mut client, &refused).await
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// security.md row 5.
-    #[test]
-    fn row5_bad_authorities_refused() {
-        for bad in [
-            "api.x.com",
-            "api.x.com:0",
-            "api.x.com:65536",
-            "api.x.com:+443",
-            "user@api.x.com:443",
-            "api.x.com#:443",
-            "api\\x.com:443",
-            "api%2ex.com:443",
-            "api x.com:443",
-            ":443",
-            "[::1:443",
-        ] {
-            assert_eq!(
-                parse_authority(bad).unwrap_err().kind(),
-                ErrorKind::BadAuthority,
-                "{bad}"
-            );
-        }
-        assert_eq!(
-            parse_authority("API.X.com.:443").unwrap(),
-            ("api.x.com".into(), 443)
-        );
-        assert_eq!(parse_authority("[::1]:8443").unwrap(), ("::1".into(), 8443));
-        assert_eq!(
-            parse_authority("10.0.0.1:443").unwrap(),
-            ("10.0.0.1".into(), 443)
-        );
     }
 }

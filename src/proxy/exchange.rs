@@ -29,7 +29,7 @@ use super::sigv4::{self, Payload};
 use super::upstream::{self, PoolKey, Target, Upstream};
 use super::{Limits, Shared};
 use crate::http::HttpError;
-use crate::http::body::{self, RelayError};
+use crate::http::body::{self, RelayError, WHOLE_BODY_MAX};
 use crate::http::head::Framing;
 use crate::http::io::BufConn;
 use crate::policy::{OAuthUse, SigV4Keys, VaultPolicy};
@@ -37,9 +37,6 @@ use crate::requestlog::Row;
 use crate::rules::{Rule, Verdict};
 use crate::spec::RuleAction;
 
-/// Request bodies up to this size are read whole before they go out on a reused upstream
-/// connection, so the request can be sent again if that connection turns out to be dead.
-pub(super) const RETRY_BODY_MAX: u64 = 1024 * 1024;
 
 /// Where a request goes and for whom.
 #[derive(Clone, Copy, Debug)]
@@ -241,7 +238,7 @@ struct Call<'a, C> {
 impl<'a, C: AsyncReadRent + AsyncWriteRent> Call<'a, C> {
     /// Review W1: Rails, Laravel and Symfony act on a `_method` field of a form or JSON body.
     /// When one could make the verdict stricter (the service's rules name a method that would),
-    /// the body is read (a `Content-Length` of at most [`hold::HOLD_BODY_MAX`], kept for
+    /// the body is read (a `Content-Length` of at most [`WHOLE_BODY_MAX`], kept for
     /// sending) and each `_method` in it judged like the query's; a body that cannot be read
     /// first or parsed as its framework would is refused (`rule_method_ambiguous`).
     async fn judge_body(
@@ -273,13 +270,13 @@ impl<'a, C: AsyncReadRent + AsyncWriteRent> Call<'a, C> {
                 .hint("send the method itself, with a Content-Length body")
         };
         let body = match self.prepared.framing {
-            Framing::Length(n) if n <= hold::HOLD_BODY_MAX => self.hold_body(n).await?,
+            Framing::Length(n) if n <= WHOLE_BODY_MAX => self.hold_body(n).await?,
             // A hold needs the body in hand too, and refuses it with its own error.
             _ if verdict.action == RuleAction::Hold => return Ok(verdict),
             _ => {
                 let why = format!(
                     "a body that is not Content-Length of at most {} bytes cannot be read first",
-                    hold::HOLD_BODY_MAX
+                    WHOLE_BODY_MAX
                 );
                 return Err(ambiguous(&why).into());
             }
@@ -354,12 +351,12 @@ impl<'a, C: AsyncReadRent + AsyncWriteRent> Call<'a, C> {
                 }
                 let body = match self.prepared.framing {
                     Framing::Empty => Vec::new(),
-                    Framing::Length(n) if n <= hold::HOLD_BODY_MAX => self.hold_body(n).await?,
+                    Framing::Length(n) if n <= WHOLE_BODY_MAX => self.hold_body(n).await?,
                     _ => {
                         let m = format!(
                             "{} holds this request for an operator, which needs a Content-Length body of at most {} bytes",
                             by(),
-                            hold::HOLD_BODY_MAX
+                            WHOLE_BODY_MAX
                         );
                         return Err(ProxyError::new(ErrorKind::HoldBodyTooLarge, m).into());
                     }
@@ -450,7 +447,7 @@ impl<'a, C: AsyncReadRent + AsyncWriteRent> Call<'a, C> {
         Ok(held)
     }
 
-    /// The whole body when it is empty or a `Content-Length` of at most [`RETRY_BODY_MAX`] (so
+    /// The whole body when it is empty or a `Content-Length` of at most [`WHOLE_BODY_MAX`] (so
     /// the request can be sent twice); `None` for a body that must stream.
     async fn hold_if_small(&mut self) -> Result<Option<Vec<u8>>, ExchangeError> {
         if let Some(body) = self.early.take() {
@@ -458,7 +455,7 @@ impl<'a, C: AsyncReadRent + AsyncWriteRent> Call<'a, C> {
         }
         Ok(match self.prepared.framing {
             Framing::Empty => Some(Vec::new()),
-            Framing::Length(n) if n <= RETRY_BODY_MAX => Some(self.hold_body(n).await?),
+            Framing::Length(n) if n <= WHOLE_BODY_MAX => Some(self.hold_body(n).await?),
             _ => None,
         })
     }

@@ -1,5 +1,5 @@
 //! The hold step: a request a `hold` rule stopped (its body already read, at most
-//! [`HOLD_BODY_MAX`]) is stored as a held-request proposal off the worker thread, then waits while
+//! [`WHOLE_BODY_MAX`](crate::http::body::WHOLE_BODY_MAX)) is stored as a held-request proposal off the worker thread, then waits while
 //! an operator is asked (admin UI, CLI, webhook). Approved: the exchange forwards it with the
 //! credential; rejected or past `hold_timeout`: `403 hold_rejected` / `403 hold_timed_out`, and
 //! nothing goes upstream. An agent that hangs up while its request waits withdraws it: the proposal
@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use super::Shared;
 use super::error::{ErrorKind, ProxyError};
-use super::exchange::RETRY_BODY_MAX;
 use super::inject::Prepared;
 use super::outcome::ExchangeError;
 use super::peer::Peer;
@@ -21,8 +20,6 @@ use crate::vault::proposals::inert;
 use crate::vault::records::{HeldRequest, ProposalStatus};
 use crate::vault::{Store, VaultError};
 
-/// Largest body a held request may have (it waits in memory).
-pub(super) const HOLD_BODY_MAX: u64 = RETRY_BODY_MAX;
 /// How often a held request looks for the operator's answer.
 const POLL: Duration = Duration::from_millis(200);
 /// How long past its expiry a held request still looks for an approval (a fleet's approval

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
-use super::connect::parse_authority;
+use super::authority::parse_authority;
 use super::error::{ErrorKind, ProxyError, no_service};
 use super::exchange::{self, Route};
 use super::log::{Entry, refuse_unmatched};
