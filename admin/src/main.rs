@@ -166,7 +166,7 @@ async fn serve(
     admin_url: Option<String>,
     reload: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let app = respond::app(state.clone());
+    let app = app(state.clone());
     let api_app = api::router(state.clone());
     let bind = |path: PathBuf| -> anyhow::Result<(socket::PeerChecked, PathBuf)> {
         let listener =
@@ -235,4 +235,17 @@ async fn parent_gone() {
             return;
         }
     }
+}
+
+/// The web app: the pages and the management routes, behind the session guard.
+fn app(state: Arc<AppState>) -> axum::Router {
+    pages::routes()
+        .merge(manage::routes())
+        .merge(logs::routes())
+        .merge(overview::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            security::guard,
+        ))
+        .with_state(state)
 }

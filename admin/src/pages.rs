@@ -24,7 +24,7 @@ use crate::security::{self, Client, Session, csrf_ok};
 use crate::views::{CSS, LIVE_JS, flash};
 
 /// The pages' routes (the vault management pages are [`crate::manage::routes`]); the session
-/// guard and the state are applied by [`crate::respond::app`].
+/// guard and the state are applied by the crate root's `app`.
 pub(crate) fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))

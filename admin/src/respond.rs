@@ -1,7 +1,7 @@
 //! What every page handler answers with (a rendered page, the login redirect, the stale-form
 //! refusal, a vault error), the [`SignedIn`] extractor that sends a visitor who is not logged in
-//! to the login page before a handler runs, and the app that mounts the pages and the management
-//! routes behind the session guard. The page modules use this; it uses neither.
+//! to the login page before a handler runs. The page modules use this; it uses none of them
+//! (the crate root mounts them).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,25 +12,12 @@ use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::{Form, Router};
+use axum::Form;
 use maud::{Markup, html};
 
 use crate::AppState;
-use crate::security::{self, Session};
+use crate::security::Session;
 use crate::views::{flash, page};
-
-/// The web app: the pages and the management routes, behind the session guard.
-pub(crate) fn app(state: Arc<AppState>) -> Router {
-    crate::pages::routes()
-        .merge(crate::manage::routes())
-        .merge(crate::logs::routes())
-        .merge(crate::overview::routes())
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            security::guard,
-        ))
-        .with_state(state)
-}
 
 pub(crate) type St = State<Arc<AppState>>;
 pub(crate) type Fields = Form<HashMap<String, String>>;
