@@ -27,9 +27,10 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::http::head::{self, Framing};
 use crate::proxy::Shared;
-use crate::proxy::error::{ErrorKind, ProxyError};
+use crate::proxy::error::ProxyError;
 use crate::proxy::inject::host_header;
 use crate::proxy::upstream::{self, Target};
+use crate::renewal::{Answer, Ask, Failure, Inbox};
 use crate::secret::{Secret, check_value};
 use crate::spec::Scheme;
 use crate::vault::now;
@@ -42,85 +43,8 @@ use crate::vault::oauth::{
 const TICK: Duration = Duration::from_secs(1);
 /// The whole token request: connect, send, read the answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a worker waits for a refresh it asked for.
-const WAIT: Duration = Duration::from_secs(30);
 /// Largest token response read.
 const MAX_RESPONSE: usize = 64 * 1024;
-
-/// Why a credential could not be renewed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Failure {
-    pub code: FailureCode,
-    pub detail: String,
-}
-
-type Answer = Result<(), Failure>;
-
-/// A worker's request for a credential newer than `version`.
-#[derive(Debug)]
-struct Ask {
-    vault: String,
-    key: String,
-    version: u64,
-    reply: Option<flume::Sender<Answer>>,
-}
-
-/// The workers' side: asks the refresher thread for a renewal.
-#[derive(Debug)]
-pub struct Refresher {
-    tx: flume::Sender<Ask>,
-}
-
-/// The refresher thread's side of the channel, for [`start`].
-#[derive(Debug)]
-pub struct Inbox(flume::Receiver<Ask>);
-
-pub fn channel() -> (Refresher, Inbox) {
-    let (tx, rx) = flume::unbounded();
-    (Refresher { tx }, Inbox(rx))
-}
-
-impl Refresher {
-    /// Waits until the credential `key` of `vault` is newer than `version` and the policy holds
-    /// it, or answers why it cannot be: `502 oauth_refresh_failed`.
-    pub async fn renew(&self, vault: &str, key: &str, version: u64) -> Result<(), ProxyError> {
-        let (reply, answer) = flume::bounded(1);
-        self.send(vault, key, version, Some(reply));
-        let failed = |f: Failure| {
-            ProxyError::new(ErrorKind::OAuthRefreshFailed, format!(
-                    "credential {key}: renewing its OAuth access token failed ({}): {}",
-                    f.code.as_str(),
-                    f.detail
-                ),
-            )
-            .hint(format!(
-                "an operator checks `airlock credential list --vault {vault}` and imports a new token pair with `airlock credential oauth --vault {vault} {key}`"
-            ))
-        };
-        match monoio::time::timeout(WAIT, answer.recv_async()).await {
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(f))) => Err(failed(f)),
-            Ok(Err(_)) | Err(_) => Err(failed(Failure {
-                code: FailureCode::Unavailable,
-                detail: "the refresh did not finish in time".into(),
-            })),
-        }
-    }
-
-    /// Asks for a renewal without waiting (after a 401 that went back to the agent).
-    pub fn nudge(&self, vault: &str, key: &str, version: u64) {
-        self.send(vault, key, version, None);
-    }
-
-    fn send(&self, vault: &str, key: &str, version: u64, reply: Option<flume::Sender<Answer>>) {
-        let _ = self.tx.send(Ask {
-            vault: vault.to_owned(),
-            key: key.to_owned(),
-            version,
-            reply,
-        });
-    }
-}
 
 /// Starts the refresher thread.
 pub fn start(shared: Arc<Shared>, inbox: Inbox) -> std::io::Result<()> {

@@ -85,9 +85,9 @@ pub struct Shared {
     /// Counted where it happens, per worker; summed by the metrics endpoint.
     pub stats: stats::Stats,
     /// Asks the OAuth refresher thread for renewed access tokens.
-    pub oauth: crate::oauth::Refresher,
+    pub oauth: crate::renewal::Refresher,
     /// Fleet mode: this node and how fresh its copy of the vault is.
-    pub fleet: Option<crate::follower::FleetState>,
+    pub fleet: Option<crate::fleet_state::FleetState>,
     /// When the proxy port speaks TLS: its server config (`proxy_tls_names` or `proxy_tls_cert`).
     pub proxy_tls: Option<Arc<rustls::ServerConfig>>,
     /// Client addresses allowed to connect (`client_networks`); empty: any.
@@ -111,7 +111,7 @@ pub struct Parts {
     pub api_base: String,
     pub ca_pem: String,
     pub log: crate::requestlog::Sink,
-    pub oauth: crate::oauth::Refresher,
+    pub oauth: crate::renewal::Refresher,
     /// Worker threads: each counts on its own line ([`stats::Stats`]).
     pub workers: usize,
 }

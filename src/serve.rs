@@ -665,7 +665,7 @@ pub fn run(
         );
     }
     tunables.admin_base = settings.approval_base(admin_addrs.http.as_deref());
-    let (oauth, oauth_inbox) = crate::oauth::channel();
+    let (oauth, oauth_inbox) = crate::renewal::channel();
     let parts = crate::proxy::Parts {
         store,
         opener: unlocked.opener,
@@ -686,7 +686,7 @@ pub fn run(
     let shared = Arc::new(Shared {
         hold_node: crate::proxy::hold::node_id(fleet_node.as_deref().unwrap_or("local")),
         fleet: fleet_node
-            .map(|node| crate::follower::FleetState::new(node, settings.fleet_max_staleness)),
+            .map(|node| crate::fleet_state::FleetState::new(node, settings.fleet_max_staleness)),
         proxy_tls,
         client_networks: settings.client_networks.clone(),
         ..Shared::new(parts)
@@ -786,7 +786,7 @@ fn start_workers(
 fn start_threads(
     shared: &Arc<Shared>,
     settings: &Settings,
-    oauth_inbox: crate::oauth::Inbox,
+    oauth_inbox: crate::renewal::Inbox,
     local: SocketAddr,
 ) -> Result<(), ServeError> {
     crate::oauth::start(shared.clone(), oauth_inbox)

@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use airlock_core::vault::VaultError;
 use airlock_core::vault::records::ProposalStatus;
+use axum::Form;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::Form;
 use maud::{Markup, html};
 
 use crate::AppState;

@@ -25,8 +25,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
 use super::child::exit_code;
-use super::session::{self, RunToken};
 use super::sandbox::SOCKET;
+use super::session::{self, RunToken};
 use super::{CliError, Ctx};
 
 /// Where the relay's files are mounted inside.

@@ -37,7 +37,6 @@ use crate::requestlog::Row;
 use crate::rules::{Rule, Verdict};
 use crate::spec::RuleAction;
 
-
 /// Where a request goes and for whom.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Route<'a> {

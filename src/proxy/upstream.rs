@@ -536,7 +536,7 @@ mod tests {
             api_base: String::new(),
             ca_pem,
             log: crate::requestlog::Sink::discard(),
-            oauth: crate::oauth::channel().0,
+            oauth: crate::renewal::channel().0,
             workers: 1,
         })
     }
