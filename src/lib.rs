@@ -10,7 +10,7 @@
 #![deny(unsafe_code)]
 
 pub use airlock_core::{
-    catalog, config, fsutil, logging, names, requestlog, secret, spec, tls, vault,
+    catalog, config, fsutil, logging, names, requestlog, secret, spec, text, tls, vault,
 };
 
 pub mod cli;

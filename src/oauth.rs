@@ -35,9 +35,9 @@ use crate::secret::{Secret, check_value};
 use crate::spec::Scheme;
 use crate::vault::now;
 use crate::vault::oauth::{
-    Endpoint, Entry, FailureCode, OAuthMeta, OAuthTokens, Refreshed, RequestFormat, TokenResponse,
-    jwt_expiry,
+    Endpoint, FailureCode, OAuthMeta, OAuthTokens, RequestFormat, TokenResponse, jwt_expiry,
 };
+use crate::vault::oauth_store::{Entry, Refreshed};
 
 /// How often the refresher looks for credentials coming due, when no worker asks first.
 const TICK: Duration = Duration::from_secs(1);

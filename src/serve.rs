@@ -549,7 +549,7 @@ fn join_fleet(store: &mut Store, settings: &Settings) -> Result<Option<String>, 
             settings.data_dir.display()
         ))),
         (Some(fleet), Some(m)) => {
-            store.attach_fleet(fleet.clone());
+            store.attach_fleet(Arc::new(fleet.clone()));
             match fleet.catch_up(store) {
                 Ok(g) => {
                     tracing::info!(node = %m.node, fleet = %m.fleet_id, applied = g, "fleet node caught up")

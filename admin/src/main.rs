@@ -84,7 +84,7 @@ fn main() -> anyhow::Result<()> {
         },
     )?;
     if let Some(fleet) = file.fleet("admin")? {
-        store.attach_fleet(fleet);
+        store.attach_fleet(Arc::new(fleet));
     }
     let socket_path = args
         .socket

@@ -7,8 +7,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use airlock_core::secret::Secret;
+use airlock_core::text::inert;
 use airlock_core::vault::now;
-use airlock_core::vault::proposals::{Confirmed, inert};
+use airlock_core::vault::proposals::Confirmed;
 use airlock_core::vault::records::{ProposalRecord, ProposalStatus, ServiceChange, SlotAction};
 use airlock_core::vault::review::{Review, ServiceDiff};
 use axum::extract::{Extension, Path, Query, State};

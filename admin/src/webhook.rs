@@ -80,7 +80,7 @@ pub(crate) fn message(p: &ProposalRecord, approval_url: Option<&str>) -> serde_j
     // Agent text goes out inert (review B12): Slack markup (`<!channel>`, `<url|label>`) escaped,
     // bidi and zero-width characters shown as escapes.
     let said: String = p.user_message.chars().take(200).collect();
-    let said = slack_escape(&airlock_core::vault::proposals::inert(&said));
+    let said = slack_escape(&airlock_core::text::inert(&said));
     let link = approval_url.map_or_else(
         || format!("run `airlock proposal show {}`", p.id),
         |u| format!("review: {u}"),

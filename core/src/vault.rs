@@ -15,7 +15,9 @@
 pub mod fleet;
 pub mod holds;
 pub mod keys;
+pub mod membership;
 pub mod oauth;
+pub mod oauth_store;
 pub mod operators;
 pub mod ops;
 pub mod proposals;

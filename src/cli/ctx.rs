@@ -63,7 +63,7 @@ impl Ctx {
             {
                 eprintln!("airlock: warning: reading this node's copy of the vault: {e}");
             }
-            store.attach_fleet(fleet);
+            store.attach_fleet(std::sync::Arc::new(fleet));
         }
         Ok(store)
     }

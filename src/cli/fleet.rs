@@ -84,7 +84,7 @@ pub(super) fn run(ctx: &Ctx, cmd: FleetCmd) -> Result<(), CliError> {
                         println!(
                             "node {} stopped following the log: {}",
                             n.name,
-                            crate::vault::proposals::inert(problem)
+                            crate::text::inert(problem)
                         );
                     }
                 }

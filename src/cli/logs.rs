@@ -77,7 +77,7 @@ fn print_row(r: &Row, json: bool) {
         r.method,
         r.host,
         // The agent chose the path: bidi and control characters escaped (review #101).
-        crate::vault::proposals::inert(&r.path),
+        crate::text::inert(&r.path),
         r.status,
         r.bytes,
         r.latency_us as f64 / 1000.0,

@@ -7,7 +7,8 @@ use serde_json::json;
 use super::output::{self, rfc3339};
 use super::{CliError, Ctx, ProposalCmd};
 use crate::secret::{self, Secret};
-use crate::vault::proposals::{Confirmed, inert, review_json};
+use crate::text::inert;
+use crate::vault::proposals::{Confirmed, review_json};
 use crate::vault::records::{ProposalRecord, ProposalStatus, ServiceChange, SlotAction};
 use crate::vault::review::{Review, ServiceDiff};
 

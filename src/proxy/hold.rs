@@ -16,7 +16,7 @@ use super::outcome::ExchangeError;
 use super::peer::Peer;
 use super::request::Request;
 use super::upstream::Target;
-use crate::vault::proposals::inert;
+use crate::text::inert;
 use crate::vault::records::{HeldRequest, ProposalStatus};
 use crate::vault::{Store, VaultError};
 

@@ -36,20 +36,17 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use ring::{hkdf, hmac};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use zeroize::Zeroizing;
 
 use super::keys::{KeySources, RootKey};
+pub use super::membership::{FleetError, META_FLEET, META_LOG_KEY, META_LOG_TAG, Marker};
 use super::records::KeyHeader;
-use super::store::{Change, DB_NAMES, META_GENERATION, Store, StoreError, Txn};
+use super::store::{
+    Change, DB_NAMES, META_GENERATION, Replicator, Store, StoreError, Txn, WriteError, WriteFn,
+};
 use crate::secret::Secret;
 
-/// Node-local meta key: which fleet this data dir belongs to, and as which node.
-pub const META_FLEET: &[u8] = b"fleet";
-/// Node-local meta key: the [`LogKey`] (32 bytes).
-pub const META_LOG_KEY: &[u8] = b"fleet_log_key";
-/// Node-local meta key: the tag of the last row this node applied or wrote.
-pub const META_LOG_TAG: &[u8] = b"fleet_log_tag";
 /// A row's tag.
 type Tag = [u8; 32];
 /// The "previous tag" of a checkpoint, where a chain starts.
@@ -87,54 +84,6 @@ CREATE TABLE IF NOT EXISTS airlock_nodes (
 );
 ALTER TABLE airlock_changes ADD COLUMN IF NOT EXISTS tag bytea;
 ALTER TABLE airlock_nodes ADD COLUMN IF NOT EXISTS problem text;";
-
-/// Fleet failures, each with a stable code.
-#[derive(Debug, thiserror::Error)]
-pub enum FleetError {
-    #[error("store_unavailable: PostgreSQL: {0}; nothing was written")]
-    Unavailable(String),
-    #[error(
-        "fleet_unconfigured: this data dir is node of fleet {0}; set store_url (or $AIRLOCK_STORE_URL) so writes go through the fleet"
-    )]
-    Unconfigured(String),
-    #[error("fleet_mismatch: {0}")]
-    Mismatch(String),
-    #[error("fleet_log_corrupt: {0}")]
-    Corrupt(String),
-    #[error(
-        "fleet_log_rejected: {0}; nothing of it was applied, and this node serves what it had (see `airlock fleet status`)"
-    )]
-    Rejected(String),
-    #[error(
-        "fleet_key_mismatch: the root key given does not open the fleet's vault ({0}); nothing was written"
-    )]
-    KeyMismatch(String),
-    #[error("fleet_upgrade_needed: {0}")]
-    UpgradeNeeded(String),
-}
-
-impl FleetError {
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::Unavailable(_) => "store_unavailable",
-            Self::Unconfigured(_) => "fleet_unconfigured",
-            Self::Mismatch(_) => "fleet_mismatch",
-            Self::Corrupt(_) => "fleet_log_corrupt",
-            Self::Rejected(_) => "fleet_log_rejected",
-            Self::KeyMismatch(_) => "fleet_key_mismatch",
-            Self::UpgradeNeeded(_) => "fleet_upgrade_needed",
-        }
-    }
-
-    /// Whether the log itself is at fault (not the connection): following stops until it is
-    /// repaired, and the node says so.
-    pub fn is_log_problem(&self) -> bool {
-        matches!(
-            self,
-            Self::Rejected(_) | Self::Corrupt(_) | Self::UpgradeNeeded(_)
-        )
-    }
-}
 
 /// What a node of a fleet written before rows carried tags is told.
 const UPGRADE: &str = "the fleet's change log is not authenticated yet (written by an older airlock): run `airlock fleet upgrade` once on a node with the root key";
@@ -235,13 +184,6 @@ impl Row {
     }
 }
 
-/// This node's membership, stored in its own meta ([`META_FLEET`]).
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
-pub struct Marker {
-    pub fleet_id: String,
-    pub node: String,
-}
-
 /// How to reach the fleet's PostgreSQL.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -283,6 +225,21 @@ impl Drop for ClientBox {
 impl std::fmt::Debug for ClientBox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("postgres::Client")
+    }
+}
+
+/// How the store reaches the log (see [`Replicator`]).
+impl Replicator for Fleet {
+    fn write(&self, store: &Store, marker: &Marker, f: &mut WriteFn<'_>) -> Result<(), WriteError> {
+        Fleet::write(self, store, marker, |t| f(t))
+    }
+
+    fn catch_up(&self, store: &Store) -> Result<u64, StoreError> {
+        Fleet::catch_up(self, store)
+    }
+
+    fn lock_named(&self, name: &str) -> Result<Box<dyn std::any::Any + Send>, StoreError> {
+        Ok(Box::new(Fleet::lock_named(self, name)?))
     }
 }
 
@@ -938,7 +895,7 @@ fn apply_in(
                 FleetError::Rejected(format!(
                     "change {} (from node {:?}) does not verify under this fleet's key after change {generation}: it was written without the root key, or altered, reordered, replayed, or follows a deleted row",
                     row.seq,
-                    super::proposals::inert(&row.node),
+                    crate::text::inert(&row.node),
                 ))
             })?;
         if kind == BATCH_CHECKPOINT {

@@ -184,7 +184,7 @@ pub fn preview(body: &[u8], content_type: &str) -> String {
             out.push_str(&format!("\nall top-level fields: {}", fields.join(", ")));
         }
     }
-    super::proposals::inert(&out)
+    crate::text::inert(&out)
 }
 
 /// What a redacted value is shown as.

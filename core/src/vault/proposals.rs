@@ -119,24 +119,6 @@ pub struct Confirmed {
     pub rule_removal: bool,
 }
 
-/// Agent-written text made inert for display (row 50, review B12): control characters (but
-/// newline), bidirectional overrides and isolates, and zero-width characters are shown as
-/// `\u{...}` escapes, so text cannot reorder itself or hide characters on a terminal or a page.
-pub fn inert(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            let hidden = matches!(c,
-                '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2064}'
-                | '\u{2066}'..='\u{2069}' | '\u{feff}' | '\u{061c}');
-            if (c.is_control() && c != '\n') || hidden {
-                c.escape_unicode().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
-}
-
 /// Text an agent wrote: capped, and no control characters but newline and tab (row 50).
 fn check_text(field: &str, text: &str, cap: usize) -> Result<(), VaultError> {
     if text.chars().count() > cap {
@@ -601,21 +583,4 @@ pub(super) fn decidable(
         return Err(VaultError::ProposalChanged(id));
     }
     Ok(p)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Row 50 (H-06), row 67: hostile agent text is shown inert: controls, bidi overrides and
-    /// zero-width characters escaped; newlines and ordinary text kept.
-    #[test]
-    fn row50_row67_control_bidi_and_zero_width_escaped() {
-        assert_eq!(
-            inert("ok\u{202e}txt.exe\u{1b}[31m"),
-            "ok\\u{202e}txt.exe\\u{1b}[31m"
-        );
-        assert_eq!(inert("a\u{200b}b\u{2066}c"), "a\\u{200b}b\\u{2066}c");
-        assert_eq!(inert("line\nnext, ünïcode"), "line\nnext, ünïcode");
-    }
 }

@@ -234,7 +234,7 @@ impl HeldRequest {
             "{} {}{}, held by {}",
             self.method,
             self.host,
-            super::proposals::inert(&self.path),
+            crate::text::inert(&self.path),
             self.by()
         )
     }
@@ -250,7 +250,7 @@ impl HeldRequest {
     /// The request for a reviewer, one fact per line, the agent's text made inert (bidi and
     /// control characters escaped, also in records an older airlock stored; review #101).
     pub fn lines(&self) -> Vec<(&'static str, String)> {
-        let inert = super::proposals::inert;
+        let inert = crate::text::inert;
         let list = |v: &[String]| {
             if v.is_empty() {
                 "-".to_owned()

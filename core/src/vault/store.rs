@@ -8,6 +8,7 @@
 //! (see `vault::ops`).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use lmdb::{
     Cursor, Database, DatabaseFlags, Environment, EnvironmentFlags, RoTransaction, RwTransaction,
@@ -16,6 +17,7 @@ use lmdb::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::membership::{FleetError, Marker};
 use super::records::{self, AuditRecord, RecordError};
 
 /// The on-disk format this build writes and reads.
@@ -31,9 +33,9 @@ const META_NEXT_ID: &[u8] = b"next_id";
 /// Meta keys that belong to this node and never travel to a fleet (`vault::fleet`).
 pub(crate) const NODE_META: &[&[u8]] = &[
     META_GENERATION,
-    super::fleet::META_FLEET,
-    super::fleet::META_LOG_KEY,
-    super::fleet::META_LOG_TAG,
+    super::membership::META_FLEET,
+    super::membership::META_LOG_KEY,
+    super::membership::META_LOG_TAG,
 ];
 
 /// The named databases, in the order their index is written into a fleet's change log.
@@ -79,7 +81,7 @@ pub enum StoreError {
         source: RecordError,
     },
     #[error(transparent)]
-    Fleet(#[from] super::fleet::FleetError),
+    Fleet(#[from] FleetError),
 }
 
 impl StoreError {
@@ -179,7 +181,40 @@ pub struct Store {
     /// Stale reader slots freed when this store was opened (row 54).
     pub reclaimed_readers: usize,
     /// The fleet this node's writes go through, once attached ([`Store::attach_fleet`]).
-    fleet: Option<super::fleet::Fleet>,
+    fleet: Option<Arc<dyn Replicator>>,
+}
+
+/// A fleet's change log, as the store sees it: where a fleet node's writes go instead of
+/// straight into LMDB (implemented by `fleet::Fleet`). The store knows the log only through
+/// this, so it sits below the fleet.
+pub trait Replicator: Send + Sync + std::fmt::Debug {
+    /// Runs `f` in an LMDB write transaction that already holds every change of the fleet,
+    /// appends what it changes to the log and commits both, or neither. An `f` that fails
+    /// returns [`WriteError::Aborted`] and nothing is written.
+    fn write(&self, store: &Store, marker: &Marker, f: &mut WriteFn<'_>) -> Result<(), WriteError>;
+    /// Applies every change of the log after this node's generation; returns the generation
+    /// reached.
+    fn catch_up(&self, store: &Store) -> Result<u64, StoreError>;
+    /// Holds the fleet-wide lock named `name` until the guard is dropped.
+    fn lock_named(&self, name: &str) -> Result<Box<dyn std::any::Any + Send>, StoreError>;
+}
+
+/// A write's body as a [`Replicator`] runs it (the store's generic closure, type-erased).
+pub type WriteFn<'a> = dyn FnMut(&mut Txn<RwTransaction<'_>>) -> Result<(), WriteError> + Send + 'a;
+
+/// Why a [`Replicator::write`] wrote nothing.
+#[derive(Debug)]
+pub enum WriteError {
+    /// The store or the log failed.
+    Store(StoreError),
+    /// The write's own body failed; the store keeps its error.
+    Aborted,
+}
+
+impl From<StoreError> for WriteError {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e)
+    }
 }
 
 impl Store {
@@ -302,7 +337,7 @@ impl Store {
     /// As [`Store::write`], allowed into the headroom: for the small writes that must work on a
     /// full store, revoking an agent or a token (review B3: a full store must not keep a leaked
     /// token working). On a fleet node the write goes through the fleet's log
-    /// ([`super::fleet::Fleet::write`]); a node of a fleet with no connection configured refuses
+    /// ([`Replicator::write`]); a node of a fleet with no connection configured refuses
     /// to write (`fleet_unconfigured`) rather than diverge.
     pub fn write_reserved<R: Send, E: From<StoreError> + Send>(
         &self,
@@ -316,24 +351,45 @@ impl Store {
             t.commit()?;
             return Ok(out);
         };
-        let fleet = self.fleet.as_ref().ok_or_else(|| {
-            StoreError::from(super::fleet::FleetError::Unconfigured(
-                marker.fleet_id.clone(),
-            ))
-        })?;
+        let fleet = self
+            .fleet
+            .as_ref()
+            .ok_or_else(|| StoreError::from(FleetError::Unconfigured(marker.fleet_id.clone())))?;
+        // `f`'s result, or its error, kept here while the fleet runs it type-erased.
+        let mut out: Option<Result<R, E>> = None;
+        let mut once = Some(f);
+        let mut erased = |t: &mut Txn<RwTransaction<'_>>| {
+            let f = once.take().ok_or(WriteError::Aborted)?;
+            let result = f(t);
+            let failed = result.is_err();
+            out = Some(result);
+            if failed {
+                Err(WriteError::Aborted)
+            } else {
+                Ok(())
+            }
+        };
         // The PostgreSQL client runs its own runtime, which must not start inside another
         // (the admin process's tokio): the write runs on a thread of its own.
-        std::thread::scope(|scope| {
+        let written = std::thread::scope(|scope| {
             scope
-                .spawn(|| fleet.write(self, &marker, f))
+                .spawn(|| fleet.write(self, &marker, &mut erased))
                 .join()
                 .unwrap_or_else(|_| {
-                    Err(StoreError::from(super::fleet::FleetError::Unavailable(
-                        "the write thread failed".into(),
-                    ))
-                    .into())
+                    Err(WriteError::Store(StoreError::from(
+                        FleetError::Unavailable("the write thread failed".into()),
+                    )))
                 })
-        })
+        });
+        match (written, out) {
+            (Ok(()), Some(Ok(r))) => Ok(r),
+            (_, Some(Err(e))) => Err(e),
+            (Err(WriteError::Store(e)), _) => Err(e.into()),
+            (Ok(()) | Err(WriteError::Aborted), _) => Err(StoreError::from(
+                FleetError::Unavailable("the write did not run".into()),
+            )
+            .into()),
+        }
     }
 
     /// A write transaction; the caller commits it with [`Txn::commit`].
@@ -347,18 +403,18 @@ impl Store {
     }
 
     /// Makes this store's writes go through `fleet` when the data dir belongs to one.
-    pub fn attach_fleet(&mut self, fleet: super::fleet::Fleet) {
+    pub fn attach_fleet(&mut self, fleet: Arc<dyn Replicator>) {
         self.fleet = Some(fleet);
     }
 
     /// The attached fleet connection, if any.
-    pub fn fleet(&self) -> Option<&super::fleet::Fleet> {
-        self.fleet.as_ref()
+    pub fn fleet(&self) -> Option<&dyn Replicator> {
+        self.fleet.as_deref()
     }
 
     /// Which fleet this data dir belongs to, if any.
-    pub fn fleet_marker(&self) -> Result<Option<super::fleet::Marker>, StoreError> {
-        self.read(|t| t.get(t.dbs().meta, "meta", super::fleet::META_FLEET))
+    pub fn fleet_marker(&self) -> Result<Option<Marker>, StoreError> {
+        self.read(|t| t.get(t.dbs().meta, "meta", super::membership::META_FLEET))
     }
 
     /// Every replicated record, as changes (a fleet's first entry).
@@ -527,10 +583,7 @@ impl Txn<RwTransaction<'_>> {
     pub(crate) fn apply(&mut self, changes: &[Change]) -> Result<(), StoreError> {
         for c in changes {
             let db = self.dbs.by_index(c.db).ok_or_else(|| {
-                StoreError::from(super::fleet::FleetError::Corrupt(format!(
-                    "unknown database {}",
-                    c.db
-                )))
+                StoreError::from(FleetError::Corrupt(format!("unknown database {}", c.db)))
             })?;
             match &c.value {
                 Some(v) => self
