@@ -128,10 +128,27 @@ pub struct Substitution {
     pub placeholder: String,
     /// What replaces the placeholder in a header.
     pub value: Secret,
-    /// What replaces it in the path or query: percent-encoded (review B8), so the request and
-    /// any reflection of it are predictable.
+    /// What replaces it in the path or query, and in a form body: percent-encoded (review B8),
+    /// so the request and any reflection of it are predictable.
     pub encoded: Secret,
+    /// What replaces it in a JSON body: the inside of a JSON string.
+    pub json: Secret,
     pub surfaces: Vec<Surface>,
+}
+
+/// `raw` as the inside of a JSON string (RFC 8259): `"`, `\` and control characters escaped,
+/// every other byte as it is.
+pub fn json_escape(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    for &b in raw {
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            0..=0x1f => out.extend_from_slice(format!("\\u{b:04x}").as_bytes()),
+            _ => out.push(b),
+        }
+    }
+    out
 }
 
 /// RFC 3986 percent-encoding of everything but the unreserved characters.
@@ -199,6 +216,7 @@ impl Policy {
                         Substitution {
                             placeholder: s.placeholder.clone(),
                             encoded: Secret::new(percent_encode(value.expose())),
+                            json: Secret::new(json_escape(value.expose())),
                             value,
                             surfaces: s.surfaces.clone(),
                         }
@@ -213,7 +231,11 @@ impl Policy {
                         scrub.push(Secret::new(value.expose()[at + 1..].to_vec()));
                     }
                 }
-                scrub.extend(substitutions.iter().map(|s| s.encoded.clone()));
+                scrub.extend(
+                    substitutions
+                        .iter()
+                        .flat_map(|s| [s.encoded.clone(), s.json.clone()]),
+                );
                 let before = previous
                     .vault(&v.name)
                     .and_then(|p| p.services.iter().find(|s| s.name == spec.name))

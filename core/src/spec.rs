@@ -134,6 +134,9 @@ pub enum Surface {
     Path,
     Query,
     Header,
+    /// A JSON string value or a form field's value of a request body airlock reads whole
+    /// (`Content-Length`, at most 1 MiB).
+    Body,
 }
 
 /// A service definition that breaks a rule. The message names the service and field.
@@ -302,11 +305,20 @@ impl ServiceSpec {
                     format!("{:?} is used twice", sub.placeholder),
                 ));
             }
+            if sub.surfaces.contains(&Surface::Body)
+                && matches!(self.auth, AuthSpec::AwsSigv4 { .. })
+            {
+                return Err(field(
+                    "substitutions.in",
+                    "an aws-sigv4 service signs the body as the agent sent it: no body substitution"
+                        .into(),
+                ));
+            }
             let surfaces: BTreeSet<_> = sub.surfaces.iter().collect();
             if surfaces.is_empty() || surfaces.len() != sub.surfaces.len() {
                 return Err(field(
                     "substitutions.in",
-                    "name each of path, query, header at most once, and at least one".into(),
+                    "name each of path, query, header, body at most once, and at least one".into(),
                 ));
             }
         }
@@ -604,6 +616,24 @@ services:
             surfaces: vec![Surface::Path],
         });
         assert!(s.validate().is_err());
+        // Body substitution: declared like the others; never on a service that signs the body.
+        let mut s = spec(AuthSpec::Bearer { token: "K".into() });
+        s.substitutions.push(Substitution {
+            key: "K".into(),
+            placeholder: "__k_k__".into(),
+            surfaces: vec![Surface::Body, Surface::Header],
+        });
+        s.validate().unwrap();
+        s.auth = AuthSpec::AwsSigv4 {
+            access_key_id: "A".into(),
+            secret_access_key: "S".into(),
+            session_token: None,
+            region: Some("us-east-1".into()),
+            service: Some("sqs".into()),
+        };
+        s.host = "sqs.us-east-1.amazonaws.com".into();
+        let e = s.validate().unwrap_err();
+        assert!(e.to_string().contains("no body substitution"), "{e}");
     }
 
     #[test]

@@ -77,6 +77,8 @@ kinds! {
     DestinationBlocked = 403 "destination_blocked" Client,
     PlaintextRefused = 403 "plaintext_refused" Client,
     SubstitutionFieldDenied = 403 "substitution_field_denied" Client,
+    /// A service substitutes in request bodies, and this one is chunked or over the buffer.
+    SubstitutionBodyTooLarge = 413 "substitution_body_too_large" Client,
     Forbidden = 403 "forbidden" Client,
     NotFound = 404 "not_found" Client,
     ProxyAuthRequired = 407 "proxy_auth_required" Client,

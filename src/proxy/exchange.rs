@@ -18,6 +18,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 use std::sync::Arc;
 
+use super::body_substitution;
 use super::error::{ErrorKind, ProxyError};
 use super::hold;
 use super::inject::{self, Prepared};
@@ -32,7 +33,7 @@ use crate::http::HttpError;
 use crate::http::body::{self, RelayError, WHOLE_BODY_MAX};
 use crate::http::head::Framing;
 use crate::http::io::BufConn;
-use crate::policy::{OAuthUse, SigV4Keys, VaultPolicy};
+use crate::policy::{OAuthUse, Service, SigV4Keys, VaultPolicy};
 use crate::requestlog::Row;
 use crate::rules::{Rule, Verdict};
 use crate::spec::RuleAction;
@@ -72,6 +73,7 @@ pub(super) async fn exchange<C: AsyncReadRent + AsyncWriteRent>(
     gates(shared, &limits, client, &prepared)?;
     let oauth = prepared.service.oauth.clone();
     let verdict = prepared.verdict;
+    let prepared_service = prepared.service;
     let mut call = Call {
         shared,
         limits,
@@ -82,10 +84,12 @@ pub(super) async fn exchange<C: AsyncReadRent + AsyncWriteRent>(
         row,
         retry_401: false,
         early: None,
+        body_kind: body_kind(req, prepared_service),
     };
     let verdict = call.judge_body(verdict, req, route).await?;
     call.row.rule = verdict.name().map(str::to_owned);
     call.apply(verdict, req, route).await?;
+    call.hold_for_substitution().await?;
     let Some(oauth) = oauth else {
         let held = match call.prepared.service.sigv4.as_deref() {
             Some(keys) => call.sign(keys, req).await?,
@@ -166,6 +170,7 @@ impl Again<'_> {
             self.absolute_ok,
             api_base,
         )?;
+        let body_kind = body_kind(self.req, prepared.service);
         let mut call = Call {
             shared,
             limits: shared.limits(),
@@ -176,6 +181,7 @@ impl Again<'_> {
             row,
             retry_401: false,
             early: None,
+            body_kind,
         };
         let sent = call.send(held.as_deref()).await;
         sent.map_err(AttemptError::into_exchange)
@@ -232,6 +238,8 @@ struct Call<'a, C> {
     retry_401: bool,
     /// The body, when a hold read it before anything else could ([`Call::apply`]).
     early: Option<Vec<u8>>,
+    /// The service substitutes in bodies, and this body is of a kind it reads.
+    body_kind: Option<body_substitution::Kind>,
 }
 
 impl<'a, C: AsyncReadRent + AsyncWriteRent> Call<'a, C> {
@@ -405,6 +413,17 @@ impl<'a, C: AsyncReadRent + AsyncWriteRent> Call<'a, C> {
     async fn send(&mut self, held: Option<&[u8]>) -> Result<Outcome, AttemptError> {
         let early = self.early.take();
         let held = held.or(early.as_deref());
+        // The credential goes into the body here, so a resend after renewal carries the new one.
+        let substituted = match (self.body_kind, held) {
+            (Some(kind), Some(body)) => {
+                body_substitution::substitute(self.prepared.service, kind, body)
+            }
+            _ => None,
+        };
+        if let Some(body) = &substituted {
+            body_substitution::set_length(&mut self.prepared.head, body.len());
+        }
+        let held = substituted.as_deref().map(Vec::as_slice).or(held);
         let up = upstream::get(self.shared, self.vault, &self.key).await?;
         if !up.reused {
             return self.attempt(up, held).await;
@@ -444,6 +463,24 @@ impl<'a, C: AsyncReadRent + AsyncWriteRent> Call<'a, C> {
         };
         sigv4::sign(keys, &mut self.prepared.head, &hash, crate::vault::now());
         Ok(held)
+    }
+
+    /// Reads the body first when the service substitutes in it ([`body_substitution`]); a body
+    /// it cannot hold is refused, never sent with its placeholders.
+    async fn hold_for_substitution(&mut self) -> Result<(), ExchangeError> {
+        let service = self.prepared.service;
+        if self.early.is_some() || body_substitution::declared(service).next().is_none() {
+            return Ok(());
+        }
+        match self.prepared.framing {
+            Framing::Empty => {}
+            Framing::Length(n) if n <= WHOLE_BODY_MAX => {
+                let body = self.hold_body(n).await?;
+                self.early = Some(body);
+            }
+            _ => return Err(body_substitution::too_large(&service.name).into()),
+        }
+        Ok(())
     }
 
     /// The whole body when it is empty or a `Content-Length` of at most [`WHOLE_BODY_MAX`] (so
@@ -571,6 +608,13 @@ impl<'a, C: AsyncReadRent + AsyncWriteRent> Call<'a, C> {
 }
 
 /// Writes a head that may hold injected values, then zeroizes the buffer.
+/// How `req`'s body is read for `service`'s body substitutions, if it declares any.
+fn body_kind(req: &Request, service: &Service) -> Option<body_substitution::Kind> {
+    body_substitution::declared(service).next()?;
+    let header = |name| req.one(name).ok().flatten();
+    body_substitution::Kind::of(header("content-type"), header("content-encoding"))
+}
+
 async fn write_secret<S: AsyncWriteRent>(
     conn: &mut BufConn<S>,
     mut head: Zeroizing<Vec<u8>>,

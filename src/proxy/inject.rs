@@ -317,7 +317,8 @@ fn substitute<'a>(
         }
         let value = match surface {
             Surface::Header => &sub.value,
-            Surface::Path | Surface::Query => &sub.encoded,
+            // Bodies are substituted by `body_substitution`, never through here.
+            Surface::Path | Surface::Query | Surface::Body => &sub.encoded,
         };
         let mut replaced = Vec::with_capacity(out.len() + value.len());
         let mut rest = &out[..];

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod admin;
+mod body_substitution;
 mod cli;
 mod cloud;
 mod fleet;

@@ -16,6 +16,7 @@
 //! - echoes of the request's `Authorization` in places a hostile upstream might use:
 //!   `/echo-reason` (the status line's reason phrase), `/echo-header-name` (a header name),
 //!   `/echo-bare` (the value without its scheme word, as an error body would quote it);
+//! - `/echo-body`: the request's body as the response's (an API quoting what it was sent);
 //! - `.../store` keeps the request's `x-note`; `/fetch` returns it (a value stored through one
 //!   service, read back through another);
 //! - `/ws-secret`: a WebSocket upgrade, then a text frame and a message fragmented over two
@@ -402,6 +403,11 @@ fn serve<S: Read + Write>(
                     std::thread::sleep(Duration::from_millis(300));
                     ok && w.write_all(late.as_bytes()).is_ok()
                 }
+            }
+            "/echo-body" => {
+                let mut out = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", recorded.body.len()).into_bytes();
+                out.extend_from_slice(&recorded.body);
+                w.write_all(&out).is_ok()
             }
             "/echo-reason" => w.write_all(format!("HTTP/1.1 401 {auth}\r\ncontent-length: 0\r\n\r\n").as_bytes()).is_ok(),
             "/echo-header-name" => {
