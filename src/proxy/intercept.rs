@@ -107,34 +107,48 @@ struct Tunnel<'a> {
 }
 
 impl Tunnel<'_> {
-    /// One request inside the tunnel.
+    /// One request inside the tunnel: re-authorised (row 52) and admitted under the agent's
+    /// limits, then exchanged; every request is a request-log row, refusals at the gate included
+    /// (within the agent's refusal budget, so a refused loop cannot flush the log, review B6).
     async fn request<S: AsyncReadRent + AsyncWriteRent>(
         &mut self,
         conn: &mut BufConn<S>,
         raw: Vec<u8>,
     ) -> Result<Outcome, ExchangeError> {
         let shared = self.shared;
-        // Row 52: the token is checked again for every request inside the tunnel.
-        self.checked.recheck(&shared.store, self.id)?;
-        let policy = shared.policy();
-        let vault = policy.vault(&self.id.vault).ok_or(ExchangeError::Abort)?;
-        let permit = shared.limiters.agents.admit(&self.bucket)?;
         let mut entry = Entry::new(self.id, &self.target.host);
-        let result = match Request::parse(raw) {
-            Ok(req) => {
-                entry.request(&req);
-                let row = &mut entry.row;
-                let route = Route {
-                    target: self.target,
-                    vault,
-                    agent: self.id.agent.as_deref(),
-                    absolute_ok: false,
-                    peer: self.peer,
-                };
-                exchange::exchange(shared, conn, &req, route, row).await
+        let req = match Request::parse(raw) {
+            Ok(req) => req,
+            Err(e) => {
+                let result = Err(e.into());
+                entry.finish(&shared.log, &result);
+                return result;
             }
-            Err(e) => Err(e.into()),
         };
+        entry.request(&req);
+        let policy = shared.policy();
+        let admitted = self
+            .checked
+            .recheck(&shared.store, self.id)
+            .and_then(|()| shared.limiters.agents.admit(&self.bucket));
+        let (permit, vault) = match (admitted, policy.vault(&self.id.vault)) {
+            (Ok(permit), Some(vault)) => (permit, vault),
+            (refused, _) => {
+                let result = Err(refused.err().map_or(ExchangeError::Abort, Into::into));
+                if shared.limiters.refusals.try_take(&self.id.limit_key) {
+                    entry.finish(&shared.log, &result);
+                }
+                return result;
+            }
+        };
+        let route = Route {
+            target: self.target,
+            vault,
+            agent: self.id.agent.as_deref(),
+            absolute_ok: false,
+            peer: self.peer,
+        };
+        let result = exchange::exchange(shared, conn, &req, route, &mut entry.row).await;
         drop(permit);
         entry.finish(&shared.log, &result);
         result
