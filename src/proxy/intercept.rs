@@ -135,9 +135,7 @@ impl Tunnel<'_> {
             (Ok(permit), Some(vault)) => (permit, vault),
             (refused, _) => {
                 let result = Err(refused.err().map_or(ExchangeError::Abort, Into::into));
-                if shared.limiters.refusals.try_take(&self.id.limit_key) {
-                    entry.finish(&shared.log, &result);
-                }
+                entry.finish_refused(shared, self.id, &result);
                 return result;
             }
         };

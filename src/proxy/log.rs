@@ -84,6 +84,20 @@ impl Entry {
     }
 
     /// Completes the row with the outcome and hands it to the request log.
+    /// As [`Entry::finish`], for a request refused before its exchange (a revoked token, the
+    /// agent's limits): recorded within the agent's refusal budget, so a loop of refused
+    /// requests cannot flush the log (review B6).
+    pub(super) fn finish_refused(
+        self,
+        shared: &Shared,
+        id: &Identity,
+        result: &Result<Outcome, ExchangeError>,
+    ) {
+        if shared.limiters.refusals.try_take(&id.limit_key) {
+            self.finish(&shared.log, result);
+        }
+    }
+
     pub(super) fn finish(mut self, log: &Sink, result: &Result<Outcome, ExchangeError>) {
         self.row.latency_us = self.started.elapsed().as_micros() as u64;
         match result {

@@ -42,10 +42,17 @@ pub(super) async fn serve<S: AsyncReadRent + AsyncWriteRent>(
         };
         return Err(refuse_unmatched(shared, &id, &target.host, req, refused).into());
     }
-    let bucket = shared.limiters.agents.bucket(id.limit_key);
-    let _permit = shared.limiters.agents.admit(&bucket)?;
     let mut entry = Entry::new(&id, &target.host);
     entry.request(req);
+    let bucket = shared.limiters.agents.bucket(id.limit_key);
+    let _permit = match shared.limiters.agents.admit(&bucket) {
+        Ok(permit) => permit,
+        Err(e) => {
+            let result = Err(e.into());
+            entry.finish_refused(shared, &id, &result);
+            return result;
+        }
+    };
     let row = &mut entry.row;
     let route = Route {
         target: &target,
