@@ -2,6 +2,9 @@
 //! `module::Type::method`); every one must still exist where it says, so the document cannot
 //! drift from the code unnoticed.
 
+// Helpers outside the #[test] function unwrap too: a panic is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::{Path, PathBuf};
 
 /// Where `module` lives: a file of `src/proxy/`, of `src/`, or the certs-cache crate.
