@@ -3,7 +3,7 @@
 //! allocation for ordinary paths and no I/O. Evaluation is pure: it names the rule that decides
 //! and its action; taking a `limit` rule's token and holding a request are the exchange's steps.
 //!
-//! Order (documented in the README): rules naming the requesting agent first, then the rules for
+//! Order (documented in docs/src/rules.md): rules naming the requesting agent first, then the rules for
 //! every agent, each group in file order; the first rule whose conditions all hold decides; when
 //! none does, the service's `rules_default` (allow unless stated).
 //!
@@ -23,7 +23,7 @@
 //! - header names in any case, `_` the same as `-` (WSGI, Rack and PHP read `Idempotency_Key`
 //!   as `Idempotency-Key`; review #74).
 //!
-//! Not matched (README, request rules): the fields of a form body against `query:` conditions.
+//! Not matched (docs/src/rules.md): the fields of a form body against `query:` conditions.
 //!
 //! A `limit` rule's bucket is carried from one compiled policy to the next (same vault, service,
 //! rule name and rate), so a vault write does not refill it.

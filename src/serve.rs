@@ -1067,7 +1067,7 @@ fn blocking_pool() -> Box<monoio::blocking::DefaultThreadPool> {
 /// thread submits (`SINGLE_ISSUER`), and completions are run when the worker next enters the
 /// kernel to wait for them (`DEFER_TASKRUN`, with `COOP_TASKRUN`) instead of interrupting it
 /// with an inter-processor interrupt each. In the load harness this raised keep-alive
-/// throughput and cut the added p99 (README, Performance). A kernel without those flags
+/// throughput and cut the added p99 (docs/src/performance.md). A kernel without those flags
 /// (before 6.1) gets a plain ring.
 fn uring_runtime()
 -> std::io::Result<monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>>> {

@@ -515,7 +515,7 @@ async fn rules(State(state): St, SignedIn(session): SignedIn) -> Response {
         "Request rules",
         html! {
             p.muted { "Rules naming the agent are checked first, then the others, in order; the first that matches decides. Hits count the request log's rows." }
-            @if with_rules.is_empty() { p { "No service has rules. Add " code { "rules:" } " to a service (see the README)." } }
+            @if with_rules.is_empty() { p { "No service has rules. Add " code { "rules:" } " to a service (see the manual's Request rules chapter, docs/src/rules.md)." } }
             @for (v, services) in &with_rules { @for s in services {
                 div.card {
                     h2 { "Vault " (v.name) " · service " code { (s.spec.name) } }

@@ -343,15 +343,15 @@ mod tests {
         assert_eq!(other.status(), 404);
     }
 
-    /// The codes in backquotes in the README's text from `from` up to the next `to`.
+    /// The codes in backquotes in the Errors chapter's text from `from` up to the next `to`.
     fn readme_codes(from: &str, to: &str) -> std::collections::BTreeSet<&'static str> {
-        let readme = include_str!("../../README.md");
+        let readme = include_str!("../../docs/src/errors.md");
         let start = readme.find(from).expect("the README's list");
         let end = start + readme[start..].find(to).expect("end of the list");
         readme[start..end].split('`').skip(1).step_by(2).collect()
     }
 
-    /// The README's list of codes is the type's: every code is documented, and every code the
+    /// The Errors chapter's list of codes is the type's: every code is documented, and every code the
     /// README names exists; so is its list of the errors airlock itself is to blame for.
     #[test]
     fn readme_lists_every_code() {
@@ -359,7 +359,7 @@ mod tests {
         assert_eq!(
             readme_codes("Codes in use:", ". The agent"),
             codes,
-            "README.md's error codes and ErrorKind differ"
+            "docs/src/errors.md's error codes and ErrorKind differ"
         );
         let ours = ErrorKind::ALL
             .iter()
@@ -372,7 +372,7 @@ mod tests {
                 ", and the vault"
             ),
             ours,
-            "README.md's list of airlock's own errors"
+            "docs/src/errors.md's list of airlock's own errors"
         );
         for k in ErrorKind::ALL {
             let blame_fits = match k.blame() {

@@ -610,7 +610,7 @@ fn fleet_killed_node_and_late_joiner_catch_up() {
     assert_eq!(names, ["a", "b", "c", "d"], "{status}");
 }
 
-/// HAProxy in front of the nodes, as the README's "Running a fleet" configures it (`mode tcp`,
+/// HAProxy in front of the nodes, as docs/src/fleet.md configures it (`mode tcp`,
 /// health checks on `/healthz`, redispatch on a failed connect). Killed on drop.
 struct Balancer {
     child: std::process::Child,

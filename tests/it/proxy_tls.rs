@@ -190,7 +190,7 @@ fn airlock_run_uses_a_tls_proxy_port() {
     let r = run(&["run", "--", "python3", "-c", script]);
     assert!(r.stdout.contains("requests 200 https https"), "{r:?}");
     // curl checks a TLS proxy's certificate against its built-in roots, not CURL_CA_BUNDLE: it
-    // is given the run's bundle as --proxy-cacert (the README says so).
+    // is given the run's bundle as --proxy-cacert (docs/src/fleet.md says so).
     let r = run(&[
         "run",
         "--",

@@ -1,4 +1,4 @@
-//! Fleet mode: several nodes, one vault, through PostgreSQL (design in the README, "Running a
+//! Fleet mode: several nodes, one vault, through PostgreSQL (design in docs/src/fleet.md, "Running a
 //! fleet").
 //!
 //! PostgreSQL holds an ordered log of vault changes (`airlock_changes`: each row a batch of
