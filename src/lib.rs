@@ -1,7 +1,7 @@
 //! airlock: a credential-brokering proxy for AI agents.
 //!
 //! The `airlock` binary's library: the [`cli`] and the data plane: [`serve`] (workers),
-//! [`proxy`], [`http`], [`policy`] (with [`rules`]), [`oauth`] (the token refresher; [`renewal`] is the workers' handle to it), [`scrub`], [`netguard`],
+//! [`proxy`], [`http`], [`policy`] (with [`rules`] and each service's [`credential`]), [`oauth`] (the token refresher; [`renewal`] is the workers' handle to it), [`scrub`], [`netguard`],
 //! [`metrics`], [`memory`] (returning a burst's memory), [`follower`] (fleet mode, reporting in [`fleet_state`]) and
 //! [`supervise`]. What it shares with the admin
 //! process (the vault, specs, config, request log) is the `airlock-core` crate, re-exported here
@@ -14,6 +14,7 @@ pub use airlock_core::{
 };
 
 pub mod cli;
+pub mod credential;
 pub mod fleet_state;
 pub mod follower;
 pub mod http;

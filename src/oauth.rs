@@ -108,12 +108,12 @@ async fn run(shared: Arc<Shared>, inbox: flume::Receiver<Ask>) {
 }
 
 /// Refreshes `entry` if it is due, or a worker asked about its current version and that token is
-/// at least [`crate::policy::MIN_AGE_TO_RENEW_ON_401`] seconds old, and answers the asks.
+/// at least [`crate::credential::MIN_AGE_TO_RENEW_ON_401`] seconds old, and answers the asks.
 async fn serve(shared: &Shared, entry: &Entry, asks: &[Ask]) -> Answer {
     let now = now();
     let meta = &entry.meta;
     let asked = asks.iter().any(|a| a.version >= meta.version)
-        && now >= meta.obtained_at + crate::policy::MIN_AGE_TO_RENEW_ON_401;
+        && now >= meta.obtained_at + crate::credential::MIN_AGE_TO_RENEW_ON_401;
     let due = meta.refresh_at().is_some_and(|at| now >= at);
     if !asked && !due {
         return Ok(());

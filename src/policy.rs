@@ -10,10 +10,11 @@
 
 use std::collections::HashMap;
 
+use crate::credential::{Credential, OAuthUse};
 use crate::rules::Rules;
 use crate::scrub::Masker;
 use crate::secret::Secret;
-use crate::spec::{AuthSpec, HostName, HostPattern, PathPattern, Scheme, Surface, template_keys};
+use crate::spec::{HostName, HostPattern, PathPattern, Scheme, Surface};
 use crate::vault::seal::Opener;
 use crate::vault::{Store, UnmatchedPolicy, VaultError};
 
@@ -62,65 +63,14 @@ pub struct Service {
     pub name: String,
     pub pattern: HostPattern,
     pub enabled: bool,
-    /// Headers to set, lowercase names; replace any the client sent.
-    pub inject: Vec<(String, Secret)>,
-    /// Whether the client's own `Authorization` is dropped (every credentialed service).
-    pub drop_authorization: bool,
+    /// How it authenticates upstream (headers, SigV4, OAuth renewal): one thing, asked by the
+    /// request path at each step.
+    pub credential: Credential,
     pub substitutions: Vec<Substitution>,
     /// Set when the service cannot be served.
     pub error: Option<ServiceFault>,
-    /// The OAuth credential it injects, if any (the first, when it uses several).
-    pub oauth: Option<OAuthUse>,
-    /// An `aws-sigv4` service's keys: each request is signed as it leaves (`proxy::sigv4`).
-    pub sigv4: Option<Box<SigV4Keys>>,
     /// Its request rules; `None` when every request is allowed.
     pub rules: Option<Box<Rules>>,
-}
-
-impl Service {
-    /// Whether requests to it carry a credential (the request log must be writable).
-    pub fn injects(&self) -> bool {
-        !self.inject.is_empty() || self.sigv4.is_some()
-    }
-}
-
-/// A compiled `aws-sigv4` service's keys and scope.
-#[derive(Debug)]
-pub struct SigV4Keys {
-    pub access_key_id: Secret,
-    pub secret_access_key: Secret,
-    pub session_token: Option<Secret>,
-    pub region: String,
-    pub service: String,
-}
-
-/// A token younger than this many seconds is not renewed because an upstream answered 401 (the
-/// 401 goes to the agent): an API that refuses for another reason (a missing scope) must not
-/// make every request renew the token.
-pub const MIN_AGE_TO_RENEW_ON_401: u64 = 5;
-
-/// Which version of an OAuth credential a compiled service holds: a 401 from upstream asks the
-/// refresher for a newer one (`crate::oauth`).
-#[derive(Clone, Debug)]
-pub struct OAuthUse {
-    pub key: String,
-    pub version: u64,
-    /// Unix seconds; 0 when unknown (1 when only a refresh token was imported).
-    pub expires_at: u64,
-    /// When the token was obtained or imported (Unix seconds).
-    pub obtained_at: u64,
-}
-
-impl OAuthUse {
-    /// Whether a request must wait for a refresh before it can be sent.
-    pub fn stale(&self, now: u64) -> bool {
-        self.expires_at != 0 && now >= self.expires_at
-    }
-
-    /// Whether an upstream 401 may renew this token ([`MIN_AGE_TO_RENEW_ON_401`]).
-    pub fn renewable_on_401(&self, now: u64) -> bool {
-        now >= self.obtained_at + MIN_AGE_TO_RENEW_ON_401
-    }
 }
 
 #[derive(Debug)]
@@ -206,8 +156,7 @@ impl Policy {
                         Secret::default()
                     }
                 };
-                let inject = injected_headers(&spec.auth, &mut open);
-                let sigv4 = sigv4_keys(&spec, &mut open);
+                let credential = Credential::compile(&spec.auth, spec.aws_scope(), &mut open);
                 let substitutions: Vec<Substitution> = spec
                     .substitutions
                     .iter()
@@ -222,15 +171,17 @@ impl Policy {
                         }
                     })
                     .collect();
-                if sigv4.is_none() && matches!(spec.auth, AuthSpec::AwsSigv4 { .. }) {
-                    error = Some(ServiceFault::CredentialMissing); // no region or service
-                }
-                for (_, value) in &inject {
-                    scrub.push(value.clone());
-                    if let Some(at) = memchr::memchr(b' ', value.expose()) {
-                        scrub.push(Secret::new(value.expose()[at + 1..].to_vec()));
+                // An aws-sigv4 service without a region or service: nothing to sign with, so
+                // its requests are refused (502), still as a credentialed service.
+                let credential = credential.unwrap_or_else(|| {
+                    error = Some(ServiceFault::CredentialMissing);
+                    Credential::Headers {
+                        headers: Vec::new(),
+                        oauth: None,
                     }
-                }
+                });
+                let credential = credential.with_oauth(oauth);
+                scrub.extend(credential.scrub_values());
                 scrub.extend(
                     substitutions
                         .iter()
@@ -245,12 +196,9 @@ impl Policy {
                     name: spec.name.clone(),
                     pattern,
                     enabled: spec.enabled,
-                    drop_authorization: !matches!(spec.auth, AuthSpec::Passthrough),
-                    inject,
+                    credential,
                     substitutions,
                     error,
-                    oauth,
-                    sigv4,
                     rules,
                 });
             }
@@ -277,85 +225,6 @@ impl Policy {
                 _ => None,
             })
     }
-}
-
-fn injected_headers(
-    auth: &AuthSpec,
-    open: &mut impl FnMut(&str) -> Secret,
-) -> Vec<(String, Secret)> {
-    let join = |parts: &[&[u8]]| Secret::new(parts.concat());
-    match auth {
-        AuthSpec::Bearer { token } => vec![(
-            "authorization".into(),
-            join(&[b"Bearer ", open(token).expose()]),
-        )],
-        AuthSpec::Basic { username, password } => {
-            let user = open(username);
-            let pass = open(password);
-            let pair = join(&[user.expose(), b":", pass.expose()]);
-            let encoded = data_encoding::BASE64.encode(pair.expose());
-            vec![(
-                "authorization".into(),
-                Secret::new(format!("Basic {encoded}").into_bytes()),
-            )]
-        }
-        AuthSpec::ApiKey {
-            key,
-            header,
-            prefix,
-        } => {
-            vec![(
-                header.to_ascii_lowercase(),
-                join(&[prefix.as_bytes(), open(key).expose()]),
-            )]
-        }
-        AuthSpec::Custom { headers } => headers
-            .iter()
-            .map(|(name, template)| (name.to_ascii_lowercase(), expand(template, open)))
-            .collect(),
-        AuthSpec::AwsSigv4 { .. } | AuthSpec::Passthrough => Vec::new(),
-    }
-}
-
-/// An `aws-sigv4` service's opened keys and its scope.
-fn sigv4_keys(
-    spec: &crate::spec::ServiceSpec,
-    open: &mut impl FnMut(&str) -> Secret,
-) -> Option<Box<SigV4Keys>> {
-    let AuthSpec::AwsSigv4 {
-        access_key_id,
-        secret_access_key,
-        session_token,
-        ..
-    } = &spec.auth
-    else {
-        return None;
-    };
-    let (region, service) = spec.aws_scope()?;
-    Some(Box::new(SigV4Keys {
-        access_key_id: open(access_key_id),
-        secret_access_key: open(secret_access_key),
-        session_token: session_token.as_deref().map(&mut *open),
-        region,
-        service,
-    }))
-}
-
-/// Replaces each `{{ KEY }}` in a validated template with the opened credential.
-fn expand(template: &str, open: &mut impl FnMut(&str) -> Secret) -> Secret {
-    let keys = template_keys(template).unwrap_or_default();
-    let mut out = Vec::with_capacity(template.len() + 64);
-    let mut rest = template;
-    for key in keys {
-        let (Some(start), Some(end)) = (rest.find("{{"), rest.find("}}")) else {
-            break;
-        };
-        out.extend_from_slice(&rest.as_bytes()[..start]);
-        out.extend_from_slice(open(key).expose());
-        rest = &rest[end + 2..];
-    }
-    out.extend_from_slice(rest.as_bytes());
-    Secret::new(out)
 }
 
 impl VaultPolicy {
@@ -507,12 +376,12 @@ mod tests {
             name: name.into(),
             pattern: HostPattern::parse(host).unwrap(),
             enabled: true,
-            inject: vec![],
-            drop_authorization: true,
+            credential: Credential::Headers {
+                headers: vec![],
+                oauth: None,
+            },
             substitutions: vec![],
             error: None,
-            oauth: None,
-            sigv4: None,
             rules: None,
         }
     }
@@ -594,14 +463,5 @@ mod tests {
     fn percent_encoding_keeps_unreserved_only() {
         assert_eq!(percent_encode(b"sk-live_Qx7.~"), b"sk-live_Qx7.~");
         assert_eq!(percent_encode(b"a+b/c d%"), b"a%2Bb%2Fc%20d%25");
-    }
-
-    #[test]
-    fn expand_templates() {
-        let mut open = |k: &str| Secret::new(format!("<{k}>").into_bytes());
-        assert_eq!(
-            expand("Token {{ A }}-{{B}}!", &mut open).expose(),
-            b"Token <A>-<B>!"
-        );
     }
 }

@@ -5,7 +5,8 @@
 #![no_main]
 use std::sync::OnceLock;
 
-use airlock::policy::{Service, SigV4Keys, Substitution, VaultPolicy};
+use airlock::credential::{Credential, SigV4Keys};
+use airlock::policy::{Service, Substitution, VaultPolicy};
 use airlock::proxy::upstream::Target;
 use airlock::scrub::Masker;
 use airlock::secret::Secret;
@@ -17,12 +18,12 @@ fn service(name: &str, host: &str) -> Service {
         name: name.into(),
         pattern: HostPattern::parse(host).unwrap(),
         enabled: true,
-        inject: vec![("authorization".into(), Secret::new(b"Bearer sk-fuzz".to_vec()))],
-        drop_authorization: true,
+        credential: Credential::Headers {
+            headers: vec![("authorization".into(), Secret::new(b"Bearer sk-fuzz".to_vec()))],
+            oauth: None,
+        },
         substitutions: vec![],
         error: None,
-        oauth: None,
-        sigv4: None,
         rules: None,
     }
 }
@@ -45,11 +46,11 @@ fn vault() -> &'static VaultPolicy {
             placeholder: "__acct__".into(),
             value: Secret::new(b"acct 1/2".to_vec()),
             encoded: Secret::new(b"acct%201%2F2".to_vec()),
+            json: Secret::new(b"acct 1/2".to_vec()),
             surfaces: vec![Surface::Path, Surface::Query, Surface::Header],
         });
         let mut aws = service("aws", "s3.us-east-1.amazonaws.com");
-        aws.inject.clear();
-        aws.sigv4 = Some(Box::new(keys()));
+        aws.credential = Credential::SigV4(Box::new(keys()));
         let services = vec![service("api", "api.example.com"), scoped, aws];
         VaultPolicy::new(1, "default".into(), UnmatchedPolicy::Deny, services, Masker::new(vec![]))
     })

@@ -11,7 +11,7 @@
 //! expired; when the upstream answers 401 and the body is held, the token is renewed and the
 //! request sent once more with the new one (the 401 never reaches the agent). A 401 to a streamed
 //! body goes back to the agent and starts a renewal. A token younger than
-//! [`crate::policy::MIN_AGE_TO_RENEW_ON_401`] is not renewed on a 401: the 401 goes to the agent.
+//! [`crate::credential::MIN_AGE_TO_RENEW_ON_401`] is not renewed on a 401: the 401 goes to the agent.
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use zeroize::{Zeroize, Zeroizing};
@@ -29,11 +29,12 @@ use super::response::{self, COALESCE_MAX, Head};
 use super::sigv4::{self, Payload};
 use super::upstream::{self, PoolKey, Target, Upstream};
 use super::{Limits, Shared};
+use crate::credential::{OAuthUse, SigV4Keys};
 use crate::http::HttpError;
 use crate::http::body::{self, RelayError, WHOLE_BODY_MAX};
 use crate::http::head::Framing;
 use crate::http::io::BufConn;
-use crate::policy::{OAuthUse, Service, SigV4Keys, VaultPolicy};
+use crate::policy::{Service, VaultPolicy};
 use crate::requestlog::Row;
 use crate::rules::{Rule, Verdict};
 use crate::spec::RuleAction;
@@ -71,7 +72,7 @@ pub(super) async fn exchange<C: AsyncReadRent + AsyncWriteRent>(
     row.rule = prepared.verdict.name().map(str::to_owned);
     let limits = shared.limits();
     gates(shared, &limits, client, &prepared)?;
-    let oauth = prepared.service.oauth.clone();
+    let oauth = prepared.service.credential.oauth().cloned();
     let verdict = prepared.verdict;
     let prepared_service = prepared.service;
     let mut call = Call {
@@ -91,7 +92,7 @@ pub(super) async fn exchange<C: AsyncReadRent + AsyncWriteRent>(
     call.apply(verdict, req, route).await?;
     call.hold_for_substitution().await?;
     let Some(oauth) = oauth else {
-        let held = match call.prepared.service.sigv4.as_deref() {
+        let held = match call.prepared.service.credential.sigv4() {
             Some(keys) => call.sign(keys, req).await?,
             None => None,
         };
@@ -125,12 +126,14 @@ fn gates<C>(
         return Err(HttpError::BodyTooLarge(cap).into());
     }
     // Row 60: no injection goes unrecorded for longer than one batch interval.
-    if prepared.service.injects() && !shared.log.healthy() {
+    if prepared.service.credential.credentialed() && !shared.log.healthy() {
         let m = "the request log cannot be written";
         return Err(ProxyError::new(ErrorKind::AuditUnavailable, m).into());
     }
     // Fleet mode: past `fleet_max_staleness` a revocation may not have reached this node.
-    if prepared.service.drop_authorization && shared.fleet.as_ref().is_some_and(|f| f.stale()) {
+    if prepared.service.credential.credentialed()
+        && shared.fleet.as_ref().is_some_and(|f| f.stale())
+    {
         let m =
             "this node has not heard from the fleet's store for longer than fleet_max_staleness";
         return Err(ProxyError::new(ErrorKind::FleetStale, m).into());

@@ -218,7 +218,9 @@ fn request_line(
     out.extend_from_slice(&substitute(service, Surface::Path, path.as_bytes())?);
     // A presigned URL's signature is the agent's: airlock signs in headers instead.
     let query = match query {
-        Some(q) if service.sigv4.is_some() => Some(Cow::Owned(sigv4::strip_presign(q))),
+        Some(q) if service.credential.sigv4().is_some() => {
+            Some(Cow::Owned(sigv4::strip_presign(q)))
+        }
         q => q.map(Cow::Borrowed),
     };
     if let Some(q) = query.filter(|q| !q.is_empty()) {
@@ -240,7 +242,7 @@ fn headers(
     service: &Service,
     websocket: bool,
 ) -> Result<bool, ProxyError> {
-    let credentialed = service.drop_authorization;
+    let credentialed = service.credential.credentialed();
     if websocket {
         out.extend_from_slice(b"connection: upgrade\r\nupgrade: websocket\r\n");
     }
@@ -264,8 +266,7 @@ fn headers(
                 && (name.eq_ignore_ascii_case("accept-encoding")
                     || name.eq_ignore_ascii_case("sec-websocket-extensions")
                     || name.eq_ignore_ascii_case("authorization")))
-            || service.inject.iter().any(|(n, _)| name.eq_ignore_ascii_case(n))
-            || (service.sigv4.is_some() && sigv4::is_signature_header(name));
+            || service.credential.replaces(name);
         if dropped {
             continue;
         }
@@ -274,7 +275,7 @@ fn headers(
         out.extend_from_slice(&substitute(service, Surface::Header, h.value)?);
         out.extend_from_slice(b"\r\n");
     }
-    for (name, value) in &service.inject {
+    for (name, value) in service.credential.headers() {
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.expose());

@@ -18,19 +18,13 @@ use ring::{digest, hmac};
 use zeroize::Zeroizing;
 
 use super::error::{ErrorKind, ProxyError};
+use crate::credential::SigV4Keys as Keys;
 use crate::http::head::Framing;
-use crate::policy::{SigV4Keys as Keys, percent_encode};
+use crate::policy::percent_encode;
 
 /// Bodies up to this size are read whole and hashed into the signature; larger ones stream
 /// unsigned (S3) or are refused (other services, which require a signed payload).
 pub const BODY_MAX: u64 = 8 * 1024 * 1024;
-
-/// Headers the agent's own signature travels in: dropped before airlock signs.
-pub fn is_signature_header(name: &str) -> bool {
-    ["x-amz-date", "x-amz-security-token", "x-amz-content-sha256"]
-        .iter()
-        .any(|h| name.eq_ignore_ascii_case(h))
-}
 
 /// A query without a presigned URL's signature parameters (`X-Amz-Signature` and the rest).
 pub fn strip_presign(query: &str) -> String {
@@ -346,8 +340,6 @@ mod tests {
             "list-type=2&prefix=a"
         );
         assert_eq!(strip_presign("X-Amz-Date=1"), "");
-        assert!(is_signature_header("X-Amz-Security-Token"));
-        assert!(!is_signature_header("x-amz-meta-a"));
     }
 
     #[test]
