@@ -14,7 +14,7 @@ use crate::credential::{Credential, OAuthUse};
 use crate::rules::Rules;
 use crate::scrub::Masker;
 use crate::secret::Secret;
-use crate::spec::{HostName, HostPattern, PathPattern, Scheme, Surface};
+use crate::spec::{HostName, HostPattern, PathPattern, Scheme, ServiceSpec, Surface};
 use crate::vault::seal::Opener;
 use crate::vault::{Store, UnmatchedPolicy, VaultError};
 
@@ -86,6 +86,19 @@ pub struct Substitution {
     pub surfaces: Vec<Surface>,
 }
 
+impl Substitution {
+    /// `spec`'s placeholder with the credential's `value` in the form each surface takes.
+    fn new(spec: &crate::spec::Substitution, value: Secret) -> Self {
+        Self {
+            placeholder: spec.placeholder.clone(),
+            encoded: Secret::new(percent_encode(value.expose())),
+            json: Secret::new(json_escape(value.expose())),
+            value,
+            surfaces: spec.surfaces.clone(),
+        }
+    }
+}
+
 /// `raw` as the inside of a JSON string (RFC 8259): `"`, `\` and control characters escaped,
 /// every other byte as it is.
 pub fn json_escape(raw: &[u8]) -> Vec<u8> {
@@ -124,83 +137,13 @@ impl Policy {
             let mut services = Vec::new();
             let mut scrub = Vec::new();
             for record in store.services(&v.name)? {
-                let spec = record.spec;
-                let Ok(pattern) = HostPattern::parse(&spec.host) else {
-                    continue;
-                };
-                let mut error = None;
-                let mut oauth = None;
-                let mut open = |key: &str| match store.open_credential(opener, &v.name, key) {
-                    Ok(opened) => {
-                        scrub.push(opened.value.clone());
-                        scrub.extend(opened.others);
-                        if let Some(meta) = opened.oauth {
-                            if meta.retry_at().is_none() && meta.expired(crate::vault::now()) {
-                                error = Some(ServiceFault::OAuthRefreshFailed);
-                            }
-                            oauth.get_or_insert(OAuthUse {
-                                key: key.to_owned(),
-                                version: meta.version,
-                                expires_at: meta.expires_at,
-                                obtained_at: meta.obtained_at,
-                            });
-                        }
-                        opened.value
-                    }
-                    Err(e) => {
-                        error = Some(if matches!(e, VaultError::Integrity(_)) {
-                            ServiceFault::CredentialIntegrity
-                        } else {
-                            ServiceFault::CredentialMissing
-                        });
-                        Secret::default()
-                    }
-                };
-                let credential = Credential::compile(&spec.auth, spec.aws_scope(), &mut open);
-                let substitutions: Vec<Substitution> = spec
-                    .substitutions
-                    .iter()
-                    .map(|s| {
-                        let value = open(&s.key);
-                        Substitution {
-                            placeholder: s.placeholder.clone(),
-                            encoded: Secret::new(percent_encode(value.expose())),
-                            json: Secret::new(json_escape(value.expose())),
-                            value,
-                            surfaces: s.surfaces.clone(),
-                        }
-                    })
-                    .collect();
-                // An aws-sigv4 service without a region or service: nothing to sign with, so
-                // its requests are refused (502), still as a credentialed service.
-                let credential = credential.unwrap_or_else(|| {
-                    error = Some(ServiceFault::CredentialMissing);
-                    Credential::Headers {
-                        headers: Vec::new(),
-                        oauth: None,
-                    }
-                });
-                let credential = credential.with_oauth(oauth);
-                scrub.extend(credential.scrub_values());
-                scrub.extend(
-                    substitutions
-                        .iter()
-                        .flat_map(|s| [s.encoded.clone(), s.json.clone()]),
-                );
                 let before = previous
                     .vault(&v.name)
-                    .and_then(|p| p.services.iter().find(|s| s.name == spec.name))
+                    .and_then(|p| p.services.iter().find(|s| s.name == record.spec.name))
                     .and_then(|s| s.rules.as_deref());
-                let rules = Rules::compile(&spec.rules, spec.rules_default(), before);
-                services.push(Service {
-                    name: spec.name.clone(),
-                    pattern,
-                    enabled: spec.enabled,
-                    credential,
-                    substitutions,
-                    error,
-                    rules,
-                });
+                let compiled =
+                    compile_service(store, opener, &v.name, &record.spec, before, &mut scrub);
+                services.extend(compiled);
             }
             vaults.insert(
                 v.name.clone(),
@@ -224,6 +167,104 @@ impl Policy {
                 (HostName::Exact(h), Scheme::Https) => Some(h.as_str()),
                 _ => None,
             })
+    }
+}
+
+/// One service of `vault` compiled: its credentials opened (each value, and every form the
+/// service sends it in, added to `scrub`), its rules compiled keeping `before`'s buckets. `None`
+/// for a host that no longer parses.
+fn compile_service(
+    store: &Store,
+    opener: &Opener,
+    vault: &str,
+    spec: &ServiceSpec,
+    before: Option<&Rules>,
+    scrub: &mut Vec<Secret>,
+) -> Option<Service> {
+    let pattern = HostPattern::parse(&spec.host).ok()?;
+    let mut keys = Keys {
+        store,
+        opener,
+        vault,
+        scrub,
+        error: None,
+        oauth: None,
+    };
+    let mut open = |key: &str| keys.open(key);
+    let credential = Credential::compile(&spec.auth, spec.aws_scope(), &mut open);
+    let substitutions: Vec<Substitution> = spec
+        .substitutions
+        .iter()
+        .map(|s| Substitution::new(s, open(&s.key)))
+        .collect();
+    // An aws-sigv4 service without a region or service: nothing to sign with, so its requests
+    // are refused (502), still as a credentialed service.
+    let credential = credential
+        .unwrap_or_else(|| {
+            keys.error = Some(ServiceFault::CredentialMissing);
+            Credential::Headers {
+                headers: Vec::new(),
+                oauth: None,
+            }
+        })
+        .with_oauth(keys.oauth);
+    keys.scrub.extend(credential.scrub_values());
+    keys.scrub.extend(
+        substitutions
+            .iter()
+            .flat_map(|s| [s.encoded.clone(), s.json.clone()]),
+    );
+    Some(Service {
+        name: spec.name.clone(),
+        pattern,
+        enabled: spec.enabled,
+        credential,
+        substitutions,
+        error: keys.error,
+        rules: Rules::compile(&spec.rules, spec.rules_default(), before),
+    })
+}
+
+/// Opens a service's credentials, noting what responses are masked of, the OAuth credential
+/// among them and why the service cannot be served.
+struct Keys<'a> {
+    store: &'a Store,
+    opener: &'a Opener,
+    vault: &'a str,
+    scrub: &'a mut Vec<Secret>,
+    error: Option<ServiceFault>,
+    oauth: Option<OAuthUse>,
+}
+
+impl Keys<'_> {
+    /// The credential `key`'s value; an empty one (and the fault noted) when it cannot be opened.
+    fn open(&mut self, key: &str) -> Secret {
+        match self.store.open_credential(self.opener, self.vault, key) {
+            Ok(opened) => {
+                self.scrub.push(opened.value.clone());
+                self.scrub.extend(opened.others);
+                if let Some(meta) = opened.oauth {
+                    if meta.retry_at().is_none() && meta.expired(crate::vault::now()) {
+                        self.error = Some(ServiceFault::OAuthRefreshFailed);
+                    }
+                    self.oauth.get_or_insert(OAuthUse {
+                        key: key.to_owned(),
+                        version: meta.version,
+                        expires_at: meta.expires_at,
+                        obtained_at: meta.obtained_at,
+                    });
+                }
+                opened.value
+            }
+            Err(e) => {
+                self.error = Some(if matches!(e, VaultError::Integrity(_)) {
+                    ServiceFault::CredentialIntegrity
+                } else {
+                    ServiceFault::CredentialMissing
+                });
+                Secret::default()
+            }
+        }
     }
 }
 

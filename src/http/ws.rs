@@ -110,6 +110,23 @@ impl<'a> ScrubFrames<'a> {
         }
     }
 
+    /// A frame starts: a control frame must be whole and short; a data frame either starts a
+    /// message or continues the one under way.
+    fn start(&mut self, h: Header) -> Result<(), Violation> {
+        if h.opcode & 0x08 != 0 && (h.len > MAX_CONTROL || !h.fin) {
+            return Err(Violation);
+        }
+        if h.opcode & 0x08 == 0 {
+            self.message = Some(match (h.opcode, self.message) {
+                (0, Some(m)) => m,
+                (1 | 2, None) => (h.opcode, false),
+                _ => return Err(Violation),
+            });
+        }
+        self.frame = Some(InFrame { h, left: h.len });
+        Ok(())
+    }
+
     /// Takes the next bytes from upstream; returns the frames to send on now.
     pub fn push(&mut self, input: &[u8]) -> Result<Vec<u8>, Violation> {
         self.buf.extend_from_slice(input);
@@ -121,17 +138,7 @@ impl<'a> ScrubFrames<'a> {
                     break;
                 };
                 at += h.size;
-                if h.opcode & 0x08 != 0 && (h.len > MAX_CONTROL || !h.fin) {
-                    return Err(Violation);
-                }
-                if h.opcode & 0x08 == 0 {
-                    self.message = Some(match (h.opcode, self.message) {
-                        (0, Some(m)) => m,
-                        (1 | 2, None) => (h.opcode, false),
-                        _ => return Err(Violation),
-                    });
-                }
-                self.frame = Some(InFrame { h, left: h.len });
+                self.start(h)?;
                 continue;
             };
             let h = f.h;

@@ -60,28 +60,7 @@ pub(super) async fn handle<C: AsyncReadRent + AsyncWriteRent>(
         close: r.wants_close(),
         body: Vec::new(),
     };
-    match r.framing()? {
-        Framing::Empty => {}
-        Framing::Length(len) if len <= MAX_BODY => {
-            while (client.buffered().len() as u64) < len {
-                let read =
-                    monoio::time::timeout(shared.limits().header_timeout, client.fill()).await;
-                if !matches!(read, Ok(Ok(k)) if k > 0) {
-                    return Err(ExchangeError::Abort);
-                }
-            }
-            req.body = client.buffered()[..len as usize].to_vec();
-            client.consume(len as usize);
-        }
-        Framing::Length(_) => return Err(crate::http::HttpError::BodyTooLarge(MAX_BODY).into()),
-        _ => {
-            return Err(ProxyError::new(
-                ErrorKind::LengthRequired,
-                "send the body with a Content-Length",
-            )
-            .into());
-        }
-    }
+    req.body = read_body(shared, client, r).await?;
     let close = req.close;
     let (status, content_type, body) = route(shared, req, peer).await?;
     let mut out = format!(
@@ -101,6 +80,33 @@ pub(super) async fn handle<C: AsyncReadRent + AsyncWriteRent>(
         .map_err(|_| ExchangeError::Abort)?;
     client.flush().await.map_err(|_| ExchangeError::Abort)?;
     Ok(Outcome::after(close))
+}
+
+/// An agent-API request's body: empty, or a `Content-Length` of at most [`MAX_BODY`] (411 for
+/// another framing, 413 over it).
+async fn read_body<C: AsyncReadRent + AsyncWriteRent>(
+    shared: &Shared,
+    client: &mut BufConn<C>,
+    r: &Request,
+) -> Result<Vec<u8>, ExchangeError> {
+    let len = match r.framing()? {
+        Framing::Empty => return Ok(Vec::new()),
+        Framing::Length(len) if len <= MAX_BODY => len as usize,
+        Framing::Length(_) => return Err(crate::http::HttpError::BodyTooLarge(MAX_BODY).into()),
+        _ => {
+            let m = "send the body with a Content-Length";
+            return Err(ProxyError::new(ErrorKind::LengthRequired, m).into());
+        }
+    };
+    while client.buffered().len() < len {
+        let read = monoio::time::timeout(shared.limits().header_timeout, client.fill()).await;
+        if !matches!(read, Ok(Ok(k)) if k > 0) {
+            return Err(ExchangeError::Abort);
+        }
+    }
+    let body = client.buffered()[..len].to_vec();
+    client.consume(len);
+    Ok(body)
 }
 
 type Reply = (u16, &'static str, Vec<u8>);

@@ -10,6 +10,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
 use monoio::net::TcpStream;
 use monoio_rustls::TlsAcceptor;
 
+use super::auth::Identity;
 use super::authority::parse_authority;
 use super::client::{self, Between, Next, reply_and_close};
 use super::error::{ErrorKind, ProxyError, no_service};
@@ -100,20 +101,9 @@ async fn connect<S: Split + AsyncReadRent + AsyncWriteRent + 'static>(
     req: Request,
     peer: &Peer,
 ) {
-    let auth_header = match req.one("proxy-authorization") {
-        Ok(h) => h,
-        Err(e) => return reply_and_close(&mut client, &e.into()).await,
-    };
-    let (host, port) = match parse_authority(req.target()) {
-        Ok(a) => a,
+    let (id, target) = match authenticated(&shared, &req, peer).await {
+        Ok(it) => it,
         Err(e) => return reply_and_close(&mut client, &e).await,
-    };
-    let id = match auth::authenticate_first(&shared, auth_header, None).await {
-        Ok(id) => id,
-        Err(e) => {
-            let e = shared.limiters.auth_failures.refuse(peer.addr, e);
-            return reply_and_close(&mut client, &e).await;
-        }
     };
     let limits = shared.limits();
     let bucket = shared.limiters.agents.bucket(id.limit_key);
@@ -126,32 +116,56 @@ async fn connect<S: Split + AsyncReadRent + AsyncWriteRent + 'static>(
         Ok(slot) => slot,
         Err(e) => return reply_and_close(&mut client, &e).await,
     };
+    match unmatched(&shared, &id, &target) {
+        Err(e) => reply_and_close(&mut client, &e).await,
+        Ok(None) => intercept::serve(shared, client, target, id, bucket, peer).await,
+        Ok(Some(UnmatchedPolicy::Tunnel)) => tunnel::serve(shared, client, target, id).await,
+        Ok(Some(UnmatchedPolicy::Deny)) => {
+            let refused = no_service(&target.host, target.port, &shared.api_base);
+            let refused = refuse_unmatched(&shared, &id, &target.host, &req, refused);
+            reply_and_close(&mut client, &refused).await
+        }
+    }
+}
+
+/// The CONNECT's authority (row 5) and its token, checked in that order; failed
+/// authentications count against the client's address (row 51).
+async fn authenticated(
+    shared: &Arc<Shared>,
+    req: &Request,
+    peer: &Peer,
+) -> Result<(Identity, Target), ProxyError> {
+    let auth_header = req.one("proxy-authorization")?;
+    let (host, port) = parse_authority(req.target())?;
+    let id = auth::authenticate_first(shared, auth_header, None)
+        .await
+        .map_err(|e| shared.limiters.auth_failures.refuse(peer.addr, e))?;
     let target = Target {
         scheme: Scheme::Https,
         host,
         port,
     };
-    let unmatched = {
-        let policy = shared.policy();
-        let Some(vault) = policy.vault(&id.vault) else {
-            let e = ProxyError::new(ErrorKind::VaultMismatch, "the vault no longer exists");
-            return reply_and_close(&mut client, &e).await;
-        };
-        if vault.has_host(Scheme::Https, &target.host, port) {
+    Ok((id, target))
+}
+
+/// What the vault does with the CONNECT's host: `None` to intercept it (a service has it),
+/// else tunnel it (allowlisted, or the vault tunnels unmatched hosts) or deny it.
+fn unmatched(
+    shared: &Shared,
+    id: &Identity,
+    target: &Target,
+) -> Result<Option<UnmatchedPolicy>, ProxyError> {
+    let policy = shared.policy();
+    let vault = policy
+        .vault(&id.vault)
+        .ok_or_else(|| ProxyError::new(ErrorKind::VaultMismatch, "the vault no longer exists"))?;
+    Ok(
+        if vault.has_host(Scheme::Https, &target.host, target.port) {
             None
-        } else if vault.allows(&target.host, port) {
+        } else if vault.allows(&target.host, target.port) {
             Some(UnmatchedPolicy::Tunnel)
         } else {
             Some(vault.unmatched)
-        }
-    };
-    match unmatched {
-        None => intercept::serve(shared, client, target, id, bucket, peer).await,
-        Some(UnmatchedPolicy::Tunnel) => tunnel::serve(shared, client, target, id).await,
-        Some(UnmatchedPolicy::Deny) => {
-            let refused = no_service(&target.host, port, &shared.api_base);
-            let refused = refuse_unmatched(&shared, &id, &target.host, &req, refused);
-            reply_and_close(&mut client, &refused).await
-        }
-    }
+        },
+    )
 }

@@ -311,72 +311,60 @@ impl<'a, C: AsyncReadRent + AsyncWriteRent> Call<'a, C> {
         req: &Request,
         route: Route<'_>,
     ) -> Result<(), ExchangeError> {
-        let service = &self.prepared.service.name;
-        let by = || {
-            verdict.name().map_or_else(
-                || format!("service {service}'s rules_default"),
-                |r| format!("rule {r} of service {service}"),
-            )
-        };
-        let hint = || {
-            verdict
-                .rule
-                .map(|r| r.spec.hint.clone())
-                .filter(|h| !h.is_empty())
-                .unwrap_or_else(|| {
-                    format!(
-                        "the rules are listed at {}/v1/discover",
-                        self.shared.api_base
-                    )
-                })
+        let by = decided_by(&verdict, &self.prepared.service.name);
+        let refused = |kind, message: String| {
+            let hint = rule_hint(&verdict, &self.shared.api_base);
+            Err(ProxyError::new(kind, message).hint(hint).into())
         };
         match verdict.action {
             RuleAction::Allow => Ok(()),
             RuleAction::Deny => {
-                let m = format!("{} refuses {} {}", by(), req.method(), req.path());
-                Err(ProxyError::new(ErrorKind::RuleDenied, m)
-                    .hint(hint())
-                    .into())
+                let m = format!("{by} refuses {} {}", req.method(), req.path());
+                refused(ErrorKind::RuleDenied, m)
             }
             RuleAction::Limit if verdict.rule.is_none_or(Rule::take) => Ok(()),
             RuleAction::Limit => {
-                let m = format!("{} allows no more requests like this one for now", by());
-                Err(ProxyError::new(ErrorKind::RuleLimited, m)
-                    .hint(hint())
-                    .into())
+                let m = format!("{by} allows no more requests like this one for now");
+                refused(ErrorKind::RuleLimited, m)
             }
-            RuleAction::Hold => {
-                // An operator approves what they can read (review #83).
-                let encoded = req
-                    .one("content-encoding")
-                    .ok()
-                    .flatten()
-                    .is_some_and(|v| !v.trim_ascii().eq_ignore_ascii_case(b"identity"));
-                if encoded {
-                    let m = format!(
-                        "{} holds this request for an operator, who must be able to read its body: send it without Content-Encoding",
-                        by()
-                    );
-                    return Err(ProxyError::new(ErrorKind::HoldBodyEncoded, m).into());
-                }
-                let body = match self.prepared.framing {
-                    Framing::Empty => Vec::new(),
-                    Framing::Length(n) if n <= WHOLE_BODY_MAX => self.hold_body(n).await?,
-                    _ => {
-                        let m = format!(
-                            "{} holds this request for an operator, which needs a Content-Length body of at most {} bytes",
-                            by(),
-                            WHOLE_BODY_MAX
-                        );
-                        return Err(ProxyError::new(ErrorKind::HoldBodyTooLarge, m).into());
-                    }
-                };
-                let held = hold::describe(req, route.target, &self.prepared, &body, self.shared);
-                hold::wait(self.shared, self.vault, route.agent, held, route.peer).await?;
-                self.early = Some(body);
-                Ok(())
-            }
+            RuleAction::Hold => self.hold(&by, req, route).await,
         }
+    }
+
+    /// A held request (`by` says which rule held it): its body read whole, then it waits for
+    /// an operator. The operator approves what they can read (review #83): no
+    /// `Content-Encoding`, a `Content-Length` body of at most [`WHOLE_BODY_MAX`].
+    async fn hold(
+        &mut self,
+        by: &str,
+        req: &Request,
+        route: Route<'_>,
+    ) -> Result<(), ExchangeError> {
+        let encoded = req
+            .one("content-encoding")
+            .ok()
+            .flatten()
+            .is_some_and(|v| !v.trim_ascii().eq_ignore_ascii_case(b"identity"));
+        if encoded {
+            let m = format!(
+                "{by} holds this request for an operator, who must be able to read its body: send it without Content-Encoding"
+            );
+            return Err(ProxyError::new(ErrorKind::HoldBodyEncoded, m).into());
+        }
+        let body = match self.prepared.framing {
+            Framing::Empty => Vec::new(),
+            Framing::Length(n) if n <= WHOLE_BODY_MAX => self.hold_body(n).await?,
+            _ => {
+                let m = format!(
+                    "{by} holds this request for an operator, which needs a Content-Length body of at most {WHOLE_BODY_MAX} bytes"
+                );
+                return Err(ProxyError::new(ErrorKind::HoldBodyTooLarge, m).into());
+            }
+        };
+        let held = hold::describe(req, route.target, &self.prepared, &body, self.shared);
+        hold::wait(self.shared, self.vault, route.agent, held, route.peer).await?;
+        self.early = Some(body);
+        Ok(())
     }
 
     /// The OAuth branch of [`exchange`]: renew first when the token expired; renew and send
@@ -611,6 +599,23 @@ impl<'a, C: AsyncReadRent + AsyncWriteRent> Call<'a, C> {
 }
 
 /// Writes a head that may hold injected values, then zeroizes the buffer.
+/// What decided a verdict, for its refusal's message: a rule, or the service's `rules_default`.
+fn decided_by(verdict: &Verdict<'_>, service: &str) -> String {
+    verdict.name().map_or_else(
+        || format!("service {service}'s rules_default"),
+        |r| format!("rule {r} of service {service}"),
+    )
+}
+
+/// The hint of a refusal by the rules: the rule's own, else where the rules are listed.
+fn rule_hint(verdict: &Verdict<'_>, api_base: &str) -> String {
+    verdict
+        .rule
+        .map(|r| r.spec.hint.clone())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| format!("the rules are listed at {api_base}/v1/discover"))
+}
+
 /// How `req`'s body is read for `service`'s body substitutions, if it declares any.
 fn body_kind(req: &Request, service: &Service) -> Option<body_substitution::Kind> {
     body_substitution::declared(service).next()?;

@@ -131,11 +131,16 @@ pub async fn connect(
             return Err(ProxyError::new(ErrorKind::UpstreamTimeout, m));
         }
     };
-    match status(&head) {
-        Some(200..=299) if head.ends_with(b"\r\n\r\n") => Ok(tcp),
-        Some(200..=299) => Err(ProxyError::new(
-            ErrorKind::UpstreamProxyRefused,
-            "the upstream proxy sent bytes after its CONNECT answer",
+    answered(&head, proxy).map(|()| tcp)
+}
+
+/// Whether the upstream proxy's answer `head` to CONNECT opens the tunnel; why not otherwise.
+fn answered(head: &[u8], proxy: &EgressProxy) -> Result<(), ProxyError> {
+    let refused = |m: String| ProxyError::new(ErrorKind::UpstreamProxyRefused, m);
+    match status(head) {
+        Some(200..=299) if head.ends_with(b"\r\n\r\n") => Ok(()),
+        Some(200..=299) => Err(refused(
+            "the upstream proxy sent bytes after its CONNECT answer".into(),
         )),
         // 407 is the standard answer; tinyproxy, among others, answers CONNECT with 401.
         Some(401 | 407) => Err(ProxyError::new(
@@ -148,13 +153,11 @@ pub async fn connect(
         .hint("check the user in upstream_proxy and upstream_proxy_password_file")),
         // The authority may be a `--resolve` address, which is not the agent's to see (review
         // #97): the agent knows which host it asked for.
-        Some(code) => Err(ProxyError::new(
-            ErrorKind::UpstreamProxyRefused,
-            format!("the upstream proxy refused the tunnel with {code}"),
-        )),
-        None => Err(ProxyError::new(
-            ErrorKind::UpstreamProxyRefused,
-            "the upstream proxy's answer to CONNECT is not HTTP",
+        Some(code) => Err(refused(format!(
+            "the upstream proxy refused the tunnel with {code}"
+        ))),
+        None => Err(refused(
+            "the upstream proxy's answer to CONNECT is not HTTP".into(),
         )),
     }
 }
