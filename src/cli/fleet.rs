@@ -55,39 +55,44 @@ pub(super) fn run(ctx: &Ctx, cmd: FleetCmd) -> Result<(), CliError> {
                 ),
             }
         }
-        FleetCmd::Status { json } => {
-            let status = fleet.status().map_err(StoreError::from)?;
-            if json {
-                output::json(&json!(status))?;
-            } else {
-                println!("fleet {} at change {}", status.fleet_id, status.head_seq);
-                let rows: Vec<_> = status
-                    .nodes
-                    .iter()
-                    .map(|n| {
-                        vec![
-                            n.name.clone(),
-                            n.listen.clone(),
-                            n.applied_seq.to_string(),
-                            n.lag.to_string(),
-                            format!("{:.1}s ago", n.heartbeat_age_secs),
-                            n.version.clone(),
-                        ]
-                    })
-                    .collect();
-                output::table(
-                    &["NODE", "LISTEN", "APPLIED", "LAG", "HEARTBEAT", "VERSION"],
-                    &rows,
+        FleetCmd::Status { json } => status(&fleet, json)?,
+    }
+    Ok(())
+}
+
+/// `fleet status`: the fleet's head and each node's position, heartbeat and version, and what
+/// stops a node following, if anything.
+fn status(fleet: &Fleet, json: bool) -> Result<(), CliError> {
+    let status = fleet.status().map_err(StoreError::from)?;
+    if json {
+        output::json(&json!(status))?;
+    } else {
+        println!("fleet {} at change {}", status.fleet_id, status.head_seq);
+        let rows: Vec<_> = status
+            .nodes
+            .iter()
+            .map(|n| {
+                vec![
+                    n.name.clone(),
+                    n.listen.clone(),
+                    n.applied_seq.to_string(),
+                    n.lag.to_string(),
+                    format!("{:.1}s ago", n.heartbeat_age_secs),
+                    n.version.clone(),
+                ]
+            })
+            .collect();
+        output::table(
+            &["NODE", "LISTEN", "APPLIED", "LAG", "HEARTBEAT", "VERSION"],
+            &rows,
+        );
+        for n in &status.nodes {
+            if let Some(problem) = &n.problem {
+                println!(
+                    "node {} stopped following the log: {}",
+                    n.name,
+                    crate::text::inert(problem)
                 );
-                for n in &status.nodes {
-                    if let Some(problem) = &n.problem {
-                        println!(
-                            "node {} stopped following the log: {}",
-                            n.name,
-                            crate::text::inert(problem)
-                        );
-                    }
-                }
             }
         }
     }

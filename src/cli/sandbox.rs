@@ -150,19 +150,11 @@ impl Sandbox<'_> {
         }
         // Hidden last, so a place to hide under a writable one (a data dir in the working
         // directory) is still covered.
-        let mut hidden = Vec::new();
-        for path in hide.chain(self.airlock_paths.iter().cloned()) {
-            if allowed(&path) || !path.exists() {
-                continue;
-            }
-            let path = path.canonicalize().unwrap_or(path);
-            if path.is_dir() {
-                c.arg("--tmpfs").arg(&path);
-            } else {
-                c.arg("--ro-bind").arg("/dev/null").arg(&path);
-            }
-            hidden.push(path.display().to_string());
-        }
+        let hidden = hide_paths(
+            &mut c,
+            hide.chain(self.airlock_paths.iter().cloned()),
+            allowed,
+        );
         c.arg("--chdir").arg(&cwd);
         c.arg("--").arg(exe).arg("sandbox-relay");
         c.arg("--socket").arg(self.run_dir.join(SOCKET));
@@ -180,6 +172,29 @@ impl Sandbox<'_> {
         );
         Ok((c, how))
     }
+}
+
+/// Hides each of `paths` that exists and is not `allowed` (a directory under an empty tmpfs, a
+/// file under `/dev/null`); returns what was hidden.
+fn hide_paths(
+    c: &mut Command,
+    paths: impl Iterator<Item = PathBuf>,
+    allowed: impl Fn(&Path) -> bool,
+) -> Vec<String> {
+    let mut hidden = Vec::new();
+    for path in paths {
+        if allowed(&path) || !path.exists() {
+            continue;
+        }
+        let path = path.canonicalize().unwrap_or(path);
+        if path.is_dir() {
+            c.arg("--tmpfs").arg(&path);
+        } else {
+            c.arg("--ro-bind").arg("/dev/null").arg(&path);
+        }
+        hidden.push(path.display().to_string());
+    }
+    hidden
 }
 
 /// Creates the state directories of the agent `program` names (by its file name) under `home`
