@@ -15,7 +15,7 @@
 //! In fleet mode one node renews a given credential at a time (a fleet-wide lock named after
 //! it); the others wait, catch up with the log and find it renewed.
 //!
-//! Workers only send on a channel and await the answer ([`Refresher::renew`]); nothing here runs
+//! Workers only send on a channel and await the answer ([`crate::renewal::Refresher::renew`]); nothing here runs
 //! on a worker thread.
 
 use std::sync::Arc;
