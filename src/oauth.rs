@@ -129,23 +129,7 @@ async fn serve(shared: &Shared, entry: &Entry, asks: &[Ask]) -> Answer {
             });
         }
     }
-    // Fleet mode: one node renews a credential at a time (a rotated refresh token works once);
-    // the others wait, catch up, and find it renewed.
-    let _renewing = match shared.store.fleet() {
-        None => None,
-        Some(fleet) => {
-            let lock = fleet
-                .lock_named(&format!("oauth {}/{}", entry.vault, entry.key))
-                .map_err(|e| Failure {
-                    code: FailureCode::Unavailable,
-                    detail: e.to_string(),
-                })?;
-            if let Err(e) = fleet.catch_up(&shared.store) {
-                tracing::warn!("catching up before an OAuth renewal failed: {e}");
-            }
-            Some(lock)
-        }
-    };
+    let _renewing = fleet_turn(shared, entry)?;
     let outcome = match shared
         .store
         .open_oauth(&shared.opener, &entry.vault, &entry.key)
@@ -194,6 +178,27 @@ async fn serve(shared: &Shared, entry: &Entry, asks: &[Ask]) -> Answer {
         });
     }
     answer
+}
+
+/// Fleet mode: one node renews a credential at a time (a rotated refresh token works once); the
+/// others wait for the fleet-wide lock held here, catch up, and find it renewed.
+fn fleet_turn(
+    shared: &Shared,
+    entry: &Entry,
+) -> Result<Option<Box<dyn std::any::Any + Send>>, Failure> {
+    let Some(fleet) = shared.store.fleet() else {
+        return Ok(None);
+    };
+    let lock = fleet
+        .lock_named(&format!("oauth {}/{}", entry.vault, entry.key))
+        .map_err(|e| Failure {
+            code: FailureCode::Unavailable,
+            detail: e.to_string(),
+        })?;
+    if let Err(e) = fleet.catch_up(&shared.store) {
+        tracing::warn!("catching up before an OAuth renewal failed: {e}");
+    }
+    Ok(Some(lock))
 }
 
 /// One grant against the credential's token endpoint: the refresh-token grant (RFC 6749

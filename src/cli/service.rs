@@ -36,21 +36,7 @@ pub(super) fn run(ctx: &Ctx, cmd: ServiceCmd) -> Result<(), CliError> {
             file,
             replace,
         } => {
-            let text = if file.as_os_str() == "-" {
-                let mut s = String::new();
-                std::io::stdin()
-                    .read_to_string(&mut s)
-                    .map_err(|source| CliError::Io {
-                        what: "stdin".into(),
-                        source,
-                    })?;
-                s
-            } else {
-                std::fs::read_to_string(&file).map_err(|source| CliError::Io {
-                    what: file.display().to_string(),
-                    source,
-                })?
-            };
+            let text = read_file_or_stdin(&file)?;
             let parsed = ServiceFile::from_yaml(&text)
                 .map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
             let change = store.set_services(&ctx.actor, &vault, parsed.services, replace)?;
@@ -95,6 +81,24 @@ pub(super) fn run(ctx: &Ctx, cmd: ServiceCmd) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// The text of `file`, or of stdin for `-`.
+fn read_file_or_stdin(file: &std::path::Path) -> Result<String, CliError> {
+    if file.as_os_str() != "-" {
+        return std::fs::read_to_string(file).map_err(|source| CliError::Io {
+            what: file.display().to_string(),
+            source,
+        });
+    }
+    let mut s = String::new();
+    std::io::stdin()
+        .read_to_string(&mut s)
+        .map_err(|source| CliError::Io {
+            what: "stdin".into(),
+            source,
+        })?;
+    Ok(s)
 }
 
 /// `airlock service catalog`.

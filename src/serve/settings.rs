@@ -22,6 +22,17 @@ use crate::proxy::upstream::egress::{Egress, EgressProxy};
 use crate::proxy::{Limits, Tunables};
 use crate::vault::StoreOptions;
 
+/// The admin UI's listener when neither flag nor file names one.
+const ADMIN_LISTEN: AdminListen = AdminListen::Addr(SocketAddr::new(
+    std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+    7481,
+));
+
+/// A list setting: the flags' when any is given (they replace the file's), else the file's.
+fn listed<T: Clone>(flags: &[T], file: &[T]) -> Vec<T> {
+    if flags.is_empty() { file } else { flags }.to_vec()
+}
+
 /// Resolved settings for the data plane.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -162,7 +173,6 @@ impl Settings {
         resolve.extend(args.resolve.iter().cloned());
         let mut allow = file.network_allow.clone();
         allow.extend(args.network_allow.iter().copied());
-        let admin_default = AdminListen::Addr(SocketAddr::from(([127, 0, 0, 1], 7481)));
         Self {
             data_dir,
             listen: args
@@ -186,18 +196,14 @@ impl Settings {
                 .upstream_proxy_password_file
                 .clone()
                 .or(file.upstream_proxy_password_file.clone()),
-            no_proxy: if args.no_proxy.is_empty() {
-                file.no_proxy.clone()
-            } else {
-                args.no_proxy.clone()
-            },
+            no_proxy: listed(&args.no_proxy, &file.no_proxy),
             vault_upstream_proxy: file.vault_upstream_proxy.clone(),
             admin_listen: if args.no_admin || file.admin == Some(false) {
                 AdminListen::None
             } else {
                 args.admin_listen
                     .or(file.admin_listen)
-                    .unwrap_or(admin_default)
+                    .unwrap_or(ADMIN_LISTEN)
             },
             metrics_listen: args
                 .metrics_listen
@@ -224,17 +230,9 @@ impl Settings {
                 .as_ref()
                 .map(|u| u.trim_end_matches('/').to_owned()),
             log_level: args.log_level.or(file.log_level),
-            proxy_tls_names: if args.proxy_tls_name.is_empty() {
-                file.proxy_tls_names.clone()
-            } else {
-                args.proxy_tls_name.clone()
-            },
+            proxy_tls_names: listed(&args.proxy_tls_name, &file.proxy_tls_names),
             proxy_tls_files: file.proxy_tls_cert.clone().zip(file.proxy_tls_key.clone()),
-            client_networks: if args.client_network.is_empty() {
-                file.client_networks.clone()
-            } else {
-                args.client_network.clone()
-            },
+            client_networks: listed(&args.client_network, &file.client_networks),
             fleet: None,
             fleet_max_staleness: file.fleet_max_staleness.map(|d| d.0),
             hold_timeout: args

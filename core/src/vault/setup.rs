@@ -65,19 +65,12 @@ pub fn init(
     // A new data dir is private; one made beforehand (packaging's 2770) keeps its mode.
     fsutil::ensure_dir(data_dir, 0o700).map_err(io(data_dir))?;
 
-    let (root, mode, kdf, key_file) = match sources.find(data_dir)? {
-        Some(Found::Key { key, .. }) => (key, KeyMode::File, None, None),
-        Some(Found::Passphrase(p)) => {
-            let params = KdfParams::generate()?;
-            (params.derive(&p)?, KeyMode::Passphrase, Some(params), None)
-        }
-        None => {
-            let key = RootKey::generate()?;
-            let path = data_dir.join(MASTER_KEY_FILE);
-            fsutil::write_atomic(&path, key.as_bytes(), 0o600).map_err(io(&path))?;
-            (key, KeyMode::File, None, Some(path))
-        }
-    };
+    let NewRoot {
+        root,
+        mode,
+        kdf,
+        key_file,
+    } = new_root(data_dir, sources)?;
 
     let opener = Opener::generate()?;
     let wrapped_secret = keys::wrap(&root, PURPOSE_X25519, opener.secret_bytes().as_ref())?;
@@ -120,6 +113,43 @@ pub fn init(
         )
     })?;
     Ok(InitOutcome::Created { mode, key_file })
+}
+
+/// A new data dir's root key, how it is given, and the key file `init` made, if any.
+struct NewRoot {
+    root: RootKey,
+    mode: KeyMode,
+    kdf: Option<KdfParams>,
+    key_file: Option<PathBuf>,
+}
+
+/// A new data dir's root key: the key file or passphrase `sources` name, else a key generated
+/// into a new key file.
+fn new_root(data_dir: &Path, sources: &KeySources) -> Result<NewRoot, VaultError> {
+    let (root, mode, kdf, key_file) = match sources.find(data_dir)? {
+        Some(Found::Key { key, .. }) => (key, KeyMode::File, None, None),
+        Some(Found::Passphrase(p)) => {
+            let params = KdfParams::generate()?;
+            (params.derive(&p)?, KeyMode::Passphrase, Some(params), None)
+        }
+        None => {
+            let key = RootKey::generate()?;
+            let path = data_dir.join(MASTER_KEY_FILE);
+            fsutil::write_atomic(&path, key.as_bytes(), 0o600).map_err(|source| {
+                VaultError::Io {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+            (key, KeyMode::File, None, Some(path))
+        }
+    };
+    Ok(NewRoot {
+        root,
+        mode,
+        kdf,
+        key_file,
+    })
 }
 
 /// What the root key unlocks: the credential opener and the CA key.
