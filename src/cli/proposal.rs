@@ -166,6 +166,21 @@ fn show(p: &ProposalRecord, review: Option<&Review>) {
             inert(&p.user_message).replace('\n', "\n  ")
         );
     }
+    show_services(p, review);
+    for h in review.map_or(&p.allow, |r| &r.allow) {
+        println!(
+            "\nadds {h} to vault {}'s egress allowlist (an opaque tunnel, no credential)",
+            p.vault
+        );
+    }
+    show_credentials(p, review);
+    if !p.message.is_empty() {
+        println!("\nNote for developers: {}", inert(&p.message));
+    }
+}
+
+/// The services a proposal changes: as a diff against the vault when there is a review.
+fn show_services(p: &ProposalRecord, review: Option<&Review>) {
     match review {
         Some(r) => {
             for d in &r.services {
@@ -198,12 +213,11 @@ fn show(p: &ProposalRecord, review: Option<&Review>) {
             }
         }
     }
-    for h in review.map_or(&p.allow, |r| &r.allow) {
-        println!(
-            "\nadds {h} to vault {}'s egress allowlist (an opaque tunnel, no credential)",
-            p.vault
-        );
-    }
+}
+
+/// The credentials a proposal sets or deletes, and for each the operator provides what the
+/// agent says about it (made inert).
+fn show_credentials(p: &ProposalRecord, review: Option<&Review>) {
     for c in &p.credentials {
         let replaces = review.is_some_and(|r| {
             r.credentials
@@ -237,8 +251,5 @@ fn show(p: &ProposalRecord, review: Option<&Review>) {
                 }
             }
         }
-    }
-    if !p.message.is_empty() {
-        println!("\nNote for developers: {}", inert(&p.message));
     }
 }

@@ -8,6 +8,7 @@ use super::ctx::read_stdin_value;
 use super::output::{self, rfc3339};
 use super::{CliError, CredentialCmd, Ctx, ServiceCmd};
 use crate::spec::ServiceFile;
+use crate::vault::Store;
 use crate::vault::oauth::{Import, Settings};
 
 pub(super) fn run(ctx: &Ctx, cmd: ServiceCmd) -> Result<(), CliError> {
@@ -145,47 +146,7 @@ pub(super) fn credential(ctx: &Ctx, cmd: CredentialCmd) -> Result<(), CliError> 
             store.delete_credential(&ctx.actor, &vault, &key)?;
             println!("deleted credential {key} from vault {vault}");
         }
-        CredentialCmd::List { vault, json } => {
-            let creds = store.credentials(&vault)?;
-            if json {
-                let list: Vec<_> = creds
-                    .iter()
-                    .map(|(k, r)| {
-                        let mut v = json!({"key": k, "kind": kind(r), "created_at": rfc3339(r.created_at), "updated_at": rfc3339(r.updated_at)});
-                        if let Some(m) = &r.oauth {
-                            v["oauth"] = json!({
-                                "token_endpoint": m.token_endpoint,
-                                "client_id": m.client_id,
-                                "expires_at": (m.expires_at > 1).then(|| rfc3339(m.expires_at)),
-                                "status": m.status(),
-                                "failure": m.failure.as_ref().map(|f| json!({
-                                    "code": f.code.as_str(),
-                                    "detail": f.detail,
-                                    "at": rfc3339(f.at),
-                                    "attempts": f.attempts,
-                                })),
-                            });
-                        }
-                        v
-                    })
-                    .collect();
-                output::json(&json!(list))?;
-            } else {
-                let rows: Vec<_> = creds
-                    .iter()
-                    .map(|(k, r)| {
-                        vec![
-                            k.clone(),
-                            kind(r).to_owned(),
-                            rfc3339(r.created_at),
-                            rfc3339(r.updated_at),
-                            r.oauth.as_ref().map_or_else(String::new, |m| m.status()),
-                        ]
-                    })
-                    .collect();
-                output::table(&["KEY", "KIND", "CREATED", "UPDATED", "STATUS"], &rows);
-            }
-        }
+        CredentialCmd::List { vault, json } => list_credentials(&store, &vault, json)?,
         CredentialCmd::Oauth {
             vault,
             key,
@@ -235,6 +196,51 @@ pub(super) fn credential(ctx: &Ctx, cmd: CredentialCmd) -> Result<(), CliError> 
                 "airlock: serve now renews these tokens; delete the agent's own copy of them so only airlock holds the refresh token"
             );
         }
+    }
+    Ok(())
+}
+
+/// `airlock credential list`: names, kinds and dates, and an OAuth credential's state; never a
+/// value.
+fn list_credentials(store: &Store, vault: &str, json: bool) -> Result<(), CliError> {
+    let creds = store.credentials(vault)?;
+    if json {
+        let list: Vec<_> = creds
+            .iter()
+            .map(|(k, r)| {
+                let mut v = json!({"key": k, "kind": kind(r), "created_at": rfc3339(r.created_at), "updated_at": rfc3339(r.updated_at)});
+                if let Some(m) = &r.oauth {
+                    v["oauth"] = json!({
+                        "token_endpoint": m.token_endpoint,
+                        "client_id": m.client_id,
+                        "expires_at": (m.expires_at > 1).then(|| rfc3339(m.expires_at)),
+                        "status": m.status(),
+                        "failure": m.failure.as_ref().map(|f| json!({
+                            "code": f.code.as_str(),
+                            "detail": f.detail,
+                            "at": rfc3339(f.at),
+                            "attempts": f.attempts,
+                        })),
+                    });
+                }
+                v
+            })
+            .collect();
+        output::json(&json!(list))?;
+    } else {
+        let rows: Vec<_> = creds
+            .iter()
+            .map(|(k, r)| {
+                vec![
+                    k.clone(),
+                    kind(r).to_owned(),
+                    rfc3339(r.created_at),
+                    rfc3339(r.updated_at),
+                    r.oauth.as_ref().map_or_else(String::new, |m| m.status()),
+                ]
+            })
+            .collect();
+        output::table(&["KEY", "KIND", "CREATED", "UPDATED", "STATUS"], &rows);
     }
     Ok(())
 }
