@@ -311,23 +311,31 @@ impl<'a, C: AsyncReadRent + AsyncWriteRent> Call<'a, C> {
         req: &Request,
         route: Route<'_>,
     ) -> Result<(), ExchangeError> {
+        let passes = match verdict.action {
+            RuleAction::Allow => true,
+            RuleAction::Limit => verdict.rule.is_none_or(Rule::take),
+            RuleAction::Deny | RuleAction::Hold => false,
+        };
+        if passes {
+            return Ok(());
+        }
+        // Only a refusal or a hold says what decided it.
         let by = decided_by(&verdict, &self.prepared.service.name);
         let refused = |kind, message: String| {
             let hint = rule_hint(&verdict, &self.shared.api_base);
             Err(ProxyError::new(kind, message).hint(hint).into())
         };
         match verdict.action {
-            RuleAction::Allow => Ok(()),
-            RuleAction::Deny => {
-                let m = format!("{by} refuses {} {}", req.method(), req.path());
-                refused(ErrorKind::RuleDenied, m)
-            }
-            RuleAction::Limit if verdict.rule.is_none_or(Rule::take) => Ok(()),
+            RuleAction::Hold => self.hold(&by, req, route).await,
             RuleAction::Limit => {
                 let m = format!("{by} allows no more requests like this one for now");
                 refused(ErrorKind::RuleLimited, m)
             }
-            RuleAction::Hold => self.hold(&by, req, route).await,
+            // (`Allow` passed above.)
+            RuleAction::Deny | RuleAction::Allow => {
+                let m = format!("{by} refuses {} {}", req.method(), req.path());
+                refused(ErrorKind::RuleDenied, m)
+            }
         }
     }
 
