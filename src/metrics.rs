@@ -110,6 +110,13 @@ fn label(v: &str) -> String {
 /// The exposition text.
 pub fn render(m: &RequestMetrics, g: Gauges) -> String {
     let mut out = String::new();
+    render_requests(&mut out, m);
+    render_gauges(&mut out, m, g);
+    out
+}
+
+/// The requests by vault, service, class and error, and the latency histogram.
+fn render_requests(out: &mut String, m: &RequestMetrics) {
     out.push_str("# HELP airlock_requests_total Proxied requests by vault, service, status class and error code.\n# TYPE airlock_requests_total counter\n");
     for ((vault, service, class, error), n) in &m.requests {
         let _ = writeln!(
@@ -139,6 +146,11 @@ pub fn render(m: &RequestMetrics, g: Gauges) -> String {
         m.sum_seconds
     );
     let _ = writeln!(out, "airlock_request_duration_seconds_count {}", m.count);
+}
+
+/// What the process counts besides requests: connections, tunnels, leaves, the upstream pool,
+/// the limiters, the request log and the fleet.
+fn render_gauges(out: &mut String, m: &RequestMetrics, g: Gauges) {
     for (name, help, kind, v) in [
         (
             "airlock_open_connections",
@@ -212,23 +224,27 @@ pub fn render(m: &RequestMetrics, g: Gauges) -> String {
         g.limited_agent, g.limited_auth, g.limited_mint, g.limited_refusals, g.limited_token_mints
     );
     if let Some(f) = g.fleet {
-        let _ = writeln!(
-            out,
-            "# HELP airlock_fleet_applied_seq The last change of the fleet's log this node applied.\n\
-             # TYPE airlock_fleet_applied_seq gauge\n\
-             airlock_fleet_applied_seq {}\n\
-             # HELP airlock_fleet_store_contact_age_seconds Seconds since this node last heard from the fleet's store.\n\
-             # TYPE airlock_fleet_store_contact_age_seconds gauge\n\
-             airlock_fleet_store_contact_age_seconds {:.3}\n\
-             # HELP airlock_fleet_log_rejected 1 while this node refuses a change of the fleet's log that does not verify (it serves what it had).\n\
-             # TYPE airlock_fleet_log_rejected gauge\n\
-             airlock_fleet_log_rejected {}",
-            f.applied,
-            f.contact_age,
-            u8::from(f.log_rejected)
-        );
+        render_fleet(out, f);
     }
-    out
+}
+
+/// A fleet node's position in the log, its contact with the store, and a refused change.
+fn render_fleet(out: &mut String, f: FleetGauges) {
+    let _ = writeln!(
+        out,
+        "# HELP airlock_fleet_applied_seq The last change of the fleet's log this node applied.\n\
+         # TYPE airlock_fleet_applied_seq gauge\n\
+         airlock_fleet_applied_seq {}\n\
+         # HELP airlock_fleet_store_contact_age_seconds Seconds since this node last heard from the fleet's store.\n\
+         # TYPE airlock_fleet_store_contact_age_seconds gauge\n\
+         airlock_fleet_store_contact_age_seconds {:.3}\n\
+         # HELP airlock_fleet_log_rejected 1 while this node refuses a change of the fleet's log that does not verify (it serves what it had).\n\
+         # TYPE airlock_fleet_log_rejected gauge\n\
+         airlock_fleet_log_rejected {}",
+        f.applied,
+        f.contact_age,
+        u8::from(f.log_rejected)
+    );
 }
 
 /// Serves `/metrics` on `addr` from a thread; returns the bound address.

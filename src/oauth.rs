@@ -218,6 +218,18 @@ async fn exchange(
         port: endpoint.port,
     };
     let body = request_body(meta, tokens).map_err(|e| fail(FailureCode::Rejected, e))?;
+    let request = request(meta, &endpoint, &target, &body);
+    let (status, body) = post(shared, vault, &target, request).await?;
+    tokens_from(status, &body, tokens)
+}
+
+/// The grant's HTTP/1.1 request to `endpoint`, `body` included.
+fn request(
+    meta: &OAuthMeta,
+    endpoint: &Endpoint,
+    target: &Target,
+    body: &[u8],
+) -> Zeroizing<Vec<u8>> {
     let content_type = match meta.request {
         RequestFormat::Form | RequestFormat::JwtBearer => "application/x-www-form-urlencoded",
         RequestFormat::Json => "application/json",
@@ -226,21 +238,33 @@ async fn exchange(
         format!(
             "POST {} HTTP/1.1\r\nhost: {}\r\ncontent-type: {content_type}\r\naccept: application/json\r\nuser-agent: airlock/{}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
             endpoint.path,
-            host_header(&target),
+            host_header(target),
             env!("CARGO_PKG_VERSION"),
             body.len()
         )
         .into_bytes(),
     );
-    request.extend_from_slice(&body);
+    request.extend_from_slice(body);
+    request
+}
+
+/// Sends `request` to the token endpoint at `target` (dialled like any upstream) and reads the
+/// answer, within [`REQUEST_TIMEOUT`]: its status and body.
+async fn post(
+    shared: &Shared,
+    vault: &str,
+    target: &Target,
+    mut request: Zeroizing<Vec<u8>>,
+) -> Result<(u16, Zeroizing<Vec<u8>>), Failure> {
+    let fail = |code, detail: String| Failure { code, detail };
     let unavailable = |e: ProxyError| {
         fail(
             FailureCode::Unavailable,
             format!("{}: {}", e.code(), e.message()),
         )
     };
-    let (status, body) = monoio::time::timeout(REQUEST_TIMEOUT, async {
-        let mut up = upstream::dial_new(shared, vault, &target)
+    monoio::time::timeout(REQUEST_TIMEOUT, async {
+        let mut up = upstream::dial_new(shared, vault, target)
             .await
             .map_err(unavailable)?;
         let (written, mut sent) = up.conn.io.write_all(std::mem::take(&mut *request)).await;
@@ -277,16 +301,26 @@ async fn exchange(
             FailureCode::Unavailable,
             "the token endpoint did not answer in time".into(),
         )
-    })??;
+    })?
+}
+
+/// The renewed tokens from a token endpoint's answer (`tokens`, the ones renewed, keep what the
+/// answer leaves out), and when the access token expires.
+fn tokens_from(
+    status: u16,
+    body: &[u8],
+    tokens: &OAuthTokens,
+) -> Result<(OAuthTokens, u64), Failure> {
+    let fail = |code, detail: String| Failure { code, detail };
     if !(200..300).contains(&status) {
         let code = if matches!(status, 400 | 401 | 403) {
             FailureCode::Rejected
         } else {
             FailureCode::Unavailable
         };
-        return Err(fail(code, describe_error(status, &body, tokens)));
+        return Err(fail(code, describe_error(status, body, tokens)));
     }
-    let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|_| {
+    let parsed: TokenResponse = serde_json::from_slice(body).map_err(|_| {
         fail(
             FailureCode::InvalidResponse,
             format!("HTTP {status} without a JSON token response"),
