@@ -119,6 +119,139 @@ pub struct Confirmed {
     pub rule_removal: bool,
 }
 
+/// A proposal's services as changes (at most one more than [`MAX_SERVICES`] read, so the count
+/// check sees too many without reading them all).
+fn service_changes(values: Vec<serde_json::Value>) -> Result<Vec<ServiceChange>, VaultError> {
+    values
+        .into_iter()
+        .take(MAX_SERVICES + 1)
+        .enumerate()
+        .map(|(i, v)| service_change(i, v))
+        .collect()
+}
+
+/// A proposal's allowlist hosts, checked: at most [`MAX_SERVICES`], each a valid entry and, as
+/// for services (review B12, #105), no internal, resolve-anything or shared-hosting host.
+fn allowlist(allow: &[String]) -> Result<Vec<String>, VaultError> {
+    if allow.len() > MAX_SERVICES {
+        return Err(invalid(format!(
+            "at most {MAX_SERVICES} allowlist hosts per proposal"
+        )));
+    }
+    allow
+        .iter()
+        .map(|h| {
+            let (entry, pattern) = super::ops::allow_entry(h)?;
+            match crate::spec::host::internal(&pattern.host) {
+                Some(reason) => Err(VaultError::HostNotAllowed {
+                    host: h.clone(),
+                    reason,
+                }),
+                None => Ok(entry),
+            }
+        })
+        .collect()
+}
+
+/// A proposal's service changes, checked: each spec valid and not an internal host (review B12),
+/// each service named once.
+fn check_services(services: &[ServiceChange]) -> Result<(), VaultError> {
+    let mut names_seen = BTreeSet::new();
+    for change in services {
+        let name = match change {
+            ServiceChange::Set(spec) => {
+                let pattern = spec.validate()?;
+                // Review B12: agents cannot propose internal or resolve-anything hosts.
+                if let Some(reason) = crate::spec::host::internal(&pattern.host) {
+                    return Err(VaultError::HostNotAllowed {
+                        host: spec.host.clone(),
+                        reason,
+                    });
+                }
+                &spec.name
+            }
+            ServiceChange::Delete { name } => {
+                names::service(name)?;
+                name
+            }
+        };
+        if !names_seen.insert(name.clone()) {
+            return Err(invalid(format!("service {name:?} appears twice")));
+        }
+    }
+    Ok(())
+}
+
+/// One credential slot of a proposal, its text checked and a value the agent supplied sealed
+/// at once for vault `vault_id`.
+fn credential_slot(
+    slot: NewSlot,
+    public: &[u8; 32],
+    vault_id: u64,
+) -> Result<CredentialSlot, VaultError> {
+    names::credential_key(&slot.key)?;
+    check_text("description", &slot.description, FIELD_CAP)?;
+    check_text("obtain_instructions", &slot.obtain_instructions, FIELD_CAP)?;
+    check_text("obtain", &slot.obtain, FIELD_CAP)?;
+    if !slot.obtain.is_empty()
+        && !slot.obtain.starts_with("https://")
+        && !slot.obtain.starts_with("http://")
+    {
+        return Err(invalid("obtain must be an http(s) URL"));
+    }
+    let sealed = match (&slot.value, slot.action) {
+        (Some(_), SlotAction::Delete) => {
+            return Err(invalid("a delete slot takes no value"));
+        }
+        (Some(value), SlotAction::Set) => {
+            let value = Secret::new(value.clone().into_bytes());
+            Some(seal_credential(
+                public,
+                vault_id,
+                &slot.key,
+                value.expose(),
+            )?)
+        }
+        (None, _) => None,
+    };
+    Ok(CredentialSlot {
+        action: slot.action,
+        key: slot.key,
+        description: slot.description,
+        obtain: slot.obtain,
+        obtain_instructions: slot.obtain_instructions,
+        sealed,
+    })
+}
+
+/// Every credential the proposed services use is proposed or already in the vault.
+fn check_keys_given(
+    vault: &str,
+    services: &[ServiceChange],
+    slots: &[CredentialSlot],
+    existing: &BTreeSet<String>,
+) -> Result<(), VaultError> {
+    let proposed: BTreeSet<&str> = slots
+        .iter()
+        .filter(|s| s.action == SlotAction::Set)
+        .map(|s| s.key.as_str())
+        .collect();
+    for change in services {
+        if let ServiceChange::Set(spec) = change {
+            for key in spec.credential_keys() {
+                if !proposed.contains(key) && !existing.contains(key) {
+                    return Err(VaultError::MissingCredential {
+                        vault: vault.to_owned(),
+                        service: spec.name.clone(),
+                        key: key.to_owned(),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Text an agent wrote: capped, and no control characters but newline and tab (row 50).
 fn check_text(field: &str, text: &str, cap: usize) -> Result<(), VaultError> {
     if text.chars().count() > cap {
@@ -161,39 +294,13 @@ impl Store {
         agent: Option<&str>,
         new: NewProposal,
     ) -> Result<ProposalRecord, VaultError> {
-        let services: Vec<ServiceChange> = new
-            .services
-            .into_iter()
-            .take(MAX_SERVICES + 1)
-            .enumerate()
-            .map(|(i, v)| service_change(i, v))
-            .collect::<Result<_, _>>()?;
+        let services = service_changes(new.services)?;
         if services.is_empty() && new.credentials.is_empty() && new.allow.is_empty() {
             return Err(invalid(
                 "a proposal needs at least one service, credential or allowlist host",
             ));
         }
-        if new.allow.len() > MAX_SERVICES {
-            return Err(invalid(format!(
-                "at most {MAX_SERVICES} allowlist hosts per proposal"
-            )));
-        }
-        let allow: Vec<String> = new
-            .allow
-            .iter()
-            .map(|h| {
-                let (entry, pattern) = super::ops::allow_entry(h)?;
-                // As for services (review B12, #105): no internal, resolve-anything or
-                // shared-hosting hosts from an agent.
-                match crate::spec::host::internal(&pattern.host) {
-                    Some(reason) => Err(VaultError::HostNotAllowed {
-                        host: h.clone(),
-                        reason,
-                    }),
-                    None => Ok(entry),
-                }
-            })
-            .collect::<Result<_, _>>()?;
+        let allow = allowlist(&new.allow)?;
         if services.len() > MAX_SERVICES || new.credentials.len() > MAX_SLOTS {
             return Err(invalid(format!(
                 "at most {MAX_SERVICES} services and {MAX_SLOTS} credentials per proposal"
@@ -201,89 +308,19 @@ impl Store {
         }
         check_text("message", &new.message, MESSAGE_CAP)?;
         check_text("user_message", &new.user_message, MESSAGE_CAP)?;
-        let mut names_seen = BTreeSet::new();
-        for change in &services {
-            let name = match change {
-                ServiceChange::Set(spec) => {
-                    let pattern = spec.validate()?;
-                    // Review B12: agents cannot propose internal or resolve-anything hosts.
-                    if let Some(reason) = crate::spec::host::internal(&pattern.host) {
-                        return Err(VaultError::HostNotAllowed {
-                            host: spec.host.clone(),
-                            reason,
-                        });
-                    }
-                    &spec.name
-                }
-                ServiceChange::Delete { name } => {
-                    names::service(name)?;
-                    name
-                }
-            };
-            if !names_seen.insert(name.clone()) {
-                return Err(invalid(format!("service {name:?} appears twice")));
-            }
-        }
+        check_services(&services)?;
         let public = public_key(&self.key_header()?)?;
         let v = self.vault(vault)?;
         let mut keys_seen = BTreeSet::new();
         let mut slots = Vec::with_capacity(new.credentials.len());
         for slot in new.credentials {
-            names::credential_key(&slot.key)?;
             if !keys_seen.insert(slot.key.clone()) {
                 return Err(invalid(format!("credential {:?} appears twice", slot.key)));
             }
-            check_text("description", &slot.description, FIELD_CAP)?;
-            check_text("obtain_instructions", &slot.obtain_instructions, FIELD_CAP)?;
-            check_text("obtain", &slot.obtain, FIELD_CAP)?;
-            if !slot.obtain.is_empty()
-                && !slot.obtain.starts_with("https://")
-                && !slot.obtain.starts_with("http://")
-            {
-                return Err(invalid("obtain must be an http(s) URL"));
-            }
-            let sealed = match (&slot.value, slot.action) {
-                (Some(_), SlotAction::Delete) => {
-                    return Err(invalid("a delete slot takes no value"));
-                }
-                (Some(value), SlotAction::Set) => {
-                    let value = Secret::new(value.clone().into_bytes());
-                    Some(seal_credential(&public, v.id, &slot.key, value.expose())?)
-                }
-                (None, _) => None,
-            };
-            slots.push(CredentialSlot {
-                action: slot.action,
-                key: slot.key,
-                description: slot.description,
-                obtain: slot.obtain,
-                obtain_instructions: slot.obtain_instructions,
-                sealed,
-            });
+            slots.push(credential_slot(slot, &public, v.id)?);
         }
-        let proposed: BTreeSet<&str> = slots
-            .iter()
-            .filter(|s| s.action == SlotAction::Set)
-            .map(|s| s.key.as_str())
-            .collect();
-        let existing: BTreeSet<String> = self
-            .credentials(vault)?
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
-        for change in &services {
-            if let ServiceChange::Set(spec) = change {
-                for key in spec.credential_keys() {
-                    if !proposed.contains(key) && !existing.contains(key) {
-                        return Err(VaultError::MissingCredential {
-                            vault: vault.to_owned(),
-                            service: spec.name.clone(),
-                            key: key.to_owned(),
-                        });
-                    }
-                }
-            }
-        }
+        let existing = self.credentials(vault)?.into_iter().map(|(k, _)| k);
+        check_keys_given(vault, &services, &slots, &existing.collect())?;
         let digest = digest(
             vault,
             &services,
