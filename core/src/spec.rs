@@ -193,16 +193,24 @@ impl ServiceFile {
 impl ServiceSpec {
     /// Checks every grammar and returns the parsed host pattern.
     pub fn validate(&self) -> Result<HostPattern, SpecError> {
-        let field = |field: &'static str, reason: String| SpecError::Field {
+        let field = |(field, reason): (&'static str, String)| SpecError::Field {
             service: self.name.clone(),
             field,
             reason,
         };
-        names::service(&self.name).map_err(|e| field("name", e.rule.to_owned()))?;
-        let host = HostPattern::parse(&self.host).map_err(|e| field("host", e.reason))?;
-        let key = |f: &'static str, k: &str| {
-            names::credential_key(k).map_err(|e| field(f, e.to_string()))
-        };
+        names::service(&self.name).map_err(|e| field(("name", e.rule.to_owned())))?;
+        let host = HostPattern::parse(&self.host).map_err(|e| field(("host", e.reason)))?;
+        self.check_auth().map_err(field)?;
+        self.check_rules().map_err(|r| field(("rules", r)))?;
+        self.check_substitutions().map_err(field)?;
+        Ok(host)
+    }
+
+    /// The auth's credential keys, header names and AWS scope; a passthrough substitutes
+    /// nothing. An error names the field.
+    fn check_auth(&self) -> Result<(), (&'static str, String)> {
+        let key =
+            |f: &'static str, k: &str| names::credential_key(k).map_err(|e| (f, e.to_string()));
         match &self.auth {
             AuthSpec::Bearer { token } => key("auth.token", token)?,
             AuthSpec::Basic { username, password } => {
@@ -215,29 +223,23 @@ impl ServiceSpec {
                 prefix,
             } => {
                 key("auth.key", k)?;
-                check_header_name(header).map_err(|r| field("auth.header", r))?;
+                check_header_name(header).map_err(|r| ("auth.header", r))?;
                 if !prefix.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
-                    return Err(field("auth.prefix", "must be printable ASCII".into()));
+                    return Err(("auth.prefix", "must be printable ASCII".into()));
                 }
             }
             AuthSpec::Custom { headers } => {
                 if headers.is_empty() {
-                    return Err(field(
-                        "auth.headers",
-                        "at least one header is needed".into(),
-                    ));
+                    return Err(("auth.headers", "at least one header is needed".into()));
                 }
                 let mut lower = BTreeSet::new();
                 for (name, template) in headers {
-                    check_header_name(name).map_err(|r| field("auth.headers", r))?;
+                    check_header_name(name).map_err(|r| ("auth.headers", r))?;
                     if !lower.insert(name.to_ascii_lowercase()) {
-                        return Err(field(
-                            "auth.headers",
-                            format!("header {name:?} appears twice"),
-                        ));
+                        return Err(("auth.headers", format!("header {name:?} appears twice")));
                     }
                     for k in template_keys(template)
-                        .map_err(|r| field("auth.headers", format!("{name}: {r}")))?
+                        .map_err(|r| ("auth.headers", format!("{name}: {r}")))?
                     {
                         key("auth.headers", k)?;
                     }
@@ -263,11 +265,11 @@ impl ServiceSpec {
                 };
                 for (name, v) in [("auth.region", region), ("auth.service", service)] {
                     if v.as_deref().is_some_and(|v| !label(v)) {
-                        return Err(field(name, "must be 1-64 of [a-z0-9-]".into()));
+                        return Err((name, "must be 1-64 of [a-z0-9-]".into()));
                     }
                 }
                 self.aws_scope().ok_or_else(|| {
-                    field(
+                    (
                         "auth",
                         "the host names no AWS region and service: set auth.region and auth.service"
                             .into(),
@@ -276,14 +278,21 @@ impl ServiceSpec {
             }
             AuthSpec::Passthrough => {
                 if !self.substitutions.is_empty() {
-                    return Err(field(
+                    return Err((
                         "substitutions",
                         "a passthrough service injects nothing".into(),
                     ));
                 }
             }
         }
-        self.check_rules().map_err(|r| field("rules", r))?;
+        Ok(())
+    }
+
+    /// Each placeholder: its key, its spelling, used once, on surfaces named once (never the body
+    /// of a service that signs it). An error names the field.
+    fn check_substitutions(&self) -> Result<(), (&'static str, String)> {
+        let key =
+            |f: &'static str, k: &str| names::credential_key(k).map_err(|e| (f, e.to_string()));
         let mut placeholders = BTreeSet::new();
         for sub in &self.substitutions {
             key("substitutions.key", &sub.key)?;
@@ -294,13 +303,13 @@ impl ServiceSpec {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
             {
-                return Err(field(
+                return Err((
                     "substitutions.placeholder",
                     format!("{:?} must be 6-64 of [A-Za-z0-9_-]", sub.placeholder),
                 ));
             }
             if !placeholders.insert(sub.placeholder.as_str()) {
-                return Err(field(
+                return Err((
                     "substitutions.placeholder",
                     format!("{:?} is used twice", sub.placeholder),
                 ));
@@ -308,7 +317,7 @@ impl ServiceSpec {
             if sub.surfaces.contains(&Surface::Body)
                 && matches!(self.auth, AuthSpec::AwsSigv4 { .. })
             {
-                return Err(field(
+                return Err((
                     "substitutions.in",
                     "an aws-sigv4 service signs the body as the agent sent it: no body substitution"
                         .into(),
@@ -316,13 +325,13 @@ impl ServiceSpec {
             }
             let surfaces: BTreeSet<_> = sub.surfaces.iter().collect();
             if surfaces.is_empty() || surfaces.len() != sub.surfaces.len() {
-                return Err(field(
+                return Err((
                     "substitutions.in",
                     "name each of path, query, header, body at most once, and at least one".into(),
                 ));
             }
         }
-        Ok(host)
+        Ok(())
     }
 
     /// At most [`rule::MAX_RULES`] rules with distinct names; a default that is not `limit`.

@@ -119,6 +119,51 @@ pub struct Confirmed {
     pub rule_removal: bool,
 }
 
+/// An approved proposal's credentials written: each slot set (with the agent's sealed value or
+/// the operator's from `values`, sealed now) or deleted. A value for a slot the proposal does
+/// not leave empty is refused.
+fn apply_credentials(
+    t: &mut Txn<lmdb::RwTransaction<'_>>,
+    public: &[u8; 32],
+    v: &VaultRecord,
+    p: &ProposalRecord,
+    values: &[(String, Secret)],
+) -> Result<(), VaultError> {
+    for (key, _) in values {
+        if !p
+            .credentials
+            .iter()
+            .any(|s| &s.key == key && s.action == SlotAction::Set && s.sealed.is_none())
+        {
+            return Err(invalid(format!(
+                "proposal {} has no empty slot {key:?}",
+                p.id
+            )));
+        }
+    }
+    for slot in &p.credentials {
+        let rkey = vault_key(v.id, &slot.key);
+        match slot.action {
+            SlotAction::Delete => {
+                t.delete(t.dbs().credentials, &rkey)?;
+            }
+            SlotAction::Set => {
+                let sealed = match (&slot.sealed, values.iter().find(|(k, _)| k == &slot.key)) {
+                    (Some(sealed), _) => sealed.clone(),
+                    (None, Some((_, value))) => {
+                        seal_credential(public, v.id, &slot.key, value.expose())?
+                    }
+                    (None, None) => {
+                        return Err(invalid(format!("a value for {} is required", slot.key)));
+                    }
+                };
+                put_credential(t, v.id, &slot.key, sealed)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A proposal's services as changes (at most one more than [`MAX_SERVICES`] read, so the count
 /// check sees too many without reading them all).
 fn service_changes(values: Vec<serde_json::Value>) -> Result<Vec<ServiceChange>, VaultError> {
@@ -439,40 +484,8 @@ impl Store {
                     kind: "vault",
                     name: p.vault.clone(),
                 })?;
-            for (key, _) in &values {
-                if !p
-                    .credentials
-                    .iter()
-                    .any(|s| &s.key == key && s.action == SlotAction::Set && s.sealed.is_none())
-                {
-                    return Err(invalid(format!("proposal {id} has no empty slot {key:?}")));
-                }
-            }
+            apply_credentials(t, &public, &v, &p, &values)?;
             let at = now();
-            for slot in &p.credentials {
-                let rkey = vault_key(v.id, &slot.key);
-                match slot.action {
-                    SlotAction::Delete => {
-                        t.delete(t.dbs().credentials, &rkey)?;
-                    }
-                    SlotAction::Set => {
-                        let sealed =
-                            match (&slot.sealed, values.iter().find(|(k, _)| k == &slot.key)) {
-                                (Some(sealed), _) => sealed.clone(),
-                                (None, Some((_, value))) => {
-                                    seal_credential(&public, v.id, &slot.key, value.expose())?
-                                }
-                                (None, None) => {
-                                    return Err(invalid(format!(
-                                        "a value for {} is required",
-                                        slot.key
-                                    )));
-                                }
-                            };
-                        put_credential(t, v.id, &slot.key, sealed)?;
-                    }
-                }
-            }
             let (mut sets, mut deletes) = (Vec::new(), Vec::new());
             for change in &p.services {
                 match change {
