@@ -325,13 +325,6 @@ fn proposal_body(
     let status = p.status_at(now());
     let warnings = review.map(Review::reuse_warnings).unwrap_or_default();
     let weakened = review.map(|r| r.weakened.clone()).unwrap_or_default();
-    let replaces = |key: &str| {
-        review.is_some_and(|r| {
-            r.credentials
-                .iter()
-                .any(|c| c.key == key && c.replaces_stored)
-        })
-    };
     html! {
         @if let Some(n) = note { (n) }
         @for w in &warnings { div.flash.bad.reuse { strong { "Stored credential re-used: " } (w) "." } }
@@ -368,52 +361,71 @@ fn proposal_body(
                 ul { @for h in allow { li { code { (h) } } } }
             }
         }
-        @if status == ProposalStatus::Pending {
-            form.card method="post" action={ "/proposals/" (p.id) "/approve" } {
-                input type="hidden" name="csrf" value=(session.csrf);
-                input type="hidden" name="digest" value=(p.digest);
-                @for c in &p.credentials { @match (c.action, c.sealed.is_some()) {
-                    (SlotAction::Delete, _) => { p { "Delete credential " code { (c.key) } } }
-                    (SlotAction::Set, true) => { p {
-                        "Credential " code { (c.key) } ": supplied by the agent (sealed, never shown)."
-                        @if replaces(&c.key) { " " strong.warn { "It replaces the value stored under " (c.key) "." } }
-                    } }
-                    (SlotAction::Set, false) => {
-                        label for={ "value-" (c.key) } {
-                            (c.key) @if !c.description.is_empty() { " — " (inert(&c.description)) }
-                            @if replaces(&c.key) { " " strong.warn { "(replaces the stored value)" } }
-                        }
-                        @if c.obtain.starts_with("https://") || c.obtain.starts_with("http://") {
-                            p.muted { "Get it at " a href=(c.obtain) rel="noopener noreferrer" target="_blank" { (inert(&c.obtain)) } }
-                        }
-                        @if !c.obtain_instructions.is_empty() { p.muted { (inert(&c.obtain_instructions)) } }
-                        input id={ "value-" (c.key) } type="password" name={ "value:" (c.key) } autocomplete="off" required;
-                    }
-                } }
-                @if !warnings.is_empty() {
-                    label.confirm for="allow-reuse" {
-                        input id="allow-reuse" type="checkbox" name="allow_credential_reuse" value="yes" required;
-                        " I confirm: send the stored credentials named above to the new hosts."
-                    }
-                }
-                @if !weakened.is_empty() {
-                    label.confirm for="allow-rule-removal" {
-                        input id="allow-rule-removal" type="checkbox" name="allow_rule_removal" value="yes" required;
-                        " I confirm: lift the request rules named above."
-                    }
-                }
-                button type="submit" { "Approve" }
-            }
-            form.card method="post" action={ "/proposals/" (p.id) "/reject" } {
-                input type="hidden" name="csrf" value=(session.csrf);
-                input type="hidden" name="digest" value=(p.digest);
-                label for="reason" { "Reason (shown to the agent)" }
-                input id="reason" type="text" name="reason" maxlength="500";
-                button.secondary type="submit" { "Reject" }
-            }
-        }
+        @if status == ProposalStatus::Pending { (decision_forms(session, p, review, &warnings, &weakened)) }
         @if !p.message.is_empty() { div.card { h2 { "Note for developers" } p.message { (inert(&p.message)) } } }
         p.muted { "Digest " code { (p.digest) } }
+    }
+}
+
+/// A pending proposal's approve form (a value for each empty credential slot, the confirmations
+/// its warnings need) and its reject form.
+fn decision_forms(
+    session: &Session,
+    p: &ProposalRecord,
+    review: Option<&Review>,
+    warnings: &[String],
+    weakened: &[String],
+) -> Markup {
+    let replaces = |key: &str| {
+        review.is_some_and(|r| {
+            r.credentials
+                .iter()
+                .any(|c| c.key == key && c.replaces_stored)
+        })
+    };
+    html! {
+        form.card method="post" action={ "/proposals/" (p.id) "/approve" } {
+            input type="hidden" name="csrf" value=(session.csrf);
+            input type="hidden" name="digest" value=(p.digest);
+            @for c in &p.credentials { @match (c.action, c.sealed.is_some()) {
+                (SlotAction::Delete, _) => { p { "Delete credential " code { (c.key) } } }
+                (SlotAction::Set, true) => { p {
+                    "Credential " code { (c.key) } ": supplied by the agent (sealed, never shown)."
+                    @if replaces(&c.key) { " " strong.warn { "It replaces the value stored under " (c.key) "." } }
+                } }
+                (SlotAction::Set, false) => {
+                    label for={ "value-" (c.key) } {
+                        (c.key) @if !c.description.is_empty() { " — " (inert(&c.description)) }
+                        @if replaces(&c.key) { " " strong.warn { "(replaces the stored value)" } }
+                    }
+                    @if c.obtain.starts_with("https://") || c.obtain.starts_with("http://") {
+                        p.muted { "Get it at " a href=(c.obtain) rel="noopener noreferrer" target="_blank" { (inert(&c.obtain)) } }
+                    }
+                    @if !c.obtain_instructions.is_empty() { p.muted { (inert(&c.obtain_instructions)) } }
+                    input id={ "value-" (c.key) } type="password" name={ "value:" (c.key) } autocomplete="off" required;
+                }
+            } }
+            @if !warnings.is_empty() {
+                label.confirm for="allow-reuse" {
+                    input id="allow-reuse" type="checkbox" name="allow_credential_reuse" value="yes" required;
+                    " I confirm: send the stored credentials named above to the new hosts."
+                }
+            }
+            @if !weakened.is_empty() {
+                label.confirm for="allow-rule-removal" {
+                    input id="allow-rule-removal" type="checkbox" name="allow_rule_removal" value="yes" required;
+                    " I confirm: lift the request rules named above."
+                }
+            }
+            button type="submit" { "Approve" }
+        }
+        form.card method="post" action={ "/proposals/" (p.id) "/reject" } {
+            input type="hidden" name="csrf" value=(session.csrf);
+            input type="hidden" name="digest" value=(p.digest);
+            label for="reason" { "Reason (shown to the agent)" }
+            input id="reason" type="text" name="reason" maxlength="500";
+            button.secondary type="submit" { "Reject" }
+        }
     }
 }
 
