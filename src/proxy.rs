@@ -26,7 +26,7 @@
 pub mod agent_api;
 pub mod auth;
 pub mod authority;
-mod body_substitution;
+pub mod body_substitution;
 mod client;
 pub mod connect;
 pub mod error;

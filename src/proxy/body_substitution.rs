@@ -8,7 +8,8 @@
 //! they are. The `Content-Length` in the upstream head is set to the new length. Responses are
 //! scrubbed of the substituted forms like every secret ([`crate::policy`] adds them).
 //!
-//! This module rewrites bytes it is given; reading the body is the exchange's.
+//! This module rewrites bytes it is given; reading the body is the exchange's. [`substitute`] is
+//! public for the `inject` fuzz target.
 
 use zeroize::Zeroizing;
 
@@ -18,7 +19,7 @@ use crate::policy::{Service, Substitution};
 use crate::spec::Surface;
 
 /// The body substitutions a service declares.
-pub(super) fn declared(service: &Service) -> impl Iterator<Item = &Substitution> {
+pub fn declared(service: &Service) -> impl Iterator<Item = &Substitution> {
     service
         .substitutions
         .iter()
@@ -27,7 +28,7 @@ pub(super) fn declared(service: &Service) -> impl Iterator<Item = &Substitution>
 
 /// How a body is read for placeholders, from its `Content-Type` (and `Content-Encoding`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Kind {
+pub enum Kind {
     Json,
     Form,
 }
@@ -64,7 +65,7 @@ pub(super) fn too_large(service: &str) -> ProxyError {
 
 /// `body` with every declared placeholder replaced, or `None` when none occurs where it may be
 /// replaced.
-pub(super) fn substitute(service: &Service, kind: Kind, body: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+pub fn substitute(service: &Service, kind: Kind, body: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
     let mut out: Option<Zeroizing<Vec<u8>>> = None;
     for sub in declared(service) {
         let input = out.as_deref().map_or(body, Vec::as_slice);
