@@ -164,14 +164,16 @@ fn public(shared: &Shared, req: &ApiRequest) -> Option<Result<Reply, ProxyError>
     })
 }
 
-/// `{"status": "ok"}`; in fleet mode also the node, its applied position and how long ago it
+/// `{"status": "ok", "generation": N}` (the vault generation the workers' policy was compiled
+/// from: a change is served once it reaches the store's); in fleet mode also the node, its applied position and how long ago it
 /// last heard from the store, and 503 `stale` once `fleet_max_staleness` passed (a balancer's
 /// health check then sends agents elsewhere). A node that refuses a change of the log answers
 /// 200 `degraded` with the reason: it still serves what it had, and a forged row that every
 /// node refuses must not take the whole fleet out of the balancer.
 fn health(shared: &Shared) -> Result<Reply, ProxyError> {
+    let generation = shared.policy().generation;
     let Some(fleet) = &shared.fleet else {
-        return json_reply(200, json!({"status": "ok"}));
+        return json_reply(200, json!({"status": "ok", "generation": generation}));
     };
     let stale = fleet.stale();
     let problem = fleet.problem();
@@ -184,9 +186,10 @@ fn health(shared: &Shared) -> Result<Reply, ProxyError> {
         if stale { 503 } else { 200 },
         json!({
             "status": status,
+            "generation": generation,
             "fleet": {
                 "node": fleet.node,
-                "applied_seq": shared.policy().generation,
+                "applied_seq": generation,
                 "store_contact_age_secs": fleet.contact_age().as_secs_f64(),
                 "live_nodes": shared.limiters.agents.share(),
                 "problem": problem,

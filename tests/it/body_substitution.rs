@@ -2,8 +2,6 @@
 //! body (as Tavily's search does) or in a form field, with curl and Python's requests (the way
 //! SDKs send such bodies), against an origin that quotes the body back.
 
-use std::time::Duration;
-
 use crate::harness::output;
 use crate::proxy::{SERVICES, Setup};
 
@@ -20,7 +18,7 @@ fn setup() -> Setup {
     s.env.set_services(&format!(
         "{SERVICES}  - name: search\n    host: other.example.net\n    auth: {{type: bearer, token: SEARCH_KEY}}\n    substitutions:\n      - {{key: SEARCH_KEY, placeholder: __search_key__, in: [body]}}\n"
     ));
-    std::thread::sleep(Duration::from_millis(400));
+    s.settle();
     s
 }
 

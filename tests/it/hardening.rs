@@ -167,7 +167,7 @@ fn row65_unsolicited_upstream_responses_reach_no_agent() {
         ])
         .ok();
     let token2 = s.env.agent_token("bot2", "v2");
-    std::thread::sleep(Duration::from_millis(400));
+    s.settle();
     let ca = std::fs::read(s.ca()).unwrap();
     let tunnel = |token: &str, vault: &str| {
         RawClient::open(
@@ -238,7 +238,7 @@ fn second_vault(s: &Setup, vault: &str, name: &str, host: &str) -> String {
         ])
         .ok();
     let token = s.env.agent_token(name, vault);
-    std::thread::sleep(Duration::from_millis(400));
+    s.settle();
     token
 }
 
@@ -519,7 +519,7 @@ fn row80_echoes_masked_wherever_an_upstream_puts_them() {
     s.env
         .run_stdin(&["credential", "set", "OPENAI_KEY"], key.as_bytes())
         .ok();
-    std::thread::sleep(Duration::from_millis(400));
+    s.settle();
     let get = |host: &str, path: &str, extra: &str| {
         let r = s
             .raw(host)
@@ -600,7 +600,7 @@ fn row81_path_and_query_substitutions_are_percent_encoded() {
     s.env
         .run_stdin(&["credential", "set", "ACME_ACCOUNT"], value.as_bytes())
         .ok();
-    std::thread::sleep(Duration::from_millis(400));
+    s.settle();
     let r = s.raw("api.acme.dev").send(
         b"GET /v2/__acme_account__/items?acct=__acme_account__ HTTP/1.1\r\nHost: api.acme.dev\r\n\r\n",
     );

@@ -136,6 +136,31 @@ impl Setup {
         }
     }
 
+    /// Waits until the running proxy serves the vault as it is now (its `/healthz` generation
+    /// reaches the store's), instead of sleeping for a reload.
+    #[track_caller]
+    pub(crate) fn settle(&self) {
+        let wanted = self.env.generation();
+        let start = Instant::now();
+        loop {
+            let mut c = std::net::TcpStream::connect(self.proxy.addr).unwrap();
+            c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut reply = String::new();
+            c.read_to_string(&mut reply).unwrap();
+            let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+            let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+            if v["generation"].as_u64().is_some_and(|g| g >= wanted) {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the proxy did not reach generation {wanted}: {reply}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The data plane's `/metrics` text (serve must run with `--metrics-listen`).
     pub(crate) fn metrics(&self) -> String {
         let addr = self.proxy.metrics.as_ref().expect("--metrics-listen");
@@ -832,7 +857,7 @@ fn plaintext_to_a_tls_service_is_refused() {
 fn tunnel_policy_splices_without_injection() {
     let s = Setup::new("auto");
     s.env.run(&["vault", "policy", "default", "tunnel"]).ok();
-    std::thread::sleep(Duration::from_millis(300));
+    s.settle();
     let mut c = std::process::Command::new("curl");
     c.args([
         "-sS",

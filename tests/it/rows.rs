@@ -172,7 +172,7 @@ fn row27_smuggled_request_never_reaches_origin() {
 fn row29_row30_row33_blocked_destinations() {
     let s = Setup::with("auto", &["--allow-private-ranges"], true, false);
     s.env.run(&["vault", "policy", "default", "tunnel"]).ok();
-    std::thread::sleep(Duration::from_millis(300));
+    s.settle();
     for target in [
         "169.254.169.254:443",
         "[::ffff:169.254.169.254]:443",
@@ -436,7 +436,7 @@ fn raw_get(env: &Env, proxy: &Proxy, token: &str) -> String {
 fn tunnel_closes_within_a_second_of_revocation() {
     let s = Setup::new("auto");
     s.env.run(&["vault", "policy", "default", "tunnel"]).ok();
-    std::thread::sleep(Duration::from_millis(300));
+    s.settle();
     let (mut sock, head) = connect(s.proxy.addr, "other.example.net:443", Some(&auth(&s)));
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     s.env.run(&["agent", "revoke", "bot"]).ok();

@@ -740,7 +740,7 @@ fn claude_code_subscription_login_through_airlock_run() {
         "auth: {type: bearer, token: CLAUDE_OAUTH}",
     );
     s.env.set_services(&services);
-    std::thread::sleep(Duration::from_millis(300));
+    s.settle();
     let home = s.env.path("claude-home");
     std::fs::create_dir_all(&home).unwrap();
     let env = [

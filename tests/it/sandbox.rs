@@ -38,7 +38,7 @@ impl<'a> Probes<'a> {
         s.env
             .run(&["vault", "allow", "default", "other.example.net"])
             .ok();
-        std::thread::sleep(Duration::from_millis(300));
+        s.settle();
         Self {
             s,
             home,
