@@ -153,8 +153,8 @@ fn volume(c: &mut Command, source: &Path, target: &str, read_only: bool) -> Resu
     Ok(())
 }
 
-/// `ENGINE run --rm --pull never` with the relay's files and the run's directory mounted, the
-/// relay as the entry point, and `--network none` unless `network` is given.
+/// `ENGINE run --rm --pull never --network none` with `extra`, the relay's files and the run's
+/// directory mounted, and the relay as the entry point (the image and its arguments follow).
 fn relay_container(
     engine: &str,
     run_dir: &Path,
