@@ -142,7 +142,7 @@ mod tests {
         classify(s.parse().unwrap())
     }
 
-    /// security.md rows 29-30 (E-01): loopback spellings and IPv6 embeddings of private and
+    /// SECURITY-TESTS.md rows 29-30 (E-01): loopback spellings and IPv6 embeddings of private and
     /// metadata IPv4 are caught.
     #[test]
     fn row29_row30_embedded_and_odd_forms() {
@@ -203,7 +203,7 @@ mod tests {
         }
     }
 
-    /// security.md row 33 (E-04): metadata stays blocked when private ranges are allowed.
+    /// SECURITY-TESTS.md row 33 (E-04): metadata stays blocked when private ranges are allowed.
     #[test]
     fn row33_metadata_blocked_even_when_private_allowed() {
         let g = Guard {

@@ -2,8 +2,8 @@
 //! and their injected headers prepared. Built once per vault generation ([`Policy::compile`]),
 //! shared read-only by all workers behind an `Arc`; never decoded per request.
 //!
-//! Matching follows product.md's "Host matchers": scheme and port must agree (a portless service
-//! is TLS on 443 only, R5), exact host beats wildcard, then the longer literal path. A service
+//! Matching follows the host-matcher grammar (`spec::host`): scheme and port must agree (a
+//! portless service is TLS on 443 only, R5), exact host beats wildcard, then the longer literal path. A service
 //! whose credentials are missing or fail to open is kept with an error code, so its requests get
 //! 502 while other services keep working (row 57). This module does no I/O besides the store read
 //! at compile time, and never logs a value.
@@ -483,7 +483,7 @@ mod tests {
         assert!(!v.has_host(Scheme::Http, "x.github.com", 80));
     }
 
-    /// security.md row 7.
+    /// SECURITY-TESTS.md row 7.
     #[test]
     fn row7_dot_segments_refused() {
         for bad in [

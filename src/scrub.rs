@@ -1,4 +1,4 @@
-//! Response scrubbing (security.md row 25, R6 defence in depth): an injected secret echoed back
+//! Response scrubbing (SECURITY-TESTS.md row 25, R6 defence in depth): an injected secret echoed back
 //! by an upstream is replaced by a same-length mask before the agent sees it.
 //!
 //! [`Scrubber`] works on a stream: it masks every complete occurrence, and holds back only the

@@ -1,4 +1,4 @@
-//! Request security for the admin UI (R10, security.md row 48): sessions, CSRF tokens, Host
+//! Request security for the admin UI (R10, SECURITY-TESTS.md row 48): sessions, CSRF tokens, Host
 //! and Origin checks, login throttling and response headers.
 //!
 //! A session (cookie HttpOnly, SameSite=Strict, holding a random id) is created only where a

@@ -1,5 +1,5 @@
 //! The admin Unix socket: created 0660 inside a 0750 directory, and every connection's
-//! SO_PEERCRED checked (security.md row 46): only the admin process's own uid, root, and
+//! SO_PEERCRED checked (SECURITY-TESTS.md row 46): only the admin process's own uid, root, and
 //! members of the socket's group may talk to it. Other connections are closed unanswered.
 //! Membership counts the peer's supplementary groups too (read from `/proc/<pid>/status`), since
 //! operators are usually in `airlock-operators` as a secondary group.

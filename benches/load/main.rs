@@ -1,4 +1,5 @@
-//! The load harness (performance.md): airlock against direct, side by side, in one run.
+//! The load harness: airlock against direct, side by side, in one run (its figures and method:
+//! docs/src/performance.md).
 //!
 //! `cargo bench --bench load -- [--duration SECS] [--connections N] [--rate REQ_PER_S]
 //! [--workers N] [--driver auto|io-uring|epoll] [--idle N] [--bulk-mib N] [--sse-events N]

@@ -1,6 +1,6 @@
 //! The shared leaf cache: one rustls [`ServerConfig`] per normalised host, minted once and
 //! reused by every worker. Its resolver refuses a ClientHello whose SNI names another host
-//! (security.md row 3) and serves the CONNECT host's leaf when there is no SNI. The cache is
+//! (SECURITY-TESTS.md row 3) and serves the CONNECT host's leaf when there is no SNI. The cache is
 //! bounded; pre-warmed entries are minted before the first request.
 //!
 //! A leaf is minted outside the cache's lock: the map holds one slot per host, and concurrent
@@ -166,7 +166,7 @@ mod tests {
         )
     }
 
-    /// security.md row 45 (G-06): `API.x.` and `api.x` are one entry.
+    /// SECURITY-TESTS.md row 45 (G-06): `API.x.` and `api.x` are one entry.
     #[test]
     fn row45_normalised_single_entry() {
         let c = cache(10);

@@ -3,7 +3,7 @@
 //!
 //! [`write_atomic`] writes a temporary file in the same directory, fsyncs it, renames it over
 //! the target and fsyncs the directory, so a crash leaves the old or the new file, never an empty
-//! or missing one (security.md row 59). Nothing here interprets file contents.
+//! or missing one (SECURITY-TESTS.md row 59). Nothing here interprets file contents.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;

@@ -1,4 +1,4 @@
-//! Name grammars fixed by product.md: vault and agent names, service names and credential keys.
+//! Name grammars: vault and agent names, service names and credential keys.
 //!
 //! Each check returns a [`NameError`] that names the kind of name and the rule it broke, so the
 //! CLI can print it as is. This module only validates; it does not normalise.

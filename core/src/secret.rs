@@ -47,7 +47,7 @@ pub enum StdinValueError {
     ForbiddenChar(&'static str),
 }
 
-/// Turns raw standard input into one value, as product.md fixes it: one trailing `\n` or
+/// Turns raw standard input into one value, as the CLI documents it: one trailing `\n` or
 /// `\r\n` is stripped; any other CR, LF or NUL is refused.
 pub fn value_from_stdin(mut raw: Vec<u8>) -> Result<Secret, StdinValueError> {
     if raw.ends_with(b"\r\n") {
@@ -60,7 +60,7 @@ pub fn value_from_stdin(mut raw: Vec<u8>) -> Result<Secret, StdinValueError> {
     Ok(raw)
 }
 
-/// Refuses values that could split a header or a line: CR, LF, NUL (security.md row 19).
+/// Refuses values that could split a header or a line: CR, LF, NUL (SECURITY-TESTS.md row 19).
 pub fn check_value(value: &[u8]) -> Result<(), StdinValueError> {
     if value.is_empty() {
         return Err(StdinValueError::Empty);
@@ -123,7 +123,7 @@ mod tests {
         );
     }
 
-    /// security.md row 19: CR, LF and NUL inside a credential are refused at store time.
+    /// SECURITY-TESTS.md row 19: CR, LF and NUL inside a credential are refused at store time.
     #[test]
     fn row19_control_characters_refused() {
         for bad in [&b"a\rb"[..], b"a\nb", b"a\0b", b"\r"] {

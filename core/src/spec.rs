@@ -1,4 +1,4 @@
-//! Service definitions: the YAML service file of product.md ("Service files"), its validation,
+//! Service definitions: the YAML service file, its validation,
 //! and the record form stored in the vault.
 //!
 //! [`ServiceFile::from_yaml`] rejects unknown fields; [`ServiceSpec::validate`] checks every
@@ -447,7 +447,7 @@ impl ServiceSpec {
         out
     }
 
-    /// The auth type as product.md names it.
+    /// The auth type's name, as service files spell it.
     pub fn auth_type(&self) -> &'static str {
         match self.auth {
             AuthSpec::Bearer { .. } => "bearer",

@@ -111,7 +111,7 @@ pub(super) fn read_stdin(limit: u64) -> Result<Secret, CliError> {
     Ok(Secret::new(raw))
 }
 
-/// Reads one value from stdin under product.md's rules.
+/// Reads one value from stdin (the rules of `secret::value_from_stdin`).
 pub(super) fn read_stdin_value(what: &str) -> Result<Secret, CliError> {
     let raw = read_stdin(MAX_STDIN)?;
     if raw.len() as u64 > MAX_STDIN {

@@ -259,7 +259,7 @@ fn start(
     spawn_and_wait(&mut child, program)
 }
 
-/// product.md's deployment model: warn when the agent could read the vault files.
+/// Warns when the agent could read the vault's files (it runs as the data dir's owner).
 fn warn_same_user(data_dir: &Path) {
     use std::os::unix::fs::MetadataExt;
     let owner = std::fs::metadata(data_dir).map(|m| m.uid()).ok();

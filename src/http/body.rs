@@ -316,7 +316,7 @@ async fn skip_trailers<R: AsyncReadRent>(
 mod tests {
     use super::*;
 
-    /// security.md row 14 (B-06): sign, overflow and junk in chunk sizes.
+    /// SECURITY-TESTS.md row 14 (B-06): sign, overflow and junk in chunk sizes.
     #[test]
     fn row82_chunked_prefix_checked() {
         for bad in [

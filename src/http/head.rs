@@ -1,7 +1,7 @@
 //! Request and response heads: strict byte checks, httparse, and framing.
 //!
 //! [`check_bytes`] runs before httparse because httparse accepts a bare `\n` as a line end
-//! (security.md rows 12-13). [`parse_request`] and [`parse_response`] borrow from the read buffer;
+//! (SECURITY-TESTS.md rows 12-13). [`parse_request`] and [`parse_response`] borrow from the read buffer;
 //! [`request_framing`] and [`response_framing`] apply R2: CL+TE, TE other than exactly `chunked`,
 //! and differing or malformed Content-Length are refused. Heads are never forwarded as received;
 //! the proxy re-serialises them.
@@ -273,7 +273,7 @@ mod tests {
         request_framing(&head)
     }
 
-    /// security.md rows 12-13 (B-04, B-05).
+    /// SECURITY-TESTS.md rows 12-13 (B-04, B-05).
     #[test]
     fn row12_row13_bare_line_ends_nul_and_obs_fold() {
         for bad in [
@@ -311,7 +311,7 @@ mod tests {
         assert!(parse_request(b"POST /v1/refunds%23 HTTP/1.1\r\nHost: a\r\n\r\n").is_ok());
     }
 
-    /// security.md rows 9-11 (B-01..B-03).
+    /// SECURITY-TESTS.md rows 9-11 (B-01..B-03).
     #[test]
     fn row9_row10_row11_framing() {
         let bad = [

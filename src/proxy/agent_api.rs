@@ -1,4 +1,5 @@
-//! The agent API on the proxy port (origin-form requests), in the wire format of product.md:
+//! The agent API on the proxy port (origin-form requests), in the wire format the agent guide
+//! (`guide.md`) describes:
 //! `/healthz`, `/v1/ca.pem`, `/v1/guide` and `/v1/catalog` (the service templates) need no token; `/v1/discover`, `/v1/proposals` and
 //! `/v1/tokens` take `Authorization: Bearer <token>` (or `Proxy-Authorization`), with
 //! `x-airlock-vault` naming the vault for agents granted several. Bodies are JSON with a
@@ -165,8 +166,8 @@ fn public(shared: &Shared, req: &ApiRequest) -> Option<Result<Reply, ProxyError>
 }
 
 /// `{"status": "ok", "generation": N}` (the vault generation the workers' policy was compiled
-/// from: a change is served once it reaches the store's); in fleet mode also the node, its applied position and how long ago it
-/// last heard from the store, and 503 `stale` once `fleet_max_staleness` passed (a balancer's
+/// from: a change is served once it reaches the store's); in fleet mode also the node, its
+/// applied position and how long ago it last heard from the store, and 503 `stale` once `fleet_max_staleness` passed (a balancer's
 /// health check then sends agents elsewhere). A node that refuses a change of the log answers
 /// 200 `degraded` with the reason: it still serves what it had, and a forged row that every
 /// node refuses must not take the whole fleet out of the balancer.

@@ -37,7 +37,7 @@ pub fn parse_authority(authority: &str) -> Result<(String, u16), ProxyError> {
 mod tests {
     use super::*;
 
-    /// security.md row 5.
+    /// SECURITY-TESTS.md row 5.
     #[test]
     fn row5_bad_authorities_refused() {
         for bad in [

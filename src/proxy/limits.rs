@@ -1,6 +1,6 @@
 //! Per-client limits on the proxy: a token bucket and an in-flight cap per agent (429
 //! `rate_limited`; an agent's self-minted scoped tokens share its budget, review B11), a limiter
-//! of failed authentications per client address (security.md row 51) that refuses further
+//! of failed authentications per client address (SECURITY-TESTS.md row 51) that refuses further
 //! failures but never a request with a valid token, and [`Buckets`], plain token buckets by key
 //! for what is limited apart from requests: leaf mints per vault, refused CONNECTs and scoped-token
 //! mints per agent; and the open tunnels of each agent and each vault ([`Limiters::open_tunnel`],

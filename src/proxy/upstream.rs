@@ -541,7 +541,7 @@ mod tests {
         })
     }
 
-    /// security.md row 32 (E-03): DNS rebinding. Each dial looks the name up once and connects
+    /// SECURITY-TESTS.md row 32 (E-03): DNS rebinding. Each dial looks the name up once and connects
     /// only to the address it vetted; a later answer pointing elsewhere is refused with no
     /// connection made to it.
     #[test]
@@ -589,7 +589,7 @@ mod tests {
         assert!(other.accept().is_err(), "the rebound address was dialled");
     }
 
-    /// security.md row 31 (E-02): a DNS answer mixing public and private addresses is refused.
+    /// SECURITY-TESTS.md row 31 (E-02): a DNS answer mixing public and private addresses is refused.
     #[test]
     fn row31_mixed_answers_refused() {
         let g = Guard::default();

@@ -1,4 +1,4 @@
-//! The host matcher grammar of product.md ("Host matchers"): `[http://]host[:port][/path[*]]`.
+//! The host matcher grammar: `[http://]host[:port][/path[*]]`.
 //!
 //! [`HostPattern::parse`] turns a service's `host:` string into a canonical pattern or an error
 //! that says what is wrong. Hosts are lowercase ASCII (IDNs must be given in punycode), a leading

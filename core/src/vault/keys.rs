@@ -1,9 +1,9 @@
 //! The root key and what it wraps.
 //!
-//! The root key (32 bytes) comes from the first source found, in product.md's order:
+//! The root key (32 bytes) comes from the first source found, in this order:
 //! `$CREDENTIALS_DIRECTORY/master-key`, `--master-key-file`, `<data-dir>/master.key`, then a
 //! passphrase stretched with Argon2id under parameters stored in the vault (and bounded before use,
-//! security.md row 40). It only ever wraps other keys ([`wrap`], [`unwrap`]): the data plane's
+//! SECURITY-TESTS.md row 40). It only ever wraps other keys ([`wrap`], [`unwrap`]): the data plane's
 //! X25519 secret and the CA key. Credentials are sealed to the X25519 public key (see
 //! [`super::seal`]), so sealing never needs the root key.
 //!
@@ -106,7 +106,7 @@ pub struct KdfParams {
 
 impl KdfParams {
     /// Upper bounds checked before any allocation: a tampered record cannot make `serve` or
-    /// `init` allocate gigabytes (security.md row 40).
+    /// `init` allocate gigabytes (SECURITY-TESTS.md row 40).
     pub const MAX_M_COST_KIB: u32 = 1024 * 1024;
     pub const MIN_M_COST_KIB: u32 = 8 * 1024;
     pub const MAX_T_COST: u32 = 16;
@@ -181,7 +181,7 @@ impl KdfParams {
 }
 
 /// Where `serve`, `init` and friends may find the root key. Built by the CLI from flags and
-/// environment; consulted in product.md's order by [`KeySources::find`].
+/// environment; consulted in that order by [`KeySources::find`].
 #[derive(Debug, Default)]
 pub struct KeySources {
     /// `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential=master-key:...`).
@@ -320,7 +320,7 @@ mod tests {
         assert!(RootKey::from_file_bytes(p, b"short").is_err());
     }
 
-    /// security.md row 40: tampered KDF parameters are refused before Argon2 allocates.
+    /// SECURITY-TESTS.md row 40: tampered KDF parameters are refused before Argon2 allocates.
     #[test]
     fn row40_kdf_bounds_checked_before_allocation() {
         let mut p = KdfParams::generate().unwrap();

@@ -1,4 +1,4 @@
-//! Stale LMDB reader slots (security.md row 54): a process killed while holding a read
+//! Stale LMDB reader slots (SECURITY-TESTS.md row 54): a process killed while holding a read
 //! transaction leaves its slot in the shared reader table, and enough of them exhaust it.
 //! [`reclaim`] runs LMDB's `mdb_reader_check`, which frees the slots of dead processes; the
 //! store calls it on every open. lmdb-rkv does not wrap it, so this is the one module that

@@ -181,7 +181,7 @@ mod tests {
         );
     }
 
-    /// security.md row 57 / I-05: moved, flipped, truncated and re-versioned values fail cleanly.
+    /// SECURITY-TESTS.md row 57 / I-05: moved, flipped, truncated and re-versioned values fail cleanly.
     #[test]
     fn row57_tampering_fails_with_integrity_error() {
         let opener = Opener::generate().unwrap();
