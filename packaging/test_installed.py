@@ -10,12 +10,12 @@ Type=notify, ExecStartPre, ExecStart and ExecReload. The namespace options (Prot
 friends) need systemd itself; `systemd-analyze verify` and `systemd-analyze security` check
 those lines.
 
-Then it walks the README's deployment section: an operator (a member of airlock and
+Then it walks the manual's Deployment chapter (docs/src/deployment.md): an operator (a member of airlock and
 airlock-operators) adds an agent, the agent is refused, proposes a service, the operator
 approves it with the key through the admin socket's JSON API, and the agent's next request gets
 the key injected; the metrics count that request; a reload keeps it served; an online backup
 is taken. Then remove keeps the data, reinstall keeps the key and the vault, purge deletes both
-after saying so, and the README's restore on a fresh install brings the old agent token, CA
+after saying so, and the Deployment chapter's restore on a fresh install brings the old agent token, CA
 and credential back.
 
 Usage: test_installed.py /path/to/airlock_*.deb
@@ -366,7 +366,7 @@ def walkthrough():
     check(served(proxy, token) is True, "still served after the reload")
     check(SECRET not in airlock.log() + admin.log(), "the secret is in no log line")
 
-    # The README's online backup: mdb_copy of the vault, the CA files, the key kept apart.
+    # The Deployment chapter's online backup: mdb_copy of the vault, the CA files, the key kept apart.
     os.makedirs(f"{BACKUP}/vault")
     run(["mdb_copy", "/var/lib/airlock/vault", f"{BACKUP}/vault"])
     for f in ("/var/lib/airlock/ca.pem", "/var/lib/airlock/ca-key.wrapped", "/etc/airlock/master.key"):
@@ -393,7 +393,7 @@ def data_plane(port):
 
 
 def restore(port, token):
-    """A fresh install, then the README's restore: the agent's token, the key and the CA from
+    """A fresh install, then the Deployment chapter's restore: the agent's token, the key and the CA from
     the backup work again."""
     run(["dpkg", "-i", DEB])
     shutil.copyfile(f"{BACKUP}/vault/data.mdb", "/var/lib/airlock/vault/data.mdb")
