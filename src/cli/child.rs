@@ -4,23 +4,28 @@
 
 use std::process::{Command, ExitStatus};
 
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
 use super::CliError;
+
+/// The signals that end a run (SIGINT, SIGTERM, SIGHUP), caught from now on: what a run
+/// passes on to its child, or answers by stopping what it started.
+pub(super) fn stop_signals() -> Result<Signals, CliError> {
+    Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(|source| CliError::Io {
+        what: "signals".into(),
+        source,
+    })
+}
 
 /// Runs the child, forwarding SIGINT, SIGTERM and SIGHUP to it.
 pub(super) fn spawn_and_wait(cmd: &mut Command, program: &str) -> Result<ExitStatus, CliError> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut child = cmd.spawn().map_err(|source| CliError::Io {
         what: format!("starting {program}"),
         source,
     })?;
     let pid = rustix::process::Pid::from_raw(child.id() as i32);
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(|source| {
-            CliError::Io {
-                what: "signals".into(),
-                source,
-            }
-        })?;
+    let mut signals = stop_signals()?;
     let handle = signals.handle();
     std::thread::spawn(move || {
         for sig in signals.forever() {

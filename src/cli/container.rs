@@ -286,14 +286,11 @@ fn agent_settings(
         &ca_dir.join(session::CA_ONLY),
     )?;
     let network = format!("container:{name}");
-    let mounts: Vec<serde_json::Value> = [session::BUNDLE, session::CA_ONLY]
+    let mounts: Vec<(String, String)> = [session::BUNDLE, session::CA_ONLY]
         .iter()
         .map(|f| {
-            serde_json::json!({
-                "source": dir.join(f).display().to_string(),
-                "target": ca_dir.join(f).display().to_string(),
-                "readonly": true,
-            })
+            let at = |d: &Path| d.join(f).display().to_string();
+            (at(dir), at(ca_dir))
         })
         .collect();
     // The variables (the token among them) go in a file of their own, never on the engine's
@@ -307,15 +304,16 @@ fn agent_settings(
         }
     })?;
     let mut args = vec!["--network".to_owned(), network.clone()];
-    for m in &mounts {
-        args.push("-v".into());
-        args.push(format!(
-            "{}:{}:ro",
-            m["source"].as_str().unwrap_or_default(),
-            m["target"].as_str().unwrap_or_default()
-        ));
+    for (source, target) in &mounts {
+        args.extend(["-v".into(), format!("{source}:{target}:ro")]);
     }
     args.extend(["--env-file".into(), env_file.display().to_string()]);
+    let mounts: Vec<serde_json::Value> = mounts
+        .iter()
+        .map(|(source, target)| {
+            serde_json::json!({"source": source, "target": target, "readonly": true})
+        })
+        .collect();
     let env: serde_json::Map<String, serde_json::Value> = vars
         .into_iter()
         .map(|(k, v)| (k, serde_json::Value::String(v)))
@@ -428,14 +426,7 @@ fn wait_or_stop(
     name: &str,
     child: &mut std::process::Child,
 ) -> Result<ExitCode, CliError> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(|source| {
-            CliError::Io {
-                what: "signals".into(),
-                source,
-            }
-        })?;
+    let mut signals = super::child::stop_signals()?;
     let handle = signals.handle();
     let stopped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (engine2, name2, stopped2) = (engine.to_owned(), name.to_owned(), stopped.clone());

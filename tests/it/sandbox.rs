@@ -74,6 +74,23 @@ curl -sS -o /dev/null -w 'proposed: %{{http_code}}\n' -H "Authorization: Bearer 
         )
     }
 
+    /// Runs the `airlock run` command `c` in the working directory with `HOME` set, and checks
+    /// that its first line says how it is sandboxed (starts with `first`).
+    #[track_caller]
+    fn run(&self, mut c: Command, first: &str) -> crate::harness::Run {
+        c.current_dir(&self.work).env("HOME", &self.home);
+        let r = output(c, None);
+        assert!(
+            r.stderr
+                .lines()
+                .next()
+                .is_some_and(|l| l.starts_with(first)),
+            "{}",
+            r.stderr
+        );
+        r
+    }
+
     /// Every escape failed, every way through airlock worked, and nothing reached the origin
     /// but through airlock (with the credential, or tunnelled with none and logged).
     #[track_caller]
@@ -175,7 +192,7 @@ fn sandboxed_run_has_no_way_out_but_airlock() {
     );
     let proxy = format!("http://{}", s.proxy.addr);
     let script = p.script(&python);
-    let mut c = s.env.command(&[
+    let c = s.env.command(&[
         "run",
         "--sandbox",
         "--proxy",
@@ -185,16 +202,7 @@ fn sandboxed_run_has_no_way_out_but_airlock() {
         "-c",
         &script,
     ]);
-    c.current_dir(&p.work).env("HOME", &p.home);
-    let r = output(c, None);
-    assert!(
-        r.stderr
-            .lines()
-            .next()
-            .is_some_and(|l| l.starts_with("airlock: run: sandboxed with bubblewrap")),
-        "{}",
-        r.stderr
-    );
+    let r = p.run(c, "airlock: run: sandboxed with bubblewrap");
     p.check(&r, &["python: blocked"]);
 }
 
@@ -244,16 +252,7 @@ fn container_run_has_no_way_out_but_airlock() {
         "-c",
         &script,
     ]);
-    c.current_dir(&p.work).env("HOME", &p.home);
-    let r = output(c, None);
-    assert!(
-        r.stderr
-            .lines()
-            .next()
-            .is_some_and(|l| l.starts_with("airlock: run: sandboxed in a podman container")),
-        "{}",
-        r.stderr
-    );
+    let r = p.run(c, "airlock: run: sandboxed in a podman container");
     p.check(&r, &[]);
 }
 
