@@ -145,6 +145,32 @@ impl Env {
         airlock::vault::Store::open(&self.data_dir, Default::default()).expect("open store")
     }
 
+    /// Waits (up to 5 s) for a request-log row of `vault` that `wanted` accepts, and returns it
+    /// (rows reach the log in batches).
+    #[track_caller]
+    pub(crate) fn log_row(
+        &self,
+        vault: &str,
+        wanted: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let start = std::time::Instant::now();
+        loop {
+            let logs = self.run(&["logs", "--vault", vault, "--json"]).ok().stdout;
+            let row = logs
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .find(|r| wanted(r));
+            if let Some(row) = row {
+                return row;
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(5),
+                "no such row in the request log: {logs}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     pub(crate) fn generation(&self) -> u64 {
         self.store().generation().expect("generation")
     }
