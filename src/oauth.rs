@@ -7,7 +7,7 @@
 //! upstream answered 401 or the token it holds has expired. Asks for the same credential are
 //! answered by one refresh: an ask names the version the worker holds, and an ask for a version
 //! already replaced is answered at once. The token endpoint is reached like any upstream, through
-//! the SSRF guard, `--resolve` and verified TLS ([`upstream::dial_new`]); the new tokens are
+//! the SSRF guard, `--resolve` and verified TLS ([`upstream::dial_new`] with the data plane's [`Dialer`]); the new tokens are
 //! sealed back into the vault (a write, done here, never on a worker) and the policy recompiled
 //! before the waiting workers are answered. A rejected refresh token stays failed until an
 //! operator imports a new pair; other failures are retried with a backoff.
@@ -29,7 +29,7 @@ use crate::http::head::{self, Framing};
 use crate::proxy::Shared;
 use crate::proxy::error::ProxyError;
 use crate::proxy::inject::host_header;
-use crate::proxy::upstream::{self, Target};
+use crate::proxy::upstream::{self, Dialer, Target};
 use crate::renewal::{Answer, Ask, Failure, Inbox};
 use crate::secret::{Secret, check_value};
 use crate::spec::Scheme;
@@ -135,7 +135,7 @@ async fn serve(shared: &Shared, entry: &Entry, asks: &[Ask]) -> Answer {
         .open_oauth(&shared.opener, &entry.vault, &entry.key)
     {
         Ok(Some((meta, _))) if meta.version != entry.meta.version => return Ok(()),
-        Ok(Some((meta, tokens))) => exchange(shared, &entry.vault, &meta, &tokens)
+        Ok(Some((meta, tokens))) => exchange(&shared.dialer, &entry.vault, &meta, &tokens)
             .await
             .map(|(tokens, expires_at)| (meta.version, tokens, expires_at))
             .map_err(|f| (meta.version, f)),
@@ -204,7 +204,7 @@ fn fleet_turn(
 /// One grant against the credential's token endpoint: the refresh-token grant (RFC 6749
 /// section 6), or a service account's JWT grant (RFC 7523).
 async fn exchange(
-    shared: &Shared,
+    dialer: &Dialer,
     vault: &str,
     meta: &OAuthMeta,
     tokens: &OAuthTokens,
@@ -219,7 +219,7 @@ async fn exchange(
     };
     let body = request_body(meta, tokens).map_err(|e| fail(FailureCode::Rejected, e))?;
     let request = request(meta, &endpoint, &target, &body);
-    let (status, body) = post(shared, vault, &target, request).await?;
+    let (status, body) = post(dialer, vault, &target, request).await?;
     tokens_from(status, &body, tokens)
 }
 
@@ -251,7 +251,7 @@ fn request(
 /// Sends `request` to the token endpoint at `target` (dialled like any upstream) and reads the
 /// answer, within [`REQUEST_TIMEOUT`]: its status and body.
 async fn post(
-    shared: &Shared,
+    dialer: &Dialer,
     vault: &str,
     target: &Target,
     mut request: Zeroizing<Vec<u8>>,
@@ -264,7 +264,7 @@ async fn post(
         )
     };
     monoio::time::timeout(REQUEST_TIMEOUT, async {
-        let mut up = upstream::dial_new(shared, vault, target)
+        let mut up = upstream::dial_new(dialer, vault, target)
             .await
             .map_err(unavailable)?;
         let (written, mut sent) = up.conn.io.write_all(std::mem::take(&mut *request)).await;

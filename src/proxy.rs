@@ -54,8 +54,6 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use certs_cache::LeafCache;
 
-use crate::config::ResolveRule;
-use crate::netguard::Guard;
 use crate::policy::Policy;
 use crate::vault::Store;
 use crate::vault::seal::Opener;
@@ -69,11 +67,11 @@ pub struct Shared {
     pub opener: Opener,
     pub certs: LeafCache,
     pub policy: PolicyCell,
-    /// Name resolution for upstreams (the system resolver outside tests).
-    pub resolver: Arc<dyn upstream::Resolve>,
-    /// What a config reload may change; read through [`Shared::tunables`] (per dial) and
-    /// [`Shared::limits`] (per request, lock-free).
-    pub tunables: RwLock<Arc<Tunables>>,
+    /// Resolution, the SSRF guard, egress and upstream TLS: what every dial reads.
+    pub dialer: upstream::Dialer,
+    /// Where approval links point and how long holds wait ([`Shared::holds`], per hold).
+    pub holds: RwLock<Arc<Holds>>,
+    /// The timeouts and caps, read per request without a lock ([`Shared::limits`]).
     pub live_limits: LiveLimits,
     /// `http://127.0.0.1:7480`: where agents reach the agent API (for hints).
     pub api_base: String,
@@ -127,8 +125,8 @@ impl Shared {
             opener: p.opener,
             certs: p.certs,
             policy: PolicyCell::new(Policy::default()),
-            resolver: p.resolver,
-            tunables: RwLock::new(Arc::new(p.tunables)),
+            dialer: upstream::Dialer::new(p.resolver, p.tunables.dial),
+            holds: RwLock::new(Arc::new(p.tunables.holds)),
             live_limits: LiveLimits::new(p.limits),
             api_base: p.api_base,
             ca_pem: p.ca_pem,
@@ -222,29 +220,31 @@ impl PolicyCell {
 /// connection reads the current values.
 #[derive(Debug)]
 pub struct Tunables {
-    pub guard: Guard,
-    pub resolve: Vec<ResolveRule>,
-    pub upstream_tls: Arc<rustls::ClientConfig>,
-    /// The corporate proxies upstream connections leave through, global and per vault.
-    pub egress: upstream::egress::Egress,
+    pub dial: upstream::DialSettings,
+    pub holds: Holds,
+}
+
+/// What approvals and holds read.
+#[derive(Debug)]
+pub struct Holds {
     /// `http://host:port` of the admin UI, for `approval_url`s (none when it has no HTTP listener).
     pub admin_base: Option<String>,
     /// How long a held request waits for an operator.
-    pub hold_timeout: std::time::Duration,
+    pub timeout: std::time::Duration,
 }
 
 impl Shared {
     /// Where an operator approves proposal `id`.
     pub fn approval_url(&self, id: u64) -> Option<String> {
-        self.tunables()
+        self.holds()
             .admin_base
             .as_ref()
             .map(|b| format!("{b}/proposals/{id}"))
     }
 
-    /// The current reloadable settings (a cheap `Arc` clone).
-    pub fn tunables(&self) -> Arc<Tunables> {
-        self.tunables
+    /// The current approval settings (a cheap `Arc` clone).
+    pub fn holds(&self) -> Arc<Holds> {
+        self.holds
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
@@ -258,10 +258,8 @@ impl Shared {
     /// Swaps in settings re-read from the config file.
     pub fn set_tunables(&self, tunables: Tunables, limits: Limits) {
         self.live_limits.store(limits);
-        *self
-            .tunables
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = Arc::new(tunables);
+        self.dialer.set(tunables.dial);
+        *self.holds.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(tunables.holds);
     }
 
     pub fn shutting_down(&self) -> bool {

@@ -110,7 +110,7 @@ pub fn run(
     let policy = Policy::compile(&store, &unlocked.opener, &Policy::default())?;
     let admin = start_admin(&settings, &store);
     let admin_addrs = admin.as_ref().map(|(_, a)| a.clone()).unwrap_or_default();
-    tunables.admin_base = settings.approval_base(admin_addrs.http.as_deref());
+    tunables.holds.admin_base = settings.approval_base(admin_addrs.http.as_deref());
     let (oauth, oauth_inbox) = crate::renewal::channel();
     let parts = crate::proxy::Parts {
         store,

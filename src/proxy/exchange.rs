@@ -423,7 +423,8 @@ impl<'a, C: AsyncReadRent + AsyncWriteRent> Call<'a, C> {
             body_substitution::set_length(&mut self.prepared.head, body.len());
         }
         let held = substituted.as_deref().map(Vec::as_slice).or(held);
-        let up = upstream::get(self.shared, self.vault, &self.key).await?;
+        let (dialer, stats) = (&self.shared.dialer, &self.shared.stats);
+        let up = upstream::get(dialer, stats, self.vault, &self.key, self.limits.pool_idle).await?;
         if !up.reused {
             return self.attempt(up, held).await;
         }
@@ -434,8 +435,9 @@ impl<'a, C: AsyncReadRent + AsyncWriteRent> Call<'a, C> {
         let held = held.or(read_here.as_deref());
         match self.attempt(up, held).await {
             Err(AttemptError::BeforeResponse(_)) if held.is_some() => {
-                self.shared.stats.retried();
-                let up = upstream::dial_new(self.shared, self.vault, &self.key.1).await?;
+                stats.retried();
+                stats.upstream(false);
+                let up = upstream::dial_new(dialer, self.vault, &self.key.1).await?;
                 self.attempt(up, held).await
             }
             other => other,

@@ -111,7 +111,7 @@ pub(super) async fn wait(
     held: HeldRequest,
     peer: &Peer,
 ) -> Result<(), ExchangeError> {
-    let ttl = shared.tunables().hold_timeout.as_secs().max(1);
+    let ttl = shared.holds().timeout.as_secs().max(1);
     let (v, a) = (vault.to_owned(), agent.map(str::to_owned));
     let created = off_worker(shared, move |store| {
         store.create_hold(&v, a.as_deref(), held, ttl)

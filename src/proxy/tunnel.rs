@@ -14,7 +14,7 @@ use super::auth::{self, Identity};
 use super::client::{established, reply_and_close};
 use super::log::Entry;
 use super::outcome::Outcome;
-use super::upstream::{self, Target};
+use super::upstream::Target;
 use crate::http::io::{BufConn, pipe};
 
 /// Splices the client to `target` until either side closes or the token is revoked.
@@ -24,7 +24,7 @@ pub(super) async fn serve<S: Split + AsyncReadRent + AsyncWriteRent>(
     target: Target,
     id: Identity,
 ) {
-    let up = match upstream::connect_tcp(&shared, &id.vault, &target).await {
+    let up = match shared.dialer.connect_tcp(&id.vault, &target).await {
         Ok(up) => up,
         Err(e) => return reply_and_close(&mut client, &e).await,
     };

@@ -19,7 +19,8 @@ use crate::config::{
 use crate::logging::{LogHandle, LogLevel};
 use crate::netguard::Guard;
 use crate::proxy::upstream::egress::{Egress, EgressProxy};
-use crate::proxy::{Limits, Tunables};
+use crate::proxy::upstream::{CONNECT_TIMEOUT, DialSettings};
+use crate::proxy::{Holds, Limits, Tunables};
 use crate::vault::StoreOptions;
 
 /// The admin UI's listener when neither flag nor file names one.
@@ -255,12 +256,17 @@ impl Settings {
         )
         .map_err(ServeError::Tls)?;
         Ok(Tunables {
-            guard: self.guard.clone(),
-            resolve: self.resolve.clone(),
-            upstream_tls: Arc::new(upstream_tls),
-            egress: self.egress()?,
-            admin_base: self.approval_base(admin_http),
-            hold_timeout: self.hold_timeout,
+            dial: DialSettings {
+                guard: self.guard.clone(),
+                resolve: self.resolve.clone(),
+                upstream_tls: Arc::new(upstream_tls),
+                egress: self.egress()?,
+                connect_timeout: CONNECT_TIMEOUT,
+            },
+            holds: Holds {
+                admin_base: self.approval_base(admin_http),
+                timeout: self.hold_timeout,
+            },
         })
     }
 
