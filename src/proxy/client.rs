@@ -19,12 +19,13 @@ use crate::http::HttpError;
 use crate::http::head::{self, MAX_HEAD};
 use crate::http::io::BufConn;
 
-/// Waits for a complete head and takes it out of the buffer: `Ok(None)` on a clean close or a
-/// timeout (slowloris, row 35). Parsing is the caller's, where a failure is answered.
+/// Waits for a complete head and takes it out of the buffer: `Ok(None)` on a clean close, when
+/// nothing arrived within `idle`, or when a started head is not complete within `header`
+/// (slowloris, row 35). Parsing is the caller's, where a failure is answered.
 pub(super) async fn read_head<S: AsyncReadRent>(
-    shared: &Shared,
     conn: &mut BufConn<S>,
     idle: Duration,
+    header: Duration,
 ) -> Result<Option<Vec<u8>>, ProxyError> {
     let started = Instant::now();
     loop {
@@ -42,7 +43,7 @@ pub(super) async fn read_head<S: AsyncReadRent>(
         let limit = if conn.buffered().is_empty() {
             idle
         } else {
-            shared.limits().header_timeout
+            header
         };
         let left = limit.saturating_sub(started.elapsed());
         match monoio::time::timeout(left, conn.fill()).await {
@@ -94,7 +95,8 @@ where
         .min(limits.header_timeout)
         .min(limits.idle_timeout);
     loop {
-        let raw = match read_head(shared, &mut conn, wait).await {
+        let header_timeout = shared.limits().header_timeout;
+        let raw = match read_head(&mut conn, wait, header_timeout).await {
             Ok(Some(raw)) => raw,
             Ok(None) => return None,
             Err(e) => {
@@ -209,4 +211,70 @@ fn warn_operator(e: &ProxyError) {
 pub(super) async fn established<S: AsyncWriteRent>(client: &mut BufConn<S>) -> bool {
     const ESTABLISHED: &[u8] = b"HTTP/1.1 200 Connection established\r\n\r\n";
     client.write_all(ESTABLISHED).await.is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+
+    use super::*;
+
+    /// Reads one head from what `write` sends on the other end of a socket pair; the head (as
+    /// text) or the error's code, and what stayed buffered after it.
+    fn head_from(
+        write: impl FnOnce(UnixStream) + Send + 'static,
+    ) -> (Result<Option<String>, &'static str>, Vec<u8>) {
+        let (a, b) = UnixStream::pair().unwrap();
+        let writer = std::thread::spawn(move || write(b));
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        let got = rt.block_on(async {
+            let mut conn = BufConn::new(monoio::net::UnixStream::from_std(a).unwrap());
+            let wait = Duration::from_millis(300);
+            let got = read_head(&mut conn, wait, wait).await;
+            let got = got.map(|h| h.map(|h| String::from_utf8(h).unwrap()));
+            (got.map_err(|e| e.code()), conn.buffered().to_vec())
+        });
+        writer.join().unwrap();
+        got
+    }
+
+    /// A head is taken whole, what follows it (a body, a pipelined request) stays buffered; a
+    /// close, a silent connection and a head dribbled slower than the timeout (row 35) end
+    /// without one; a head over the cap is 431's error, whether or not it ever ends.
+    #[test]
+    fn heads_are_read_whole_within_their_time_and_size() {
+        let head = "GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        let (got, rest) = head_from(move |mut b| {
+            b.write_all(format!("{head}body").as_bytes()).unwrap();
+        });
+        assert_eq!((got, rest), (Ok(Some(head.to_owned())), b"body".to_vec()));
+        assert_eq!(head_from(drop).0, Ok(None));
+        let silent = head_from(|b| {
+            std::thread::sleep(Duration::from_millis(500));
+            drop(b);
+        });
+        assert_eq!(silent.0, Ok(None));
+        let dribbled = head_from(|mut b| {
+            for byte in b"GET / HTTP/1.1\r\nHost: slow\r\n" {
+                if b.write_all(&[*byte]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(30));
+            }
+        });
+        assert_eq!(
+            dribbled.0,
+            Ok(None),
+            "a slow head is dropped at the header timeout"
+        );
+        let endless = head_from(|mut b| {
+            let _ = b.write_all(b"GET / HTTP/1.1\r\nX: ");
+            let _ = b.write_all(&vec![b'a'; MAX_HEAD + 1]);
+        });
+        assert_eq!(endless.0, Err("headers_too_large"));
+    }
 }

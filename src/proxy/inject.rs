@@ -335,3 +335,109 @@ fn substitute<'a>(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credential::Credential;
+    use crate::secret::Secret;
+    use crate::spec::{HostPattern, Scheme};
+    use crate::vault::UnmatchedPolicy;
+
+    const KEY: &str = "Bearer sk-injected-0123";
+
+    fn service(name: &str, host: &str, enabled: bool) -> Service {
+        Service {
+            name: name.into(),
+            pattern: HostPattern::parse(host).unwrap(),
+            enabled,
+            credential: Credential::Headers {
+                headers: vec![("authorization".into(), Secret::new(KEY.as_bytes().to_vec()))],
+                oauth: None,
+            },
+            substitutions: vec![],
+            error: None,
+            rules: None,
+        }
+    }
+
+    /// A vault with a bearer service, a disabled one and one whose credential cannot be opened:
+    /// built in memory, no store.
+    fn vault() -> VaultPolicy {
+        let mut broken = service("broken", "broken.example.com", true);
+        broken.error = Some(ServiceFault::CredentialIntegrity);
+        let services = vec![
+            service("api", "api.example.com", true),
+            service("off", "off.example.com", false),
+            broken,
+        ];
+        let scrub = Masker::new(vec![]);
+        VaultPolicy::new(1, "default".into(), UnmatchedPolicy::Deny, services, scrub)
+    }
+
+    fn target(host: &str) -> Target {
+        Target {
+            scheme: Scheme::Https,
+            host: host.into(),
+            port: 443,
+        }
+    }
+
+    fn prepared(head: &str, host: &str) -> Result<String, &'static str> {
+        let vault = vault();
+        let req = Request::parse(head.as_bytes().to_vec()).map_err(|_| "unparsed")?;
+        let p = prepare(&req, &target(host), &vault, None, false, "http://api")
+            .map_err(|e| e.code())?;
+        Ok(String::from_utf8(p.head.to_vec()).unwrap())
+    }
+
+    /// The upstream head: the agent's own `Authorization`, the proxy's credentials, hop-by-hop
+    /// and `Connection`-named headers are gone; the service's value is added once.
+    #[test]
+    fn the_upstream_head_carries_the_credential_and_nothing_of_the_hop() {
+        let head = prepared(
+            "POST /v1/x?q=1 HTTP/1.1\r\nHost: api.example.com\r\nAuthorization: Bearer agent-own\r\n\
+             Proxy-Authorization: Basic c2VjcmV0\r\nConnection: keep-alive, x-hop\r\nX-Hop: 1\r\n\
+             Keep-Alive: timeout=5\r\nContent-Length: 2\r\nX-Kept: yes\r\n\r\n",
+            "api.example.com",
+        )
+        .unwrap();
+        let lower = head.to_ascii_lowercase();
+        assert!(head.starts_with("POST /v1/x?q=1 HTTP/1.1\r\n"), "{head}");
+        assert_eq!(head.matches(KEY).count(), 1, "{head}");
+        for gone in ["agent-own", "proxy-authorization", "x-hop", "keep-alive"] {
+            assert!(!lower.contains(gone), "{gone} in {head}");
+        }
+        assert!(lower.contains("x-kept: yes") && lower.contains("content-length: 2"));
+        assert!(head.ends_with("\r\n\r\n"));
+    }
+
+    /// Rows 1, 2, 4 and 7 at this step: a Host or absolute-form target naming another authority,
+    /// a missing or doubled Host, a path that climbs out; and a host with no usable service.
+    #[test]
+    fn requests_that_may_not_go_are_refused_with_their_codes() {
+        let refused = |head: &str, host: &str| prepared(head, host).unwrap_err();
+        let get = |host_lines: &str| format!("GET /v1 HTTP/1.1\r\n{host_lines}\r\n");
+        let api = "api.example.com";
+        assert_eq!(
+            refused(&get("Host: evil.example\r\n"), api),
+            "host_mismatch"
+        );
+        assert_eq!(refused(&get(""), api), "bad_host");
+        let twice = get("Host: api.example.com\r\nHost: api.example.com\r\n");
+        assert_eq!(refused(&twice, api), "bad_host");
+        let absolute = "GET https://evil.example/v1 HTTP/1.1\r\nHost: api.example.com\r\n\r\n";
+        assert_eq!(refused(absolute, api), "host_mismatch");
+        let climbs = "GET /v1/../../admin HTTP/1.1\r\nHost: api.example.com\r\n\r\n";
+        assert_eq!(refused(climbs, api), "bad_path");
+        let on = |host: &str| refused(&get(&format!("Host: {host}\r\n")), host);
+        assert_eq!(on("unknown.example.com"), "no_service");
+        assert_eq!(on("off.example.com"), "service_disabled");
+        assert_eq!(on("broken.example.com"), "credential_integrity");
+        let with_port = get("Host: api.example.com:443\r\n");
+        assert!(
+            prepared(&with_port, api).is_ok(),
+            "the default port may be named"
+        );
+    }
+}
