@@ -9,9 +9,10 @@
 //! - [`plain`]: plain-HTTP proxying; [`agent_api`]: origin-form requests;
 //! - [`peer`]: the agent's end of a connection: its address, and whether it hung up;
 //! - [`inject`]: the authority and path checks, the service match and the upstream head;
-//! - [`exchange`]: the gates, the service's rules, sending upstream (pool, retry, OAuth renewal);
+//! - [`pipeline`]: one admitted request, step by step (prepare, gates, verdict, credential, send,
+//!   relay, log), each step a file of `pipeline/`;
 //! - [`hold`]: a request a `hold` rule stopped, waiting for an operator;
-//! - [`sigv4`]: AWS Signature Version 4 for `aws-sigv4` services, applied by [`exchange`];
+//! - [`sigv4`]: AWS Signature Version 4 for `aws-sigv4` services, applied by [`pipeline`];
 //! - [`response`]: the response head and body, masked; upgraded relays;
 //! - [`log`]: the request-log entry of each request;
 //! - [`upstream`] (dialing and the pool), [`auth`], [`limits`], [`stats`], [`error`] and
@@ -30,12 +31,12 @@ pub mod body_substitution;
 mod client;
 pub mod connect;
 pub mod error;
-mod exchange;
 pub mod hold;
 pub mod inject;
 mod intercept;
 pub mod limits;
 mod log;
+mod pipeline;
 pub(crate) use log::FLUSH_INTERVAL as LOG_FLUSH_INTERVAL;
 pub mod outcome;
 mod peer;

@@ -7,12 +7,16 @@
 
 use std::path::{Path, PathBuf};
 
-/// Where `module` lives: a file of `src/proxy/`, of `src/`, or the certs-cache crate.
+/// Where `module` lives: a file of `src/proxy/` or of one of its directories (`gates` is
+/// `src/proxy/pipeline/gates.rs`), of `src/`, or the certs-cache crate.
 fn files_of(root: &Path, module: &str) -> Vec<PathBuf> {
-    let candidates = [
+    let mut candidates = vec![
         root.join(format!("src/proxy/{module}.rs")),
         root.join(format!("src/{module}.rs")),
     ];
+    for entry in std::fs::read_dir(root.join("src/proxy")).unwrap() {
+        candidates.push(entry.unwrap().path().join(format!("{module}.rs")));
+    }
     let mut found: Vec<PathBuf> = candidates.into_iter().filter(|p| p.exists()).collect();
     if module == "certs_cache" {
         found.extend(

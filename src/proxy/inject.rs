@@ -5,7 +5,7 @@
 //! `Authorization` and the injected header names dropped on credentialed services, placeholders
 //! substituted only on the surfaces declared for them (row 26), injected values added last; an
 //! `aws-sigv4` service's request loses the agent's signature here and is signed in
-//! [`super::exchange`] once its payload is known. The head it builds holds secrets: it is
+//! [`super::pipeline`] once its payload is known. The head it builds holds secrets: it is
 //! [`Zeroizing`] and zeroized once written.
 
 use std::borrow::Cow;

@@ -14,11 +14,11 @@ use super::Shared;
 use super::auth::{Checked, Identity};
 use super::client::{self, Between, Next, established, reply_and_close};
 use super::error::{ErrorKind, ProxyError};
-use super::exchange::{self, Route};
 use super::limits::AgentBucket;
 use super::log::Entry;
 use super::outcome::{ExchangeError, Outcome};
 use super::peer::Peer;
+use super::pipeline::{self, Route};
 use super::request::Request;
 use super::upstream::Target;
 use crate::http::io::BufConn;
@@ -146,9 +146,8 @@ impl Tunnel<'_> {
             absolute_ok: false,
             peer: self.peer,
         };
-        let result = exchange::exchange(shared, conn, &req, route, &mut entry.row).await;
+        let result = pipeline::process(shared, conn, &req, route, entry).await;
         drop(permit);
-        entry.finish(&shared.log, &result);
         result
     }
 }

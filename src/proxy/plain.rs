@@ -8,10 +8,10 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
 use super::authority::parse_authority;
 use super::error::{ErrorKind, ProxyError, no_service};
-use super::exchange::{self, Route};
 use super::log::{Entry, refuse_unmatched};
 use super::outcome::{ExchangeError, Outcome};
 use super::peer::Peer;
+use super::pipeline::{self, Route};
 use super::request::Request;
 use super::upstream::Target;
 use super::{Shared, auth};
@@ -53,7 +53,6 @@ pub(super) async fn serve<S: AsyncReadRent + AsyncWriteRent>(
             return result;
         }
     };
-    let row = &mut entry.row;
     let route = Route {
         target: &target,
         vault,
@@ -61,9 +60,7 @@ pub(super) async fn serve<S: AsyncReadRent + AsyncWriteRent>(
         absolute_ok: true,
         peer,
     };
-    let result = exchange::exchange(shared, client, req, route, row).await;
-    entry.finish(&shared.log, &result);
-    result
+    pipeline::process(shared, client, req, route, entry).await
 }
 
 /// The authority of an absolute-form `http://` target (port 80 when it names none).
