@@ -31,7 +31,7 @@
 
 mod client;
 // The tests' PostgreSQL cluster (only its start and URL are used here).
-#[path = "../../tests/it/pg.rs"]
+#[path = "../../tests/it/support/pg.rs"]
 #[allow(dead_code)]
 mod pg;
 mod upstream;

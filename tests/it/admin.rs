@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{Run, output};
 use crate::proxy::Setup;
+use crate::support::{Run, output};
 
 pub(crate) const PASSWORD: &str = "correct-horse-battery";
 
@@ -39,22 +39,23 @@ fn propose(s: &Setup, user_message: &str) -> Value {
         "credentials": [{"key": "OTHER_KEY", "description": "Other API key", "obtain": "https://other.example.net/keys"}],
         "user_message": user_message,
     });
-    let mut c = std::process::Command::new("curl");
-    c.args([
-        "-sS",
-        "--noproxy",
-        "*",
-        "-H",
-        &format!("Authorization: Bearer {}", s.token),
-        "-H",
-        "content-type: application/json",
-    ]);
-    c.args([
-        "--data-binary",
-        &body.to_string(),
-        &format!("http://{}/v1/proposals", s.proxy.addr),
-    ]);
-    serde_json::from_str(&output(c, None).ok().stdout).unwrap()
+    crate::proposals::api(s, "POST", "/v1/proposals", &s.token, Some(&body)).1
+}
+
+/// Waits (up to 5 s) until the admin page at `path` shows `needle`: the admin process reads the
+/// request log on its own clock (every 500 ms).
+#[track_caller]
+fn wait_page(b: &Browser, path: &str, needle: &str) {
+    let start = Instant::now();
+    loop {
+        let (code, page) = b.req("GET", path, &[], &[]);
+        assert_eq!(code, 200, "{page}");
+        if page.contains(needle) {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "{page}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 pub(crate) fn artifacts() -> PathBuf {
@@ -460,7 +461,7 @@ fn management_pages_act_through_the_store() {
         &[&o],
     );
     assert!(html.contains("Service ui-svc disabled"), "{html}");
-    std::thread::sleep(Duration::from_millis(300));
+    s.settle();
     let r = s.curl(&["-i", "https://other.example.net/ui"]);
     assert!(r.stdout.contains("service_disabled"), "{r:?}");
     let (_, html) = b.req(
@@ -506,9 +507,9 @@ fn management_pages_act_through_the_store() {
             && audit.stdout.contains("agent.rotate"),
         "{audit:?}"
     );
-    for (path, bytes) in crate::harness::files(&s.env.data_dir) {
+    for (path, bytes) in crate::support::files(&s.env.data_dir) {
         assert!(
-            !crate::harness::contains(&bytes, secret.as_bytes()),
+            !crate::support::contains(&bytes, secret.as_bytes()),
             "secret in {}",
             path.display()
         );
@@ -581,18 +582,7 @@ fn webhook_notifies_new_proposals_without_secrets() {
         "credentials": [{"key": "OTHER_KEY", "value": value}],
         "user_message": "Need the Other API",
     });
-    let mut c = std::process::Command::new("curl");
-    c.args([
-        "-sS",
-        "--noproxy",
-        "*",
-        "-H",
-        &format!("Authorization: Bearer {}", s.token),
-        "--data-binary",
-        &body.to_string(),
-    ]);
-    c.arg(format!("http://{}/v1/proposals", s.proxy.addr));
-    let p: Value = serde_json::from_str(&output(c, None).ok().stdout).unwrap();
+    let (_, p) = crate::proposals::api(&s, "POST", "/v1/proposals", &s.token, Some(&body));
     let start = Instant::now();
     while got.lock().unwrap().is_empty() {
         assert!(
@@ -717,7 +707,7 @@ fn json_api_on_the_socket_only() {
         "{text}"
     );
     assert_eq!(
-        crate::harness::http_codes(&[
+        crate::support::http_codes(&[
             &format!("{}/api/proposals", admin_url(&s)),
             &format!("{}/metrics", admin_url(&s)),
         ]),
@@ -757,7 +747,7 @@ fn hosts_tried_on_the_cli_and_in_the_ui() {
         "api.newvendor.example",
         "other.example.net",
     ] {
-        let (_, head) = crate::proxy_harness::connect(
+        let (_, head) = crate::support::connect(
             s.proxy.addr,
             &format!("{host}:443"),
             Some(&format!("{}:default", s.token)),
@@ -765,7 +755,7 @@ fn hosts_tried_on_the_cli_and_in_the_ui() {
         assert!(head.starts_with("HTTP/1.1 403"), "{head}");
         std::thread::sleep(Duration::from_millis(20)); // distinct times, for the order below
     }
-    std::thread::sleep(Duration::from_millis(700));
+    s.env.log_rows("default", 3);
     let json = s
         .env
         .run(&["logs", "--vault", "default", "--hosts", "--json"])
@@ -797,9 +787,7 @@ fn hosts_tried_on_the_cli_and_in_the_ui() {
     // The UI lists them, each with a draft service; saving the draft serves the host.
     let b = Browser::new(&s);
     assert_eq!(b.login(PASSWORD), 303);
-    let (code, page) = b.req("GET", "/hosts", &[], &[]);
-    assert_eq!(code, 200);
-    assert!(page.contains("host: other.example.net"), "{page}");
+    wait_page(&b, "/hosts", "host: other.example.net");
     let csrf = b.csrf("/hosts");
     let yaml = "services:\n  - name: other\n    host: other.example.net\n    auth: {type: bearer, token: OPENAI_KEY}\n";
     let (code, _) = b.req(
@@ -809,8 +797,8 @@ fn hosts_tried_on_the_cli_and_in_the_ui() {
         &[&b.origin()],
     );
     assert_eq!(code, 200);
-    std::thread::sleep(Duration::from_millis(300));
-    let (_, head) = crate::proxy_harness::connect(
+    s.settle();
+    let (_, head) = crate::support::connect(
         s.proxy.addr,
         "other.example.net:443",
         Some(&format!("{}:default", s.token)),
@@ -919,7 +907,10 @@ fn request_log_filters_pages_exports_and_follows_live() {
     for _ in 0..3 {
         s.curl(&["https://other.example.net/x"]);
     }
-    std::thread::sleep(Duration::from_millis(600)); // one request-log batch
+    s.env.log_rows("default", 113);
+    let b = Browser::new(&s);
+    assert_eq!(b.login(PASSWORD), 303);
+    wait_page(&b, "/requests", "other.example.net");
     let dir = artifacts();
     let mut c = std::process::Command::new("node");
     c.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser"));

@@ -2,8 +2,8 @@
 //! body (as Tavily's search does) or in a form field, with curl and Python's requests (the way
 //! SDKs send such bodies), against an origin that quotes the body back.
 
-use crate::harness::output;
 use crate::proxy::{SERVICES, Setup};
+use crate::support::output;
 
 /// The search service's key: quotes and a backslash, so the JSON escaping and the form's
 /// percent-encoding both show.

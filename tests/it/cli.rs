@@ -2,7 +2,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use crate::harness::{Env, canary, command, contains, files, output, snapshot};
+use crate::support::{Env, canary, command, contains, files, output, snapshot};
 
 fn mode(path: &std::path::Path) -> u32 {
     std::fs::metadata(path)

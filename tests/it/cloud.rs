@@ -10,9 +10,8 @@ use std::time::{Duration, Instant};
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 
-use crate::harness::{Env, Run, canary, output};
 use crate::proxy::Setup;
-use crate::proxy_harness::Proxy;
+use crate::support::{Curl, Env, Proxy, Run, canary, output};
 
 /// A test CA and a leaf for `hosts`, as PEM files in `dir`: (ca, cert, key).
 fn test_pki(dir: &Path, hosts: &[&str]) -> (PathBuf, PathBuf, PathBuf) {
@@ -564,13 +563,8 @@ services:
     let proxy_url = proxy.url(&token, "default");
     let agent_ca = env.data_dir.join("ca.pem");
     let curl = |url: &str| {
-        let mut c = Command::new("curl");
-        c.args(["-sS", "--max-time", "20", "-w", " %{http_code}", "-H"])
-            .arg("Authorization: Bearer placeholder")
-            .args(["--proxy", &proxy_url, "--cacert"])
-            .arg(&agent_ca)
-            .arg(url);
-        let r = output(c, None);
+        let c = Curl::via(&proxy_url, &agent_ca).max_time(20).status();
+        let r = c.bearer("placeholder").arg(url).run();
         for secret in [&good_pem, &bad_pem] {
             let body = secret.lines().nth(1).unwrap();
             assert!(!r.stdout.contains(body), "a private key reached the agent");

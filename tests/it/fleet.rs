@@ -9,11 +9,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{Env, Run, canary, output};
-use crate::origin::Origin;
-use crate::pg::Postgres;
 use crate::proxy::{HOSTS, SERVICES};
-use crate::proxy_harness::Proxy;
+use crate::support::origin::Origin;
+use crate::support::pg::Postgres;
+use crate::support::{Curl, Env, Proxy, Run, api, canary};
 
 /// One node: its data dir, config file and running serve.
 pub(crate) struct Node {
@@ -50,7 +49,7 @@ impl Node {
         self.proxy.as_ref().expect("serve running")
     }
 
-    /// `GET path` on this node's agent API, with `token` if given: (status, JSON body).
+    /// `METHOD path` on this node's agent API, with `token` if given: (status, JSON body).
     pub(crate) fn api(
         &self,
         method: &str,
@@ -58,34 +57,7 @@ impl Node {
         token: Option<&str>,
         body: Option<&Value>,
     ) -> (u16, Value) {
-        let mut c = std::process::Command::new("curl");
-        c.args([
-            "-sS",
-            "--noproxy",
-            "*",
-            "-X",
-            method,
-            "-w",
-            "\n%{http_code}",
-        ]);
-        if let Some(t) = token {
-            c.args(["-H", &format!("Authorization: Bearer {t}")]);
-        }
-        if let Some(b) = body {
-            c.args([
-                "-H",
-                "content-type: application/json",
-                "--data-binary",
-                &b.to_string(),
-            ]);
-        }
-        c.arg(format!("http://{}{path}", self.proxy().addr));
-        let out = output(c, None).ok().stdout;
-        let (body, code) = out.rsplit_once('\n').unwrap();
-        (
-            code.parse().unwrap(),
-            serde_json::from_str(body).unwrap_or(Value::Null),
-        )
+        api::call(self.proxy().addr, method, path, token, body)
     }
 
     /// curl through this node's proxy to `url` with a placeholder bearer: stdout ends with the
@@ -241,22 +213,12 @@ impl FleetSetup {
 /// curl through `proxy` (trusting `ca`) to `url` with a placeholder bearer: stdout ends with
 /// the status code.
 fn curl_via(proxy: &str, ca: &std::path::Path, url: &str) -> Run {
-    let mut c = std::process::Command::new("curl");
-    c.args([
-        "-sS",
-        "--max-time",
-        "10",
-        "-w",
-        " %{http_code}",
-        "-H",
-        "Authorization: Bearer placeholder",
-        "--proxy",
-        proxy,
-        "--cacert",
-    ])
-    .arg(ca)
-    .arg(url);
-    output(c, None)
+    Curl::via(proxy, ca)
+        .max_time(10)
+        .status()
+        .bearer("placeholder")
+        .arg(url)
+        .run()
 }
 
 pub(crate) const NO_EXTRA: [&str; 3] = ["", "", ""];
@@ -502,16 +464,8 @@ fn fleet_partition_keeps_serving_and_catches_up() {
         health["fleet"]["store_contact_age_secs"].as_f64().unwrap() > 2.0,
         "{health}"
     );
-    let metrics = {
-        let mut m = std::process::Command::new("curl");
-        m.args([
-            "-sS",
-            "--noproxy",
-            "*",
-            &format!("http://{}/metrics", b.proxy().metrics.as_ref().unwrap()),
-        ]);
-        output(m, None).ok().stdout
-    };
+    let metrics_at = format!("http://{}/metrics", b.proxy().metrics.as_ref().unwrap());
+    let metrics = Curl::direct().arg(metrics_at).run().ok().stdout;
     let age: f64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("airlock_fleet_store_contact_age_seconds "))

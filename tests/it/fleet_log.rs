@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::fleet::{FleetSetup, NO_EXTRA, Node, config};
-use crate::harness::{Env, Run, output};
-use crate::pg::Postgres;
+use crate::support::pg::Postgres;
+use crate::support::{Curl, Env, Run, output};
 
 /// Waits until `node`'s `/healthz` satisfies `pred`; returns the body.
 fn wait_health(node: &Node, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
@@ -122,16 +122,8 @@ fn fleet_rows_written_without_the_root_key_are_refused_by_every_node() {
             "fleet_log_rejected",
         );
         let metrics = a.proxy().metrics.clone().unwrap();
-        let m = output(
-            {
-                let mut c = std::process::Command::new("curl");
-                c.args(["-sS", &format!("http://{metrics}/metrics")]);
-                c
-            },
-            None,
-        )
-        .ok()
-        .stdout;
+        let metrics_at = format!("http://{metrics}/metrics");
+        let m = Curl::direct().arg(metrics_at).run().ok().stdout;
         assert!(m.contains("airlock_fleet_log_rejected 1"), "{what}: {m}");
         // Each node's heartbeat (every second) carries what it refuses to `fleet status`.
         let end = Instant::now() + Duration::from_secs(5);
@@ -154,10 +146,10 @@ fn fleet_rows_written_without_the_root_key_are_refused_by_every_node() {
         }
     }
     let m = a.proxy().metrics.clone().unwrap();
-    let mut c = std::process::Command::new("curl");
-    c.args(["-sS", &format!("http://{m}/metrics")]);
     assert!(
-        output(c, None)
+        Curl::direct()
+            .arg(format!("http://{m}/metrics"))
+            .run()
             .ok()
             .stdout
             .contains("airlock_fleet_log_rejected 0")

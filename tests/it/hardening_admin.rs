@@ -9,9 +9,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::admin::{Browser, PASSWORD, admin_pid, api_socket, with_admin};
-use crate::harness::output;
 use crate::proposals::api;
 use crate::proxy::Setup;
+use crate::support::output;
 
 /// One request over a fresh TCP connection to the admin listener; (status, whole response).
 fn http(addr: &str, req: &str) -> (u16, String) {

@@ -1,5 +1,7 @@
 //! airlock's integration tests: one binary (ripgrep-style), real processes, real LMDB in temp
-//! dirs. Test names cite security.md rows where they cover one.
+//! dirs. Test names cite the rows of `tests/SECURITY-TESTS.md` they
+//! cover. What the tests share (the temp data dir, `airlock serve`, the origin, PostgreSQL, curl
+//! and the agent API) is in [`support`].
 
 // Test helpers outside #[test] functions unwrap too: a panic is how a test fails.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -12,18 +14,15 @@ mod fleet;
 mod fleet_log;
 mod hardening;
 mod hardening_admin;
-mod harness;
 mod oauth;
 mod ops;
-mod origin;
-mod pg;
 mod proposals;
 mod proxy;
-mod proxy_harness;
 mod proxy_tls;
 mod rows;
 mod rules;
 mod run;
 mod sandbox;
 mod storage;
+mod support;
 mod vault_keys;

@@ -6,9 +6,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::{Env, Run, canary, output};
-use crate::origin::Origin;
-use crate::proxy_harness::Proxy;
+use crate::support::origin::Origin;
+use crate::support::{Curl, Env, Proxy, Run, canary};
 
 const HOSTS: &[&str] = &["api.example.com", "auth.example.com"];
 
@@ -33,7 +32,7 @@ impl OAuthSetup {
     /// starts.
     fn new(
         token_file: &str,
-        configure: impl FnOnce(&mut crate::origin::OAuthStandIn),
+        configure: impl FnOnce(&mut crate::support::origin::OAuthStandIn),
         extra: &[&str],
     ) -> Self {
         let env = Env::init();
@@ -74,22 +73,15 @@ impl OAuthSetup {
         }
     }
 
-    /// curl through the proxy with a placeholder bearer; stdout is `STATUS BODY`.
+    /// curl through the proxy with a placeholder bearer; stdout is `BODY STATUS`.
     fn curl(&self, args: &[&str]) -> Run {
-        let mut c = std::process::Command::new("curl");
-        c.args([
-            "-sS",
-            "--max-time",
-            "40",
-            "-H",
-            "Authorization: Bearer placeholder",
-        ])
-        .args(["-w", " %{http_code}", "--proxy"])
-        .arg(self.proxy.url(&self.token, "default"))
-        .arg("--cacert")
-        .arg(self.env.data_dir.join("ca.pem"))
-        .args(args);
-        let r = output(c, None);
+        let ca = self.env.data_dir.join("ca.pem");
+        let r = Curl::via(&self.proxy.url(&self.token, "default"), &ca)
+            .max_time(40)
+            .bearer("placeholder")
+            .status()
+            .args(args)
+            .run();
         assert!(
             !r.stdout.contains(&self.prefix) && !r.stderr.contains(&self.prefix),
             "a token reached the agent: {r:?}"
@@ -137,14 +129,15 @@ fn oauth_renews_once_for_many_waiters_and_ahead_of_expiry() {
     );
     let started: Vec<_> = (0..16)
         .map(|_| {
-            let mut c = std::process::Command::new("curl");
-            c.args(["-sS", "--max-time", "40", "-w", " %{http_code}", "--proxy"])
-                .arg(s.proxy.url(&s.token, "default"))
-                .arg("--cacert")
-                .arg(s.env.data_dir.join("ca.pem"))
+            let ca = s.env.data_dir.join("ca.pem");
+            Curl::via(&s.proxy.url(&s.token, "default"), &ca)
+                .max_time(40)
+                .status()
                 .arg("https://api.example.com/api/items")
-                .stdout(std::process::Stdio::piped());
-            c.spawn().unwrap()
+                .command()
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
         })
         .collect();
     for child in started {

@@ -100,7 +100,7 @@ fn sighup_reloads_config_in_place() {
 #[test]
 fn journald_lines_carry_priority_prefixes() {
     use std::io::BufRead;
-    let env = crate::harness::Env::init();
+    let env = crate::support::Env::init();
     let config = env.write("airlock.toml", "log_level = \"info\"\n");
     let mut c = env.command(&[
         "--config",

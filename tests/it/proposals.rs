@@ -5,10 +5,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{contains, files, output};
 use crate::proxy::Setup;
+use crate::support::{Curl, contains, files};
 
-/// Calls the agent API on the proxy port; returns (status, JSON body or Null).
+/// Calls the agent API on the proxy port as the holder of `token`: (status, JSON body or Null).
 pub(crate) fn api(
     s: &Setup,
     method: &str,
@@ -16,36 +16,7 @@ pub(crate) fn api(
     token: &str,
     body: Option<&Value>,
 ) -> (u16, Value) {
-    let mut c = std::process::Command::new("curl");
-    c.args([
-        "-sS",
-        "--noproxy",
-        "*",
-        "--max-time",
-        "10",
-        "-o",
-        "-",
-        "-w",
-        "\n%{http_code}",
-        "-X",
-        method,
-    ]);
-    c.args(["-H", &format!("Authorization: Bearer {token}")]);
-    if let Some(b) = body {
-        c.args([
-            "-H",
-            "content-type: application/json",
-            "--data-binary",
-            &b.to_string(),
-        ]);
-    }
-    c.arg(format!("http://{}{path}", s.proxy.addr));
-    let r = output(c, None).ok();
-    let (body, code) = r.stdout.rsplit_once('\n').unwrap();
-    (
-        code.parse().unwrap(),
-        serde_json::from_str(body).unwrap_or(Value::Null),
-    )
+    crate::support::api::call(s.proxy.addr, method, path, Some(token), body)
 }
 
 fn other_service_proposal() -> Value {
@@ -415,7 +386,7 @@ fn scoped_tokens_through_the_agent_api() {
     assert_eq!(code, 201, "{v}");
     let scoped = v["token"].as_str().unwrap().to_owned();
     assert!(scoped.starts_with("alk_tok_"));
-    let (_, head) = crate::proxy_harness::connect(
+    let (_, head) = crate::support::connect(
         s.proxy.addr,
         "api.openai.com:443",
         Some(&format!("{scoped}:")),
@@ -425,7 +396,7 @@ fn scoped_tokens_through_the_agent_api() {
     assert_eq!(code, 403, "a scoped token minted another: {v}");
     let (code, _) = api(&s, "DELETE", "/v1/tokens/self", &scoped, None);
     assert_eq!(code, 204);
-    let (_, head) = crate::proxy_harness::connect(
+    let (_, head) = crate::support::connect(
         s.proxy.addr,
         "api.openai.com:443",
         Some(&format!("{scoped}:")),
@@ -532,19 +503,12 @@ fn agents_propose_egress_allowlist_hosts() {
     let s = Setup::new("auto");
     let url = "https://other.example.net/registry";
     let curl = |extra: &[&str]| {
-        let mut c = std::process::Command::new("curl");
-        c.args([
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code} %{http_connect}",
-        ])
-        .arg("--proxy")
-        .arg(s.proxy.url(&s.token, "default"))
-        .args(extra)
-        .arg(url);
-        output(c, None)
+        Curl::new()
+            .args(["-o", "/dev/null", "-w", "%{http_code} %{http_connect}"])
+            .args(["--proxy", &s.proxy.url(&s.token, "default")])
+            .args(extra)
+            .arg(url)
+            .run()
     };
     assert_eq!(curl(&["-k"]).stdout, "000 403", "not allowed yet");
     for bad in ["localhost", "*.run.app", "https://pypi.org/simple"] {

@@ -5,9 +5,8 @@
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Env, Run, canary, output};
-use crate::origin::Origin;
-use crate::proxy_harness::{Proxy, RawClient, connect};
+use crate::support::origin::Origin;
+use crate::support::{Curl, Env, Proxy, RawClient, Run, canary, connect, output};
 
 pub(crate) const SERVICES: &str = r#"
 services:
@@ -140,33 +139,17 @@ impl Setup {
     /// reaches the store's), instead of sleeping for a reload.
     #[track_caller]
     pub(crate) fn settle(&self) {
-        let wanted = self.env.generation();
-        let start = Instant::now();
-        loop {
-            let mut c = std::net::TcpStream::connect(self.proxy.addr).unwrap();
-            c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                .unwrap();
-            let mut reply = String::new();
-            c.read_to_string(&mut reply).unwrap();
-            let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-            let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
-            if v["generation"].as_u64().is_some_and(|g| g >= wanted) {
-                return;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "the proxy did not reach generation {wanted}: {reply}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::support::api::wait_generation(self.proxy.addr, self.env.generation());
     }
 
     /// The data plane's `/metrics` text (serve must run with `--metrics-listen`).
     pub(crate) fn metrics(&self) -> String {
         let addr = self.proxy.metrics.as_ref().expect("--metrics-listen");
-        let mut c = std::process::Command::new("curl");
-        c.args(["-sS", "--noproxy", "*", &format!("http://{addr}/metrics")]);
-        output(c, None).ok().stdout
+        Curl::direct()
+            .arg(format!("http://{addr}/metrics"))
+            .run()
+            .ok()
+            .stdout
     }
 
     pub(crate) fn secret(&self, key: &str) -> &str {
@@ -178,18 +161,14 @@ impl Setup {
     }
 
     pub(crate) fn curl(&self, args: &[&str]) -> Run {
-        let mut c = std::process::Command::new("curl");
-        c.args([
-            "-sS",
-            "--max-time",
-            "30",
-            "--proxy",
-            &self.proxy.url(&self.token, "default"),
-            "--cacert",
-        ])
-        .arg(self.ca())
-        .args(args);
-        let run = output(c, None);
+        self.curl_as(&self.token, Curl::new(), args)
+    }
+
+    /// curl through the proxy as the holder of `token`, starting from `curl` (its flags), every
+    /// secret of the vault checked absent from what it printed.
+    pub(crate) fn curl_as(&self, token: &str, curl: Curl, args: &[&str]) -> Run {
+        let url = self.proxy.url(token, "default");
+        let run = curl.through(&url, &self.ca()).args(args).run();
         self.assert_no_secret(&run.stdout);
         self.assert_no_secret(&run.stderr);
         run
@@ -214,7 +193,7 @@ impl Setup {
         }
     }
 
-    pub(crate) fn last(&self) -> crate::origin::Recorded {
+    pub(crate) fn last(&self) -> crate::support::origin::Recorded {
         self.origin
             .recorded()
             .last()
@@ -413,13 +392,8 @@ fn request_log_records_requests_without_secrets() {
     ])
     .ok();
     s.curl(&["https://api.unknown-vendor.com/"]);
-    std::thread::sleep(Duration::from_millis(600));
+    let rows = s.env.log_rows("default", 2);
     let r = s.env.run(&["logs", "--vault", "default", "--json"]).ok();
-    let rows: Vec<serde_json::Value> = r
-        .stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
     let ok = rows
         .iter()
         .find(|r| r["host"] == "api.acme.dev")
@@ -436,10 +410,10 @@ fn request_log_records_requests_without_secrets() {
     assert_eq!(denied["status"], 403);
     assert!(!r.stdout.contains("private-query"));
     s.assert_no_secret(&r.stdout);
-    for (path, bytes) in crate::harness::files(&s.env.data_dir) {
+    for (path, bytes) in crate::support::files(&s.env.data_dir) {
         for (k, v) in &s.secrets {
             assert!(
-                !crate::harness::contains(&bytes, v.as_bytes()),
+                !crate::support::contains(&bytes, v.as_bytes()),
                 "{k} found in {}",
                 path.display()
             );
@@ -593,7 +567,10 @@ fn websocket_upgrade_with_injected_handshake() {
         head.to_ascii_lowercase().contains("upgrade: websocket"),
         "{head}"
     );
-    assert!(head.contains(&crate::origin::ws_accept(key)), "{head}");
+    assert!(
+        head.contains(&crate::support::origin::ws_accept(key)),
+        "{head}"
+    );
     let rec = s.last();
     assert_eq!(
         rec.header("authorization"),
@@ -742,16 +719,11 @@ fn plain_http_service_injects_when_named() {
         &env,
         &["--network-allow", "127.0.0.1/32", "--resolve", &resolve],
     );
-    let mut c = std::process::Command::new("curl");
-    c.args([
-        "-sS",
-        "--max-time",
-        "20",
-        "--proxy",
-        &proxy.url(&token, ""),
-        "http://metrics.example.internal:8080/m?x=1",
-    ]);
-    let r = output(c, None).ok();
+    let r = Curl::new()
+        .args(["--proxy", &proxy.url(&token, "")])
+        .arg("http://metrics.example.internal:8080/m?x=1")
+        .run()
+        .ok();
     assert!(r.stdout.contains("GET /m?x=1 HTTP/1.1"), "{r:?}");
     assert!(!r.stdout.contains(&secret));
     let rec = origin.recorded().pop().unwrap();
@@ -841,22 +813,11 @@ fn tunnel_policy_splices_without_injection() {
     let s = Setup::new("auto");
     s.env.run(&["vault", "policy", "default", "tunnel"]).ok();
     s.settle();
-    let mut c = std::process::Command::new("curl");
-    c.args([
-        "-sS",
-        "--max-time",
-        "20",
-        "--proxy",
-        &s.proxy.url(&s.token, "default"),
-        "--cacert",
-    ])
-    .arg(&s.origin.ca_file)
-    .args([
-        "-H",
-        "Authorization: Bearer mine",
-        "https://other.example.net/x",
-    ]);
-    let r = output(c, None).ok();
+    let r = Curl::via(&s.proxy.url(&s.token, "default"), &s.origin.ca_file)
+        .bearer("mine")
+        .arg("https://other.example.net/x")
+        .run()
+        .ok();
     assert!(r.stdout.contains("GET /x HTTP/1.1"), "{r:?}");
     assert_eq!(s.last().header("authorization"), ["Bearer mine"]);
 }
@@ -950,7 +911,8 @@ fn metrics_count_requests() {
     s.curl(&["https://api.openai.com/v1/metrics-probe?q=hidden-query"])
         .ok();
     s.curl(&["https://api.unknown-vendor.com/"]);
-    std::thread::sleep(Duration::from_millis(600));
+    // The metrics count a row as the request log's writer takes it, before it is written.
+    s.env.log_rows("default", 2);
     let held = s.raw("api.openai.com");
     let text = s.metrics();
     drop(held);

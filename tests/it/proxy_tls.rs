@@ -7,8 +7,8 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 
-use crate::harness::output;
 use crate::proxy::Setup;
+use crate::support::{Curl, output};
 
 /// A TCP relay in front of `to` that keeps a copy of every byte the client sent.
 struct Tap {
@@ -153,16 +153,12 @@ with httpx.Client(proxy=proxy_tls, verify=ca, timeout=20) as c:
 #[test]
 fn client_networks_limit_who_may_connect() {
     let s = Setup::with("auto", &["--client-network", "10.0.0.0/8"], true, true);
-    let mut c = std::process::Command::new("curl");
-    c.args(["-sS", "--max-time", "5", "--noproxy", "*"])
-        .arg(format!("http://{}/healthz", s.proxy.addr));
-    let r = output(c, None);
+    let health = format!("http://{}/healthz", s.proxy.addr);
+    let r = Curl::direct().max_time(5).arg(health).run();
     assert_ne!(r.code, 0, "127.0.0.1 is not in 10.0.0.0/8: {r:?}");
     let s = Setup::with("auto", &["--client-network", "127.0.0.0/8"], true, true);
-    let mut c = std::process::Command::new("curl");
-    c.args(["-sS", "--max-time", "5", "--noproxy", "*"])
-        .arg(format!("http://{}/healthz", s.proxy.addr));
-    let r = output(c, None).ok();
+    let health = format!("http://{}/healthz", s.proxy.addr);
+    let r = Curl::direct().max_time(5).arg(health).run().ok();
     assert!(r.stdout.contains("\"ok\""), "{r:?}");
 }
 

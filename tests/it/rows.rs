@@ -5,10 +5,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use crate::harness::{Env, output};
-use crate::origin::Origin;
 use crate::proxy::{SERVICES, Setup};
-use crate::proxy_harness::{Proxy, RawClient, connect};
+use crate::support::origin::Origin;
+use crate::support::{Env, Proxy, RawClient, connect, output};
 
 fn auth(s: &Setup) -> String {
     format!("{}:default", s.token)
@@ -196,7 +195,7 @@ fn row29_row30_row33_blocked_destinations() {
         .env
         .run(&["vault", "policy", "default", "tunnel"])
         .ok();
-    std::thread::sleep(Duration::from_millis(300));
+    strict.settle();
     for target in [
         "127.0.0.1:443",
         "[::1]:443",
@@ -560,7 +559,7 @@ fn row51_auth_failures_limited_but_valid_tokens_pass() {
 fn row51_agent_api_auth_failures_limited() {
     let s = Setup::new("auto");
     let status = |token: &str| {
-        crate::harness::http_codes(&[
+        crate::support::http_codes(&[
             "-H",
             &format!("Authorization: Bearer {token}"),
             &format!("http://{}/v1/discover", s.proxy.addr),
@@ -662,7 +661,7 @@ fn row41_old_tls_versions_refused() {
 #[test]
 fn row63_serve_is_not_dumpable() {
     use std::os::unix::fs::MetadataExt;
-    let serve = crate::harness::ServeAsNobody::start(&["--no-admin"], &[]);
+    let serve = crate::support::ServeAsNobody::start(&["--no-admin"], &[]);
     // setpriv execs airlock, so the child's pid is serve's.
     let pid = serve.child.id();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -728,7 +727,7 @@ fn row62_upstream_errors_leak_no_query_or_secret() {
     c.arg("https://api.closed.test/v1/items?key=__q_key__&note=private-note-text");
     let r = output(c, None);
     assert!(r.stdout.contains("upstream_unreachable"), "{r:?}");
-    std::thread::sleep(Duration::from_millis(500));
+    env.log_row("default", |r| r["error"] == "upstream_unreachable");
     let logs = env.run(&["logs", "--json"]).ok();
     assert!(
         logs.stdout.contains("upstream_unreachable") && logs.stdout.contains("\"/v1/items\""),

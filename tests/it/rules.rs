@@ -9,9 +9,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::admin::{PASSWORD, admin_url, artifacts, webhook_sink};
-use crate::harness::{Run, output};
 use crate::proxy::Setup;
-use crate::proxy_harness::Proxy;
+use crate::support::{Curl, Proxy, Run, api, output};
 
 const RULED: &str = r#"
 services:
@@ -28,34 +27,17 @@ services:
 
 /// curl through the proxy as the holder of `token`: the status, then the headers and body.
 fn curl_as(s: &Setup, token: &str, args: &[&str]) -> Run {
-    let mut c = std::process::Command::new("curl");
-    c.args([
-        "-sS",
-        "-i",
-        "--suppress-connect-headers",
-        "--max-time",
-        "60",
-        "--proxy",
-    ])
-    .arg(s.proxy.url(token, "default"))
-    .arg("--cacert")
-    .arg(s.ca())
-    .args(args);
-    let run = output(c, None);
-    s.assert_no_secret(&run.stdout);
-    run
+    let curl = Curl::new()
+        .max_time(60)
+        .args(["-i", "--suppress-connect-headers"]);
+    s.curl_as(token, curl, args)
 }
 
 /// The agent API as the bot agent: a GET, or a POST of `body`; the JSON answer.
 fn agent_api(s: &Setup, path: &str, body: Option<Value>) -> Value {
-    let mut c = std::process::Command::new("curl");
-    c.args(["-sS", "--noproxy", "*", "-H"])
-        .arg(format!("Authorization: Bearer {}", s.token));
-    if let Some(b) = body {
-        c.args(["--data-binary", &b.to_string()]);
-    }
-    c.arg(format!("http://{}{path}", s.proxy.addr));
-    serde_json::from_str(&output(c, None).ok().stdout).unwrap()
+    let method = if body.is_some() { "POST" } else { "GET" };
+    let (_, answer) = api::call(s.proxy.addr, method, path, Some(&s.token), body.as_ref());
+    answer
 }
 
 fn status(run: &Run) -> u16 {
@@ -357,8 +339,9 @@ fn rules_allow_deny_limit_and_per_agent_override() {
     assert_eq!(openai["rules_default"], "allow");
     assert_eq!(openai["rules"][0]["hint"], "archive it instead");
 
-    // The request log names the rule of every decided request.
-    std::thread::sleep(Duration::from_millis(600));
+    // The request log names the rule of every decided request (rows reach it in the order the
+    // requests ended: the last one's row means every earlier one is there).
+    s.env.log_row("default", |r| r["path"] == "/v1/models");
     let rows: Vec<Value> = s
         .env
         .run(&["logs", "--vault", "default", "--json"])
@@ -380,7 +363,7 @@ fn rules_allow_deny_limit_and_per_agent_override() {
 
 #[test]
 fn malformed_rules_are_refused_with_their_line() {
-    let s = crate::harness::Env::init();
+    let s = crate::support::Env::init();
     for (rule, want) in [
         ("{name: slow, action: limit}", "per_minute"),
         (
@@ -871,10 +854,10 @@ struct FrameworkOrigin {
 }
 
 impl FrameworkOrigin {
-    fn start(env: &crate::harness::Env) -> (Self, std::path::PathBuf) {
+    fn start(env: &crate::support::Env) -> (Self, std::path::PathBuf) {
         use std::io::BufRead;
         let (ca, cert, key) =
-            crate::origin::certificate(env.tmp.path(), &["api.openai.com"], false);
+            crate::support::origin::certificate(env.tmp.path(), &["api.openai.com"], false);
         let cert_file = env.write("framework-cert.pem", &cert.pem());
         let key_file = env.write("framework-key.pem", &key.serialize_pem());
         let log = env.path("framework.log");
@@ -918,7 +901,7 @@ impl Drop for FrameworkOrigin {
 /// acts on a request the rules deny or hold, and a limited one no more often than the limit.
 #[test]
 fn rule_bypasses_meet_an_origin_that_reads_like_a_framework() {
-    let env = crate::harness::Env::init();
+    let env = crate::support::Env::init();
     env.run_stdin(&["credential", "set", "OPENAI_KEY"], b"sk-framework-test")
         .ok();
     env.set_services(RULED);

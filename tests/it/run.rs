@@ -3,9 +3,8 @@
 
 use std::time::Duration;
 
-use crate::harness::{Run, output};
 use crate::proxy::Setup;
-use crate::proxy_harness::connect;
+use crate::support::{Run, connect, output};
 
 fn run_through(s: &Setup, cmd: &[&str], env: &[(&str, &str)]) -> Run {
     let proxy = format!("http://{}", s.proxy.addr);
@@ -169,7 +168,7 @@ fn environment_token_lifetime_and_exit_code() {
 fn token_only_mode_through_the_agent_api() {
     let s = Setup::new("auto");
     let url = format!("http://{}", s.proxy.addr);
-    let mut c = crate::harness::command(&[
+    let mut c = crate::support::command(&[
         "--data-dir",
         "/nonexistent/airlock",
         "run",
@@ -449,7 +448,7 @@ fn run_agent_rounds(s: &Setup, args: &[&str], env: &[(&str, &str)], rounds: usiz
         s.assert_no_secret(&r.stdout);
         s.assert_no_secret(&r.stderr);
     }
-    std::thread::sleep(Duration::from_millis(700));
+    s.env.log_row("default", |r| r["host"] == host);
     let logs = s
         .env
         .run(&["logs", "--vault", "default", "--json"])
@@ -485,7 +484,7 @@ fn upstream_requests_carry(s: &Setup, path: &str, header: &str, value: &str) -> 
 
 /// No file under `home` (the agent's HOME) holds `secret`.
 fn home_holds_no(home: &std::path::Path, secret: &str) {
-    for (path, bytes) in crate::harness::files(home) {
+    for (path, bytes) in crate::support::files(home) {
         assert!(
             !String::from_utf8_lossy(&bytes).contains(secret),
             "{} holds the key",
@@ -713,7 +712,7 @@ fn openclaw_through_airlock_run() {
 fn claude_code_subscription_login_through_airlock_run() {
     let claude = agent_program("@anthropic-ai/claude-code-linux-x64/claude");
     let s = Setup::with_idle_origin(&[], Duration::from_secs(2));
-    let prefix = crate::harness::canary();
+    let prefix = crate::support::canary();
     {
         let mut o = s.origin.oauth.lock().unwrap();
         o.prefix.clone_from(&prefix);

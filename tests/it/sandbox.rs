@@ -8,8 +8,8 @@ use std::net::{TcpListener, UdpSocket};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::harness::output;
 use crate::proxy::Setup;
+use crate::support::output;
 
 /// What a prompt-injected agent tries from inside, one line each, and the ways through airlock:
 /// a bash script for any image (curl, bash's `/dev/tcp` and `/dev/udp`, getent); `extra` lines
@@ -77,7 +77,7 @@ curl -sS -o /dev/null -w 'proposed: %{{http_code}}\n' -H "Authorization: Bearer 
     /// Runs the `airlock run` command `c` in the working directory with `HOME` set, and checks
     /// that its first line says how it is sandboxed (starts with `first`).
     #[track_caller]
-    fn run(&self, mut c: Command, first: &str) -> crate::harness::Run {
+    fn run(&self, mut c: Command, first: &str) -> crate::support::Run {
         c.current_dir(&self.work).env("HOME", &self.home);
         let r = output(c, None);
         assert!(
@@ -94,7 +94,7 @@ curl -sS -o /dev/null -w 'proposed: %{{http_code}}\n' -H "Authorization: Bearer 
     /// Every escape failed, every way through airlock worked, and nothing reached the origin
     /// but through airlock (with the credential, or tunnelled with none and logged).
     #[track_caller]
-    fn check(&self, r: &crate::harness::Run, extra: &[&str]) {
+    fn check(&self, r: &crate::support::Run, extra: &[&str]) {
         let s = self.s;
         assert_eq!(r.code, 0, "{r:?}");
         for line in [

@@ -8,7 +8,7 @@ use airlock::vault::StoreError;
 use airlock::vault::ops::META_KEYS;
 use airlock::vault::records::KeyHeader;
 
-use crate::harness::{Env, output};
+use crate::support::{Env, output};
 
 /// A small xorshift generator: the test needs spread-out delays, not cryptographic randomness.
 struct Rng(u64);
@@ -231,10 +231,10 @@ fn row54_stale_reader_slots_reclaimed() {
 /// writes intact, and reads still work.
 #[test]
 fn row55_disk_full_is_a_clean_error() {
-    let mnt = crate::harness::Tmpfs::mount("768k");
+    let mnt = crate::support::Tmpfs::mount("768k");
     let data = mnt.path().join("data");
     let run = |args: &[&str], stdin: Option<&[u8]>| {
-        let mut c = crate::harness::command(&["--data-dir", data.to_str().unwrap()]);
+        let mut c = crate::support::command(&["--data-dir", data.to_str().unwrap()]);
         c.args(args);
         output(c, stdin)
     };
@@ -305,7 +305,7 @@ fn row59_sigkill_during_init_never_leaves_a_broken_data_dir() {
 /// written and injection resumes.
 #[test]
 fn row60_injection_stops_while_the_request_log_cannot_be_written() {
-    let mnt = crate::harness::Tmpfs::mount("4m");
+    let mnt = crate::support::Tmpfs::mount("4m");
     let env = Env {
         tmp: tempfile::tempdir().unwrap(),
         data_dir: mnt.path().join("data"),
@@ -313,10 +313,10 @@ fn row60_injection_stops_while_the_request_log_cannot_be_written() {
     env.run(&["init"]).ok();
     env.run_stdin(&["credential", "set", "K"], b"sk-row60-value")
         .ok();
-    let origin = crate::origin::Origin::https(env.tmp.path(), &["api.row60.test"]);
+    let origin = crate::support::origin::Origin::https(env.tmp.path(), &["api.row60.test"]);
     env.set_services("services:\n  - name: row60\n    host: api.row60.test\n    auth: {type: bearer, token: K}\n");
     let token = env.agent_token("bot", "default");
-    let proxy = crate::proxy_harness::Proxy::for_origin(
+    let proxy = crate::support::Proxy::for_origin(
         &env,
         &origin,
         &["api.row60.test"],
@@ -392,7 +392,7 @@ fn row55_io_errors_are_clean_and_lose_nothing() {
         "-c",
         "enable name=posix/io/sync/fdatasync,failinfo=5",
     ]);
-    c.arg(crate::harness::bin())
+    c.arg(crate::support::bin())
         .arg("--data-dir")
         .arg(&env.data_dir)
         .args(["credential", "set", "DURING"]);

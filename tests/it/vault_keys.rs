@@ -6,7 +6,7 @@ use airlock::vault::records::CredentialRecord;
 use airlock::vault::setup::{self, Unlocked};
 use airlock::vault::{StoreError, VaultError};
 
-use crate::harness::Env;
+use crate::support::Env;
 
 fn unlock(env: &Env) -> Unlocked {
     setup::unlock(&env.store(), &env.data_dir, &KeySources::default()).expect("unlock")

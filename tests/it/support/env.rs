@@ -171,6 +171,28 @@ impl Env {
         }
     }
 
+    /// Waits (up to 5 s) until the request log of `vault` holds at least `n` rows, and returns
+    /// them, newest first.
+    #[track_caller]
+    pub(crate) fn log_rows(&self, vault: &str, n: usize) -> Vec<serde_json::Value> {
+        let start = std::time::Instant::now();
+        loop {
+            let logs = self.run(&["logs", "--vault", vault, "--json"]).ok().stdout;
+            let rows: Vec<serde_json::Value> = logs
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            if rows.len() >= n {
+                return rows;
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(5),
+                "fewer than {n} rows in the request log: {logs}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     pub(crate) fn generation(&self) -> u64 {
         self.store().generation().expect("generation")
     }
@@ -215,18 +237,8 @@ pub(crate) fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 /// The HTTP status codes curl reports for `args` (direct, never through a proxy), one after
 /// another when `args` names several URLs.
 pub(crate) fn http_codes(args: &[&str]) -> String {
-    let mut c = Command::new("curl");
-    c.args([
-        "-sS",
-        "--noproxy",
-        "*",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-    ])
-    .args(args);
-    output(c, None).ok().stdout
+    let codes = super::Curl::direct().args(["-o", "/dev/null", "-w", "%{http_code}"]);
+    codes.args(args).run().ok().stdout
 }
 
 /// Whether `needle` occurs anywhere in `hay`.

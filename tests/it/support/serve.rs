@@ -7,8 +7,8 @@ use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::harness::Env;
-use crate::origin::Origin;
+use crate::support::Env;
+use crate::support::origin::Origin;
 
 /// `airlock serve` as a child process; killed on drop.
 pub(crate) struct Proxy {
