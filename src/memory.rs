@@ -1,4 +1,4 @@
-//! Handing memory freed after a burst back to the kernel (review #106). glibc keeps what a burst
+//! Handing memory freed after a burst back to the kernel (row 112). glibc keeps what a burst
 //! of connections freed (TLS state and buffers of thousands of tunnels) in its per-thread arenas,
 //! so the process stays at its peak; [`Trimmer`] notices a burst that has passed and calls
 //! `malloc_trim`, which releases the free pages of every arena.

@@ -37,7 +37,7 @@ pub struct VaultPolicy {
     by_host: HashMap<String, Vec<usize>>,
     by_suffix: HashMap<String, Vec<usize>>,
     /// Values masked in every response of this vault, whichever service it came through (row
-    /// 25; review B7: a value stored through one service and read back through another): each
+    /// 25; row 80: a value stored through one service and read back through another): each
     /// opened credential, each injected header value, and that value without its scheme word
     /// (the bare base64 of Basic auth), and the percent-encoded form of path and query
     /// substitutions.
@@ -78,7 +78,7 @@ pub struct Substitution {
     pub placeholder: String,
     /// What replaces the placeholder in a header.
     pub value: Secret,
-    /// What replaces it in the path or query, and in a form body: percent-encoded (review B8),
+    /// What replaces it in the path or query, and in a form body: percent-encoded (row 81),
     /// so the request and any reflection of it are predictable.
     pub encoded: Secret,
     /// What replaces it in a JSON body: the inside of a JSON string.

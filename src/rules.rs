@@ -19,9 +19,9 @@
 //!   then allow);
 //! - query keys percent-decoded, pairs split at `&` and `;` (older Rack), and a key with an
 //!   index (`expand[0]`, `expand[]`, `expand`) matching a rule key of the same name written
-//!   bare or with `[]` (review #75);
+//!   bare or with `[]` (row 104);
 //! - header names in any case, `_` the same as `-` (WSGI, Rack and PHP read `Idempotency_Key`
-//!   as `Idempotency-Key`; review #74).
+//!   as `Idempotency-Key`; row 104).
 //!
 //! Not matched (docs/src/rules.md): the fields of a form body against `query:` conditions.
 //!
@@ -407,7 +407,7 @@ fn query_values<'q>(query: Option<&'q str>, key: &'q str) -> impl Iterator<Item 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AmbiguousBody;
 
-/// The methods a body's `_method` fields name, by its `Content-Type` (review W1): a form
+/// The methods a body's `_method` fields name, by its `Content-Type` (row 105): a form
 /// (`application/x-www-form-urlencoded`) field (percent-decoded), a JSON object's top-level
 /// string (escapes decoded); a JSON `_method` that is not a string, or a multipart body that
 /// mentions `method` at all, is [`AmbiguousBody`]. Other bodies name none.
@@ -566,7 +566,7 @@ mod tests {
         );
     }
 
-    /// Row 104 (review #74, #75): header names with `_` for `-`, `;` query separators and
+    /// Row 104: header names with `_` for `-`, `;` query separators and
     /// indexed keys meet the rule written for the usual spelling.
     #[test]
     fn row104_header_and_query_spellings_meet_their_rule() {
@@ -608,7 +608,7 @@ mod tests {
         assert!(key_matches("expand[a]", "expand[a]"));
     }
 
-    /// Row 105 (review W1): a body's `_method`, by content type; and whether it could matter.
+    /// Row 105: a body's `_method`, by content type; and whether it could matter.
     #[test]
     fn row105_body_method_fields() {
         let m = |ct: &str, body: &str| body_methods(ct.as_bytes(), body.as_bytes());

@@ -42,7 +42,7 @@ fn binary() -> Option<PathBuf> {
 }
 
 fn spawn(bin: &Path, args: &[String]) -> std::io::Result<(Child, AdminAddrs)> {
-    // The admin process holds no key (review B5): nothing that opens the vault is passed on.
+    // The admin process holds no key (row 84): nothing that opens the vault is passed on.
     let mut child = Command::new(bin)
         .args(args)
         .env_remove("AIRLOCK_PASSPHRASE")

@@ -2,7 +2,7 @@
 //! (`--socket`, checked with SO_PEERCRED) and optionally on a loopback HTTP listener
 //! (`--listen`), and the JSON API for automation on a second socket of its own (`--api-socket`,
 //! peer-checked the same way), so that a bridge made for a browser (`ssh -L`, `socat`) to the
-//! UI socket exposes only pages that need a login (review B2). It shares durable state with the
+//! UI socket exposes only pages that need a login (row 69). It shares durable state with the
 //! data plane only through the LMDB vault, can seal credentials but never open them (it has no
 //! root key), is not dumpable, and exits when the `airlock serve` that started it goes away.
 
@@ -110,7 +110,7 @@ fn main() -> anyhow::Result<()> {
         token_counts: Default::default(),
     });
     // Blocking work is Argon2 alone; a few threads, reused, keep its 19 MiB buffers in a few
-    // malloc arenas instead of one per thread ever started (review B9).
+    // malloc arenas instead of one per thread ever started (row 70).
     let runtime = tokio::runtime::Builder::new_current_thread()
         .max_blocking_threads(security::VERIFY_CONCURRENCY)
         .enable_all()

@@ -81,7 +81,7 @@ async fn login(
         *r.status_mut() = status;
         r
     };
-    // Charged before the check (review B9): a parallel burst gets no more tries than a sequence.
+    // Charged before the check (row 70): a parallel burst gets no more tries than a sequence.
     if state.sessions.login_begin(&name, &client).is_err() {
         return refused(
             StatusCode::TOO_MANY_REQUESTS,

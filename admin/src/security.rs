@@ -6,7 +6,7 @@
 //! session get an ephemeral one that is never stored and whose empty CSRF token matches nothing.
 //! Sessions are capped (anonymous and logged-in ones apart, so a flood of visitors cannot log an
 //! operator out) and expire after [`IDLE`], checked on lookup and at the front of an insertion
-//! queue, never by a scan of the whole map (review B9). [`guard`] answers 421 to a Host that is
+//! queue, never by a scan of the whole map (row 70). [`guard`] answers 421 to a Host that is
 //! not loopback (DNS rebinding) and 403 to a state-changing request whose Origin (or Referer) is
 //! not this site, and adds CSP `frame-ancestors 'none'`, X-Frame-Options and no-store to every
 //! response; [`api_guard`] does the Host and Origin checks for the JSON API. Logging in rotates

@@ -77,7 +77,7 @@ pub(crate) fn message(p: &ProposalRecord, approval_url: Option<&str>) -> serde_j
         })
         .collect();
     let keys: Vec<&str> = p.credentials.iter().map(|c| c.key.as_str()).collect();
-    // Agent text goes out inert (review B12): Slack markup (`<!channel>`, `<url|label>`) escaped,
+    // Agent text goes out inert (row 67): Slack markup (`<!channel>`, `<url|label>`) escaped,
     // bidi and zero-width characters shown as escapes.
     let said: String = p.user_message.chars().take(200).collect();
     let said = slack_escape(&airlock_core::text::inert(&said));
@@ -210,7 +210,7 @@ pub(crate) fn watch(state: Arc<AppState>, hook: Webhook, approval_base: Option<S
 mod tests {
     use super::*;
 
-    /// Row 67 (review #40): Slack markup in agent text is escaped; no mention or disguised link
+    /// Row 67: Slack markup in agent text is escaped; no mention or disguised link
     /// survives.
     #[test]
     fn row67_slack_markup_escaped() {

@@ -6,7 +6,7 @@
 //! channel send per batch, no I/O on the hot path); one writer thread commits them in one batch
 //! every [`BATCH_INTERVAL`] and keeps about the newest [`RETENTION`] rows, deleting the oldest
 //! first but never a vault's newest [`VAULT_FLOOR`]: another vault's traffic cannot evict them
-//! (review B6). While the last batch write failed, [`Sink::healthy`] is false and the data plane
+//! (row 73). While the last batch write failed, [`Sink::healthy`] is false and the data plane
 //! refuses requests that would inject a credential (row 60), so injection never goes unrecorded
 //! for longer than one batch interval plus the data plane's hand-over delay (50 ms). The writer
 //! sleeps and drains the channel, so sending never wakes a thread.

@@ -79,7 +79,7 @@ pub fn check_value(value: &[u8]) -> Result<(), StdinValueError> {
 /// Row 63: no core dumps (they would hold opened secrets), and not dumpable, which also keeps
 /// other processes of this user from ptrace and `/proc/<pid>/mem` and `environ`. Both processes
 /// call it first thing: the data plane (opened credentials) and the admin process (pasted values
-/// and session tokens; review B5).
+/// and session tokens; row 84).
 pub fn harden_process() {
     use rustix::process::{DumpableBehavior, Resource, Rlimit, set_dumpable_behavior, setrlimit};
     if let Err(e) = setrlimit(

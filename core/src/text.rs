@@ -2,7 +2,7 @@
 //! node's problem), made safe to show on a terminal or a page. Owns only the rendering; where
 //! such text is accepted and capped is decided by its callers.
 
-/// Agent-written text made inert for display (row 50, review B12): control characters (but
+/// Agent-written text made inert for display (row 50): control characters (but
 /// newline), bidirectional overrides and isolates, and zero-width characters are shown as
 /// `\u{...}` escapes, so text cannot reorder itself or hide characters on a terminal or a page.
 pub fn inert(text: &str) -> String {

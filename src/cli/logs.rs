@@ -76,7 +76,7 @@ fn print_row(r: &Row, json: bool) {
         rfc3339(r.at_ms / 1000),
         r.method,
         r.host,
-        // The agent chose the path: bidi and control characters escaped (review #101).
+        // The agent chose the path: bidi and control characters escaped (row 110).
         crate::text::inert(&r.path),
         r.status,
         r.bytes,

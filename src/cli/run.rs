@@ -13,10 +13,10 @@
 //! environment changes; airlock never touches the system trust store. Signals are forwarded and
 //! the exit code is passed through.
 //!
-//! The child never inherits what would open the vault or a key itself (review B5):
+//! The child never inherits what would open the vault or a key itself (row 83):
 //! `AIRLOCK_PASSPHRASE` and `CREDENTIALS_DIRECTORY` are removed, and every variable named after a
 //! credential key of the vault is replaced with `placeholder` (what SDKs want anyway); so is
-//! every variable whose value holds a credential of the vault, whatever its name (review #109:
+//! every variable whose value holds a credential of the vault, whatever its name (row 106:
 //! `openai_api_key`, `MY_OPENAI_API_KEY_2`), when `run` can open the vault (the root key is
 //! readable here, as for `serve`); stderr says which, by name only. The bundle files live in a
 //! fresh private (0700) directory of a random name.

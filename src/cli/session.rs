@@ -408,7 +408,7 @@ pub(super) fn extended_no_proxy(existing: Option<String>) -> String {
 }
 
 /// A new private directory for the run's files: a random name, created 0700 by this call (never
-/// one that already exists, which another user could have made; review B12).
+/// one that already exists, which another user could have made; row 83).
 pub(super) fn run_dir() -> Result<PathBuf, CliError> {
     use std::os::unix::fs::DirBuilderExt;
     let mut last = None;

@@ -104,7 +104,7 @@ pub fn parse_request(head: &[u8]) -> Result<RequestHead<'_>, HttpError> {
     };
     // RFC 9112 has no fragment in a request target. Upstreams that split one off (Python's
     // urlsplit, Node's URL, Puma) act on the path before it, which rules would not have seen:
-    // refused in every form (review B1).
+    // refused in every form (row 100).
     if target.contains('#') {
         return Err(HttpError::BadRequest(
             "a request target has no fragment (`#`)",

@@ -1,5 +1,5 @@
-//! WebSocket frames from an upstream to the agent, with echoed secrets masked (security review
-//! B7: frames used to be piped unscrubbed, so an upstream could hand a credential back in a text
+//! WebSocket frames from an upstream to the agent, with echoed secrets masked (row 80:
+//! frames used to be piped unscrubbed, so an upstream could hand a credential back in a text
 //! or binary message).
 //!
 //! Each data message runs through one [`Scrubber`], across its fragments, so a secret split over

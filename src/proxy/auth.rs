@@ -45,7 +45,7 @@ pub struct Identity {
     /// Who the request log names: the agent, or for a scoped token of no agent, who minted it.
     pub who: Option<String>,
     /// What the per-agent limits are keyed by: the agent (so scoped tokens it minted share its
-    /// budget, review B11), or the token itself when it belongs to no agent.
+    /// budget, row 77), or the token itself when it belongs to no agent.
     pub limit_key: TokenHash,
 }
 

@@ -89,7 +89,7 @@ where
     F: AsyncFnMut(&mut BufConn<S>, Vec<u8>) -> Next,
 {
     // A connection (or tunnel) that has sent no request yet waits less than one between
-    // requests: idle tunnels opened for nothing go soon (review #106).
+    // requests: idle tunnels opened for nothing go soon (row 111).
     let limits = shared.limits();
     let mut wait = FIRST_REQUEST_WAIT
         .min(limits.header_timeout)

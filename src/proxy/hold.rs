@@ -86,7 +86,7 @@ pub(super) fn describe(
         method: req.method().to_owned(),
         host: super::inject::host_header(target),
         // The agent chose these: shown decoded, as the upstream reads them, and inert (bidi and
-        // control characters escaped; review #101).
+        // control characters escaped; row 110).
         path: inert(path),
         query_keys: query
             .split(['&', ';'])

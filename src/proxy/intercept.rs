@@ -109,7 +109,7 @@ struct Tunnel<'a> {
 impl Tunnel<'_> {
     /// One request inside the tunnel: re-authorised (row 52) and admitted under the agent's
     /// limits, then exchanged; every request is a request-log row, refusals at the gate included
-    /// (within the agent's refusal budget, so a refused loop cannot flush the log, review B6).
+    /// (within the agent's refusal budget, so a refused loop cannot flush the log, row 73).
     async fn request<S: AsyncReadRent + AsyncWriteRent>(
         &mut self,
         conn: &mut BufConn<S>,

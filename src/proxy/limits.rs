@@ -1,10 +1,10 @@
 //! Per-client limits on the proxy: a token bucket and an in-flight cap per agent (429
-//! `rate_limited`; an agent's self-minted scoped tokens share its budget, review B11), a limiter
+//! `rate_limited`; an agent's self-minted scoped tokens share its budget, row 77), a limiter
 //! of failed authentications per client address (SECURITY-TESTS.md row 51) that refuses further
 //! failures but never a request with a valid token, and [`Buckets`], plain token buckets by key
 //! for what is limited apart from requests: leaf mints per vault, refused CONNECTs and scoped-token
 //! mints per agent; and the open tunnels of each agent and each vault ([`Limiters::open_tunnel`],
-//! review #106: one agent's idle tunnels must not take every connection slot).
+//! row 111: one agent's idle tunnels must not take every connection slot).
 //!
 //! A request in a tunnel takes no lock: its connection found the agent's atomics once
 //! ([`AgentLimits::bucket`]); the maps behind mutexes are used once per connection (per request
@@ -24,10 +24,10 @@ use crate::vault::tokens::TokenHash;
 pub const MINT_BURST: f64 = 64.0;
 pub const MINT_PER_SECOND: f64 = 16.0;
 /// CONNECTs refused for want of a service, per agent: a burst, then this many per second; past
-/// it 429 with no request-log row (review B6).
+/// it 429 with no request-log row (row 73).
 pub const REFUSAL_BURST: f64 = 20.0;
 pub const REFUSALS_PER_SECOND: f64 = 5.0;
-/// `POST /v1/tokens` per agent: a burst, then this many per second (review B3).
+/// `POST /v1/tokens` per agent: a burst, then this many per second (row 74).
 pub const TOKEN_MINT_BURST: f64 = 10.0;
 pub const TOKEN_MINTS_PER_SECOND: f64 = 1.0;
 /// Every limiter of the proxy, each with its own map and refusal count.
@@ -38,12 +38,12 @@ pub struct Limiters {
     /// Failed authentications per client address (row 51).
     pub auth_failures: AuthFailures,
     /// On-demand leaf mints (row 39), per vault, so one vault's flood of new hosts does not
-    /// refuse another's (review B11).
+    /// refuse another's (row 77).
     pub mints: Buckets<String>,
     /// Refused CONNECTs (`no_service`) per agent: past it, 429 and no request-log row, so one
-    /// agent cannot flush the request log (review B6).
+    /// agent cannot flush the request log (row 73).
     pub refusals: Buckets<TokenHash>,
-    /// `POST /v1/tokens` per agent (review B3).
+    /// `POST /v1/tokens` per agent (row 74).
     pub token_mints: Buckets<TokenHash>,
     /// Open tunnels per vault.
     vault_tunnels: Mutex<HashMap<String, Arc<AtomicUsize>>>,

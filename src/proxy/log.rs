@@ -86,7 +86,7 @@ impl Entry {
     /// Completes the row with the outcome and hands it to the request log.
     /// As [`Entry::finish`], for a request refused before its exchange (a revoked token, the
     /// agent's limits): recorded within the agent's refusal budget, so a loop of refused
-    /// requests cannot flush the log (review B6).
+    /// requests cannot flush the log (row 73).
     pub(super) fn finish_refused(
         self,
         shared: &Shared,

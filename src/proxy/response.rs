@@ -1,6 +1,6 @@
 //! The response side of an exchange: reading the upstream's head (interim 1xx skipped, a 101
 //! only for a WebSocket handshake, row 23), re-serialising it for the agent with airlock's own
-//! framing and every secret of the vault masked (row 25, review B7: the reason phrase and header
+//! framing and every secret of the vault masked (row 25, row 80: the reason phrase and header
 //! names are upstream text too), relaying the body through the [`Scrubber`], returning a cleanly
 //! framed upstream connection to the pool (R2), and relaying an upgraded connection.
 

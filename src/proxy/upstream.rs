@@ -103,7 +103,7 @@ pub struct Upstream {
     probe: ProbeSwitch,
 }
 
-/// What the pool is keyed by: the vault as well as the upstream (review B4: a response that a
+/// What the pool is keyed by: the vault as well as the upstream (row 65: a response that a
 /// buggy upstream sent late must not reach another vault's agent).
 pub type PoolKey = (u64, Target);
 
@@ -198,7 +198,7 @@ pub struct Limits {
     pub max_connections: usize,
     /// Most tunnels one agent holds open at once (counted once its CONNECT authenticates); more
     /// get 429 `rate_limited`. Zero: no cap. Each vault holds at most three quarters of
-    /// `max_connections`, so one vault's agents cannot take every slot (review #106).
+    /// `max_connections`, so one vault's agents cannot take every slot (row 111).
     pub agent_max_connections: usize,
     /// Longest an upstream connection may sit idle in the pool and still be reused; zero turns
     /// reuse off. Well under the 5 s keep-alive of Node and uvicorn servers, so the upstream

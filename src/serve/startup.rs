@@ -145,7 +145,7 @@ pub(super) fn start_threads(
                 if let Err(e) = watcher.refresh() {
                     tracing::warn!("reloading the vault failed: {e}");
                 }
-                // Every second: after a burst of connections, memory goes back (review #106).
+                // Every second: after a burst of connections, memory goes back (row 112).
                 if tick % 10 == 0 {
                     trimmer.observe(watcher.stats.connections.load(Ordering::Relaxed));
                 }

@@ -1,5 +1,5 @@
 //! The fleet's change log under someone who can write to PostgreSQL but holds no root key
-//! (review B2, security rows 101-103): rows forged, replayed, altered, reordered or deleted with
+//! (rows 101-103 of tests/SECURITY-TESTS.md): rows forged, replayed, altered, reordered or deleted with
 //! SQL are refused by every node, reported, and nothing of them is served; a node given the
 //! wrong root key cannot join or write; a log written by the previous format keeps serving and
 //! is authenticated by `fleet upgrade`.

@@ -255,7 +255,7 @@ fn connect_status(s: &Setup, authority: &str, token: &str, vault: &str) -> Strin
     head.split(' ').nth(1).unwrap_or_default().to_owned()
 }
 
-/// Row 73 (review B6): refused CONNECTs are limited per agent (20, then 5 a second), and past
+/// Row 73: refused CONNECTs are limited per agent (20, then 5 a second), and past
 /// that answered 429 without a request-log row, so an agent cannot flush the log (each vault's
 /// newest rows are kept whatever: `requestlog::tests::row73_retention_keeps_each_vaults_floor`).
 /// Another agent keeps its own budget.
@@ -289,7 +289,7 @@ fn row73_refused_connects_limited_per_agent_and_unlogged_past_it() {
     );
 }
 
-/// Row 74 (review B3): `POST /v1/tokens` is rate limited per agent (a burst of 10, then one a
+/// Row 74: `POST /v1/tokens` is rate limited per agent (a burst of 10, then one a
 /// second) and an agent holds at most 100 live scoped tokens; expired tokens are purged
 /// (`vault::ops::tests::row74_expired_tokens_purged_on_mint`). The store can no longer be filled
 /// by one agent's mints.
@@ -326,7 +326,7 @@ fn row74_token_mints_rate_limited_and_capped() {
     assert_eq!(code, 201);
 }
 
-/// Row 75 (review B11): rotating an agent ends the scoped tokens minted with its old token, as
+/// Row 75: rotating an agent ends the scoped tokens minted with its old token, as
 /// revoking does.
 #[test]
 fn row75_rotation_ends_minted_scoped_tokens() {
@@ -349,7 +349,7 @@ fn row75_rotation_ends_minted_scoped_tokens() {
     );
 }
 
-/// Row 76 (review B3, #66): revocation works on a full store. Ordinary writes stop short of the
+/// Row 76: revocation works on a full store. Ordinary writes stop short of the
 /// end of the map (a headroom of a sixteenth of it, at most 1 MiB); revoking, rotating and
 /// deleting credentials may use it.
 #[test]
@@ -402,7 +402,7 @@ fn row76_revocation_works_on_a_full_store() {
         .ok();
 }
 
-/// Row 77 (review B11): the per-agent rate limit is per agent: scoped tokens the agent minted
+/// Row 77: the per-agent rate limit is per agent: scoped tokens the agent minted
 /// share its budget instead of each getting their own.
 #[test]
 fn row77_rate_limits_shared_by_an_agents_scoped_tokens() {
@@ -452,7 +452,7 @@ fn row77_rate_limits_shared_by_an_agents_scoped_tokens() {
     assert!((5..=20).contains(&ok), "{ok} requests served in a second");
 }
 
-/// Row 78 (review B11): the leaf-mint limiter is per vault: one vault's flood of new wildcard
+/// Row 78: the leaf-mint limiter is per vault: one vault's flood of new wildcard
 /// hosts does not refuse another vault's first new host.
 #[test]
 fn row78_leaf_mint_limit_per_vault() {
@@ -468,7 +468,7 @@ fn row78_leaf_mint_limit_per_vault() {
     }
 }
 
-/// Row 79 (review B6): request-log rows of scoped tokens name who they belong to: the agent
+/// Row 79: request-log rows of scoped tokens name who they belong to: the agent
 /// that minted one, or for a token of no agent (`airlock run`, `token mint`) the operator who
 /// minted it.
 #[test]
@@ -504,7 +504,7 @@ fn row79_rows_of_scoped_tokens_name_their_agent() {
     );
 }
 
-// Echoed secrets the scrubber used to miss (review B7, B8).
+// Echoed secrets the scrubber used to miss (rows 80 and 81).
 
 /// Row 80: an upstream quoting the injected credential in the status line's reason phrase, in a
 /// header name, without its scheme word (the bare base64 of Basic auth), through another
@@ -590,7 +590,7 @@ fn row80_echoes_masked_wherever_an_upstream_puts_them() {
     );
 }
 
-/// Row 81 (review #12): substituted values go into the path and query percent-encoded, so an
+/// Row 81: substituted values go into the path and query percent-encoded, so an
 /// upstream that decodes the query reflects exactly the stored value (masked), and one that
 /// echoes the request line reflects the encoded form (masked too).
 #[test]
@@ -638,7 +638,7 @@ fn row82_framing_known_bad_refused_before_anything_leaves() {
     assert!(s.origin.recorded().is_empty(), "the upstream saw a head");
 }
 
-// `airlock run` and the admin process's environment (review B5).
+// `airlock run` and the admin process's environment (rows 83 and 84).
 
 /// Row 83: `airlock run` never hands the agent `AIRLOCK_PASSPHRASE`, `CREDENTIALS_DIRECTORY` or
 /// a variable named after a credential of the vault (those become `placeholder`), says so on
@@ -705,7 +705,7 @@ fn row83_airlock_run_withholds_secrets_from_the_agent() {
     }
 }
 
-/// Row 106 (review #109): a variable holding a credential of the vault under another name
+/// Row 106: a variable holding a credential of the vault under another name
 /// (lower case, a prefix, a suffix, inside a longer value) is withheld too, when `run` can open
 /// the vault; a value that is no credential is kept, and stderr names, never shows, what went.
 #[test]

@@ -63,7 +63,7 @@ fn propose(s: &Setup, body: Value) -> (u16, Value) {
     api(s, "POST", "/v1/proposals", &s.token, Some(&body))
 }
 
-/// Row 66 (review B1, the worst finding): a proposal that re-points the `openai` service, and its
+/// Row 66: a proposal that re-points the `openai` service, and its
 /// stored OPENAI_KEY, at the agent's host is shown as a replacement with the reuse called out, and
 /// is not approved without an explicit confirmation on the CLI, the JSON API or the UI.
 #[test]
@@ -154,7 +154,7 @@ fn row66_repointing_a_stored_credential_is_shown_and_needs_confirmation() {
     );
 }
 
-/// Row 108 (review #103): a proposal that drops a service's deny and hold rules (same host,
+/// Row 108: a proposal that drops a service's deny and hold rules (same host,
 /// same auth) is flagged on the CLI, the JSON API and the UI, and is not approved without its
 /// own explicit confirmation.
 #[test]
@@ -229,7 +229,7 @@ fn row108_lifting_request_rules_is_flagged_and_needs_confirmation() {
     assert!(audit.contains("rule_removal_confirmed=2"), "{audit}");
 }
 
-/// Row 67 (review #36): bidi overrides and zero-width characters in agent text are shown
+/// Row 67: bidi overrides and zero-width characters in agent text are shown
 /// escaped in the UI (the CLI already did), so text cannot disguise a host.
 #[test]
 fn row67_bidi_and_zero_width_text_escaped_in_the_ui() {
@@ -253,7 +253,7 @@ fn row67_bidi_and_zero_width_text_escaped_in_the_ui() {
     assert!(!page.contains('\u{202e}') && !page.contains('\u{200b}'));
 }
 
-/// Row 68 (review #37): agents cannot propose internal, local or resolve-anything hosts, nor IP
+/// Row 68: agents cannot propose internal, local or resolve-anything hosts, nor IP
 /// literals in any spelling.
 #[test]
 fn row68_internal_hosts_refused_at_proposal_time() {
@@ -292,7 +292,7 @@ fn row68_internal_hosts_refused_at_proposal_time() {
     assert_eq!(s.env.store().proposals(None, None).unwrap().len(), 0);
 }
 
-/// Row 69 (review B2): the JSON API is on its own socket (not the UI socket a browser bridge
+/// Row 69: the JSON API is on its own socket (not the UI socket a browser bridge
 /// forwards, see `it::admin::json_api_on_the_socket_only`), and even there refuses a foreign Host
 /// and anything a browser marks as cross-site.
 #[test]
@@ -320,7 +320,7 @@ fn row69_json_api_refuses_foreign_hosts_and_cross_site_requests() {
     }
 }
 
-/// Row 70 (review B9): the login throttle is charged before the password is checked, so 150
+/// Row 70: the login throttle is charged before the password is checked, so 150
 /// parallel guesses get no more checks than 5 sequential ones, and a burst holding the right
 /// password among 40 does not get it checked past the limit; 300 parallel logins under other
 /// names cannot grow the admin process (Argon2 runs 4 at a time in reused memory, and 20 attempts
@@ -394,7 +394,7 @@ fn row70_parallel_logins_get_no_more_tries_and_bounded_memory() {
     assert_eq!(code, 200);
 }
 
-/// Row 71 (review #55): sessions are made only for the login and setup forms, and capped; the
+/// Row 71: sessions are made only for the login and setup forms, and capped; the
 /// thousands of cookieless requests that grew the map before leave no session behind.
 #[test]
 fn row71_sessions_only_where_needed_and_capped() {
@@ -443,7 +443,7 @@ fn row71_sessions_only_where_needed_and_capped() {
     assert_eq!(Browser::new(&s).login(PASSWORD), 303);
 }
 
-/// Row 72 (review B10): the first-operator setup link is single-use under concurrency: eight
+/// Row 72: the first-operator setup link is single-use under concurrency: eight
 /// parallel posts with the one token create one operator.
 #[test]
 fn row72_setup_link_creates_one_operator_under_concurrency() {

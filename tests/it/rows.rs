@@ -741,7 +741,7 @@ fn row62_upstream_errors_leak_no_query_or_secret() {
     }
 }
 
-/// Row 111 (review #106): one agent cannot take every connection slot. Its tunnels are capped
+/// Row 111: one agent cannot take every connection slot. Its tunnels are capped
 /// (counted once its CONNECT authenticates, 429 past it), a vault's agents hold at most three
 /// quarters of `max_connections` (503 past it), so an agent of another vault still gets in; a
 /// tunnel that sends no request is closed soon; closed tunnels give their slots back.
@@ -863,7 +863,7 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
-/// Row 112 (review #106): memory returns after a burst. 10,000 tunnels (CONNECT, TLS, one
+/// Row 112: memory returns after a burst. 10,000 tunnels (CONNECT, TLS, one
 /// request each) opened and held at once, then closed: the resident memory of serve goes back
 /// to within twice what it was before.
 #[test]

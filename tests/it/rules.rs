@@ -152,7 +152,7 @@ fn rules_allow_deny_limit_and_per_agent_override() {
             "{path}: {r:?}"
         );
     }
-    // Row 100 (review B1): a fragment would let an upstream that splits it off (Python's
+    // Row 100: a fragment would let an upstream that splits it off (Python's
     // urlsplit, Node's URL) act on a path the rules never saw: refused before any rule.
     for (method, target, url) in [
         (
@@ -174,8 +174,8 @@ fn rules_allow_deny_limit_and_per_agent_override() {
             "{target}: {r:?}"
         );
     }
-    // Row 105 (review W1): a `_method` in a form or JSON body is judged like the query's; a
-    // body that cannot be read first is ambiguous. Row 104 (review #74, #75): `_` for `-` in a
+    // Row 105: a `_method` in a form or JSON body is judged like the query's; a
+    // body that cannot be read first is ambiguous. Row 104: `_` for `-` in a
     // header name, `;` between query pairs.
     let url = "https://api.openai.com/v1/files/f1";
     for (args, expect) in [
@@ -740,7 +740,7 @@ fn proposals_carry_rules_and_the_review_shows_them() {
     );
 }
 
-/// Rows 109, 110 (review #83, #101): what a held request shows the operator. A path and query
+/// Rows 109, 110: what a held request shows the operator. A path and query
 /// key the agent chose with a bidi override are shown escaped by `proposal show` (and a request
 /// path by `airlock logs`); a field named to look secret is named loudly; a compressed body is
 /// refused before anyone is asked, and nothing goes upstream.
@@ -895,7 +895,7 @@ impl Drop for FrameworkOrigin {
     }
 }
 
-/// Rows 100, 104, 105 (review 3, #72-#75): every bypass spelling of the review is sent to an
+/// Rows 100, 104, 105: every bypass spelling of the review is sent to an
 /// origin that reads requests as Python and Node frameworks do (fragment dropped, `_method` in
 /// body or query, WSGI header names, `;` and indexed query keys). Whatever reaches it, it never
 /// acts on a request the rules deny or hold, and a limited one no more often than the limit.

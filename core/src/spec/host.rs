@@ -162,7 +162,7 @@ fn parse_host(host: &str) -> Result<HostName, String> {
     }
 }
 
-/// Names under which agents may not propose a service (review B12): internal names, names only
+/// Names under which agents may not propose a service (row 68): internal names, names only
 /// a local resolver answers, and public DNS services that resolve a name to any address it
 /// spells (`10-0-0-1.nip.io`). Operators can still configure such a host themselves.
 const INTERNAL_SUFFIXES: &[&str] = &[
@@ -189,7 +189,7 @@ const INTERNAL_SUFFIXES: &[&str] = &[
     "lacolhost.com",
 ];
 
-/// Hosting where anyone can get a subdomain, missing from the Public Suffix List (review #105):
+/// Hosting where anyone can get a subdomain, missing from the Public Suffix List (row 120):
 /// an agent's wildcard over one (`*.run.app`) would match hosts anyone can create. Operators can
 /// still configure such a wildcard themselves; an exact name under one is fine.
 const SHARED_HOSTING: &[&str] = &[

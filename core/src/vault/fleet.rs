@@ -17,7 +17,7 @@
 //! plaintext secret or anything that opens one: credentials are sealed to the vault's key, whose
 //! secret half (like the CA key) is wrapped by the root key, which travels out of band.
 //!
-//! Nor can PostgreSQL write access alone change a vault (review B2): every row carries an
+//! Nor can PostgreSQL write access alone change a vault (rows 101 and 102): every row carries an
 //! HMAC-SHA256 tag ([`LogKey`], derived from the root key for this fleet) over its sequence
 //! number, its node, the previous row's tag and its batch, so a row cannot be forged, altered,
 //! reordered, dropped or replayed without a node noticing. A node keeps the log key and the tag of

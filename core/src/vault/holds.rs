@@ -121,7 +121,7 @@ impl Store {
     }
 }
 
-/// A body for the operator (review #83): every field name shown; the values of fields whose
+/// A body for the operator (row 109): every field name shown; the values of fields whose
 /// names look secret (`password`, `token`, `secret`, `key`, `auth`, `card`, ...) replaced by a
 /// loud [`REDACTED`] and listed first by name, so a chosen field name cannot hide a value the
 /// operator would want to see without saying so; each value cut on its own at [`VALUE_CHARS`], so
@@ -297,7 +297,7 @@ mod tests {
         assert_eq!(preview(b"a\x1b[2Jb", "text/plain"), "a\\u{1b}[2Jb");
     }
 
-    /// Row 109 (review #83): a padding field that sorts first cannot hide the fields after it,
+    /// Row 109: a padding field that sorts first cannot hide the fields after it,
     /// a redacted field is named loudly, and bidi characters are escaped.
     #[test]
     fn row109_previews_show_every_field_and_say_what_they_hide() {

@@ -157,7 +157,7 @@ impl KdfParams {
 
     /// As [`KdfParams::derive`], with `memory` as Argon2's working memory: resized as needed and
     /// wiped after, so a caller that derives often (password checks) reuses one buffer instead of
-    /// allocating 19 MiB each time, which glibc does not hand back (review B9).
+    /// allocating 19 MiB each time, which glibc does not hand back (row 70).
     pub fn derive_in(
         &self,
         passphrase: &Secret,

@@ -194,7 +194,7 @@ impl Store {
 
     /// Creates the first operator with the setup token (then the token is gone). The token and
     /// the empty operator table are checked inside the transaction that adds the operator, so
-    /// parallel uses of one link create one operator (review B10).
+    /// parallel uses of one link create one operator (row 72).
     pub fn setup_first_operator(
         &self,
         token: &str,

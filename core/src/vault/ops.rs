@@ -25,7 +25,7 @@ use crate::spec::{self, HostPattern, PathPattern, Scheme, ServiceSpec};
 pub const META_KEYS: &[u8] = b"keys";
 /// Record kind bound into a credential's associated data.
 pub const CREDENTIAL_KIND: &str = "credential";
-/// Live scoped tokens one agent may hold (review B3: an agent minting in a loop filled the map).
+/// Live scoped tokens one agent may hold (row 74: an agent minting in a loop filled the map).
 pub const MAX_SCOPED_PER_AGENT: usize = 100;
 /// Scoped-token lifetimes accepted by [`Store::mint_token`].
 pub const TOKEN_TTL_RANGE: std::ops::RangeInclusive<Duration> =
@@ -417,7 +417,7 @@ impl Store {
     }
 
     pub fn delete_credential(&self, actor: &str, vault: &str, key: &str) -> Result<(), VaultError> {
-        // Deleting frees space: allowed into the headroom, so a full store can be emptied (review #66).
+        // Deleting frees space: allowed into the headroom, so a full store can be emptied (row 76).
         self.write_reserved(|t| {
             let v = find_vault(t, vault)?;
             if let Some(s) = vault_services(t, &v)?
@@ -577,7 +577,7 @@ impl Store {
     }
 
     /// Replaces the agent's token; the old one, and every scoped token minted with it, stop
-    /// working at once (review B11: rotating after a leak must cut off what the leak minted).
+    /// working at once (row 75: rotating after a leak must cut off what the leak minted).
     /// Works on a full store.
     pub fn rotate_agent(&self, actor: &str, name: &str) -> Result<Minted, VaultError> {
         let minted = tokens::mint(TokenKind::Agent)?;

@@ -176,7 +176,7 @@ fn service_changes(values: Vec<serde_json::Value>) -> Result<Vec<ServiceChange>,
 }
 
 /// A proposal's allowlist hosts, checked: at most [`MAX_SERVICES`], each a valid entry and, as
-/// for services (review B12, #105), no internal, resolve-anything or shared-hosting host.
+/// for services (rows 68 and 120), no internal, resolve-anything or shared-hosting host.
 fn allowlist(allow: &[String]) -> Result<Vec<String>, VaultError> {
     if allow.len() > MAX_SERVICES {
         return Err(invalid(format!(
@@ -198,7 +198,7 @@ fn allowlist(allow: &[String]) -> Result<Vec<String>, VaultError> {
         .collect()
 }
 
-/// A proposal's service changes, checked: each spec valid and not an internal host (review B12),
+/// A proposal's service changes, checked: each spec valid and not an internal host (row 68),
 /// each service named once.
 fn check_services(services: &[ServiceChange]) -> Result<(), VaultError> {
     let mut names_seen = BTreeSet::new();
@@ -448,8 +448,8 @@ impl Store {
     /// Applies a pending proposal: `values` fill the slots the agent left empty (every such
     /// slot must be given). With `digest`, the proposal must still have that content. A proposal
     /// that would send a stored credential to a new host is refused unless
-    /// confirmed (the operator's explicit confirmation; review B1), and so is one that lifts
-    /// request rules (review #103).
+    /// confirmed (the operator's explicit confirmation; row 66), and so is one that lifts
+    /// request rules (row 108).
     pub fn approve_proposal(
         &self,
         actor: &str,

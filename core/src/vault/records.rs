@@ -248,7 +248,7 @@ impl HeldRequest {
     }
 
     /// The request for a reviewer, one fact per line, the agent's text made inert (bidi and
-    /// control characters escaped, also in records an older airlock stored; review #101).
+    /// control characters escaped, also in records an older airlock stored; row 110).
     pub fn lines(&self) -> Vec<(&'static str, String)> {
         let inert = crate::text::inert;
         let list = |v: &[String]| {

@@ -1,9 +1,9 @@
-//! What approving a proposal would change, as a diff against the vault as it is (security review
-//! B1): services added, replaced (old → new) or removed; credential slots that replace a stored
+//! What approving a proposal would change, as a diff against the vault as it is (row 66):
+//! services added, replaced (old → new) or removed; credential slots that replace a stored
 //! value; and, most important, each stored credential that would be sent to a host it is not sent
 //! to today ([`Reuse`]). An approval that re-points a stored credential needs an explicit
 //! confirmation, which [`super::Store::approve_proposal`] enforces for every caller (CLI, admin
-//! UI, JSON API). So does one that lifts request rules (review #103): a `deny`, `hold` or `limit`
+//! UI, JSON API). So does one that lifts request rules (row 108): a `deny`, `hold` or `limit`
 //! rule gone or changed, a stricter `rules_default` relaxed, a ruled service removed, or an
 //! `allow` rule added to a service that restricts ([`Review::weakened`]).
 //!
@@ -368,7 +368,7 @@ mod tests {
         assert!(r.reuse.is_empty());
     }
 
-    /// Row 108 (review #103): a proposal that lifts request rules says so, one line for each
+    /// Row 108: a proposal that lifts request rules says so, one line for each
     /// thing lifted; one that keeps or tightens them says nothing.
     #[test]
     fn row108_rules_lifted_by_a_proposal_are_found() {

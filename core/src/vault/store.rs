@@ -335,7 +335,7 @@ impl Store {
     }
 
     /// As [`Store::write`], allowed into the headroom: for the small writes that must work on a
-    /// full store, revoking an agent or a token (review B3: a full store must not keep a leaked
+    /// full store, revoking an agent or a token (row 76: a full store must not keep a leaked
     /// token working). On a fleet node the write goes through the fleet's log
     /// ([`Replicator::write`]); a node of a fleet with no connection configured refuses
     /// to write (`fleet_unconfigured`) rather than diverge.

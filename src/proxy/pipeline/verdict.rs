@@ -1,5 +1,5 @@
 //! Step 3 of the pipeline: the service's rules judge the request (a `_method` in its body
-//! included, review W1), and the verdict is carried out: a denial or a spent limit refuses it, a
+//! included, row 105), and the verdict is carried out: a denial or a spent limit refuses it, a
 //! hold reads its body and waits for an operator ([`crate::proxy::hold`]).
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
@@ -110,7 +110,7 @@ impl<'a, C: AsyncReadRent + AsyncWriteRent> Call<'a, C> {
     }
 
     /// A held request (`by` says which rule held it): its body read whole, then it waits for
-    /// an operator. The operator approves what they can read (review #83): no
+    /// an operator. The operator approves what they can read (row 109): no
     /// `Content-Encoding`, a `Content-Length` body of at most [`WHOLE_BODY_MAX`].
     async fn hold(&mut self, by: &str) -> Result<(), ExchangeError> {
         let (req, route) = (self.req, self.route);

@@ -257,7 +257,7 @@ mod tests {
         assert_eq!(vetted_as("api.openai.com"), None);
     }
 
-    /// Row 107 (review #97): a refusal by the upstream proxy does not show the agent the address
+    /// Row 107: a refusal by the upstream proxy does not show the agent the address
     /// airlock asked it for (a `--resolve` address, say).
     #[test]
     fn row107_a_refused_tunnel_does_not_name_the_address_asked_for() {

@@ -1,5 +1,5 @@
 //! [`ProbeTcp`]: the upstream TCP stream, able to say without waiting whether anything arrived
-//! while it sat idle in the pool (security review B4: an unsolicited response, or the upstream's
+//! while it sat idle in the pool (row 65: an unsolicited response, or the upstream's
 //! close, must never meet the next request).
 //!
 //! In probe mode a read does not wait: it peeks the socket (`MSG_PEEK | MSG_DONTWAIT`) and answers

@@ -147,7 +147,7 @@ impl Postgres {
     }
 
     /// Runs `sql` with psql as someone who can write to the database but holds no root key (the
-    /// attacker of review B2); returns the unaligned output.
+    /// attacker of rows 101 and 102); returns the unaligned output.
     pub(crate) fn sql(&self, sql: &str) -> String {
         let out = as_nobody(&self.bin.join("psql"))
             .args(["-h"])
