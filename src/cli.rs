@@ -3,7 +3,24 @@
 //! Each command group lives in its own module and returns [`CliError`]; [`main`] prints one line
 //! `airlock: <reason>` on failure and picks the exit code (78 for config errors, 2 for usage, 1
 //! otherwise). Commands that print a token print it alone on the last line of stdout. Nothing here
-//! reads a credential back.
+//! reads a credential back. Output goes through [`say!`]: a closed pipe ends a command quietly.
+
+/// `println!` for the CLI (see [`output::say`]).
+macro_rules! say {
+    () => {
+        $crate::cli::output::say(format_args!(""), true)
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::output::say(format_args!($($arg)*), true)
+    };
+}
+
+/// `print!` for the CLI (see [`output::say`]).
+macro_rules! say_raw {
+    ($($arg:tt)*) => {
+        $crate::cli::output::say(format_args!($($arg)*), false)
+    };
+}
 
 mod agent;
 mod child;
@@ -107,20 +124,8 @@ pub enum Command {
     /// Fleet mode: several nodes sharing one vault through PostgreSQL (needs store_url)
     #[command(subcommand)]
     Fleet(FleetCmd),
-    /// Show the request log of a vault (never secrets or query strings)
-    Logs {
-        #[arg(long, default_value = "default")]
-        vault: String,
-        /// Keep printing new requests as they are logged
-        #[arg(long)]
-        follow: bool,
-        /// One JSON object per line
-        #[arg(long)]
-        json: bool,
-        /// The hosts agents tried that have no service, with counts and when last tried
-        #[arg(long, conflicts_with = "follow")]
-        hosts: bool,
-    },
+    /// Show the request log of a vault, newest first (never secrets or query strings)
+    Logs(logs::LogsArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -442,6 +447,12 @@ pub enum CliError {
 }
 
 impl CliError {
+    /// Whether this is stdout's reader having gone away (`airlock logs | head -1`): the command
+    /// had nothing more to do for anyone, so it ends with 0 and says nothing.
+    pub fn is_closed_stdout(&self) -> bool {
+        matches!(self, Self::Io { what, source } if what == "stdout" && source.kind() == std::io::ErrorKind::BrokenPipe)
+    }
+
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Config(_) => EX_CONFIG,
@@ -462,6 +473,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
+        Err(e) if e.is_closed_stdout() => ExitCode::SUCCESS,
         Err(e) => {
             let line = e.to_string().replace('\n', " ");
             eprintln!("airlock: {line}");
@@ -496,7 +508,7 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
             CliError::Usage("config check needs a FILE (or --config / $AIRLOCK_CONFIG)".into())
         })?;
         FileConfig::load(&path)?;
-        println!("{}: ok", path.display());
+        say!("{}: ok", path.display())?;
         return Ok(());
     }
     let ctx = Ctx::new(&cli.global)?;
@@ -513,16 +525,11 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Fleet(cmd) => fleet::run(&ctx, cmd),
         Command::Proposal(cmd) => proposal::run(&ctx, cmd),
         Command::Operator(cmd) => operator::run(&ctx, cmd),
-        Command::Logs {
-            vault,
-            follow,
-            json,
-            hosts,
-        } => {
-            if hosts {
-                logs::hosts(&ctx, &vault, json)
+        Command::Logs(args) => {
+            if args.hosts {
+                logs::hosts(&ctx, &args.vault, args.json)
             } else {
-                logs::run(&ctx, &vault, follow, json)
+                logs::run(&ctx, &args)
             }
         }
         Command::Config(_)

@@ -311,16 +311,9 @@ impl VaultPolicy {
 
     /// Whether the egress allowlist lets `host:port` through an opaque tunnel.
     pub fn allows(&self, host: &str, port: u16) -> bool {
-        self.allow.iter().any(|p| {
-            p.port == port
-                && match &p.host {
-                    HostName::Exact(h) => h == host,
-                    HostName::Wildcard(suffix) => host
-                        .strip_suffix(suffix.as_str())
-                        .and_then(|l| l.strip_suffix('.'))
-                        .is_some_and(|label| !label.is_empty() && !label.contains('.')),
-                }
-        })
+        self.allow
+            .iter()
+            .any(|p| p.port == port && p.host.covers(host))
     }
 
     /// Services that could match `host`, most specific first: exact-host services, then

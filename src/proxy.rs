@@ -303,16 +303,32 @@ impl Shared {
         Ok(true)
     }
 
-    /// Mints leaves for every configured exact host not cached yet.
+    /// Mints leaves for every configured exact host not cached yet, and says so in one line
+    /// (with the first few hosts), not one per certificate: a vault of a thousand services
+    /// starts with one line. A failure is a line of its own.
     pub fn prewarm(&self, policy: &Policy) {
+        const NAMED: usize = 5;
+        let mut minted: Vec<&str> = Vec::new();
         for host in policy.tls_hosts() {
             if !self.certs.contains(host) {
                 match self.certs.server_config(host) {
-                    Ok(_) => tracing::info!(host, "pre-warmed leaf certificate"),
+                    Ok(_) => minted.push(host),
                     Err(e) => tracing::warn!(host, "pre-warming a leaf failed: {e}"),
                 }
             }
         }
+        if minted.is_empty() {
+            return;
+        }
+        let more = minted.len().saturating_sub(NAMED);
+        let mut hosts = minted[..minted.len().min(NAMED)].join(", ");
+        if more > 0 {
+            hosts.push_str(&format!(" and {more} more"));
+        }
+        tracing::info!(
+            count = minted.len(),
+            "pre-warmed leaf certificates: {hosts}"
+        );
     }
 }
 

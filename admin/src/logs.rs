@@ -63,6 +63,7 @@ fn filter_of(q: &HashMap<String, String>) -> Filter {
         class: text("class").and_then(|c| c.parse().ok()),
         error: text("error"),
         since_ms: since,
+        ..Filter::default()
     }
 }
 

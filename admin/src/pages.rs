@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use airlock_core::secret::Secret;
+use airlock_core::spec::{HostName, HostPattern};
 use airlock_core::text::inert;
 use airlock_core::vault::now;
 use airlock_core::vault::proposals::Confirmed;
@@ -552,10 +553,23 @@ async fn rules(State(state): St, SignedIn(session): SignedIn) -> Response {
     )
 }
 
-/// Hosts agents tried that have no service, per vault, each with a service form filled in for
-/// it: one step from "the agent wanted this" to serving it.
+/// Hosts agents tried that have no service (still), per vault, each with a service form filled
+/// in for it (the catalog's template when it has the host): one step from "the agent wanted
+/// this" to serving it.
 async fn hosts_tried(State(state): St, SignedIn(session): SignedIn) -> Response {
-    let tried = airlock_core::requestlog::hosts_tried(&state.log.rows().rows);
+    let mut tried = airlock_core::requestlog::hosts_tried(&state.log.rows().rows);
+    let mut served: HashMap<String, Vec<HostName>> = HashMap::new();
+    tried.retain(|t| {
+        let hosts = served.entry(t.vault.clone()).or_insert_with(|| {
+            let services = state.store.services(&t.vault).unwrap_or_default();
+            services
+                .iter()
+                .filter_map(|s| HostPattern::parse(&s.spec.host).ok())
+                .map(|p| p.host)
+                .collect()
+        });
+        !hosts.iter().any(|h| h.covers(&t.host))
+    });
     render(
         &state,
         &session,
@@ -570,25 +584,12 @@ async fn hosts_tried(State(state): St, SignedIn(session): SignedIn) -> Response 
                         input type="hidden" name="csrf" value=(session.csrf);
                         label for={ "yaml-" (t.vault) "-" (t.host) } { "Serve it: edit the name and the credential key, then save (set the credential on the Vaults page)" }
                         textarea id={ "yaml-" (t.vault) "-" (t.host) } name="yaml" rows="4" {
-                            (service_draft(&t.host))
+                            (airlock_core::catalog::draft(&t.host))
                         }
                         button { "Add service" }
                     }
                 }
             }
         },
-    )
-}
-
-/// A service definition to start from for `host`: a name made from it and a bearer credential
-/// key to rename.
-fn service_draft(host: &str) -> String {
-    let name: String = host
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .take(60)
-        .collect();
-    format!(
-        "services:\n  - name: {name}\n    host: {host}\n    auth: {{type: bearer, token: KEY}}\n"
     )
 }

@@ -271,6 +271,40 @@ pub fn find(name: &str) -> Result<&'static Template, CatalogError> {
         .ok_or_else(|| CatalogError::Unknown(name.to_owned()))
 }
 
+/// A service definition to start from for `host`, a host agents tried (`airlock logs --hosts`,
+/// the admin UI's Hosts tried page): the catalog's template when one serves exactly that host
+/// (so Anthropic gets its `x-api-key` header, not a bearer), else a bearer credential with a name
+/// and key made from the host, to edit. YAML, as `airlock service set -f` and the admin UI's
+/// service form read it.
+pub fn draft(host: &str) -> String {
+    let template = TEMPLATES
+        .iter()
+        .find(|t| t.host == host)
+        .and_then(|t| t.service(None, &[]).ok());
+    let spec = template.unwrap_or_else(|| {
+        let name: String = host
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .take(60)
+            .collect();
+        ServiceSpec {
+            name,
+            host: host.to_owned(),
+            auth: AuthSpec::Bearer {
+                token: "KEY".to_owned(),
+            },
+            substitutions: Vec::new(),
+            enabled: true,
+            rules: vec![],
+            rules_default: None,
+        }
+    });
+    let file = crate::spec::ServiceFile {
+        services: vec![spec],
+    };
+    serde_saphyr::to_string(&file).unwrap_or_default()
+}
+
 impl Template {
     /// The service for this template, named `service` (the template's name when `None`), with
     /// `keys` as its credential keys in the template's order (its defaults when empty).
@@ -357,6 +391,31 @@ pub struct CatalogEntry {
 
 #[cfg(test)]
 mod tests {
+    /// A draft for a catalog host is the template's service (its header, its key names); any
+    /// other host gets a bearer draft named after it. Both read back as a service file.
+    #[test]
+    fn drafts_use_the_catalog_when_it_has_the_host() {
+        let anthropic = draft("api.anthropic.com");
+        let parsed: crate::spec::ServiceFile = serde_saphyr::from_str(&anthropic).unwrap();
+        let spec = &parsed.services[0];
+        assert_eq!(
+            (spec.name.as_str(), spec.host.as_str()),
+            ("anthropic", "api.anthropic.com")
+        );
+        assert!(
+            matches!(&spec.auth, AuthSpec::ApiKey { header, key, .. } if header == "x-api-key" && key == "ANTHROPIC_API_KEY"),
+            "{anthropic}"
+        );
+        let other = draft("api.newvendor.example");
+        let parsed: crate::spec::ServiceFile = serde_saphyr::from_str(&other).unwrap();
+        let spec = &parsed.services[0];
+        assert_eq!(spec.name, "api-newvendor-example");
+        assert!(
+            matches!(&spec.auth, AuthSpec::Bearer { token } if token == "KEY"),
+            "{other}"
+        );
+    }
+
     use super::*;
 
     /// Every template expands to a service that passes validation, under its own name and keys.

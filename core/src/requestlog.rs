@@ -298,6 +298,8 @@ fn last_seq(env: &Environment, db: Database) -> Option<u64> {
 const MDB_LAST: u32 = 6;
 /// LMDB's `MDB_FIRST` cursor op.
 const MDB_FIRST: u32 = 0;
+/// LMDB's `MDB_PREV` cursor op (the key before the cursor's).
+const MDB_PREV: u32 = 12;
 
 /// What the request-log views filter on; every part optional, all must hold.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -310,6 +312,10 @@ pub struct Filter {
     pub error: Option<String>,
     /// Unix milliseconds, inclusive.
     pub since_ms: Option<u64>,
+    /// Unix milliseconds, exclusive.
+    pub until_ms: Option<u64>,
+    /// One status exactly (`class` is the coarser choice).
+    pub status: Option<u16>,
 }
 
 impl Filter {
@@ -322,8 +328,56 @@ impl Filter {
             && is(&self.agent, r.agent.as_deref())
             && is(&self.error, r.error.as_deref())
             && self.class.is_none_or(|c| r.status / 100 == c)
+            && self.status.is_none_or(|s| r.status == s)
             && self.since_ms.is_none_or(|t| r.at_ms >= t)
+            && self.until_ms.is_none_or(|t| r.at_ms < t)
     }
+}
+
+/// The newest rows `filter` admits, newest first, at most `limit` of them (0: no limit). Reads
+/// from the end of the log backwards and stops at `limit`, or a minute before `filter.since_ms`
+/// (rows are appended in about time order: one batch mixes the rows of several workers).
+pub fn newest(data_dir: &Path, filter: &Filter, limit: usize) -> Result<Vec<(u64, Row)>, LogError> {
+    let path = data_dir.join(DIR);
+    if !path.join("data.mdb").exists() {
+        return Ok(Vec::new());
+    }
+    let (env, db) = open_env(data_dir)?;
+    let err = |source| LogError::Lmdb {
+        path: path.clone(),
+        source,
+    };
+    let txn = env.begin_ro_txn().map_err(err)?;
+    let cursor = txn.open_ro_cursor(db).map_err(err)?;
+    let mut out = Vec::new();
+    let mut op = MDB_LAST;
+    while limit == 0 || out.len() < limit {
+        let (k, v) = match cursor.get(None, None, op) {
+            Ok(kv) => kv,
+            Err(lmdb::Error::NotFound) => break,
+            Err(e) => return Err(err(e)),
+        };
+        op = MDB_PREV;
+        let Some(seq) = k
+            .and_then(|k| <[u8; 8]>::try_from(k).ok())
+            .map(u64::from_be_bytes)
+        else {
+            continue;
+        };
+        let Ok(row) = serde_json::from_slice::<Row>(v) else {
+            continue;
+        };
+        if filter
+            .since_ms
+            .is_some_and(|t| row.at_ms.saturating_add(60_000) < t)
+        {
+            break;
+        }
+        if filter.admits(&row) {
+            out.push((seq, row));
+        }
+    }
+    Ok(out)
 }
 
 /// The oldest sequence number the log holds (rows below it were deleted by retention).

@@ -10,22 +10,22 @@ pub(super) fn run(ctx: &Ctx, cmd: AgentCmd) -> Result<(), CliError> {
     match cmd {
         AgentCmd::Create { name, vaults } => {
             let minted = store.create_agent(&ctx.actor, &name, &vaults)?;
-            println!(
+            say!(
                 "created agent {name} (vaults: {}); its token is shown once:",
                 vaults.join(", ")
-            );
+            )?;
             output::token_last_line(&minted.token)?;
         }
         AgentCmd::Rotate { name } => {
             let minted = store.rotate_agent(&ctx.actor, &name)?;
-            println!(
+            say!(
                 "rotated the token of agent {name}; the old one and the scoped tokens minted with it no longer work. New token:"
-            );
+            )?;
             output::token_last_line(&minted.token)?;
         }
         AgentCmd::Revoke { name } => {
             store.revoke_agent(&ctx.actor, &name)?;
-            println!("revoked agent {name} and its scoped tokens");
+            say!("revoked agent {name} and its scoped tokens")?;
         }
         AgentCmd::List { json } => {
             let agents = store.agents()?;
@@ -59,9 +59,9 @@ pub(super) fn token(ctx: &Ctx, cmd: TokenCmd) -> Result<(), CliError> {
     let (minted, expires_at) =
         ctx.open_store()?
             .mint_token(&ctx.actor, &vault, ttl, agent.as_deref())?;
-    println!(
+    say!(
         "scoped token for vault {vault}, expires {}:",
         rfc3339(expires_at)
-    );
+    )?;
     output::token_last_line(&minted.token)
 }

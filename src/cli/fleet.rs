@@ -31,28 +31,28 @@ pub(super) fn run(ctx: &Ctx, cmd: FleetCmd) -> Result<(), CliError> {
             let store = Store::open(&ctx.data_dir, ctx.store_options())?;
             let root = setup::root_key(&store, &ctx.data_dir, &sources(ctx, key)?)?;
             let marker = fleet.init(&store, &ctx.data_dir, &node, &root)?;
-            println!(
+            say!(
                 "created fleet {} with this data dir as node {node} at change {}",
                 marker.fleet_id,
                 store.generation()?
-            );
+            )?;
         }
         FleetCmd::Join { node, key } => {
             let node = node_name(node)?;
             let (fleet_id, reached) = join(ctx, &fleet, &node, &sources(ctx, key)?)?;
-            println!("joined fleet {fleet_id} as node {node} at change {reached}");
+            say!("joined fleet {fleet_id} as node {node} at change {reached}")?;
         }
         FleetCmd::Upgrade { key } => {
             let store = Store::open(&ctx.data_dir, ctx.store_options())?;
             let root = setup::root_key(&store, &ctx.data_dir, &sources(ctx, key)?)?;
             match fleet.upgrade(&store, &root)? {
-                Some(seq) => println!(
+                Some(seq) => say!(
                     "the fleet's change log is authenticated from change {seq} on (a checkpoint of this node's vault); every node follows it once it runs this version"
-                ),
-                None => println!(
+                )?,
+                None => say!(
                     "the fleet's change log is already authenticated; this node holds its key and is at change {}",
                     store.generation()?
-                ),
+                )?,
             }
         }
         FleetCmd::Status { json } => status(&fleet, json)?,
@@ -67,7 +67,7 @@ fn status(fleet: &Fleet, json: bool) -> Result<(), CliError> {
     if json {
         output::json(&json!(status))?;
     } else {
-        println!("fleet {} at change {}", status.fleet_id, status.head_seq);
+        say!("fleet {} at change {}", status.fleet_id, status.head_seq)?;
         let rows: Vec<_> = status
             .nodes
             .iter()
@@ -88,11 +88,11 @@ fn status(fleet: &Fleet, json: bool) -> Result<(), CliError> {
         );
         for n in &status.nodes {
             if let Some(problem) = &n.problem {
-                println!(
+                say!(
                     "node {} stopped following the log: {}",
                     n.name,
                     crate::text::inert(problem)
-                );
+                )?;
             }
         }
     }

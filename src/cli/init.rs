@@ -9,24 +9,24 @@ pub(super) fn run(ctx: &Ctx, args: InitArgs) -> Result<(), CliError> {
     let dir = ctx.data_dir.display();
     match setup::init(&ctx.data_dir, &sources, ctx.store_options(), &ctx.actor)? {
         InitOutcome::Existing => {
-            println!("airlock is already initialised in {dir}; nothing changed")
+            say!("airlock is already initialised in {dir}; nothing changed")?;
         }
         InitOutcome::Created { mode, key_file } => {
-            println!("initialised airlock in {dir} with the vault `default`");
+            say!("initialised airlock in {dir} with the vault `default`")?;
             match (mode, key_file) {
-                (_, Some(path)) => println!(
+                (_, Some(path)) => say!(
                     "root key: {} (0600; back it up, it opens the vault)",
                     path.display()
-                ),
+                )?,
                 (KeyMode::Passphrase, None) => {
-                    println!("root key: derived from your passphrase (Argon2id)")
+                    say!("root key: derived from your passphrase (Argon2id)")?
                 }
-                (KeyMode::File, None) => println!("root key: the key file you supplied"),
+                (KeyMode::File, None) => say!("root key: the key file you supplied")?,
             }
-            println!(
+            say!(
                 "CA certificate: {}",
                 ctx.data_dir.join(CA_CERT_FILE).display()
-            );
+            )?;
         }
     }
     Ok(())
@@ -39,7 +39,7 @@ pub(super) fn ca_export(ctx: &Ctx) -> Result<(), CliError> {
         what: path.display().to_string(),
         source,
     })?;
-    print!("{pem}");
+    say_raw!("{pem}")?;
     Ok(())
 }
 

@@ -16,16 +16,16 @@ pub(super) fn run(ctx: &Ctx, cmd: OperatorCmd) -> Result<(), CliError> {
         OperatorCmd::Add { name } => {
             let password = password(&name)?;
             store.add_operator(&ctx.actor, &name, &password)?;
-            println!("added operator {name}");
+            say!("added operator {name}")?;
         }
         OperatorCmd::Passwd { name } => {
             let password = password(&name)?;
             store.set_operator_password(&ctx.actor, &name, &password)?;
-            println!("changed the password of operator {name}");
+            say!("changed the password of operator {name}")?;
         }
         OperatorCmd::Remove { name } => {
             store.remove_operator(&ctx.actor, &name)?;
-            println!("removed operator {name}");
+            say!("removed operator {name}")?;
         }
         OperatorCmd::List { json } => {
             let list = store.operators()?;

@@ -6,17 +6,26 @@ use super::CliError;
 
 pub use crate::vault::rfc3339;
 
+/// Writes `args` (and a newline when `line`) to stdout: what [`say!`](crate::cli) and `print!`
+/// would, but a failure is an error returned to `main`, never a panic. A reader that went away
+/// (`airlock logs | head -1`) is [`CliError::is_closed_stdout`]: `main` ends quietly with 0.
+pub(crate) fn say(args: std::fmt::Arguments<'_>, line: bool) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    out.write_fmt(args)
+        .and_then(|()| if line { out.write_all(b"\n") } else { Ok(()) })
+        .map_err(|source| CliError::Io {
+            what: "stdout".into(),
+            source,
+        })
+}
+
 /// Prints `value` as one line of JSON.
 pub(super) fn json(value: &serde_json::Value) -> Result<(), CliError> {
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer(&mut out, value).map_err(|e| CliError::Io {
+    let text = serde_json::to_string(value).map_err(|e| CliError::Io {
         what: "stdout".into(),
         source: e.into(),
     })?;
-    writeln!(out).map_err(|source| CliError::Io {
-        what: "stdout".into(),
-        source,
-    })
+    say(format_args!("{text}"), true)
 }
 
 /// Prints rows under a header, columns padded to their widest cell. A reader that goes away

@@ -55,7 +55,7 @@ pub(super) fn run(ctx: &Ctx, cmd: ProposalCmd) -> Result<(), CliError> {
             } else {
                 let pending = p.status_at(crate::vault::now()) == ProposalStatus::Pending;
                 let review = pending.then(|| store.review_proposal(&p)).transpose()?;
-                show(&p, review.as_ref());
+                show(&p, review.as_ref())?;
             }
         }
         ProposalCmd::Approve {
@@ -71,11 +71,11 @@ pub(super) fn run(ctx: &Ctx, cmd: ProposalCmd) -> Result<(), CliError> {
                 rule_removal: allow_rule_removal,
             };
             let p = store.approve_proposal(&ctx.actor, id, digest.as_deref(), values, confirmed)?;
-            println!(
+            say!(
                 "approved proposal {id}: vault {} now has {}",
                 p.vault,
                 hosts(&p)
-            );
+            )?;
         }
         ProposalCmd::Reject { id, reason, digest } => {
             store.reject_proposal(
@@ -84,7 +84,7 @@ pub(super) fn run(ctx: &Ctx, cmd: ProposalCmd) -> Result<(), CliError> {
                 reason.as_deref().unwrap_or(""),
                 digest.as_deref(),
             )?;
-            println!("rejected proposal {id}");
+            say!("rejected proposal {id}")?;
         }
     }
     Ok(())
@@ -129,77 +129,78 @@ fn hosts(p: &ProposalRecord) -> String {
 
 /// The review on a terminal: for a pending proposal the diff against the vault as it is, with
 /// every reused credential called out first; for a decided one what it asked for.
-fn show(p: &ProposalRecord, review: Option<&Review>) {
-    println!(
+fn show(p: &ProposalRecord, review: Option<&Review>) -> Result<(), CliError> {
+    say!(
         "proposal {} ({:?}) for vault {} from {}",
         p.id,
         p.status_at(crate::vault::now()),
         p.vault,
         p.agent.as_deref().unwrap_or("an agent")
-    );
-    println!(
+    )?;
+    say!(
         "created {}, expires {}; digest {}",
         rfc3339(p.created_at),
         rfc3339(p.expires_at),
         p.digest
-    );
+    )?;
     if let Some(r) = review {
         for w in r.reuse_warnings() {
-            println!("\nWARNING: {w} (approve needs --allow-credential-reuse)");
+            say!("\nWARNING: {w} (approve needs --allow-credential-reuse)")?;
         }
         for w in &r.weakened {
-            println!("\nWARNING: {w} (approve needs --allow-rule-removal)");
+            say!("\nWARNING: {w} (approve needs --allow-rule-removal)")?;
         }
     }
     if let Some(h) = &p.held {
-        println!("\nHeld request (approve to send it, reject to refuse it):");
+        say!("\nHeld request (approve to send it, reject to refuse it):")?;
         for (name, value) in h.lines() {
-            println!("  {name}: {value}");
+            say!("  {name}: {value}")?;
         }
         if !h.body_preview.is_empty() {
-            println!("  body preview: {}", h.body_preview.replace('\n', "\n    "));
+            say!("  body preview: {}", h.body_preview.replace('\n', "\n    "))?;
         }
     }
     if !p.user_message.is_empty() {
-        println!(
+        say!(
             "\nThe agent says:\n  {}",
             inert(&p.user_message).replace('\n', "\n  ")
-        );
+        )?;
     }
-    show_services(p, review);
+    show_services(p, review)?;
     for h in review.map_or(&p.allow, |r| &r.allow) {
-        println!(
+        say!(
             "\nadds {h} to vault {}'s egress allowlist (an opaque tunnel, no credential)",
             p.vault
-        );
+        )?;
     }
-    show_credentials(p, review);
+    show_credentials(p, review)?;
     if !p.message.is_empty() {
-        println!("\nNote for developers: {}", inert(&p.message));
+        say!("\nNote for developers: {}", inert(&p.message))?;
     }
+    Ok(())
 }
 
 /// The services a proposal changes: as a diff against the vault when there is a review.
-fn show_services(p: &ProposalRecord, review: Option<&Review>) {
+fn show_services(p: &ProposalRecord, review: Option<&Review>) -> Result<(), CliError> {
     match review {
         Some(r) => {
             for d in &r.services {
                 match d {
-                    ServiceDiff::Add(s) => println!("\nadds service {}: {}", s.name, s.describe()),
-                    ServiceDiff::Replace { old, new } => println!(
+                    ServiceDiff::Add(s) => say!("\nadds service {}: {}", s.name, s.describe())?,
+                    ServiceDiff::Replace { old, new } => say!(
                         "\nREPLACES service {}:\n  was: {}\n  now: {}",
                         new.name,
                         old.describe(),
                         new.describe()
-                    ),
+                    )?,
                     ServiceDiff::Same(s) => {
-                        println!("\nservice {} unchanged: {}", s.name, s.describe())
+                        say!("\nservice {} unchanged: {}", s.name, s.describe())?
                     }
                     ServiceDiff::Remove(s) => {
-                        println!("\nremoves service {}: {}", s.name, s.describe())
+                        say!("\nremoves service {}: {}", s.name, s.describe())?
                     }
                     ServiceDiff::RemoveMissing(name) => {
-                        println!("\nremoves service {name} (the vault has none)")
+                        say!("\nremoves service {name} (the vault has none)")?
                     }
                 }
             }
@@ -207,17 +208,18 @@ fn show_services(p: &ProposalRecord, review: Option<&Review>) {
         None => {
             for c in &p.services {
                 match c {
-                    ServiceChange::Set(s) => println!("\nservice {}: {}", s.name, s.describe()),
-                    ServiceChange::Delete { name } => println!("\ndelete service {name}"),
+                    ServiceChange::Set(s) => say!("\nservice {}: {}", s.name, s.describe())?,
+                    ServiceChange::Delete { name } => say!("\ndelete service {name}")?,
                 }
             }
         }
     }
+    Ok(())
 }
 
 /// The credentials a proposal sets or deletes, and for each the operator provides what the
 /// agent says about it (made inert).
-fn show_credentials(p: &ProposalRecord, review: Option<&Review>) {
+fn show_credentials(p: &ProposalRecord, review: Option<&Review>) -> Result<(), CliError> {
     for c in &p.credentials {
         let replaces = review.is_some_and(|r| {
             r.credentials
@@ -230,26 +232,28 @@ fn show_credentials(p: &ProposalRecord, review: Option<&Review>) {
             ""
         };
         match (c.action, c.sealed.is_some()) {
-            (SlotAction::Delete, _) => println!("\ndelete credential {}", c.key),
-            (SlotAction::Set, true) => println!(
+            (SlotAction::Delete, _) => say!("\ndelete credential {}", c.key)?,
+            (SlotAction::Set, true) => say!(
                 "\ncredential {}: value supplied by the agent (sealed){replaces}",
                 c.key
-            ),
+            )?,
             (SlotAction::Set, false) => {
-                println!(
+                say!(
                     "\ncredential {}: you provide it (--credential {}){replaces}",
-                    c.key, c.key
-                );
+                    c.key,
+                    c.key
+                )?;
                 if !c.description.is_empty() {
-                    println!("  {}", inert(&c.description));
+                    say!("  {}", inert(&c.description))?;
                 }
                 if !c.obtain.is_empty() {
-                    println!("  get it at {}", inert(&c.obtain));
+                    say!("  get it at {}", inert(&c.obtain))?;
                 }
                 if !c.obtain_instructions.is_empty() {
-                    println!("  {}", inert(&c.obtain_instructions));
+                    say!("  {}", inert(&c.obtain_instructions))?;
                 }
             }
         }
     }
+    Ok(())
 }

@@ -169,7 +169,7 @@ fn holds_a_value(value: &[u8], secrets: &[Secret]) -> bool {
 
 pub(super) fn run(ctx: &Ctx, args: RunArgs) -> Result<std::process::ExitCode, CliError> {
     if args.print_guide {
-        print!("{}", crate::proxy::agent_api::GUIDE);
+        say_raw!("{}", crate::proxy::agent_api::GUIDE)?;
         return Ok(std::process::ExitCode::SUCCESS);
     }
     if args.command.is_empty() {

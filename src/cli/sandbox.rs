@@ -331,7 +331,7 @@ pub(super) fn relay_inside(
         }
     };
     let Some((program, args)) = command.split_first() else {
-        println!("ready");
+        say!("ready")?;
         let _ = io::Write::flush(&mut io::stdout());
         relay();
         return Ok(ExitCode::SUCCESS);

@@ -30,7 +30,7 @@ pub(super) fn run(ctx: &Ctx, cmd: ServiceCmd) -> Result<(), CliError> {
             let summary = spec.describe();
             let service = spec.name.clone();
             store.set_services(&ctx.actor, &vault, vec![spec], false)?;
-            println!("vault {vault}: service {service}: {summary}");
+            say!("vault {vault}: service {service}: {summary}")?;
         }
         ServiceCmd::Set {
             vault,
@@ -41,16 +41,16 @@ pub(super) fn run(ctx: &Ctx, cmd: ServiceCmd) -> Result<(), CliError> {
             let parsed = ServiceFile::from_yaml(&text)
                 .map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
             let change = store.set_services(&ctx.actor, &vault, parsed.services, replace)?;
-            println!(
+            say!(
                 "vault {vault}: {} added, {} updated, {} removed",
                 change.added.len(),
                 change.updated.len(),
                 change.removed.len()
-            );
+            )?;
         }
         ServiceCmd::Remove { vault, name } => {
             store.remove_service(&ctx.actor, &vault, &name)?;
-            println!("removed service {name} from vault {vault}");
+            say!("removed service {name} from vault {vault}")?;
         }
         ServiceCmd::List { vault, json } => {
             let services = store.services(&vault)?;
@@ -137,14 +137,14 @@ pub(super) fn credential(ctx: &Ctx, cmd: CredentialCmd) -> Result<(), CliError> 
             crate::names::credential_key(&key).map_err(|e| CliError::Usage(e.to_string()))?;
             let value = read_stdin_value(&key)?;
             let created = store.set_credential(&ctx.actor, &vault, &key, &value)?;
-            println!(
+            say!(
                 "{} credential {key} in vault {vault}",
                 if created { "stored" } else { "replaced" }
-            );
+            )?;
         }
         CredentialCmd::Delete { vault, key } => {
             store.delete_credential(&ctx.actor, &vault, &key)?;
-            println!("deleted credential {key} from vault {vault}");
+            say!("deleted credential {key} from vault {vault}")?;
         }
         CredentialCmd::List { vault, json } => list_credentials(&store, &vault, json)?,
         CredentialCmd::Oauth {
@@ -186,12 +186,12 @@ pub(super) fn credential(ctx: &Ctx, cmd: CredentialCmd) -> Result<(), CliError> 
                 }
                 at => format!("access token expires {}", rfc3339(at)),
             };
-            println!(
+            say!(
                 "{} OAuth credential {key} in vault {vault} ({}token endpoint {}; {expiry})",
                 if created { "stored" } else { "replaced" },
                 preset.map_or(String::new(), |p| format!("{} login, ", p.program)),
                 settings.token_endpoint,
-            );
+            )?;
             eprintln!(
                 "airlock: serve now renews these tokens; delete the agent's own copy of them so only airlock holds the refresh token"
             );

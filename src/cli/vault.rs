@@ -10,18 +10,18 @@ pub(super) fn run(ctx: &Ctx, cmd: VaultCmd) -> Result<(), CliError> {
     match cmd {
         VaultCmd::Create { name } => {
             store.create_vault(&ctx.actor, &name)?;
-            println!("created vault {name}");
+            say!("created vault {name}")?;
         }
         VaultCmd::Policy { name, policy } => {
             store.set_policy(&ctx.actor, &name, policy)?;
-            println!(
+            say!(
                 "vault {name}: unmatched hosts are now {}",
                 policy_word(policy)
-            );
+            )?;
         }
         VaultCmd::Allow { name, hosts } => {
             let list = store.set_allowlist(&ctx.actor, &name, &hosts, &[])?;
-            println!("vault {name} allows: {}", list.join(", "));
+            say!("vault {name} allows: {}", list.join(", "))?;
         }
         VaultCmd::Disallow { name, hosts } => {
             let list = store.set_allowlist(&ctx.actor, &name, &[], &hosts)?;
@@ -30,7 +30,7 @@ pub(super) fn run(ctx: &Ctx, cmd: VaultCmd) -> Result<(), CliError> {
             } else {
                 list.join(", ")
             };
-            println!("vault {name} allows: {list}");
+            say!("vault {name} allows: {list}")?;
         }
         VaultCmd::List { json } => {
             let vaults = store.vaults()?;

@@ -174,11 +174,13 @@ thread_local! {
 
 /// Logs an error that airlock itself is to blame for ([`Blame::Airlock`]: a credential that
 /// cannot be opened, the request log or the store unwritable, the connection cap, a stale fleet
-/// node, the corporate proxy refusing airlock): the agent's answer says what happened, the
-/// operator reads it here. Errors of the agent or the upstream are the request log's. At most
+/// node, the corporate proxy refusing airlock), and a failed upstream TLS handshake: the agent's
+/// answer says what happened, the operator reads it here. Errors of the agent or the upstream are the request log's. At most
 /// one line per kind per worker every [`WARN_EVERY`], counting those answered in between.
 fn warn_operator(e: &ProxyError) {
-    if e.kind().blame() != Blame::Airlock {
+    // A failed upstream handshake is the upstream's, but usually fixed by the operator (a
+    // private CA to trust): it is told too.
+    if e.kind().blame() != Blame::Airlock && e.kind() != ErrorKind::UpstreamTlsError {
         return;
     }
     let now = Instant::now();

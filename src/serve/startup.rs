@@ -2,6 +2,7 @@
 //! and unlocking the vault, the watcher, follower and OAuth threads, the metrics gauges, and the
 //! address published for `airlock run` (`serve.json`).
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -283,7 +284,9 @@ pub(super) fn announce(
     let admin_http = admin_addrs.http.as_deref().unwrap_or("none");
     // Published before the ready line, so whoever waits for "ready" finds it.
     let published = publish(&settings.data_dir, local, shared.proxy_tls.is_some());
-    println!(
+    // Not println!: a closed stdout must not panic the service.
+    let _ = writeln!(
+        std::io::stdout(),
         "ready proxy={local} admin={admin_socket} admin_api={admin_api} admin_http={admin_http} metrics={metrics_addr}"
     );
     Ok(published)

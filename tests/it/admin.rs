@@ -804,6 +804,25 @@ fn hosts_tried_on_the_cli_and_in_the_ui() {
         Some(&format!("{}:default", s.token)),
     );
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // Served now: neither the CLI nor the UI lists it any more.
+    let hosts = s.env.run(&["logs", "--hosts", "--json"]).ok().stdout;
+    assert!(!hosts.contains("other.example.net") && hosts.contains("api.newvendor.example"));
+    let (_, page) = b.req("GET", "/hosts", &[], &[]);
+    assert!(!page.contains("host: other.example.net"), "{page}");
+    // A host the catalog knows is drafted from its template (its key name, not KEY).
+    let (_, head) = crate::support::connect(
+        s.proxy.addr,
+        "api.mistral.ai:443",
+        Some(&format!("{}:default", s.token)),
+    );
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    s.env.log_row("default", |r| r["host"] == "api.mistral.ai");
+    let table = s.env.run(&["logs", "--hosts"]).ok().stdout;
+    assert!(
+        table.contains("To serve api.mistral.ai") && table.contains("MISTRAL_API_KEY"),
+        "{table}"
+    );
+    wait_page(&b, "/hosts", "MISTRAL_API_KEY");
 }
 
 /// The vaults page offers the service catalog: a template, a name and the credential keys add

@@ -431,3 +431,117 @@ fn packaged_config_checks_and_serve_notifies_readiness() {
     let _ = child.wait();
     assert_eq!(&buf[..n], b"READY=1");
 }
+
+/// `airlock logs`: newest first, `--limit`, and each filter (`--agent`, `--service`, `--status`
+/// as a status or a class, `--error`, `--since` and `--until` as RFC 3339 or an age) keeps only
+/// what it names; a bad time or status is a usage error naming the forms it takes.
+#[test]
+fn logs_filter_newest_first() {
+    let s = crate::proxy::Setup::new("auto");
+    let other = s.env.agent_token("other-bot", "default");
+    for path in ["/v1/a", "/v1/b", "/v1/c"] {
+        s.curl(&[&format!("https://api.openai.com{path}")]).ok();
+    }
+    s.curl_as(
+        &other,
+        crate::support::Curl::new(),
+        &["https://api.openai.com/v1/other"],
+    )
+    .ok();
+    s.curl(&["https://api.unknown-vendor.com/"]);
+    s.env.log_rows("default", 5);
+    let logs = |args: &[&str]| -> Vec<serde_json::Value> {
+        let mut all = vec!["logs", "--json"];
+        all.extend_from_slice(args);
+        let out = s.env.run(&all).ok().stdout;
+        out.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let paths = |rows: &[serde_json::Value]| -> Vec<String> {
+        rows.iter()
+            .map(|r| r["path"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let all = logs(&[]);
+    assert_eq!(all.len(), 5);
+    let times: Vec<u64> = all.iter().map(|r| r["at_ms"].as_u64().unwrap()).collect();
+    assert!(
+        times.windows(2).all(|w| w[0] >= w[1]),
+        "newest first: {times:?}"
+    );
+    // The refused CONNECT has no path: its row is the newest.
+    assert_eq!(paths(&logs(&["--limit", "2"])), ["", "/v1/other"]);
+    assert_eq!(paths(&logs(&["--agent", "other-bot"])), ["/v1/other"]);
+    assert_eq!(logs(&["--agent", "bot", "--service", "openai"]).len(), 3);
+    assert_eq!(paths(&logs(&["--status", "4xx"])), [""]);
+    assert_eq!(paths(&logs(&["--error", "no_service"])), [""]);
+    assert_eq!(logs(&["--status", "200"]).len(), 4);
+    assert_eq!(logs(&["--status", "2xx", "--since", "1h"]).len(), 4);
+    assert!(logs(&["--until", "2000-01-01T00:00:00Z"]).is_empty());
+    assert!(logs(&["--since", "2999-01-01T00:00:00Z"]).is_empty());
+    let newest = all[0]["at_ms"].as_u64().unwrap();
+    let until = airlock::vault::rfc3339(newest / 1000);
+    assert!(
+        logs(&["--until", &until]).len() < 5,
+        "--until {until} excludes the newest"
+    );
+    for bad in [&["--since", "yesterday-ish"][..], &["--status", "6xx"]] {
+        let mut args = vec!["logs"];
+        args.extend_from_slice(bad);
+        let r = s.env.run(&args);
+        assert_eq!(r.code, 2, "{r:?}");
+        assert!(r.stderr.contains(bad[1]), "{r:?}");
+    }
+    // The table names the columns and prints the newest row first.
+    let table = s.env.run(&["logs", "--limit", "1"]).ok().stdout;
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 2, "{table}");
+    assert!(
+        lines[0].starts_with("TIME") && lines[1].contains("no_service"),
+        "{table}"
+    );
+}
+
+/// No command panics when its reader went away: run with stdout a pipe whose other end is
+/// closed (what `airlock logs | head -1` leaves once head exits), each ends with status 0 and
+/// nothing on stderr.
+#[test]
+fn a_closed_stdout_ends_commands_quietly() {
+    let s = crate::proxy::Setup::new("auto");
+    s.curl(&["https://api.unknown-vendor.com/"]);
+    s.env.log_rows("default", 1);
+    for args in [
+        &["logs"][..],
+        &["logs", "--json"],
+        &["logs", "--hosts"],
+        &["service", "list"],
+        &["agent", "list"],
+        &["vault", "list"],
+        &["ca", "export"],
+        &["credential", "list", "--json"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let mut c = s.env.command(args);
+        c.stdin(std::process::Stdio::null()).stdout(writer);
+        let out = c.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            (out.status.code(), &*stderr),
+            (Some(0), ""),
+            "airlock {args:?}"
+        );
+    }
+    // And through a shell, as an operator types it.
+    let cmd = format!(
+        "set -o pipefail; {} --data-dir {} logs --json | head -1",
+        crate::support::bin(),
+        s.env.data_dir.display()
+    );
+    let mut sh = std::process::Command::new("bash");
+    sh.args(["-c", &cmd]);
+    let r = output(sh, None);
+    assert_eq!((r.code, r.stderr.as_str()), (0, ""), "{r:?}");
+    assert!(r.stdout.contains("no_service"), "{r:?}");
+}

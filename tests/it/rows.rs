@@ -341,7 +341,8 @@ fn row39_mint_flood_rate_limited() {
 }
 
 /// Row 42 (G-03): upstream certificates that do not verify give 502 `upstream_tls_error` and
-/// no credential is sent: untrusted CA, wrong name, expired, or signed by airlock's own CA.
+/// no credential is sent: untrusted CA, wrong name, expired, or signed by airlock's own CA. The
+/// answer and the operator's log name the reason (not a bare "io error").
 #[test]
 fn row42_upstream_certificate_failures() {
     // Untrusted: the origin's CA is not given to airlock.
@@ -353,6 +354,11 @@ fn row42_upstream_certificate_failures() {
         r.starts_with("HTTP/1.1 502") && r.contains("upstream_tls_error"),
         "{r}"
     );
+    assert!(
+        r.contains("unknown issuer") && r.contains("--upstream-ca-file"),
+        "{r}"
+    );
+    tls_failure_logged(&s.proxy, "unknown issuer");
     assert!(s.origin.recorded().is_empty());
     // Signed by airlock's own MITM CA: still not trusted upstream.
     let s2 = Setup::new("auto");
@@ -365,20 +371,47 @@ fn row42_upstream_certificate_failures() {
         &["api.openai.com"],
     );
     let r = raw_get(&env, &proxy, &token);
-    assert!(r.contains("upstream_tls_error"), "{r}");
+    assert!(
+        r.contains("upstream_tls_error") && r.contains("unknown issuer"),
+        "{r}"
+    );
     assert!(origin.recorded().is_empty());
     // Wrong name: the origin's certificate is for another host.
     let env = Env::init();
     let (origin, proxy, token) = custom_origin(&env, false, &[], &["not-openai.example.com"]);
     let r = raw_get(&env, &proxy, &token);
-    assert!(r.contains("upstream_tls_error"), "{r}");
+    let named = "name mismatch: its certificate does not name api.openai.com";
+    assert!(r.contains("upstream_tls_error") && r.contains(named), "{r}");
+    tls_failure_logged(&proxy, named);
     assert!(origin.recorded().is_empty());
     // Expired.
     let env = Env::init();
     let (origin, proxy, token) = custom_origin(&env, true, &[], &["api.openai.com"]);
     let r = raw_get(&env, &proxy, &token);
-    assert!(r.contains("upstream_tls_error"), "{r}");
+    assert!(
+        r.contains("upstream_tls_error") && r.contains("expired"),
+        "{r}"
+    );
+    tls_failure_logged(&proxy, "expired");
     assert!(origin.recorded().is_empty());
+}
+
+/// Waits (up to 5 s) for serve's log to name a failed upstream handshake with `reason`.
+#[track_caller]
+fn tls_failure_logged(proxy: &Proxy, reason: &str) {
+    let start = Instant::now();
+    while !proxy
+        .stderr()
+        .lines()
+        .any(|l| l.contains("upstream_tls_error") && l.contains(reason))
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no log line names {reason:?}: {}",
+            proxy.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// An origin for api.openai.com with its own certificate options, and a proxy for it. Unless

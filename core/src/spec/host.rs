@@ -31,6 +31,20 @@ pub enum HostName {
     Wildcard(String),
 }
 
+impl HostName {
+    /// Whether this names `host` (lowercase, no trailing dot): itself, or for `*.x.com` one
+    /// label under `x.com`.
+    pub fn covers(&self, host: &str) -> bool {
+        match self {
+            Self::Exact(h) => h == host,
+            Self::Wildcard(suffix) => host
+                .strip_suffix(suffix.as_str())
+                .and_then(|l| l.strip_suffix('.'))
+                .is_some_and(|label| !label.is_empty() && !label.contains('.')),
+        }
+    }
+}
+
 /// The optional path part.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum PathPattern {

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use monoio::net::TcpStream;
 use monoio_rustls::TlsConnector;
-use rustls::ClientConfig;
+use rustls::{CertificateError, ClientConfig};
 use rustls_pki_types::ServerName;
 
 use super::egress::{self, Egress};
@@ -154,13 +154,63 @@ impl Dialer {
                     "the upstream TLS handshake timed out",
                 )
             })?
-            .map_err(|e| {
-                ProxyError::new(
-                    ErrorKind::UpstreamTlsError,
-                    format!("TLS with {}: {e}", target.host),
-                )
-            })?;
+            .map_err(|e| tls_failure(&target.host, e))?;
         Ok((UpIo::Tls(Box::new(tls)), probe))
+    }
+}
+
+/// A failed upstream handshake as the agent and the operator read it: its reason named (an
+/// issuer airlock does not trust, a certificate for another name, an expired one, an alert from
+/// the upstream), not monoio-rustls's bare "io error".
+fn tls_failure(host: &str, e: monoio_rustls::TlsError) -> ProxyError {
+    let rustls_error = match &e {
+        monoio_rustls::TlsError::Rustls(r) => Some(r.clone()),
+        monoio_rustls::TlsError::Io(io) => io
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .cloned(),
+    };
+    let why = match (&rustls_error, &e) {
+        (Some(r), _) => tls_reason(host, r),
+        (None, monoio_rustls::TlsError::Io(io)) => {
+            format!("the connection failed during the handshake ({io})")
+        }
+        (None, other) => other.to_string(),
+    };
+    let m = format!("TLS with {host}: {why}");
+    let e = ProxyError::new(ErrorKind::UpstreamTlsError, m);
+    match rustls_error {
+        Some(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)) => e.hint(
+            "an upstream with a private CA needs it in --upstream-ca-file (upstream_ca_file)",
+        ),
+        _ => e,
+    }
+}
+
+/// What went wrong, in words, for the reasons operators meet.
+fn tls_reason(host: &str, e: &rustls::Error) -> String {
+    match e {
+        rustls::Error::InvalidCertificate(c) => match c {
+            CertificateError::UnknownIssuer => {
+                "unknown issuer: its certificate is not signed by a CA airlock trusts".to_owned()
+            }
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+                format!("name mismatch: its certificate does not name {host}")
+            }
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                "expired: its certificate is past its validity".to_owned()
+            }
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "not yet valid: its certificate starts later (or this clock is behind)".to_owned()
+            }
+            CertificateError::Revoked => "revoked: its certificate was revoked".to_owned(),
+            other => format!("invalid certificate ({other:?})"),
+        },
+        rustls::Error::AlertReceived(alert) => {
+            format!("handshake alert from the upstream ({alert:?})")
+        }
+        rustls::Error::PeerIncompatible(why) => format!("incompatible TLS ({why:?})"),
+        other => other.to_string(),
     }
 }
 

@@ -177,7 +177,8 @@ impl Env {
     pub(crate) fn log_rows(&self, vault: &str, n: usize) -> Vec<serde_json::Value> {
         let start = std::time::Instant::now();
         loop {
-            let logs = self.run(&["logs", "--vault", vault, "--json"]).ok().stdout;
+            let args = ["logs", "--vault", vault, "--json", "--limit", "0"];
+            let logs = self.run(&args).ok().stdout;
             let rows: Vec<serde_json::Value> = logs
                 .lines()
                 .map(|l| serde_json::from_str(l).unwrap())
