@@ -337,14 +337,15 @@ fn substitute<'a>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::credential::Credential;
     use crate::secret::Secret;
     use crate::spec::{HostPattern, Scheme};
     use crate::vault::UnmatchedPolicy;
 
-    const KEY: &str = "Bearer sk-injected-0123";
+    /// The injected value, which responses are scrubbed of.
+    pub(crate) const KEY: &str = "Bearer sk-injected-0123";
 
     fn service(name: &str, host: &str, enabled: bool) -> Service {
         Service {
@@ -361,17 +362,20 @@ mod tests {
         }
     }
 
-    /// A vault with a bearer service, a disabled one and one whose credential cannot be opened:
-    /// built in memory, no store.
-    fn vault() -> VaultPolicy {
+    /// A vault with a bearer service, a disabled one, one whose credential cannot be opened and
+    /// one that injects nothing (`open.example.com`): built in memory, no store.
+    pub(crate) fn vault() -> VaultPolicy {
         let mut broken = service("broken", "broken.example.com", true);
         broken.error = Some(ServiceFault::CredentialIntegrity);
+        let mut open = service("open", "open.example.com", true);
+        open.credential = Credential::Passthrough;
         let services = vec![
             service("api", "api.example.com", true),
             service("off", "off.example.com", false),
             broken,
+            open,
         ];
-        let scrub = Masker::new(vec![]);
+        let scrub = Masker::new(vec![Secret::new(KEY.as_bytes().to_vec())]);
         VaultPolicy::new(1, "default".into(), UnmatchedPolicy::Deny, services, scrub)
     }
 
@@ -381,6 +385,12 @@ mod tests {
             host: host.into(),
             port: 443,
         }
+    }
+
+    /// `head` (its `{}` the host) prepared for `host` in `vault`, for the later steps' tests.
+    pub(crate) fn prepared_for<'v>(vault: &'v VaultPolicy, head: &str, host: &str) -> Prepared<'v> {
+        let req = Request::parse(head.replace("{}", host).into_bytes()).unwrap();
+        prepare(&req, &target(host), vault, None, false, "http://api").unwrap()
     }
 
     fn prepared(head: &str, host: &str) -> Result<String, &'static str> {

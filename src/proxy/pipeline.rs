@@ -79,7 +79,7 @@ async fn steps<C: AsyncReadRent + AsyncWriteRent>(
     row.service = Some(prepared.service.name.clone());
     row.rule = prepared.verdict.name().map(str::to_owned);
     let limits = shared.limits();
-    gates::check(shared, &limits, client, &prepared)?;
+    gates::check(&**shared, &limits, client.buffered(), &prepared)?;
     let mut call = Call::new(shared, limits, client, prepared, route, req, row);
     call.verdict().await?;
     call.credential().await

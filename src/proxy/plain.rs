@@ -80,3 +80,26 @@ fn target_of(t: &str) -> Result<Target, ProxyError> {
         port,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The authority of an absolute-form `http://` target, port 80 by default; an `https://`
+    /// target (which must use CONNECT) and a bad authority are refused.
+    #[test]
+    fn targets_of_absolute_form_requests() {
+        let t = target_of("http://Metrics.Example:8080/m?x=1").unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("metrics.example", 8080));
+        assert_eq!(target_of("http://api.example.com").unwrap().port, 80);
+        assert_eq!(
+            target_of("https://api.example.com/").unwrap_err().code(),
+            "bad_request"
+        );
+        assert_eq!(target_of("/v1/models").unwrap_err().code(), "bad_request");
+        assert_eq!(
+            target_of("http://a.example:99999/").unwrap_err().code(),
+            "bad_authority"
+        );
+    }
+}

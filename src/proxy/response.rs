@@ -275,3 +275,84 @@ where
         _ = ws::relay_scrubbed(u_read, &mut c_write, early, secrets) => {},
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+    use crate::proxy::inject::tests::{KEY, prepared_for, vault};
+
+    /// What `read_final` makes of `reply` (sent by the upstream, which then closes) for a GET on
+    /// a credentialed service: the head for the agent, or the error's code and whether no byte
+    /// of a response had arrived.
+    fn final_head(
+        reply: &'static [u8],
+        retry_401: bool,
+    ) -> Result<(u16, String), (&'static str, bool)> {
+        let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = upstream.local_addr().unwrap();
+        let serve = std::thread::spawn(move || {
+            let (mut c, _) = upstream.accept().unwrap();
+            c.write_all(reply).unwrap();
+        });
+        let vault = vault();
+        let get = "GET /v1 HTTP/1.1\r\nHost: {}\r\n\r\n";
+        let prepared = prepared_for(&vault, get, "api.example.com");
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        let got = rt.block_on(async {
+            let tcp = monoio::net::TcpStream::connect_addr(addr).await.unwrap();
+            let (tcp, _probe) = upstream::ProbeTcp::new(tcp);
+            let mut conn = BufConn::new(UpIo::Plain(tcp));
+            read_final(&Limits::default(), &mut conn, &prepared, retry_401).await
+        });
+        serve.join().unwrap();
+        match got {
+            Ok(Head::Final(f)) => Ok((f.status, String::from_utf8(f.out).unwrap())),
+            Ok(Head::Upgrade(_)) => Err(("upgrade", false)),
+            Ok(Head::Unauthorized) => Err(("unauthorized", false)),
+            Err(e) => Err((e.error.code(), e.nothing_arrived)),
+        }
+    }
+
+    /// Interim 1xx heads are skipped; the final head is rebuilt with airlock's framing, the
+    /// upstream's hop-by-hop headers dropped, and the vault's secrets masked in the reason phrase,
+    /// header names and values (rows 25, 80).
+    #[test]
+    fn the_final_head_is_rebuilt_and_masked() {
+        let reply = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 Bearer sk-injected-0123\r\n\
+Content-Length: 2\r\nKeep-Alive: timeout=5\r\nX-Echo: Bearer sk-injected-0123\r\n\r\nok";
+        let (status, head) = final_head(reply, false).unwrap();
+        assert_eq!(status, 200);
+        assert!(!head.contains(KEY), "{head}");
+        assert_eq!(head.matches(&"*".repeat(KEY.len())).count(), 2, "{head}");
+        assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+        assert!(
+            head.to_ascii_lowercase().contains("content-length: 2"),
+            "{head}"
+        );
+        assert!(!head.to_ascii_lowercase().contains("keep-alive"), "{head}");
+    }
+
+    /// Row 23: a 101 answers only a WebSocket handshake; a 401 is held back when the caller
+    /// renews an OAuth token; an upstream that closes before a byte says so (the request may go
+    /// again on a fresh connection), one that sends garbage does not.
+    #[test]
+    fn unexpected_heads_are_refused_and_401_held_for_renewal() {
+        let switched = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n";
+        assert_eq!(
+            final_head(switched, false),
+            Err(("upstream_protocol_error", false))
+        );
+        let unauthorized = b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(final_head(unauthorized, true), Err(("unauthorized", false)));
+        assert_eq!(final_head(unauthorized, false).map(|(s, _)| s), Ok(401));
+        let closed = final_head(b"", false).unwrap_err();
+        assert!(closed.1, "nothing arrived: {closed:?}");
+        let garbage = final_head(b"SSH-2.0-OpenSSH\r\n\r\n", false).unwrap_err();
+        assert_eq!(garbage, ("upstream_protocol_error", false));
+    }
+}

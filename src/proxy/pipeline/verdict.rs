@@ -165,3 +165,23 @@ fn rule_hint(verdict: &Verdict<'_>, api_base: &str) -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| format!("the rules are listed at {api_base}/v1/discover"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A refusal names the rule that decided it, or the service's `rules_default`; its hint is
+    /// the rule's own, else where the agent can read the rules.
+    #[test]
+    fn refusals_name_what_decided_them() {
+        let default = Verdict::ALLOW;
+        assert_eq!(
+            decided_by(&default, "openai"),
+            "service openai's rules_default"
+        );
+        assert_eq!(
+            rule_hint(&default, "http://127.0.0.1:7480"),
+            "the rules are listed at http://127.0.0.1:7480/v1/discover"
+        );
+    }
+}
