@@ -388,7 +388,11 @@ pub(crate) mod tests {
     }
 
     /// `head` (its `{}` the host) prepared for `host` in `vault`, for the later steps' tests.
-    pub(crate) fn prepared_for<'v>(vault: &'v VaultPolicy, head: &str, host: &str) -> Prepared<'v> {
+    pub(in crate::proxy) fn prepared_for<'v>(
+        vault: &'v VaultPolicy,
+        head: &str,
+        host: &str,
+    ) -> Prepared<'v> {
         let req = Request::parse(head.replace("{}", host).into_bytes()).unwrap();
         prepare(&req, &target(host), vault, None, false, "http://api").unwrap()
     }
