@@ -81,6 +81,8 @@ pub struct Gauges {
     pub upstream_reused: u64,
     pub pool_discarded: u64,
     pub retried: u64,
+    pub refused_network: u64,
+    pub refused_proxy_header: u64,
     /// Refusals by the per-agent limits, the auth-failure limiter and the leaf-mint limiter.
     pub limited_agent: u64,
     pub limited_auth: u64,
@@ -211,6 +213,14 @@ fn render_gauges(out: &mut String, m: &RequestMetrics, g: Gauges) {
          # TYPE airlock_upstream_retries_total counter\n\
          airlock_upstream_retries_total {}",
         g.pool_discarded, g.retried
+    );
+    let _ = writeln!(
+        out,
+        "# HELP airlock_refused_connections_total Connections closed at once, by why: outside client_networks, or a balancer of proxy_protocol_from without a valid PROXY header.\n\
+         # TYPE airlock_refused_connections_total counter\n\
+         airlock_refused_connections_total{{reason=\"client_networks\"}} {}\n\
+         airlock_refused_connections_total{{reason=\"proxy_protocol\"}} {}",
+        g.refused_network, g.refused_proxy_header
     );
     let _ = writeln!(
         out,

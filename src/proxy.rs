@@ -8,6 +8,7 @@
 //! - [`tunnel`]: the opaque tunnel for unmatched hosts, when the vault allows it;
 //! - [`plain`]: plain-HTTP proxying; [`agent_api`]: origin-form requests;
 //! - [`peer`]: the agent's end of a connection: its address, and whether it hung up;
+//! - [`proxy_protocol`]: the agent's address from a balancer's PROXY protocol v2 header;
 //! - [`inject`]: the authority and path checks, the service match and the upstream head;
 //! - [`pipeline`]: one admitted request, step by step (prepare, gates, verdict, credential, send,
 //!   relay, log), each step a file of `pipeline/`;
@@ -41,6 +42,7 @@ pub(crate) use log::FLUSH_INTERVAL as LOG_FLUSH_INTERVAL;
 pub mod outcome;
 mod peer;
 mod plain;
+pub mod proxy_protocol;
 pub mod request;
 mod response;
 pub mod sigv4;
@@ -92,6 +94,9 @@ pub struct Shared {
     pub proxy_tls: Option<Arc<rustls::ServerConfig>>,
     /// Client addresses allowed to connect (`client_networks`); empty: any.
     pub client_networks: Vec<crate::config::Cidr>,
+    /// Balancers whose connections start with a PROXY protocol v2 header
+    /// (`proxy_protocol_from`; [`proxy_protocol`]).
+    pub proxy_protocol_from: Vec<crate::config::Cidr>,
     /// Who holds requests here (`NODE/PID-STARTED`; NODE is the fleet node, or `local`): a
     /// restart rejects the held requests of this node's earlier runs ([`hold`]).
     pub hold_node: String,
@@ -139,6 +144,7 @@ impl Shared {
             fleet: None,
             proxy_tls: None,
             client_networks: Vec::new(),
+            proxy_protocol_from: Vec::new(),
             hold_node: hold::node_id("local"),
         }
     }

@@ -102,6 +102,11 @@ pub struct FileConfig {
     /// Default: any.
     #[serde(default)]
     pub client_networks: Vec<Cidr>,
+    /// Balancers (CIDRs) whose connections to the proxy port start with a PROXY protocol v2
+    /// header naming the agent's address (HAProxy's `send-proxy-v2`); a connection from one
+    /// without a valid header is refused. Default: none (no header is read from anyone).
+    #[serde(default)]
+    pub proxy_protocol_from: Vec<Cidr>,
     /// Fleet mode: the PostgreSQL URL of the fleet's store, e.g.
     /// `postgresql://airlock@db.example:5432/airlock?sslmode=require` (`$AIRLOCK_STORE_URL`
     /// wins). Unset: this node stands alone.

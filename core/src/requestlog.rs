@@ -67,6 +67,10 @@ pub struct Row {
     /// The request rule that decided it, if one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
+    /// The agent's address: the connection's, or behind a balancer of `proxy_protocol_from`
+    /// the one its PROXY header named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
 }
 
 /// Failures opening or reading the request log.

@@ -167,24 +167,16 @@ pub(super) async fn reply_and_close<S: AsyncReadRent + AsyncWriteRent>(
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
 thread_local! {
-    /// Per kind of error: when this worker last logged one, and how many it answered since
+    /// Per kind of event: when this worker last logged one, and how many happened since
     /// without a line.
-    static WARNED: RefCell<HashMap<ErrorKind, (Instant, u64)>> = RefCell::new(HashMap::new());
+    static WARNED: RefCell<HashMap<&'static str, (Instant, u64)>> = RefCell::new(HashMap::new());
 }
 
-/// Logs an error that airlock itself is to blame for ([`Blame::Airlock`]: a credential that
-/// cannot be opened, the request log or the store unwritable, the connection cap, a stale fleet
-/// node, the corporate proxy refusing airlock), and a failed upstream TLS handshake: the agent's
-/// answer says what happened, the operator reads it here. Errors of the agent or the upstream are the request log's. At most
-/// one line per kind per worker every [`WARN_EVERY`], counting those answered in between.
-fn warn_operator(e: &ProxyError) {
-    // A failed upstream handshake is the upstream's, but usually fixed by the operator (a
-    // private CA to trust): it is told too.
-    if e.kind().blame() != Blame::Airlock && e.kind() != ErrorKind::UpstreamTlsError {
-        return;
-    }
+/// Whether this worker may log an event of kind `key` now: at most once every [`WARN_EVERY`].
+/// `Some(n)`: log it, saying `n` like it went unlogged since the last line; `None`: counted.
+pub(super) fn may_warn(key: &'static str) -> Option<u64> {
     let now = Instant::now();
-    let suppressed = WARNED.with_borrow_mut(|warned| match warned.get_mut(&e.kind()) {
+    WARNED.with_borrow_mut(|warned| match warned.get_mut(key) {
         Some((last, quiet)) if now.duration_since(*last) < WARN_EVERY => {
             *quiet += 1;
             None
@@ -194,11 +186,25 @@ fn warn_operator(e: &ProxyError) {
             Some(std::mem::take(quiet))
         }
         None => {
-            warned.insert(e.kind(), (now, 0));
+            warned.insert(key, (now, 0));
             Some(0)
         }
-    });
-    if let Some(suppressed) = suppressed {
+    })
+}
+
+/// Logs an error that airlock itself is to blame for ([`Blame::Airlock`]: a credential that
+/// cannot be opened, the request log or the store unwritable, the connection cap, a stale fleet
+/// node, the corporate proxy refusing airlock), and a failed upstream TLS handshake: the agent's
+/// answer says what happened, the operator reads it here. Errors of the agent or the upstream
+/// are the request log's. At most one line per kind per worker every [`WARN_EVERY`], counting
+/// those answered in between.
+fn warn_operator(e: &ProxyError) {
+    // A failed upstream handshake is the upstream's, but usually fixed by the operator (a
+    // private CA to trust): it is told too.
+    if e.kind().blame() != Blame::Airlock && e.kind() != ErrorKind::UpstreamTlsError {
+        return;
+    }
+    if let Some(suppressed) = may_warn(e.code()) {
         tracing::warn!(
             code = e.code(),
             suppressed,

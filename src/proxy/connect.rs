@@ -17,8 +17,9 @@ use super::error::{ErrorKind, ProxyError, no_service};
 use super::log::refuse_unmatched;
 use super::peer::Peer;
 use super::request::Request;
+use super::stats::Refused;
 use super::upstream::Target;
-use super::{Shared, agent_api, auth, intercept, plain, tunnel};
+use super::{Shared, agent_api, auth, intercept, plain, proxy_protocol, tunnel};
 use crate::http::io::BufConn;
 use crate::spec::Scheme;
 use crate::vault::UnmatchedPolicy;
@@ -37,16 +38,32 @@ pub async fn accepted(shared: Arc<Shared>, tcp: TcpStream) {
     shared.stats.connections.fetch_sub(1, Ordering::Relaxed);
 }
 
-/// Serves one accepted TCP connection: refused at once when `client_networks` does not hold its
-/// address; through TLS first when the proxy port speaks TLS (`proxy_tls_names` or
+/// Serves one accepted TCP connection: from a balancer of `proxy_protocol_from`, its PROXY
+/// header read first (the agent's address); refused at once when `client_networks` does not
+/// hold the address; through TLS first when the proxy port speaks TLS (`proxy_tls_names` or
 /// `proxy_tls_cert`), so a token sent to it never crosses a network in clear text.
-async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
+async fn serve(shared: Arc<Shared>, mut tcp: TcpStream) {
     let _ = tcp.set_nodelay(true);
-    let peer = Peer::of(&tcp);
+    let mut peer = Peer::of(&tcp);
+    if shared
+        .proxy_protocol_from
+        .iter()
+        .any(|n| n.contains(peer.addr))
+    {
+        let wait = shared
+            .limits()
+            .header_timeout
+            .min(client::FIRST_REQUEST_WAIT);
+        match proxy_protocol::read_source(&mut tcp, wait).await {
+            Ok(Some(agent)) => peer.addr = agent,
+            Ok(None) => {}
+            Err(e) => return refuse(&shared, Refused::ProxyHeader, &peer, &e.to_string()),
+        }
+    }
     if !shared.client_networks.is_empty()
         && !shared.client_networks.iter().any(|n| n.contains(peer.addr))
     {
-        return;
+        return refuse(&shared, Refused::Network, &peer, "not in client_networks");
     }
     let Some(tls) = shared.proxy_tls.clone() else {
         return serve_io(shared, tcp, &peer).await;
@@ -61,6 +78,19 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
         // Boxed: TLS in TLS makes this the largest state of all, and a connection's task is
         // sized for its largest state; plain connections should not pay for it.
         Box::pin(serve_io(shared, io, &peer)).await;
+    }
+}
+
+/// A connection closed at once: counted, and told to the operator (at most once every 10 s per
+/// reason and worker, with how many went untold).
+fn refuse(shared: &Shared, why: Refused, peer: &Peer, detail: &str) {
+    shared.stats.refused(why);
+    let key = match why {
+        Refused::Network => "refused_client_networks",
+        Refused::ProxyHeader => "refused_proxy_protocol",
+    };
+    if let Some(suppressed) = client::may_warn(key) {
+        tracing::warn!(client = %peer.addr, suppressed, "refused a connection: {detail}");
     }
 }
 
@@ -119,10 +149,13 @@ async fn connect<S: Split + AsyncReadRent + AsyncWriteRent + 'static>(
     match unmatched(&shared, &id, &target) {
         Err(e) => reply_and_close(&mut client, &e).await,
         Ok(None) => intercept::serve(shared, client, target, id, bucket, peer).await,
-        Ok(Some(UnmatchedPolicy::Tunnel)) => tunnel::serve(shared, client, target, id).await,
+        Ok(Some(UnmatchedPolicy::Tunnel)) => {
+            tunnel::serve(shared, client, target, id, peer.addr).await
+        }
         Ok(Some(UnmatchedPolicy::Deny)) => {
             let refused = no_service(&target.host, target.port, &shared.api_base);
-            let refused = refuse_unmatched(&shared, &id, &target.host, &req, refused);
+            let to = (target.host.as_str(), peer.addr);
+            let refused = refuse_unmatched(&shared, &id, to, &req, refused);
             reply_and_close(&mut client, &refused).await
         }
     }

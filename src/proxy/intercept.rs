@@ -116,7 +116,7 @@ impl Tunnel<'_> {
         raw: Vec<u8>,
     ) -> Result<Outcome, ExchangeError> {
         let shared = self.shared;
-        let mut entry = Entry::new(self.id, &self.target.host);
+        let mut entry = Entry::new(self.id, &self.target.host, self.peer.addr);
         let req = match Request::parse(raw) {
             Ok(req) => req,
             Err(e) => {

@@ -8,6 +8,7 @@
 //! batch, so a request writes no cache line another thread shares.
 
 use std::cell::RefCell;
+use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::Shared;
@@ -59,8 +60,8 @@ pub(super) struct Entry {
 }
 
 impl Entry {
-    /// A row for an authenticated request to `host`.
-    pub(super) fn new(id: &Identity, host: &str) -> Self {
+    /// A row for an authenticated request to `host` from the agent at `client`.
+    pub(super) fn new(id: &Identity, host: &str, client: IpAddr) -> Self {
         let at_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -69,6 +70,7 @@ impl Entry {
             agent: id.who.clone(),
             vault: id.vault.clone(),
             host: host.to_owned(),
+            client: Some(client.to_string()),
             ..Row::default()
         };
         Self {
@@ -118,7 +120,7 @@ impl Entry {
 pub(super) fn refuse_unmatched(
     shared: &Shared,
     id: &Identity,
-    host: &str,
+    (host, client): (&str, IpAddr),
     req: &Request,
     refused: ProxyError,
 ) -> ProxyError {
@@ -129,7 +131,7 @@ pub(super) fn refuse_unmatched(
         )
         .hint(format!("{}/v1/proposals", shared.api_base));
     }
-    let mut entry = Entry::new(id, host);
+    let mut entry = Entry::new(id, host, client);
     entry.row.method = req.method().to_owned();
     entry.finish(&shared.log, &Err(ExchangeError::Respond(refused.clone())));
     refused

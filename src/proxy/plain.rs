@@ -40,9 +40,10 @@ pub(super) async fn serve<S: AsyncReadRent + AsyncWriteRent>(
         } else {
             no_service(&target.host, target.port, &shared.api_base)
         };
-        return Err(refuse_unmatched(shared, &id, &target.host, req, refused).into());
+        let to = (target.host.as_str(), peer.addr);
+        return Err(refuse_unmatched(shared, &id, to, req, refused).into());
     }
-    let mut entry = Entry::new(&id, &target.host);
+    let mut entry = Entry::new(&id, &target.host, peer.addr);
     entry.request(req);
     let bucket = shared.limiters.agents.bucket(id.limit_key);
     let _permit = match shared.limiters.agents.admit(&bucket) {

@@ -24,6 +24,8 @@ struct Line {
     reused: AtomicU64,
     discarded: AtomicU64,
     retried: AtomicU64,
+    refused_network: AtomicU64,
+    refused_proxy_header: AtomicU64,
 }
 
 /// The data plane's counters.
@@ -43,6 +45,10 @@ pub struct Totals {
     pub upstream_reused: u64,
     pub pool_discarded: u64,
     pub retried: u64,
+    /// Connections closed at once: from outside `client_networks`, or from a balancer of
+    /// `proxy_protocol_from` without a valid PROXY header.
+    pub refused_network: u64,
+    pub refused_proxy_header: u64,
 }
 
 impl Stats {
@@ -88,6 +94,16 @@ impl Stats {
         self.line().retried.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a connection refused before its first byte was served.
+    pub fn refused(&self, why: Refused) {
+        let line = self.line();
+        let c = match why {
+            Refused::Network => &line.refused_network,
+            Refused::ProxyHeader => &line.refused_proxy_header,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Every line summed (a gauge line may be negative alone: a guard can drop on another
     /// thread than the one that counted it; the sum is right).
     pub fn totals(&self) -> Totals {
@@ -100,8 +116,19 @@ impl Stats {
             upstream_reused: count(|l| l.reused.load(Ordering::Relaxed)),
             pool_discarded: count(|l| l.discarded.load(Ordering::Relaxed)),
             retried: count(|l| l.retried.load(Ordering::Relaxed)),
+            refused_network: count(|l| l.refused_network.load(Ordering::Relaxed)),
+            refused_proxy_header: count(|l| l.refused_proxy_header.load(Ordering::Relaxed)),
         }
     }
+}
+
+/// Why a connection was refused at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// Its address is outside `client_networks`.
+    Network,
+    /// A balancer of `proxy_protocol_from` sent no valid PROXY protocol v2 header.
+    ProxyHeader,
 }
 
 /// Holds one count of a gauge until dropped.

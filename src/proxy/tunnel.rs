@@ -23,6 +23,7 @@ pub(super) async fn serve<S: Split + AsyncReadRent + AsyncWriteRent>(
     mut client: BufConn<S>,
     target: Target,
     id: Identity,
+    from: std::net::IpAddr,
 ) {
     let up = match shared.dialer.connect_tcp(&id.vault, &target).await {
         Ok(up) => up,
@@ -32,7 +33,7 @@ pub(super) async fn serve<S: Split + AsyncReadRent + AsyncWriteRent>(
         return;
     }
     let _open = shared.stats.tunnel();
-    let mut entry = Entry::new(&id, &target.host);
+    let mut entry = Entry::new(&id, &target.host, from);
     entry.row.method = "CONNECT".to_owned();
     entry.row.status = 200;
     let to_agent = std::cell::Cell::new(0);

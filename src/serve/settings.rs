@@ -72,6 +72,8 @@ pub struct Settings {
     pub proxy_tls_files: Option<(PathBuf, PathBuf)>,
     /// Client networks allowed to connect; empty: any.
     pub client_networks: Vec<Cidr>,
+    /// Balancers that send a PROXY protocol v2 header first.
+    pub proxy_protocol_from: Vec<Cidr>,
     /// Fleet mode: the fleet's store (`store_url`), set by the caller from the config file.
     pub fleet: Option<crate::vault::fleet::Fleet>,
     /// Fleet mode: fail credentialed requests closed past this long without the store.
@@ -126,6 +128,10 @@ pub struct ServeArgs {
     /// Accept proxy connections only from this CIDR (repeatable) [default: any]
     #[arg(long, value_name = "CIDR")]
     pub client_network: Vec<Cidr>,
+    /// Read a PROXY protocol v2 header (the agent's address) on connections from this balancer
+    /// CIDR, and refuse those without one (repeatable) [default: none]
+    #[arg(long, value_name = "CIDR")]
+    pub proxy_protocol_from: Vec<Cidr>,
     /// Prometheus metrics listener, or `none` [default: none]
     #[arg(long, value_name = "ADDR|none")]
     pub metrics_listen: Option<AdminListen>,
@@ -234,6 +240,7 @@ impl Settings {
             proxy_tls_names: listed(&args.proxy_tls_name, &file.proxy_tls_names),
             proxy_tls_files: file.proxy_tls_cert.clone().zip(file.proxy_tls_key.clone()),
             client_networks: listed(&args.client_network, &file.client_networks),
+            proxy_protocol_from: listed(&args.proxy_protocol_from, &file.proxy_protocol_from),
             fleet: None,
             fleet_max_staleness: file.fleet_max_staleness.map(|d| d.0),
             hold_timeout: args
@@ -326,6 +333,10 @@ impl Settings {
         check(
             "client_networks",
             self.client_networks != new.client_networks,
+        );
+        check(
+            "proxy_protocol_from",
+            self.proxy_protocol_from != new.proxy_protocol_from,
         );
         check(
             "fleet_max_staleness",

@@ -179,6 +179,8 @@ pub(super) fn gauges(shared: &Arc<Shared>) -> impl Fn() -> crate::metrics::Gauge
             upstream_reused: t.upstream_reused,
             pool_discarded: t.pool_discarded,
             retried: t.retried,
+            refused_network: t.refused_network,
+            refused_proxy_header: t.refused_proxy_header,
             leaf_mints: s.certs.mints(),
             leaf_hits: s.certs.hits(),
             limited_agent: s.limiters.agents.refused.load(Ordering::Relaxed),
@@ -308,6 +310,7 @@ pub(super) fn shared_state(
             .map(|node| crate::fleet_state::FleetState::new(node, settings.fleet_max_staleness)),
         proxy_tls,
         client_networks: settings.client_networks.clone(),
+        proxy_protocol_from: settings.proxy_protocol_from.clone(),
         ..Shared::new(parts)
     });
     shared.prewarm(&policy);

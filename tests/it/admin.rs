@@ -1016,6 +1016,7 @@ fn pages_stay_small_and_fast_with_a_large_vault_and_log() {
             ][(i % 7) as usize]
                 .map(str::to_owned),
             rule: (i % 7 == 4).then(|| "no-deletes".to_owned()),
+            client: None,
         });
     }
     let start = Instant::now();

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::proxy::{HOSTS, SERVICES};
 use crate::support::origin::Origin;
 use crate::support::pg::Postgres;
-use crate::support::{Curl, Env, Proxy, Run, api, canary};
+use crate::support::{Balancer, Curl, Env, Proxy, Run, api, canary};
 
 /// One node: its data dir, config file and running serve.
 pub(crate) struct Node {
@@ -564,74 +564,17 @@ fn fleet_killed_node_and_late_joiner_catch_up() {
     assert_eq!(names, ["a", "b", "c", "d"], "{status}");
 }
 
-/// HAProxy in front of the nodes, as docs/src/fleet.md configures it (`mode tcp`,
-/// health checks on `/healthz`, redispatch on a failed connect). Killed on drop.
-struct Balancer {
-    child: std::process::Child,
-    addr: std::net::SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Balancer {
-    fn start(nodes: &[Node]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        // A port the kernel picked, handed to HAProxy (it cannot report one it chose itself).
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let servers: String = nodes
-            .iter()
-            .map(|n| {
-                format!(
-                    "    server {} {} check inter 200ms fall 1 rise 2\n",
-                    n.name,
-                    n.proxy().addr
-                )
-            })
-            .collect();
-        let cfg = format!(
-            "global\n    maxconn 256\n\
-             defaults\n    mode tcp\n    timeout connect 1s\n    timeout client 30s\n    timeout server 30s\n    retries 2\n    option redispatch\n\
-             frontend agents\n    bind {addr}\n    default_backend airlock\n\
-             backend airlock\n    balance roundrobin\n    option httpchk GET /healthz\n    http-check expect status 200\n{servers}"
-        );
-        let path = dir.path().join("haproxy.cfg");
-        std::fs::write(&path, cfg).unwrap();
-        let child = std::process::Command::new("haproxy")
-            .arg("-db")
-            .arg("-f")
-            .arg(&path)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("haproxy (Debian package haproxy; tests/run.sh installs it)");
-        let end = Instant::now() + Duration::from_secs(5);
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < end, "haproxy did not listen on {addr}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self {
-            child,
-            addr,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Balancer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Scenario 6: agents reach the fleet through HAProxy. Node b is killed (SIGKILL); every new
 /// tunnel from then on goes to a or c and is served with the credential injected.
 #[test]
 fn fleet_behind_haproxy_survives_a_killed_node() {
     let mut f = FleetSetup::new(NO_EXTRA, NO_FLAGS);
-    let lb = Balancer::start(&f.nodes);
+    let servers: Vec<_> = f
+        .nodes
+        .iter()
+        .map(|n| (n.name.clone(), n.proxy().addr))
+        .collect();
+    let lb = Balancer::start(&servers, "");
     let lb_proxy = format!("http://{}:default@{}", f.token, lb.addr);
     let ca = f.nodes[0].env.data_dir.join("ca.pem");
     let through_lb =

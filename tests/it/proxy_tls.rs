@@ -8,7 +8,9 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 
 use crate::proxy::Setup;
-use crate::support::{Curl, output};
+use std::time::{Duration, Instant};
+
+use crate::support::{Balancer, Curl, output};
 
 /// A TCP relay in front of `to` that keeps a copy of every byte the client sent.
 struct Tap {
@@ -206,4 +208,104 @@ fn airlock_run_uses_a_tls_proxy_port() {
             .unwrap();
         assert_eq!(got.header("authorization"), std::slice::from_ref(&bearer));
     }
+}
+
+/// Row 127: airlock behind HAProxy sending PROXY protocol v2 to the TLS proxy port (the
+/// configuration of docs/src/fleet.md): health checks pass over TLS (`check-ssl`, a `LOCAL`
+/// header); the agent's own address (curl bound to 127.0.0.2) is the one the request log and
+/// `client_networks` see, so an agent at 127.0.0.3 is refused although HAProxy (127.0.0.1) is
+/// allowed; a connection from the balancer's address without a header is refused before TLS;
+/// both refusals are counted and logged.
+#[test]
+fn row127_proxy_protocol_behind_haproxy() {
+    let s = Setup::with(
+        "auto",
+        &[
+            "--proxy-tls-name",
+            "127.0.0.1",
+            "--proxy-protocol-from",
+            "127.0.0.1/32",
+            "--client-network",
+            "127.0.0.1/32",
+            "--client-network",
+            "127.0.0.2/32",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+        true,
+        true,
+    );
+    let ca = s.ca();
+    let options = format!(
+        "send-proxy-v2 check-ssl verify required ca-file {} check-sni 127.0.0.1",
+        ca.display()
+    );
+    let lb = Balancer::start(&[("a".to_owned(), s.proxy.addr)], &options);
+    let proxy = format!("https://{}:default@{}", s.token, lb.addr);
+    let from = |source: &str, path: &str| {
+        Curl::via(&proxy, &ca)
+            .args(["--proxy-cacert"])
+            .arg(&ca)
+            .args(["--interface", source, "-w", " %{http_code}"])
+            .arg(format!("https://api.openai.com{path}"))
+            .run()
+    };
+    // Until HAProxy's checks (over TLS, with a LOCAL header) see the node up.
+    let start = Instant::now();
+    while !from("127.0.0.2", "/v1/up").stdout.ends_with(" 200") {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "{}",
+            s.proxy.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let r = from("127.0.0.2", "/v1/behind-haproxy");
+    assert!(r.stdout.ends_with(" 200"), "{r:?}");
+    let row = s
+        .env
+        .log_row("default", |r| r["path"] == "/v1/behind-haproxy");
+    assert_eq!(row["client"], "127.0.0.2", "{row}");
+    // client_networks judges the agent's address, not HAProxy's.
+    let r = from("127.0.0.3", "/v1/outside");
+    assert!(!r.stdout.ends_with(" 200"), "{r:?}");
+    // The balancer's address without a header: refused before TLS.
+    let direct = format!("https://{}:default@{}", s.token, s.proxy.addr);
+    let r = Curl::via(&direct, &ca)
+        .args(["--proxy-cacert"])
+        .arg(&ca)
+        .arg("https://api.openai.com/v1/no-header")
+        .run();
+    assert_ne!(r.code, 0, "{r:?}");
+    let metrics = format!("http://{}/metrics", s.proxy.metrics.as_ref().unwrap());
+    let text = Curl::direct().arg(metrics).run().ok().stdout;
+    let count = |reason: &str| -> u64 {
+        let key = format!("airlock_refused_connections_total{{reason=\"{reason}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(key.as_str()))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(
+        count("proxy_protocol") >= 1 && count("client_networks") >= 1,
+        "{text}"
+    );
+    let log = s.proxy.stderr();
+    assert!(
+        log.contains("refused a connection") && log.contains("not a PROXY protocol v2 header"),
+        "{log}"
+    );
+    assert!(
+        !s.origin
+            .recorded()
+            .iter()
+            .any(|r| r.head.contains("/v1/outside"))
+    );
+    assert!(
+        !s.origin
+            .recorded()
+            .iter()
+            .any(|r| r.head.contains("/v1/no-header"))
+    );
 }

@@ -5,6 +5,7 @@
 //! - [`serve`]: a running `airlock serve` ([`Proxy`]) and a raw TLS client through it;
 //! - [`origin`]: the test origin, HTTPS or plain HTTP, recording what it received;
 //! - [`pg`]: a throwaway PostgreSQL cluster for the fleet tests;
+//! - [`balancer`]: HAProxy in front of one node or a fleet ([`Balancer`]);
 //! - [`curl`]: one builder for every curl the tests run ([`Curl`]);
 //! - [`api`]: the agent API client ([`api::call`]) and the wait for a proxy to serve the vault
 //!   as it is now ([`api::wait_generation`]).
@@ -13,12 +14,14 @@
 //! with fixed sleeps.
 
 pub(crate) mod api;
+mod balancer;
 mod curl;
 mod env;
 pub(crate) mod origin;
 pub(crate) mod pg;
 mod serve;
 
+pub(crate) use balancer::Balancer;
 pub(crate) use curl::Curl;
 pub(crate) use env::*;
 pub(crate) use serve::*;
