@@ -196,6 +196,14 @@ fn render_gauges(out: &mut String, m: &RequestMetrics, g: Gauges) {
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
         );
     }
+    render_counters(out, g);
+    if let Some(f) = g.fleet {
+        render_fleet(out, f);
+    }
+}
+
+/// The labelled counters: upstream connections, refused connections and the limiters.
+fn render_counters(out: &mut String, g: Gauges) {
     let _ = writeln!(
         out,
         "# HELP airlock_upstream_connections_total Upstream connections used, by whether the pool supplied them.\n\
@@ -233,9 +241,6 @@ fn render_gauges(out: &mut String, m: &RequestMetrics, g: Gauges) {
          airlock_rate_limited_total{{limit=\"token_mint\"}} {}",
         g.limited_agent, g.limited_auth, g.limited_mint, g.limited_refusals, g.limited_token_mints
     );
-    if let Some(f) = g.fleet {
-        render_fleet(out, f);
-    }
 }
 
 /// A fleet node's position in the log, its contact with the store, and a refused change.
