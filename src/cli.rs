@@ -151,10 +151,19 @@ pub enum FleetCmd {
         key: RootKeyArgs,
     },
     /// The fleet's nodes: applied position, lag behind the log, last heartbeat, and any node
-    /// that stopped following because a change did not verify
+    /// that stopped following because a change did not verify. With the store unreachable,
+    /// what this node knows: its fleet, its applied change, and its serve's last store contact
     Status {
         #[arg(long)]
         json: bool,
+    },
+    /// Forget a node that is gone for good (its heartbeat row; writes and the log are the
+    /// fleet's). A node heard from in the last 30 s is refused: stop it first
+    Remove {
+        node: String,
+        /// Remove it even though it sent a heartbeat in the last 30 s
+        #[arg(long)]
+        force: bool,
     },
     /// Once, after every node runs this version: authenticate a change log written by an older
     /// airlock (this node's vault becomes the checkpoint every node follows from). On the other

@@ -1,5 +1,6 @@
-//! `airlock fleet init|join|status|upgrade`: making data dirs nodes of a fleet (`vault::fleet`),
-//! showing where each node stands, and authenticating a log an older airlock wrote. Each command
+//! `airlock fleet init|join|status|remove|upgrade`: making data dirs nodes of a fleet
+//! (`vault::fleet`), showing where each node stands (from what this node knows when the store
+//! is down), forgetting a node gone for good, and authenticating a log an older airlock wrote. Each command
 //! that writes the log checks the root key against the vault (or, joining, against the fleet)
 //! before anything is written.
 
@@ -7,7 +8,7 @@ use serde_json::json;
 
 use super::output;
 use super::{CliError, Ctx, FleetCmd, RootKeyArgs};
-use crate::vault::fleet::{Fleet, LogKey};
+use crate::vault::fleet::{Fleet, FleetError, LogKey};
 use crate::vault::keys::KeySources;
 use crate::vault::setup::{self, CA_CERT_FILE, CA_KEY_FILE};
 use crate::vault::{Store, StoreError, VaultError};
@@ -55,15 +56,28 @@ pub(super) fn run(ctx: &Ctx, cmd: FleetCmd) -> Result<(), CliError> {
                 )?,
             }
         }
-        FleetCmd::Status { json } => status(&fleet, json)?,
+        FleetCmd::Status { json } => status(ctx, &fleet, json)?,
+        FleetCmd::Remove { node, force } => {
+            let age = fleet
+                .remove_node(&node, REMOVE_ALIVE, force)
+                .map_err(StoreError::from)?;
+            say!("removed node {node} (last heartbeat {age:.1}s ago)")?;
+        }
     }
     Ok(())
 }
 
+/// A node heard from this recently is running: `fleet remove` refuses it without `--force`.
+const REMOVE_ALIVE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// `fleet status`: the fleet's head and each node's position, heartbeat and version, and what
-/// stops a node following, if anything.
-fn status(fleet: &Fleet, json: bool) -> Result<(), CliError> {
-    let status = fleet.status().map_err(StoreError::from)?;
+/// stops a node following, if anything; with the store unreachable, [`offline`].
+fn status(ctx: &Ctx, fleet: &Fleet, json: bool) -> Result<(), CliError> {
+    let status = match fleet.status() {
+        Ok(status) => status,
+        Err(FleetError::Unavailable(why)) => return offline(ctx, &why, json),
+        Err(e) => return Err(StoreError::from(e).into()),
+    };
     if json {
         output::json(&json!(status))?;
     } else {
@@ -96,6 +110,42 @@ fn status(fleet: &Fleet, json: bool) -> Result<(), CliError> {
             }
         }
     }
+    Ok(())
+}
+
+/// `fleet status` while the fleet's store cannot be reached: what this node knows. Its fleet
+/// and name, the change it applied (its vault's generation), and, when `serve` runs on this
+/// data dir, that serve's own view (`/healthz`): how long since it last reached the store.
+fn offline(ctx: &Ctx, why: &str, json: bool) -> Result<(), CliError> {
+    let store = Store::open(&ctx.data_dir, ctx.store_options())?;
+    let marker = store.fleet_marker()?;
+    let applied = store.generation()?;
+    let serve = super::session::local_health(ctx);
+    let contact = serve
+        .as_ref()
+        .and_then(|h| h["fleet"]["store_contact_age_secs"].as_f64());
+    if json {
+        return output::json(&json!({
+            "store": "unreachable",
+            "error": why,
+            "fleet_id": marker.as_ref().map(|m| m.fleet_id.clone()),
+            "node": marker.as_ref().map(|m| m.node.clone()),
+            "applied_seq": applied,
+            "serving": serve.is_some(),
+            "store_contact_age_secs": contact,
+        }));
+    }
+    say!("the fleet's store cannot be reached ({why}); what this node knows:")?;
+    let (fleet_id, node) = marker.map_or(("-".into(), "-".into()), |m| (m.fleet_id, m.node));
+    let contact = match (&serve, contact) {
+        (None, _) => "serve not running".to_owned(),
+        (Some(_), Some(age)) => format!("{age:.1}s ago"),
+        (Some(_), None) => "-".to_owned(),
+    };
+    output::table(
+        &["FLEET", "NODE", "APPLIED", "STORE CONTACT"],
+        &[vec![fleet_id, node, applied.to_string(), contact]],
+    );
     Ok(())
 }
 

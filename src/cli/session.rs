@@ -303,6 +303,20 @@ pub(super) fn revoke(ctx: &Ctx, proxy: &str, token: &RunToken) {
     }
 }
 
+/// The `/healthz` of the `serve` running on this data dir (found through its runtime file), if
+/// one answers.
+pub(super) fn local_health(ctx: &Ctx) -> Option<serde_json::Value> {
+    let runtime = ctx.data_dir.join(crate::serve::RUNTIME_FILE);
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(runtime).ok()?).ok()?;
+    let base = format!("{}://{}", v["scheme"].as_str()?, v["proxy"].as_str()?);
+    let _ = DATA_DIR_CA.set(ctx.data_dir.join(CA_CERT_FILE));
+    let (status, body) = http(&base, "GET", "/healthz", &[], "").ok()?;
+    (status != 0)
+        .then(|| serde_json::from_str(&body).ok())
+        .flatten()
+}
+
 /// A minimal HTTP/1.1 exchange with the agent API on the proxy port (over TLS for https://).
 fn http(
     base: &str,

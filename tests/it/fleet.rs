@@ -458,6 +458,24 @@ fn fleet_partition_keeps_serving_and_catches_up() {
         "nothing was written"
     );
     std::thread::sleep(Duration::from_millis(3000).saturating_sub(stopped.elapsed()));
+    // `fleet status` answers from what the node knows: its name, its change, its serve's
+    // last contact with the store.
+    let r = a.run(&["fleet", "status"]).ok();
+    assert!(
+        r.stdout.contains("cannot be reached") && r.stdout.contains(&before.to_string()),
+        "{r:?}"
+    );
+    let r = a.run(&["fleet", "status", "--json"]).ok();
+    let offline: Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(
+        (&offline["store"], &offline["node"], &offline["serving"]),
+        (&json!("unreachable"), &json!("a"), &json!(true)),
+        "{offline}"
+    );
+    assert!(
+        offline["store_contact_age_secs"].as_f64().unwrap() > 2.0,
+        "{offline}"
+    );
     let (code, health) = b.api("GET", "/healthz", None, None);
     assert_eq!(code, 200, "{health}");
     assert!(
@@ -607,6 +625,24 @@ fn fleet_behind_haproxy_survives_a_killed_node() {
             &format!("Bearer {}", f.secret("OPENAI_KEY")),
         );
     }
+    // Node b is gone for good: `fleet remove` forgets it (refused without --force while its
+    // last heartbeat is recent).
+    let a = &f.nodes[0];
+    let r = a.run(&["fleet", "remove", "b"]);
+    assert!(r.code != 0 && r.stderr.contains("stop it first"), "{r:?}");
+    a.run(&["fleet", "remove", "b", "--force"]).ok();
+    let status = a.run(&["fleet", "status"]).ok().stdout;
+    let nodes: Vec<&str> = status
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(nodes, ["a", "c"], "{status}");
+    let r = a.run(&["fleet", "remove", "nope"]);
+    assert!(
+        r.code != 0 && r.stderr.contains("no node \"nope\""),
+        "{r:?}"
+    );
     f.nodes[1].proxy = None;
     drop(lb);
 }

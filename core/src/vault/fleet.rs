@@ -411,6 +411,28 @@ impl Fleet {
         Ok(())
     }
 
+    /// `fleet remove`: forgets node `name` (its heartbeat row; the change log is the fleet's).
+    /// A node heard from in the last `alive` is refused unless `force`: it is still running and
+    /// would be back with its next heartbeat. Returns the seconds since its last heartbeat.
+    pub fn remove_node(&self, name: &str, alive: Duration, force: bool) -> Result<f64, FleetError> {
+        self.with_client(|c| {
+            let age: f64 = c
+                .query_opt(
+                    "SELECT extract(epoch FROM now() - heartbeat_at)::float8 FROM airlock_nodes WHERE name = $1",
+                    &[&name],
+                )?
+                .map(|r| r.get(0))
+                .ok_or_else(|| FleetError::Mismatch(format!("the fleet has no node {name:?}")))?;
+            if age < alive.as_secs_f64() && !force {
+                return Err(FleetError::Mismatch(format!(
+                    "node {name} sent a heartbeat {age:.1}s ago: it is running (stop it first, or --force)"
+                )));
+            }
+            c.execute("DELETE FROM airlock_nodes WHERE name = $1", &[&name])?;
+            Ok(age)
+        })
+    }
+
     /// How many nodes sent a heartbeat in the last 10 seconds (at least 1: this one).
     pub fn live_nodes(client: &mut postgres::Client) -> Result<u32, FleetError> {
         let n: i64 = client
