@@ -87,6 +87,34 @@ fn button(session: &Session, action: &str, label: &str) -> Markup {
     html! { form.inline method="post" action=(action) { input type="hidden" name="csrf" value=(session.csrf); button { (label) } } }
 }
 
+/// A destructive action in two steps: `label` opens a note saying what is lost, and only its
+/// own button (which sends `confirm=yes`) carries the action out; the handler refuses a post
+/// without it ([`confirmed`]), so one click never revokes, rotates, deletes or disables.
+fn destructive(session: &Session, action: &str, label: &str, lost: &str) -> Markup {
+    html! {
+        details.confirm {
+            summary { (label) }
+            p { (lost) }
+            form.inline method="post" action=(action) {
+                input type="hidden" name="csrf" value=(session.csrf);
+                input type="hidden" name="confirm" value="yes";
+                button.danger { "Yes, " (label) }
+            }
+        }
+    }
+}
+
+/// Whether a destructive form was confirmed (see [`destructive`]); a flash saying it was not.
+fn confirmed(f: &Fields, what: &str) -> Result<(), Markup> {
+    if f.get("confirm").is_some_and(|v| v == "yes") {
+        return Ok(());
+    }
+    Err(flash(
+        false,
+        &format!("Nothing done: {what} needs its confirmation."),
+    ))
+}
+
 async fn vaults(state: St, SignedIn(session): SignedIn) -> Response {
     vaults_page(&state, &session, None)
 }
@@ -119,6 +147,28 @@ fn vaults_page(state: &AppState, session: &Session, note: Option<Markup>) -> Res
     )
 }
 
+/// One vault's services, each with its enable, disable and remove controls.
+fn services_table(state: &AppState, session: &Session, v: &VaultRecord) -> Markup {
+    html! {
+        table {
+        thead { tr { th { "Service" } th { "Host" } th { "Auth" } th { "Enabled" } th { span.sr { "Actions" } } } }
+        tbody { @for s in state.store.services(&v.name).unwrap_or_default() { tr {
+            td { (s.spec.name) } td { code { (s.spec.host) } } td { (s.spec.auth_type()) }
+            td { (if s.spec.enabled { "yes" } else { "no" }) }
+            td {
+                @let base = format!("/vaults/{}/services/{}", v.name, s.spec.name);
+                @if s.spec.enabled {
+                    (destructive(session, &format!("{base}/toggle"), "disable", &format!("Agents' requests to {} are refused (service_disabled) until service {} is enabled again.", s.spec.host, s.spec.name)))
+                } @else {
+                    (button(session, &format!("{base}/toggle"), "enable"))
+                }
+                " " (destructive(session, &format!("{base}/remove"), "remove", &format!("Service {} and its rules are deleted: agents' requests to {} are refused (no_service). Its credentials stay.", s.spec.name, s.spec.host)))
+            }
+        } } }
+    }
+    }
+}
+
 /// One vault's services, credentials and the forms that change them.
 fn vault_card(state: &AppState, session: &Session, v: &VaultRecord) -> Markup {
     html! {
@@ -128,17 +178,7 @@ fn vault_card(state: &AppState, session: &Session, v: &VaultRecord) -> Markup {
             "Hosts without a service: " strong { (format!("{:?}", v.policy).to_lowercase()) } " "
             (button(session, &format!("/vaults/{}/policy", v.name), if v.policy == UnmatchedPolicy::Deny { "allow opaque tunnels" } else { "deny them" }))
         }
-        table {
-            thead { tr { th { "Service" } th { "Host" } th { "Auth" } th { "Enabled" } th { span.sr { "Actions" } } } }
-            tbody { @for s in state.store.services(&v.name).unwrap_or_default() { tr {
-                td { (s.spec.name) } td { code { (s.spec.host) } } td { (s.spec.auth_type()) }
-                td { (if s.spec.enabled { "yes" } else { "no" }) }
-                td {
-                    (button(session, &format!("/vaults/{}/services/{}/toggle", v.name, s.spec.name), if s.spec.enabled { "disable" } else { "enable" }))
-                    " " (button(session, &format!("/vaults/{}/services/{}/remove", v.name, s.spec.name), "remove"))
-                }
-            } } }
-        }
+        (services_table(state, session, v))
         form method="post" action={ "/vaults/" (v.name) "/services" } {
             input type="hidden" name="csrf" value=(session.csrf);
             label for={ "yaml-" (v.name) } { "Add or replace services (YAML, as for " code { "airlock service set" } ")" }
@@ -166,7 +206,7 @@ fn vault_card(state: &AppState, session: &Session, v: &VaultRecord) -> Markup {
                 td { code { (k) } }
                 td { @if let Some(m) = &c.oauth { "OAuth: " (m.status()) } @else { "static" } }
                 td.muted { (airlock_core::vault::rfc3339(c.created_at)) } td.muted { (airlock_core::vault::rfc3339(c.updated_at)) }
-                td { (button(session, &format!("/vaults/{}/credentials/{k}/delete", v.name), "delete")) }
+                td { (destructive(session, &format!("/vaults/{}/credentials/{k}/delete", v.name), "delete", &format!("The value of {k} is gone for good; services of vault {} that use it fail (credential_missing) until it is set again.", v.name))) }
             } } }
         }
         form method="post" action={ "/vaults/" (v.name) "/credentials" } {
@@ -357,6 +397,13 @@ async fn toggle_service(
     f: Fields,
 ) -> Result<Response, Reject> {
     let who = actor(&session, &f)?;
+    let disabling = state
+        .store
+        .services(&vault)
+        .is_ok_and(|list| list.iter().any(|s| s.spec.name == name && s.spec.enabled));
+    if disabling && let Err(note) = confirmed(&f, "disabling a service") {
+        return Ok(vaults_page(&state, &session, Some(note)));
+    }
     let r = state.store.services(&vault).and_then(|list| {
         let mut spec = list
             .into_iter()
@@ -381,6 +428,9 @@ async fn remove_service(
     f: Fields,
 ) -> Result<Response, Reject> {
     let who = actor(&session, &f)?;
+    if let Err(note) = confirmed(&f, "removing a service") {
+        return Ok(vaults_page(&state, &session, Some(note)));
+    }
     let note = result(
         state
             .store
@@ -464,6 +514,9 @@ async fn delete_credential(
     f: Fields,
 ) -> Result<Response, Reject> {
     let who = actor(&session, &f)?;
+    if let Err(note) = confirmed(&f, "deleting a credential") {
+        return Ok(vaults_page(&state, &session, Some(note)));
+    }
     let note = result(
         state
             .store
@@ -496,8 +549,8 @@ fn agents_page(state: &AppState, session: &Session, note: Option<Markup>) -> Res
                     td { (a.name) } td { (a.vaults.join(", ")) } td { (if a.revoked { "revoked" } else { "active" }) }
                     td.muted { (airlock_core::vault::rfc3339(a.created_at)) }
                     td { @if !a.revoked {
-                        (button(session, &format!("/agents/{}/rotate", a.name), "rotate token")) " "
-                        (button(session, &format!("/agents/{}/revoke", a.name), "revoke"))
+                        (destructive(session, &format!("/agents/{}/rotate", a.name), "rotate token", &format!("Agent {}'s token and every scoped token minted with it stop working now; you get a new token to hand to the agent.", a.name))) " "
+                        (destructive(session, &format!("/agents/{}/revoke", a.name), "revoke", &format!("Agent {} and every scoped token it minted stop working now, for good (a revoked agent is not restored).", a.name)))
                     } }
                 } } }
             }
@@ -547,6 +600,9 @@ async fn revoke_agent(
     f: Fields,
 ) -> Result<Response, Reject> {
     let who = actor(&session, &f)?;
+    if let Err(note) = confirmed(&f, "revoking an agent") {
+        return Ok(agents_page(&state, &session, Some(note)));
+    }
     let note = result(
         state
             .store
@@ -563,6 +619,9 @@ async fn rotate_agent(
     f: Fields,
 ) -> Result<Response, Reject> {
     let who = actor(&session, &f)?;
+    if let Err(note) = confirmed(&f, "rotating an agent's token") {
+        return Ok(agents_page(&state, &session, Some(note)));
+    }
     let note = match state.store.rotate_agent(&who, &name) {
         Ok(m) => token_note(
             &format!("Rotated the token of {name}; the old one stopped working."),

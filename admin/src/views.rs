@@ -29,6 +29,9 @@ input[type=text], input[type=password], textarea { width:100%; padding:.55rem; b
 button { font:inherit; padding:.55rem 1rem; border-radius:8px; border:1px solid var(--accent); background:var(--accent); color:#fff; cursor:pointer; margin-top:.8rem; }
 button.secondary { background:#fff; color:var(--bad); border-color:var(--bad); }
 form.inline { display:inline; } form.inline button { margin:0; padding:.2rem .6rem; background:none; color:var(--muted); border-color:var(--line); }
+details.confirm { display:inline-block; vertical-align:top; } details.confirm summary { display:inline-block; cursor:pointer; padding:.2rem .6rem; border:1px solid var(--line); border-radius:8px; color:var(--muted); }
+details.confirm[open] { display:block; max-width:28rem; margin:.4rem 0; padding:.5rem; border:1px solid var(--bad); border-radius:8px; } details.confirm p { margin:.4rem 0; }
+details.confirm form.inline button.danger { color:var(--bad); border-color:var(--bad); }
 .message { white-space:pre-wrap; background:var(--bg); border-left:3px solid var(--line); padding:.5rem .8rem; }
 .flash { padding:.7rem 1rem; border-radius:8px; margin-bottom:1rem; }
 .flash.ok { background:#e7f6ee; color:var(--ok); } .flash.bad { background:#fdecea; color:var(--bad); }

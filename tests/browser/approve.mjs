@@ -37,6 +37,19 @@ try {
     await page.goto(`${adminUrl}/${p}`);
     await shot(page, `6-${p}`);
   }
+  // Revoking takes two steps, the first saying what is lost (agent `doomed`, made by the test).
+  // On a desktop: a phone's layout hides the action columns.
+  await page.setViewportSize({ width: 1280, height: 900 });
+  await page.goto(`${adminUrl}/agents`);
+  const row = page.locator('tr', { hasText: 'doomed' });
+  const yes = row.locator('button:has-text("Yes, revoke")');
+  check(!(await yes.isVisible()), 'the revoking button is hidden until asked for');
+  await row.locator('summary:has-text("revoke")').click();
+  check(await yes.isVisible(), 'the confirmation opens');
+  check((await row.textContent()).includes('Agent doomed and every scoped token it minted stop working'), 'it names what is lost');
+  await shot(page, '6-confirm-revoke');
+  await Promise.all([page.waitForNavigation(), yes.click()]);
+  check((await page.textContent('main')).includes('Revoked agent doomed'), 'revoked after the confirmation');
   // Framing is refused (frame-ancestors 'none' and X-Frame-Options: DENY).
   const framer = await browser.newPage();
   await framer.setContent(`<iframe src="${adminUrl}/login" width="400" height="300"></iframe>`);

@@ -80,6 +80,7 @@ fn browser_approves_a_proposal_end_to_end() {
         format!("{}/proposals/{id}", admin_url(&s))
     );
     let key = "sk-browser-approved-key-77";
+    let doomed = s.env.agent_token("doomed", "default");
     let dir = artifacts();
     let mut c = std::process::Command::new("node");
     c.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser"));
@@ -96,12 +97,22 @@ fn browser_approves_a_proposal_end_to_end() {
     let r = output(c, None);
     assert_eq!(r.code, 0, "browser run failed: {r:?}");
     assert!(r.stdout.contains("\"ok\":true"));
+    let (_, head) = crate::support::connect(
+        s.proxy.addr,
+        "other.example.net:443",
+        Some(&format!("{doomed}:default")),
+    );
+    assert!(
+        head.starts_with("HTTP/1.1 407"),
+        "the revoked agent's token: {head}"
+    );
     for shot in [
         "1-login",
         "2-proposals",
         "3-proposal",
         "4-approved",
         "5-audit",
+        "6-confirm-revoke",
     ] {
         assert!(
             dir.join(format!("{shot}.png")).metadata().unwrap().len() > 1000,
@@ -454,10 +465,29 @@ fn management_pages_act_through_the_store() {
         s.last().header("authorization"),
         [format!("Bearer {secret}")]
     );
+    // Disabling is destructive: the page says what is lost, and a post without the
+    // confirmation changes nothing.
+    let (_, page) = b.req("GET", "/vaults", &[], &[]);
+    assert!(
+        page.contains("<details class=\"confirm\"><summary>disable</summary>")
+            && page.contains("requests to other.example.net are refused (service_disabled)"),
+        "{page}"
+    );
     let (_, html) = b.req(
         "POST",
         "/vaults/default/services/ui-svc/toggle",
         &[("csrf", &csrf)],
+        &[&o],
+    );
+    assert!(
+        html.contains("Nothing done: disabling a service needs its confirmation"),
+        "{html}"
+    );
+    assert!(s.curl(&["https://other.example.net/ui"]).code == 0);
+    let (_, html) = b.req(
+        "POST",
+        "/vaults/default/services/ui-svc/toggle",
+        &[("csrf", &csrf), ("confirm", "yes")],
         &[&o],
     );
     assert!(html.contains("Service ui-svc disabled"), "{html}");
@@ -482,7 +512,30 @@ fn management_pages_act_through_the_store() {
     let (_, again) = b.req("GET", "/agents", &[], &[]);
     assert!(!again.contains(&token), "the token was shown twice");
     let (_, html) = b.req("POST", "/agents/ui-bot/rotate", &[("csrf", &csrf)], &[&o]);
+    assert!(html.contains("Nothing done: rotating"), "{html}");
+    let (_, page) = b.req("GET", "/agents", &[], &[]);
+    assert!(
+        page.contains("every scoped token it minted stop working now"),
+        "{page}"
+    );
+    let confirmed = [("csrf", csrf.as_str()), ("confirm", "yes")];
+    let (_, html) = b.req("POST", "/agents/ui-bot/rotate", &confirmed, &[&o]);
     assert!(html.contains("the old one stopped working"));
+    for (path, what) in [
+        ("/agents/ui-bot/revoke", "revoking"),
+        ("/vaults/default/credentials/UI_KEY/delete", "deleting"),
+        ("/vaults/default/services/ui-svc/remove", "removing"),
+    ] {
+        let (_, html) = b.req("POST", path, &[("csrf", &csrf)], &[&o]);
+        assert!(
+            html.contains(&format!("Nothing done: {what}")),
+            "{path}: {html}"
+        );
+    }
+    let listed = s.env.run(&["credential", "list"]).ok().stdout;
+    assert!(listed.contains("UI_KEY"), "{listed}");
+    let (_, html) = b.req("POST", "/agents/ui-bot/revoke", &confirmed, &[&o]);
+    assert!(html.contains("Revoked agent ui-bot"), "{html}");
     let (_, html) = b.req(
         "POST",
         "/tokens",
