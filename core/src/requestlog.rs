@@ -70,7 +70,7 @@ pub struct Row {
     /// The agent's address: the connection's, or behind a balancer of `proxy_protocol_from`
     /// the one its PROXY header named.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client: Option<String>,
+    pub client: Option<std::net::IpAddr>,
 }
 
 /// Failures opening or reading the request log.

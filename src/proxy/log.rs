@@ -70,7 +70,7 @@ impl Entry {
             agent: id.who.clone(),
             vault: id.vault.clone(),
             host: host.to_owned(),
-            client: Some(client.to_string()),
+            client: Some(client),
             ..Row::default()
         };
         Self {
