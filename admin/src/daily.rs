@@ -4,7 +4,7 @@
 //! log copy's refresher thread ([`crate::logcache`]) when rows arrived, so the overview page only
 //! renders. Pure: no I/O.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use airlock_core::requestlog::{self, HostTried, Row};
 
@@ -20,6 +20,9 @@ pub(crate) struct Day {
     pub(crate) vaults: BTreeMap<String, VaultDay>,
     /// Hosts refused for want of a service over the day, every vault.
     pub(crate) refused: Vec<HostTried>,
+    /// Per agent (as the log names it), every vault: its requests in the day, and when it was
+    /// last seen in the whole log copy (Unix ms).
+    pub(crate) seen: HashMap<String, (u64, u64)>,
 }
 
 /// One vault's day; names are borrowed from the rows while counting (`K = &str`), owned after.
@@ -76,8 +79,14 @@ fn class(r: &Row) -> usize {
 /// Summarises the rows of `rows` (oldest first) younger than a day at `now_ms`.
 pub(crate) fn summarise(rows: &[(u64, Row)], now_ms: u64) -> Day {
     let mut vaults: BTreeMap<&str, VaultDay<&str>> = BTreeMap::new();
+    let mut seen: HashMap<&str, (u64, u64)> = HashMap::new();
     for (_, r) in rows {
         let age = now_ms.saturating_sub(r.at_ms);
+        if let Some(a) = &r.agent {
+            let e = seen.entry(a.as_str()).or_default();
+            e.0 += u64::from(age < DAY_MS);
+            e.1 = e.1.max(r.at_ms);
+        }
         if age >= DAY_MS {
             continue;
         }
@@ -130,6 +139,7 @@ pub(crate) fn summarise(rows: &[(u64, Row)], now_ms: u64) -> Day {
             .map(|(k, v)| (k.to_owned(), v.owned()))
             .collect(),
         refused: requestlog::hosts_tried(&rows[start..]),
+        seen: seen.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
     }
 }
 

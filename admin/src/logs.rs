@@ -86,7 +86,7 @@ fn keep(q: &HashMap<String, String>) -> String {
         .join("&")
 }
 
-fn urlencode(v: &str) -> String {
+pub(crate) fn urlencode(v: &str) -> String {
     v.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {

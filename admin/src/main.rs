@@ -10,6 +10,7 @@
 
 mod api;
 mod daily;
+mod listing;
 mod logcache;
 mod logs;
 mod manage;

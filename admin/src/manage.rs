@@ -9,15 +9,18 @@ use std::sync::Arc;
 
 use airlock_core::secret::Secret;
 use airlock_core::spec::ServiceFile;
+use airlock_core::vault::ops::AgentInfo;
 use airlock_core::vault::records::VaultRecord;
 use airlock_core::vault::{UnmatchedPolicy, VaultError};
 use axum::Router;
-use axum::extract::{Extension, Path};
+use axum::extract::{Extension, Path, Query};
 use axum::response::Response;
 use axum::routing::{get, post};
 use maud::{Markup, html};
 
 use crate::AppState;
+use crate::listing;
+use crate::logs::urlencode;
 use crate::respond::{Fields, SignedIn, St, forbidden, login_redirect, render};
 use crate::security::{Session, csrf_ok};
 use crate::views::flash;
@@ -264,20 +267,34 @@ fn token_counts(state: &AppState, vault: &str) -> Arc<BTreeMap<String, u64>> {
     counts
 }
 
-/// One vault on its own: its card, then the agents that may use it with their live scoped
-/// tokens counted (never listed), so the page does not grow with the tokens.
-async fn vault_page(state: St, SignedIn(session): SignedIn, Path(name): Path<String>) -> Response {
+/// One vault on its own: its card, then the agents that may use it (a page at a time, in
+/// natural order, searchable) with their live scoped tokens counted (never listed), so the page
+/// grows neither with the agents nor with the tokens.
+async fn vault_page(
+    state: St,
+    SignedIn(session): SignedIn,
+    Path(name): Path<String>,
+    Query(list): Query<ListQuery>,
+) -> Response {
     let v = match state.store.vault(&name) {
         Ok(v) => v,
         Err(e) => return crate::respond::vault_error(&state, &session, &e),
     };
-    let agents: Vec<_> = state
+    let granted: Vec<_> = state
         .store
         .agents()
         .unwrap_or_default()
         .into_iter()
         .filter(|a| a.vaults.contains(&v.name))
         .collect();
+    let name_of = |a: &AgentInfo| a.name.clone();
+    let (agents, next) = listing::page(
+        &granted,
+        |a| a.name.as_str(),
+        name_of,
+        &list.q,
+        list.after.as_deref(),
+    );
     let scoped = token_counts(&state, &v.name);
     render(
         &state,
@@ -294,10 +311,14 @@ async fn vault_page(state: St, SignedIn(session): SignedIn, Path(name): Path<Str
                             td { (a.name) } td { (if a.revoked { "revoked" } else { "active" }) }
                             td { (scoped.get(&a.name).copied().unwrap_or(0)) }
                         } }
-                        @for (who, n) in scoped.iter().filter(|(who, _)| !agents.iter().any(|a| &&a.name == who)) { tr {
+                        @for (who, n) in scoped.iter().filter(|(who, _)| list.after.is_none() && !granted.iter().any(|a| &&a.name == who)) { tr {
                             td { (who) } td.muted { "no agent (minted by)" } td { (n) }
                         } }
                     }
+                }
+                p.muted { (granted.len()) " agents may use it; " (agents.len()) " shown" }
+                @if let Some(after) = &next {
+                    p { a rel="next" href={ "/vaults/" (v.name) "?q=" (urlencode(&list.q)) "&after=" (urlencode(after)) } { "More agents →" } }
                 }
                 p { a href={ "/requests?vault=" (v.name) } { "Its request log →" } }
             }
@@ -526,8 +547,16 @@ async fn delete_credential(
     Ok(vaults_page(&state, &session, Some(note)))
 }
 
-async fn agents(state: St, SignedIn(session): SignedIn) -> Response {
-    agents_page(&state, &session, None)
+async fn agents(state: St, SignedIn(session): SignedIn, Query(list): Query<ListQuery>) -> Response {
+    agents_page(&state, &session, None, &list)
+}
+
+/// A long list's search and cursor (see [`crate::listing`]).
+#[derive(Debug, Default, serde::Deserialize)]
+pub(crate) struct ListQuery {
+    #[serde(default)]
+    q: String,
+    after: Option<String>,
 }
 
 /// A token shown once, with the reminder that it will not be shown again.
@@ -535,24 +564,51 @@ fn token_note(what: &str, token: &Secret) -> Markup {
     html! { div.flash.ok { (what) " Copy it now; it is not shown again:" br; code { (String::from_utf8_lossy(token.expose())) } } }
 }
 
-fn agents_page(state: &AppState, session: &Session, note: Option<Markup>) -> Response {
-    let list = state.store.agents().unwrap_or_default();
+fn agents_page(
+    state: &AppState,
+    session: &Session,
+    note: Option<Markup>,
+    list: &ListQuery,
+) -> Response {
+    let all = state.store.agents().unwrap_or_default();
+    let text = |a: &AgentInfo| format!("{} {}", a.name, a.vaults.join(" "));
+    let (shown, next) = listing::page(
+        &all,
+        |a| a.name.as_str(),
+        text,
+        &list.q,
+        list.after.as_deref(),
+    );
+    let day = state.log.day();
+    let seen = |name: &str| day.as_ref().and_then(|d| d.seen.get(name).copied());
     render(
         state,
         session,
         "Agents",
         html! {
             @if let Some(n) = note { (n) }
+            form.filters method="get" action="/agents" {
+                label for="agent-search" { "Search agents (name or vault)" }
+                input id="agent-search" type="search" name="q" value=(list.q);
+                button { "Search" }
+            }
+            p.muted { (all.len()) " agents; " (shown.len()) " shown, in natural order" }
             table {
-                thead { tr { th { "Agent" } th { "Vaults" } th { "Status" } th { "Created" } th { span.sr { "Actions" } } } }
-                tbody { @for a in &list { tr {
+                thead { tr { th { "Agent" } th { "Vaults" } th { "Status" } th { "Last seen" } th { "Requests (day)" } th { "Created" } th { span.sr { "Actions" } } } }
+                tbody { @for a in &shown { tr {
                     td { (a.name) } td { (a.vaults.join(", ")) } td { (if a.revoked { "revoked" } else { "active" }) }
+                    @let (day_count, last_ms) = seen(&a.name).unwrap_or((0, 0));
+                    td.muted { (if last_ms == 0 { "not in the log".to_owned() } else { airlock_core::vault::rfc3339(last_ms / 1000) }) }
+                    td { (day_count) }
                     td.muted { (airlock_core::vault::rfc3339(a.created_at)) }
                     td { @if !a.revoked {
                         (destructive(session, &format!("/agents/{}/rotate", a.name), "rotate token", &format!("Agent {}'s token and every scoped token minted with it stop working now; you get a new token to hand to the agent.", a.name))) " "
                         (destructive(session, &format!("/agents/{}/revoke", a.name), "revoke", &format!("Agent {} and every scoped token it minted stop working now, for good (a revoked agent is not restored).", a.name)))
                     } }
                 } } }
+            }
+            @if let Some(after) = &next {
+                p { a rel="next" href={ "/agents?q=" (urlencode(&list.q)) "&after=" (urlencode(after)) } { "More agents →" } }
             }
             form.card method="post" action="/agents" {
                 input type="hidden" name="csrf" value=(session.csrf);
@@ -590,7 +646,12 @@ async fn create_agent(
         Ok(m) => token_note(&format!("Created agent {name}."), &m.token),
         Err(e) => flash(false, &e.to_string()),
     };
-    Ok(agents_page(&state, &session, Some(note)))
+    Ok(agents_page(
+        &state,
+        &session,
+        Some(note),
+        &ListQuery::default(),
+    ))
 }
 
 async fn revoke_agent(
@@ -601,7 +662,12 @@ async fn revoke_agent(
 ) -> Result<Response, Reject> {
     let who = actor(&session, &f)?;
     if let Err(note) = confirmed(&f, "revoking an agent") {
-        return Ok(agents_page(&state, &session, Some(note)));
+        return Ok(agents_page(
+            &state,
+            &session,
+            Some(note),
+            &ListQuery::default(),
+        ));
     }
     let note = result(
         state
@@ -609,7 +675,12 @@ async fn revoke_agent(
             .revoke_agent(&who, &name)
             .map(|()| format!("Revoked agent {name} and its scoped tokens.")),
     );
-    Ok(agents_page(&state, &session, Some(note)))
+    Ok(agents_page(
+        &state,
+        &session,
+        Some(note),
+        &ListQuery::default(),
+    ))
 }
 
 async fn rotate_agent(
@@ -620,7 +691,12 @@ async fn rotate_agent(
 ) -> Result<Response, Reject> {
     let who = actor(&session, &f)?;
     if let Err(note) = confirmed(&f, "rotating an agent's token") {
-        return Ok(agents_page(&state, &session, Some(note)));
+        return Ok(agents_page(
+            &state,
+            &session,
+            Some(note),
+            &ListQuery::default(),
+        ));
     }
     let note = match state.store.rotate_agent(&who, &name) {
         Ok(m) => token_note(
@@ -629,7 +705,12 @@ async fn rotate_agent(
         ),
         Err(e) => flash(false, &e.to_string()),
     };
-    Ok(agents_page(&state, &session, Some(note)))
+    Ok(agents_page(
+        &state,
+        &session,
+        Some(note),
+        &ListQuery::default(),
+    ))
 }
 
 async fn mint_token(
@@ -652,5 +733,10 @@ async fn mint_token(
             Err(e) => flash(false, &e.to_string()),
         },
     };
-    Ok(agents_page(&state, &session, Some(note)))
+    Ok(agents_page(
+        &state,
+        &session,
+        Some(note),
+        &ListQuery::default(),
+    ))
 }

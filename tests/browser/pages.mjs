@@ -9,7 +9,7 @@ try {
   await login(page, adminUrl, operator, password);
   const paths = ['/', '/requests', '/requests?class=5', '/requests?error=rule_denied&range=3600',
     '/audit', '/audit?action=agent.', '/rules', '/proposals',
-    '/vaults', '/vaults/default', '/agents', '/hosts'];
+    '/vaults', '/vaults/default', '/agents', '/agents?q=agent-99', '/hosts'];
   const measured = [];
   for (const path of paths) {
     const times = [];
