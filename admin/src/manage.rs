@@ -10,7 +10,7 @@ use std::sync::Arc;
 use airlock_core::secret::Secret;
 use airlock_core::spec::ServiceFile;
 use airlock_core::vault::ops::AgentInfo;
-use airlock_core::vault::records::VaultRecord;
+use airlock_core::vault::records::{CredentialRecord, ServiceRecord, VaultRecord};
 use airlock_core::vault::{UnmatchedPolicy, VaultError};
 use axum::Router;
 use axum::extract::{Extension, Path, Query};
@@ -139,7 +139,7 @@ fn vaults_page(state: &AppState, session: &Session, note: Option<Markup>) -> Res
                     td { (format!("{:?}", v.policy).to_lowercase()) }
                 } } }
             }
-            @for v in &vaults { (vault_card(state, session, v)) }
+            @for v in &vaults { (vault_card(state, session, v, &ListQuery::default())) }
             form.card method="post" action="/vaults" {
                 input type="hidden" name="csrf" value=(session.csrf);
                 label for="new-vault" { "New vault" }
@@ -150,12 +150,34 @@ fn vaults_page(state: &AppState, session: &Session, note: Option<Markup>) -> Res
     )
 }
 
-/// One vault's services, each with its enable, disable and remove controls.
-fn services_table(state: &AppState, session: &Session, v: &VaultRecord) -> Markup {
+/// One vault's services a page at a time (see [`crate::listing`]; `sq`/`safter` on the vault's
+/// own page), each with its enable, disable and remove controls.
+fn services_table(
+    state: &AppState,
+    session: &Session,
+    v: &VaultRecord,
+    list: &ListQuery,
+) -> Markup {
+    let all = state.store.services(&v.name).unwrap_or_default();
+    let text = |s: &ServiceRecord| format!("{} {}", s.spec.name, s.spec.host);
+    let (shown, next) = listing::page(
+        &all,
+        |s| s.spec.name.as_str(),
+        text,
+        &list.sq,
+        list.safter.as_deref(),
+    );
     html! {
+        @if all.len() > listing::PAGE {
+            form.filters method="get" action={ "/vaults/" (v.name) } {
+                label for={ "svc-search-" (v.name) } { "Search services (name or host)" }
+                input id={ "svc-search-" (v.name) } type="search" name="sq" value=(list.sq);
+                button { "Search" }
+            }
+        }
         table {
         thead { tr { th { "Service" } th { "Host" } th { "Auth" } th { "Enabled" } th { span.sr { "Actions" } } } }
-        tbody { @for s in state.store.services(&v.name).unwrap_or_default() { tr {
+        tbody { @for s in &shown { tr {
             td { (s.spec.name) } td { code { (s.spec.host) } } td { (s.spec.auth_type()) }
             td { (if s.spec.enabled { "yes" } else { "no" }) }
             td {
@@ -168,12 +190,57 @@ fn services_table(state: &AppState, session: &Session, v: &VaultRecord) -> Marku
                 " " (destructive(session, &format!("{base}/remove"), "remove", &format!("Service {} and its rules are deleted: agents' requests to {} are refused (no_service). Its credentials stay.", s.spec.name, s.spec.host)))
             }
         } } }
-    }
+        }
+        p.muted { (all.len()) " services; " (shown.len()) " shown" }
+        @if let Some(after) = &next {
+            p { a rel="next" href={ "/vaults/" (v.name) "?sq=" (urlencode(&list.sq)) "&safter=" (urlencode(after)) } { "More services →" } }
+        }
     }
 }
 
-/// One vault's services, credentials and the forms that change them.
-fn vault_card(state: &AppState, session: &Session, v: &VaultRecord) -> Markup {
+/// One vault's credentials a page at a time (`cq`/`cafter` on the vault's own page), names and
+/// dates only, each with its delete control.
+fn credentials_table(
+    state: &AppState,
+    session: &Session,
+    v: &VaultRecord,
+    list: &ListQuery,
+) -> Markup {
+    let all = state.store.credentials(&v.name).unwrap_or_default();
+    let text = |(k, _): &(String, CredentialRecord)| k.clone();
+    let (shown, next) = listing::page(
+        &all,
+        |(k, _)| k.as_str(),
+        text,
+        &list.cq,
+        list.cafter.as_deref(),
+    );
+    html! {
+        @if all.len() > listing::PAGE {
+            form.filters method="get" action={ "/vaults/" (v.name) } {
+                label for={ "cred-search-" (v.name) } { "Search credentials" }
+                input id={ "cred-search-" (v.name) } type="search" name="cq" value=(list.cq);
+                button { "Search" }
+            }
+        }
+        table {
+            thead { tr { th { "Key" } th { "Kind" } th { "Created" } th { "Updated" } th { span.sr { "Actions" } } } }
+            tbody { @for (k, c) in &shown { tr {
+                td { code { (k) } }
+                td { @if let Some(m) = &c.oauth { "OAuth: " (m.status()) } @else { "static" } }
+                td.muted { (airlock_core::vault::rfc3339(c.created_at)) } td.muted { (airlock_core::vault::rfc3339(c.updated_at)) }
+                td { (destructive(session, &format!("/vaults/{}/credentials/{k}/delete", v.name), "delete", &format!("The value of {k} is gone for good; services of vault {} that use it fail (credential_missing) until it is set again.", v.name))) }
+            } } }
+        }
+        @if let Some(after) = &next {
+            p { a rel="next" href={ "/vaults/" (v.name) "?cq=" (urlencode(&list.cq)) "&cafter=" (urlencode(after)) } { "More credentials →" } }
+        }
+    }
+}
+
+/// One vault's services, credentials and the forms that change them, each form behind its own
+/// control.
+fn vault_card(state: &AppState, session: &Session, v: &VaultRecord, list: &ListQuery) -> Markup {
     html! {
     div.card {
         h2 { (v.name) }
@@ -181,13 +248,16 @@ fn vault_card(state: &AppState, session: &Session, v: &VaultRecord) -> Markup {
             "Hosts without a service: " strong { (format!("{:?}", v.policy).to_lowercase()) } " "
             (button(session, &format!("/vaults/{}/policy", v.name), if v.policy == UnmatchedPolicy::Deny { "allow opaque tunnels" } else { "deny them" }))
         }
-        (services_table(state, session, v))
+        (services_table(state, session, v, list))
+        details.form { summary { "Add or replace services (YAML)" }
         form method="post" action={ "/vaults/" (v.name) "/services" } {
             input type="hidden" name="csrf" value=(session.csrf);
             label for={ "yaml-" (v.name) } { "Add or replace services (YAML, as for " code { "airlock service set" } ")" }
             textarea id={ "yaml-" (v.name) } name="yaml" rows="5" placeholder="services:\n  - name: stripe\n    host: api.stripe.com\n    auth: {type: bearer, token: STRIPE_KEY}" {}
             button { "Save services" }
         }
+        }
+        details.form { summary { "Add a provider from the catalog" }
         form method="post" action={ "/vaults/" (v.name) "/services/template" } {
             input type="hidden" name="csrf" value=(session.csrf);
             label for={ "template-" (v.name) } { "Or add a well-known provider from the catalog" }
@@ -202,16 +272,10 @@ fn vault_card(state: &AppState, session: &Session, v: &VaultRecord) -> Markup {
             input id={ "tkeys-" (v.name) } type="text" name="credentials";
             button { "Add from the catalog" }
         }
-        h2 { "Credentials" }
-        table {
-            thead { tr { th { "Key" } th { "Kind" } th { "Created" } th { "Updated" } th { span.sr { "Actions" } } } }
-            tbody { @for (k, c) in state.store.credentials(&v.name).unwrap_or_default() { tr {
-                td { code { (k) } }
-                td { @if let Some(m) = &c.oauth { "OAuth: " (m.status()) } @else { "static" } }
-                td.muted { (airlock_core::vault::rfc3339(c.created_at)) } td.muted { (airlock_core::vault::rfc3339(c.updated_at)) }
-                td { (destructive(session, &format!("/vaults/{}/credentials/{k}/delete", v.name), "delete", &format!("The value of {k} is gone for good; services of vault {} that use it fail (credential_missing) until it is set again.", v.name))) }
-            } } }
         }
+        h2 { "Credentials" }
+        (credentials_table(state, session, v, list))
+        details.form { summary { "Set or replace a credential" }
         form method="post" action={ "/vaults/" (v.name) "/credentials" } {
             input type="hidden" name="csrf" value=(session.csrf);
             label for={ "key-" (v.name) } { "Set or replace a credential (values are never shown again)" }
@@ -219,6 +283,8 @@ fn vault_card(state: &AppState, session: &Session, v: &VaultRecord) -> Markup {
             input type="password" name="value" placeholder="value" autocomplete="off" required;
             button { "Seal credential" }
         }
+        }
+        details.form { summary { "Import an OAuth token pair" }
         form method="post" action={ "/vaults/" (v.name) "/credentials/oauth" } {
             input type="hidden" name="csrf" value=(session.csrf);
             label for={ "okey-" (v.name) } { "Import an OAuth token pair (airlock renews the access token with the refresh token)" }
@@ -236,6 +302,7 @@ fn vault_card(state: &AppState, session: &Session, v: &VaultRecord) -> Markup {
                 option value="json" { "JSON" }
             }
             button { "Import OAuth credential" }
+        }
         }
     }
     }
@@ -301,7 +368,7 @@ async fn vault_page(
         &session,
         &format!("Vault {}", v.name),
         html! {
-            (vault_card(&state, &session, &v))
+            (vault_card(&state, &session, &v, &list))
             div.card {
                 h2 { "Agents and their scoped tokens" }
                 table {
@@ -554,9 +621,17 @@ async fn agents(state: St, SignedIn(session): SignedIn, Query(list): Query<ListQ
 /// A long list's search and cursor (see [`crate::listing`]).
 #[derive(Debug, Default, serde::Deserialize)]
 pub(crate) struct ListQuery {
+    /// Agents: the search and the cursor.
     #[serde(default)]
     q: String,
     after: Option<String>,
+    /// A vault's services and credentials: theirs.
+    #[serde(default)]
+    sq: String,
+    safter: Option<String>,
+    #[serde(default)]
+    cq: String,
+    cafter: Option<String>,
 }
 
 /// A token shown once, with the reminder that it will not be shown again.

@@ -32,6 +32,7 @@ form.inline { display:inline; } form.inline button { margin:0; padding:.2rem .6r
 details.confirm { display:inline-block; vertical-align:top; } details.confirm summary { display:inline-block; cursor:pointer; padding:.2rem .6rem; border:1px solid var(--line); border-radius:8px; color:var(--muted); }
 details.confirm[open] { display:block; max-width:28rem; margin:.4rem 0; padding:.5rem; border:1px solid var(--bad); border-radius:8px; } details.confirm p { margin:.4rem 0; }
 details.confirm form.inline button.danger { color:var(--bad); border-color:var(--bad); }
+details.form { margin-top:.8rem; } details.form > summary { cursor:pointer; font-weight:600; color:var(--accent); } details.form[open] > summary { margin-bottom:.4rem; }
 .message { white-space:pre-wrap; background:var(--bg); border-left:3px solid var(--line); padding:.5rem .8rem; }
 .flash { padding:.7rem 1rem; border-radius:8px; margin-bottom:1rem; }
 .flash.ok { background:#e7f6ee; color:var(--ok); } .flash.bad { background:#fdecea; color:var(--bad); }
