@@ -15,6 +15,7 @@ use crate::rules::Rules;
 use crate::scrub::Masker;
 use crate::secret::Secret;
 use crate::spec::{HostName, HostPattern, PathPattern, Scheme, ServiceSpec, Surface};
+use crate::vault::ops::OpenedCache;
 use crate::vault::seal::Opener;
 use crate::vault::{Store, UnmatchedPolicy, VaultError};
 
@@ -23,6 +24,8 @@ use crate::vault::{Store, UnmatchedPolicy, VaultError};
 pub struct Policy {
     pub generation: u64,
     vaults: HashMap<String, VaultPolicy>,
+    /// The static credentials this compile opened, for the next compile to reuse.
+    opened: OpenedCache,
 }
 
 #[derive(Debug)]
@@ -133,6 +136,12 @@ impl Policy {
     pub fn compile(store: &Store, opener: &Opener, previous: &Policy) -> Result<Self, VaultError> {
         let generation = store.generation()?;
         let mut vaults = HashMap::new();
+        let mut opening = Opening {
+            store,
+            opener,
+            previous: &previous.opened,
+            next: OpenedCache::default(),
+        };
         for v in store.vaults()? {
             let mut services = Vec::new();
             let mut scrub = Vec::new();
@@ -142,7 +151,7 @@ impl Policy {
                     .and_then(|p| p.services.iter().find(|s| s.name == record.spec.name))
                     .and_then(|s| s.rules.as_deref());
                 let compiled =
-                    compile_service(store, opener, &v.name, &record.spec, before, &mut scrub);
+                    compile_service(&mut opening, &v.name, &record.spec, before, &mut scrub);
                 services.extend(compiled);
             }
             vaults.insert(
@@ -151,7 +160,11 @@ impl Policy {
                     .allowing(&v.allow),
             );
         }
-        Ok(Self { generation, vaults })
+        Ok(Self {
+            generation,
+            vaults,
+            opened: opening.next,
+        })
     }
 
     pub fn vault(&self, name: &str) -> Option<&VaultPolicy> {
@@ -174,8 +187,7 @@ impl Policy {
 /// service sends it in, added to `scrub`), its rules compiled keeping `before`'s buckets. `None`
 /// for a host that no longer parses.
 fn compile_service(
-    store: &Store,
-    opener: &Opener,
+    opening: &mut Opening<'_>,
     vault: &str,
     spec: &ServiceSpec,
     before: Option<&Rules>,
@@ -183,8 +195,7 @@ fn compile_service(
 ) -> Option<Service> {
     let pattern = HostPattern::parse(&spec.host).ok()?;
     let mut keys = Keys {
-        store,
-        opener,
+        opening,
         vault,
         scrub,
         error: None,
@@ -227,19 +238,31 @@ fn compile_service(
 
 /// Opens a service's credentials, noting what responses are masked of, the OAuth credential
 /// among them and why the service cannot be served.
-struct Keys<'a> {
+/// What a compile opens credentials with: the store, the vault's opener, the previous compile's
+/// opened values and this compile's.
+struct Opening<'a> {
     store: &'a Store,
     opener: &'a Opener,
+    previous: &'a OpenedCache,
+    next: OpenedCache,
+}
+
+struct Keys<'a, 'o> {
+    opening: &'a mut Opening<'o>,
     vault: &'a str,
     scrub: &'a mut Vec<Secret>,
     error: Option<ServiceFault>,
     oauth: Option<OAuthUse>,
 }
 
-impl Keys<'_> {
+impl Keys<'_, '_> {
     /// The credential `key`'s value; an empty one (and the fault noted) when it cannot be opened.
     fn open(&mut self, key: &str) -> Secret {
-        match self.store.open_credential(self.opener, self.vault, key) {
+        let o = &mut *self.opening;
+        let opened =
+            o.store
+                .open_credential_cached(o.opener, (self.vault, key), o.previous, &mut o.next);
+        match opened {
             Ok(opened) => {
                 self.scrub.push(opened.value.clone());
                 self.scrub.extend(opened.others);
@@ -497,5 +520,73 @@ mod tests {
     fn percent_encoding_keeps_unreserved_only() {
         assert_eq!(percent_encode(b"sk-live_Qx7.~"), b"sk-live_Qx7.~");
         assert_eq!(percent_encode(b"a+b/c d%"), b"a%2Bb%2Fc%20d%25");
+    }
+}
+
+#[cfg(test)]
+mod compile_tests {
+    use super::*;
+    use crate::secret::Secret;
+    use crate::vault::{Store, setup};
+
+    fn header(p: &Policy, service: &str) -> Option<Vec<u8>> {
+        let s = p
+            .vault("default")
+            .unwrap()
+            .services
+            .iter()
+            .find(|s| s.name == service && s.error.is_none())?;
+        match &s.credential {
+            Credential::Headers { headers, .. } => Some(headers[0].1.expose().to_vec()),
+            _ => None,
+        }
+    }
+
+    /// A recompile reuses the values it opened before only for records that did not change: a
+    /// replaced credential is served with its new value at once, and the cache keeps only what
+    /// the policy uses (a deleted credential's value goes with it).
+    #[test]
+    fn recompiles_reuse_opened_credentials_only_while_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
+        setup::init(dir, &Default::default(), Default::default(), "test").unwrap();
+        let store = Store::open(dir, Default::default()).unwrap();
+        let opener = setup::unlock(&store, dir, &Default::default())
+            .unwrap()
+            .opener;
+        let mut yaml = String::from("services:\n");
+        for i in 0..3 {
+            let v = Secret::new(format!("sk-value-{i}-0123456789").into_bytes());
+            store
+                .set_credential("t", "default", &format!("KEY_{i}"), &v)
+                .unwrap();
+            yaml.push_str(&format!(
+                "  - {{name: svc{i}, host: svc{i}.example.com, auth: {{type: bearer, token: KEY_{i}}}}}\n"
+            ));
+        }
+        let file = crate::spec::ServiceFile::from_yaml(&yaml).unwrap();
+        store
+            .set_services("t", "default", file.services, false)
+            .unwrap();
+        let first = Policy::compile(&store, &opener, &Policy::default()).unwrap();
+        assert_eq!(
+            header(&first, "svc1").unwrap(),
+            b"Bearer sk-value-1-0123456789"
+        );
+        let new = Secret::new(b"sk-replaced-1-0123456789".to_vec());
+        store.set_credential("t", "default", "KEY_1", &new).unwrap();
+        store.remove_service("t", "default", "svc2").unwrap();
+        store.delete_credential("t", "default", "KEY_2").unwrap();
+        let second = Policy::compile(&store, &opener, &first).unwrap();
+        assert_eq!(
+            header(&second, "svc0").unwrap(),
+            b"Bearer sk-value-0-0123456789"
+        );
+        assert_eq!(
+            header(&second, "svc1").unwrap(),
+            b"Bearer sk-replaced-1-0123456789"
+        );
+        assert_eq!(second.vault("default").unwrap().services.len(), 2);
+        assert_eq!(second.opened.len(), 2, "only what the policy uses");
     }
 }
