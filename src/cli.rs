@@ -451,6 +451,9 @@ pub enum CliError {
         what: String,
         source: std::io::Error,
     },
+    /// Writing the command's output failed ([`output::say`]).
+    #[error("writing to stdout: {0}")]
+    Stdout(std::io::Error),
     #[error(transparent)]
     Serve(#[from] crate::serve::ServeError),
 }
@@ -459,7 +462,7 @@ impl CliError {
     /// Whether this is stdout's reader having gone away (`airlock logs | head -1`): the command
     /// had nothing more to do for anyone, so it ends with 0 and says nothing.
     pub fn is_closed_stdout(&self) -> bool {
-        matches!(self, Self::Io { what, source } if what == "stdout" && source.kind() == std::io::ErrorKind::BrokenPipe)
+        matches!(self, Self::Stdout(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
     }
 
     pub fn exit_code(&self) -> u8 {

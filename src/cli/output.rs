@@ -13,16 +13,13 @@ pub(crate) fn say(args: std::fmt::Arguments<'_>, line: bool) -> Result<(), CliEr
     let mut out = std::io::stdout().lock();
     out.write_fmt(args)
         .and_then(|()| if line { out.write_all(b"\n") } else { Ok(()) })
-        .map_err(|source| CliError::Io {
-            what: "stdout".into(),
-            source,
-        })
+        .map_err(CliError::Stdout)
 }
 
 /// Prints `value` as one line of JSON.
 pub(super) fn json(value: &serde_json::Value) -> Result<(), CliError> {
     let text = serde_json::to_string(value).map_err(|e| CliError::Io {
-        what: "stdout".into(),
+        what: "JSON output".into(),
         source: e.into(),
     })?;
     say(format_args!("{text}"), true)
