@@ -63,7 +63,8 @@ impl FromStr for When {
                 "{s:?} is neither an RFC 3339 time (2026-12-08T09:00:00Z) nor an age (30m, 2h, 7d)"
             )
         })?;
-        Ok(Self(SystemTime::now() - age))
+        // An age past the epoch means all of it (no panic on `--since 1000000years`).
+        Ok(Self(SystemTime::now().checked_sub(age).unwrap_or(UNIX_EPOCH)))
     }
 }
 
