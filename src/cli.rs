@@ -224,6 +224,13 @@ pub enum VaultCmd {
         #[arg(required = true)]
         hosts: Vec<String>,
     },
+    /// Print the vault as YAML to keep in git: its services and rules, what it does with other
+    /// hosts, its allowlist and the agents granted it. Never a secret: credentials appear as the
+    /// key names services use, agents without tokens
+    Export {
+        #[arg(default_value = "default")]
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -12,6 +12,7 @@
 //! process can use it; and nothing here returns a credential's plaintext except
 //! [`seal::Opener::open`], which only `unlock`'s caller (the data plane) holds.
 
+pub mod export;
 pub mod fleet;
 pub mod holds;
 pub mod keys;

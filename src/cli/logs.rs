@@ -64,7 +64,9 @@ impl FromStr for When {
             )
         })?;
         // An age past the epoch means all of it (no panic on `--since 1000000years`).
-        Ok(Self(SystemTime::now().checked_sub(age).unwrap_or(UNIX_EPOCH)))
+        Ok(Self(
+            SystemTime::now().checked_sub(age).unwrap_or(UNIX_EPOCH),
+        ))
     }
 }
 

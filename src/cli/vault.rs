@@ -32,6 +32,13 @@ pub(super) fn run(ctx: &Ctx, cmd: VaultCmd) -> Result<(), CliError> {
             };
             say!("vault {name} allows: {list}")?;
         }
+        VaultCmd::Export { name } => {
+            let file = crate::vault::export::VaultFile::of(&store, &name)?;
+            say!(
+                "# airlock vault export {name}: services, rules, allowlist and agents; never a secret\n{}",
+                file.to_yaml().trim_end()
+            )?;
+        }
         VaultCmd::List { json } => {
             let vaults = store.vaults()?;
             if json {

@@ -520,6 +520,7 @@ fn a_closed_stdout_ends_commands_quietly() {
         &["vault", "list"],
         &["ca", "export"],
         &["credential", "list", "--json"],
+        &["vault", "export"],
     ] {
         let (reader, writer) = std::io::pipe().unwrap();
         drop(reader);
@@ -544,4 +545,37 @@ fn a_closed_stdout_ends_commands_quietly() {
     let r = output(sh, None);
     assert_eq!((r.code, r.stderr.as_str()), (0, ""), "{r:?}");
     assert!(r.stdout.contains("no_service"), "{r:?}");
+}
+
+/// `airlock vault export`: the vault's services with their rules, policy, allowlist and granted
+/// agents as YAML, and no secret (neither a credential's value nor an agent's token).
+#[test]
+fn vault_export_is_yaml_without_secrets() {
+    let env = Env::init();
+    let value = canary();
+    env.run_stdin(&["credential", "set", "OPENAI_KEY"], value.as_bytes())
+        .ok();
+    env.set_services(
+        "services:\n  - name: openai\n    host: api.openai.com\n    auth: {type: bearer, token: OPENAI_KEY}\n    rules:\n      - {name: no-deletes, methods: [DELETE], action: deny}\n",
+    );
+    env.run(&["vault", "allow", "default", "pypi.org"]).ok();
+    let token = env.agent_token("ci-bot", "default");
+    let r = env.run(&["vault", "export", "default"]).ok();
+    for expected in [
+        "vault: default",
+        "unmatched: deny",
+        "pypi.org",
+        "no-deletes",
+        "OPENAI_KEY",
+        "ci-bot",
+    ] {
+        assert!(r.stdout.contains(expected), "{expected}: {}", r.stdout);
+    }
+    assert!(
+        !r.stdout.contains(&value) && !r.stdout.contains(&token),
+        "{}",
+        r.stdout
+    );
+    let missing = env.run(&["vault", "export", "nope"]);
+    assert_eq!(missing.code, 1, "{missing:?}");
 }
