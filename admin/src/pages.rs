@@ -193,18 +193,55 @@ fn status_cell(s: ProposalStatus) -> Markup {
     html! { span class={ "status " (word) } { (word) } }
 }
 
-async fn proposals(State(state): St, SignedIn(session): SignedIn) -> Response {
-    let list = match state.store.proposals(None, None) {
+/// `/proposals`: newest first, [`crate::listing::PAGE`] a page (`before`: the cursor, an id),
+/// searchable by host, vault, agent or status.
+#[derive(Debug, Default, serde::Deserialize)]
+struct ProposalQuery {
+    #[serde(default)]
+    q: String,
+    before: Option<u64>,
+}
+
+async fn proposals(
+    State(state): St,
+    SignedIn(session): SignedIn,
+    Query(query): Query<ProposalQuery>,
+) -> Response {
+    let all = match state.store.proposals(None, None) {
         Ok(l) => l,
         Err(e) => return vault_error(&state, &session, &e),
     };
     let t = now();
+    let needle = query.q.trim().to_ascii_lowercase();
+    let mut found: Vec<&ProposalRecord> = all
+        .iter()
+        .filter(|p| query.before.is_none_or(|b| p.id < b))
+        .filter(|p| {
+            let text = format!(
+                "{} {} {} {:?}",
+                p.hosts().join(" "),
+                p.vault,
+                p.agent.as_deref().unwrap_or(""),
+                p.status_at(t)
+            );
+            needle.is_empty() || text.to_ascii_lowercase().contains(&needle)
+        })
+        .collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.id));
+    let older = (found.len() > crate::listing::PAGE).then(|| found[crate::listing::PAGE - 1].id);
+    found.truncate(crate::listing::PAGE);
+    let list = found;
     render(
         &state,
         &session,
         "Proposals",
         html! {
-            @if list.is_empty() { p.muted { "No proposals yet. Agents raise them when they need access to a new host." } }
+            form.filters method="get" action="/proposals" {
+                label for="proposal-search" { "Search (host, vault, agent or status)" }
+                input id="proposal-search" type="search" name="q" value=(query.q);
+                button { "Search" }
+            }
+            @if list.is_empty() { p.muted { "No proposals here. Agents raise them when they need access to a new host." } }
             @else {
                 table {
                     thead { tr { th { "#" } th { "Status" } th { "Hosts" } th { "Vault" } th { "Agent" } th { "Asked" } } }
@@ -217,6 +254,9 @@ async fn proposals(State(state): St, SignedIn(session): SignedIn) -> Response {
                         td.muted { (airlock_core::vault::rfc3339(p.created_at)) }
                     } } }
                 }
+            }
+            @if let Some(id) = older {
+                p { a rel="next" href={ "/proposals?before=" (id) "&q=" (crate::logs::urlencode(&query.q)) } { "Older proposals →" } }
             }
         },
     )

@@ -1043,6 +1043,35 @@ fn pages_stay_small_and_fast_with_a_large_vault_and_log() {
                 let hash = TokenHash::of(format!("bulk-token-{i}").as_bytes());
                 t.put(t.dbs().tokens, &hash.0, &record)?;
             }
+            for i in 1..=60u64 {
+                let yaml = format!(
+                    "services:\n  - {{name: p{i}-svc, host: host-{i}.example.com, auth: {{type: passthrough}}}}\n"
+                );
+                let spec = airlock::spec::ServiceFile::from_yaml(&yaml).unwrap().services;
+                let record = airlock::vault::records::ProposalRecord {
+                    id: 1_000 + i,
+                    vault: "default".into(),
+                    agent: Some(format!("agent-{i}")),
+                    status: airlock::vault::records::ProposalStatus::Pending,
+                    services: spec
+                        .into_iter()
+                        .map(airlock::vault::records::ServiceChange::Set)
+                        .collect(),
+                    credentials: vec![],
+                    allow: vec![],
+                    message: String::new(),
+                    user_message: format!("proposal {i}"),
+                    digest: String::new(),
+                    created_at: now,
+                    expires_at: now + 86_400,
+                    decided_at: None,
+                    decided_by: None,
+                    reason: None,
+                    applied_generation: None,
+                    held: None,
+                };
+                t.put(t.dbs().proposals, &(1_000 + i).to_be_bytes(), &record)?;
+            }
             for i in 1..=10_000u32 {
                 let name = format!("agent-{i}");
                 let record = airlock::vault::records::AgentRecord {
@@ -1140,6 +1169,22 @@ fn pages_stay_small_and_fast_with_a_large_vault_and_log() {
     let (_, found) = b.req("GET", "/agents?q=AGENT-9999", &[], &[]);
     assert!(
         found.contains("<td>agent-9999</td>") && found.contains("1 shown"),
+        "{found}"
+    );
+    let (_, listed) = b.req("GET", "/proposals", &[], &[]);
+    assert!(
+        listed.contains(">1060<")
+            && !listed.contains(">1010<")
+            && listed.contains("Older proposals"),
+        "newest first, one page: {listed}"
+    );
+    let (_, older) = b.req("GET", "/proposals?before=1011", &[], &[]);
+    assert!(
+        older.contains(">1010<") && older.contains(">1001<") && !older.contains("Older proposals")
+    );
+    let (_, found) = b.req("GET", "/proposals?q=host-7.example", &[], &[]);
+    assert!(
+        found.contains("host-7.example.com") && !found.contains("host-8.example.com"),
         "{found}"
     );
     let (_, vault) = b.req("GET", "/vaults/default", &[], &[]);
