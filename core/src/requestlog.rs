@@ -19,7 +19,8 @@ use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
 use std::time::Duration;
 
 use lmdb::{
-    Cursor, Database, DatabaseFlags, Environment, EnvironmentFlags, Transaction, WriteFlags,
+    Cursor, Database, DatabaseFlags, Environment, EnvironmentFlags, RoCursor, Transaction,
+    WriteFlags,
 };
 use serde::{Deserialize, Serialize};
 
@@ -294,8 +295,7 @@ fn last_seq(env: &Environment, db: Database) -> Option<u64> {
     let txn = env.begin_ro_txn().ok()?;
     let cursor = txn.open_ro_cursor(db).ok()?;
     let (k, _) = cursor.get(None, None, MDB_LAST).ok()?;
-    k.and_then(|k| <[u8; 8]>::try_from(k).ok())
-        .map(u64::from_be_bytes)
+    k.and_then(seq_of)
 }
 
 /// LMDB's `MDB_LAST` cursor op (position at the last key), as lmdb-rkv-sys defines it.
@@ -342,9 +342,43 @@ impl Filter {
 /// from the end of the log backwards and stops at `limit`, or a minute before `filter.since_ms`
 /// (rows are appended in about time order: one batch mixes the rows of several workers).
 pub fn newest(data_dir: &Path, filter: &Filter, limit: usize) -> Result<Vec<(u64, Row)>, LogError> {
+    with_cursor(data_dir, Vec::new(), |cursor, err| {
+        let mut out = Vec::new();
+        let mut op = MDB_LAST;
+        while limit == 0 || out.len() < limit {
+            let (k, v) = match cursor.get(None, None, op) {
+                Ok(kv) => kv,
+                Err(lmdb::Error::NotFound) => break,
+                Err(e) => return Err(err(e)),
+            };
+            op = MDB_PREV;
+            let Some((seq, row)) = k.and_then(|k| decode(k, v)) else {
+                continue;
+            };
+            if filter
+                .since_ms
+                .is_some_and(|t| row.at_ms.saturating_add(60_000) < t)
+            {
+                break;
+            }
+            if filter.admits(&row) {
+                out.push((seq, row));
+            }
+        }
+        Ok(out)
+    })
+}
+
+/// Runs `f` on a read cursor over the log in `data_dir`, with the error mapping for its path;
+/// `empty` when there is no log yet.
+fn with_cursor<T>(
+    data_dir: &Path,
+    empty: T,
+    f: impl FnOnce(&mut RoCursor<'_>, &dyn Fn(lmdb::Error) -> LogError) -> Result<T, LogError>,
+) -> Result<T, LogError> {
     let path = data_dir.join(DIR);
     if !path.join("data.mdb").exists() {
-        return Ok(Vec::new());
+        return Ok(empty);
     }
     let (env, db) = open_env(data_dir)?;
     let err = |source| LogError::Lmdb {
@@ -352,56 +386,27 @@ pub fn newest(data_dir: &Path, filter: &Filter, limit: usize) -> Result<Vec<(u64
         source,
     };
     let txn = env.begin_ro_txn().map_err(err)?;
-    let cursor = txn.open_ro_cursor(db).map_err(err)?;
-    let mut out = Vec::new();
-    let mut op = MDB_LAST;
-    while limit == 0 || out.len() < limit {
-        let (k, v) = match cursor.get(None, None, op) {
-            Ok(kv) => kv,
-            Err(lmdb::Error::NotFound) => break,
-            Err(e) => return Err(err(e)),
-        };
-        op = MDB_PREV;
-        let Some(seq) = k
-            .and_then(|k| <[u8; 8]>::try_from(k).ok())
-            .map(u64::from_be_bytes)
-        else {
-            continue;
-        };
-        let Ok(row) = serde_json::from_slice::<Row>(v) else {
-            continue;
-        };
-        if filter
-            .since_ms
-            .is_some_and(|t| row.at_ms.saturating_add(60_000) < t)
-        {
-            break;
-        }
-        if filter.admits(&row) {
-            out.push((seq, row));
-        }
-    }
-    Ok(out)
+    let mut cursor = txn.open_ro_cursor(db).map_err(err)?;
+    f(&mut cursor, &err)
+}
+
+/// A stored row and its sequence number; `None` for a key or value that does not decode.
+fn decode(k: &[u8], v: &[u8]) -> Option<(u64, Row)> {
+    Some((seq_of(k)?, serde_json::from_slice(v).ok()?))
+}
+
+/// The sequence number a key holds (8 bytes, big-endian).
+fn seq_of(k: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(k).map(u64::from_be_bytes).ok()
 }
 
 /// The oldest sequence number the log holds (rows below it were deleted by retention).
 pub fn first_seq(data_dir: &Path) -> Result<Option<u64>, LogError> {
-    let path = data_dir.join(DIR);
-    if !path.join("data.mdb").exists() {
-        return Ok(None);
-    }
-    let (env, db) = open_env(data_dir)?;
-    let err = |source| LogError::Lmdb {
-        path: path.clone(),
-        source,
-    };
-    let txn = env.begin_ro_txn().map_err(err)?;
-    let cursor = txn.open_ro_cursor(db).map_err(err)?;
-    Ok(match cursor.get(None, None, MDB_FIRST) {
-        Ok((k, _)) => k
-            .and_then(|k| <[u8; 8]>::try_from(k).ok())
-            .map(u64::from_be_bytes),
-        Err(_) => None,
+    with_cursor(data_dir, None, |cursor, _| {
+        Ok(match cursor.get(None, None, MDB_FIRST) {
+            Ok((k, _)) => k.and_then(seq_of),
+            Err(_) => None,
+        })
     })
 }
 
@@ -452,31 +457,19 @@ pub fn hosts_tried(rows: &[(u64, Row)]) -> Vec<HostTried> {
 
 /// Rows with a sequence number above `after`, optionally for one vault, oldest first.
 pub fn read(data_dir: &Path, vault: Option<&str>, after: u64) -> Result<Vec<(u64, Row)>, LogError> {
-    let path = data_dir.join(DIR);
-    if !path.join("data.mdb").exists() {
-        return Ok(Vec::new());
-    }
-    let (env, db) = open_env(data_dir)?;
-    let err = |source| LogError::Lmdb {
-        path: path.clone(),
-        source,
-    };
-    let txn = env.begin_ro_txn().map_err(err)?;
-    let mut cursor = txn.open_ro_cursor(db).map_err(err)?;
-    let mut out = Vec::new();
-    for item in cursor.iter_from((after + 1).to_be_bytes()) {
-        let (k, v) = item.map_err(err)?;
-        let Ok(seq) = <[u8; 8]>::try_from(k).map(u64::from_be_bytes) else {
-            continue;
-        };
-        let Ok(row) = serde_json::from_slice::<Row>(v) else {
-            continue;
-        };
-        if vault.is_none_or(|name| row.vault == name) {
-            out.push((seq, row));
+    with_cursor(data_dir, Vec::new(), |cursor, err| {
+        let mut out = Vec::new();
+        for item in cursor.iter_from((after + 1).to_be_bytes()) {
+            let (k, v) = item.map_err(err)?;
+            let Some((seq, row)) = decode(k, v) else {
+                continue;
+            };
+            if vault.is_none_or(|name| row.vault == name) {
+                out.push((seq, row));
+            }
         }
-    }
-    Ok(out)
+        Ok(out)
+    })
 }
 
 #[cfg(test)]
