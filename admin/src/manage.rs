@@ -23,7 +23,7 @@ use crate::listing;
 use crate::logs::urlencode;
 use crate::respond::{Fields, SignedIn, St, forbidden, login_redirect, render};
 use crate::security::{Session, csrf_ok};
-use crate::views::flash;
+use crate::views::{flash, search_form};
 
 pub(crate) fn routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -169,11 +169,7 @@ fn services_table(
     );
     html! {
         @if all.len() > listing::PAGE {
-            form.filters method="get" action={ "/vaults/" (v.name) } {
-                label for={ "svc-search-" (v.name) } { "Search services (name or host)" }
-                input id={ "svc-search-" (v.name) } type="search" name="sq" value=(list.sq);
-                button { "Search" }
-            }
+            (search_form(&format!("/vaults/{}", v.name), (&format!("svc-search-{}", v.name), "sq"), "Search services (name or host)", &list.sq))
         }
         table {
         thead { tr { th { "Service" } th { "Host" } th { "Auth" } th { "Enabled" } th { span.sr { "Actions" } } } }
@@ -217,11 +213,7 @@ fn credentials_table(
     );
     html! {
         @if all.len() > listing::PAGE {
-            form.filters method="get" action={ "/vaults/" (v.name) } {
-                label for={ "cred-search-" (v.name) } { "Search credentials" }
-                input id={ "cred-search-" (v.name) } type="search" name="cq" value=(list.cq);
-                button { "Search" }
-            }
+            (search_form(&format!("/vaults/{}", v.name), (&format!("cred-search-{}", v.name), "cq"), "Search credentials", &list.cq))
         }
         table {
             thead { tr { th { "Key" } th { "Kind" } th { "Created" } th { "Updated" } th { span.sr { "Actions" } } } }
@@ -662,11 +654,7 @@ fn agents_page(
         "Agents",
         html! {
             @if let Some(n) = note { (n) }
-            form.filters method="get" action="/agents" {
-                label for="agent-search" { "Search agents (name or vault)" }
-                input id="agent-search" type="search" name="q" value=(list.q);
-                button { "Search" }
-            }
+            (search_form("/agents", ("agent-search", "q"), "Search agents (name or vault)", &list.q))
             p.muted { (all.len()) " agents; " (shown.len()) " shown, in natural order" }
             table {
                 thead { tr { th { "Agent" } th { "Vaults" } th { "Status" } th { "Last seen" } th { "Requests (day)" } th { "Created" } th { span.sr { "Actions" } } } }

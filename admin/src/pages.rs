@@ -236,11 +236,7 @@ async fn proposals(
         &session,
         "Proposals",
         html! {
-            form.filters method="get" action="/proposals" {
-                label for="proposal-search" { "Search (host, vault, agent or status)" }
-                input id="proposal-search" type="search" name="q" value=(query.q);
-                button { "Search" }
-            }
+            (crate::views::search_form("/proposals", ("proposal-search", "q"), "Search (host, vault, agent or status)", &query.q))
             @if list.is_empty() { p.muted { "No proposals here. Agents raise them when they need access to a new host." } }
             @else {
                 table {

@@ -130,6 +130,22 @@ pub(crate) fn page(title: &str, session: &Session, pending: usize, body: Markup)
     }
 }
 
+/// A long list's search box: a GET form to `action` whose field `name` (id `id`) holds `value`.
+pub(crate) fn search_form(
+    action: &str,
+    (id, name): (&str, &str),
+    label: &str,
+    value: &str,
+) -> Markup {
+    html! {
+        form.filters method="get" action=(action) {
+            label for=(id) { (label) }
+            input id=(id) type="search" name=(name) value=(value);
+            button { "Search" }
+        }
+    }
+}
+
 pub(crate) fn flash(ok: bool, text: &str) -> Markup {
     html! { div class={ "flash " (if ok { "ok" } else { "bad" }) } { (text) } }
 }
