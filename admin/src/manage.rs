@@ -477,22 +477,20 @@ async fn toggle_service(
     f: Fields,
 ) -> Result<Response, Reject> {
     let who = actor(&session, &f)?;
-    let disabling = state
-        .store
-        .services(&vault)
-        .is_ok_and(|list| list.iter().any(|s| s.spec.name == name && s.spec.enabled));
-    if disabling && let Err(note) = confirmed(&f, "disabling a service") {
+    let found = state.store.services(&vault).and_then(|list| {
+        let record = list.into_iter().find(|s| s.spec.name == name);
+        record.map(|s| s.spec).ok_or_else(|| VaultError::NotFound {
+            kind: "service",
+            name: name.clone(),
+        })
+    });
+    // Disabling is destructive; enabling is not.
+    if found.as_ref().is_ok_and(|spec| spec.enabled)
+        && let Err(note) = confirmed(&f, "disabling a service")
+    {
         return Ok(vaults_page(&state, &session, Some(note)));
     }
-    let r = state.store.services(&vault).and_then(|list| {
-        let mut spec = list
-            .into_iter()
-            .find(|s| s.spec.name == name)
-            .ok_or_else(|| VaultError::NotFound {
-                kind: "service",
-                name: name.clone(),
-            })?
-            .spec;
+    let r = found.and_then(|mut spec| {
         spec.enabled = !spec.enabled;
         let word = if spec.enabled { "enabled" } else { "disabled" };
         state.store.set_services(&who, &vault, vec![spec], false)?;
