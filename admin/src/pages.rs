@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use airlock_core::secret::Secret;
-use airlock_core::spec::{HostName, HostPattern};
+use airlock_core::spec::HostName;
 use airlock_core::text::inert;
 use airlock_core::vault::now;
 use airlock_core::vault::proposals::Confirmed;
@@ -227,7 +227,7 @@ async fn proposals(
             needle.is_empty() || text.to_ascii_lowercase().contains(&needle)
         })
         .collect();
-    found.sort_by_key(|p| std::cmp::Reverse(p.id));
+    // (The store lists them newest first.)
     let older = (found.len() > crate::listing::PAGE).then(|| found[crate::listing::PAGE - 1].id);
     found.truncate(crate::listing::PAGE);
     let list = found;
@@ -596,14 +596,9 @@ async fn hosts_tried(State(state): St, SignedIn(session): SignedIn) -> Response 
     let mut tried = airlock_core::requestlog::hosts_tried(&state.log.rows().rows);
     let mut served: HashMap<String, Vec<HostName>> = HashMap::new();
     tried.retain(|t| {
-        let hosts = served.entry(t.vault.clone()).or_insert_with(|| {
-            let services = state.store.services(&t.vault).unwrap_or_default();
-            services
-                .iter()
-                .filter_map(|s| HostPattern::parse(&s.spec.host).ok())
-                .map(|p| p.host)
-                .collect()
-        });
+        let hosts = served
+            .entry(t.vault.clone())
+            .or_insert_with(|| state.store.service_hosts(&t.vault).unwrap_or_default());
         !hosts.iter().any(|h| h.covers(&t.host))
     });
     render(

@@ -8,7 +8,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::output::rfc3339;
 use super::{CliError, Ctx};
 use crate::requestlog::{self, Filter, Row};
-use crate::spec::{HostName, HostPattern};
 
 /// `airlock logs`'s flags.
 #[derive(Debug, clap::Args)]
@@ -137,12 +136,7 @@ fn read(ctx: &Ctx, vault: &str, after: u64) -> Result<Vec<(u64, Row)>, CliError>
 pub(super) fn hosts(ctx: &Ctx, vault: &str, json: bool) -> Result<(), CliError> {
     let store = ctx.open_store()?;
     store.vault(vault)?;
-    let served: Vec<HostName> = store
-        .services(vault)?
-        .into_iter()
-        .filter_map(|s| HostPattern::parse(&s.spec.host).ok())
-        .map(|p| p.host)
-        .collect();
+    let served = store.service_hosts(vault)?;
     let mut tried = requestlog::hosts_tried(&read(ctx, vault, 0)?);
     tried.retain(|t| !served.iter().any(|h| h.covers(&t.host)));
     if json {

@@ -19,7 +19,7 @@ use super::tokens::{self, Minted, TokenHash, TokenKind};
 use super::{VaultError, now};
 use crate::names;
 use crate::secret::Secret;
-use crate::spec::{self, HostPattern, PathPattern, Scheme, ServiceSpec};
+use crate::spec::{self, HostName, HostPattern, PathPattern, Scheme, ServiceSpec};
 
 /// Meta key of the [`KeyHeader`].
 pub const META_KEYS: &[u8] = b"keys";
@@ -356,6 +356,16 @@ impl Store {
             )?;
             Ok(v.allow)
         })
+    }
+
+    /// The hosts `vault`'s services name (`HostName::covers` says whether one serves a host).
+    pub fn service_hosts(&self, vault: &str) -> Result<Vec<HostName>, VaultError> {
+        Ok(self
+            .services(vault)?
+            .into_iter()
+            .filter_map(|s| HostPattern::parse(&s.spec.host).ok())
+            .map(|p| p.host)
+            .collect())
     }
 
     pub fn services(&self, vault: &str) -> Result<Vec<ServiceRecord>, VaultError> {
