@@ -73,7 +73,15 @@ impl Dialer {
 
     /// Resolves `target` (through `--resolve` first) and returns the addresses, each vetted.
     pub async fn resolve(&self, target: &Target) -> Result<Vec<SocketAddr>, ProxyError> {
-        let settings = self.settings();
+        self.resolve_with(&self.settings(), target).await
+    }
+
+    /// [`Dialer::resolve`] with the settings one dial read once.
+    async fn resolve_with(
+        &self,
+        settings: &DialSettings,
+        target: &Target,
+    ) -> Result<Vec<SocketAddr>, ProxyError> {
         let addrs: Vec<SocketAddr> = if let Some(rule) = settings.rule(target) {
             vec![rule.addr]
         } else if let Ok(ip) = target.host.parse::<IpAddr>() {
@@ -100,10 +108,19 @@ impl Dialer {
     /// every upstream's): directly, to the first vetted address that answers in time, or through
     /// the upstream proxy configured for the vault and host ([`egress`]).
     pub async fn connect_tcp(&self, vault: &str, target: &Target) -> Result<TcpStream, ProxyError> {
-        let settings = self.settings();
+        self.connect_with(&self.settings(), vault, target).await
+    }
+
+    /// [`Dialer::connect_tcp`] with the settings one dial read once.
+    async fn connect_with(
+        &self,
+        settings: &DialSettings,
+        vault: &str,
+        target: &Target,
+    ) -> Result<TcpStream, ProxyError> {
         let timeout = settings.connect_timeout;
         let Some(proxy) = settings.egress.route(vault, &target.host) else {
-            let addrs = self.resolve(target).await?;
+            let addrs = self.resolve_with(settings, target).await?;
             let what = format!("{}:{}", target.host, target.port);
             return dial_first(&addrs, &what, timeout).await;
         };
@@ -122,17 +139,19 @@ impl Dialer {
         };
         let at = proxy.target();
         let what = format!("the upstream proxy {}:{}", at.host, at.port);
-        let tcp = dial_first(&self.resolve(&at).await?, &what, timeout).await?;
+        let tcp = dial_first(&self.resolve_with(settings, &at).await?, &what, timeout).await?;
         egress::connect(tcp, proxy, &authority, timeout).await
     }
 
-    /// Connects to `target` and, for `https`, completes a verified TLS handshake with it.
+    /// Connects to `target` and, for `https`, completes a verified TLS handshake with it; the
+    /// whole dial reads one copy of the settings (a reload meanwhile applies to the next).
     pub(super) async fn dial(
         &self,
         vault: &str,
         target: &Target,
     ) -> Result<(UpIo, ProbeSwitch), ProxyError> {
-        let tcp = self.connect_tcp(vault, target).await?;
+        let settings = self.settings();
+        let tcp = self.connect_with(&settings, vault, target).await?;
         let _ = tcp.set_nodelay(true);
         let (tcp, probe) = ProbeTcp::new(tcp);
         if target.scheme == Scheme::Http {
@@ -144,7 +163,6 @@ impl Dialer {
                 "the host is not a valid TLS server name",
             )
         })?;
-        let settings = self.settings();
         let connector = TlsConnector::from(settings.upstream_tls.clone());
         let tls = monoio::time::timeout(settings.connect_timeout, connector.connect(name, tcp))
             .await
